@@ -1,0 +1,1 @@
+"""Distribution: ring placement, membership, coordination, handoff, transitions, repair."""

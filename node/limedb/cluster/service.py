@@ -1,0 +1,84 @@
+"""The contract between the HTTP/RESP front ends and whatever serves keys behind them.
+
+`limedb.api` (and the RESP listener) call only this interface; a single node and a cluster
+coordinator both implement it, so the front ends never learn how many replicas there are.
+Keys here are the user's key bytes (not the token-prefixed storage key).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Protocol
+
+
+class Consistency(enum.StrEnum):
+    """How many replicas must answer: one, a majority of RF, or all RF."""
+
+    ONE = "one"
+    QUORUM = "quorum"
+    ALL = "all"
+
+
+@dataclass(frozen=True, slots=True)
+class ReadResult:
+    """A read's outcome. `value` is None when the key is absent, deleted or expired."""
+
+    value: bytes | None
+    owner_url: str
+    ts: int = 0
+    expires_at_ms: int | None = None
+
+
+class ServiceError(Exception):
+    """Base of the errors a front end maps onto a status code."""
+
+
+class Unavailable(ServiceError):
+    """Not enough replicas answered (or the node is overloaded): HTTP 503 with Retry-After."""
+
+    def __init__(self, message: str, retry_after: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class InvalidRequest(ServiceError):
+    """The request is malformed in a way only the service can tell: HTTP 400."""
+
+
+class KeyValueService(Protocol):
+    node_id: str
+    node_url: str
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    def ready(self) -> bool: ...
+
+    def owner_url(self, key: bytes) -> str: ...
+
+    async def get(self, key: bytes, consistency: Consistency | None = None) -> ReadResult: ...
+
+    async def put(
+        self,
+        key: bytes,
+        value: bytes,
+        *,
+        ttl_ms: int | None = None,
+        consistency: Consistency | None = None,
+    ) -> int:
+        """Store value; returns the version timestamp. Raises Unavailable below W acks."""
+        ...
+
+    async def delete(self, key: bytes, consistency: Consistency | None = None) -> bool:
+        """Write a tombstone; returns whether a live value existed before."""
+        ...
+
+    def local_items(self, after: bytes | None, limit: int) -> list[tuple[bytes, bytes]]:
+        """This node's own live keys in a stable order, starting after `after`."""
+        ...
+
+    def local_count(self) -> int: ...
+
+    def stats(self) -> dict: ...

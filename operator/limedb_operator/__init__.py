@@ -1,0 +1,1 @@
+"""The LimeDB Kubernetes operator (kopf): LimeCluster -> StatefulSet, membership, migration."""
