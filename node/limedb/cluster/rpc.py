@@ -1,0 +1,416 @@
+"""Internal node-to-node transport: framed binary RPC over persistent, multiplexed TCP.
+
+A frame is `[u32 payload length][u8 kind][u32 request id][payload]`. Requests carry an
+absolute wall-clock deadline (u64 milliseconds) as the first eight bytes of their payload, so a
+replica that was paused or overloaded drops work nobody waits for any more. One connection per
+peer carries any number of concurrent requests, matched to replies by request id; writes are
+coalesced per event-loop turn so a burst of calls costs one send syscall.
+
+When a cluster secret is configured, a connection must first present it in a HELLO frame;
+any other first frame, or a wrong secret, gets an ERROR frame with code 401 and the connection
+is closed. The client sends HELLO ahead of its first request without waiting for the reply.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import itertools
+import socket
+import struct
+import time
+from collections.abc import Awaitable, Callable
+
+HEADER = struct.Struct("!IBI")
+DEADLINE = struct.Struct("!Q")
+ERROR_CODE = struct.Struct("!H")
+MAX_FRAME = 64 << 20
+
+# Frame kinds. Replies are REPLY or ERROR; everything else is a request.
+REPLY = 0
+ERROR = 1
+HELLO = 2
+PING = 3
+REPLICATE = 10
+READ = 11
+GOSSIP = 12
+STATS = 13
+
+# Error codes, HTTP-like so that logs read naturally.
+UNAUTHORIZED = 401
+NOT_FOUND = 404
+EXPIRED = 504
+FAILED = 500
+
+Handler = Callable[[bytes], "bytes | Awaitable[bytes]"]
+
+
+class RpcError(Exception):
+    """The peer answered with an error frame."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
+class PeerUnavailable(Exception):
+    """The peer could not be reached, closed the connection, or did not answer in time."""
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def encode_frame(kind: int, request_id: int, payload: bytes) -> bytes:
+    return HEADER.pack(len(payload), kind, request_id) + payload
+
+
+def error_payload(code: int, message: str) -> bytes:
+    return ERROR_CODE.pack(code) + message.encode()
+
+
+def decode_error(payload: bytes) -> RpcError:
+    (code,) = ERROR_CODE.unpack_from(payload)
+    return RpcError(code, payload[ERROR_CODE.size :].decode(errors="replace"))
+
+
+class _FramedProtocol(asyncio.Protocol):
+    """Splits the byte stream into frames and batches outgoing frames per loop turn."""
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+        self._out: list[bytes] = []
+        self._flush_scheduled = False
+        self.transport: asyncio.Transport | None = None
+        self.loop = asyncio.get_running_loop()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+
+    def send(self, frame: bytes) -> None:
+        self._out.append(frame)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self.loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        out, self._out = self._out, []
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(b"".join(out) if len(out) > 1 else out[0])
+
+    def data_received(self, data: bytes) -> None:
+        buf = self._buffer
+        buf += data
+        offset = 0
+        size = len(buf)
+        while size - offset >= HEADER.size:
+            length, kind, request_id = HEADER.unpack_from(buf, offset)
+            if length > MAX_FRAME:
+                self.frame_too_large()
+                return
+            end = offset + HEADER.size + length
+            if end > size:
+                break
+            payload = bytes(buf[offset + HEADER.size : end])
+            offset = end
+            self.frame_received(kind, request_id, payload)
+            if self.transport is None or self.transport.is_closing():
+                buf.clear()
+                return
+        if offset:
+            del buf[:offset]
+
+    def frame_too_large(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    def frame_received(self, kind: int, request_id: int, payload: bytes) -> None:
+        raise NotImplementedError
+
+
+# ---------------------------------------------------------------------------- server
+
+
+class RpcServer:
+    """Accepts peer connections and dispatches request frames to registered handlers.
+
+    A handler takes the request body (deadline already stripped and checked) and returns the
+    reply body, or an awaitable of it. Raising RpcError sends that code; any other exception
+    is reported as 500 so one bad request never takes the connection down.
+    """
+
+    def __init__(self, secret: str | None = None) -> None:
+        self._secret = secret.encode() if secret else None
+        self._handlers: dict[int, Handler] = {HELLO: lambda _: b"", PING: lambda _: b""}
+        self._server: asyncio.base_events.Server | None = None
+        self.expired = 0
+        self.served = 0
+        self.rejected = 0
+
+    def register(self, kind: int, handler: Handler) -> None:
+        self._handlers[kind] = handler
+
+    async def start(self, host: str, port: int) -> None:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: _ServerProtocol(self), host, port, reuse_address=True, backlog=512
+        )
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None
+        return self._server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+
+    def check_secret(self, presented: bytes) -> bool:
+        return self._secret is None or hmac.compare_digest(presented, self._secret)
+
+    @property
+    def needs_hello(self) -> bool:
+        return self._secret is not None
+
+
+class _ServerProtocol(_FramedProtocol):
+    def __init__(self, server: RpcServer) -> None:
+        super().__init__()
+        self._server = server
+        self._authenticated = not server.needs_hello
+
+    def frame_received(self, kind: int, request_id: int, payload: bytes) -> None:
+        server = self._server
+        if not self._authenticated:
+            if kind == HELLO and server.check_secret(payload):
+                self._authenticated = True
+                self.send(encode_frame(REPLY, request_id, b""))
+                return
+            server.rejected += 1
+            self._reject(request_id)
+            return
+        if kind == HELLO:
+            self.send(encode_frame(REPLY, request_id, b""))
+            return
+        handler = server._handlers.get(kind)
+        if handler is None:
+            self._error(request_id, NOT_FOUND, f"unknown request kind {kind}")
+            return
+        if len(payload) < DEADLINE.size:
+            self._error(request_id, FAILED, "request without a deadline")
+            return
+        (deadline,) = DEADLINE.unpack_from(payload)
+        if deadline and now_ms() > deadline:
+            server.expired += 1
+            self._error(request_id, EXPIRED, "deadline expired before the request ran")
+            return
+        server.served += 1
+        try:
+            result = handler(payload[DEADLINE.size :])
+        except RpcError as exc:
+            self._error(request_id, exc.code, exc.message)
+            return
+        except Exception as exc:  # a bad request must not kill the connection
+            self._error(request_id, FAILED, f"{type(exc).__name__}: {exc}")
+            return
+        if isinstance(result, bytes | bytearray):
+            self.send(encode_frame(REPLY, request_id, bytes(result)))
+        else:
+            future = asyncio.ensure_future(result)
+            future.add_done_callback(lambda f, rid=request_id: self._reply_later(rid, f))
+
+    def _reply_later(self, request_id: int, future: asyncio.Future) -> None:
+        if future.cancelled():
+            self._error(request_id, FAILED, "cancelled")
+            return
+        exc = future.exception()
+        if exc is None:
+            self.send(encode_frame(REPLY, request_id, future.result()))
+        elif isinstance(exc, RpcError):
+            self._error(request_id, exc.code, exc.message)
+        else:
+            self._error(request_id, FAILED, f"{type(exc).__name__}: {exc}")
+
+    def _error(self, request_id: int, code: int, message: str) -> None:
+        self.send(encode_frame(ERROR, request_id, error_payload(code, message)))
+
+    def _reject(self, request_id: int) -> None:
+        # Written directly (not batched) so the 401 leaves before the close.
+        assert self.transport is not None
+        frame = encode_frame(
+            ERROR, request_id, error_payload(UNAUTHORIZED, "cluster secret required")
+        )
+        self.transport.write(frame)
+        self.transport.close()
+
+
+# ---------------------------------------------------------------------------- client
+
+
+class _ClientProtocol(_FramedProtocol):
+    def __init__(self) -> None:
+        super().__init__()
+        self.pending: dict[int, asyncio.Future] = {}
+        self.closed = False
+        self.auth_error: RpcError | None = None
+
+    def frame_received(self, kind: int, request_id: int, payload: bytes) -> None:
+        future = self.pending.pop(request_id, None)
+        if kind == ERROR:
+            error = decode_error(payload)
+            if error.code == UNAUTHORIZED:
+                # Every request queued behind a refused HELLO fails with the same 401.
+                self.auth_error = error
+            if future is not None and not future.done():
+                future.set_exception(error)
+            return
+        if future is None or future.done():
+            return
+        if kind == REPLY:
+            future.set_result(payload)
+        else:
+            future.set_exception(RpcError(FAILED, f"unexpected frame kind {kind}"))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        pending, self.pending = self.pending, {}
+        for future in pending.values():
+            if not future.done():
+                future.set_exception(
+                    self.auth_error or PeerUnavailable(f"connection lost: {exc or 'closed'}")
+                )
+
+
+class PeerConnection:
+    """One persistent, multiplexed connection to a peer's internal port, reconnecting lazily.
+
+    After a failed connect, calls fail fast for `retry_after_s` instead of hammering a dead
+    peer; the failure detector, not this class, decides when a peer is considered back.
+    """
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        secret: str | None,
+        *,
+        connect_timeout_s: float = 1.0,
+        retry_after_s: float = 0.2,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self._secret = secret.encode() if secret else None
+        self._connect_timeout_s = connect_timeout_s
+        self._retry_after_s = retry_after_s
+        self._protocol: _ClientProtocol | None = None
+        self._connecting: asyncio.Future | None = None
+        self._failed_at = 0.0
+        self._ids = itertools.count(1)
+
+    async def _connect(self) -> _ClientProtocol:
+        loop = asyncio.get_running_loop()
+        if loop.time() - self._failed_at < self._retry_after_s:
+            raise PeerUnavailable(f"{self.host}:{self.port} refused a connection just now")
+        try:
+            _, protocol = await asyncio.wait_for(
+                loop.create_connection(_ClientProtocol, self.host, self.port),
+                self._connect_timeout_s,
+            )
+        except (OSError, TimeoutError) as exc:
+            self._failed_at = loop.time()
+            raise PeerUnavailable(f"cannot connect to {self.host}:{self.port}: {exc}") from exc
+        if self._secret is not None:
+            # Pipelined: later requests queue behind the HELLO on the same connection.
+            _, hello = self._start_call(protocol, HELLO, self._secret, None)
+            hello.add_done_callback(_consume)
+        return protocol
+
+    async def _get_protocol(self) -> _ClientProtocol:
+        protocol = self._protocol
+        if protocol is not None and not protocol.closed:
+            return protocol
+        if self._connecting is None:
+            self._connecting = asyncio.ensure_future(self._connect())
+        connecting = self._connecting
+        try:
+            protocol = await asyncio.shield(connecting)
+        finally:
+            if self._connecting is connecting and connecting.done():
+                self._connecting = None
+        self._protocol = protocol
+        return protocol
+
+    def _start_call(
+        self, protocol: _ClientProtocol, kind: int, payload: bytes, deadline_ms: int | None
+    ) -> tuple[int, asyncio.Future]:
+        request_id = next(self._ids) & 0xFFFFFFFF
+        future = protocol.loop.create_future()
+        protocol.pending[request_id] = future
+        if kind != HELLO:
+            payload = DEADLINE.pack(deadline_ms or 0) + payload
+        protocol.send(encode_frame(kind, request_id, payload))
+        return request_id, future
+
+    async def call(self, kind: int, payload: bytes, timeout_s: float) -> bytes:
+        """Send one request and wait for its reply for at most `timeout_s`."""
+        protocol = self._protocol
+        if protocol is None or protocol.closed:
+            protocol = await self._get_protocol()
+        deadline_ms = now_ms() + int(timeout_s * 1000)
+        request_id, future = self._start_call(protocol, kind, payload, deadline_ms)
+        timer = protocol.loop.call_later(timeout_s, _expire, future)
+        try:
+            return await future
+        finally:
+            timer.cancel()
+            protocol.pending.pop(request_id, None)
+
+    def close(self) -> None:
+        if self._protocol is not None and self._protocol.transport is not None:
+            self._protocol.transport.close()
+        self._protocol = None
+
+
+def _consume(future: asyncio.Future) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
+def _expire(future: asyncio.Future) -> None:
+    if not future.done():
+        future.set_exception(PeerUnavailable("no reply before the deadline"))
+
+
+class RpcClient:
+    """Connections to every peer, keyed by internal address."""
+
+    def __init__(self, secret: str | None = None) -> None:
+        self._secret = secret
+        self._peers: dict[tuple[str, int], PeerConnection] = {}
+
+    def peer(self, host: str, port: int) -> PeerConnection:
+        key = (host, port)
+        connection = self._peers.get(key)
+        if connection is None:
+            connection = self._peers[key] = PeerConnection(host, port, self._secret)
+        return connection
+
+    async def call(
+        self, host: str, port: int, kind: int, payload: bytes, timeout_s: float
+    ) -> bytes:
+        return await self.peer(host, port).call(kind, payload, timeout_s)
+
+    def close(self) -> None:
+        for connection in self._peers.values():
+            connection.close()
+        self._peers.clear()

@@ -1,0 +1,173 @@
+"""The internal transport over real TCP sockets: multiplexing, errors, deadlines, the secret."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import struct
+
+import pytest
+from limedb.cluster import rpc
+
+ECHO = 50
+SLOW = 51
+BOOM = 52
+
+
+async def _server(secret: str | None = None) -> rpc.RpcServer:
+    server = rpc.RpcServer(secret)
+    server.register(ECHO, lambda body: body[::-1])
+
+    async def slow(body: bytes) -> bytes:
+        await asyncio.sleep(float(body.decode()))
+        return b"late"
+
+    def boom(body: bytes) -> bytes:
+        raise ValueError("bad body")
+
+    server.register(SLOW, slow)
+    server.register(BOOM, boom)
+    await server.start("127.0.0.1", 0)
+    return server
+
+
+def test_concurrent_calls_on_one_connection_get_their_own_replies() -> None:
+    async def main() -> None:
+        server = await _server()
+        client = rpc.RpcClient()
+        try:
+            bodies = [f"request-{i}".encode() * (i % 7 + 1) for i in range(500)]
+            replies = await asyncio.gather(
+                *(client.call("127.0.0.1", server.port, ECHO, b, 5.0) for b in bodies)
+            )
+            assert replies == [b[::-1] for b in bodies]
+            assert len(client._peers) == 1
+        finally:
+            client.close()
+            await server.stop()
+
+    asyncio.run(main())
+
+
+def test_large_binary_values_cross_intact() -> None:
+    async def main() -> None:
+        server = await _server()
+        client = rpc.RpcClient()
+        try:
+            body = bytes(range(256)) * 4096  # 1 MiB, every byte value
+            assert await client.call("127.0.0.1", server.port, ECHO, body, 5.0) == body[::-1]
+        finally:
+            client.close()
+            await server.stop()
+
+    asyncio.run(main())
+
+
+def test_handler_error_is_reported_and_connection_survives() -> None:
+    async def main() -> None:
+        server = await _server()
+        client = rpc.RpcClient()
+        try:
+            with pytest.raises(rpc.RpcError) as info:
+                await client.call("127.0.0.1", server.port, BOOM, b"x", 5.0)
+            assert info.value.code == rpc.FAILED and "bad body" in info.value.message
+            with pytest.raises(rpc.RpcError) as info:
+                await client.call("127.0.0.1", server.port, 99, b"x", 5.0)
+            assert info.value.code == rpc.NOT_FOUND
+            assert await client.call("127.0.0.1", server.port, ECHO, b"ab", 5.0) == b"ba"
+        finally:
+            client.close()
+            await server.stop()
+
+    asyncio.run(main())
+
+
+def test_call_times_out_when_the_peer_does_not_answer() -> None:
+    async def main() -> None:
+        server = await _server()
+        client = rpc.RpcClient()
+        try:
+            with pytest.raises(rpc.PeerUnavailable):
+                await client.call("127.0.0.1", server.port, SLOW, b"2", 0.1)
+            assert await client.call("127.0.0.1", server.port, ECHO, b"ok", 5.0) == b"ko"
+        finally:
+            client.close()
+            await server.stop()
+
+    asyncio.run(main())
+
+
+def test_unreachable_peer_fails_fast() -> None:
+    async def main() -> None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]  # nothing listens here once closed
+        client = rpc.RpcClient()
+        with pytest.raises(rpc.PeerUnavailable):
+            await client.call("127.0.0.1", port, ECHO, b"x", 5.0)
+        client.close()
+
+    asyncio.run(main())
+
+
+def test_replica_drops_requests_whose_deadline_has_passed() -> None:
+    async def main() -> None:
+        server = await _server()
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            expired = rpc.DEADLINE.pack(rpc.now_ms() - 1000) + b"abc"
+            writer.write(rpc.encode_frame(ECHO, 7, expired))
+            await writer.drain()
+            length, kind, request_id = rpc.HEADER.unpack(await reader.readexactly(9))
+            error = rpc.decode_error(await reader.readexactly(length))
+            assert (kind, request_id, error.code) == (rpc.ERROR, 7, rpc.EXPIRED)
+            assert server.expired == 1
+            writer.close()
+        finally:
+            await server.stop()
+
+    asyncio.run(main())
+
+
+def test_secret_required_connection_without_hello_gets_401_and_is_closed() -> None:
+    async def main() -> None:
+        server = await _server(secret="s3cret")
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            writer.write(rpc.encode_frame(ECHO, 1, rpc.DEADLINE.pack(0) + b"abc"))
+            await writer.drain()
+            length, kind, _ = rpc.HEADER.unpack(await reader.readexactly(9))
+            error = rpc.decode_error(await reader.readexactly(length))
+            assert (kind, error.code) == (rpc.ERROR, rpc.UNAUTHORIZED)
+            assert await reader.read() == b""  # closed by the server
+            writer.close()
+        finally:
+            await server.stop()
+
+    asyncio.run(main())
+
+
+def test_secret_required_wrong_secret_is_refused_right_secret_served() -> None:
+    async def main() -> None:
+        server = await _server(secret="s3cret")
+        wrong = rpc.RpcClient(secret="guess")
+        missing = rpc.RpcClient()
+        right = rpc.RpcClient(secret="s3cret")
+        try:
+            for client in (wrong, missing):
+                with pytest.raises(rpc.RpcError) as info:
+                    await client.call("127.0.0.1", server.port, ECHO, b"x", 5.0)
+                assert info.value.code == rpc.UNAUTHORIZED
+            assert await right.call("127.0.0.1", server.port, ECHO, b"xy", 5.0) == b"yx"
+            assert server.rejected == 2
+        finally:
+            for client in (wrong, missing, right):
+                client.close()
+            await server.stop()
+
+    asyncio.run(main())
+
+
+def test_frame_header_layout_is_length_kind_request_id() -> None:
+    frame = rpc.encode_frame(rpc.READ, 0x01020304, b"key")
+    assert frame == struct.pack("!IBI", 3, rpc.READ, 0x01020304) + b"key"
