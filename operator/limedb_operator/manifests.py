@@ -1,0 +1,341 @@
+"""Pure functions from a LimeCluster to the Kubernetes objects that run it (no I/O here)."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from typing import Any
+
+GROUP = "limedb.io"
+VERSION = "v1alpha1"
+PLURAL = "limeclusters"
+KIND = "LimeCluster"
+
+HTTP_PORT = 8484
+RESP_PORT = 6379
+DATA_DIR = "/data"
+RUN_AS = 10001
+SEED_COUNT = 3
+FINALIZER = "limedb.io/pvc-retention"
+
+DEFAULTS: dict[str, Any] = {
+    "nodes": 3,
+    "image": "ghcr.io/limedb/limedb:0.1.0",
+    "imagePullPolicy": "IfNotPresent",
+    "replicationFactor": 3,
+    "consistency": "quorum",
+    "vnodes": 256,
+    "durability": "sync",
+    "storage": {"size": "10Gi"},
+    "pvcRetention": {"whenScaled": "Delete", "whenDeleted": "Retain"},
+}
+
+Obj = dict[str, Any]
+
+
+def with_defaults(spec: Mapping[str, Any]) -> Obj:
+    """The spec with the CRD's defaults filled in (the API server does this too; tests and
+    clusters whose CRD is older may not)."""
+    out = copy.deepcopy(dict(spec))
+    for key, value in DEFAULTS.items():
+        if isinstance(value, dict):
+            merged = dict(value)
+            merged.update(out.get(key) or {})
+            out[key] = merged
+        else:
+            out.setdefault(key, value)
+    return out
+
+
+def headless_service_name(name: str) -> str:
+    return f"{name}-headless"
+
+
+def secret_name(name: str) -> str:
+    return f"{name}-secret"
+
+
+def pod_name(name: str, ordinal: int) -> str:
+    return f"{name}-{ordinal}"
+
+
+def pvc_name(name: str, ordinal: int) -> str:
+    return f"data-{name}-{ordinal}"
+
+
+def ordinal_of(name: str, pod: str) -> int | None:
+    """The StatefulSet ordinal of `pod`, or None when it is not one of `name`'s pods."""
+    prefix = f"{name}-"
+    if not pod.startswith(prefix) or not pod[len(prefix) :].isdigit():
+        return None
+    return int(pod[len(prefix) :])
+
+
+def selector_labels(name: str) -> dict[str, str]:
+    return {"app.kubernetes.io/name": "limedb", "app.kubernetes.io/instance": name}
+
+
+def selector_string(name: str) -> str:
+    return ",".join(f"{k}={v}" for k, v in selector_labels(name).items())
+
+
+def labels(name: str) -> dict[str, str]:
+    return {
+        **selector_labels(name),
+        "app.kubernetes.io/component": "node",
+        "app.kubernetes.io/managed-by": "limedb-operator",
+    }
+
+
+def seed_urls(name: str, namespace: str, nodes: int) -> list[str]:
+    """Headless-service DNS names of the lowest ordinals: they exist before the pods are Ready
+    (publishNotReadyAddresses) and survive pod restarts, unlike pod IPs."""
+    svc = headless_service_name(name)
+    count = max(1, min(SEED_COUNT, nodes))
+    return [f"http://{pod_name(name, i)}.{svc}.{namespace}.svc:{HTTP_PORT}" for i in range(count)]
+
+
+def _meta(name: str, namespace: str, obj_name: str) -> Obj:
+    return {"name": obj_name, "namespace": namespace, "labels": labels(name)}
+
+
+def headless_service(name: str, namespace: str) -> Obj:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _meta(name, namespace, headless_service_name(name)),
+        "spec": {
+            "clusterIP": "None",
+            # Seeds must resolve while the cluster is still forming, before any pod is Ready.
+            "publishNotReadyAddresses": True,
+            "selector": selector_labels(name),
+            "ports": [{"name": "http", "port": HTTP_PORT, "targetPort": "http"}],
+        },
+    }
+
+
+def client_service(name: str, namespace: str) -> Obj:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _meta(name, namespace, name),
+        "spec": {
+            "type": "ClusterIP",
+            "selector": selector_labels(name),
+            "ports": [
+                {"name": "http", "port": HTTP_PORT, "targetPort": "http"},
+                {"name": "resp", "port": RESP_PORT, "targetPort": "resp"},
+            ],
+        },
+    }
+
+
+def pod_disruption_budget(name: str, namespace: str) -> Obj:
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": _meta(name, namespace, name),
+        "spec": {"maxUnavailable": 1, "selector": {"matchLabels": selector_labels(name)}},
+    }
+
+
+def cluster_secret(name: str, namespace: str, token: str) -> Obj:
+    """The shared secret of the internal and admin routes; `token` comes from the caller so
+    this stays pure (the operator draws it from `secrets.token_urlsafe`)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": _meta(name, namespace, secret_name(name)),
+        "type": "Opaque",
+        "stringData": {"cluster-secret": token},
+    }
+
+
+def node_env(name: str, namespace: str, spec: Mapping[str, Any]) -> list[Obj]:
+    """Environment of a node container; only names that limedb.config knows (it refuses
+    unknown LIMEDB_* variables) plus the downward-API helpers they are built from."""
+
+    def field(path: str) -> Obj:
+        return {"valueFrom": {"fieldRef": {"fieldPath": path}}}
+
+    env: list[Obj] = [
+        {"name": "POD_NAME", **field("metadata.name")},
+        {"name": "POD_IP", **field("status.podIP")},
+        {"name": "LIMEDB_NODE_ID", "value": "$(POD_NAME)"},
+        # Peers reach a node by pod IP: it needs no cluster DNS, and node identity stays the
+        # pod name (LIMEDB_NODE_ID), so an IP change on restart is only a new address.
+        {"name": "LIMEDB_ADVERTISE_URL", "value": f"http://$(POD_IP):{HTTP_PORT}"},
+        {"name": "LIMEDB_HOST", "value": "0.0.0.0"},
+        {"name": "LIMEDB_PORT", "value": str(HTTP_PORT)},
+        {"name": "LIMEDB_RESP_PORT", "value": str(RESP_PORT)},
+        {"name": "LIMEDB_DATA_DIR", "value": DATA_DIR},
+        {"name": "LIMEDB_SEEDS", "value": ",".join(seed_urls(name, namespace, spec["nodes"]))},
+        {"name": "LIMEDB_VNODES", "value": str(spec["vnodes"])},
+        {"name": "LIMEDB_REPLICATION_FACTOR", "value": str(spec["replicationFactor"])},
+        {"name": "LIMEDB_READ_CONSISTENCY", "value": spec["consistency"]},
+        {"name": "LIMEDB_WRITE_CONSISTENCY", "value": spec["consistency"]},
+        {"name": "LIMEDB_DURABILITY", "value": spec["durability"]},
+        {
+            "name": "LIMEDB_CLUSTER_SECRET",
+            "valueFrom": {"secretKeyRef": {"name": secret_name(name), "key": "cluster-secret"}},
+        },
+    ]
+    own = {e["name"] for e in env}
+    # User variables come last so `$(VAR)` references to ours resolve; they may not override
+    # what the operator relies on (identity, address, secret).
+    env.extend(copy.deepcopy(e) for e in spec.get("env") or [] if e["name"] not in own)
+    return env
+
+
+def _probe(path: str, period: int, failures: int) -> Obj:
+    return {
+        "httpGet": {"path": path, "port": "http"},
+        "periodSeconds": period,
+        "timeoutSeconds": 2,
+        "failureThreshold": failures,
+    }
+
+
+def pod_security_context() -> Obj:
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": RUN_AS,
+        "runAsGroup": RUN_AS,
+        "fsGroup": RUN_AS,
+        "fsGroupChangePolicy": "OnRootMismatch",
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def container_security_context() -> Obj:
+    return {
+        "runAsNonRoot": True,
+        "allowPrivilegeEscalation": False,
+        "privileged": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def _placement(name: str, placement: Mapping[str, Any]) -> Obj:
+    out: Obj = {}
+    if placement.get("affinity"):
+        out["affinity"] = copy.deepcopy(placement["affinity"])
+    if placement.get("tolerations"):
+        out["tolerations"] = copy.deepcopy(placement["tolerations"])
+    if placement.get("nodeSelector"):
+        out["nodeSelector"] = dict(placement["nodeSelector"])
+    if "topologySpreadConstraints" in placement:
+        out["topologySpreadConstraints"] = copy.deepcopy(placement["topologySpreadConstraints"])
+    else:
+        # Replicas of a key should not share a zone or a machine when the cluster allows it.
+        out["topologySpreadConstraints"] = [
+            {
+                "maxSkew": 1,
+                "topologyKey": key,
+                "whenUnsatisfiable": "ScheduleAnyway",
+                "labelSelector": {"matchLabels": selector_labels(name)},
+            }
+            for key in ("topology.kubernetes.io/zone", "kubernetes.io/hostname")
+        ]
+    return out
+
+
+def statefulset(name: str, namespace: str, spec: Mapping[str, Any], replicas: int) -> Obj:
+    """The StatefulSet with `replicas` pods: the operator, not spec.nodes, decides the count,
+    because a scale-down may only shrink it after the leaving node handed off its data."""
+    spec = with_defaults(spec)
+    storage = spec["storage"]
+    pvc_spec: Obj = {
+        "accessModes": ["ReadWriteOnce"],
+        "resources": {"requests": {"storage": storage["size"]}},
+    }
+    if storage.get("storageClassName"):
+        pvc_spec["storageClassName"] = storage["storageClassName"]
+    container: Obj = {
+        "name": "limedb",
+        "image": spec["image"],
+        "imagePullPolicy": spec["imagePullPolicy"],
+        "args": ["serve"],
+        "env": node_env(name, namespace, spec),
+        "ports": [
+            {"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"},
+            {"name": "resp", "containerPort": RESP_PORT, "protocol": "TCP"},
+        ],
+        "readinessProbe": _probe("/readyz", 5, 3),
+        "livenessProbe": _probe("/livez", 10, 6),
+        # WAL replay after a crash may take a while; do not kill a node that is recovering.
+        "startupProbe": _probe("/livez", 2, 150),
+        "securityContext": container_security_context(),
+        "volumeMounts": [
+            {"name": "data", "mountPath": DATA_DIR},
+            {"name": "tmp", "mountPath": "/tmp"},
+        ],
+    }
+    if spec.get("resources"):
+        container["resources"] = copy.deepcopy(spec["resources"])
+    retention = spec["pvcRetention"]
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "StatefulSet",
+        "metadata": _meta(name, namespace, name),
+        "spec": {
+            "replicas": replicas,
+            "serviceName": headless_service_name(name),
+            # Parallel: new pods start together; ordering of membership changes is the
+            # operator's job (join one at a time), not the StatefulSet controller's.
+            "podManagementPolicy": "Parallel",
+            "updateStrategy": {"type": "RollingUpdate"},
+            "selector": {"matchLabels": selector_labels(name)},
+            "persistentVolumeClaimRetentionPolicy": {
+                "whenScaled": retention["whenScaled"],
+                "whenDeleted": retention["whenDeleted"],
+            },
+            "template": {
+                "metadata": {
+                    "labels": labels(name),
+                    "annotations": {
+                        "prometheus.io/scrape": "true",
+                        "prometheus.io/port": str(HTTP_PORT),
+                        "prometheus.io/path": "/metrics",
+                    },
+                },
+                "spec": {
+                    "terminationGracePeriodSeconds": 60,
+                    "automountServiceAccountToken": False,
+                    "enableServiceLinks": False,
+                    "securityContext": pod_security_context(),
+                    "containers": [container],
+                    "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "256Mi"}}],
+                    **_placement(name, spec.get("placement") or {}),
+                },
+            },
+            "volumeClaimTemplates": [
+                {"metadata": {"name": "data", "labels": labels(name)}, "spec": pvc_spec}
+            ],
+        },
+    }
+
+
+def owner_reference(body: Mapping[str, Any]) -> Obj:
+    """Makes a child garbage-collected with its LimeCluster."""
+    meta = body["metadata"]
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": KIND,
+        "name": meta["name"],
+        "uid": meta["uid"],
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def children(name: str, namespace: str, spec: Mapping[str, Any], replicas: int) -> list[Obj]:
+    """Every object the operator keeps in place, except the secret (created once)."""
+    return [
+        headless_service(name, namespace),
+        client_service(name, namespace),
+        pod_disruption_budget(name, namespace),
+        statefulset(name, namespace, spec, replicas),
+    ]

@@ -1,0 +1,173 @@
+"""The objects generated for a LimeCluster run a safe, restricted, self-identifying node."""
+
+from limedb.config import SETTINGS
+from limedb_operator import manifests
+
+NAME, NS = "lime", "db"
+
+
+def _sts(spec=None, replicas=3):
+    return manifests.statefulset(NAME, NS, manifests.with_defaults(spec or {}), replicas)
+
+
+def _env(sts):
+    return {e["name"]: e for e in sts["spec"]["template"]["spec"]["containers"][0]["env"]}
+
+
+def test_statefulset_replicas_come_from_the_operator_not_from_spec_nodes():
+    sts = _sts({"nodes": 5}, replicas=3)
+    assert sts["spec"]["replicas"] == 3
+
+
+def test_statefulset_uses_parallel_pods_and_the_headless_service():
+    spec = _sts()["spec"]
+    assert spec["podManagementPolicy"] == "Parallel"
+    assert spec["serviceName"] == "lime-headless"
+    assert spec["selector"]["matchLabels"] == manifests.selector_labels(NAME)
+    assert set(spec["selector"]["matchLabels"].items()) <= set(
+        spec["template"]["metadata"]["labels"].items()
+    )
+
+
+def test_node_identity_comes_from_the_pod_name_and_address_from_the_pod_ip():
+    env = _env(_sts())
+    assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    assert env["POD_IP"]["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"
+    assert env["LIMEDB_NODE_ID"]["value"] == "$(POD_NAME)"
+    assert env["LIMEDB_ADVERTISE_URL"]["value"] == "http://$(POD_IP):8484"
+
+
+def test_seeds_are_headless_dns_names_of_the_lowest_ordinals():
+    env = _env(_sts({"nodes": 7}))
+    assert env["LIMEDB_SEEDS"]["value"].split(",") == [
+        f"http://lime-{i}.lime-headless.db.svc:8484" for i in range(3)
+    ]
+    assert manifests.seed_urls(NAME, NS, 1) == ["http://lime-0.lime-headless.db.svc:8484"]
+
+
+def test_every_limedb_variable_is_a_setting_the_node_accepts():
+    # limedb.config refuses to start on an unknown LIMEDB_* variable.
+    known = {s.env for s in SETTINGS}
+    env = _env(_sts({"env": [{"name": "LIMEDB_LOG_LEVEL", "value": "debug"}]}))
+    ours = {n for n in env if n.startswith("LIMEDB_")}
+    assert ours <= known, ours - known
+
+
+def test_spec_settings_reach_the_node_environment():
+    env = _env(
+        _sts({"replicationFactor": 2, "vnodes": 16, "durability": "periodic", "consistency": "one"})
+    )
+    assert env["LIMEDB_REPLICATION_FACTOR"]["value"] == "2"
+    assert env["LIMEDB_VNODES"]["value"] == "16"
+    assert env["LIMEDB_DURABILITY"]["value"] == "periodic"
+    assert env["LIMEDB_READ_CONSISTENCY"]["value"] == "one"
+    assert env["LIMEDB_WRITE_CONSISTENCY"]["value"] == "one"
+    assert env["LIMEDB_CLUSTER_SECRET"]["valueFrom"]["secretKeyRef"] == {
+        "name": "lime-secret",
+        "key": "cluster-secret",
+    }
+
+
+def test_user_env_is_added_but_cannot_override_identity():
+    env = _env(
+        _sts(
+            {
+                "env": [
+                    {"name": "LIMEDB_NODE_ID", "value": "evil"},
+                    {"name": "LIMEDB_LOG_LEVEL", "value": "debug"},
+                ]
+            }
+        )
+    )
+    assert env["LIMEDB_NODE_ID"]["value"] == "$(POD_NAME)"
+    assert env["LIMEDB_LOG_LEVEL"]["value"] == "debug"
+
+
+def test_pod_meets_the_restricted_pod_security_profile():
+    pod = _sts()["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    (c,) = pod["containers"]
+    sc = c["securityContext"]
+    assert sc["allowPrivilegeEscalation"] is False
+    assert sc["capabilities"]["drop"] == ["ALL"]
+    assert sc["readOnlyRootFilesystem"] is True
+    mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert "emptyDir" in volumes[mounts["/tmp"]]
+    assert mounts["/data"] == "data"
+
+
+def test_probes_hit_livez_and_readyz():
+    (c,) = _sts()["spec"]["template"]["spec"]["containers"]
+    assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert c["livenessProbe"]["httpGet"]["path"] == "/livez"
+    assert c["startupProbe"]["httpGet"]["path"] == "/livez"
+
+
+def test_volume_claim_template_carries_size_class_and_retention_policy():
+    sts = _sts(
+        {
+            "storage": {"size": "20Gi", "storageClassName": "fast"},
+            "pvcRetention": {"whenScaled": "Retain", "whenDeleted": "Delete"},
+        }
+    )
+    (tpl,) = sts["spec"]["volumeClaimTemplates"]
+    assert tpl["metadata"]["name"] == "data"
+    assert tpl["spec"]["resources"]["requests"]["storage"] == "20Gi"
+    assert tpl["spec"]["storageClassName"] == "fast"
+    assert sts["spec"]["persistentVolumeClaimRetentionPolicy"] == {
+        "whenScaled": "Retain",
+        "whenDeleted": "Delete",
+    }
+    assert manifests.pvc_name(NAME, 4) == "data-lime-4"
+
+
+def test_placement_is_copied_and_default_spreads_over_zones():
+    default = _sts()["spec"]["template"]["spec"]
+    keys = [c["topologyKey"] for c in default["topologySpreadConstraints"]]
+    assert keys == ["topology.kubernetes.io/zone", "kubernetes.io/hostname"]
+    placed = _sts(
+        {
+            "placement": {
+                "nodeSelector": {"disk": "ssd"},
+                "tolerations": [{"key": "db", "operator": "Exists"}],
+                "topologySpreadConstraints": [],
+            }
+        }
+    )["spec"]["template"]["spec"]
+    assert placed["nodeSelector"] == {"disk": "ssd"}
+    assert placed["tolerations"] == [{"key": "db", "operator": "Exists"}]
+    assert placed["topologySpreadConstraints"] == []
+
+
+def test_headless_service_publishes_not_ready_addresses():
+    svc = manifests.headless_service(NAME, NS)
+    assert svc["spec"]["clusterIP"] == "None"
+    assert svc["spec"]["publishNotReadyAddresses"] is True
+
+
+def test_client_service_and_pdb_select_the_node_pods():
+    svc = manifests.client_service(NAME, NS)
+    pdb = manifests.pod_disruption_budget(NAME, NS)
+    assert svc["spec"]["selector"] == manifests.selector_labels(NAME)
+    assert pdb["spec"]["maxUnavailable"] == 1
+    assert pdb["spec"]["selector"]["matchLabels"] == manifests.selector_labels(NAME)
+
+
+def test_ordinal_of_recognises_only_this_clusters_pods():
+    assert manifests.ordinal_of(NAME, "lime-12") == 12
+    assert manifests.ordinal_of(NAME, "limex-1") is None
+    assert manifests.ordinal_of(NAME, "lime-a") is None
+
+
+def test_owner_reference_points_at_the_limecluster():
+    ref = manifests.owner_reference({"metadata": {"name": NAME, "uid": "u-1"}})
+    assert ref["kind"] == "LimeCluster" and ref["uid"] == "u-1" and ref["controller"] is True
+
+
+def test_defaults_fill_missing_nested_fields_only():
+    spec = manifests.with_defaults({"storage": {"size": "1Gi"}, "nodes": 5})
+    assert spec["storage"] == {"size": "1Gi"}
+    assert spec["nodes"] == 5
+    assert spec["pvcRetention"] == {"whenScaled": "Delete", "whenDeleted": "Retain"}
