@@ -1,0 +1,61 @@
+"""The application factory: FastAPI with every router, behind the raw-ASGI fast path.
+
+`create_app(service, config)` returns an ASGI application (a `FastPath` whose `.app` is the
+FastAPI app and `.state` the shared `NodeState`). `service` may be None while storage is still
+recovering; `attach_service` plugs it in when it is ready. Other modules mount their own routers
+(internal replication, admin) with `extra_routers`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from contextlib import AbstractAsyncContextManager
+from typing import Any
+
+from fastapi import APIRouter, FastAPI
+
+import limedb
+from limedb.api import clusterinfo, native, probes, public
+from limedb.api.errors import install_handlers
+from limedb.api.fastpath import FastPath
+from limedb.api.state import NodeState
+from limedb.api.validation import Limits
+from limedb.cluster.service import KeyValueService
+from limedb.config import Config
+
+DESCRIPTION = """\
+LimeDB node API. The `/api/v1/*` routes are compatible with the original LimeDB clients;
+`/v1/*` are native routes (raw bytes, TTL, per-request consistency, batches). Every error is
+JSON `{"error": "..."}`; 503 responses carry `Retry-After`.
+"""
+
+
+def create_app(
+    service: KeyValueService | None,
+    config: Config,
+    *,
+    extra_routers: Iterable[APIRouter] = (),
+    lifespan: Callable[[Any], AbstractAsyncContextManager[None]] | None = None,
+) -> FastPath:
+    limits = Limits(config.max_key_bytes, config.max_value_bytes, config.max_batch_items)
+    state = NodeState(config=config, limits=limits, service=service)
+    api = FastAPI(
+        title="LimeDB",
+        version=limedb.__version__,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+    )
+    api.state.node = state
+    install_handlers(api)
+    api.include_router(public.build_router(state))
+    api.include_router(clusterinfo.build_router(state))
+    api.include_router(native.build_router(state))
+    api.include_router(probes.build_router(state))
+    for router in extra_routers:
+        api.include_router(router)
+    return FastPath(api, state)
+
+
+def attach_service(app: FastPath, service: KeyValueService) -> None:
+    """Start serving keys from `service` (after storage recovery finished)."""
+    app.state.service = service

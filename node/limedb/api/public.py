@@ -1,0 +1,152 @@
+"""The LimeDB-compatible routes (/api/v1/*) with the exact shapes its clients expect.
+
+get/set/del are normally answered by the fast path; the handlers here serve the same operations
+for the methods the fast path leaves to FastAPI and give the routes their OpenAPI documentation.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Annotated
+
+import orjson
+from fastapi import APIRouter, Path, Query, Request
+from starlette.responses import Response
+
+import limedb
+from limedb.api import operations as ops
+from limedb.api.fastpath import DEL_PREFIX, GET_PREFIX, read_body
+from limedb.api.responses import BAD_REQUEST, NOT_FOUND, TOO_LARGE, UNAVAILABLE, text, to_response
+from limedb.api.schemas import GetResponse, Health, KeysPage
+from limedb.api.state import NodeState
+from limedb.api.validation import key_from_raw_path
+
+MAX_PAGE_SIZE = 100
+
+
+def _raw_path(request: Request) -> bytes:
+    return request.scope.get("raw_path") or request.url.path.encode("utf-8")
+
+
+def build_router(state: NodeState) -> APIRouter:
+    router = APIRouter(tags=["LimeDB-compatible"])
+    limits = state.limits
+    Key = Annotated[
+        str,
+        Path(
+            min_length=1,
+            max_length=limits.max_key_bytes,
+            description=f"the key, percent-encoded; 1..{limits.max_key_bytes} bytes of UTF-8",
+        ),
+    ]
+    set_body = {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "required": ["key", "value"],
+                    "properties": {
+                        "key": {"type": "string", "minLength": 1, "maxLength": limits.max_key_bytes},
+                        "value": {"type": "string", "maxLength": limits.max_value_bytes},
+                    },
+                }
+            }
+        },
+    }
+
+    @router.get(
+        "/api/v1/get/{key:path}",
+        summary="Read a key",
+        responses={
+            200: {"model": GetResponse, "description": "the value and the owner's URL"},
+            **BAD_REQUEST,
+            **NOT_FOUND,
+            **UNAVAILABLE,
+        },
+    )
+    async def get_key(request: Request, key: Key) -> Response:
+        service = state.require_service()
+        raw = key_from_raw_path(_raw_path(request), len(GET_PREFIX), limits)
+        return to_response(await ops.lime_get(service, raw))
+
+    @router.post(
+        "/api/v1/set",
+        summary="Write a key",
+        openapi_extra={"requestBody": set_body},
+        responses={
+            200: text("stored", "OK"),
+            **BAD_REQUEST,
+            **TOO_LARGE,
+            **UNAVAILABLE,
+        },
+    )
+    async def set_key(request: Request) -> Response:
+        service = state.require_service()
+        body = await read_body(request.scope, request.receive, limits.max_json_body)
+        return to_response(await ops.lime_set(service, body, limits))
+
+    @router.delete(
+        "/api/v1/del/{key:path}",
+        summary="Delete a key",
+        responses={
+            200: text("`1` if a live value existed, `0` if not", "1"),
+            **BAD_REQUEST,
+            **UNAVAILABLE,
+        },
+    )
+    async def delete_key(request: Request, key: Key) -> Response:
+        service = state.require_service()
+        raw = key_from_raw_path(_raw_path(request), len(DEL_PREFIX), limits)
+        return to_response(await ops.lime_del(service, raw))
+
+    @router.get(
+        "/api/v1/keys",
+        summary="This node's local keys, a page at a time, in a stable order",
+        responses={200: {"model": KeysPage}, **BAD_REQUEST, **UNAVAILABLE},
+    )
+    async def list_keys(
+        page: Annotated[int, Query(ge=1, description="1-based page number")] = 1,
+        pageSize: Annotated[
+            int, Query(ge=1, description=f"keys per page; values above {MAX_PAGE_SIZE} are capped")
+        ] = 20,
+    ) -> Response:
+        service = state.require_service()
+        size = min(pageSize, MAX_PAGE_SIZE)
+        total = service.local_count()
+        offset = (page - 1) * size
+        items = service.local_items(None, offset + size)[offset:] if offset < total else []
+        # The count is an estimate on a busy node; never report fewer than we just listed.
+        total = max(total, offset + len(items))
+        keys = [
+            {"key": k.decode("utf-8", "replace"), "value": v.decode("utf-8", "replace"), "size": len(v)}
+            for k, v in items
+        ]
+        body = {
+            "keys": keys,
+            "total": total,
+            "page": page,
+            "pageSize": size,
+            "totalPages": math.ceil(total / size),
+        }
+        return Response(orjson.dumps(body), media_type="application/json")
+
+    @router.get(
+        "/api/v1/health",
+        summary="Node health and storage statistics",
+        responses={200: {"model": Health}, **UNAVAILABLE},
+    )
+    async def health() -> Response:
+        service = state.require_service()
+        body = {
+            "status": "healthy",
+            "service": "limedb-node",
+            "version": limedb.__version__,
+            "nodeUrl": service.node_url,
+            "timestamp": int(time.time()),
+            "storage": service.stats(),
+        }
+        return Response(orjson.dumps(body, option=orjson.OPT_NON_STR_KEYS), media_type="application/json")
+
+    return router

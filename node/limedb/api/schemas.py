@@ -1,0 +1,146 @@
+"""Pydantic models that document the JSON shapes in the OpenAPI document.
+
+Handlers serialize with orjson directly (the models are not on the request path); the compat
+and schemathesis tests check that what is sent matches what is documented here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class ErrorBody(BaseModel):
+    error: str = Field(description="what was wrong, in words")
+
+
+class GetResponse(BaseModel):
+    value: str
+    nodeUrl: str = Field(description="URL of the node that owns the key")
+
+
+class KeyEntry(BaseModel):
+    key: str
+    value: str
+    size: int = Field(description="value size in bytes")
+
+
+class KeysPage(BaseModel):
+    keys: list[KeyEntry]
+    total: int
+    page: int
+    pageSize: int
+    totalPages: int
+
+
+class MemberState(BaseModel):
+    nodeId: str
+    url: str
+    state: str = Field(description="Joining | Normal | Leaving | Left")
+    status: str = Field(description="active | stale | dead (failure detector)")
+
+
+class ClusterState(BaseModel):
+    nodeUrl: str
+    peers: list[str] = Field(description="every member URL, this node included")
+    totalNodes: int
+    status: str
+    ringEpoch: int
+    members: list[MemberState]
+
+
+class TokenRange(BaseModel):
+    start: int
+    end: int
+    hash: int
+    size: int
+
+
+class TokenRangeDegrees(BaseModel):
+    startHash: int
+    endHash: int
+    hash: int
+    startDegrees: float
+    endDegrees: float
+    sizeDegrees: float
+    sizeHash: int
+
+
+class RingInfo(BaseModel):
+    totalNodes: int
+    virtualNodes: int
+    virtualNodesPerNode: int
+    virtualNodeDistribution: dict[str, int]
+    currentNode: str
+    allNodes: list[str]
+    ranges: dict[str, list[TokenRange]]
+    rangesDegrees: dict[str, list[TokenRangeDegrees]]
+
+
+class PeerDetail(BaseModel):
+    url: str
+    heartbeat: int
+    lag: float
+    status: str = Field(description="active | stale | dead")
+
+
+class GossipInfo(BaseModel):
+    """With peers: every field; a standalone node: status, node_heartbeat, total_peers,
+    cluster_health "N/A" and node_url."""
+
+    model_config = ConfigDict(extra="allow")
+
+    node_url: str
+    node_heartbeat: int
+    total_peers: int
+    cluster_health: str
+    status: str | None = None
+    active_peers: int | None = None
+    stale_peers: int | None = None
+    dead_peers: int | None = None
+    convergence_rate: float | None = None
+    average_lag: float | None = None
+    max_lag: float | None = None
+    peer_details: list[PeerDetail] | None = None
+    timestamp: int | None = None
+
+
+class Health(BaseModel):
+    status: str
+    service: str
+    version: str
+    nodeUrl: str
+    timestamp: int
+    storage: dict[str, Any]
+
+
+class Probe(BaseModel):
+    status: str
+
+
+class PutResult(BaseModel):
+    ts: int = Field(description="hybrid logical clock timestamp of the new version")
+
+
+class DeleteResult(BaseModel):
+    deleted: bool = Field(description="whether a live value existed")
+
+
+class BatchPut(BaseModel):
+    key: str = Field(min_length=1)
+    value: str
+    ttl: float | None = Field(default=None, gt=0, description="seconds until expiry")
+
+
+class BatchRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    get: list[str] = Field(default_factory=list, description="keys to read")
+    put: list[BatchPut] = Field(default_factory=list, description="values to write")
+    encoding: str = Field(default="utf-8", pattern="^(utf-8|base64)$")
+
+
+class BatchResponse(BaseModel):
+    values: dict[str, str | None] = Field(description="each requested key: value or null")
+    written: int

@@ -1,0 +1,33 @@
+"""The per-app node state the routes share: config, limits, route statistics and the service.
+
+The service is attached only once storage recovery has finished, so until then every data route
+answers 503 and /readyz says not ready, while /livez already answers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from limedb.api.errors import not_ready
+from limedb.api.metrics import RouteStats
+from limedb.api.validation import Limits
+from limedb.cluster.service import KeyValueService
+from limedb.config import Config
+
+
+@dataclass
+class NodeState:
+    config: Config
+    limits: Limits
+    stats: RouteStats = field(default_factory=RouteStats)
+    service: KeyValueService | None = None
+    inflight: int = 0
+
+    def require_service(self) -> KeyValueService:
+        service = self.service
+        if service is None:
+            raise not_ready()
+        return service
+
+    def is_ready(self) -> bool:
+        return self.service is not None and self.service.ready()

@@ -1,0 +1,283 @@
+"""Python clients of a LimeDB node over its native HTTP routes: `Client` (sync), `AsyncClient`.
+
+Values are bytes (str is encoded as UTF-8). A missing key raises `KeyNotFound`, a refused request
+`BadRequest`, and a node that stays overloaded or short of replicas after the retries
+`Unavailable`. 503 answers and refused connections are retried with exponential backoff,
+honouring Retry-After. Depends only on httpx.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import random
+import time
+from collections.abc import Iterable, Mapping
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+DEFAULT_URL = "http://127.0.0.1:8484"
+
+
+class LimeDBError(Exception):
+    """Base of the client's errors."""
+
+
+class KeyNotFound(LimeDBError, KeyError):
+    """The key does not exist (or expired, or was deleted)."""
+
+    def __str__(self) -> str:
+        return f"key not found: {self.args[0]!r}" if self.args else "key not found"
+
+
+class BadRequest(LimeDBError):
+    """The node refused the request (400 / 413): the message says why."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class Unavailable(LimeDBError):
+    """The node could not serve the request (503 / 429 / unreachable) after every retry."""
+
+
+def _key_path(key: str | bytes) -> str:
+    raw = key.encode("utf-8") if isinstance(key, str) else key
+    return "/v1/kv/" + quote(raw, safe="")
+
+
+def _as_bytes(value: str | bytes) -> bytes:
+    return value.encode("utf-8") if isinstance(value, str) else value
+
+
+def _message(response: httpx.Response) -> str:
+    try:
+        return str(response.json().get("error", response.text))
+    except ValueError:
+        return response.text or f"HTTP {response.status_code}"
+
+
+def _raise_for(response: httpx.Response, key: str | bytes | None = None) -> None:
+    status = response.status_code
+    if status < 300:
+        return
+    if status == 404 and key is not None:
+        raise KeyNotFound(key)
+    if status in (400, 404, 405, 413, 422):
+        raise BadRequest(_message(response), status)
+    if status in (429, 503):
+        raise Unavailable(_message(response))
+    raise LimeDBError(f"HTTP {status}: {_message(response)}")
+
+
+def _params(ttl: float | None = None, consistency: str | None = None) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    if ttl is not None:
+        params["ttl"] = ttl
+    if consistency is not None:
+        params["consistency"] = consistency
+    return params
+
+
+def _batch_body(get: Iterable[str], put: Mapping[str, str | bytes]) -> dict[str, Any]:
+    return {
+        "get": list(get),
+        "put": [{"key": k, "value": base64.b64encode(_as_bytes(v)).decode()} for k, v in put.items()],
+        "encoding": "base64",
+    }
+
+
+def _batch_values(response: httpx.Response) -> dict[str, bytes | None]:
+    values = response.json()["values"]
+    return {k: None if v is None else base64.b64decode(v) for k, v in values.items()}
+
+
+class _Retry:
+    """Backoff schedule shared by both clients."""
+
+    def __init__(self, retries: int, backoff: float) -> None:
+        self.retries = retries
+        self.backoff = backoff
+
+    def delay(self, attempt: int, response: httpx.Response | None) -> float:
+        wait = self.backoff * (2**attempt) * (0.5 + random.random())
+        if response is not None:
+            try:
+                wait = max(wait, min(float(response.headers.get("retry-after", 0)), 5.0))
+            except ValueError:
+                pass
+        return min(wait, 5.0)
+
+
+class Client:
+    """A synchronous client of one node (any node of a cluster can serve any key)."""
+
+    def __init__(
+        self,
+        url: str = DEFAULT_URL,
+        *,
+        timeout: float = 10.0,
+        retries: int = 3,
+        backoff: float = 0.05,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self.url = url.rstrip("/")
+        self._http = httpx.Client(base_url=self.url, timeout=timeout, transport=transport)
+        self._retry = _Retry(retries, backoff)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        attempt = 0
+        while True:
+            response: httpx.Response | None = None
+            try:
+                response = self._http.request(method, path, **kwargs)
+                if response.status_code not in (429, 503):
+                    return response
+            except httpx.TransportError as exc:
+                if attempt >= self._retry.retries:
+                    raise Unavailable(f"{self.url} unreachable: {exc}") from exc
+            if attempt >= self._retry.retries:
+                assert response is not None
+                return response
+            time.sleep(self._retry.delay(attempt, response))
+            attempt += 1
+
+    def get(self, key: str | bytes, *, consistency: str | None = None) -> bytes:
+        response = self._request("GET", _key_path(key), params=_params(consistency=consistency))
+        _raise_for(response, key)
+        return response.content
+
+    def set(
+        self,
+        key: str | bytes,
+        value: str | bytes,
+        *,
+        ttl: float | None = None,
+        consistency: str | None = None,
+    ) -> int:
+        """Store a value; returns its version timestamp."""
+        response = self._request(
+            "PUT",
+            _key_path(key),
+            content=_as_bytes(value),
+            params=_params(ttl, consistency),
+            headers={"content-type": "application/octet-stream"},
+        )
+        _raise_for(response)
+        return int(response.json()["ts"])
+
+    def delete(self, key: str | bytes, *, consistency: str | None = None) -> bool:
+        """Delete a key; returns whether it existed."""
+        response = self._request("DELETE", _key_path(key), params=_params(consistency=consistency))
+        _raise_for(response)
+        return bool(response.json()["deleted"])
+
+    def batch(
+        self, get: Iterable[str] = (), put: Mapping[str, str | bytes] | None = None
+    ) -> dict[str, bytes | None]:
+        """Write `put`, then read `get`; returns {key: value or None} for the keys read."""
+        response = self._request("POST", "/v1/batch", json=_batch_body(get, put or {}))
+        _raise_for(response)
+        return _batch_values(response)
+
+    def health(self) -> dict[str, Any]:
+        response = self._request("GET", "/api/v1/health")
+        _raise_for(response)
+        return response.json()
+
+
+class AsyncClient:
+    """The asyncio twin of `Client`."""
+
+    def __init__(
+        self,
+        url: str = DEFAULT_URL,
+        *,
+        timeout: float = 10.0,
+        retries: int = 3,
+        backoff: float = 0.05,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.url = url.rstrip("/")
+        self._http = httpx.AsyncClient(base_url=self.url, timeout=timeout, transport=transport)
+        self._retry = _Retry(retries, backoff)
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        attempt = 0
+        while True:
+            response: httpx.Response | None = None
+            try:
+                response = await self._http.request(method, path, **kwargs)
+                if response.status_code not in (429, 503):
+                    return response
+            except httpx.TransportError as exc:
+                if attempt >= self._retry.retries:
+                    raise Unavailable(f"{self.url} unreachable: {exc}") from exc
+            if attempt >= self._retry.retries:
+                assert response is not None
+                return response
+            await asyncio.sleep(self._retry.delay(attempt, response))
+            attempt += 1
+
+    async def get(self, key: str | bytes, *, consistency: str | None = None) -> bytes:
+        response = await self._request("GET", _key_path(key), params=_params(consistency=consistency))
+        _raise_for(response, key)
+        return response.content
+
+    async def set(
+        self,
+        key: str | bytes,
+        value: str | bytes,
+        *,
+        ttl: float | None = None,
+        consistency: str | None = None,
+    ) -> int:
+        response = await self._request(
+            "PUT",
+            _key_path(key),
+            content=_as_bytes(value),
+            params=_params(ttl, consistency),
+            headers={"content-type": "application/octet-stream"},
+        )
+        _raise_for(response)
+        return int(response.json()["ts"])
+
+    async def delete(self, key: str | bytes, *, consistency: str | None = None) -> bool:
+        response = await self._request(
+            "DELETE", _key_path(key), params=_params(consistency=consistency)
+        )
+        _raise_for(response)
+        return bool(response.json()["deleted"])
+
+    async def batch(
+        self, get: Iterable[str] = (), put: Mapping[str, str | bytes] | None = None
+    ) -> dict[str, bytes | None]:
+        response = await self._request("POST", "/v1/batch", json=_batch_body(get, put or {}))
+        _raise_for(response)
+        return _batch_values(response)
+
+    async def health(self) -> dict[str, Any]:
+        response = await self._request("GET", "/api/v1/health")
+        _raise_for(response)
+        return response.json()

@@ -1,0 +1,167 @@
+"""The single-node KeyValueService: user keys over the local storage engine, no replication.
+
+Versions are stamped with this node's hybrid logical clock, keys are stored token-prefixed
+(limedb.cluster.keys) so the on-disk layout is already the one the cluster ring streams, and a
+TTL becomes an absolute `expires_at_ms`. The cluster coordinator replaces this service when a
+node has peers; the HTTP layer cannot tell the difference.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Protocol
+
+import xxhash
+
+from limedb.cluster.keys import storage_key, user_key
+from limedb.cluster.service import Consistency, ReadResult, Unavailable
+from limedb.cluster.view import ClusterView, MemberView
+from limedb.hlc import HLC, millis_of
+
+
+class StorageVersion(Protocol):
+    value: bytes | None
+    ts: int
+    tombstone: bool
+    expires_at_ms: int | None
+
+
+class StorageEngine(Protocol):
+    """The part of `limedb.storage.Engine` this service relies on."""
+
+    def get_version(self, key: bytes) -> StorageVersion | None: ...
+
+    async def put_async(
+        self, key: bytes, value: bytes, ts: int | None = None, expires_at_ms: int | None = None
+    ) -> Any: ...
+
+    async def delete_async(self, key: bytes, ts: int | None = None) -> Any: ...
+
+    def scan(self, start: bytes | None = None, end: bytes | None = None) -> Any: ...
+
+    def stats(self) -> dict: ...
+
+    def approx_key_count(self) -> int: ...
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def _is_live(version: StorageVersion | None, now_ms: int) -> bool:
+    if version is None or version.tombstone:
+        return False
+    expires = version.expires_at_ms
+    return expires is None or expires > now_ms
+
+
+def ring_tokens(node_id: str, url: str, vnodes: int) -> list[tuple[int, str]]:
+    """The ring positions of one node: XXH64(f"{node_id}:{i}"), as the original LimeDB."""
+    count = max(vnodes, 1)
+    return sorted((xxhash.xxh64_intdigest(f"{node_id}:{i}"), url) for i in range(count))
+
+
+class LocalService:
+    """A KeyValueService for one node: every key is owned here."""
+
+    def __init__(
+        self,
+        engine: StorageEngine,
+        *,
+        node_id: str,
+        node_url: str,
+        vnodes: int = 256,
+        clock: HLC | None = None,
+    ) -> None:
+        self.node_id = node_id
+        self.node_url = node_url
+        self._engine = engine
+        self._clock = clock or HLC()
+        self._vnodes = vnodes
+        self._tokens = tuple(ring_tokens(node_id, node_url, vnodes))
+        self._started_at = time.time()
+        self._ready = False
+        self._stopping = False
+
+    async def start(self) -> None:
+        self._ready = True
+
+    async def stop(self) -> None:
+        # Writes that arrive after this point would race engine.close(); refuse them cleanly.
+        self._stopping = True
+        self._ready = False
+
+    def ready(self) -> bool:
+        return self._ready
+
+    def owner_url(self, key: bytes) -> str:
+        return self.node_url
+
+    def _check_open(self) -> None:
+        if self._stopping:
+            raise Unavailable("node is shutting down", retry_after=1.0)
+
+    async def get(self, key: bytes, consistency: Consistency | None = None) -> ReadResult:
+        self._check_open()
+        version = self._engine.get_version(storage_key(key))
+        if not _is_live(version, _now_ms()):
+            return ReadResult(None, self.node_url)
+        assert version is not None
+        return ReadResult(version.value, self.node_url, version.ts, version.expires_at_ms)
+
+    async def put(
+        self,
+        key: bytes,
+        value: bytes,
+        *,
+        ttl_ms: int | None = None,
+        consistency: Consistency | None = None,
+    ) -> int:
+        self._check_open()
+        ts = self._clock.now()
+        # Expiry counts from the version's own clock so replicas agree on the deadline.
+        expires = millis_of(ts) + ttl_ms if ttl_ms else None
+        await self._engine.put_async(storage_key(key), value, ts=ts, expires_at_ms=expires)
+        return ts
+
+    async def delete(self, key: bytes, consistency: Consistency | None = None) -> bool:
+        self._check_open()
+        skey = storage_key(key)
+        existed = _is_live(self._engine.get_version(skey), _now_ms())
+        await self._engine.delete_async(skey, ts=self._clock.now())
+        return existed
+
+    def local_items(self, after: bytes | None, limit: int) -> list[tuple[bytes, bytes]]:
+        if limit <= 0:
+            return []
+        start = storage_key(after) + b"\x00" if after is not None else None
+        now = _now_ms()
+        items: list[tuple[bytes, bytes]] = []
+        for skey, version in self._engine.scan(start, None):
+            if _is_live(version, now):
+                items.append((user_key(skey), version.value))
+                if len(items) >= limit:
+                    break
+        return items
+
+    def local_count(self) -> int:
+        return int(self._engine.approx_key_count())
+
+    def stats(self) -> dict:
+        stats = dict(self._engine.stats())
+        stats.setdefault("keys", self.local_count())
+        return stats
+
+    def cluster_view(self) -> ClusterView:
+        """Self as the only member: what /api/v1/cluster/* report for a standalone node."""
+        heartbeat = int(time.time() - self._started_at)
+        me = MemberView(self.node_id, self.node_url, "Normal", "active", heartbeat, 0.0)
+        return ClusterView(
+            node_id=self.node_id,
+            node_url=self.node_url,
+            members=(me,),
+            ring_epoch=1,
+            vnodes_per_node=self._vnodes,
+            tokens=self._tokens,
+            heartbeat=heartbeat,
+        )

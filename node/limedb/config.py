@@ -1,0 +1,242 @@
+"""Every node setting in one place, read from flags > LIMEDB_* environment > LimeDB aliases > defaults.
+
+Each setting is declared once in `SETTINGS` with its type, default, environment names and
+validation; `load_config` resolves them and fails with a `ConfigError` that names the setting
+(and where the bad value came from) instead of starting with a half-understood configuration.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+ENV_PREFIX = "LIMEDB_"
+DURABILITY_MODES = ("sync", "periodic", "none")
+CONSISTENCY_LEVELS = ("one", "quorum", "all")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+# Names the original LimeDB reads; accepted so that its deployment manifests work unchanged.
+LIMEDB_ALIASES: dict[str, str] = {
+    "SERVER_PORT": "port",
+    "NODE_URL": "advertise_url",
+    "NODE_PEERS": "seeds",
+    "VIRTUAL_NODES": "vnodes",
+    "DATA_DIR": "data_dir",
+}
+# Read by the original for tracing; accepted so its manifests start, but not used here.
+IGNORED_ALIASES = ("OTEL_ENDPOINT",)
+# Read by the client and CLI (`limedb get --url`), not by the node; never an unknown setting.
+CLIENT_ENV = ("LIMEDB_URL",)
+
+
+class ConfigError(ValueError):
+    """A setting is unknown or has an invalid value; the message names the setting."""
+
+
+def _int(lo: int, hi: int | None = None) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(str(text).strip())
+        except ValueError:
+            raise ValueError(f"expected an integer, got {text!r}") from None
+        if value < lo or (hi is not None and value > hi):
+            bound = f"between {lo} and {hi}" if hi is not None else f">= {lo}"
+            raise ValueError(f"must be {bound}, got {value}")
+        return value
+
+    return parse
+
+
+def _choice(options: tuple[str, ...]) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        value = str(text).strip().lower()
+        if value not in options:
+            raise ValueError(f"must be one of {', '.join(options)}, got {text!r}")
+        return value
+
+    return parse
+
+
+def _text(text: str) -> str:
+    return str(text).strip()
+
+
+def _optional_text(text: str) -> str | None:
+    value = str(text).strip()
+    return value or None
+
+
+def _url(text: str) -> str:
+    value = str(text).strip().rstrip("/")
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError(f"expected an http(s) URL such as http://127.0.0.1:8484, got {text!r}")
+    return value
+
+
+def _optional_url(text: str) -> str | None:
+    return _url(text) if str(text).strip() else None
+
+
+def _url_list(text: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
+    items = text if isinstance(text, list | tuple) else str(text).split(",")
+    return tuple(_url(item) for item in items if str(item).strip())
+
+
+def _bool(text: str) -> bool:
+    value = str(text).strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"expected true or false, got {text!r}")
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One configuration knob: how to parse it and which environment names carry it."""
+
+    name: str
+    parse: Callable[[Any], Any]
+    default: Any
+    help: str
+
+    @property
+    def env(self) -> str:
+        return ENV_PREFIX + self.name.upper()
+
+
+MIB = 1024 * 1024
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("host", _text, "0.0.0.0", "interface the HTTP server binds"),
+    Setting("port", _int(1, 65535), 8484, "HTTP port (LimeDB alias SERVER_PORT)"),
+    Setting("data_dir", _text, "./limedb-data", "directory of the storage engine (alias DATA_DIR)"),
+    Setting("node_id", _optional_text, None, "stable node identity; defaults to advertise_url"),
+    Setting(
+        "advertise_url",
+        _optional_url,
+        None,
+        "URL peers and clients use to reach this node (alias NODE_URL); "
+        "defaults to http://<host>:<port>",
+    ),
+    Setting("seeds", _url_list, (), "comma-separated URLs of peers to join (alias NODE_PEERS)"),
+    Setting("vnodes", _int(0, 4096), 256, "virtual nodes per node on the ring (alias VIRTUAL_NODES)"),
+    Setting("replication_factor", _int(1, 15), 3, "copies of every key"),
+    Setting("read_consistency", _choice(CONSISTENCY_LEVELS), "quorum", "default read level"),
+    Setting("write_consistency", _choice(CONSISTENCY_LEVELS), "quorum", "default write level"),
+    Setting("cluster_secret", _optional_text, None, "shared secret for internal/admin routes"),
+    Setting("durability", _choice(DURABILITY_MODES), "sync", "sync | periodic | none"),
+    Setting("sync_interval_ms", _int(1, 60_000), 50, "fsync period in periodic durability"),
+    Setting("max_key_bytes", _int(1, 65_536), 1024, "largest key accepted, in bytes"),
+    Setting("max_value_bytes", _int(1, 256 * MIB), MIB, "largest value accepted, in bytes"),
+    Setting("max_batch_items", _int(1, 100_000), 1000, "most keys in one /v1/batch request"),
+    Setting("max_inflight", _int(0), 4096, "requests served at once before 503 (0 = no limit)"),
+    Setting("request_timeout_ms", _int(1, 600_000), 5000, "deadline of forwarded requests"),
+    Setting("resp_port", _int(0, 65535), 6379, "RESP (Redis protocol) port, 0 = off"),
+    Setting("shutdown_timeout_s", _int(1, 300), 8, "grace period for in-flight requests"),
+    Setting("log_level", _choice(LOG_LEVELS), "info", "debug | info | warning | error"),
+    Setting("fast_path", _bool, True, "serve hot key-value routes through the raw-ASGI path"),
+)
+_BY_NAME = {s.name: s for s in SETTINGS}
+
+
+@dataclass(frozen=True)
+class Config:
+    """The resolved settings of one node process."""
+
+    host: str = "0.0.0.0"
+    port: int = 8484
+    data_dir: str = "./limedb-data"
+    node_id: str = ""
+    advertise_url: str = ""
+    seeds: tuple[str, ...] = ()
+    vnodes: int = 256
+    replication_factor: int = 3
+    read_consistency: str = "quorum"
+    write_consistency: str = "quorum"
+    cluster_secret: str | None = None
+    durability: str = "sync"
+    sync_interval_ms: int = 50
+    max_key_bytes: int = 1024
+    max_value_bytes: int = MIB
+    max_batch_items: int = 1000
+    max_inflight: int = 4096
+    request_timeout_ms: int = 5000
+    resp_port: int = 6379
+    shutdown_timeout_s: int = 8
+    log_level: str = "info"
+    fast_path: bool = True
+    sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
+
+    def replace(self, **changes: Any) -> Config:
+        return dataclasses.replace(self, **changes)
+
+
+def _default_advertise_url(host: str, port: int) -> str:
+    # A wildcard bind address is not reachable as such; advertise loopback for local use.
+    reachable = "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
+    if ":" in reachable and not reachable.startswith("["):
+        reachable = f"[{reachable}]"
+    return f"http://{reachable}:{port}"
+
+
+def load_config(
+    flags: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None
+) -> Config:
+    """Resolve every setting; `flags` holds command-line values (None means "not given")."""
+    flags = {k: v for k, v in (flags or {}).items() if v is not None}
+    env = os.environ if environ is None else environ
+
+    unknown_flags = sorted(set(flags) - set(_BY_NAME))
+    if unknown_flags:
+        raise ConfigError(f"unknown setting(s): {', '.join(unknown_flags)}")
+    known_env = {s.env for s in SETTINGS} | set(CLIENT_ENV)
+    unknown_env = sorted(k for k in env if k.startswith(ENV_PREFIX) and k not in known_env)
+    if unknown_env:
+        raise ConfigError(
+            f"unknown setting(s) in the environment: {', '.join(unknown_env)} "
+            f"(known: {', '.join(sorted(known_env))})"
+        )
+
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for setting in SETTINGS:
+        raw: Any
+        if setting.name in flags:
+            raw, origin = flags[setting.name], f"--{setting.name.replace('_', '-')}"
+        elif setting.env in env:
+            raw, origin = env[setting.env], setting.env
+        else:
+            alias = next((a for a, n in LIMEDB_ALIASES.items() if n == setting.name and a in env), None)
+            if alias is None:
+                values[setting.name] = setting.default
+                sources[setting.name] = "default"
+                continue
+            raw, origin = env[alias], alias
+        try:
+            values[setting.name] = setting.parse(raw)
+        except ValueError as exc:
+            raise ConfigError(f"invalid value for {setting.name} (from {origin}): {exc}") from None
+        sources[setting.name] = origin
+
+    if not values["advertise_url"]:
+        values["advertise_url"] = _default_advertise_url(values["host"], values["port"])
+    if not values["node_id"]:
+        values["node_id"] = values["advertise_url"]
+    return Config(**values, sources=sources)
+
+
+def describe() -> list[tuple[str, str, str, str]]:
+    """(setting, environment variable, default, help) rows for docs and `--help`."""
+    aliases = {n: a for a, n in LIMEDB_ALIASES.items()}
+    rows = []
+    for s in SETTINGS:
+        env = s.env + (f" / {aliases[s.name]}" if s.name in aliases else "")
+        default = ",".join(s.default) if isinstance(s.default, tuple) else s.default
+        rows.append((s.name, env, "" if default is None else str(default), s.help))
+    return rows
