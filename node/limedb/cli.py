@@ -17,7 +17,7 @@ from limedb.config import ConfigError, load_config
 
 DEFAULT_URL = "http://127.0.0.1:8484"
 # Modules that contribute commands to `limedb`, imported if present (e.g. `limedb cluster`).
-EXTENSION_MODULES = ("limedb.cluster.cli",)
+EXTENSION_MODULES = ("limedb.cluster_cli",)
 
 out = Console()
 err = Console(stderr=True)

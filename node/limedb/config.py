@@ -130,6 +130,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("read_consistency", _choice(CONSISTENCY_LEVELS), "quorum", "default read level"),
     Setting("write_consistency", _choice(CONSISTENCY_LEVELS), "quorum", "default write level"),
     Setting("cluster_secret", _optional_text, None, "shared secret for internal/admin routes"),
+    Setting(
+        "internal_port",
+        _int(0, 65535),
+        0,
+        "node-to-node RPC port (replication, gossip); 0 = HTTP port + 1000",
+    ),
     Setting("durability", _choice(DURABILITY_MODES), "sync", "sync | periodic | none"),
     Setting("sync_interval_ms", _int(1, 60_000), 50, "fsync period in periodic durability"),
     Setting("max_key_bytes", _int(1, 65_536), 1024, "largest key accepted, in bytes"),
@@ -160,6 +166,7 @@ class Config:
     read_consistency: str = "quorum"
     write_consistency: str = "quorum"
     cluster_secret: str | None = None
+    internal_port: int = 0
     durability: str = "sync"
     sync_interval_ms: int = 50
     max_key_bytes: int = 1024

@@ -37,8 +37,12 @@ def open_engine(config: Config) -> Any:
 def build_service(config: Config, engine: Any) -> KeyValueService:
     """The KeyValueService this node serves. Single node: LocalService over the engine.
 
-    The cluster coordinator extends this function (e.g. when `config.seeds` is not empty).
+    With peers (`config.seeds` naming any node but this one): the cluster coordinator.
     """
+    if any(seed != config.advertise_url for seed in config.seeds):
+        from limedb.cluster.node import ClusterService
+
+        return ClusterService.open(config, engine)
     return LocalService(
         engine, node_id=config.node_id, node_url=config.advertise_url, vnodes=config.vnodes
     )

@@ -1,0 +1,213 @@
+"""`limedb cluster up` (a local cluster of real node processes) and `limedb status`.
+
+`cluster up` starts N `limedb serve` processes in the foreground, each given the full static
+member list, prints their URLs and a live status line, and stops them all on Ctrl-C (SIGTERM,
+then SIGKILL after a grace period). `status` asks one node for the cluster's members,
+liveness, ring epoch and each node's share of the token space.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import click
+import httpx
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+TOKEN_SPACE = 1 << 64
+STOP_GRACE_S = 10.0
+
+
+def serve_command() -> list[str]:
+    """How to start `limedb serve` with the same interpreter and installation as this CLI."""
+    script = Path(sys.executable).with_name("limedb")
+    if script.exists():
+        return [str(script), "serve"]
+    found = shutil.which("limedb")
+    if found:
+        return [found, "serve"]
+    return [sys.executable, "-c", "from limedb.cli import main; main()", "serve"]
+
+
+def node_urls(host: str, base_port: int, nodes: int) -> list[str]:
+    return [f"http://{host}:{base_port + i}" for i in range(nodes)]
+
+
+def start_node(
+    url: str, host: str, port: int, data_dir: Path, seeds: list[str], extra: tuple[str, ...]
+) -> subprocess.Popen:
+    data_dir.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ)
+    # Several nodes share this machine: the RESP listener would collide on 6379.
+    env.setdefault("LIMEDB_RESP_PORT", "0")
+    args = [
+        *serve_command(),
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--data-dir",
+        str(data_dir),
+        "--advertise-url",
+        url,
+        "--seeds",
+        ",".join(seeds),
+        *extra,
+    ]
+    log = open(data_dir / "node.log", "ab")  # noqa: SIM115 - lives as long as the process
+    return subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+
+def _probe(client: httpx.Client, url: str) -> dict | None:
+    try:
+        response = client.get(f"{url}/api/v1/cluster/gossip", timeout=0.5)
+        return response.json() if response.status_code == 200 else None
+    except (httpx.HTTPError, ValueError):
+        return None
+
+
+def _status_line(urls: list[str], procs: list[subprocess.Popen], client: httpx.Client) -> Text:
+    line = Text()
+    for url, proc in zip(urls, procs, strict=True):
+        if proc.poll() is not None:
+            line.append(f"● {url} exited ({proc.returncode})  ", style="red")
+            continue
+        gossip = _probe(client, url)
+        if gossip is None:
+            line.append(f"● {url} starting  ", style="yellow")
+        else:
+            active = gossip.get("active_peers", 0)
+            total = gossip.get("total_peers", 0)
+            line.append(f"● {url} up, sees {active}/{total} peers  ", style="green")
+    line.append(time.strftime("%H:%M:%S"), style="dim")
+    return line
+
+
+def stop_all(procs: list[subprocess.Popen], grace_s: float = STOP_GRACE_S) -> None:
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    for proc in procs:
+        try:
+            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+@click.group("cluster")
+def cluster() -> None:
+    """Run a local cluster of real node processes."""
+
+
+@cluster.command("up")
+@click.option("--nodes", default=3, show_default=True, type=click.IntRange(1, 64))
+@click.option("--base-port", default=8484, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option(
+    "--data-dir",
+    default="./data",
+    show_default=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="each node keeps its data in DATA_DIR/node-<i>",
+)
+@click.option(
+    "--serve-arg",
+    "serve_args",
+    multiple=True,
+    help="extra argument passed to every `limedb serve` (repeatable)",
+)
+def cluster_up(
+    nodes: int, base_port: int, host: str, data_dir: Path, serve_args: tuple[str, ...]
+) -> None:
+    """Start NODES `limedb serve` processes in the foreground; Ctrl-C stops them all."""
+    console = Console()
+    urls = node_urls(host, base_port, nodes)
+    procs: list[subprocess.Popen] = []
+    # SIGTERM (e.g. from a supervisor) stops the cluster like Ctrl-C does.
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        for i, url in enumerate(urls):
+            procs.append(
+                start_node(url, host, base_port + i, data_dir / f"node-{i}", urls, serve_args)
+            )
+        console.print(
+            f"[bold]LimeDB cluster of {nodes} node(s)[/bold] (logs in {data_dir}/node-*/node.log)"
+        )
+        for url in urls:
+            console.print(f"  {url}")
+        console.print("Ctrl-C stops every node.")
+        with httpx.Client() as client, Live(console=console, auto_refresh=False) as live:
+            while True:
+                live.update(_status_line(urls, procs, client), refresh=True)
+                if all(proc.poll() is not None for proc in procs):
+                    console.print("[red]every node has exited[/red]")
+                    raise SystemExit(1)
+                time.sleep(1.0)
+    except KeyboardInterrupt:
+        console.print("stopping...")
+    finally:
+        stop_all(procs)
+        console.print("stopped")
+
+
+def _share(ranges: list[dict]) -> float:
+    return sum(int(r.get("size", 0)) for r in ranges) / TOKEN_SPACE
+
+
+@click.command("status")
+@click.option("--url", default="http://127.0.0.1:8484", show_default=True, help="any node")
+def status(url: str) -> None:
+    """Members, liveness, ring epoch and token share per node, as one node sees them."""
+    console = Console()
+    url = url.rstrip("/")
+    try:
+        with httpx.Client(timeout=5.0) as client:
+            state = client.get(f"{url}/api/v1/cluster/state").json()
+            ring = client.get(f"{url}/api/v1/cluster/ring").json()
+            gossip = client.get(f"{url}/api/v1/cluster/gossip").json()
+    except (httpx.HTTPError, ValueError) as exc:
+        console.print(f"[red]cannot reach {url}: {exc}[/red]")
+        raise SystemExit(1) from exc
+    liveness = {p["url"]: p.get("status", "?") for p in gossip.get("peer_details", [])}
+    me = state.get("nodeUrl", url)
+    liveness.setdefault(me, "active")
+    ranges = ring.get("ranges", {})
+    vnodes = ring.get("virtualNodeDistribution", {})
+    table = Table(title=f"LimeDB cluster via {url} (ring epoch {state.get('ringEpoch', '?')})")
+    for column in ("node", "liveness", "vnodes", "token share"):
+        table.add_column(column, justify="right" if column != "node" else "left")
+    styles = {"active": "green", "stale": "yellow", "dead": "red"}
+    for member in state.get("peers", []):
+        alive = liveness.get(member, "?")
+        table.add_row(
+            member + (" (this node)" if member == me else ""),
+            Text(alive, style=styles.get(alive, "")),
+            str(vnodes.get(member, "?")),
+            f"{_share(ranges.get(member, [])) * 100:.1f}%",
+        )
+    console.print(table)
+    console.print(
+        f"health: {gossip.get('cluster_health', '?')}, "
+        f"{gossip.get('active_peers', 0)}/{gossip.get('total_peers', 0)} peers active"
+    )
+
+
+def register(main: click.Group) -> None:
+    """Add `limedb cluster ...` and `limedb status` to the `limedb` command."""
+    main.add_command(cluster)
+    main.add_command(status)
