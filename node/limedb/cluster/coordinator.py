@@ -1,0 +1,308 @@
+"""The cluster coordinator: any node serves any key by reading and writing its ring replicas.
+
+Writes are stamped here with the node's HLC, sent to all RF replicas (the local one applied
+in-process, the others over the internal RPC) and acknowledged at W successes; a replica that
+is down or fails gets a durable hint. Reads ask R replicas (local first, then live peers, then
+the rest as a fallback), return the newest version, and repair stale responders in the
+background, within a bound so that repair never competes unboundedly with foreground work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import Protocol
+
+from limedb.cluster import rpc
+from limedb.cluster.failure import Liveness
+from limedb.cluster.hints import HintStore
+from limedb.cluster.replica import Mutation, Replica, Stored, decode_applied, decode_stored
+from limedb.cluster.ring import Ring
+from limedb.cluster.service import Consistency, ReadResult, Unavailable
+from limedb.hlc import HLC, millis_of
+
+log = logging.getLogger(__name__)
+
+
+class Membership(Protocol):
+    """What the coordinator needs to know about the cluster right now."""
+
+    @property
+    def ring(self) -> Ring: ...
+
+    def liveness(self, node_id: str) -> Liveness: ...
+
+
+def required_acks(consistency: Consistency, replicas: int) -> int:
+    if consistency is Consistency.ONE:
+        return 1
+    if consistency is Consistency.ALL:
+        return replicas
+    return replicas // 2 + 1
+
+
+_LIVENESS_RANK = {Liveness.ALIVE: 0, Liveness.SUSPECT: 1, Liveness.DEAD: 2}
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class _Quorum:
+    """Counts replica answers; `future` resolves once `need` succeed or that became impossible."""
+
+    __slots__ = ("existed", "failures", "future", "need", "successes", "total")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, need: int, total: int) -> None:
+        self.future = loop.create_future()
+        self.need = need
+        self.total = total
+        self.successes = 0
+        self.failures = 0
+        self.existed = False
+
+    def succeeded(self, existed: bool) -> None:
+        self.successes += 1
+        if not self.future.done():
+            self.existed = self.existed or existed
+            if self.successes >= self.need:
+                self.future.set_result(True)
+
+    def failed(self) -> None:
+        self.failures += 1
+        if not self.future.done() and self.total - self.failures < self.need:
+            self.future.set_result(False)
+
+
+class Coordinator:
+    """Replicated reads and writes of user keys over the ring `membership` provides."""
+
+    def __init__(
+        self,
+        *,
+        node_id: str,
+        membership: Membership,
+        replica: Replica,
+        client: rpc.RpcClient,
+        address_of: Callable[[str], tuple[str, int]],
+        hints: HintStore,
+        hlc: HLC,
+        replication_factor: int = 3,
+        read_consistency: Consistency = Consistency.QUORUM,
+        write_consistency: Consistency = Consistency.QUORUM,
+        timeout_s: float = 5.0,
+        max_repairs_in_flight: int = 256,
+    ) -> None:
+        self.node_id = node_id
+        self.membership = membership
+        self.replica = replica
+        self.client = client
+        self.address_of = address_of
+        self.hints = hints
+        self.hlc = hlc
+        self.rf = replication_factor
+        self.read_consistency = read_consistency
+        self.write_consistency = write_consistency
+        self.timeout_s = timeout_s
+        self.max_repairs = max_repairs_in_flight
+        self._background: set[asyncio.Future] = set()
+        self.counters = {
+            "writes_unavailable": 0,
+            "reads_unavailable": 0,
+            "replica_write_failures": 0,
+            "replica_read_failures": 0,
+            "read_repairs": 0,
+            "read_repairs_dropped": 0,
+        }
+        self._repairs_in_flight = 0
+
+    # ------------------------------------------------------------------ placement
+
+    def replicas(self, key: bytes) -> tuple[str, ...]:
+        return self.membership.ring.replicas(key, self.rf)
+
+    def _reachable(self, node_id: str) -> bool:
+        # Suspect peers still get writes (a slow peer is not a dead one); dead ones get hints.
+        return node_id == self.node_id or self.membership.liveness(node_id) is not Liveness.DEAD
+
+    def _read_rank(self, node_id: str) -> tuple[bool, int]:
+        # Local first (no network), then peers the failure detector trusts, then the rest.
+        if node_id == self.node_id:
+            return (False, 0)
+        return (True, _LIVENESS_RANK[self.membership.liveness(node_id)])
+
+    # ------------------------------------------------------------------ writes
+
+    async def put(
+        self,
+        key: bytes,
+        value: bytes,
+        *,
+        ttl_ms: int | None = None,
+        consistency: Consistency | None = None,
+    ) -> int:
+        ts = self.hlc.now()
+        # Expiry counts from the version's own clock so that every replica agrees on it.
+        expires = millis_of(ts) + ttl_ms if ttl_ms else None
+        await self.write(Mutation(key, value, ts, False, expires), consistency)
+        return ts
+
+    async def delete(self, key: bytes, consistency: Consistency | None = None) -> bool:
+        return await self.write(Mutation(key, b"", self.hlc.now(), True), consistency)
+
+    async def write(self, mutation: Mutation, consistency: Consistency | None = None) -> bool:
+        """Send `mutation` to every replica; returns whether a live value existed before.
+
+        Raises Unavailable when fewer than the required replicas are alive (nothing is written
+        then) or acknowledged in time (the write may still have reached some replicas).
+        """
+        replicas = self.replicas(mutation.key)
+        need = required_acks(consistency or self.write_consistency, len(replicas))
+        alive = [node for node in replicas if self._reachable(node)]
+        if len(alive) < need:
+            self.counters["writes_unavailable"] += 1
+            raise Unavailable(
+                f"{len(alive)} of {len(replicas)} replicas reachable, {need} needed",
+                retry_after=1.0,
+            )
+        quorum = _Quorum(asyncio.get_running_loop(), need, len(replicas))
+        for node in replicas:
+            if node == self.node_id:
+                self._track(self._write_local(node, mutation, quorum))
+            elif node in alive:
+                self._track(self._write_remote(node, mutation, quorum))
+            else:
+                quorum.failed()
+                self._track(self._hint(node, mutation))
+        if not await quorum.future:
+            self.counters["writes_unavailable"] += 1
+            raise Unavailable(
+                f"{quorum.successes} of {len(replicas)} replicas acknowledged, {need} needed",
+                retry_after=1.0,
+            )
+        return quorum.existed
+
+    async def _write_local(self, node: str, mutation: Mutation, quorum: _Quorum) -> None:
+        try:
+            _, existed = await self.replica.apply(mutation)
+        except Exception:
+            log.exception("local write failed")
+            quorum.failed()
+            return
+        quorum.succeeded(existed)
+
+    async def _write_remote(self, node: str, mutation: Mutation, quorum: _Quorum) -> None:
+        try:
+            reply = await self._call(node, rpc.REPLICATE, mutation.encode(), self.timeout_s)
+            _, existed = decode_applied(reply)
+        except (rpc.PeerUnavailable, rpc.RpcError) as exc:
+            self.counters["replica_write_failures"] += 1
+            quorum.failed()
+            log.debug("write to %s failed: %s", node, exc)
+            await self._hint(node, mutation)
+            return
+        quorum.succeeded(existed)
+
+    async def _hint(self, node: str, mutation: Mutation) -> None:
+        try:
+            await self.hints.add(node, mutation)
+        except Exception:
+            log.exception("could not store a hint for %s", node)
+
+    async def deliver_hint(self, node: str, mutation: Mutation) -> None:
+        """Send one hinted mutation to its replica (used by the hint store's replay)."""
+        if node == self.node_id:
+            await self.replica.apply(mutation)
+            return
+        await self._call(node, rpc.REPLICATE, mutation.encode(), self.timeout_s)
+
+    async def _call(self, node: str, kind: int, payload: bytes, timeout_s: float) -> bytes:
+        host, port = self.address_of(node)
+        return await self.client.call(host, port, kind, payload, timeout_s)
+
+    # ------------------------------------------------------------------ reads
+
+    async def get(self, key: bytes, consistency: Consistency | None = None) -> ReadResult:
+        ring = self.membership.ring
+        replicas = ring.replicas(key, self.rf)
+        need = required_acks(consistency or self.read_consistency, len(replicas))
+        order = sorted(replicas, key=self._read_rank)
+        answers: dict[str, Stored | None] = {}
+        untried = list(order)
+        if untried[0] == self.node_id:
+            untried.pop(0)
+            answers[self.node_id] = self.replica.read(key)
+        deadline = asyncio.get_running_loop().time() + self.timeout_s
+        while len(answers) < need:
+            missing = need - len(answers)
+            wave, untried = untried[:missing], untried[missing:]
+            remaining = deadline - asyncio.get_running_loop().time()
+            if not wave or remaining <= 0:
+                self.counters["reads_unavailable"] += 1
+                raise Unavailable(
+                    f"{len(answers)} of {len(replicas)} replicas answered, {need} needed",
+                    retry_after=1.0,
+                )
+            # Each attempt gets at most a second, so a paused replica delays a read by that
+            # much before the next replica is asked, not by the whole request budget.
+            attempt_s = min(remaining, 1.0)
+            if len(wave) == 1:
+                node = wave[0]
+                try:
+                    answers[node] = decode_stored(await self._call(node, rpc.READ, key, attempt_s))
+                except (rpc.PeerUnavailable, rpc.RpcError):
+                    self.counters["replica_read_failures"] += 1
+                continue
+            results = await asyncio.gather(
+                *(self._call(node, rpc.READ, key, attempt_s) for node in wave),
+                return_exceptions=True,
+            )
+            for node, result in zip(wave, results, strict=True):
+                if isinstance(result, bytes):
+                    answers[node] = decode_stored(result)
+                else:
+                    self.counters["replica_read_failures"] += 1
+        newest: Stored | None = None
+        for stored in answers.values():
+            if stored is not None and stored.newer_than(newest):
+                newest = stored
+        if newest is not None and len(answers) > 1:
+            stale = [n for n, s in answers.items() if s is None or newest.newer_than(s)]
+            if stale:
+                self._repair(key, newest, stale)
+        owner_url = ring.url_of(replicas[0])
+        if newest is None or not newest.live(_now_ms()):
+            return ReadResult(None, owner_url)
+        return ReadResult(newest.value, owner_url, newest.ts, newest.expires_at_ms)
+
+    def _repair(self, key: bytes, newest: Stored, stale: list[str]) -> None:
+        mutation = newest.as_mutation(key)
+        for node in stale:
+            if self._repairs_in_flight >= self.max_repairs:
+                self.counters["read_repairs_dropped"] += 1
+                continue
+            self._repairs_in_flight += 1
+            self.counters["read_repairs"] += 1
+            self._track(self._repair_one(node, mutation))
+
+    async def _repair_one(self, node: str, mutation: Mutation) -> None:
+        try:
+            await self.deliver_hint(node, mutation)
+        except Exception as exc:
+            log.debug("read repair of %s failed: %s", node, exc)
+        finally:
+            self._repairs_in_flight -= 1
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def _track(self, coroutine) -> None:
+        task = asyncio.ensure_future(coroutine)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def drain(self, timeout_s: float = 5.0) -> None:
+        """Wait for in-flight replica writes, hints and repairs (used at shutdown)."""
+        if self._background:
+            await asyncio.wait(list(self._background), timeout=timeout_s)

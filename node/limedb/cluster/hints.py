@@ -1,0 +1,192 @@
+"""Hinted handoff: durable hints for replicas that missed a write, replayed when they return.
+
+Hints live in their own storage engine (data_dir/hints) keyed by
+`[u16 target length][target node id][u64 created ms][u64 sequence][user key]`, so all hints
+for one target are one contiguous range in creation order. A hint is deleted once the target
+acknowledged it; a hint older than the window (3 h by default) is dropped and counted instead,
+because by then anti-entropy repair, not handoff, is the tool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import struct
+from collections.abc import Awaitable, Callable
+
+from limedb.cluster.replica import Mutation, wall_ms
+
+log = logging.getLogger(__name__)
+
+DEFAULT_WINDOW_MS = 3 * 3600 * 1000
+_STAMP = struct.Struct("!QQ")
+_LEN = struct.Struct("!H")
+
+Deliver = Callable[[str, Mutation], Awaitable[None]]
+
+
+def target_prefix(target: str) -> bytes:
+    encoded = target.encode()
+    return _LEN.pack(len(encoded)) + encoded
+
+
+def _prefix_end(prefix: bytes) -> bytes:
+    # The smallest key after every key that starts with prefix (a UTF-8 id never ends in 0xff).
+    return prefix[:-1] + bytes([prefix[-1] + 1])
+
+
+def hint_key(target: str, created_ms: int, seq: int, key: bytes) -> bytes:
+    return target_prefix(target) + _STAMP.pack(created_ms, seq) + key
+
+
+def _created_ms(hkey: bytes) -> int:
+    (length,) = _LEN.unpack_from(hkey)
+    created, _ = _STAMP.unpack_from(hkey, _LEN.size + length)
+    return created
+
+
+def _target_of(hkey: bytes) -> str:
+    (length,) = _LEN.unpack_from(hkey)
+    return hkey[_LEN.size : _LEN.size + length].decode()
+
+
+class HintStore:
+    """Stores, counts, replays and expires hints; `deliver(target, mutation)` sends one."""
+
+    def __init__(
+        self,
+        engine,
+        deliver: Deliver,
+        *,
+        window_ms: int = DEFAULT_WINDOW_MS,
+        replay_concurrency: int = 32,
+        clock_ms: Callable[[], int] = wall_ms,
+    ) -> None:
+        self.engine = engine
+        self._deliver = deliver
+        self.window_ms = window_ms
+        self._concurrency = replay_concurrency
+        self._clock_ms = clock_ms
+        self._seq = itertools.count()
+        self._pending: dict[str, int] = {}
+        self._replaying: dict[str, asyncio.Task] = {}
+        self.stored = 0
+        self.replayed = 0
+        self.expired = 0
+        self._count_existing()
+
+    def _count_existing(self) -> None:
+        for hkey, version in self.engine.iter_range(None, None, include_tombstones=False):
+            if not version.tombstone:
+                target = _target_of(hkey)
+                self._pending[target] = self._pending.get(target, 0) + 1
+
+    def pending(self, target: str | None = None) -> int:
+        if target is None:
+            return sum(self._pending.values())
+        return self._pending.get(target, 0)
+
+    def targets(self) -> list[str]:
+        return [target for target, count in self._pending.items() if count > 0]
+
+    async def add(self, target: str, mutation: Mutation) -> None:
+        """Durably record that `target` missed `mutation`."""
+        hkey = hint_key(target, self._clock_ms(), next(self._seq), mutation.key)
+        await self.engine.put_async(hkey, mutation.encode())
+        self._pending[target] = self._pending.get(target, 0) + 1
+        self.stored += 1
+
+    def replay_soon(self, target: str) -> None:
+        """Start replaying `target`'s hints in the background unless that already runs."""
+        if self.pending(target) == 0:
+            return
+        task = self._replaying.get(target)
+        if task is None or task.done():
+            self._replaying[target] = asyncio.ensure_future(self.replay(target))
+
+    async def replay(self, target: str) -> int:
+        """Deliver every hint for `target` in creation order; stops at the first failure.
+
+        Returns how many hints were delivered. Delivery is idempotent (the target applies
+        versions by timestamp), so a hint delivered twice after a crash does no harm.
+        """
+        prefix = target_prefix(target)
+        oldest_ok = self._clock_ms() - self.window_ms
+        delivered = 0
+        semaphore = asyncio.Semaphore(self._concurrency)
+        failed = False
+
+        async def one(hkey: bytes, payload: bytes) -> None:
+            nonlocal delivered, failed
+            async with semaphore:
+                if failed:
+                    return
+                try:
+                    await self._deliver(target, Mutation.decode(payload))
+                except Exception as exc:  # the target went away again; keep the hint
+                    if not failed:
+                        log.info("hint replay to %s paused: %s", target, exc)
+                    failed = True
+                    return
+                await self._forget(target, hkey)
+                delivered += 1
+                self.replayed += 1
+
+        batch: list[asyncio.Task] = []
+        for hkey, version in list(
+            self.engine.iter_range(prefix, _prefix_end(prefix), include_tombstones=False)
+        ):
+            if failed:
+                break
+            if version.tombstone:
+                continue
+            if _created_ms(hkey) < oldest_ok:
+                await self._forget(target, hkey)
+                self.expired += 1
+                continue
+            batch.append(asyncio.ensure_future(one(hkey, version.value)))
+            if len(batch) >= self._concurrency * 4:
+                await asyncio.gather(*batch)
+                batch.clear()
+        if batch:
+            await asyncio.gather(*batch)
+        return delivered
+
+    async def expire(self) -> int:
+        """Drop (and count) every hint older than the window, whatever its target."""
+        oldest_ok = self._clock_ms() - self.window_ms
+        dropped = 0
+        for hkey, version in list(self.engine.iter_range(None, None, include_tombstones=False)):
+            if not version.tombstone and _created_ms(hkey) < oldest_ok:
+                await self._forget(_target_of(hkey), hkey)
+                self.expired += 1
+                dropped += 1
+        return dropped
+
+    async def _forget(self, target: str, hkey: bytes) -> None:
+        await self.engine.delete_async(hkey)
+        count = self._pending.get(target, 0) - 1
+        if count > 0:
+            self._pending[target] = count
+        else:
+            self._pending.pop(target, None)
+
+    async def stop(self) -> None:
+        tasks = [task for task in self._replaying.values() if not task.done()]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            try:
+                await task
+            except (asyncio.CancelledError, Exception):
+                pass
+
+    def stats(self) -> dict:
+        return {
+            "pending": self.pending(),
+            "pending_by_target": dict(self._pending),
+            "stored": self.stored,
+            "replayed": self.replayed,
+            "expired": self.expired,
+        }

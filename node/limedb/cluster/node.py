@@ -1,0 +1,291 @@
+"""The KeyValueService of a node with peers: membership, gossip, RPC, replica, hints, coordinator.
+
+`ClusterService.open(config, engine)` builds every piece of a clustered node around the engine
+the server opened; `start()` listens on the internal port, begins gossiping and replaying
+hints, `stop()` undoes it in reverse. The public API sees only the KeyValueService methods and
+`cluster_view()`; everything node-to-node goes over `limedb.cluster.rpc` on the internal port.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import orjson
+
+from limedb.cluster import rpc
+from limedb.cluster.coordinator import Coordinator
+from limedb.cluster.failure import Liveness
+from limedb.cluster.gossip import GossipError
+from limedb.cluster.hints import HintStore
+from limedb.cluster.local import LocalService
+from limedb.cluster.membership import GossipLoop, LivenessChange, Membership
+from limedb.cluster.replica import Replica
+from limedb.cluster.ring import Ring
+from limedb.cluster.service import Consistency, ReadResult, Unavailable
+from limedb.cluster.view import ClusterView, MemberView
+from limedb.hlc import HLC
+
+log = logging.getLogger(__name__)
+
+INTERNAL_PORT_OFFSET = 1000
+HINT_SWEEP_S = 5.0
+_GOSSIP_STATUS = {Liveness.ALIVE: "active", Liveness.SUSPECT: "stale", Liveness.DEAD: "dead"}
+
+
+def default_internal_port(url: str) -> int:
+    """Where a peer's internal RPC listens unless gossip says otherwise: public port + 1000."""
+    parts = urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    return port + INTERNAL_PORT_OFFSET
+
+
+def split_addr(addr: str) -> tuple[str, int]:
+    host, _, port = addr.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+def static_ring(config) -> Ring:
+    """The initial ring of a fresh cluster: this node plus every seed, seeds identified by
+    URL (LimeDB's model; a node with another id announces itself through gossip)."""
+    members = {url: url for url in config.seeds if url != config.advertise_url}
+    members[config.node_id] = config.advertise_url
+    return Ring(members, config.vnodes)
+
+
+class ClusterService:
+    """A clustered node: any key, any node; replicated with quorums."""
+
+    def __init__(self, config, engine, hints_engine, *, internal_port: int) -> None:
+        self.config = config
+        self.node_id: str = config.node_id
+        self.node_url: str = config.advertise_url
+        self.engine = engine
+        self.hints_engine = hints_engine
+        self.internal_port = internal_port
+        self.hlc = HLC()
+        host = urlsplit(self.node_url).hostname or "127.0.0.1"
+        self.membership = Membership(
+            self.node_id,
+            self.node_url,
+            static_ring(config),
+            seeds=config.seeds,
+            internal_addr=f"{host}:{internal_port}",
+        )
+        self.client = rpc.RpcClient(config.cluster_secret)
+        self.server = rpc.RpcServer(config.cluster_secret)
+        self.replica = Replica(engine, self.hlc)
+        self.local = LocalService(
+            engine,
+            node_id=self.node_id,
+            node_url=self.node_url,
+            vnodes=config.vnodes,
+            clock=self.hlc,
+        )
+        self.hints = HintStore(hints_engine, self._deliver_hint)
+        self.coordinator = Coordinator(
+            node_id=self.node_id,
+            membership=self.membership,
+            replica=self.replica,
+            client=self.client,
+            address_of=self.address_of,
+            hints=self.hints,
+            hlc=self.hlc,
+            replication_factor=config.replication_factor,
+            read_consistency=Consistency(config.read_consistency),
+            write_consistency=Consistency(config.write_consistency),
+            timeout_s=config.request_timeout_ms / 1000,
+        )
+        self.gossip_loop = GossipLoop(self.membership, self._send_gossip)
+        self.membership.add_listener(self._on_liveness)
+        self._sweeper: asyncio.Task | None = None
+        self._ready = False
+        self._stopping = False
+        self._view_cache: tuple[Ring, tuple[tuple[int, str], ...]] | None = None
+
+    @classmethod
+    def open(cls, config, engine) -> ClusterService:
+        """Open the hint store next to the data and build the service (not yet started)."""
+        from limedb.storage import Engine, EngineOptions
+
+        hints_dir = Path(config.data_dir) / "hints"
+        os.makedirs(hints_dir, exist_ok=True)
+        hints_engine = Engine.open(hints_dir, EngineOptions(durability=config.durability))
+        internal_port = getattr(config, "internal_port", 0) or default_internal_port(
+            config.advertise_url
+        )
+        return cls(config, engine, hints_engine, internal_port=internal_port)
+
+    # ------------------------------------------------------------------ addressing
+
+    def address_of(self, node_id: str) -> tuple[str, int]:
+        addr = self.membership.internal_addr_of(node_id)
+        if addr:
+            return split_addr(addr)
+        url = self.membership.url_of(node_id) or node_id
+        return urlsplit(url).hostname or "127.0.0.1", default_internal_port(url)
+
+    def _address_of_url(self, url: str) -> tuple[str, int]:
+        for node_id, state in self.membership.gossip.states.items():
+            if state.advertise_url == url:
+                return self.address_of(node_id)
+        ring = self.membership.ring
+        node_id = ring.node_id_of_url(url) if ring is not None else None
+        if node_id is not None:
+            return self.address_of(node_id)
+        return urlsplit(url).hostname or "127.0.0.1", default_internal_port(url)
+
+    async def _send_gossip(self, url: str, message: dict) -> dict:
+        host, port = self._address_of_url(url)
+        timeout_s = self.membership.gossip_interval_s
+        reply = await self.client.call(host, port, rpc.GOSSIP, orjson.dumps(message), timeout_s)
+        return orjson.loads(reply)
+
+    def _handle_gossip(self, body: bytes) -> bytes:
+        try:
+            return orjson.dumps(self.membership.handle(orjson.loads(body)))
+        except (GossipError, orjson.JSONDecodeError) as exc:
+            raise rpc.RpcError(400, str(exc)) from exc
+
+    # ------------------------------------------------------------------ hints
+
+    async def _deliver_hint(self, node_id: str, mutation) -> None:
+        await self.coordinator.deliver_hint(node_id, mutation)
+
+    def _on_liveness(self, change: LivenessChange) -> None:
+        if change.new is Liveness.ALIVE:
+            self.hints.replay_soon(change.node_id)
+
+    async def _sweep_hints(self) -> None:
+        """Replay hints for live targets the listener may have missed (e.g. hints written
+        before this process restarted) and drop expired ones."""
+        while True:
+            await asyncio.sleep(HINT_SWEEP_S)
+            try:
+                for target in self.hints.targets():
+                    if self.membership.is_alive(target):
+                        self.hints.replay_soon(target)
+                await self.hints.expire()
+            except Exception:
+                log.exception("hint sweep failed")
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        self.replica.register(self.server)
+        self.server.register(rpc.GOSSIP, self._handle_gossip)
+        bind = self.config.host
+        await self.server.start(bind, self.internal_port)
+        await self.local.start()
+        await self.gossip_loop.start()
+        self._sweeper = asyncio.create_task(self._sweep_hints(), name="hint-sweeper")
+        self._ready = True
+        log.info(
+            "cluster node %s: internal RPC on %s:%d, %d ring members",
+            self.node_id,
+            bind,
+            self.internal_port,
+            len(self.membership.ring or ()),
+        )
+
+    async def stop(self) -> None:
+        self._stopping = True
+        self._ready = False
+        await self.local.stop()
+        await self.coordinator.drain()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        await self.gossip_loop.stop()
+        await self.hints.stop()
+        await self.server.stop()
+        self.client.close()
+        self.hints_engine.close()
+
+    def ready(self) -> bool:
+        return self._ready
+
+    def _check_open(self) -> None:
+        if self._stopping:
+            raise Unavailable("node is shutting down", retry_after=1.0)
+
+    # ------------------------------------------------------------------ KeyValueService
+
+    def owner_url(self, key: bytes) -> str:
+        ring = self.membership.ring
+        return ring.owner_url(key) if ring is not None else self.node_url
+
+    async def get(self, key: bytes, consistency: Consistency | None = None) -> ReadResult:
+        self._check_open()
+        return await self.coordinator.get(key, consistency)
+
+    async def put(
+        self,
+        key: bytes,
+        value: bytes,
+        *,
+        ttl_ms: int | None = None,
+        consistency: Consistency | None = None,
+    ) -> int:
+        self._check_open()
+        return await self.coordinator.put(key, value, ttl_ms=ttl_ms, consistency=consistency)
+
+    async def delete(self, key: bytes, consistency: Consistency | None = None) -> bool:
+        self._check_open()
+        return await self.coordinator.delete(key, consistency)
+
+    def local_items(self, after: bytes | None, limit: int) -> list[tuple[bytes, bytes]]:
+        return self.local.local_items(after, limit)
+
+    def local_count(self) -> int:
+        return self.local.local_count()
+
+    def stats(self) -> dict:
+        stats = self.local.stats()
+        stats["cluster"] = {
+            **self.coordinator.counters,
+            "hints": self.hints.stats(),
+            "rpc_served": self.server.served,
+            "rpc_expired": self.server.expired,
+            "rpc_rejected": self.server.rejected,
+            "gossip_rounds": self.gossip_loop.rounds,
+            "ring_epoch": self.membership.ring.epoch if self.membership.ring else None,
+        }
+        return stats
+
+    def cluster_view(self) -> ClusterView:
+        """Members with failure-detector liveness and the ring's tokens, for /api/v1/cluster/*."""
+        snapshot = self.membership.snapshot()
+        ring = snapshot.ring
+        members = [MemberView(self.node_id, self.node_url, "Normal", "active", snapshot.heartbeat)]
+        for peer in snapshot.peers:
+            lag = peer.silence_s if peer.silence_s != float("inf") else 0.0
+            members.append(
+                MemberView(
+                    peer.node_id,
+                    peer.url,
+                    peer.status.capitalize(),
+                    _GOSSIP_STATUS[peer.liveness],
+                    peer.version,
+                    round(lag, 3),
+                )
+            )
+        return ClusterView(
+            node_id=self.node_id,
+            node_url=self.node_url,
+            members=tuple(members),
+            ring_epoch=ring.epoch if ring is not None else 0,
+            vnodes_per_node=ring.vnodes if ring is not None else self.config.vnodes,
+            tokens=self._tokens(ring),
+            heartbeat=snapshot.heartbeat,
+        )
+
+    def _tokens(self, ring: Ring | None) -> tuple[tuple[int, str], ...]:
+        if ring is None:
+            return ()
+        if self._view_cache is None or self._view_cache[0] is not ring:
+            tokens = tuple((r.end, ring.url_of(r.node_id)) for r in ring.ranges())
+            self._view_cache = (ring, tokens)
+        return self._view_cache[1]
