@@ -1,0 +1,67 @@
+"""kopf entry points, thin: decode the event, call reconcile, hand status and events to kopf."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import kopf
+
+from limedb_operator import manifests, reconcile
+from limedb_operator.kube import Kube, load_config
+
+RESOURCE = (manifests.GROUP, manifests.VERSION, manifests.PLURAL)
+INTERVAL = 2.0
+_kube: Kube | None = None
+
+
+def _client() -> Kube:
+    global _kube
+    if _kube is None:
+        load_config()
+        _kube = Kube()
+    return _kube
+
+
+@kopf.on.startup()
+def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+    # kopf's own bookkeeping goes to annotations: status is fully described by the CRD schema
+    # (anything else would be pruned), and our decisions never read these annotations.
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="limedb.io")
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="limedb.io")
+    settings.persistence.finalizer = manifests.FINALIZER
+    settings.posting.level = logging.WARNING
+    settings.watching.server_timeout = 60
+    settings.networking.request_timeout = 30
+    _client()
+
+
+def _step(body: kopf.Body, patch: kopf.Patch) -> reconcile.Outcome:
+    outcome = reconcile.reconcile(_client(), body)
+    patch.status.update(outcome.status)
+    for kind, reason, message in outcome.events:
+        kopf.event(body, type=kind, reason=reason, message=message)
+    return outcome
+
+
+@kopf.on.create(*RESOURCE)
+def created(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
+    _step(body, patch)
+
+
+@kopf.timer(*RESOURCE, interval=INTERVAL)
+def converge(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
+    """Level-triggered: every tick re-reads the world, so a restart simply resumes."""
+    _step(body, patch)
+
+
+@kopf.on.delete(*RESOURCE)
+def deleted(body: kopf.Body, **_: Any) -> None:
+    removed = reconcile.delete_volumes(_client(), body)
+    if removed:
+        kopf.event(
+            body,
+            type="Normal",
+            reason="VolumesDeleted",
+            message=f"pvcRetention.whenDeleted=Delete: {', '.join(sorted(removed))}",
+        )

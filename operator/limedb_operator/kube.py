@@ -1,0 +1,134 @@
+"""Kubernetes I/O of the operator: server-side apply of children, reads of pods, volumes, secret."""
+
+from __future__ import annotations
+
+import base64
+import secrets
+from collections.abc import Mapping
+from typing import Any
+
+import kubernetes
+from kubernetes.client import ApiClient, AppsV1Api, CoreV1Api
+from kubernetes.client.rest import ApiException
+
+from limedb_operator import manifests
+from limedb_operator.scaling import PodView
+
+FIELD_MANAGER = "limedb-operator"
+
+_PATHS = {
+    ("v1", "Service"): "/api/v1/namespaces/{ns}/services/{name}",
+    ("v1", "Secret"): "/api/v1/namespaces/{ns}/secrets/{name}",
+    (
+        "policy/v1",
+        "PodDisruptionBudget",
+    ): "/apis/policy/v1/namespaces/{ns}/poddisruptionbudgets/{name}",
+    ("apps/v1", "StatefulSet"): "/apis/apps/v1/namespaces/{ns}/statefulsets/{name}",
+}
+
+
+def load_config() -> None:
+    """In a pod: the service account; elsewhere: $KUBECONFIG / ~/.kube/config."""
+    try:
+        kubernetes.config.load_incluster_config()
+    except kubernetes.config.ConfigException:
+        kubernetes.config.load_kube_config()
+
+
+class Kube:
+    """The few API calls the operator makes (see the chart's Role: nothing more is granted)."""
+
+    def __init__(self, api: ApiClient | None = None) -> None:
+        self.api = api or ApiClient()
+        self.core = CoreV1Api(self.api)
+        self.apps = AppsV1Api(self.api)
+
+    def apply(self, obj: Mapping[str, Any], owner: Mapping[str, Any]) -> None:
+        """Server-side apply: declarative, idempotent, and it drops fields we stop setting."""
+        body = dict(obj)
+        body["metadata"] = {
+            **obj["metadata"],
+            "ownerReferences": [manifests.owner_reference(owner)],
+        }
+        path = _PATHS[(obj["apiVersion"], obj["kind"])].format(
+            ns=obj["metadata"]["namespace"], name=obj["metadata"]["name"]
+        )
+        self.api.call_api(
+            path,
+            "PATCH",
+            query_params=[("fieldManager", FIELD_MANAGER), ("force", "true")],
+            header_params={
+                "Content-Type": "application/apply-patch+yaml",
+                "Accept": "application/json",
+            },
+            body=body,
+            auth_settings=["BearerToken"],
+            response_type="object",
+            _return_http_data_only=True,
+        )
+
+    def statefulset(self, name: str, namespace: str) -> dict[str, Any] | None:
+        try:
+            sts = self.apps.read_namespaced_stateful_set(name, namespace)
+        except ApiException as e:
+            if e.status == 404:
+                return None
+            raise
+        return self.api.sanitize_for_serialization(sts)
+
+    def pods(self, name: str, namespace: str) -> tuple[PodView, ...]:
+        listed = self.core.list_namespaced_pod(
+            namespace, label_selector=manifests.selector_string(name)
+        )
+        out = []
+        for pod in listed.items:
+            ordinal = manifests.ordinal_of(name, pod.metadata.name)
+            if ordinal is None:
+                continue
+            conditions = (pod.status and pod.status.conditions) or []
+            ready = any(c.type == "Ready" and c.status == "True" for c in conditions)
+            out.append(
+                PodView(
+                    name=pod.metadata.name,
+                    ordinal=ordinal,
+                    ip=pod.status.pod_ip if pod.status else None,
+                    ready=ready,
+                    terminating=pod.metadata.deletion_timestamp is not None,
+                )
+            )
+        return tuple(sorted(out, key=lambda p: p.ordinal))
+
+    def pvc_names(self, name: str, namespace: str) -> list[str]:
+        listed = self.core.list_namespaced_persistent_volume_claim(
+            namespace, label_selector=manifests.selector_string(name)
+        )
+        return [p.metadata.name for p in listed.items]
+
+    def delete_pvc(self, pvc: str, namespace: str) -> None:
+        try:
+            self.core.delete_namespaced_persistent_volume_claim(pvc, namespace)
+        except ApiException as e:
+            if e.status != 404:
+                raise
+
+    def cluster_secret(self, name: str, namespace: str, owner: Mapping[str, Any]) -> str:
+        """The cluster secret, created on first use; read by name only (no list on secrets)."""
+        secret_name = manifests.secret_name(name)
+        try:
+            found = self.core.read_namespaced_secret(secret_name, namespace)
+            return base64.b64decode(found.data["cluster-secret"]).decode()
+        except ApiException as e:
+            if e.status != 404:
+                raise
+        token = secrets.token_urlsafe(32)
+        body = manifests.cluster_secret(name, namespace, token)
+        body["metadata"]["ownerReferences"] = [manifests.owner_reference(owner)]
+        try:
+            self.core.create_namespaced_secret(namespace, body)
+        except ApiException as e:
+            if e.status != 409:
+                raise
+            # Another reconcile won the race; use its token.
+            found = self.core.read_namespaced_secret(secret_name, namespace)
+            return base64.b64decode(found.data["cluster-secret"]).decode()
+        return token

@@ -1,0 +1,137 @@
+"""One reconcile step of a LimeCluster: observe -> decide (pure) -> act once -> report status."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from limedb_operator import database, manifests
+from limedb_operator.kube import Kube
+from limedb_operator.scaling import (
+    NORMAL,
+    Decision,
+    Observed,
+    PodView,
+    RingView,
+    decide,
+    pvcs_to_delete,
+)
+from limedb_operator.status import build_status, flipped
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Outcome:
+    status: dict[str, Any]
+    decision: Decision
+    events: list[tuple[str, str, str]] = field(default_factory=list)  # (type, reason, message)
+
+    @property
+    def converged(self) -> bool:
+        return self.decision.step.kind == "done"
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _claim_size(sts: Mapping[str, Any] | None) -> str | None:
+    try:
+        return sts["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"]
+    except (KeyError, IndexError, TypeError):
+        return None
+
+
+def _coordinator(
+    pods: tuple[PodView, ...], ring: RingView | None, exclude: str = ""
+) -> PodView | None:
+    """A Ready pod whose node is a Normal member: it can drive a ring change."""
+    for pod in pods:
+        member = ring.member(pod.name) if ring else None
+        if pod.ready and pod.url and member and member.state == NORMAL and pod.name != exclude:
+            return pod
+    return None
+
+
+def reconcile(kube: Kube, body: Mapping[str, Any]) -> Outcome:
+    meta = body["metadata"]
+    name, namespace = meta["name"], meta["namespace"]
+    spec = manifests.with_defaults(body.get("spec") or {})
+    old_status = body.get("status") or {}
+
+    secret = kube.cluster_secret(name, namespace, body)
+    sts = kube.statefulset(name, namespace)
+    replicas = None if sts is None else int(sts["spec"].get("replicas") or 0)
+    pods = kube.pods(name, namespace) if sts is not None else ()
+    ready_urls = [p.url for p in pods if p.ready and p.url and not p.terminating]
+    ring = database.read_ring(ready_urls, secret) if ready_urls else None
+
+    obs = Observed(name, spec["nodes"], spec["replicationFactor"], replicas, pods, ring)
+    decision = decide(obs)
+    step = decision.step
+    events: list[tuple[str, str, str]] = []
+    log.info("%s/%s: %s %s: %s", namespace, name, step.kind, step.reason, step.message)
+
+    # Children are re-applied every step so drift is repaired; the replica count is the
+    # decision's, never spec.nodes directly.
+    new_replicas = step.replicas if step.kind in ("create", "set-replicas") else replicas
+    if new_replicas is not None:
+        applied_spec = dict(spec)
+        old_size = _claim_size(sts)
+        if old_size:  # volumeClaimTemplates are immutable in a StatefulSet
+            applied_spec["storage"] = {**spec["storage"], "size": old_size}
+        for child in manifests.children(name, namespace, applied_spec, new_replicas):
+            kube.apply(child, body)
+
+    if step.kind in ("create", "set-replicas"):
+        events.append(("Normal", step.reason, step.message))
+    elif step.kind == "join" and step.pod is not None:
+        coord = _coordinator(pods, ring) or step.pod  # the first node bootstraps its own ring
+        database.join(coord.url or "", step.pod.url or "", secret)
+        events.append(("Normal", "Joining", f"{step.pod.name} joins the ring via {coord.name}"))
+    elif step.kind == "leave" and step.node_id:
+        coord = _coordinator(pods, ring, exclude=step.node_id)
+        if coord is None:
+            step_msg = f"no Ready member can coordinate the leave of {step.node_id}"
+            events.append(("Warning", "NoCoordinator", step_msg))
+        else:
+            database.leave(coord.url or "", step.node_id, secret)
+            events.append(("Normal", "Leaving", f"{step.node_id} hands off its data and leaves"))
+
+    if replicas is not None:
+        policy = spec["pvcRetention"]["whenScaled"]
+        current = new_replicas if new_replicas is not None else replicas
+        for pvc in pvcs_to_delete(kube.pvc_names(name, namespace), name, current, pods, policy):
+            kube.delete_pvc(pvc, namespace)
+            events.append(("Normal", "VolumeDeleted", f"{pvc} deleted (whenScaled=Delete)"))
+
+    old_conditions = old_status.get("conditions")
+    if not decision.valid and flipped(old_conditions, "Valid", "False"):
+        events.append(("Warning", decision.invalid_reason, decision.invalid_message))
+    if (
+        step.kind == "done"
+        and step.reason == "Converged"
+        and flipped(old_conditions, "Progressing", "False")
+    ):
+        events.append(("Normal", "Converged", step.message))
+
+    if new_replicas is not None and new_replicas != replicas:
+        obs = Observed(name, obs.desired, obs.replication_factor, new_replicas, pods, ring)
+    status = build_status(obs, decision, old_status, _now(), meta.get("generation"))
+    return Outcome(status, decision, events)
+
+
+def delete_volumes(kube: Kube, body: Mapping[str, Any]) -> list[str]:
+    """Finalizer: apply pvcRetention.whenDeleted. Returns the PVCs deleted."""
+    meta = body["metadata"]
+    spec = manifests.with_defaults(body.get("spec") or {})
+    if spec["pvcRetention"]["whenDeleted"] != "Delete":
+        return []
+    names = kube.pvc_names(meta["name"], meta["namespace"])
+    for pvc in names:
+        kube.delete_pvc(pvc, meta["namespace"])
+    return names
