@@ -35,6 +35,14 @@ KV_PREFIX = b"/v1/kv/"
 UNLIMITED_PATHS = frozenset({"/livez", "/readyz", "/metrics"})
 
 
+class MethodNotAllowed(Exception):
+    """A hot route's path with a method it does not serve: 405 listing every allowed method."""
+
+    def __init__(self, route: str, allow: bytes) -> None:
+        self.route = route
+        self.allow = allow
+
+
 class ClientDisconnected(Exception):
     """The client went away before sending its whole body; nothing to answer."""
 
@@ -127,7 +135,7 @@ class FastPath:
         try:
             if raw_path.startswith(KV_PREFIX):
                 if method not in ("GET", "PUT", "DELETE"):
-                    return False
+                    raise MethodNotAllowed("/v1/kv/{key}", b"GET, PUT, DELETE")
                 route = "/v1/kv/{key}"
                 service = state.require_service()
                 key = key_from_raw_path(raw_path, len(KV_PREFIX), limits)
@@ -156,8 +164,18 @@ class FastPath:
                 service = state.require_service()
                 key = key_from_raw_path(raw_path, len(DEL_PREFIX), limits)
                 reply = await ops.lime_del(service, key)
+            elif raw_path.startswith(GET_PREFIX):
+                raise MethodNotAllowed("/api/v1/get/{key}", b"GET")
+            elif raw_path == SET_PATH:
+                raise MethodNotAllowed("/api/v1/set", b"POST")
+            elif raw_path.startswith(DEL_PREFIX):
+                raise MethodNotAllowed("/api/v1/del/{key}", b"DELETE")
             else:
                 return False
+        except MethodNotAllowed as exc:
+            route = exc.route
+            body = b"" if method == "HEAD" else error_body(f"method {method} not allowed")
+            reply = ops.Reply(405, ops.JSON, body, ((b"allow", exc.allow),))
         except (ApiError, ServiceError) as exc:
             reply = reply_for_error(exc)
         except ClientDisconnected:

@@ -1,6 +1,5 @@
 """Native routes: raw-bytes values at /v1/kv/{key} (TTL, per-request consistency) and /v1/batch."""
 
-from __future__ import annotations
 
 import asyncio
 import base64

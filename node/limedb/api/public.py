@@ -4,7 +4,6 @@ get/set/del are normally answered by the fast path; the handlers here serve the 
 for the methods the fast path leaves to FastAPI and give the routes their OpenAPI documentation.
 """
 
-from __future__ import annotations
 
 import math
 import time

@@ -11,9 +11,8 @@ from __future__ import annotations
 import time
 from typing import Any, Protocol
 
-import xxhash
-
 from limedb.cluster.keys import storage_key, user_key
+from limedb.cluster.ring import vnode_tokens
 from limedb.cluster.service import Consistency, ReadResult, Unavailable
 from limedb.cluster.view import ClusterView, MemberView
 from limedb.hlc import HLC, millis_of
@@ -56,9 +55,8 @@ def _is_live(version: StorageVersion | None, now_ms: int) -> bool:
 
 
 def ring_tokens(node_id: str, url: str, vnodes: int) -> list[tuple[int, str]]:
-    """The ring positions of one node: XXH64(f"{node_id}:{i}"), as the original LimeDB."""
-    count = max(vnodes, 1)
-    return sorted((xxhash.xxh64_intdigest(f"{node_id}:{i}"), url) for i in range(count))
+    """(token, url) for every virtual node of one node, sorted: a one-member ring."""
+    return sorted((token, url) for token in vnode_tokens(node_id, vnodes))
 
 
 class LocalService:
