@@ -7,7 +7,21 @@ import socket
 import struct
 
 import pytest
+import uvloop
 from limedb.cluster import rpc
+
+# Nodes run on uvloop; the transport must also work on the standard loop (tests, embedding).
+LOOPS = {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
+
+
+@pytest.fixture(params=sorted(LOOPS))
+def run(request):
+    def run_on_loop(coroutine):
+        with asyncio.Runner(loop_factory=LOOPS[request.param]) as runner:
+            return runner.run(coroutine)
+
+    return run_on_loop
+
 
 ECHO = 50
 SLOW = 51
@@ -31,7 +45,7 @@ async def _server(secret: str | None = None) -> rpc.RpcServer:
     return server
 
 
-def test_concurrent_calls_on_one_connection_get_their_own_replies() -> None:
+def test_concurrent_calls_on_one_connection_get_their_own_replies(run) -> None:
     async def main() -> None:
         server = await _server()
         client = rpc.RpcClient()
@@ -46,10 +60,10 @@ def test_concurrent_calls_on_one_connection_get_their_own_replies() -> None:
             client.close()
             await server.stop()
 
-    asyncio.run(main())
+    run(main())
 
 
-def test_large_binary_values_cross_intact() -> None:
+def test_large_binary_values_cross_intact(run) -> None:
     async def main() -> None:
         server = await _server()
         client = rpc.RpcClient()
@@ -60,10 +74,10 @@ def test_large_binary_values_cross_intact() -> None:
             client.close()
             await server.stop()
 
-    asyncio.run(main())
+    run(main())
 
 
-def test_handler_error_is_reported_and_connection_survives() -> None:
+def test_handler_error_is_reported_and_connection_survives(run) -> None:
     async def main() -> None:
         server = await _server()
         client = rpc.RpcClient()
@@ -79,10 +93,10 @@ def test_handler_error_is_reported_and_connection_survives() -> None:
             client.close()
             await server.stop()
 
-    asyncio.run(main())
+    run(main())
 
 
-def test_call_times_out_when_the_peer_does_not_answer() -> None:
+def test_call_times_out_when_the_peer_does_not_answer(run) -> None:
     async def main() -> None:
         server = await _server()
         client = rpc.RpcClient()
@@ -94,10 +108,10 @@ def test_call_times_out_when_the_peer_does_not_answer() -> None:
             client.close()
             await server.stop()
 
-    asyncio.run(main())
+    run(main())
 
 
-def test_unreachable_peer_fails_fast() -> None:
+def test_unreachable_peer_fails_fast(run) -> None:
     async def main() -> None:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
@@ -107,10 +121,10 @@ def test_unreachable_peer_fails_fast() -> None:
             await client.call("127.0.0.1", port, ECHO, b"x", 5.0)
         client.close()
 
-    asyncio.run(main())
+    run(main())
 
 
-def test_replica_drops_requests_whose_deadline_has_passed() -> None:
+def test_replica_drops_requests_whose_deadline_has_passed(run) -> None:
     async def main() -> None:
         server = await _server()
         try:
@@ -126,10 +140,10 @@ def test_replica_drops_requests_whose_deadline_has_passed() -> None:
         finally:
             await server.stop()
 
-    asyncio.run(main())
+    run(main())
 
 
-def test_secret_required_connection_without_hello_gets_401_and_is_closed() -> None:
+def test_secret_required_connection_without_hello_gets_401_and_is_closed(run) -> None:
     async def main() -> None:
         server = await _server(secret="s3cret")
         try:
@@ -144,10 +158,10 @@ def test_secret_required_connection_without_hello_gets_401_and_is_closed() -> No
         finally:
             await server.stop()
 
-    asyncio.run(main())
+    run(main())
 
 
-def test_secret_required_wrong_secret_is_refused_right_secret_served() -> None:
+def test_secret_required_wrong_secret_is_refused_right_secret_served(run) -> None:
     async def main() -> None:
         server = await _server(secret="s3cret")
         wrong = rpc.RpcClient(secret="guess")
@@ -165,7 +179,7 @@ def test_secret_required_wrong_secret_is_refused_right_secret_served() -> None:
                 client.close()
             await server.stop()
 
-    asyncio.run(main())
+    run(main())
 
 
 def test_frame_header_layout_is_length_kind_request_id() -> None:
