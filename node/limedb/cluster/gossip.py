@@ -163,31 +163,28 @@ class GossipState:
     def _ring_digest(self) -> dict | None:
         if self.ring is None:
             return None
-        return {"epoch": self.ring.epoch, "digest": self.ring.digest()}
+        epoch, members, digest = self.ring.rank()
+        return {"epoch": epoch, "members": members, "digest": digest}
+
+    @staticmethod
+    def _their_rank(theirs: object) -> tuple[int, int, int]:
+        if not isinstance(theirs, Mapping):
+            raise GossipError("ring digest must be an object")
+        return (
+            _nonneg_int(theirs.get("epoch")),
+            _nonneg_int(theirs.get("members", 0)),
+            _nonneg_int(theirs.get("digest")),
+        )
 
     def _ring_is_newer_than(self, theirs: object) -> bool:
         if self.ring is None:
             return False
-        if theirs is None:
-            return True
-        if not isinstance(theirs, Mapping):
-            raise GossipError("ring digest must be an object")
-        epoch, digest = _nonneg_int(theirs.get("epoch")), _nonneg_int(theirs.get("digest"))
-        if self.ring.epoch != epoch:
-            return self.ring.epoch > epoch
-        return self.ring.digest() > digest
+        return theirs is None or self.ring.rank() > self._their_rank(theirs)
 
     def _wants_their_ring(self, theirs: object) -> bool:
         if theirs is None:
             return False
-        if self.ring is None:
-            return True
-        if not isinstance(theirs, Mapping):
-            raise GossipError("ring digest must be an object")
-        epoch, digest = _nonneg_int(theirs.get("epoch")), _nonneg_int(theirs.get("digest"))
-        if self.ring.epoch != epoch:
-            return epoch > self.ring.epoch
-        return digest > self.ring.digest()
+        return self.ring is None or self._their_rank(theirs) > self.ring.rank()
 
     def apply(self, updates: object) -> list[str]:
         """Merge states from a peer, keeping the newer of each; returns the ids that changed."""

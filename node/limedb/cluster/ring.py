@@ -76,6 +76,7 @@ class Ring:
 
     __slots__ = (
         "_cache_lock",
+        "_digest",
         "_members",
         "_owner_at",
         "_replicas_by_rf",
@@ -114,6 +115,7 @@ class Ring:
         self._owner_at = tuple(node_id for _, node_id in placed)
         self._replicas_by_rf: dict[int, tuple[tuple[str, ...], ...]] = {}
         self._cache_lock = threading.Lock()
+        self._digest: int | None = None
 
     # ----------------------------------------------------------------- identity
 
@@ -261,14 +263,22 @@ class Ring:
             raise ValueError(f"bad ring record: {exc}") from exc
 
     def digest(self) -> int:
-        """A content hash that orders two different rings of the same epoch the same way
-        on every node (a conflict only an operator error can create)."""
-        return _xxh64(orjson.dumps(self.to_record(), option=orjson.OPT_SORT_KEYS))
+        """A content hash, the last tie-break between two different rings of one epoch."""
+        if self._digest is None:
+            record = orjson.dumps(self.to_record(), option=orjson.OPT_SORT_KEYS)
+            self._digest = _xxh64(record)
+        return self._digest
+
+    def rank(self) -> tuple[int, int, int]:
+        """Which of two rings wins, the same way on every node: the higher epoch; at one
+        epoch (only nodes bootstrapped from different static member lists disagree there)
+        the ring with more members, then the higher digest."""
+        return (self.epoch, len(self._members), self.digest())
 
     def newer_than(self, other: Ring | None) -> bool:
-        """Whether this ring should replace `other`: higher epoch, ties by digest."""
+        """Whether this ring should replace `other`."""
         if other is None:
             return True
         if self.epoch != other.epoch:
             return self.epoch > other.epoch
-        return self != other and self.digest() > other.digest()
+        return self != other and self.rank() > other.rank()

@@ -86,6 +86,20 @@ def test_an_older_ring_is_not_taken_in_either_direction():
     assert a.ring == new and c.ring == new
 
 
+def test_nodes_bootstrapped_with_different_member_lists_agree_on_the_largest():
+    rng = random.Random(9)
+    full = {f"n{i}": f"http://127.0.0.{i + 1}:8484" for i in range(4)}
+    nodes = [
+        make_node(i, Ring({k: v for k, v in full.items() if k in (f"n{i}", "n0")}, vnodes=4))
+        for i in range(3)
+    ]
+    nodes.append(make_node(3, Ring(full, vnodes=4)))
+    for _ in range(8):
+        for node in nodes:
+            exchange(node, rng.choice([p for p in nodes if p is not node]))
+    assert all(node.ring == Ring(full, vnodes=4) for node in nodes)
+
+
 def test_a_restarted_node_wins_with_its_new_generation_despite_a_lower_version():
     a, b = make_node(0, generation=100), make_node(1, generation=100)
     for _ in range(50):

@@ -152,6 +152,10 @@ def test_two_different_rings_of_one_epoch_are_ordered_the_same_way_everywhere():
     a = Ring(URLS[:2], vnodes=8, epoch=3)
     b = Ring(URLS[1:], vnodes=8, epoch=3)
     assert a.newer_than(b) != b.newer_than(a)
+    # Nodes bootstrapped from partial static member lists settle on the largest list.
+    everyone = Ring(URLS, vnodes=8, epoch=3)
+    assert everyone.newer_than(a) and everyone.newer_than(b)
+    assert not a.newer_than(everyone)
 
 
 def test_record_round_trips_and_rejects_garbage():
