@@ -269,3 +269,62 @@ def test_listeners_may_be_coroutines_and_a_failing_listener_does_not_stop_others
 def test_handle_rejects_what_is_not_a_well_formed_syn_or_ack2(msg):
     with pytest.raises(GossipError):
         Membership("a", "http://a").handle(msg)
+
+
+def test_a_peers_announced_address_wins_over_the_ring_record():
+    async def scenario():
+        ring = Ring({"lime-0": "http://127.0.0.1:8484", "lime-1": "http://127.0.0.2:8484"})
+        a = Membership(
+            "lime-0",
+            "http://127.0.0.1:8484",
+            ring,
+            gossip_interval_s=INTERVAL,
+            detector_config=FAST_DETECTOR,
+        )
+        # lime-1 came back on a new address; the ring record still names the old one.
+        b = Membership(
+            "lime-1",
+            "http://127.0.0.7:8484",
+            ring,
+            gossip_interval_s=INTERVAL,
+            detector_config=FAST_DETECTOR,
+            internal_addr="127.0.0.7:9484",
+        )
+        net = FakeNetwork()
+        net.add(a)
+        net.nodes["http://127.0.0.2:8484"] = b  # the old address still reaches it
+        net.add(b)
+        await net.start()
+        try:
+            await wait_for(lambda: a.url_of("lime-1") == "http://127.0.0.7:8484", what="new url")
+            assert a.internal_addr_of("lime-1") == "127.0.0.7:9484"
+            assert a.ring.url_of("lime-1") == "http://127.0.0.2:8484"
+        finally:
+            await net.stop()
+
+    asyncio.run(scenario())
+
+
+def test_two_groups_that_never_met_merge_through_a_common_seed():
+    async def scenario():
+        left, right = urls(4)[:2], urls(4)[2:]
+        ring = Ring(urls(4), vnodes=8)
+        net = FakeNetwork()
+        # The right-hand nodes know nothing but the seed (left[0]); the left ones start from
+        # a ring of only themselves, until the seed adopts the full one.
+        nodes = [member(u, Ring(left if u in left else right, vnodes=8)) for u in left]
+        nodes += [member(u, None, seeds=[left[0]]) for u in right]
+        nodes[0].adopt_ring(ring)
+        for m in nodes:
+            net.add(m)
+        await net.start()
+        try:
+            await wait_for(lambda: all(m.ring == ring for m in nodes), what="one ring")
+            await wait_for(
+                lambda: all(m.is_alive(u) for m in nodes for u in urls(4)),
+                what="everyone alive everywhere",
+            )
+        finally:
+            await net.stop()
+
+    asyncio.run(scenario())

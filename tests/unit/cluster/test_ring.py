@@ -185,3 +185,32 @@ def test_token_range_containment_handles_wrap():
     wrap = TokenRange(start=TOKEN_SPACE - 10, end=5, node_id="x")
     assert wrap.size == 16
     assert TOKEN_SPACE - 1 in wrap and 0 in wrap and 5 in wrap and 6 not in wrap
+
+
+def test_adding_a_node_moves_keys_only_to_the_new_node_and_about_a_fair_share():
+    ring = Ring(URLS, vnodes=64)
+    grown = ring.with_member("http://node4:8484", "http://node4:8484")
+    keys = [f"user:{i}".encode() for i in range(4000)]
+    moved = [k for k in keys if ring.owner(k) != grown.owner(k)]
+    assert all(grown.owner(k) == "http://node4:8484" for k in moved)
+    assert 0.15 < len(moved) / len(keys) < 0.35
+
+
+def test_removing_a_node_keeps_every_surviving_replica_in_place():
+    nodes = [f"http://10.0.0.{i}:8484" for i in range(1, 7)]
+    gone = nodes[1]
+    ring = Ring(nodes, vnodes=64)
+    shrunk = ring.without_member(gone)
+    touched = 0
+    for i in range(2000):
+        key = f"k{i}".encode()
+        before, after = ring.replicas(key, 3), shrunk.replicas(key, 3)
+        if gone not in before:
+            assert after == before
+            continue
+        touched += 1
+        survivors = [n for n in before if n != gone]
+        # Survivors keep their copies in the same order; one new replica joins the set.
+        assert [n for n in after if n in survivors] == survivors
+        assert len(set(after) - set(before)) == 1
+    assert touched > 0
