@@ -59,7 +59,25 @@ def phi_of(elapsed_s: float, mean_s: float, std_s: float) -> float:
     return math.log1p(math.exp(z)) / _LN10
 
 
+def suspect_deviations(suspect_phi: float) -> float:
+    """How many deviations past the mean a silence lasts when phi reaches `suspect_phi`.
+
+    phi grows strictly with silence, so comparing the silence against
+    mean + deviations * std gives the same verdict as computing phi: `liveness()` is called
+    for every replica of every request and this makes it a subtraction and two compares.
+    """
+    low, high = -40.0, 40.0
+    for _ in range(200):
+        mid = (low + high) / 2
+        if phi_of(mid, 0.0, 1.0) < suspect_phi:
+            low = mid
+        else:
+            high = mid
+    return high
+
+
 def classify(phi: float, silence_s: float, config: DetectorConfig) -> Liveness:
+    """The rule: suspect from `suspect_phi` on, dead once also silent for `dead_after_s`."""
     if phi < config.suspect_phi:
         return Liveness.ALIVE
     if silence_s < config.dead_after_s:
@@ -68,15 +86,17 @@ def classify(phi: float, silence_s: float, config: DetectorConfig) -> Liveness:
 
 
 class _ArrivalWindow:
-    __slots__ = ("intervals", "last", "total", "total_sq")
+    __slots__ = ("intervals", "last", "suspect_after", "total", "total_sq")
 
-    def __init__(self, now: float, size: int) -> None:
+    def __init__(self, now: float, config: DetectorConfig, deviations: float) -> None:
         self.last = now
-        self.intervals: deque[float] = deque(maxlen=size)
+        self.intervals: deque[float] = deque(maxlen=config.window)
         self.total = 0.0
         self.total_sq = 0.0
+        self.suspect_after = 0.0
+        self._refresh(config, deviations)
 
-    def add(self, interval: float) -> None:
+    def add(self, interval: float, config: DetectorConfig, deviations: float) -> None:
         if len(self.intervals) == self.intervals.maxlen:
             old = self.intervals[0]
             self.total -= old
@@ -84,6 +104,12 @@ class _ArrivalWindow:
         self.intervals.append(interval)
         self.total += interval
         self.total_sq += interval * interval
+        self._refresh(config, deviations)
+
+    def _refresh(self, config: DetectorConfig, deviations: float) -> None:
+        """The silence (seconds) at which phi reaches the suspect threshold."""
+        mean, std = self.mean_std(config)
+        self.suspect_after = mean + config.acceptable_pause_s + deviations * std
 
     def mean_std(self, config: DetectorConfig) -> tuple[float, float]:
         n = len(self.intervals)
@@ -113,37 +139,47 @@ class FailureDetector:
         self.config = config or DetectorConfig()
         self._clock = clock
         self._windows: dict[str, _ArrivalWindow] = {}
+        self._deviations = suspect_deviations(self.config.suspect_phi)
+
+    def _new_window(self, now: float) -> _ArrivalWindow:
+        return _ArrivalWindow(now, self.config, self._deviations)
 
     def watch(self, node_id: str) -> None:
         """Start tracking a peer; being told about it counts as a first heartbeat, so a peer
         that never speaks becomes suspect after about one detection period."""
         if node_id not in self._windows:
-            self._windows[node_id] = _ArrivalWindow(self._clock(), self.config.window)
+            self._windows[node_id] = self._new_window(self._clock())
 
     def forget(self, node_id: str) -> None:
         self._windows.pop(node_id, None)
 
     def restart(self, node_id: str) -> None:
         """The peer restarted (new generation): its old rhythm says nothing about the new one."""
-        self._windows[node_id] = _ArrivalWindow(self._clock(), self.config.window)
+        self._windows[node_id] = self._new_window(self._clock())
 
     def heartbeat(self, node_id: str) -> None:
         now = self._clock()
         window = self._windows.get(node_id)
         if window is None:
-            self._windows[node_id] = _ArrivalWindow(now, self.config.window)
+            self._windows[node_id] = self._new_window(now)
             return
         # A gap long enough to make us suspicious is an outage, not a sample of the peer's
         # normal rhythm; learning from it would make the next outage slower to notice.
-        if self._health(window, now).liveness is Liveness.ALIVE:
-            window.add(now - window.last)
+        if self._verdict(window, now - window.last) is Liveness.ALIVE:
+            window.add(now - window.last, self.config, self._deviations)
         window.last = now
+
+    def _verdict(self, window: _ArrivalWindow, silence: float) -> Liveness:
+        # Equivalent to classify(phi, silence, config); see suspect_deviations.
+        if silence < window.suspect_after:
+            return Liveness.ALIVE
+        return Liveness.SUSPECT if silence < self.config.dead_after_s else Liveness.DEAD
 
     def _health(self, window: _ArrivalWindow, now: float) -> PeerHealth:
         mean, std = window.mean_std(self.config)
         silence = max(now - window.last, 0.0)
         phi = phi_of(silence, mean + self.config.acceptable_pause_s, std)
-        return PeerHealth(classify(phi, silence, self.config), phi, silence)
+        return PeerHealth(self._verdict(window, silence), phi, silence)
 
     def health(self, node_id: str) -> PeerHealth | None:
         window = self._windows.get(node_id)
@@ -151,8 +187,10 @@ class FailureDetector:
 
     def liveness(self, node_id: str) -> Liveness:
         """ALIVE/SUSPECT/DEAD; a peer never watched nor heard from is DEAD."""
-        health = self.health(node_id)
-        return Liveness.DEAD if health is None else health.liveness
+        window = self._windows.get(node_id)
+        if window is None:
+            return Liveness.DEAD
+        return self._verdict(window, self._clock() - window.last)
 
     def phi(self, node_id: str) -> float:
         health = self.health(node_id)

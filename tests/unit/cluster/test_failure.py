@@ -132,3 +132,23 @@ def test_classify_needs_both_suspicion_and_long_silence_for_dead():
     assert classify(7.9, 100, config) is Liveness.ALIVE
     assert classify(8.0, 9.9, config) is Liveness.SUSPECT
     assert classify(50, 10.0, config) is Liveness.DEAD
+
+
+def test_the_fast_liveness_check_gives_the_same_verdict_as_computing_phi():
+    rng = random.Random(11)
+    for trial in range(200):
+        clock = FakeClock()
+        detector = FailureDetector(clock=clock)
+        node = f"p{trial}"
+        detector.watch(node)
+        spread = rng.uniform(0.01, 3.0)
+        for _ in range(rng.randrange(0, 40)):
+            clock.advance(rng.uniform(0.05, spread))
+            detector.heartbeat(node)
+        for _ in range(50):
+            clock.advance(rng.uniform(0.0, 0.6))
+            health = detector.health(node)
+            if abs(health.phi - detector.config.suspect_phi) < 1e-6:
+                continue  # on the threshold itself rounding may go either way
+            expected = classify(health.phi, health.silence_s, detector.config)
+            assert detector.liveness(node) is expected, (trial, health)
