@@ -35,6 +35,7 @@ REPLICATE = 10
 READ = 11
 GOSSIP = 12
 STATS = 13
+ATOMIC = 14  # a Redis read-modify-write forwarded to the key's primary (limedb.cluster.atomic)
 
 # Error codes, HTTP-like so that logs read naturally.
 UNAUTHORIZED = 401

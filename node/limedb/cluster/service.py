@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from limedb.cluster.atomic import AtomicOp, Reply
 
 
 class Consistency(enum.StrEnum):
@@ -73,6 +76,14 @@ class KeyValueService(Protocol):
 
     async def delete(self, key: bytes, consistency: Consistency | None = None) -> bool:
         """Write a tombstone; returns whether a live value existed before."""
+        ...
+
+    async def atomic_update(
+        self, key: bytes, fn: AtomicOp, consistency: Consistency | None = None
+    ) -> Reply:
+        """Read-modify-write `key` atomically: `fn(current, now_ms)` runs at the key's primary
+        replica under a per-key lock and decides the write and the reply (limedb.cluster.atomic;
+        the guarantee is stated in docs/redis.md)."""
         ...
 
     def local_items(self, after: bytes | None, limit: int) -> list[tuple[bytes, bytes]]:

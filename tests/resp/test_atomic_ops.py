@@ -1,0 +1,112 @@
+"""The atomic operations' decisions and their RPC wire format, without a server."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from limedb.cluster.atomic import (
+    OK,
+    Action,
+    AtomicOp,
+    CommandError,
+    KeyLocks,
+    decode_reply,
+    decode_request,
+    encode_reply,
+    encode_request,
+    parse_int64,
+)
+from limedb.cluster.service import Consistency, ReadResult
+
+NOW = 1_700_000_000_000
+ABSENT = ReadResult(None, "n")
+
+
+def value(v: bytes, expires: int | None = None) -> ReadResult:
+    return ReadResult(v, "n", 1, expires)
+
+
+@pytest.mark.parametrize(
+    ("raw", "parsed"),
+    [
+        (b"0", 0),
+        (b"-5", -5),
+        (b"9223372036854775807", 2**63 - 1),
+        (b"-9223372036854775808", -(2**63)),
+    ],
+)
+def test_redis_integer_syntax_accepts_canonical_integers(raw: bytes, parsed: int) -> None:
+    assert parse_int64(raw) == parsed
+
+
+@pytest.mark.parametrize(
+    "raw", [b"", b"+1", b"01", b"-0", b" 1", b"1 ", b"1.0", b"9223372036854775808", b"\xd9\xa3"]
+)
+def test_redis_integer_syntax_rejects_what_redis_rejects(raw: bytes) -> None:
+    assert parse_int64(raw) is None
+
+
+def test_incr_keeps_the_time_to_live_and_refuses_overflow() -> None:
+    outcome = AtomicOp("incrby", (b"5",))(value(b"10", NOW + 5000), NOW)
+    assert (outcome.action, outcome.reply, outcome.value) == (Action.SET, 15, b"15")
+    assert outcome.expires_at_ms == NOW + 5000
+    with pytest.raises(CommandError, match="overflow"):
+        AtomicOp("incrby", (b"1",))(value(b"9223372036854775807"), NOW)
+    with pytest.raises(CommandError, match="not an integer"):
+        AtomicOp("incrby", (b"1",))(value(b"abc"), NOW)
+
+
+def test_set_conditions_and_get_reply() -> None:
+    nx = AtomicOp("set", (b"v", b"nx", b"0", b"none", b"0"))
+    assert nx(value(b"old"), NOW).action is Action.KEEP
+    assert nx(value(b"old"), NOW).reply is None
+    assert nx(ABSENT, NOW).reply == OK
+    xx_get = AtomicOp("set", (b"v", b"xx", b"1", b"keep", b"0"))
+    outcome = xx_get(value(b"old", NOW + 10), NOW)
+    assert (outcome.reply, outcome.value, outcome.expires_at_ms) == (b"old", b"v", NOW + 10)
+    assert xx_get(ABSENT, NOW).action is Action.KEEP
+
+
+def test_expire_conditions_follow_redis_infinite_ttl_rule() -> None:
+    def expire(condition: bytes, current: ReadResult, ms: int = 1000) -> int:
+        return AtomicOp("expire", (b"rel", str(ms).encode(), condition))(current, NOW).reply
+
+    persistent, expiring = value(b"v"), value(b"v", NOW + 500)
+    assert expire(b"gt", persistent) == 0
+    assert expire(b"lt", persistent) == 1
+    assert expire(b"gt", expiring) == 1
+    assert expire(b"nx", expiring) == 0
+    assert expire(b"xx", persistent) == 0
+    assert expire(b"", ABSENT) == 0
+    assert AtomicOp("expire", (b"rel", b"-1", b""))(persistent, NOW).action is Action.DELETE
+
+
+def test_request_and_reply_survive_the_wire() -> None:
+    op = AtomicOp("set", (b"\x00\xff", b"nx", b"1", b"px", b"100"))
+    assert decode_request(encode_request(b"k\r\n", op, Consistency.ALL)) == (
+        b"k\r\n",
+        op,
+        Consistency.ALL,
+    )
+    for reply in (None, 0, -(2**63), b"", b"bytes", OK):
+        decoded = decode_reply(encode_reply(reply))
+        assert decoded == reply and type(decoded) is type(reply)
+
+
+def test_key_locks_serialize_holders_and_forget_idle_keys() -> None:
+    locks = KeyLocks()
+    counter = {"value": 0}
+
+    async def increment() -> None:
+        async with locks.hold(b"k"):
+            seen = counter["value"]
+            await asyncio.sleep(0)
+            counter["value"] = seen + 1
+
+    async def main() -> None:
+        await asyncio.gather(*(increment() for _ in range(50)))
+
+    asyncio.run(main())
+    assert counter["value"] == 50
+    assert len(locks) == 0
