@@ -1,0 +1,28 @@
+"""LimeDB's storage engine: a durable log-structured merge tree usable as a library.
+
+from limedb.storage import Engine, EngineOptions
+with Engine.open("/var/lib/limedb", EngineOptions(durability="sync")) as db:
+    db.put(b"k", b"v")
+"""
+
+from .batch import WriteBatch
+from .engine import Engine
+from .errors import CorruptionError, EngineClosedError, StorageError
+from .fs import CrashableMemFS, FileSystem, RealFS
+from .options import EngineOptions
+from .record import Version
+from .snapshot import Snapshot
+
+__all__ = [
+    "CorruptionError",
+    "CrashableMemFS",
+    "Engine",
+    "EngineClosedError",
+    "EngineOptions",
+    "FileSystem",
+    "RealFS",
+    "Snapshot",
+    "StorageError",
+    "Version",
+    "WriteBatch",
+]

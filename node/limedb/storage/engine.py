@@ -1,0 +1,895 @@
+"""The storage engine: a durable LSM tree (WAL + memtable + leveled SSTables) behind one object.
+
+Writers append a framed batch to the WAL buffer and apply it to the memtable under one short
+lock; durability is then awaited per the mode (group commit: whoever fsyncs first covers every
+writer that arrived meanwhile). Readers never lock: they read the current `View`, swapped
+atomically whenever a memtable is frozen, a flush lands or a compaction is installed.
+Background threads: the flusher (memtable -> L0), the compactor, and the syncer (periodic
+fsync and the asyncio group commit).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import posixpath
+import threading
+import time
+from bisect import bisect_left
+from collections.abc import Iterator
+from typing import Any
+
+from crc32c import crc32c
+
+from limedb.hlc import HLC
+
+from . import compaction as compaction_mod
+from .batch import WriteBatch
+from .block_cache import BlockCache
+from .bloom import GlobalFilter, key_hash, probe_mask
+from .errors import CorruptionError, EngineClosedError, StorageError
+from .fs import FileSystem, RealFS
+from .manifest import ManifestState, ManifestWriter, VersionEdit, load, read_current
+from .memtable import Memtable
+from .options import EngineOptions
+from .record import EXPIRES, TOMBSTONE, Rec, Version, make_rec, newer, to_version
+from .snapshot import Snapshot, View
+from .sstable import MAX_KEY_BYTES, TableBuilder, TableMeta, TableReader, table_name
+from .wal import FRAME, LEN_MASK, SINGLE, WalWriter, encode_batch, encode_frame, replay
+
+log = logging.getLogger("limedb.storage")
+
+_MAX_VALUE_BYTES = 0xFFFFFFFF
+
+
+def _log_name(file_no: int) -> str:
+    return f"{file_no:06d}.log"
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def _as_key(key: Any) -> bytes:
+    if type(key) is not bytes:
+        if isinstance(key, str):
+            raise TypeError("keys are bytes, not str")
+        key = bytes(key)
+    if len(key) > MAX_KEY_BYTES:
+        raise ValueError(f"key of {len(key)} bytes exceeds the {MAX_KEY_BYTES}-byte limit")
+    return key
+
+
+def _as_value(value: Any) -> bytes:
+    if type(value) is not bytes:
+        if isinstance(value, str):
+            raise TypeError("values are bytes, not str")
+        value = bytes(value)
+    return value
+
+
+def _resolve(futures: list[asyncio.Future], exc: BaseException | None) -> None:
+    for fut in futures:
+        if not fut.done():
+            if exc is None:
+                fut.set_result(None)
+            else:
+                fut.set_exception(exc)
+
+
+class Engine:
+    """A single-directory LSM key-value store. Create with `Engine.open`."""
+
+    def __init__(self) -> None:  # use Engine.open
+        raise TypeError("use Engine.open(path, options)")
+
+    # ------------------------------------------------------------------ opening
+
+    @classmethod
+    def open(
+        cls,
+        path: str | os.PathLike,
+        options: EngineOptions | None = None,
+        *,
+        fs: FileSystem | None = None,
+        repair: bool = False,
+        hlc: HLC | None = None,
+    ) -> Engine:
+        """Open (creating if needed) the database in `path` and recover it.
+
+        Raises `CorruptionError` naming the file and offset when a WAL frame before the tail,
+        a MANIFEST record or an SSTable is damaged; `repair=True` instead drops what cannot be
+        read and opens with the rest.
+        """
+        self = object.__new__(cls)
+        self._init(os.fspath(path), options or EngineOptions(), fs or RealFS(), repair, hlc)
+        return self
+
+    def _init(
+        self, path: str, opts: EngineOptions, fs: FileSystem, repair: bool, hlc: HLC | None
+    ) -> None:
+        self._dir = path
+        self._opts = opts
+        self._fs = fs
+        self.hlc = hlc or HLC()
+        self._durability = opts.durability
+        self._mem_limit = opts.memtable_bytes
+        self._lock = threading.Lock()
+        self._cv = threading.Condition(self._lock)
+        self._sync_lock = threading.Lock()  # taken before _lock, never after
+        self._install_lock = threading.Lock()  # manifest appends + file-set changes
+        self._imm_lock = threading.Lock()
+        self._flush_lock = threading.Lock()
+        self._compaction_lock = threading.Lock()
+        self._compact_event = threading.Event()
+        self._sync_wake = threading.Event()
+        self._closing = False
+        self._closed = False
+        self._error: BaseException | None = None
+        self._async_waiters: list[tuple[int, asyncio.AbstractEventLoop, asyncio.Future]] = []
+        self._retired: list[WalWriter] = []
+        self._pointers: dict[int, bytes] = {}
+        self._cache = BlockCache(opts.block_cache_bytes)
+        self._stat_bloom_checks = 0
+        self._stat_bloom_fp = 0
+        self._stat_flushes = 0
+        self._stat_compactions = 0
+        self._stat_compacted_bytes = 0
+        self._threads: list[threading.Thread] = []
+        self._recover(repair)
+        if opts.background_threads:
+            for name, target in (
+                ("flush", self._flush_loop),
+                ("compact", self._compact_loop),
+                ("sync", self._sync_loop),
+            ):
+                t = threading.Thread(target=target, name=f"limedb-storage-{name}", daemon=True)
+                t.start()
+                self._threads.append(t)
+        self._compact_event.set()
+
+    def _path(self, name: str) -> str:
+        return posixpath.join(self._dir, name)
+
+    def _recover(self, repair: bool) -> None:
+        fs, opts = self._fs, self._opts
+        fs.makedirs(self._dir)
+        names = fs.listdir(self._dir)
+        current = read_current(fs, self._dir)
+        state: ManifestState | None = None
+        rebuilt = False
+        if current is not None:
+            try:
+                state = load(fs, self._dir, current, opts.max_levels, repair=repair)
+            except CorruptionError:
+                if not repair:
+                    raise
+                log.warning("MANIFEST unreadable; rebuilding the file set from the tables")
+        elif not repair and any(n.endswith(".sst") or n.startswith("MANIFEST-") for n in names):
+            raise CorruptionError(self._path("CURRENT"), None, "missing, but tables exist")
+        if state is None:
+            state = ManifestState(opts.max_levels)
+            if any(n.endswith(".sst") for n in names):
+                rebuilt = True
+                self._rebuild_state(state, names)
+
+        levels: list[list[TableReader]] = [[] for _ in range(opts.max_levels)]
+        dropped: list[tuple[int, int]] = []
+        for lvl, files in enumerate(state.levels):
+            for no in sorted(files):
+                p = self._path(table_name(no))
+                try:
+                    if not fs.exists(p):
+                        raise CorruptionError(p, None, "table listed in the MANIFEST is missing")
+                    levels[lvl].append(TableReader(fs, p, no, self._cache))
+                except CorruptionError:
+                    if not repair:
+                        raise
+                    log.warning("dropping unreadable table %s", p)
+                    dropped.append((lvl, no))
+        for lvl, no in dropped:
+            state.levels[lvl].pop(no, None)
+        levels[0].sort(key=lambda t: t.file_no, reverse=True)
+        for lvl in range(1, len(levels)):
+            levels[lvl].sort(key=lambda t: t.smallest)
+        self._levels = levels
+        max_ts = max((t.max_ts for files in levels for t in files), default=0)
+
+        max_no = state.next_file
+        for n in names:
+            stem = n.split(".")[0].removeprefix("MANIFEST-")
+            if stem.isdigit():
+                max_no = max(max_no, int(stem) + 1)
+        state.next_file = max_no
+
+        # Replay every WAL the MANIFEST still needs, oldest first.
+        mem = Memtable()
+        seq = state.last_seq
+        logs = sorted(int(n[:-4]) for n in names if n.endswith(".log") and n[:-4].isdigit())
+        live_logs = [no for no in logs if no >= state.log_number]
+        torn_in: str | None = None
+        wal_damaged = False
+        for no in live_logs:
+            p = self._path(_log_name(no))
+            batches, scan = replay(fs.read_file(p), p, repair=repair)
+            if batches and torn_in is not None:
+                if not repair:
+                    raise CorruptionError(
+                        torn_in, None, "log ends early but a later log has records"
+                    )
+                wal_damaged = True
+            for bseq, ops in batches:
+                seq = max(seq, bseq)
+                for key, rec in ops:
+                    old = mem.data.get(key)
+                    if old is None or newer(rec, old):
+                        mem.apply(key, rec)
+                    if rec[0] > max_ts:
+                        max_ts = rec[0]
+            if scan.torn:
+                torn_in = p
+                # Flushed below, so the torn log is never replayed again ahead of newer logs.
+                wal_damaged = True
+        self._seq = seq
+        self._synced_seq = seq
+        if max_ts:
+            self.hlc.observe(max_ts)
+
+        self._state = state
+        manifest_no = state.next_file
+        state.next_file += 1
+        wal_no = state.next_file
+        state.next_file += 1
+        state.last_seq = seq
+        self._manifest = ManifestWriter(fs, self._dir, manifest_no, state)
+        self._wal = WalWriter(fs.create(self._path(_log_name(wal_no))), wal_no)
+        fs.fsync_dir(self._dir)
+        self._mem = mem
+        self._imm: Memtable | None = None
+        self._imm_cutoff = 0
+        self._imm_seq = 0
+        self._gfilter = GlobalFilter.from_filters(
+            [(t.fwords, t.entries) for files in levels for t in files]
+        )
+        self._publish_locked()
+
+        keep = {table_name(no) for files in state.levels for no in files}
+        keep.add(self._manifest.name)
+        keep.update(_log_name(no) for no in live_logs)
+        keep.add(_log_name(wal_no))
+        for n in names:
+            if n == "CURRENT" or n in keep:
+                continue
+            if n.endswith((".sst", ".log", ".tmp")) or n.startswith("MANIFEST-"):
+                try:
+                    fs.remove(self._path(n))
+                except FileNotFoundError:
+                    pass
+        if rebuilt or wal_damaged or dropped:
+            # Make the repaired state self-contained: persist the memtable, and settle the order
+            # of rebuilt tables by merging them (last-writer-wins on timestamps).
+            self._flush_now()
+            if rebuilt:
+                self._compact_full()
+
+    def _rebuild_state(self, state: ManifestState, names: list[str]) -> None:
+        """Repair: every readable table in the directory becomes an L0 file."""
+        for n in names:
+            if not n.endswith(".sst") or not n[:-4].isdigit():
+                continue
+            no = int(n[:-4])
+            try:
+                t = TableReader(self._fs, self._path(n), no, self._cache)
+            except CorruptionError:
+                log.warning("repair: ignoring unreadable table %s", n)
+                continue
+            state.levels[0][no] = TableMeta(no, t.size, t.entries, t.smallest, t.largest)
+            state.next_file = max(state.next_file, no + 1)
+
+    # ------------------------------------------------------------------ views
+
+    def _publish_locked(self) -> None:
+        self._view = View(self._mem, self._imm, self._levels, self._gfilter)
+
+    def _new_file_no(self) -> int:
+        with self._lock:
+            no = self._state.next_file
+            self._state.next_file += 1
+            return no
+
+    # ------------------------------------------------------------------ reads
+
+    def get(self, key: bytes) -> bytes | None:
+        """The live value of `key`, or None if absent, deleted or expired."""
+        v = self._view
+        rec = v.mem.data.get(key)
+        if rec is None:
+            imm = v.imm
+            if imm is not None:
+                rec = imm.data.get(key)
+            if rec is None:
+                rec = self._lookup_tables(v, key)
+                if rec is None:
+                    return None
+        if not rec[2]:
+            return rec[1]
+        if rec[2] & TOMBSTONE or rec[3] <= _now_ms():
+            return None
+        return rec[1]
+
+    def _lookup_tables(self, v: View, key: bytes) -> Rec | None:
+        h = key_hash(key)
+        mask = probe_mask(h)
+        g = v.gfilter
+        if g.words[h & g.mask] & mask != mask:
+            return None
+        for t in v.l0:
+            if t.fwords[h & t.fmask] & mask == mask and t.smallest <= key <= t.largest:
+                self._stat_bloom_checks += 1
+                rec = t.get(key)
+                if rec is not None:
+                    return rec
+                self._stat_bloom_fp += 1
+        for files, bounds in v.levels:
+            i = bisect_left(bounds, key)
+            if i < len(files):
+                t = files[i]
+                if t.fwords[h & t.fmask] & mask == mask and key >= t.smallest:
+                    self._stat_bloom_checks += 1
+                    rec = t.get(key)
+                    if rec is not None:
+                        return rec
+                    self._stat_bloom_fp += 1
+        return None
+
+    def _current_rec(self, key: bytes) -> Rec | None:
+        v = self._view
+        rec = v.mem.data.get(key)
+        if rec is None and v.imm is not None:
+            rec = v.imm.data.get(key)
+        if rec is None:
+            rec = self._lookup_tables(v, key)
+        return rec
+
+    def get_version(self, key: bytes) -> Version | None:
+        """The newest version of `key`, tombstones and expired values included."""
+        rec = self._current_rec(_as_key(key))
+        return None if rec is None else to_version(rec)
+
+    def snapshot(self) -> Snapshot:
+        """A consistent read view (context manager) with get, get_version, scan, iter_range."""
+        self._check_open()
+        with self._lock:
+            mem = self._mem
+            if mem.snap is None or mem.snap_seq != self._seq:
+                mem.snap = mem.freeze()
+                mem.snap_seq = self._seq
+            frozen = mem.snap
+            imm = self._imm
+            levels = [list(files) for files in self._levels]
+            gfilter = self._gfilter
+        frozen_imm = None
+        if imm is not None:
+            with self._imm_lock:
+                frozen_imm = imm.as_frozen()
+        return Snapshot(View(frozen, frozen_imm, levels, gfilter))
+
+    def scan(
+        self, start: bytes | None = None, end: bytes | None = None, limit: int | None = None
+    ) -> list[tuple[bytes, bytes]]:
+        """Live (key, value) pairs with start <= key < end, in key order, at most `limit`."""
+        return self.snapshot().scan(start, end, limit)
+
+    def iter_range(
+        self,
+        start: bytes | None = None,
+        end: bytes | None = None,
+        *,
+        include_tombstones: bool = False,
+    ) -> Iterator[tuple[bytes, Version]]:
+        """(key, newest Version) in key order over a snapshot taken now."""
+        return self.snapshot().iter_range(start, end, include_tombstones=include_tombstones)
+
+    # ------------------------------------------------------------------ writes
+
+    def _check_open(self) -> None:
+        if self._closed or self._closing:
+            raise EngineClosedError("the storage engine is closed")
+        if self._error is not None:
+            raise EngineClosedError(f"the storage engine failed: {self._error!r}")
+
+    def put(
+        self, key: bytes, value: bytes, *, ts: int | None = None, expires_at_ms: int | None = None
+    ) -> bool:
+        """Store a value; False when an explicit `ts` loses to the stored version."""
+        if ts is not None:
+            return self.write(WriteBatch().put(key, value, ts, expires_at_ms))[0]
+        seq, pending = self._put_stamped(key, value, expires_at_ms)
+        if self._durability == "sync":
+            if self._synced_seq < seq:
+                self._wait_durable(seq)
+        elif pending >= self._opts.wal_buffer_bytes:
+            self._write_out()
+        return True
+
+    def _put_stamped(self, key: bytes, value: bytes, expires_at_ms: int | None) -> tuple[int, int]:
+        """The hot path of a put stamped by the engine's clock: returns (seq, WAL bytes pending)."""
+        if type(key) is not bytes or len(key) > MAX_KEY_BYTES:
+            key = _as_key(key)
+        if type(value) is not bytes:
+            value = _as_value(value)
+        if expires_at_ms is None:
+            flags, exp = 0, 0
+        else:
+            flags, exp = EXPIRES, expires_at_ms
+        with self._lock:
+            if self._closing or self._error is not None:
+                self._check_open()
+            ts = self.hlc.now()
+            seq = self._seq = self._seq + 1
+            payload = SINGLE.pack(seq, 1, flags, ts, exp, len(key), len(value)) + key + value
+            n = len(payload)
+            wal = self._wal
+            wal.pending.append(FRAME.pack(n, crc32c(payload), n ^ LEN_MASK) + payload)
+            wal.pending_bytes += n + 12
+            mem = self._mem
+            data = mem.data
+            old = data.get(key)
+            data[key] = (ts, value, flags, exp)
+            if old is None:
+                mem._unsorted.append(key)
+                mem.size += len(key) + len(value) + 64
+            else:
+                mem.size += len(value) - len(old[1])
+            if mem.size >= self._mem_limit:
+                self._rotate_locked()
+            return seq, wal.pending_bytes
+
+    def delete(self, key: bytes, *, ts: int | None = None) -> bool:
+        """Write a tombstone; False when an explicit `ts` loses to the stored version."""
+        return self.write(WriteBatch().delete(key, ts))[0]
+
+    def write(self, batch: WriteBatch) -> list[bool]:
+        """Apply a batch atomically (one WAL record); per op, whether it was applied."""
+        results, seq = self._apply_batch(batch)
+        self._after_write(seq)
+        return results
+
+    def _after_write(self, seq: int) -> None:
+        if self._durability == "sync":
+            if self._synced_seq < seq:
+                self._wait_durable(seq)
+        elif self._wal.pending_bytes >= self._opts.wal_buffer_bytes:
+            self._write_out()
+
+    def _apply_batch(self, batch: WriteBatch) -> tuple[list[bool], int]:
+        ops = [
+            (tomb, _as_key(key), _as_value(value), ts, exp)
+            for tomb, key, value, ts, exp in batch.ops
+        ]
+        results: list[bool] = []
+        accepted: list[tuple[bytes, Rec]] = []
+        with self._lock:
+            self._check_open()
+            mem = self._mem
+            for tomb, key, value, ts, exp in ops:
+                if ts is None:
+                    ts = self.hlc.now()
+                else:
+                    if not 0 <= ts < 1 << 64:
+                        raise ValueError("ts must be an unsigned 64-bit integer")
+                    cur = self._current_rec(key)
+                    if cur is not None and not newer(make_rec(ts, value, tomb, exp), cur):
+                        results.append(False)
+                        continue
+                    self.hlc.observe(ts)
+                rec = make_rec(ts, value, tomb, exp)
+                mem.apply(key, rec)
+                accepted.append((key, rec))
+                results.append(True)
+            if not accepted:
+                return results, self._seq
+            seq = self._seq = self._seq + 1
+            frame = encode_frame(encode_batch(seq, accepted))
+            wal = self._wal
+            wal.pending.append(frame)
+            wal.pending_bytes += len(frame)
+            if mem.size >= self._mem_limit:
+                self._rotate_locked()
+        return results, seq
+
+    async def write_async(self, batch: WriteBatch) -> list[bool]:
+        """`write` for the event loop: returns once durable, never blocking the loop on fsync."""
+        results, seq = self._apply_batch(batch)
+        await self._durable_async(seq)
+        return results
+
+    async def put_async(
+        self, key: bytes, value: bytes, *, ts: int | None = None, expires_at_ms: int | None = None
+    ) -> bool:
+        if ts is not None:
+            return (await self.write_async(WriteBatch().put(key, value, ts, expires_at_ms)))[0]
+        seq, _ = self._put_stamped(key, value, expires_at_ms)
+        await self._durable_async(seq)
+        return True
+
+    async def delete_async(self, key: bytes, *, ts: int | None = None) -> bool:
+        return (await self.write_async(WriteBatch().delete(key, ts)))[0]
+
+    async def _durable_async(self, seq: int) -> None:
+        if self._durability != "sync":
+            if self._wal.pending_bytes >= self._opts.wal_buffer_bytes:
+                self._sync_wake.set()
+            return
+        if self._synced_seq >= seq:
+            return
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        with self._lock:
+            if self._synced_seq >= seq:
+                return
+            self._check_open()
+            self._async_waiters.append((seq, loop, fut))
+        self._sync_wake.set()
+        await fut
+
+    # ------------------------------------------------------------------ durability
+
+    def _wait_durable(self, seq: int) -> None:
+        """Group commit for threads: the first waiter fsyncs for everyone queued behind it."""
+        with self._sync_lock:
+            if self._synced_seq >= seq:
+                return
+            if self._error is not None:
+                self._check_open()
+            self._do_sync(fsync=True)
+
+    def _write_out(self) -> None:
+        with self._sync_lock:
+            self._do_sync(fsync=False)
+
+    def _do_sync(self, *, fsync: bool) -> None:
+        """Write out buffered frames (and fsync them); caller holds `_sync_lock`."""
+        with self._lock:
+            retired = self._retired
+            self._retired = []
+            chunks = [(w, w.take()) for w in retired]
+            current = self._wal
+            chunks.append((current, current.take()))
+            target = self._seq
+            waiters: list = []
+            if fsync and self._async_waiters:
+                waiters = self._async_waiters
+                self._async_waiters = []
+        ordered = self._durability != "none"
+        exc: BaseException | None = None
+        try:
+            for w, data in chunks:
+                if data:
+                    w.file.write(data)
+                    w.written += len(data)
+                if w is not current:
+                    # An older log is durable before a newer one gets a byte, so a crash can
+                    # never keep a newer write while losing an older one.
+                    if ordered and w.written:
+                        w.file.sync()
+                    w.file.close()
+                elif fsync and w.written:
+                    w.file.sync()
+        except BaseException as e:  # noqa: BLE001 - every writer must hear about it
+            exc = e
+            self._fail(e)
+        if fsync and exc is None and target > self._synced_seq:
+            self._synced_seq = target
+        if waiters:
+            by_loop: dict[asyncio.AbstractEventLoop, list[asyncio.Future]] = {}
+            for _, loop, fut in waiters:
+                by_loop.setdefault(loop, []).append(fut)
+            for loop, futs in by_loop.items():
+                try:
+                    loop.call_soon_threadsafe(_resolve, futs, exc)
+                except RuntimeError:  # the loop was closed meanwhile
+                    pass
+        if exc is not None:
+            raise StorageError(f"WAL write failed: {exc!r}") from exc
+
+    def _fail(self, exc: BaseException) -> None:
+        if self._error is None:
+            self._error = exc
+            log.error("storage engine failed: %r", exc)
+        with self._lock:
+            self._cv.notify_all()
+
+    def _sync_loop(self) -> None:
+        periodic = self._durability == "periodic"
+        timeout = self._opts.periodic_ms / 1000 if periodic else None
+        fsync = self._durability != "none"
+        while not self._closing:
+            self._sync_wake.wait(timeout)
+            self._sync_wake.clear()
+            if self._closing or self._error is not None:
+                break
+            try:
+                with self._sync_lock:
+                    self._do_sync(fsync=fsync)
+            except StorageError:
+                break
+
+    # ------------------------------------------------------------------ flush
+
+    def _rotate_locked(self) -> None:
+        """Freeze the full memtable, stalling while a previous flush (or a full L0) is pending.
+
+        Caller holds `_lock`. Without background threads the memtable just keeps growing until
+        `flush()` is called.
+        """
+        if not self._threads:
+            if self._imm is None:
+                self._freeze_locked()
+            return
+        while self._imm is not None or len(self._levels[0]) >= self._opts.l0_stop_writes_trigger:
+            self._check_open()
+            self._cv.wait(0.5)
+        self._freeze_locked()
+
+    def _freeze_locked(self) -> None:
+        """Make the memtable immutable and start a new WAL; caller holds `_lock`."""
+        wal_no = self._state.next_file
+        self._state.next_file += 1
+        f = self._fs.create(self._path(_log_name(wal_no)))
+        self._fs.fsync_dir(self._dir)
+        self._retired.append(self._wal)
+        self._wal = WalWriter(f, wal_no)
+        self._imm = self._mem
+        self._imm_cutoff = wal_no
+        self._imm_seq = self._seq
+        self._mem = Memtable()
+        self._publish_locked()
+        self._cv.notify_all()
+
+    def _flush_loop(self) -> None:
+        while True:
+            with self._lock:
+                while self._imm is None and not self._closing:
+                    self._cv.wait()
+                if self._closing:
+                    return
+            try:
+                self._flush_imm()
+            except BaseException as e:  # noqa: BLE001
+                self._fail(e)
+                return
+
+    def _flush_imm(self) -> None:
+        with self._flush_lock:
+            with self._lock:
+                imm, cutoff, last_seq = self._imm, self._imm_cutoff, self._imm_seq
+            if imm is not None:
+                self._flush_table(imm, cutoff, last_seq)
+
+    def _flush_table(self, imm: Memtable, cutoff: int, last_seq: int) -> None:
+        with self._imm_lock:
+            frozen = imm.as_frozen()
+        reader = None
+        if frozen.keys:
+            no = self._new_file_no()
+            p = self._path(table_name(no))
+            b = TableBuilder(self._fs, p, no, self._opts.block_bytes, self._opts.bloom_bits_per_key)
+            b.add_all(frozen.keys, frozen.data)
+            meta = b.finish()
+            self._fs.fsync_dir(self._dir)
+            reader = TableReader(self._fs, p, no, self._cache)
+        with self._install_lock:
+            edit = VersionEdit(
+                log_number=cutoff,
+                next_file=self._state.next_file,
+                last_seq=last_seq,
+                added=[(0, meta)] if reader is not None else [],
+            )
+            self._manifest.append(edit)
+            gfilter = self._gfilter
+            if reader is not None:
+                gfilter = gfilter.with_filter(reader.fwords, reader.entries)
+            with self._lock:
+                self._state.apply(edit)
+                if reader is not None:
+                    self._levels = [[reader] + self._levels[0]] + self._levels[1:]
+                    self._gfilter = gfilter
+                self._imm = None
+                self._publish_locked()
+                self._stat_flushes += 1
+                self._cv.notify_all()
+        for name in self._fs.listdir(self._dir):
+            if name.endswith(".log") and name[:-4].isdigit() and int(name[:-4]) < cutoff:
+                try:
+                    self._fs.remove(self._path(name))
+                except FileNotFoundError:
+                    pass
+        self._compact_event.set()
+
+    def _flush_now(self) -> None:
+        """Freeze the memtable (if it holds anything) and flush it, in this thread if need be."""
+        with self._lock:
+            if self._imm is None and len(self._mem):
+                self._freeze_locked()
+        self._flush_imm()
+
+    def flush(self) -> None:
+        """Persist the memtable as an L0 table and wait until it is installed."""
+        self._check_open()
+        self._write_out()
+        self._flush_now()
+
+    # ------------------------------------------------------------------ compaction
+
+    def _stopping(self) -> bool:
+        return self._closing
+
+    def _compact_loop(self) -> None:
+        while not self._closing:
+            self._compact_event.wait(1.0)
+            self._compact_event.clear()
+            while not self._closing and self._error is None:
+                with self._compaction_lock:
+                    with self._lock:
+                        c = compaction_mod.pick(self._levels, self._opts, self._pointers)
+                    if c is None:
+                        break
+                    try:
+                        self._run_compaction(c)
+                    except compaction_mod.CompactionAborted:
+                        return
+                    except BaseException as e:  # noqa: BLE001
+                        self._fail(e)
+                        return
+
+    def _make_builder(self) -> TableBuilder:
+        no = self._new_file_no()
+        return TableBuilder(
+            self._fs,
+            self._path(table_name(no)),
+            no,
+            self._opts.block_bytes,
+            self._opts.bloom_bits_per_key,
+        )
+
+    def _run_compaction(self, c: compaction_mod.Compaction, *, rate: int | None = None) -> None:
+        limiter = compaction_mod.RateLimiter(
+            self._opts.compaction_rate_bytes_per_s if rate is None else rate
+        )
+        outputs = compaction_mod.run(c, self._make_builder, self._opts, limiter, self._stopping)
+        if outputs:
+            self._fs.fsync_dir(self._dir)
+        readers = [
+            TableReader(self._fs, self._path(table_name(m.file_no)), m.file_no, self._cache)
+            for m in outputs
+        ]
+        with self._install_lock:
+            edit = VersionEdit(
+                next_file=self._state.next_file,
+                added=[(c.output_level, m) for m in outputs],
+                removed=[(lvl, t.file_no) for lvl, t in c.inputs],
+            )
+            self._manifest.append(edit)
+            gone = {t.file_no for _, t in c.inputs}
+            with self._lock:
+                self._state.apply(edit)
+                levels = [[t for t in files if t.file_no not in gone] for files in self._levels]
+                levels[c.output_level] = sorted(
+                    levels[c.output_level] + readers, key=lambda t: t.smallest
+                )
+                self._levels = levels
+                live = sum(t.entries for files in levels for t in files)
+                if self._gfilter.needs_rebuild(live):
+                    self._gfilter = GlobalFilter.from_filters(
+                        [(t.fwords, t.entries) for files in levels for t in files]
+                    )
+                self._publish_locked()
+                self._stat_compactions += 1
+                self._stat_compacted_bytes += sum(m.size for m in outputs)
+                self._cv.notify_all()
+        for _, t in c.inputs:
+            try:
+                self._fs.remove(t.path)
+            except FileNotFoundError:
+                pass
+
+    def _compact_full(self) -> None:
+        with self._compaction_lock:
+            with self._lock:
+                c = compaction_mod.full(self._levels)
+            if c is not None:
+                self._run_compaction(c, rate=0)
+
+    def compact(self) -> None:
+        """Flush, then merge every table into the deepest level; returns when installed.
+
+        Tombstones and expired values older than the grace period are dropped.
+        """
+        self.flush()
+        self._compact_full()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def close(self) -> None:
+        """Write out and fsync the WAL, stop the background threads. Idempotent."""
+        if self._closed:
+            return
+        with self._lock:
+            self._closing = True
+            self._cv.notify_all()
+        self._compact_event.set()
+        self._sync_wake.set()
+        for t in self._threads:
+            t.join()
+        self._threads = []
+        try:
+            with self._sync_lock:
+                if self._error is None:
+                    self._do_sync(fsync=self._durability != "none")
+        except StorageError:
+            pass
+        finally:
+            self._closed = True
+            with self._lock:
+                waiters = self._async_waiters
+                self._async_waiters = []
+            for _, loop, fut in waiters:
+                try:
+                    loop.call_soon_threadsafe(_resolve, [fut], EngineClosedError("closed"))
+                except RuntimeError:
+                    pass
+            for w in self._retired:
+                w.file.close()
+            self._wal.file.close()
+            self._manifest.close()
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ stats
+
+    def approx_key_count(self) -> int:
+        v = self._view
+        n = len(v.mem.data) + (len(v.imm.data) if v.imm is not None else 0)
+        return n + sum(t.entries for files in v.all_levels for t in files)
+
+    def stats(self) -> dict[str, Any]:
+        """JSON-able counters: levels, memtable, bloom filter, block cache, compaction."""
+        v = self._view
+        levels = [
+            {
+                "level": i,
+                "files": len(files),
+                "bytes": sum(t.size for t in files),
+                "entries": sum(t.entries for t in files),
+            }
+            for i, files in enumerate(v.all_levels)
+        ]
+        checks = self._stat_bloom_checks
+        return {
+            "levels": levels,
+            "memtable_bytes": v.mem.size,
+            "memtable_entries": len(v.mem.data),
+            "immutable_memtable_bytes": v.imm.size if v.imm is not None else 0,
+            "bloom_false_positive_rate": self._stat_bloom_fp / checks if checks else 0.0,
+            "bloom_checks": checks,
+            "block_cache_hit_rate": self._cache.hit_rate(),
+            "block_cache_bytes": self._cache.used,
+            "compaction_backlog_bytes": compaction_mod.backlog_bytes(v.all_levels, self._opts),
+            "compactions": self._stat_compactions,
+            "compacted_bytes": self._stat_compacted_bytes,
+            "flushes": self._stat_flushes,
+            "keys_approx": self.approx_key_count(),
+            "last_seq": self._seq,
+            "synced_seq": self._synced_seq,
+            "durability": self._durability,
+        }
+
+    @property
+    def path(self) -> str:
+        return self._dir

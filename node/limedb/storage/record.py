@@ -1,0 +1,61 @@
+"""One version of a key: the public `Version` and the compact tuple the engine stores internally.
+
+Internally a version is a plain tuple `(ts, value, flags, expires_at_ms or 0)` because creating
+and indexing tuples are single C operations; the frozen `Version` dataclass is built only at the
+API boundary (`get_version`, `iter_range`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+TOMBSTONE = 1
+EXPIRES = 2
+
+# Internal record: (ts, value, flags, expires_at_ms or 0)
+Rec = tuple[int, bytes, int, int]
+
+
+@dataclass(frozen=True, slots=True)
+class Version:
+    """The newest stored version of a key (tombstones and expired values included)."""
+
+    ts: int
+    value: bytes
+    tombstone: bool
+    expires_at_ms: int | None
+
+    def live(self, now_ms: int) -> bool:
+        """True when the version is a value that has not expired at `now_ms`."""
+        if self.tombstone:
+            return False
+        return self.expires_at_ms is None or self.expires_at_ms > now_ms
+
+
+def make_rec(ts: int, value: bytes, tombstone: bool, expires_at_ms: int | None) -> Rec:
+    flags = TOMBSTONE if tombstone else 0
+    if expires_at_ms is not None:
+        flags |= EXPIRES
+        return (ts, b"" if tombstone else value, flags, expires_at_ms)
+    return (ts, b"" if tombstone else value, flags, 0)
+
+
+def to_version(rec: Rec) -> Version:
+    flags = rec[2]
+    return Version(rec[0], rec[1], bool(flags & TOMBSTONE), rec[3] if flags & EXPIRES else None)
+
+
+def rec_live(rec: Rec, now_ms: int) -> bool:
+    flags = rec[2]
+    if not flags:
+        return True
+    if flags & TOMBSTONE:
+        return False
+    return rec[3] > now_ms
+
+
+def newer(a: Rec, b: Rec) -> bool:
+    """Whether `a` wins over `b`: higher timestamp, and on a tie a tombstone beats a value."""
+    if a[0] != b[0]:
+        return a[0] > b[0]
+    return bool(a[2] & TOMBSTONE) and not (b[2] & TOMBSTONE)

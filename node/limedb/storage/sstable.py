@@ -1,0 +1,411 @@
+"""SSTables: immutable sorted files of data blocks, a bloom filter, a block index and a footer.
+
+Blocks are columnar (all key lengths, then all value lengths, timestamps, flags, optional expiry
+times, then the keys and the values back to back) so that decoding a block is a handful of
+`struct.unpack_from` calls and one `dict(zip(...))`, not a loop over entries. docs/formats.md
+describes every byte.
+"""
+
+from __future__ import annotations
+
+import struct
+from array import array
+from bisect import bisect_left
+from collections.abc import Iterator
+from dataclasses import dataclass
+from itertools import repeat
+
+from crc32c import crc32c
+
+from . import bloom
+from .block_cache import BlockCache
+from .errors import CorruptionError
+from .fs import FileSystem
+from .record import EXPIRES, TOMBSTONE, Rec
+
+MAGIC = 0x4C494D4553535401  # "LIMESST" + 0x01
+FORMAT_VERSION = 1
+BLOCK_HEADER = struct.Struct("<HB")  # entry count, block flags (bit 0: expiry column present)
+CRC = struct.Struct("<I")
+FOOTER = struct.Struct("<QIQIQIIIQ")
+FOOTER_BYTES = FOOTER.size
+INDEX_HEADER = struct.Struct("<I")
+META = struct.Struct("<QQQQHH")  # entries, max ts, tombstones, expiring, smallest len, largest len
+MAX_KEY_BYTES = 0xFFFF
+MAX_BLOCK_ENTRIES = 0xFFFF
+_ENTRY_OVERHEAD = 23  # bytes per entry besides key and value (lengths, ts, flags)
+
+
+def _fmt(lengths: tuple[int, ...]) -> str:
+    n = len(lengths)
+    if n and lengths.count(lengths[0]) == n:
+        return f"{lengths[0]}s" * n
+    return "".join(map("{}s".format, lengths))
+
+
+def encode_block(keys: list[bytes], recs: list[Rec]) -> tuple[bytes, int, int, int]:
+    """(block bytes, max ts, tombstones, expiring) for sorted keys and their records."""
+    n = len(keys)
+    ts = [r[0] for r in recs]
+    values = [r[1] for r in recs]
+    flags = bytes([r[2] for r in recs])
+    tombstones = flags.count(TOMBSTONE) + flags.count(TOMBSTONE | EXPIRES)
+    expiring = flags.count(EXPIRES) + flags.count(TOMBSTONE | EXPIRES)
+    parts = [
+        BLOCK_HEADER.pack(n, 1 if expiring else 0),
+        struct.pack(f"<{n}H", *map(len, keys)),
+        struct.pack(f"<{n}I", *map(len, values)),
+        struct.pack(f"<{n}Q", *ts),
+        flags,
+    ]
+    if expiring:
+        parts.append(struct.pack(f"<{n}Q", *[r[3] for r in recs]))
+    parts.append(b"".join(keys))
+    parts.append(b"".join(values))
+    return b"".join(parts), max(ts), tombstones, expiring
+
+
+def decode_block(buf: bytes) -> dict[bytes, Rec]:
+    """key -> record, in key order (dicts keep insertion order)."""
+    unpack = struct.unpack_from
+    n, bflags = BLOCK_HEADER.unpack_from(buf, 0)
+    off = BLOCK_HEADER.size
+    klens = unpack(f"<{n}H", buf, off)
+    off += 2 * n
+    vlens = unpack(f"<{n}I", buf, off)
+    off += 4 * n
+    ts = unpack(f"<{n}Q", buf, off)
+    off += 8 * n
+    flags = buf[off : off + n]
+    off += n
+    if bflags & 1:
+        exp = unpack(f"<{n}Q", buf, off)
+        off += 8 * n
+    else:
+        exp = repeat(0, n)
+    keys = unpack(_fmt(klens), buf, off)
+    off += sum(klens)
+    values = unpack(_fmt(vlens), buf, off)
+    return dict(zip(keys, zip(ts, values, flags, exp, strict=False), strict=False))
+
+
+@dataclass(frozen=True)
+class TableMeta:
+    """What the MANIFEST records about one table."""
+
+    file_no: int
+    size: int
+    entries: int
+    smallest: bytes
+    largest: bytes
+
+
+def table_name(file_no: int) -> str:
+    return f"{file_no:06d}.sst"
+
+
+class TableBuilder:
+    """Writes one SSTable from records added in strictly increasing key order."""
+
+    def __init__(
+        self,
+        fs: FileSystem,
+        path: str,
+        file_no: int,
+        block_bytes: int = 4096,
+        bits_per_key: int = 10,
+    ) -> None:
+        self.path = path
+        self.file_no = file_no
+        self._file = fs.create(path)
+        self._block_bytes = block_bytes
+        self._bits = bits_per_key
+        self._out: list[bytes] = []
+        self._out_bytes = 0
+        self.offset = 0
+        self._keys: list[bytes] = []
+        self._recs: list[Rec] = []
+        self._est = 0
+        self._index_keys: list[bytes] = []
+        self._index_offsets: list[int] = []
+        self._index_sizes: list[int] = []
+        self._hashes: list[int] = []
+        self.entries = 0
+        self.max_ts = 0
+        self.tombstones = 0
+        self.expiring = 0
+        self.smallest: bytes | None = None
+
+    def add(self, key: bytes, rec: Rec) -> None:
+        self._keys.append(key)
+        self._recs.append(rec)
+        self._est += len(key) + len(rec[1]) + _ENTRY_OVERHEAD
+        if self._est >= self._block_bytes or len(self._keys) >= MAX_BLOCK_ENTRIES:
+            self._finish_block()
+
+    def add_all(self, keys: list[bytes], data: dict[bytes, Rec]) -> None:
+        """Add many sorted keys whose records live in `data` (the flush path)."""
+        limit = self._block_bytes
+        est = self._est
+        bk = self._keys
+        br = self._recs
+        for key in keys:
+            rec = data[key]
+            bk.append(key)
+            br.append(rec)
+            est += len(key) + len(rec[1]) + _ENTRY_OVERHEAD
+            if est >= limit or len(bk) >= MAX_BLOCK_ENTRIES:
+                self._est = est
+                self._finish_block()
+                bk = self._keys
+                br = self._recs
+                est = 0
+        self._est = est
+
+    @property
+    def estimated_size(self) -> int:
+        return self.offset + self._est
+
+    def _finish_block(self) -> None:
+        keys = self._keys
+        if not keys:
+            return
+        block, max_ts, tombstones, expiring = encode_block(keys, self._recs)
+        if self.smallest is None:
+            self.smallest = keys[0]
+        self._index_keys.append(keys[-1])
+        self._index_offsets.append(self.offset)
+        self._index_sizes.append(len(block))
+        self._hashes.extend(map(bloom.key_hash, keys))
+        self.entries += len(keys)
+        if max_ts > self.max_ts:
+            self.max_ts = max_ts
+        self.tombstones += tombstones
+        self.expiring += expiring
+        self._emit(block)
+        self._keys = []
+        self._recs = []
+        self._est = 0
+
+    def _emit(self, block: bytes) -> None:
+        self._out.append(block)
+        self._out.append(CRC.pack(crc32c(block)))
+        self.offset += len(block) + CRC.size
+        self._out_bytes += len(block) + CRC.size
+        if self._out_bytes >= 1 << 20:
+            self._file.write(b"".join(self._out))
+            self._out = []
+            self._out_bytes = 0
+
+    def finish(self) -> TableMeta:
+        """Write filter, index, meta and footer, fsync, close. The caller fsyncs the directory."""
+        self._finish_block()
+        if not self.entries:
+            raise ValueError("an SSTable needs at least one entry")
+        filter_words = bloom.build(self._hashes, self._bits).tobytes()
+        filter_off = self.offset
+        self._emit(filter_words)
+        n = len(self._index_keys)
+        index = b"".join(
+            [
+                INDEX_HEADER.pack(n),
+                struct.pack(f"<{n}H", *map(len, self._index_keys)),
+                struct.pack(f"<{n}Q", *self._index_offsets),
+                struct.pack(f"<{n}I", *self._index_sizes),
+                b"".join(self._index_keys),
+            ]
+        )
+        index_off = self.offset
+        self._emit(index)
+        largest = self._index_keys[-1]
+        smallest = self.smallest or b""
+        meta = (
+            META.pack(
+                self.entries,
+                self.max_ts,
+                self.tombstones,
+                self.expiring,
+                len(smallest),
+                len(largest),
+            )
+            + smallest
+            + largest
+        )
+        meta_off = self.offset
+        self._emit(meta)
+        head = FOOTER.pack(
+            meta_off,
+            len(meta),
+            index_off,
+            len(index),
+            filter_off,
+            len(filter_words),
+            FORMAT_VERSION,
+            0,
+            MAGIC,
+        )
+        footer_crc = crc32c(head[:40])
+        footer = FOOTER.pack(
+            meta_off,
+            len(meta),
+            index_off,
+            len(index),
+            filter_off,
+            len(filter_words),
+            FORMAT_VERSION,
+            footer_crc,
+            MAGIC,
+        )
+        self._out.append(footer)
+        self.offset += len(footer)
+        self._file.write(b"".join(self._out))
+        self._out = []
+        self._file.sync()
+        self._file.close()
+        return TableMeta(self.file_no, self.offset, self.entries, smallest, largest)
+
+    def abandon(self) -> None:
+        self._file.close()
+
+
+class TableReader:
+    """Random and sequential access to one SSTable; only footer, index and filter are loaded."""
+
+    __slots__ = (
+        "file_no",
+        "path",
+        "size",
+        "data",
+        "smallest",
+        "largest",
+        "entries",
+        "max_ts",
+        "tombstones",
+        "expiring",
+        "index_keys",
+        "offsets",
+        "sizes",
+        "nblocks",
+        "fwords",
+        "fmask",
+        "cache",
+        "cache_base",
+    )
+
+    def __init__(self, fs: FileSystem, path: str, file_no: int, cache: BlockCache) -> None:
+        self.file_no = file_no
+        self.path = path
+        self.cache = cache
+        self.cache_base = file_no << 24
+        f = fs.open_read(path)
+        self.data = f.data
+        self.size = f.size
+        self._load_footer()
+
+    def _corrupt(self, offset: int | None, reason: str) -> CorruptionError:
+        return CorruptionError(self.path, offset, reason)
+
+    def _block_at(self, off: int, length: int, what: str) -> bytes:
+        if off < 0 or length < 0 or off + length + CRC.size > self.size:
+            raise self._corrupt(off, f"{what} extends past the end of the file")
+        raw = self.data[off : off + length]
+        (want,) = CRC.unpack_from(self.data, off + length)
+        if crc32c(raw) != want:
+            raise self._corrupt(off, f"{what} checksum mismatch")
+        return raw
+
+    def _load_footer(self) -> None:
+        if self.size < FOOTER_BYTES:
+            raise self._corrupt(
+                None, f"file too short ({self.size} bytes) to hold a footer: truncated?"
+            )
+        fo = self.size - FOOTER_BYTES
+        foot = self.data[fo : self.size]
+        (meta_off, meta_len, index_off, index_len, filter_off, filter_len, version, fcrc, magic) = (
+            FOOTER.unpack(foot)
+        )
+        if magic != MAGIC:
+            raise self._corrupt(fo, "bad footer magic: truncated or not an SSTable")
+        if crc32c(foot[:40]) != fcrc:
+            raise self._corrupt(fo, "footer checksum mismatch")
+        if version != FORMAT_VERSION:
+            raise self._corrupt(fo, f"unsupported SSTable format version {version}")
+        meta = self._block_at(meta_off, meta_len, "meta block")
+        entries, max_ts, tombstones, expiring, slen, llen = META.unpack_from(meta, 0)
+        p = META.size
+        self.entries = entries
+        self.max_ts = max_ts
+        self.tombstones = tombstones
+        self.expiring = expiring
+        self.smallest = meta[p : p + slen]
+        self.largest = meta[p + slen : p + slen + llen]
+        index = self._block_at(index_off, index_len, "index block")
+        (n,) = INDEX_HEADER.unpack_from(index, 0)
+        off = INDEX_HEADER.size
+        try:
+            klens = struct.unpack_from(f"<{n}H", index, off)
+            off += 2 * n
+            self.offsets = struct.unpack_from(f"<{n}Q", index, off)
+            off += 8 * n
+            self.sizes = struct.unpack_from(f"<{n}I", index, off)
+            off += 4 * n
+            self.index_keys = list(struct.unpack_from(_fmt(klens), index, off))
+        except struct.error:
+            raise self._corrupt(index_off, "index block does not decode") from None
+        self.nblocks = n
+        words = array("Q")
+        words.frombytes(self._block_at(filter_off, filter_len, "filter block"))
+        self.fwords = words
+        self.fmask = len(words) - 1
+
+    def block(self, i: int) -> dict[bytes, Rec]:
+        blk = self.cache.get(self.cache_base | i)
+        if blk is None:
+            blk = self.load_block(i)
+            self.cache.put(self.cache_base | i, blk, self.sizes[i])
+        return blk
+
+    def load_block(self, i: int) -> dict[bytes, Rec]:
+        off = self.offsets[i]
+        raw = self._block_at(off, self.sizes[i], "data block")
+        try:
+            return decode_block(raw)
+        except (struct.error, ValueError):
+            raise self._corrupt(off, "data block does not decode") from None
+
+    def may_contain(self, h: int, mask: int) -> bool:
+        return self.fwords[h & self.fmask] & mask == mask
+
+    def get(self, key: bytes) -> Rec | None:
+        """The record for `key` in this table, without consulting the filter."""
+        i = bisect_left(self.index_keys, key)
+        if i == self.nblocks:
+            return None
+        return self.block(i).get(key)
+
+    def items(
+        self, start: bytes | None = None, end: bytes | None = None, *, cache: bool = True
+    ) -> Iterator[tuple[bytes, Rec]]:
+        """Records with start <= key < end, in order."""
+        i = 0 if start is None else bisect_left(self.index_keys, start)
+        load = self.block if cache else self.load_block
+        first = True
+        while i < self.nblocks:
+            blk = load(i)
+            it = iter(blk.items())
+            if first and start is not None:
+                for k, rec in it:
+                    if k >= start:
+                        if end is not None and k >= end:
+                            return
+                        yield k, rec
+                        break
+            first = False
+            if end is None:
+                yield from it
+            else:
+                for k, rec in it:
+                    if k >= end:
+                        return
+                    yield k, rec
+            i += 1
