@@ -85,7 +85,9 @@ def _params(ttl: float | None = None, consistency: str | None = None) -> dict[st
 def _batch_body(get: Iterable[str], put: Mapping[str, str | bytes]) -> dict[str, Any]:
     return {
         "get": list(get),
-        "put": [{"key": k, "value": base64.b64encode(_as_bytes(v)).decode()} for k, v in put.items()],
+        "put": [
+            {"key": k, "value": base64.b64encode(_as_bytes(v)).decode()} for k, v in put.items()
+        ],
         "encoding": "base64",
     }
 
@@ -241,7 +243,9 @@ class AsyncClient:
             attempt += 1
 
     async def get(self, key: str | bytes, *, consistency: str | None = None) -> bytes:
-        response = await self._request("GET", _key_path(key), params=_params(consistency=consistency))
+        response = await self._request(
+            "GET", _key_path(key), params=_params(consistency=consistency)
+        )
         _raise_for(response, key)
         return response.content
 

@@ -125,7 +125,9 @@ SETTINGS: tuple[Setting, ...] = (
         "defaults to http://<host>:<port>",
     ),
     Setting("seeds", _url_list, (), "comma-separated URLs of peers to join (alias NODE_PEERS)"),
-    Setting("vnodes", _int(0, 4096), 256, "virtual nodes per node on the ring (alias VIRTUAL_NODES)"),
+    Setting(
+        "vnodes", _int(0, 4096), 256, "virtual nodes per node on the ring (alias VIRTUAL_NODES)"
+    ),
     Setting("replication_factor", _int(1, 15), 3, "copies of every key"),
     Setting("read_consistency", _choice(CONSISTENCY_LEVELS), "quorum", "default read level"),
     Setting("write_consistency", _choice(CONSISTENCY_LEVELS), "quorum", "default write level"),
@@ -221,7 +223,9 @@ def load_config(
         elif setting.env in env:
             raw, origin = env[setting.env], setting.env
         else:
-            alias = next((a for a, n in LIMEDB_ALIASES.items() if n == setting.name and a in env), None)
+            alias = next(
+                (a for a, n in LIMEDB_ALIASES.items() if n == setting.name and a in env), None
+            )
             if alias is None:
                 values[setting.name] = setting.default
                 sources[setting.name] = "default"

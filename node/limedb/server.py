@@ -66,7 +66,11 @@ class NodeRuntime:
             await service.start()
             self.service = service
             attach_service(self.app, service)
-            log.info("storage recovered; node %s ready at %s", self.config.node_id, self.config.advertise_url)
+            log.info(
+                "storage recovered; node %s ready at %s",
+                self.config.node_id,
+                self.config.advertise_url,
+            )
         except Exception as exc:
             log.exception("could not open storage in %s", self.config.data_dir)
             self.failed = exc

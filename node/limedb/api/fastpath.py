@@ -114,7 +114,9 @@ class FastPath:
         state = self.state
         limit = state.config.max_inflight
         if limit and state.inflight >= limit and scope["path"] not in UNLIMITED_PATHS:
-            err = ApiError(503, "node overloaded: too many requests in flight", retry_after_header(1))
+            err = ApiError(
+                503, "node overloaded: too many requests in flight", retry_after_header(1)
+            )
             await send_reply(send, reply_for_error(err))
             state.stats.observe(scope["method"], "overloaded", 503, 0.0)
             return

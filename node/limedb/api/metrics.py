@@ -96,7 +96,9 @@ def _flatten(stats: dict, prefix: str = "") -> Iterator[tuple[str, float]]:
                 yield f"{name}_{i}", v
 
 
-def build_registry(stats: RouteStats, storage_stats: Callable[[], dict | None]) -> CollectorRegistry:
+def build_registry(
+    stats: RouteStats, storage_stats: Callable[[], dict | None]
+) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(stats)  # type: ignore[arg-type]
     registry.register(StorageCollector(storage_stats))  # type: ignore[arg-type]

@@ -1,6 +1,5 @@
 """Native routes: raw-bytes values at /v1/kv/{key} (TTL, per-request consistency) and /v1/batch."""
 
-
 import asyncio
 import base64
 import binascii
@@ -14,7 +13,7 @@ from limedb.api import operations as ops
 from limedb.api.errors import ApiError
 from limedb.api.fastpath import KV_PREFIX, read_body
 from limedb.api.responses import BAD_REQUEST, NOT_FOUND, TOO_LARGE, UNAVAILABLE, to_response
-from limedb.api.schemas import BatchRequest, BatchResponse, DeleteResult, PutResult
+from limedb.api.schemas import BatchPutBinary, BatchRequest, BatchResponse, DeleteResult, PutResult
 from limedb.api.state import NodeState
 from limedb.api.validation import (
     MAX_TTL_SECONDS,
@@ -55,7 +54,9 @@ def build_router(state: NodeState) -> APIRouter:
         responses={
             200: {
                 "description": "the value; X-Limedb-Timestamp carries its version",
-                "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+                "content": {
+                    "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}
+                },
             },
             **BAD_REQUEST,
             **NOT_FOUND,
@@ -72,7 +73,8 @@ def build_router(state: NodeState) -> APIRouter:
         summary="Write raw bytes, optionally expiring",
         openapi_extra={
             "requestBody": {
-                "required": True,
+                "required": False,
+                "description": "the value; an absent body stores an empty value",
                 "content": {
                     "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}
                 },
@@ -120,17 +122,15 @@ def build_router(state: NodeState) -> APIRouter:
         puts = []
         for item in request.put:
             key = key_from_text(item.key, limits, "put[].key")
-            if b64:
+            if isinstance(item, BatchPutBinary):
                 try:
-                    value = base64.b64decode(item.value, validate=True)
+                    value = base64.b64decode(item.value_base64, validate=True)
                 except (binascii.Error, ValueError):
-                    raise ApiError(400, f"value of {item.key!r} is not valid base64") from None
+                    raise ApiError(400, f"value_base64 of {item.key!r} is not base64") from None
+                check_value(value, limits)
             else:
                 value = value_from_text(item.value, limits)
-            check_value(value, limits)
             ttl_ms = max(1, round(item.ttl * 1000)) if item.ttl else None
-            if item.ttl and item.ttl > MAX_TTL_SECONDS:
-                raise ApiError(400, f"ttl of {item.key!r} exceeds {MAX_TTL_SECONDS} seconds")
             puts.append((key, value, ttl_ms))
         keys = [key_from_text(k, limits, "get[]") for k in request.get]
         # Writes first, so a batch that reads what it writes sees its own values.

@@ -50,7 +50,9 @@ async def lime_get(service: KeyValueService, key: bytes) -> Reply:
     result = await service.get(key)
     if result.value is None:
         return NOT_FOUND
-    return Reply(200, JSON, orjson.dumps({"value": _text(result.value), "nodeUrl": result.owner_url}))
+    return Reply(
+        200, JSON, orjson.dumps({"value": _text(result.value), "nodeUrl": result.owner_url})
+    )
 
 
 async def lime_set(service: KeyValueService, body: bytes, limits: Limits) -> Reply:

@@ -4,7 +4,6 @@ get/set/del are normally answered by the fast path; the handlers here serve the 
 for the methods the fast path leaves to FastAPI and give the routes their OpenAPI documentation.
 """
 
-
 import math
 import time
 from typing import Annotated
@@ -22,6 +21,7 @@ from limedb.api.state import NodeState
 from limedb.api.validation import key_from_raw_path
 
 MAX_PAGE_SIZE = 100
+MAX_PAGE = 1_000_000_000
 
 
 def _raw_path(request: Request) -> bytes:
@@ -47,7 +47,11 @@ def build_router(state: NodeState) -> APIRouter:
                     "type": "object",
                     "required": ["key", "value"],
                     "properties": {
-                        "key": {"type": "string", "minLength": 1, "maxLength": limits.max_key_bytes},
+                        "key": {
+                            "type": "string",
+                            "minLength": 1,
+                            "maxLength": limits.max_key_bytes,
+                        },
                         "value": {"type": "string", "maxLength": limits.max_value_bytes},
                     },
                 }
@@ -106,9 +110,14 @@ def build_router(state: NodeState) -> APIRouter:
         responses={200: {"model": KeysPage}, **BAD_REQUEST, **UNAVAILABLE},
     )
     async def list_keys(
-        page: Annotated[int, Query(ge=1, description="1-based page number")] = 1,
+        page: Annotated[int, Query(ge=1, le=MAX_PAGE, description="1-based page number")] = 1,
         pageSize: Annotated[
-            int, Query(ge=1, description=f"keys per page; values above {MAX_PAGE_SIZE} are capped")
+            int,
+            Query(
+                ge=1,
+                le=MAX_PAGE,
+                description=f"keys per page; values above {MAX_PAGE_SIZE} are capped",
+            ),
         ] = 20,
     ) -> Response:
         service = state.require_service()
@@ -119,7 +128,11 @@ def build_router(state: NodeState) -> APIRouter:
         # The count is an estimate on a busy node; never report fewer than we just listed.
         total = max(total, offset + len(items))
         keys = [
-            {"key": k.decode("utf-8", "replace"), "value": v.decode("utf-8", "replace"), "size": len(v)}
+            {
+                "key": k.decode("utf-8", "replace"),
+                "value": v.decode("utf-8", "replace"),
+                "size": len(v),
+            }
             for k, v in items
         ]
         body = {
@@ -146,6 +159,8 @@ def build_router(state: NodeState) -> APIRouter:
             "timestamp": int(time.time()),
             "storage": service.stats(),
         }
-        return Response(orjson.dumps(body, option=orjson.OPT_NON_STR_KEYS), media_type="application/json")
+        return Response(
+            orjson.dumps(body, option=orjson.OPT_NON_STR_KEYS), media_type="application/json"
+        )
 
     return router

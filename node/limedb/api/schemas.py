@@ -6,9 +6,11 @@ and schemathesis tests check that what is sent matches what is documented here.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from limedb.api.validation import MAX_TTL_SECONDS
 
 
 class ErrorBody(BaseModel):
@@ -127,18 +129,40 @@ class DeleteResult(BaseModel):
     deleted: bool = Field(description="whether a live value existed")
 
 
-class BatchPut(BaseModel):
+BASE64_PATTERN = r"^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$"
+Ttl = Annotated[
+    float | None, Field(default=None, gt=0, le=MAX_TTL_SECONDS, description="seconds to expiry")
+]
+
+
+class BatchPutText(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     key: str = Field(min_length=1)
-    value: str
-    ttl: float | None = Field(default=None, gt=0, description="seconds until expiry")
+    value: str = Field(description="the value as UTF-8 text")
+    ttl: Ttl = None
+
+
+class BatchPutBinary(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    key: str = Field(min_length=1)
+    value_base64: str = Field(pattern=BASE64_PATTERN, description="the value's bytes, base64")
+    ttl: Ttl = None
 
 
 class BatchRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    get: list[str] = Field(default_factory=list, description="keys to read")
-    put: list[BatchPut] = Field(default_factory=list, description="values to write")
-    encoding: str = Field(default="utf-8", pattern="^(utf-8|base64)$")
+    get: list[Annotated[str, Field(min_length=1)]] = Field(
+        default_factory=list, description="keys to read"
+    )
+    put: list[BatchPutText | BatchPutBinary] = Field(
+        default_factory=list, description="values to write (before the reads)"
+    )
+    encoding: Literal["utf-8", "base64"] = Field(
+        default="utf-8", description="how the response carries the values read"
+    )
 
 
 class BatchResponse(BaseModel):

@@ -9,7 +9,7 @@ node has peers; the HTTP layer cannot tell the difference.
 from __future__ import annotations
 
 import time
-from typing import Any, Protocol
+from typing import Protocol
 
 from limedb.cluster.keys import storage_key, user_key
 from limedb.cluster.ring import vnode_tokens
@@ -31,16 +31,22 @@ class StorageEngine(Protocol):
     def get_version(self, key: bytes) -> StorageVersion | None: ...
 
     async def put_async(
-        self, key: bytes, value: bytes, ts: int | None = None, expires_at_ms: int | None = None
-    ) -> Any: ...
+        self, key: bytes, value: bytes, *, ts: int | None = None, expires_at_ms: int | None = None
+    ) -> bool: ...
 
-    async def delete_async(self, key: bytes, ts: int | None = None) -> Any: ...
+    async def delete_async(self, key: bytes, *, ts: int | None = None) -> bool: ...
 
-    def scan(self, start: bytes | None = None, end: bytes | None = None) -> Any: ...
+    def scan(
+        self, start: bytes | None = None, end: bytes | None = None, limit: int | None = None
+    ) -> list[tuple[bytes, bytes]]: ...
 
     def stats(self) -> dict: ...
 
     def approx_key_count(self) -> int: ...
+
+
+# Counting live keys exactly means scanning them; above this many the engine's estimate is used.
+EXACT_COUNT_LIMIT = 100_000
 
 
 def _now_ms() -> int:
@@ -132,22 +138,19 @@ class LocalService:
     def local_items(self, after: bytes | None, limit: int) -> list[tuple[bytes, bytes]]:
         if limit <= 0:
             return []
+        # The smallest storage key greater than `after`'s: the same token and key + NUL.
         start = storage_key(after) + b"\x00" if after is not None else None
-        now = _now_ms()
-        items: list[tuple[bytes, bytes]] = []
-        for skey, version in self._engine.scan(start, None):
-            if _is_live(version, now):
-                items.append((user_key(skey), version.value))
-                if len(items) >= limit:
-                    break
-        return items
+        return [(user_key(k), v) for k, v in self._engine.scan(start, None, limit)]
 
     def local_count(self) -> int:
-        return int(self._engine.approx_key_count())
+        """Live keys on this node: exact up to EXACT_COUNT_LIMIT, the engine's estimate above."""
+        estimate = int(self._engine.approx_key_count())
+        if estimate > EXACT_COUNT_LIMIT:
+            return estimate
+        return len(self._engine.scan(None, None, None))
 
     def stats(self) -> dict:
         stats = dict(self._engine.stats())
-        stats.setdefault("keys", self.local_count())
         return stats
 
     def cluster_view(self) -> ClusterView:
