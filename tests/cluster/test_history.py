@@ -72,3 +72,12 @@ def test_recording_from_the_clock_orders_operations() -> None:
     h.finish(read, OK, b"v")
     assert write.end <= read.start and h.summary() == {"write_ok": 1, "read_ok": 1}
     assert h.check_reads(quorum=True) == [] and h.check_final(lambda key: b"v") == []
+
+
+def test_read_overlapping_a_write_that_began_after_it_may_return_that_write() -> None:
+    h = _history(
+        Op(WRITE, "k", b"old", 0.0, 1.0, OK),
+        Op(READ, "k", b"new", 2.0, 4.0, OK),
+        Op(WRITE, "k", b"new", 2.5, 3.0, OK),
+    )
+    assert h.check_reads(quorum=True) == []

@@ -88,19 +88,23 @@ class History:
                 by_key[op.key].append(op)
         return by_key
 
-    def _candidates(self, mutations: list[Op], before: float = math.inf) -> list[Op]:
-        """Mutations no acknowledged mutation (finished before `before`) strictly followed."""
-        acked = [m for m in mutations if m.outcome == OK and m.end < before]
-        latest_acked_start = max((m.start for m in acked), default=-math.inf)
-        return [m for m in mutations if not latest_acked_start > m.end + self.slack_s]
+    def allowed_values(
+        self, key: str, start: float = math.inf, end: float = math.inf
+    ) -> set[bytes | None]:
+        """The values (None = absent) a read of `key` during [start, end] may return.
 
-    def allowed_values(self, key: str, before: float = math.inf) -> set[bytes | None]:
-        """The values (None = absent) that `key` may hold as seen by a read at `before`."""
-        mutations = [m for m in self._mutations_by_key().get(key, []) if m.start < before]
+        Candidates are mutations begun before the read ended; a candidate is ruled out when an
+        acknowledged mutation that finished before the read began strictly followed it.
+        """
+        mutations = [m for m in self._mutations_by_key().get(key, []) if m.start < end]
+        acked = [m for m in mutations if m.outcome == OK and m.end < start]
+        latest_acked_start = max((m.start for m in acked), default=-math.inf)
         allowed: set[bytes | None] = {
-            m.value if m.kind == WRITE else None for m in self._candidates(mutations, before)
+            m.value if m.kind == WRITE else None
+            for m in mutations
+            if not latest_acked_start > m.end + self.slack_s
         }
-        if not any(m.outcome == OK for m in mutations if m.end < before):
+        if not acked:
             allowed.add(None)  # nothing acknowledged yet: the key may still be absent
         return allowed
 
@@ -118,7 +122,7 @@ class History:
                 continue
             if op.value is not None and op.value not in written[op.key]:
                 problems.append(f"read of {op.key!r} returned {op.value!r}, never written")
-            elif quorum and op.value not in self.allowed_values(op.key, before=op.start):
+            elif quorum and op.value not in self.allowed_values(op.key, op.start, op.end):
                 problems.append(
                     f"read of {op.key!r} at {op.start:.3f} returned {op.value!r}, already "
                     f"superseded by an acknowledged operation"

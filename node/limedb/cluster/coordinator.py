@@ -127,6 +127,10 @@ class Coordinator:
         # Suspect peers still get writes (a slow peer is not a dead one); dead ones get hints.
         return node_id == self.node_id or self.membership.liveness(node_id) is not Liveness.DEAD
 
+    def _alive(self, node_id: str) -> bool:
+        # The atomic-operation primary (limedb.cluster.atomic) is the first replica not dead.
+        return self._reachable(node_id)
+
     def _read_rank(self, node_id: str) -> tuple[bool, int]:
         # Local first (no network), then peers the failure detector trusts, then the rest.
         if node_id == self.node_id:
@@ -195,7 +199,7 @@ class Coordinator:
 
     async def _write_remote(self, node: str, mutation: Mutation, quorum: _Quorum) -> None:
         try:
-            reply = await self._call(node, rpc.REPLICATE, mutation.encode(), self.timeout_s)
+            reply = await self.call(node, rpc.REPLICATE, mutation.encode(), self.timeout_s)
             _, existed = decode_applied(reply)
         except (rpc.PeerUnavailable, rpc.RpcError) as exc:
             self.counters["replica_write_failures"] += 1
@@ -216,9 +220,9 @@ class Coordinator:
         if node == self.node_id:
             await self.replica.apply(mutation)
             return
-        await self._call(node, rpc.REPLICATE, mutation.encode(), self.timeout_s)
+        await self.call(node, rpc.REPLICATE, mutation.encode(), self.timeout_s)
 
-    async def _call(self, node: str, kind: int, payload: bytes, timeout_s: float) -> bytes:
+    async def call(self, node: str, kind: int, payload: bytes, timeout_s: float) -> bytes:
         host, port = self.address_of(node)
         return await self.client.call(host, port, kind, payload, timeout_s)
 
@@ -251,12 +255,12 @@ class Coordinator:
             if len(wave) == 1:
                 node = wave[0]
                 try:
-                    answers[node] = decode_stored(await self._call(node, rpc.READ, key, attempt_s))
+                    answers[node] = decode_stored(await self.call(node, rpc.READ, key, attempt_s))
                 except (rpc.PeerUnavailable, rpc.RpcError):
                     self.counters["replica_read_failures"] += 1
                 continue
             results = await asyncio.gather(
-                *(self._call(node, rpc.READ, key, attempt_s) for node in wave),
+                *(self.call(node, rpc.READ, key, attempt_s) for node in wave),
                 return_exceptions=True,
             )
             for node, result in zip(wave, results, strict=True):

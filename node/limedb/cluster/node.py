@@ -17,13 +17,14 @@ from urllib.parse import urlsplit
 import orjson
 
 from limedb.cluster import rpc
+from limedb.cluster.atomic import AtomicOp, ClusterAtomic, Reply
 from limedb.cluster.coordinator import Coordinator
 from limedb.cluster.failure import Liveness
 from limedb.cluster.gossip import GossipError
 from limedb.cluster.hints import HintStore
 from limedb.cluster.local import LocalService
 from limedb.cluster.membership import GossipLoop, LivenessChange, Membership
-from limedb.cluster.replica import Replica
+from limedb.cluster.replica import Mutation, Replica
 from limedb.cluster.ring import Ring
 from limedb.cluster.service import Consistency, ReadResult, Unavailable
 from limedb.cluster.view import ClusterView, MemberView
@@ -99,6 +100,7 @@ class ClusterService:
             write_consistency=Consistency(config.write_consistency),
             timeout_s=config.request_timeout_ms / 1000,
         )
+        self.atomic = ClusterAtomic(self.coordinator, self.hlc, self.coordinator.call, Mutation)
         self.gossip_loop = GossipLoop(self.membership, self._send_gossip)
         self.membership.add_listener(self._on_liveness)
         self._sweeper: asyncio.Task | None = None
@@ -152,7 +154,7 @@ class ClusterService:
 
     # ------------------------------------------------------------------ hints
 
-    async def _deliver_hint(self, node_id: str, mutation) -> None:
+    async def _deliver_hint(self, node_id: str, mutation: Mutation) -> None:
         await self.coordinator.deliver_hint(node_id, mutation)
 
     def _on_liveness(self, change: LivenessChange) -> None:
@@ -177,6 +179,7 @@ class ClusterService:
     async def start(self) -> None:
         self.replica.register(self.server)
         self.server.register(rpc.GOSSIP, self._handle_gossip)
+        self.atomic.register(self.server)
         bind = self.config.host
         await self.server.start(bind, self.internal_port)
         await self.local.start()
@@ -236,6 +239,12 @@ class ClusterService:
         self._check_open()
         return await self.coordinator.delete(key, consistency)
 
+    async def atomic_update(
+        self, key: bytes, fn: AtomicOp, consistency: Consistency | None = None
+    ) -> Reply:
+        self._check_open()
+        return await self.atomic.atomic_update(key, fn, consistency)
+
     def local_items(self, after: bytes | None, limit: int) -> list[tuple[bytes, bytes]]:
         return self.local.local_items(after, limit)
 
@@ -246,6 +255,7 @@ class ClusterService:
         stats = self.local.stats()
         stats["cluster"] = {
             **self.coordinator.counters,
+            **self.atomic.counters,
             "hints": self.hints.stats(),
             "rpc_served": self.server.served,
             "rpc_expired": self.server.expired,

@@ -295,8 +295,9 @@ class _ClientProtocol(_FramedProtocol):
 class PeerConnection:
     """One persistent, multiplexed connection to a peer's internal port, reconnecting lazily.
 
-    After a failed connect, calls fail fast for `retry_after_s` instead of hammering a dead
-    peer; the failure detector, not this class, decides when a peer is considered back.
+    Every call after a lost connection tries to connect again (concurrent callers share one
+    attempt): a refused connect costs little, and the failure detector already keeps writes
+    and reads away from peers it judges dead.
     """
 
     def __init__(
@@ -306,29 +307,23 @@ class PeerConnection:
         secret: str | None,
         *,
         connect_timeout_s: float = 1.0,
-        retry_after_s: float = 0.2,
     ) -> None:
         self.host = host
         self.port = port
         self._secret = secret.encode() if secret else None
         self._connect_timeout_s = connect_timeout_s
-        self._retry_after_s = retry_after_s
         self._protocol: _ClientProtocol | None = None
         self._connecting: asyncio.Future | None = None
-        self._failed_at = 0.0
         self._ids = itertools.count(1)
 
     async def _connect(self) -> _ClientProtocol:
         loop = asyncio.get_running_loop()
-        if loop.time() - self._failed_at < self._retry_after_s:
-            raise PeerUnavailable(f"{self.host}:{self.port} refused a connection just now")
         try:
             _, protocol = await asyncio.wait_for(
                 loop.create_connection(_ClientProtocol, self.host, self.port),
                 self._connect_timeout_s,
             )
         except (OSError, TimeoutError) as exc:
-            self._failed_at = loop.time()
             raise PeerUnavailable(f"cannot connect to {self.host}:{self.port}: {exc}") from exc
         if self._secret is not None:
             # Pipelined: later requests queue behind the HELLO on the same connection.
