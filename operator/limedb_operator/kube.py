@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import secrets
 from collections.abc import Mapping
 from typing import Any
@@ -25,6 +26,31 @@ _PATHS = {
     ): "/apis/policy/v1/namespaces/{ns}/poddisruptionbudgets/{name}",
     ("apps/v1", "StatefulSet"): "/apis/apps/v1/namespaces/{ns}/statefulsets/{name}",
 }
+
+
+def request(
+    api: ApiClient,
+    method: str,
+    path: str,
+    body: Any = None,
+    query: list[tuple[str, str]] | None = None,
+    headers: dict[str, str] | None = None,
+) -> Any:
+    """A raw API call for what the typed client lacks (server-side apply, Table output)."""
+    method, url, header_params, body, post_params = api.param_serialize(
+        method,
+        path,
+        query_params=query or [],
+        header_params={"Accept": "application/json", **(headers or {})},
+        body=body,
+        auth_settings=["BearerToken"],
+    )
+    resp = api.call_api(method, url, header_params, body, post_params)
+    resp.read()
+    text = resp.data.decode() if resp.data else ""
+    if not 200 <= resp.status < 300:
+        raise ApiException.from_response(http_resp=resp, body=text, data=None)
+    return json.loads(text) if text else None
 
 
 def load_config() -> None:
@@ -53,18 +79,14 @@ class Kube:
         path = _PATHS[(obj["apiVersion"], obj["kind"])].format(
             ns=obj["metadata"]["namespace"], name=obj["metadata"]["name"]
         )
-        self.api.call_api(
-            path,
+        request(
+            self.api,
             "PATCH",
-            query_params=[("fieldManager", FIELD_MANAGER), ("force", "true")],
-            header_params={
-                "Content-Type": "application/apply-patch+yaml",
-                "Accept": "application/json",
-            },
-            body=body,
-            auth_settings=["BearerToken"],
-            response_type="object",
-            _return_http_data_only=True,
+            path,
+            # JSON is YAML: the body is sent as JSON under the apply content type.
+            body=json.dumps(body),
+            query=[("fieldManager", FIELD_MANAGER), ("force", "true")],
+            headers={"Content-Type": "application/apply-patch+yaml"},
         )
 
     def statefulset(self, name: str, namespace: str) -> dict[str, Any] | None:

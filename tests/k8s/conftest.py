@@ -1,0 +1,73 @@
+"""Fixtures of the k8s tier: one real control plane per session, a fresh namespace per test."""
+
+from __future__ import annotations
+
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import kubernetes
+import pytest
+import yaml
+from controlplane import ROOT, ControlPlane
+from kubernetes.client.rest import ApiException
+
+CRD_PATH = ROOT / "crds" / "limecluster.yaml"
+
+
+@pytest.fixture(scope="session")
+def control_plane() -> Iterator[ControlPlane]:
+    workdir = Path(tempfile.mkdtemp(prefix="limedb-k8s-"))
+    plane = ControlPlane(workdir)
+    try:
+        plane.start()
+        yield plane
+    finally:
+        plane.stop()
+
+
+@pytest.fixture(scope="session")
+def api(control_plane: ControlPlane) -> kubernetes.client.ApiClient:
+    return control_plane.api_client()
+
+
+def wait_for(predicate, timeout: float = 30.0, interval: float = 0.2, what: str = "condition"):
+    """Poll until predicate() returns a truthy value; fail with `what` after the deadline."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            last = predicate()
+        except ApiException as e:
+            last = e
+        if last and not isinstance(last, Exception):
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+@pytest.fixture(scope="session")
+def crd(api: kubernetes.client.ApiClient) -> dict:
+    body = yaml.safe_load(CRD_PATH.read_text())
+    ext = kubernetes.client.ApiextensionsV1Api(api)
+    ext.create_custom_resource_definition(body)
+
+    def established():
+        got = ext.read_custom_resource_definition(body["metadata"]["name"])
+        return any(
+            c.type == "Established" and c.status == "True" for c in got.status.conditions or []
+        )
+
+    wait_for(established, what="the LimeCluster CRD to be Established")
+    return body
+
+
+@pytest.fixture
+def namespace(api: kubernetes.client.ApiClient) -> Iterator[str]:
+    name = f"t-{uuid.uuid4().hex[:8]}"
+    core = kubernetes.client.CoreV1Api(api)
+    core.create_namespace({"metadata": {"name": name}})
+    yield name
+    core.delete_namespace(name)
