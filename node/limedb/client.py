@@ -86,7 +86,8 @@ def _batch_body(get: Iterable[str], put: Mapping[str, str | bytes]) -> dict[str,
     return {
         "get": list(get),
         "put": [
-            {"key": k, "value": base64.b64encode(_as_bytes(v)).decode()} for k, v in put.items()
+            {"key": k, "value_base64": base64.b64encode(_as_bytes(v)).decode()}
+            for k, v in put.items()
         ],
         "encoding": "base64",
     }
