@@ -57,6 +57,7 @@ class NodeRuntime:
         self.service: KeyValueService | None = None
         self.failed: BaseException | None = None
         self.server: uvicorn.Server | None = None
+        self.resp: Any = None  # the RESP listener (limedb.resp), when resp_port is not 0
         self.app: FastPath = create_app(None, config, lifespan=self.lifespan)
 
     async def _recover(self) -> None:
@@ -66,6 +67,11 @@ class NodeRuntime:
             await service.start()
             self.service = service
             attach_service(self.app, service)
+            if self.config.resp_port:
+                from limedb.resp import Limits, RespServer
+
+                self.resp = RespServer(service, Limits.from_config(self.config))
+                await self.resp.start(self.config.host, self.config.resp_port)
             log.info(
                 "storage recovered; node %s ready at %s",
                 self.config.node_id,
@@ -85,6 +91,8 @@ class NodeRuntime:
         finally:
             # uvicorn has stopped accepting and drained in-flight requests by now.
             await asyncio.gather(recovery, return_exceptions=True)
+            if self.resp is not None:
+                await self.resp.stop(self.config.shutdown_timeout_s)
             if self.service is not None:
                 await self.service.stop()
             if self.engine is not None:

@@ -130,7 +130,12 @@ def _op_getdel(current: ReadResult, args: tuple[bytes, ...], now_ms: int) -> Out
 
 
 def _op_append(current: ReadResult, args: tuple[bytes, ...], now_ms: int) -> Outcome:
+    """args: suffix, the largest value allowed (decimal)."""
     value = (current.value or b"") + args[0]
+    if len(value) > int(args[1]):
+        raise CommandError(
+            f"ERR string exceeds maximum allowed size (max_value_bytes is {int(args[1])})"
+        )
     return Outcome(Action.SET, len(value), value, current.expires_at_ms)
 
 
@@ -165,7 +170,7 @@ OPERATIONS: dict[str, tuple[int, Operation]] = {
     "incrby": (1, _op_incrby),
     "set": (5, _op_set),
     "getdel": (0, _op_getdel),
-    "append": (1, _op_append),
+    "append": (2, _op_append),
     "expire": (3, _op_expire),
     "persist": (0, _op_persist),
 }

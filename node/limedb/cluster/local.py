@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from typing import Protocol
 
+from limedb.cluster.atomic import AtomicOp, KeyLocks, Reply, apply_locally
 from limedb.cluster.keys import storage_key, user_key
 from limedb.cluster.ring import vnode_tokens
 from limedb.cluster.service import Consistency, ReadResult, Unavailable
@@ -86,6 +87,7 @@ class LocalService:
         self._started_at = time.time()
         self._ready = False
         self._stopping = False
+        self._atomic_locks = KeyLocks()
 
     async def start(self) -> None:
         self._ready = True
@@ -134,6 +136,13 @@ class LocalService:
         existed = _is_live(self._engine.get_version(skey), _now_ms())
         await self._engine.delete_async(skey, ts=self._clock.now())
         return existed
+
+    async def atomic_update(
+        self, key: bytes, fn: AtomicOp, consistency: Consistency | None = None
+    ) -> Reply:
+        """Read-modify-write under a per-key lock: every key's primary is this node."""
+        self._check_open()
+        return await apply_locally(self._atomic_locks, key, fn, self.get, self._engine, self._clock)
 
     def local_items(self, after: bytes | None, limit: int) -> list[tuple[bytes, bytes]]:
         if limit <= 0:

@@ -1,0 +1,131 @@
+"""The RESP command table: names, arity, flags, and Redis's own error texts for misuse.
+
+Command modules register handlers with `@command(...)`; `resolve` turns a request into the
+handler to run or the exact error Redis would answer (unknown command, wrong number of
+arguments, NOAUTH), so clients and their error handling behave as against a real Redis.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from limedb.resp.encoding import RespError
+
+if TYPE_CHECKING:
+    from limedb.resp.session import Session
+
+Handler = Callable[["Session", list[bytes]], "Awaitable[Any] | Any"]
+
+SYNTAX_ERROR = RespError("ERR syntax error")
+NOT_AN_INTEGER = RespError("ERR value is not an integer or out of range")
+NOAUTH = RespError("NOAUTH Authentication required.")
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    """One command: Redis arity (n = exactly n words, -n = at least n), flags, key positions."""
+
+    name: str
+    arity: int
+    handler: Handler
+    flags: tuple[str, ...]
+    group: str
+    summary: str
+    first_key: int = 0
+    last_key: int = 0
+    step: int = 0
+
+    @property
+    def no_auth(self) -> bool:
+        return "no-auth" in self.flags
+
+    def info(self) -> list[Any]:
+        """The COMMAND INFO entry: name, arity, flags, first key, last key, step (+ RESP7 extras)."""
+        from limedb.cluster.atomic import Status
+
+        return [
+            self.name.encode(),
+            self.arity,
+            [Status(flag) for flag in self.flags],
+            self.first_key,
+            self.last_key,
+            self.step,
+            [],
+            [],
+            [],
+            [],
+        ]
+
+    def docs(self) -> dict[bytes, Any]:
+        return {
+            b"summary": self.summary.encode(),
+            b"since": b"1.0.0",
+            b"group": self.group.encode(),
+        }
+
+
+COMMANDS: dict[bytes, Command] = {}
+
+
+def command(
+    name: str,
+    arity: int,
+    *,
+    flags: tuple[str, ...] = (),
+    group: str = "string",
+    summary: str = "",
+    keys: tuple[int, int, int] = (0, 0, 0),
+) -> Callable[[Handler], Handler]:
+    def register(handler: Handler) -> Handler:
+        COMMANDS[name.encode()] = Command(
+            name, arity, handler, flags, group, summary or (handler.__doc__ or "").strip(), *keys
+        )
+        return handler
+
+    return register
+
+
+def wrong_arity(name: str) -> RespError:
+    return RespError(f"ERR wrong number of arguments for '{name}' command")
+
+
+def unknown_command(argv: list[bytes]) -> RespError:
+    # Redis quotes the first arguments, up to about 128 characters, after the command name.
+    shown = ""
+    for arg in argv[1:]:
+        if len(shown) >= 128:
+            break
+        shown += "'" + arg.decode("utf-8", "replace")[: 128 - len(shown)] + "' "
+    name = argv[0].decode("utf-8", "replace")[:128]
+    return RespError(f"ERR unknown command '{name}', with args beginning with: {shown}")
+
+
+def unknown_subcommand(argv: list[bytes]) -> RespError:
+    sub = argv[1].decode("utf-8", "replace")[:128]
+    return RespError(f"ERR unknown subcommand '{sub}'. Try {argv[0].decode().upper()} HELP.")
+
+
+def resolve(argv: list[bytes], authenticated: bool) -> Command | RespError:
+    """The command to run for `argv`, or the error reply that refuses it."""
+    cmd = COMMANDS.get(argv[0]) or COMMANDS.get(argv[0].lower())
+    if cmd is None:
+        return unknown_command(argv)
+    arity = cmd.arity
+    # Redis checks the arity before authentication, so the errors come in this order.
+    if (arity > 0 and len(argv) != arity) or (arity < 0 and len(argv) < -arity):
+        return wrong_arity(cmd.name)
+    if not authenticated and not cmd.no_auth:
+        return NOAUTH
+    return cmd
+
+
+def int_arg(raw: bytes) -> int:
+    """A Redis integer argument, or the error Redis answers for anything else."""
+    from limedb.cluster.atomic import parse_int64
+
+    value = parse_int64(raw)
+    if value is None:
+        raise NOT_AN_INTEGER
+    return value

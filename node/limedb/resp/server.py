@@ -1,0 +1,394 @@
+"""The RESP listener: an asyncio protocol that parses with hiredis and serves pipelines in order.
+
+Every connection executes its commands strictly one after another (a pipeline sees its own
+writes) and answers in order. A command whose service call completes without waiting (a local
+read, a write under periodic durability) is run to completion inline, without an asyncio task;
+only a command that really waits (a replica round trip, an fsync) moves the rest of the
+connection's queue onto a task. Replies of one batch of input go out in one write.
+
+Limits: `max_clients` connections (more get Redis's "max number of clients reached"), requests
+larger than `max_bulk_bytes` (a protocol error, then the connection closes, as Redis does),
+`idle_timeout_s` (0 = never, Redis's `timeout`), and reading pauses while a client has more
+than `max_pipeline` commands queued or is not reading its replies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import time
+import types
+from collections import deque
+from collections.abc import Coroutine
+from dataclasses import dataclass, fields
+from typing import Any
+
+import hiredis
+
+from limedb.cluster.atomic import CommandError
+from limedb.cluster.service import InvalidRequest, ServiceError, Unavailable
+from limedb.resp import admin, keyspace  # noqa: F401 - importing registers the commands
+from limedb.resp.commands import resolve
+from limedb.resp.cursors import ScanCursors
+from limedb.resp.encoding import RespError, encode_reply
+from limedb.resp.session import Session
+
+log = logging.getLogger("limedb.resp")
+
+MIB = 1024 * 1024
+INLINE_MAX = 64 * 1024
+_FLUSH_EVERY = 256
+_COROUTINE = types.CoroutineType
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The listener's settings (from limedb.config; defaults match Redis where it has one)."""
+
+    host: str = "0.0.0.0"
+    max_clients: int = 10_000
+    max_bulk_bytes: int = 64 * MIB
+    idle_timeout_s: int = 0
+    max_pipeline: int = 4096
+    password: str | None = None
+    max_key_bytes: int = 1024
+    max_value_bytes: int = MIB
+    durability: str = "sync"
+
+    @classmethod
+    def from_config(cls, config: Any) -> Limits:
+        return cls(
+            host=config.host,
+            max_clients=getattr(config, "resp_max_clients", cls.max_clients),
+            max_bulk_bytes=getattr(config, "resp_max_bulk_bytes", cls.max_bulk_bytes),
+            idle_timeout_s=getattr(config, "resp_idle_timeout_s", cls.idle_timeout_s),
+            password=getattr(config, "resp_password", None),
+            max_key_bytes=config.max_key_bytes,
+            max_value_bytes=config.max_value_bytes,
+            durability=config.durability,
+        )
+
+
+@dataclass
+class Stats:
+    total_connections_received: int = 0
+    total_commands_processed: int = 0
+    rejected_connections: int = 0
+    keyspace_hits: int = 0
+    keyspace_misses: int = 0
+    total_error_replies: int = 0
+    protocol_errors: int = 0
+    idle_disconnections: int = 0
+    unavailable_errors: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+def error_reply(exc: BaseException) -> RespError:
+    """The Redis error line for an exception raised while serving a command."""
+    if isinstance(exc, RespError):
+        return exc
+    if isinstance(exc, CommandError):
+        return RespError(str(exc))
+    if isinstance(exc, Unavailable):
+        return RespError(f"UNAVAILABLE {exc}")
+    if isinstance(exc, InvalidRequest | ServiceError):
+        return RespError(f"ERR {exc}")
+    log.error("RESP command failed", exc_info=exc)
+    return RespError(f"ERR internal error: {type(exc).__name__}: {exc}")
+
+
+class _Fatal:
+    """Queued after the last good command of a stream that cannot be parsed any further."""
+
+    __slots__ = ("line",)
+
+    def __init__(self, line: str) -> None:
+        self.line = line
+
+
+class RespConnection(asyncio.Protocol):
+    """One client: parse, queue, execute in order, reply in order."""
+
+    def __init__(self, server: RespServer) -> None:
+        self.server = server
+        self.reader = hiredis.Reader()
+        self.queue: deque[Any] = deque()
+        self.out: list[bytes] = []
+        self.transport: asyncio.Transport | None = None
+        self.session: Session | None = None
+        self.task: asyncio.Task | None = None
+        self.inline = b""
+        self.write_paused = False
+        self.read_paused = False
+        self.closed = False
+
+    # ------------------------------------------------------------------ transport events
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self.transport = transport  # type: ignore[assignment]
+        server = self.server
+        server.stats.total_connections_received += 1
+        if len(server.sessions) >= server.limits.max_clients:
+            server.stats.rejected_connections += 1
+            transport.write(b"-ERR max number of clients reached\r\n")
+            transport.close()
+            self.closed = True
+            return
+        peer = transport.get_extra_info("peername") or ("?", 0)
+        local = transport.get_extra_info("sockname") or ("?", 0)
+        self.session = Session(
+            id=next(server.ids),
+            server=server,
+            addr=f"{peer[0]}:{peer[1]}",
+            laddr=f"{local[0]}:{local[1]}",
+            authenticated=server.limits.password is None,
+        )
+        server.sessions[self.session.id] = self.session
+        server.connections.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.queue.clear()
+        if self.session is not None:
+            self.server.sessions.pop(self.session.id, None)
+        self.server.connections.discard(self)
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        if self.task is None:
+            self.process()
+
+    def data_received(self, data: bytes) -> None:
+        if self.closed or self.session is None:
+            return
+        self.session.last_active = time.monotonic()
+        reader = self.reader
+        if self.inline or (data[:1] != b"*" and not reader.has_data()):
+            data = self._inline_requests(data)
+        if data:
+            reader.feed(data)
+            queue = self.queue
+            try:
+                request = reader.gets()
+                while request is not False:
+                    queue.append(request)
+                    request = reader.gets()
+            except hiredis.ProtocolError as exc:
+                queue.append(_Fatal(f"ERR Protocol error: {exc}"))
+            else:
+                if reader.len() > self.server.limits.max_bulk_bytes:
+                    queue.append(_Fatal("ERR Protocol error: invalid bulk length"))
+        if self.task is None:
+            self.process()
+
+    def _inline_requests(self, data: bytes) -> bytes:
+        """Redis's inline form (`PING\\r\\n`, as typed into telnet); returns what follows."""
+        buf = self.inline + data
+        self.inline = b""
+        while buf and buf[:1] != b"*":
+            end = buf.find(b"\n")
+            if end < 0:
+                if len(buf) > INLINE_MAX:
+                    self.queue.append(_Fatal("ERR Protocol error: too big inline request"))
+                    return b""
+                self.inline = buf
+                return b""
+            words = buf[:end].rstrip(b"\r").split()
+            buf = buf[end + 1 :]
+            if words:
+                self.queue.append(words)
+        return buf
+
+    # ------------------------------------------------------------------ execution
+
+    def process(self) -> None:
+        """Run queued commands until one has to wait, the queue is empty, or output backs up."""
+        queue, out, session = self.queue, self.out, self.session
+        assert session is not None
+        while queue and not self.write_paused and not session.closing and not self.closed:
+            request = queue.popleft()
+            reply = self.execute(request)
+            if reply is None:
+                continue
+            if type(reply) is not bytes:
+                self.task = asyncio.get_running_loop().create_task(self._wait(*reply))
+                self._flush()
+                return
+            out.append(reply)
+            if len(out) >= _FLUSH_EVERY:
+                self._flush()
+        self._flush()
+        if session.closing and self.transport is not None:
+            self.transport.close()
+            return
+        transport = self.transport
+        if transport is None or self.closed:
+            return
+        if len(queue) > self.server.limits.max_pipeline or self.write_paused:
+            if not self.read_paused:
+                self.read_paused = True
+                transport.pause_reading()
+        elif self.read_paused:
+            self.read_paused = False
+            transport.resume_reading()
+
+    def execute(self, request: Any) -> bytes | tuple[Coroutine, Any] | None:
+        """Encoded reply bytes, or (coroutine, what it waits on) when it has to wait."""
+        session = self.session
+        assert session is not None
+        if type(request) is not list:
+            return self._fatal(request)
+        if not request:
+            return None
+        for word in request:
+            if type(word) is not bytes:
+                return self._fatal(_Fatal("ERR Protocol error: expected '$', got something else"))
+        cmd = resolve(request, session.authenticated)
+        stats = self.server.stats
+        if isinstance(cmd, RespError):
+            stats.total_error_replies += 1
+            return encode_reply(cmd, session.proto)
+        stats.total_commands_processed += 1
+        session.last_command = request[0]
+        try:
+            result = cmd.handler(session, request)
+            if type(result) is _COROUTINE:
+                try:
+                    waiting = result.send(None)
+                except StopIteration as done:
+                    result = done.value
+                else:
+                    return result, waiting
+        except Exception as exc:  # every failure of a command becomes its error reply
+            result = self._error(exc)
+        return encode_reply(result, session.proto)
+
+    def _error(self, exc: Exception) -> RespError:
+        reply = error_reply(exc)
+        self.server.stats.total_error_replies += 1
+        if isinstance(exc, Unavailable):
+            self.server.stats.unavailable_errors += 1
+        return reply
+
+    def _fatal(self, request: Any) -> None:
+        line = request.line if isinstance(request, _Fatal) else "ERR Protocol error: expected '*'"
+        self.server.stats.protocol_errors += 1
+        self.out.append(b"-%s\r\n" % line.encode())
+        self.queue.clear()
+        assert self.session is not None
+        self.session.closing = True
+        return None
+
+    async def _wait(self, coro: Coroutine, waiting: Any) -> None:
+        """Finish a command that had to wait (driving it as a Task would), then the queue."""
+        session = self.session
+        assert session is not None
+        try:
+            while True:
+                if waiting is None:
+                    await asyncio.sleep(0)
+                else:
+                    # What a Task does with a yielded future: clear its "blocking" mark (else
+                    # awaiting it again is refused), then wake up when it is done.
+                    waiting._asyncio_future_blocking = False
+                    try:
+                        await waiting
+                    except asyncio.CancelledError:
+                        if not waiting.cancelled():
+                            coro.close()
+                            raise
+                    except Exception:  # noqa: S110 - the coroutine sees it when resumed
+                        pass
+                waiting = coro.send(None)
+        except StopIteration as done:
+            result = done.value
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            result = self._error(exc)
+        self.out.append(encode_reply(result, session.proto))
+        self.task = None
+        if not self.closed:
+            self.process()
+
+    def _flush(self) -> None:
+        out = self.out
+        if out and self.transport is not None and not self.closed:
+            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
+        out.clear()
+
+    def idle_for(self, now: float) -> float:
+        if self.session is None or self.task is not None or self.queue:
+            return 0.0
+        return now - self.session.last_active
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+
+class RespServer:
+    """The listener of one node: sessions, statistics, SCAN cursors, and the service."""
+
+    def __init__(self, service: Any, limits: Limits | None = None) -> None:
+        self.service = service
+        self.limits = limits or Limits()
+        self.stats = Stats()
+        self.sessions: dict[int, Session] = {}
+        self.connections: set[RespConnection] = set()
+        self.cursors = ScanCursors()
+        self.ids = itertools.count(1)
+        self.started_at = time.monotonic()
+        self._server: asyncio.base_events.Server | None = None
+        self._sweeper: asyncio.Task | None = None
+
+    async def start(self, host: str, port: int) -> None:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: RespConnection(self), host, port, reuse_address=True, backlog=1024
+        )
+        if self.limits.idle_timeout_s > 0:
+            self._sweeper = asyncio.create_task(self._close_idle(), name="resp-idle-sweeper")
+        log.info("RESP listener on %s:%d", host, self.port)
+
+    @property
+    def port(self) -> int:
+        if self._server is None or not self._server.sockets:
+            return 0
+        return self._server.sockets[0].getsockname()[1]
+
+    async def _close_idle(self) -> None:
+        timeout = self.limits.idle_timeout_s
+        while True:
+            await asyncio.sleep(min(1.0, timeout / 2))
+            now = time.monotonic()
+            for connection in list(self.connections):
+                if connection.idle_for(now) > timeout:
+                    self.stats.idle_disconnections += 1
+                    connection.close()
+
+    async def stop(self, timeout_s: float = 5.0) -> None:
+        """Stop accepting, let commands in flight finish (up to `timeout_s`), close clients."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+        if self._server is not None:
+            self._server.close()
+        busy = [c.task for c in self.connections if c.task is not None]
+        if busy:
+            await asyncio.wait(busy, timeout=timeout_s)
+        for connection in list(self.connections):
+            connection.close()
+        if self._server is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._server.wait_closed(), timeout_s)
+            self._server = None

@@ -1,0 +1,27 @@
+"""One client connection's state: protocol version, authentication, name, activity times."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from limedb.resp.server import RespServer
+
+
+@dataclass(slots=True, eq=False)
+class Session:
+    id: int
+    server: RespServer
+    addr: str
+    laddr: str
+    authenticated: bool
+    proto: int = 2
+    name: bytes | None = None
+    lib_name: bytes | None = None
+    lib_ver: bytes | None = None
+    created: float = field(default_factory=time.monotonic)
+    last_active: float = field(default_factory=time.monotonic)
+    last_command: bytes = b"NULL"
+    closing: bool = False
