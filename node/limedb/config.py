@@ -147,6 +147,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("max_inflight", _int(0), 4096, "requests served at once before 503 (0 = no limit)"),
     Setting("request_timeout_ms", _int(1, 600_000), 5000, "deadline of forwarded requests"),
     Setting("resp_port", _int(0, 65535), 6379, "RESP (Redis protocol) port, 0 = off"),
+    Setting("resp_password", _optional_text, None, "password of RESP clients (AUTH); none = open"),
+    Setting("resp_max_clients", _int(1), 10_000, "RESP connections served at once"),
+    Setting("resp_max_bulk_bytes", _int(1024), 64 * MIB, "largest RESP request, in bytes"),
+    Setting("resp_idle_timeout_s", _int(0), 0, "close idle RESP clients after this, 0 = never"),
     Setting("shutdown_timeout_s", _int(1, 300), 8, "grace period for in-flight requests"),
     Setting("log_level", _choice(LOG_LEVELS), "info", "debug | info | warning | error"),
     Setting("fast_path", _bool, True, "serve hot key-value routes through the raw-ASGI path"),
@@ -179,6 +183,10 @@ class Config:
     max_inflight: int = 4096
     request_timeout_ms: int = 5000
     resp_port: int = 6379
+    resp_password: str | None = None
+    resp_max_clients: int = 10_000
+    resp_max_bulk_bytes: int = 64 * MIB
+    resp_idle_timeout_s: int = 0
     shutdown_timeout_s: int = 8
     log_level: str = "info"
     fast_path: bool = True
