@@ -20,8 +20,6 @@ from bisect import bisect_left
 from collections.abc import Iterator
 from typing import Any
 
-from crc32c import crc32c
-
 from limedb.hlc import HLC
 
 from . import compaction as compaction_mod
@@ -36,11 +34,12 @@ from .options import EngineOptions
 from .record import EXPIRES, TOMBSTONE, Rec, Version, make_rec, newer, to_version
 from .snapshot import Snapshot, View
 from .sstable import MAX_KEY_BYTES, TableBuilder, TableMeta, TableReader, table_name
-from .wal import FRAME, LEN_MASK, SINGLE, WalWriter, encode_batch, encode_frame, replay
+from .wal import WalWriter, encode_batch, encode_items, replay
 
 log = logging.getLogger("limedb.storage")
 
-_MAX_VALUE_BYTES = 0xFFFFFFFF
+_STAMP_BLOCK = 64
+_time_ns = time.time_ns
 
 
 def _log_name(file_no: int) -> str:
@@ -114,6 +113,11 @@ class Engine:
         self._fs = fs
         self.hlc = hlc or HLC()
         self._durability = opts.durability
+        self._sync_mode = opts.durability == "sync"
+        self._wal_buffer_bytes = opts.wal_buffer_bytes
+        self._stamp_ms = -1
+        self._stamp_next = 0
+        self._stamp_end = 0
         self._mem_limit = opts.memtable_bytes
         self._lock = threading.Lock()
         self._cv = threading.Condition(self._lock)
@@ -405,34 +409,38 @@ class Engine:
         """Store a value; False when an explicit `ts` loses to the stored version."""
         if ts is not None:
             return self.write(WriteBatch().put(key, value, ts, expires_at_ms))[0]
-        seq, pending = self._put_stamped(key, value, expires_at_ms)
-        if self._durability == "sync":
+        seq = self._put_stamped(key, value, expires_at_ms)
+        if self._sync_mode:
             if self._synced_seq < seq:
                 self._wait_durable(seq)
-        elif pending >= self._opts.wal_buffer_bytes:
+        elif self._wal.pending_bytes >= self._wal_buffer_bytes:
             self._write_out()
         return True
 
-    def _put_stamped(self, key: bytes, value: bytes, expires_at_ms: int | None) -> tuple[int, int]:
-        """The hot path of a put stamped by the engine's clock: returns (seq, WAL bytes pending)."""
+    def _put_stamped(self, key: bytes, value: bytes, expires_at_ms: int | None) -> int:
+        """The hot path: a put stamped by the engine's clock. Returns its sequence number."""
         if type(key) is not bytes or len(key) > MAX_KEY_BYTES:
             key = _as_key(key)
         if type(value) is not bytes:
             value = _as_value(value)
         if expires_at_ms is None:
-            flags, exp = 0, 0
+            flags = exp = 0
         else:
             flags, exp = EXPIRES, expires_at_ms
         with self._lock:
             if self._closing or self._error is not None:
                 self._check_open()
-            ts = self.hlc.now()
+            # Stamps come from a block reserved from the HLC, valid within one wall millisecond,
+            # so most puts skip the clock's own lock and arithmetic.
+            ms = _time_ns() // 1_000_000
+            ts = self._stamp_next
+            if ms != self._stamp_ms or ts >= self._stamp_end:
+                ts = self._reserve_stamps(ms)
+            self._stamp_next = ts + 1
             seq = self._seq = self._seq + 1
-            payload = SINGLE.pack(seq, 1, flags, ts, exp, len(key), len(value)) + key + value
-            n = len(payload)
             wal = self._wal
-            wal.pending.append(FRAME.pack(n, crc32c(payload), n ^ LEN_MASK) + payload)
-            wal.pending_bytes += n + 12
+            wal.pending.append((seq, flags, ts, exp, key, value))
+            wal.pending_bytes += len(key) + len(value) + 45
             mem = self._mem
             data = mem.data
             old = data.get(key)
@@ -444,7 +452,22 @@ class Engine:
                 mem.size += len(value) - len(old[1])
             if mem.size >= self._mem_limit:
                 self._rotate_locked()
-            return seq, wal.pending_bytes
+            return seq
+
+    def _reserve_stamps(self, ms: int) -> int:
+        """Take a block of timestamps from the HLC; returns the first (caller holds `_lock`)."""
+        first = self.hlc.now()
+        self._stamp_end = self.hlc.observe(first + _STAMP_BLOCK)
+        self._stamp_ms = ms
+        return first
+
+    def _stamp(self) -> int:
+        ms = _time_ns() // 1_000_000
+        ts = self._stamp_next
+        if ms != self._stamp_ms or ts >= self._stamp_end:
+            ts = self._reserve_stamps(ms)
+        self._stamp_next = ts + 1
+        return ts
 
     def delete(self, key: bytes, *, ts: int | None = None) -> bool:
         """Write a tombstone; False when an explicit `ts` loses to the stored version."""
@@ -475,7 +498,7 @@ class Engine:
             mem = self._mem
             for tomb, key, value, ts, exp in ops:
                 if ts is None:
-                    ts = self.hlc.now()
+                    ts = self._stamp()
                 else:
                     if not 0 <= ts < 1 << 64:
                         raise ValueError("ts must be an unsigned 64-bit integer")
@@ -484,6 +507,7 @@ class Engine:
                         results.append(False)
                         continue
                     self.hlc.observe(ts)
+                    self._stamp_end = 0  # later stamps must come after this one
                 rec = make_rec(ts, value, tomb, exp)
                 mem.apply(key, rec)
                 accepted.append((key, rec))
@@ -491,10 +515,10 @@ class Engine:
             if not accepted:
                 return results, self._seq
             seq = self._seq = self._seq + 1
-            frame = encode_frame(encode_batch(seq, accepted))
+            encoded = encode_batch(seq, accepted)
             wal = self._wal
-            wal.pending.append(frame)
-            wal.pending_bytes += len(frame)
+            wal.pending.append(encoded)
+            wal.pending_bytes += len(encoded)
             if mem.size >= self._mem_limit:
                 self._rotate_locked()
         return results, seq
@@ -510,8 +534,7 @@ class Engine:
     ) -> bool:
         if ts is not None:
             return (await self.write_async(WriteBatch().put(key, value, ts, expires_at_ms)))[0]
-        seq, _ = self._put_stamped(key, value, expires_at_ms)
-        await self._durable_async(seq)
+        await self._durable_async(self._put_stamped(key, value, expires_at_ms))
         return True
 
     async def delete_async(self, key: bytes, *, ts: int | None = None) -> bool:
@@ -565,8 +588,9 @@ class Engine:
         ordered = self._durability != "none"
         exc: BaseException | None = None
         try:
-            for w, data in chunks:
-                if data:
+            for w, items in chunks:
+                if items:
+                    data = encode_items(items)
                     w.file.write(data)
                     w.written += len(data)
                 if w is not current:
@@ -709,10 +733,13 @@ class Engine:
         self._compact_event.set()
 
     def _flush_now(self) -> None:
-        """Freeze the memtable (if it holds anything) and flush it, in this thread if need be."""
+        """Flush what is frozen, then freeze and flush the memtable, in this thread if need be."""
+        self._flush_imm()
         with self._lock:
-            if self._imm is None and len(self._mem):
+            if len(self._mem) and self._imm is None:
                 self._freeze_locked()
+        # Whatever was written before this call is now in the immutable memtable (frozen here or
+        # by a writer meanwhile), or already in a table.
         self._flush_imm()
 
     def flush(self) -> None:

@@ -45,10 +45,10 @@ class EngineOptions:
     bloom_bits_per_key: int = 10
     target_file_bytes: int = 8 * MiB
     l0_compaction_trigger: int = 4
-    l0_stop_writes_trigger: int = 24
+    l0_stop_writes_trigger: int = 36
     level_base_bytes: int = 32 * MiB
     max_levels: int = 7
-    compaction_rate_bytes_per_s: int = 64 * MiB
+    compaction_rate_bytes_per_s: int = 32 * MiB
     tombstone_grace_s: float = 3 * 3600.0
     wal_buffer_bytes: int = 1 * MiB
     background_threads: bool = True

@@ -13,7 +13,8 @@ from array import array
 from bisect import bisect_left
 from collections.abc import Iterator
 from dataclasses import dataclass
-from itertools import repeat
+from itertools import accumulate, repeat
+from operator import add, itemgetter
 
 from crc32c import crc32c
 
@@ -46,9 +47,8 @@ def _fmt(lengths: tuple[int, ...]) -> str:
 def encode_block(keys: list[bytes], recs: list[Rec]) -> tuple[bytes, int, int, int]:
     """(block bytes, max ts, tombstones, expiring) for sorted keys and their records."""
     n = len(keys)
-    ts = [r[0] for r in recs]
-    values = [r[1] for r in recs]
-    flags = bytes([r[2] for r in recs])
+    ts, values, flag_ints, exps = zip(*recs, strict=True)
+    flags = bytes(flag_ints)
     tombstones = flags.count(TOMBSTONE) + flags.count(TOMBSTONE | EXPIRES)
     expiring = flags.count(EXPIRES) + flags.count(TOMBSTONE | EXPIRES)
     parts = [
@@ -59,7 +59,7 @@ def encode_block(keys: list[bytes], recs: list[Rec]) -> tuple[bytes, int, int, i
         flags,
     ]
     if expiring:
-        parts.append(struct.pack(f"<{n}Q", *[r[3] for r in recs]))
+        parts.append(struct.pack(f"<{n}Q", *exps))
     parts.append(b"".join(keys))
     parts.append(b"".join(values))
     return b"".join(parts), max(ts), tombstones, expiring
@@ -144,23 +144,32 @@ class TableBuilder:
             self._finish_block()
 
     def add_all(self, keys: list[bytes], data: dict[bytes, Rec]) -> None:
-        """Add many sorted keys whose records live in `data` (the flush path)."""
+        """Add many sorted keys whose records live in `data` (flush and compaction).
+
+        Block boundaries come from a running total of entry sizes and a bisect per block, so
+        the per-entry work is a few C-level passes (map, zip, accumulate) rather than a loop.
+        """
+        self._finish_block()
+        if not keys:
+            return
+        recs = list(map(data.__getitem__, keys))
+        sizes = map(add, map(len, keys), map(len, map(itemgetter(1), recs)))
+        cum = list(accumulate(map(add, sizes, repeat(_ENTRY_OVERHEAD))))
+        n = len(keys)
+        i = 0
+        base = 0
         limit = self._block_bytes
-        est = self._est
-        bk = self._keys
-        br = self._recs
-        for key in keys:
-            rec = data[key]
-            bk.append(key)
-            br.append(rec)
-            est += len(key) + len(rec[1]) + _ENTRY_OVERHEAD
-            if est >= limit or len(bk) >= MAX_BLOCK_ENTRIES:
-                self._est = est
-                self._finish_block()
-                bk = self._keys
-                br = self._recs
-                est = 0
-        self._est = est
+        while i < n:
+            j = bisect_left(cum, base + limit, i) + 1
+            if j > n:
+                j = n
+            elif j - i > MAX_BLOCK_ENTRIES:
+                j = i + MAX_BLOCK_ENTRIES
+            self._keys = keys[i:j]
+            self._recs = recs[i:j]
+            self._finish_block()
+            base = cum[j - 1]
+            i = j
 
     @property
     def estimated_size(self) -> int:

@@ -1,6 +1,9 @@
 """The write-ahead log: framed, checksummed batch records, and their replay after a restart.
 
-A frame is `[u32 length][u32 crc32c(payload)][u32 length ^ 0xFFFFFFFF][payload]` (docs/formats.md).
+A frame is `[u32 length][u32 crc32c(payload)][u32 length ^ 0xFFFFFFFF][payload]`, the payload
+being one or more batches back to back (docs/formats.md). Writers only queue their operations;
+the thread that writes the log out encodes everything queued since the last write as one frame,
+so a put costs no checksum or framing of its own.
 The inverted copy of the length tells a damaged header apart from a torn tail, so a flipped byte
 in the middle of the log is reported as corruption instead of silently ending the replay.
 The MANIFEST uses the same framing.
@@ -39,25 +42,51 @@ def encode_batch(seq: int, ops: list[tuple[bytes, Rec]]) -> bytes:
     return b"".join(parts)
 
 
-def decode_batch(payload: bytes, path: str, offset: int) -> tuple[int, list[tuple[bytes, Rec]]]:
+def decode_batches(
+    payload: bytes, path: str, offset: int
+) -> list[tuple[int, list[tuple[bytes, Rec]]]]:
+    """Every batch of one frame payload: [(seq, [(key, rec), ...]), ...]."""
+    out = []
+    pos = 0
+    end = len(payload)
+    unpack = OP_HEADER.unpack_from
+    op_size = OP_HEADER.size
     try:
-        seq, count = BATCH_HEADER.unpack_from(payload, 0)
-        pos = BATCH_HEADER.size
-        ops = []
-        unpack = OP_HEADER.unpack_from
-        for _ in range(count):
-            flags, ts, exp, klen, vlen = unpack(payload, pos)
-            pos += OP_HEADER.size
-            key = payload[pos : pos + klen]
-            pos += klen
-            value = payload[pos : pos + vlen]
-            pos += vlen
-            ops.append((bytes(key), (ts, bytes(value), flags, exp)))
-        if pos != len(payload):
-            raise ValueError("trailing bytes")
+        while pos < end:
+            seq, count = BATCH_HEADER.unpack_from(payload, pos)
+            pos += BATCH_HEADER.size
+            ops = []
+            for _ in range(count):
+                flags, ts, exp, klen, vlen = unpack(payload, pos)
+                pos += op_size
+                key = payload[pos : pos + klen]
+                pos += klen
+                value = payload[pos : pos + vlen]
+                pos += vlen
+                ops.append((key, (ts, value, flags, exp)))
+            if pos > end:
+                raise ValueError("batch runs past the end of its frame")
+            out.append((seq, ops))
     except (struct.error, ValueError) as exc:
         raise CorruptionError(path, offset, f"undecodable batch record ({exc})") from None
-    return seq, ops
+    return out
+
+
+def encode_items(items: list) -> bytes:
+    """One frame holding every queued item: an encoded batch (bytes) or a single put tuple
+    (seq, flags, ts, expires_at_ms, key, value)."""
+    parts: list[bytes] = []
+    append = parts.append
+    pack = SINGLE.pack
+    for item in items:
+        if type(item) is bytes:
+            append(item)
+        else:
+            seq, flags, ts, exp, key, value = item
+            append(pack(seq, 1, flags, ts, exp, len(key), len(value)))
+            append(key)
+            append(value)
+    return encode_frame(b"".join(parts))
 
 
 @dataclass
@@ -107,7 +136,7 @@ def replay(
     batches = []
     for offset, payload in scan.payloads:
         try:
-            batches.append(decode_batch(payload, path, offset))
+            batches.extend(decode_batches(payload, path, offset))
         except CorruptionError:
             if not repair:
                 raise
@@ -117,22 +146,21 @@ def replay(
 
 
 class WalWriter:
-    """One WAL file being appended to; frames collect in memory until the syncer writes them."""
+    """One WAL file being appended to; writers queue items until the syncer writes them out."""
 
     __slots__ = ("file", "file_no", "pending", "pending_bytes", "written")
 
     def __init__(self, file, file_no: int) -> None:  # noqa: ANN001 - a fs.WritableFile
         self.file = file
         self.file_no = file_no
-        self.pending: list[bytes] = []
+        self.pending: list = []  # encoded batches (bytes) or single-put tuples, see encode_items
         self.pending_bytes = 0
         self.written = 0
 
-    def take(self) -> bytes:
-        """Remove and return the buffered frames (caller holds the engine's write lock)."""
-        if not self.pending:
-            return b""
-        data = b"".join(self.pending)
-        self.pending = []
-        self.pending_bytes = 0
-        return data
+    def take(self) -> list:
+        """Remove and return the queued items (caller holds the engine's write lock)."""
+        items = self.pending
+        if items:
+            self.pending = []
+            self.pending_bytes = 0
+        return items

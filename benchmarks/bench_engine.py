@@ -1,0 +1,242 @@
+"""Storage engine benchmark: LimeDB's LSM engine against rocksdict (and plyvel) in the same run.
+
+    python benchmarks/bench_engine.py            # 1,000,000 keys (the acceptance dataset)
+    python benchmarks/bench_engine.py --quick    # 100,000 keys
+    python benchmarks/bench_engine.py --update-doc   # also rewrite the section in docs/benchmarks.md
+
+Keys are 16 random bytes, values 100 bytes; the engine's memtable is 4 MiB so most data sits in
+SSTables. Every figure is printed with its ratio to the anchor measured in this same process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import os
+import platform
+import random
+import re
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "node"))
+
+from limedb.storage import Engine, EngineOptions  # noqa: E402
+
+VALUE = b"v" * 100
+DOC = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
+BEGIN, END = "<!-- storage-engine:begin -->", "<!-- storage-engine:end -->"
+
+
+def rate(n: int, seconds: float) -> float:
+    return n / seconds if seconds > 0 else float("inf")
+
+
+def timed(fn) -> float:  # noqa: ANN001
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+class Results:
+    def __init__(self) -> None:
+        self.rows: list[tuple[str, str, str, str, str]] = []
+
+    def add(self, name: str, ours: float, anchor_name: str, anchor: float, target: str) -> None:
+        ratio = ours / anchor if anchor else float("inf")
+        row = (name, f"{ours:,.0f}/s", f"{anchor_name} {anchor:,.0f}/s", f"{ratio:.2f}x", target)
+        self.rows.append(row)
+        print(f"{name:<44} {row[1]:>14}  vs {row[2]:<26} ratio {row[3]:>7}  (target {target})")
+        sys.stdout.flush()
+
+    def note(self, name: str, value: str, target: str) -> None:
+        self.rows.append((name, value, "", "", target))
+        print(f"{name:<44} {value:>14}  (target {target})")
+        sys.stdout.flush()
+
+    def markdown(self) -> str:
+        lines = [
+            "| figure | LimeDB engine | anchor (same run) | ratio | target |",
+            "|---|---|---|---|---|",
+        ]
+        lines += [f"| {a} | {b} | {c} | {d} | {e} |" for a, b, c, d, e in self.rows]
+        return "\n".join(lines)
+
+
+def bench_rocksdict(root: str, keys, hits, misses, res: dict) -> None:  # noqa: ANN001
+    import rocksdict
+
+    path = os.path.join(root, "rocksdict")
+    db = rocksdict.Rdict(path)
+    res["rocks_put"] = rate(len(keys), timed(lambda: [db.__setitem__(k, VALUE) for k in keys]))
+    db.flush()
+    get = db.get
+    for k in hits:
+        get(k)
+    res["rocks_get"] = rate(len(hits), timed(lambda: [get(k) for k in hits]))
+    res["rocks_miss"] = rate(len(misses), timed(lambda: [get(k) for k in misses]))
+    db.close()
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def bench_plyvel(root: str, keys, hits, misses, res: dict) -> None:  # noqa: ANN001
+    try:
+        import plyvel
+    except ImportError:
+        print("plyvel not installed: skipped")
+        return
+    path = os.path.join(root, "plyvel")
+    db = plyvel.DB(path, create_if_missing=True)
+    put = db.put
+    res["plyvel_put"] = rate(len(keys), timed(lambda: [put(k, VALUE) for k in keys]))
+    get = db.get
+    for k in hits:
+        get(k)
+    res["plyvel_get"] = rate(len(hits), timed(lambda: [get(k) for k in hits]))
+    res["plyvel_miss"] = rate(len(misses), timed(lambda: [get(k) for k in misses]))
+    db.close()
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def bench_engine(root: str, keys, hits, misses, res: dict) -> None:  # noqa: ANN001
+    path = os.path.join(root, "limedb")
+    opts = EngineOptions(durability="none", memtable_bytes=4 << 20)
+    e = Engine.open(path, opts)
+    put = e.put
+    res["put"] = rate(len(keys), timed(lambda: [put(k, VALUE) for k in keys]))
+
+    def drain() -> None:
+        e.flush()
+        while e.stats()["compaction_backlog_bytes"] > 0:
+            time.sleep(0.05)
+
+    res["drain_s"] = timed(drain)
+    st = e.stats()
+    res["levels"] = ", ".join(
+        f"L{lvl['level']}:{lvl['files']}" for lvl in st["levels"] if lvl["files"]
+    )
+    get = e.get
+    for k in hits:
+        get(k)
+    res["get"] = rate(len(hits), timed(lambda: [get(k) for k in hits]))
+    res["miss"] = rate(len(misses), timed(lambda: [get(k) for k in misses]))
+    assert all(get(k) == VALUE for k in hits[:1000])
+    assert all(get(k) is None for k in misses[:1000])
+    e.close()
+
+    def reopen() -> None:
+        e2 = Engine.open(path, EngineOptions(durability="none"))
+        assert e2.get(keys[0]) == VALUE
+        e2.close()
+
+    res["reopen_s"] = timed(reopen)
+    shutil.rmtree(path, ignore_errors=True)
+
+
+async def _writers(e: Engine, writers: int, per_writer: int) -> None:
+    async def one(w: int) -> None:
+        for i in range(per_writer):
+            await e.put_async(b"w%03d-%08d" % (w, i), VALUE)
+
+    await asyncio.gather(*(one(w) for w in range(writers)))
+
+
+def bench_sync(root: str, writers: int, per_writer: int, single: int, res: dict) -> None:
+    path = os.path.join(root, "sync1")
+    e = Engine.open(path, EngineOptions(durability="sync"))
+    res["sync_single"] = rate(
+        single, timed(lambda: [e.put(b"s-%08d" % i, VALUE) for i in range(single)])
+    )
+    e.close()
+    shutil.rmtree(path, ignore_errors=True)
+    path = os.path.join(root, "sync64")
+    e = Engine.open(path, EngineOptions(durability="sync"))
+    n = writers * per_writer
+    res["sync_group"] = rate(n, timed(lambda: asyncio.run(_writers(e, writers, per_writer))))
+    st = e.stats()
+    assert st["synced_seq"] >= st["last_seq"]
+    e.close()
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="100,000 keys instead of 1,000,000")
+    ap.add_argument("--keys", type=int, default=None)
+    ap.add_argument("--dir", default=None, help="where to put the databases (default: a tmp dir)")
+    ap.add_argument("--update-doc", action="store_true", help="rewrite docs/benchmarks.md section")
+    args = ap.parse_args()
+    n = args.keys or (100_000 if args.quick else 1_000_000)
+    rng = random.Random(42)
+    keys = [rng.randbytes(16) for _ in range(n)]
+    key_set = set(keys)
+    misses = []
+    while len(misses) < min(n, 500_000):
+        k = rng.randbytes(16)
+        if k not in key_set:
+            misses.append(k)
+    hits = rng.sample(keys, min(n, 500_000))
+    root = tempfile.mkdtemp(prefix="limedb-bench-", dir=args.dir)
+    print(
+        f"dataset: {n:,} keys x (16 B key + 100 B value); {platform.python_implementation()} "
+        f"{platform.python_version()}, {os.cpu_count()} CPUs; dir {root}"
+    )
+    res: dict = {}
+    gc.collect()
+    try:
+        bench_rocksdict(root, keys, hits, misses, res)
+        bench_plyvel(root, keys, hits, misses, res)
+        gc.collect()
+        bench_engine(root, keys, hits, misses, res)
+        gc.collect()
+        bench_sync(root, 64, max(200, n // 640), max(200, n // 2000), res)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+    r = Results()
+    r.add("put, durability none", res["put"], "rocksdict", res["rocks_put"], ">= 1.2x")
+    if "plyvel_put" in res:
+        r.add("put, durability none (vs plyvel)", res["put"], "plyvel", res["plyvel_put"], "info")
+    r.note("  then flush + compaction drain", f"{res['drain_s']:.2f} s", f"info; {res['levels']}")
+    r.add("get existing keys (random)", res["get"], "rocksdict", res["rocks_get"], ">= 0.5x")
+    if "plyvel_get" in res:
+        r.add("get existing keys (vs plyvel)", res["get"], "plyvel", res["plyvel_get"], "info")
+    r.add("get missing keys", res["miss"], "rocksdict", res["rocks_miss"], ">= 1,000,000/s")
+    r.add(
+        "sync writes, 64 concurrent asyncio writers",
+        res["sync_group"],
+        "one fsync per write",
+        res["sync_single"],
+        ">= 50,000/s and >= 12x",
+    )
+    r.note(f"reopen after writing {n:,} keys", f"{res['reopen_s']:.2f} s", "< 2 s")
+    if args.update_doc:
+        write_doc(r, n)
+    return 0
+
+
+def write_doc(r: Results, n: int) -> None:
+    section = (
+        f"{BEGIN}\n## Storage engine\n\n"
+        f"`python benchmarks/bench_engine.py{'' if n == 1_000_000 else f' --keys {n}'}` "
+        f"({n:,} keys of 16 bytes, values of 100 bytes, memtable 4 MiB; measured "
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on a shared "
+        f"{os.cpu_count()}-CPU machine).\n\n{r.markdown()}\n{END}"
+    )
+    text = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
+    if BEGIN in text and END in text:
+        text = re.sub(
+            re.escape(BEGIN) + ".*?" + re.escape(END), lambda _: section, text, flags=re.S
+        )
+    else:
+        text = text.rstrip() + "\n\n" + section + "\n"
+    DOC.write_text(text)
+    print(f"updated {DOC}")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
