@@ -13,6 +13,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Protocol
 
 from limedb.cluster import rpc
@@ -174,12 +175,17 @@ class Coordinator:
         quorum = _Quorum(asyncio.get_running_loop(), need, len(replicas))
         for node in replicas:
             if node == self.node_id:
-                self._track(self._write_local(node, mutation, quorum))
+                pending = self.replica.apply_soon(mutation)
             elif node in alive:
-                self._track(self._write_remote(node, mutation, quorum))
+                host, port = self.address_of(node)
+                pending = self.client.peer(host, port).request(
+                    rpc.REPLICATE, mutation.encode(), self.timeout_s
+                )
             else:
                 quorum.failed()
                 self._track(self._hint(node, mutation))
+                continue
+            pending.add_done_callback(partial(self._replica_answered, node, mutation, quorum))
         if not await quorum.future:
             self.counters["writes_unavailable"] += 1
             raise Unavailable(
@@ -188,26 +194,23 @@ class Coordinator:
             )
         return quorum.existed
 
-    async def _write_local(self, node: str, mutation: Mutation, quorum: _Quorum) -> None:
-        try:
-            _, existed = await self.replica.apply(mutation)
-        except Exception:
-            log.exception("local write failed")
-            quorum.failed()
+    def _replica_answered(
+        self, node: str, mutation: Mutation, quorum: _Quorum, answer: asyncio.Future
+    ) -> None:
+        error = answer.exception() if not answer.cancelled() else asyncio.CancelledError()
+        if error is None:
+            result = answer.result()
+            _, existed = decode_applied(result) if isinstance(result, bytes) else result
+            quorum.succeeded(existed)
             return
-        quorum.succeeded(existed)
-
-    async def _write_remote(self, node: str, mutation: Mutation, quorum: _Quorum) -> None:
-        try:
-            reply = await self.call(node, rpc.REPLICATE, mutation.encode(), self.timeout_s)
-            _, existed = decode_applied(reply)
-        except (rpc.PeerUnavailable, rpc.RpcError) as exc:
-            self.counters["replica_write_failures"] += 1
-            quorum.failed()
-            log.debug("write to %s failed: %s", node, exc)
-            await self._hint(node, mutation)
-            return
-        quorum.succeeded(existed)
+        self.counters["replica_write_failures"] += 1
+        quorum.failed()
+        if node == self.node_id:
+            log.error("local write failed: %r", error)
+        else:
+            log.debug("write to %s failed: %r", node, error)
+        # The replica missed it (or may have): a durable hint delivers it when it is back.
+        self._track(self._hint(node, mutation))
 
     async def _hint(self, node: str, mutation: Mutation) -> None:
         try:

@@ -8,6 +8,7 @@ local replicas in-process (no RPC to self) and remote ones through the RPC serve
 
 from __future__ import annotations
 
+import asyncio
 import struct
 import time
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 from limedb.cluster import rpc
 from limedb.cluster.keys import storage_key
 from limedb.hlc import HLC
+from limedb.storage import WriteBatch
 
 _MUTATION = struct.Struct("!QQBI")  # ts, expires_at_ms (0 = never), tombstone, key length
 _VERSION = struct.Struct("!QQB")  # ts, expires_at_ms, tombstone
@@ -95,11 +97,19 @@ def wall_ms() -> int:
 
 
 class Replica:
-    """Applies mutations and answers reads against this node's engine."""
+    """Applies mutations and answers reads against this node's engine.
+
+    Mutations queued during one event-loop turn (from every peer connection and from the local
+    coordinator) are written as one WriteBatch: one WAL record and one durable wait for all of
+    them, instead of one per mutation.
+    """
 
     def __init__(self, engine, hlc: HLC) -> None:
         self.engine = engine
         self.hlc = hlc
+        self._queue: list[tuple[Mutation, asyncio.Future, bool]] = []
+        self.batches = 0
+        self.applied = 0
 
     def read(self, key: bytes) -> Stored | None:
         version = self.engine.get_version(storage_key(key))
@@ -107,29 +117,74 @@ class Replica:
             return None
         return Stored(version.ts, version.value, version.tombstone, version.expires_at_ms)
 
-    async def apply(self, mutation: Mutation) -> tuple[bool, bool]:
-        """Apply one mutation durably; returns (applied, a live value existed before)."""
+    def apply_soon(self, mutation: Mutation) -> asyncio.Future:
+        """Queue one mutation; the future resolves to (applied, a live value existed before)
+        once it is durable."""
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
         self.hlc.observe(mutation.ts)
-        skey = storage_key(mutation.key)
-        before = self.engine.get_version(skey)
-        existed = before is not None and before.live(wall_ms())
+        existed = False
         if mutation.tombstone:
-            applied = await self.engine.delete_async(skey, ts=mutation.ts)
-        else:
-            applied = await self.engine.put_async(
-                skey, mutation.value, ts=mutation.ts, expires_at_ms=mutation.expires_at_ms
-            )
-        return bool(applied), existed
+            # Only deletes report whether the key existed (LimeDB's `1` / `0`).
+            before = self.engine.get_version(storage_key(mutation.key))
+            existed = before is not None and before.live(wall_ms())
+        if not self._queue:
+            loop.call_soon(self._write_queued)
+        self._queue.append((mutation, future, existed))
+        return future
 
-    # RPC handlers: bytes in, bytes (or an awaitable of bytes) out.
+    async def apply(self, mutation: Mutation) -> tuple[bool, bool]:
+        return await self.apply_soon(mutation)
+
+    def _write_queued(self) -> None:
+        queued, self._queue = self._queue, []
+        batch = WriteBatch()
+        for mutation, _, _ in queued:
+            skey = storage_key(mutation.key)
+            if mutation.tombstone:
+                batch.delete(skey, mutation.ts)
+            else:
+                batch.put(skey, mutation.value, mutation.ts, mutation.expires_at_ms)
+        self.batches += 1
+        self.applied += len(queued)
+        try:
+            write = asyncio.ensure_future(self.engine.write_async(batch))
+        except Exception as exc:  # e.g. the engine is closed: every waiter hears it
+            write = asyncio.get_running_loop().create_future()
+            write.set_exception(exc)
+        write.add_done_callback(lambda done: _settle(done, queued))
+
+    # RPC handlers: bytes in, bytes (or a future of bytes) out.
 
     def handle_read(self, body: bytes) -> bytes:
         return encode_stored(self.read(body))
 
-    async def handle_replicate(self, body: bytes) -> bytes:
-        applied, existed = await self.apply(Mutation.decode(body))
-        return encode_applied(applied, existed)
+    def handle_replicate(self, body: bytes) -> asyncio.Future:
+        applied = self.apply_soon(Mutation.decode(body))
+        reply = asyncio.get_running_loop().create_future()
+        applied.add_done_callback(lambda done: _encode_reply(done, reply))
+        return reply
 
     def register(self, server: rpc.RpcServer) -> None:
         server.register(rpc.READ, self.handle_read)
         server.register(rpc.REPLICATE, self.handle_replicate)
+
+
+def _settle(write: asyncio.Future, queued: list[tuple[Mutation, asyncio.Future, bool]]) -> None:
+    error = write.exception() if not write.cancelled() else asyncio.CancelledError()
+    results = write.result() if error is None else None
+    for i, (_, future, existed) in enumerate(queued):
+        if future.done():
+            continue
+        if results is None:
+            future.set_exception(error)
+        else:
+            future.set_result((bool(results[i]), existed))
+
+
+def _encode_reply(applied: asyncio.Future, reply: asyncio.Future) -> None:
+    error = applied.exception()
+    if error is not None:
+        reply.set_exception(error)
+    else:
+        reply.set_result(encode_applied(*applied.result()))

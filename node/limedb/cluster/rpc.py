@@ -357,24 +357,37 @@ class PeerConnection:
         protocol.send(encode_frame(kind, request_id, payload))
         return request_id, future
 
-    async def call(self, kind: int, payload: bytes, timeout_s: float) -> bytes:
-        """Send one request and wait for its reply for at most `timeout_s`."""
+    def request(self, kind: int, payload: bytes, timeout_s: float) -> asyncio.Future:
+        """Send one request now; the returned future holds the reply or fails with
+        PeerUnavailable / RpcError. No coroutine or task on the connected path, because the
+        coordinator issues two of these per write."""
         protocol = self._protocol
         if protocol is None or protocol.closed:
-            protocol = await self._get_protocol()
-        deadline_ms = now_ms() + int(timeout_s * 1000)
-        request_id, future = self._start_call(protocol, kind, payload, deadline_ms)
+            return asyncio.ensure_future(self._connect_and_call(kind, payload, timeout_s))
+        request_id, future = self._start_call(
+            protocol, kind, payload, now_ms() + int(timeout_s * 1000)
+        )
         timer = protocol.loop.call_later(timeout_s, _expire, future)
-        try:
-            return await future
-        finally:
-            timer.cancel()
-            protocol.pending.pop(request_id, None)
+        future.add_done_callback(lambda _: _finish(timer, protocol.pending, request_id))
+        return future
+
+    async def _connect_and_call(self, kind: int, payload: bytes, timeout_s: float) -> bytes:
+        await self._get_protocol()
+        return await self.request(kind, payload, timeout_s)
+
+    async def call(self, kind: int, payload: bytes, timeout_s: float) -> bytes:
+        """Send one request and wait for its reply for at most `timeout_s`."""
+        return await self.request(kind, payload, timeout_s)
 
     def close(self) -> None:
         if self._protocol is not None and self._protocol.transport is not None:
             self._protocol.transport.close()
         self._protocol = None
+
+
+def _finish(timer: asyncio.TimerHandle, pending: dict, request_id: int) -> None:
+    timer.cancel()
+    pending.pop(request_id, None)
 
 
 def _consume(future: asyncio.Future) -> None:
