@@ -30,6 +30,9 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="limedb.io")
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="limedb.io")
     settings.persistence.finalizer = manifests.FINALIZER
+    # No CRD scanning: that needs cluster-wide list/watch on CRDs, which a namespaced operator
+    # is not granted; the LimeCluster resource is known in advance.
+    settings.scanning.disabled = True
     settings.posting.level = logging.WARNING
     settings.watching.server_timeout = 60
     settings.networking.request_timeout = 30

@@ -69,5 +69,10 @@ def namespace(api: kubernetes.client.ApiClient) -> Iterator[str]:
     name = f"t-{uuid.uuid4().hex[:8]}"
     core = kubernetes.client.CoreV1Api(api)
     core.create_namespace({"metadata": {"name": name}})
+    # Pods are admitted only once the serviceaccount controller made the "default" account.
+    wait_for(
+        lambda: core.read_namespaced_service_account("default", name),
+        what=f"the default ServiceAccount of {name}",
+    )
     yield name
     core.delete_namespace(name)
