@@ -22,6 +22,7 @@ from limedb.cluster.hints import HintStore
 from limedb.cluster.replica import Mutation, Replica, Stored, decode_applied, decode_stored
 from limedb.cluster.ring import Ring
 from limedb.cluster.service import Consistency, ReadResult, Unavailable
+from limedb.cluster.transitions import WriteSet, quorum_met
 from limedb.hlc import HLC, millis_of
 
 log = logging.getLogger(__name__)
@@ -77,6 +78,65 @@ class _Quorum:
             self.future.set_result(False)
 
 
+class Routing(Protocol):
+    """Where a key's writes and reads go right now (limedb.cluster.ring_record.RingKeeper)."""
+
+    def write_set(self, key: bytes) -> WriteSet: ...
+
+    def read_replicas(self, key: bytes) -> tuple[str, ...]: ...
+
+
+class _SplitQuorum:
+    """The transition rule: W acknowledgements from the old replicas AND W from the new."""
+
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, plan: WriteSet, need_old: int, need_new: int
+    ) -> None:
+        self.future = loop.create_future()
+        self.plan = plan
+        self.need_old = need_old
+        self.need_new = need_new
+        self.acked: set[str] = set()
+        self.failures: set[str] = set()
+        self.existed = False
+
+    def vote(self, node: str) -> _Vote:
+        return _Vote(self, node)
+
+    def settle(self) -> None:
+        if self.future.done():
+            return
+        old, new = self.plan.old, self.plan.new
+        if quorum_met(self.acked, old, new, self.need_old, self.need_new):
+            self.future.set_result(True)
+        elif (
+            len(old) - len(self.failures.intersection(old)) < self.need_old
+            or len(new) - len(self.failures.intersection(new)) < self.need_new
+        ):
+            self.future.set_result(False)
+
+
+class _Vote:
+    """One replica's answer to a _SplitQuorum, shaped like _Quorum's callbacks."""
+
+    __slots__ = ("node", "quorum")
+
+    def __init__(self, quorum: _SplitQuorum, node: str) -> None:
+        self.quorum = quorum
+        self.node = node
+
+    def succeeded(self, existed: bool) -> None:
+        quorum = self.quorum
+        if not quorum.future.done():
+            quorum.existed = quorum.existed or existed
+        quorum.acked.add(self.node)
+        quorum.settle()
+
+    def failed(self) -> None:
+        self.quorum.failures.add(self.node)
+        self.quorum.settle()
+
+
 class Coordinator:
     """Replicated reads and writes of user keys over the ring `membership` provides."""
 
@@ -118,10 +178,15 @@ class Coordinator:
             "read_repairs_dropped": 0,
         }
         self._repairs_in_flight = 0
+        # Set by the node: the ring record's routing, which follows a running transition.
+        self.routing: Routing | None = None
 
     # ------------------------------------------------------------------ placement
 
     def replicas(self, key: bytes) -> tuple[str, ...]:
+        """The replicas reads ask (during a transition, the owners its phase names)."""
+        if self.routing is not None:
+            return self.routing.read_replicas(key)
         return self.membership.ring.replicas(key, self.rf)
 
     def _reachable(self, node_id: str) -> bool:
@@ -163,7 +228,13 @@ class Coordinator:
         Raises Unavailable when fewer than the required replicas are alive (nothing is written
         then) or acknowledged in time (the write may still have reached some replicas).
         """
-        replicas = self.replicas(mutation.key)
+        if self.routing is not None:
+            plan = self.routing.write_set(mutation.key)
+            if plan.old != plan.new:
+                return await self._write_both(mutation, plan, consistency)
+            replicas = plan.new
+        else:
+            replicas = self.replicas(mutation.key)
         need = required_acks(consistency or self.write_consistency, len(replicas))
         alive = [node for node in replicas if self._reachable(node)]
         if len(alive) < need:
@@ -194,8 +265,46 @@ class Coordinator:
             )
         return quorum.existed
 
+    async def _write_both(
+        self, mutation: Mutation, plan: WriteSet, consistency: Consistency | None
+    ) -> bool:
+        """A write during a transition: to old and new owners, W of each must acknowledge."""
+        level = consistency or self.write_consistency
+        need_old = required_acks(level, len(plan.old))
+        need_new = required_acks(level, len(plan.new))
+        for group, need in ((plan.old, need_old), (plan.new, need_new)):
+            alive = sum(1 for node in group if self._reachable(node))
+            if alive < need:
+                self.counters["writes_unavailable"] += 1
+                raise Unavailable(
+                    f"{alive} of {len(group)} replicas reachable, {need} needed", retry_after=1.0
+                )
+        quorum = _SplitQuorum(asyncio.get_running_loop(), plan, need_old, need_new)
+        for node in plan.all:
+            vote = quorum.vote(node)
+            if node == self.node_id:
+                pending = self.replica.apply_soon(mutation)
+            elif self._reachable(node):
+                host, port = self.address_of(node)
+                pending = self.client.peer(host, port).request(
+                    rpc.REPLICATE, mutation.encode(), self.timeout_s
+                )
+            else:
+                vote.failed()
+                self._track(self._hint(node, mutation))
+                continue
+            pending.add_done_callback(partial(self._replica_answered, node, mutation, vote))
+        if not await quorum.future:
+            self.counters["writes_unavailable"] += 1
+            raise Unavailable(
+                f"{len(quorum.acked)} of {len(plan.all)} old and new replicas acknowledged, "
+                f"{need_old} of the old and {need_new} of the new needed",
+                retry_after=1.0,
+            )
+        return quorum.existed
+
     def _replica_answered(
-        self, node: str, mutation: Mutation, quorum: _Quorum, answer: asyncio.Future
+        self, node: str, mutation: Mutation, quorum: _Quorum | _Vote, answer: asyncio.Future
     ) -> None:
         error = answer.exception() if not answer.cancelled() else asyncio.CancelledError()
         if error is None:
@@ -233,7 +342,7 @@ class Coordinator:
 
     async def get(self, key: bytes, consistency: Consistency | None = None) -> ReadResult:
         ring = self.membership.ring
-        replicas = ring.replicas(key, self.rf)
+        replicas = self.replicas(key)
         need = required_acks(consistency or self.read_consistency, len(replicas))
         order = sorted(replicas, key=self._read_rank)
         answers: dict[str, Stored | None] = {}
