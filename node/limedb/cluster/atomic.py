@@ -118,9 +118,16 @@ def _op_set(current: ReadResult, args: tuple[bytes, ...], now_ms: int) -> Outcom
     else:
         expires = None
     if expires is not None and expires <= now_ms:
-        # An expiry already in the past leaves no live value; a tombstone says so plainly.
-        return Outcome(Action.DELETE if old is not None else Action.KEEP, reply)
+        # An expiry already in the past leaves no live value; a tombstone says so plainly
+        # (also when a blind write did not read whether there was one).
+        return Outcome(Action.DELETE, reply)
     return Outcome(Action.SET, reply, value, expires)
+
+
+def _op_del(current: ReadResult, args: tuple[bytes, ...], now_ms: int) -> Outcome:
+    if current.value is None:
+        return _keep(0)
+    return Outcome(Action.DELETE, 1)
 
 
 def _op_getdel(current: ReadResult, args: tuple[bytes, ...], now_ms: int) -> Outcome:
@@ -170,6 +177,7 @@ OPERATIONS: dict[str, tuple[int, Operation]] = {
     "incrby": (1, _op_incrby),
     "set": (5, _op_set),
     "getdel": (0, _op_getdel),
+    "del": (0, _op_del),
     "append": (2, _op_append),
     "expire": (3, _op_expire),
     "persist": (0, _op_persist),
@@ -190,6 +198,15 @@ class AtomicOp:
 
     def __call__(self, current: ReadResult, now_ms: int) -> Outcome:
         return OPERATIONS[self.name][1](current, self.args, now_ms)
+
+    @property
+    def blind(self) -> bool:
+        """A plain SET: its outcome does not depend on the current value, so skip the read."""
+        args = self.args
+        return self.name == "set" and args[1] == b"" and args[2] == b"0" and args[3] != b"keep"
+
+
+_NOTHING = ReadResult(None, "")
 
 
 def wall_ms() -> int:
@@ -353,7 +370,7 @@ class ClusterAtomic:
         # lock sees this one's write even if the local replica missed it.
         level = consistency if consistency is Consistency.ALL else Consistency.QUORUM
         async with self.locks.hold(key):
-            current = await self.coordinator.get(key, level)
+            current = _NOTHING if fn.blind else await self.coordinator.get(key, level)
             outcome = fn(current, wall_ms())
             if outcome.action is Action.SET:
                 ts = self.hlc.observe(current.ts)
@@ -389,7 +406,7 @@ async def apply_locally(
 ) -> Reply:
     """The single-node form: the same operation under a per-key lock, written to `engine`."""
     async with locks.hold(key):
-        current = await read(key)
+        current = _NOTHING if fn.blind else await read(key)
         outcome = fn(current, wall_ms())
         if outcome.action is Action.SET:
             await engine.put_async(

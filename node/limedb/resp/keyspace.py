@@ -1,10 +1,11 @@
 """The Redis string and keyspace commands, served through the KeyValueService.
 
-Plain reads and writes (GET, SET without conditions, MGET, MSET, DEL, EXISTS, TTL, ...) go to
-`get` / `put` / `delete` at the service's default consistency. Everything that reads before it
-writes (INCR family, SET NX/XX/GET/KEEPTTL, SETNX, GETDEL, APPEND, EXPIRE family, PERSIST) is an
-`AtomicOp` run by `atomic_update` at the key's primary replica. SCAN and DBSIZE see this node's
-local keys only (docs/redis.md).
+Reads (GET, MGET, EXISTS, STRLEN, TTL, PTTL) call `get` on the node the client is connected to,
+at the service's default consistency. Every write (SET in all its forms, MSET, DEL, INCR, ...)
+is an `AtomicOp` run by `atomic_update` at the key's primary replica under that key's lock, so
+the writes of one key are stamped by one clock in the order the primary receives them, and the
+ones that read first (INCR family, SET NX/XX/GET/KEEPTTL, GETDEL, APPEND, EXPIRE, PERSIST) read
+and write atomically. SCAN and DBSIZE see this node's local keys only (docs/redis.md).
 """
 
 from __future__ import annotations
@@ -176,22 +177,26 @@ class SetOptions:
         return b"pxat", amount
 
 
+def _set_op(value: bytes, opts: SetOptions | None, expiry: tuple[bytes, int] | None) -> AtomicOp:
+    kind, amount = expiry if expiry else (b"keep" if opts and opts.keepttl else b"none", 0)
+    condition = opts.condition if opts else b""
+    get = b"1" if opts and opts.get else b"0"
+    return AtomicOp("set", (value, condition, get, kind, str(amount).encode()))
+
+
+_PLAIN = (b"", b"", b"0", b"none", b"0")
+
+
 @command("set", -3, flags=("write", "denyoom"), keys=(1, 1, 1), summary="Set a key's value")
 async def set_(session: Session, argv: list[bytes]) -> Any:
     key = _check_key(session, argv[1])
     value = _check_value(session, argv[2])
-    service = session.server.service
     if len(argv) == 3:
-        await service.put(key, value)
-        return OK
-    opts = SetOptions.parse(argv)
-    expiry = opts.expiry_ms(wall_ms())
-    if not (opts.condition or opts.get or opts.keepttl or (expiry and expiry[0] == b"pxat")):
-        await service.put(key, value, ttl_ms=expiry[1] if expiry else None)
-        return OK
-    kind, amount = expiry if expiry else (b"keep" if opts.keepttl else b"none", 0)
-    args = (value, opts.condition, b"1" if opts.get else b"0", kind, str(amount).encode())
-    return await service.atomic_update(key, AtomicOp("set", args))
+        op = AtomicOp("set", (value, *_PLAIN[1:]))
+    else:
+        opts = SetOptions.parse(argv)
+        op = _set_op(value, opts, opts.expiry_ms(wall_ms()))
+    return await session.server.service.atomic_update(key, op)
 
 
 @command("setnx", 3, flags=("write", "denyoom", "fast"), keys=(1, 1, 1))
@@ -222,18 +227,25 @@ async def mset(session: Session, argv: list[bytes]) -> Any:
     service = session.server.service
     if len(pairs) == 1:
         ((key, value),) = pairs.items()
-        await service.put(key, value)
+        await service.atomic_update(key, AtomicOp("set", (value, *_PLAIN[1:])))
     else:
-        await asyncio.gather(*(service.put(key, value) for key, value in pairs.items()))
+        await asyncio.gather(
+            *(
+                service.atomic_update(key, AtomicOp("set", (value, *_PLAIN[1:])))
+                for key, value in pairs.items()
+            )
+        )
     return OK
+
+
+_DEL = AtomicOp("del")
 
 
 async def _delete(session: Session, argv: list[bytes]) -> int:
     service = session.server.service
     deleted = 0
     for key in argv[1:]:
-        if await service.delete(_check_key(session, key)):
-            deleted += 1
+        deleted += await service.atomic_update(_check_key(session, key), _DEL)
     return deleted
 
 

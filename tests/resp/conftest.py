@@ -1,0 +1,144 @@
+"""Fixtures of the RESP tests: a real `redis-server`, one LimeDB node and a 3-node LimeDB
+cluster, each with its RESP listener on a free port; every process is stopped at teardown.
+
+The servers are shared by the whole tests/resp session (starting processes is the slow part);
+tests keep apart by using their own key prefixes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+from support.cluster import Cluster, Node, free_port_pair
+
+REDIS_SERVER = shutil.which("redis-server")
+
+
+def free_port(host: str) -> int:
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        return probe.getsockname()[1]
+
+
+def wait_until(condition: Callable[[], object], timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            if condition():
+                return
+        except (OSError, redis.RedisError, httpx.HTTPError) as exc:
+            last = exc
+        time.sleep(0.02)
+    raise AssertionError(f"timed out after {timeout_s}s waiting for {what} (last error: {last})")
+
+
+@dataclass
+class RespEndpoint:
+    """Where a RESP listener is: host and port, and a redis-py client factory."""
+
+    host: str
+    port: int
+    password: str | None = None
+
+    def client(self, **kwargs) -> redis.Redis:
+        return redis.Redis(
+            host=self.host, port=self.port, password=self.password, socket_timeout=30, **kwargs
+        )
+
+
+def require_redis_tools() -> None:
+    if REDIS_SERVER is None or shutil.which("redis-cli") is None:
+        pytest.fail(
+            "redis-server / redis-cli not installed: run `bash scripts/system-deps.sh` "
+            "(make test does) to install Debian's redis-server and redis-tools"
+        )
+
+
+@pytest.fixture
+def redis_reference(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RespEndpoint]:
+    """A fresh real redis-server (Debian) on a free port with a temporary directory."""
+    require_redis_tools()
+    workdir = tmp_path_factory.mktemp("redis-server")
+    port = free_port("127.0.0.1")
+    args = [
+        REDIS_SERVER, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(workdir),
+        "--save", "", "--appendonly", "no", "--daemonize", "no", "--logfile", "redis.log",
+    ]  # fmt: skip
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    endpoint = RespEndpoint("127.0.0.1", port)
+    try:
+        wait_until(lambda: endpoint.client().ping(), 10, "redis-server to answer PING")
+        yield endpoint
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def _limedb_nodes(
+    root: Path, count: int, first_host: int, env: dict[str, str]
+) -> tuple[Cluster, list[RespEndpoint]]:
+    nodes, endpoints = [], []
+    for i in range(count):
+        host = f"127.0.0.{first_host + i}"
+        port, internal = free_port_pair(host)
+        resp_port = free_port(host)
+        node_env = {
+            "LIMEDB_RESP_PORT": str(resp_port),
+            "LIMEDB_DURABILITY": "periodic",
+            "LIMEDB_LOG_LEVEL": "warning",
+            **env,
+        }
+        nodes.append(Node(i, host, port, internal, root / f"node-{i}", env=node_env))
+        endpoints.append(RespEndpoint(host, resp_port, env.get("LIMEDB_RESP_PASSWORD")))
+    for node in nodes:
+        node.seeds = [n.url for n in nodes]
+    return Cluster(nodes, httpx.Client(timeout=10.0)), endpoints
+
+
+@contextlib.contextmanager
+def limedb_cluster(
+    root: Path, count: int, first_host: int, env: dict[str, str] | None = None
+) -> Iterator[tuple[Cluster, list[RespEndpoint]]]:
+    """Start `count` LimeDB nodes (one node = standalone) with RESP; stop them at exit."""
+    cluster, endpoints = _limedb_nodes(root, count, first_host, env or {})
+    try:
+        cluster.start()
+        for node, endpoint in zip(cluster.nodes, endpoints, strict=True):
+            wait_until(
+                lambda endpoint=endpoint: (
+                    socket.create_connection((endpoint.host, endpoint.port), 1).close() or True
+                ),
+                30,
+                f"RESP port of {node.url}\n{node.log_tail()}",
+            )
+        yield cluster, endpoints
+    finally:
+        cluster.stop()
+        cluster.client.close()
+
+
+@pytest.fixture(scope="session")
+def limedb_single(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RespEndpoint]:
+    """One standalone LimeDB node (periodic durability) with its RESP listener."""
+    with limedb_cluster(tmp_path_factory.mktemp("limedb-single"), 1, 60) as (_, endpoints):
+        yield endpoints[0]
+
+
+@pytest.fixture(scope="session")
+def limedb_three(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[Cluster, list[RespEndpoint]]]:
+    """A 3-node LimeDB cluster (RF=3, quorum reads and writes) with RESP on every node."""
+    with limedb_cluster(tmp_path_factory.mktemp("limedb-three"), 3, 70) as started:
+        yield started
