@@ -742,6 +742,12 @@ class Engine:
         # by a writer meanwhile), or already in a table.
         self._flush_imm()
 
+    def sync(self) -> None:
+        """Write out and fsync the WAL now: every write made so far becomes durable."""
+        self._check_open()
+        with self._sync_lock:
+            self._do_sync(fsync=self._durability != "none")
+
     def flush(self) -> None:
         """Persist the memtable as an L0 table and wait until it is installed."""
         self._check_open()
