@@ -139,6 +139,20 @@ SETTINGS: tuple[Setting, ...] = (
         0,
         "node-to-node RPC port (replication, gossip); 0 = HTTP port + 1000",
     ),
+    Setting(
+        "await_join",
+        _bool,
+        False,
+        "start outside the ring (fresh disk) and wait for `limedb admin join`",
+    ),
+    Setting("stream_mb_per_s", _int(0), 64, "range streaming throttle in MB/s (0 = unlimited)"),
+    Setting("cleanup_grace_ms", _int(0), 2000, "wait before old owners hand off moved ranges"),
+    Setting(
+        "transition_timeout_s",
+        _int(0),
+        300,
+        "roll back a transition whose target or sources stay unreachable this long (0 = never)",
+    ),
     Setting("durability", _choice(DURABILITY_MODES), "sync", "sync | periodic | none"),
     Setting("sync_interval_ms", _int(1, 60_000), 50, "fsync period in periodic durability"),
     Setting("max_key_bytes", _int(1, 65_536), 1024, "largest key accepted, in bytes"),
@@ -175,6 +189,10 @@ class Config:
     internal_port: int = 0
     cluster_secret: str | None = None
     internal_port: int = 0
+    await_join: bool = False
+    stream_mb_per_s: int = 64
+    cleanup_grace_ms: int = 2000
+    transition_timeout_s: int = 300
     durability: str = "sync"
     sync_interval_ms: int = 50
     max_key_bytes: int = 1024

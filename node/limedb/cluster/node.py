@@ -21,12 +21,19 @@ from limedb.cluster.atomic import AtomicOp, ClusterAtomic, Reply
 from limedb.cluster.coordinator import Coordinator
 from limedb.cluster.failure import Liveness
 from limedb.cluster.gossip import GossipError
+from limedb.cluster.handed_off import HandedOff
 from limedb.cluster.hints import HintStore
+from limedb.cluster.keys import token_of
 from limedb.cluster.local import LocalService
 from limedb.cluster.membership import GossipLoop, LivenessChange, Membership
 from limedb.cluster.replica import Mutation, Replica
 from limedb.cluster.ring import Ring
+from limedb.cluster.ring_record import RecordGossip, RingKeeper
+from limedb.cluster.ring_state import RingState
+from limedb.cluster.ring_store import RingStore
 from limedb.cluster.service import Consistency, ReadResult, Unavailable
+from limedb.cluster.streaming import RangeStreams
+from limedb.cluster.transition_driver import DriverSettings, TransitionDriver
 from limedb.cluster.view import ClusterView, MemberView
 from limedb.hlc import HLC
 
@@ -57,6 +64,17 @@ def static_ring(config) -> Ring:
     return Ring(members, config.vnodes)
 
 
+def initial_ring_state(config, store: RingStore) -> RingState | None:
+    """The persisted ring record; else none for a node started to be joined (it learns the
+    ring from its seeds); else the static ring of a fresh cluster."""
+    state = store.load()
+    if state is not None:
+        return state
+    if getattr(config, "await_join", False):
+        return None
+    return RingState(static_ring(config), config.replication_factor)
+
+
 class ClusterService:
     """A clustered node: any key, any node; replicated with quorums."""
 
@@ -69,13 +87,17 @@ class ClusterService:
         self.internal_port = internal_port
         self.hlc = HLC()
         host = urlsplit(self.node_url).hostname or "127.0.0.1"
+        self.ring_store = RingStore(config.data_dir)
+        state = initial_ring_state(config, self.ring_store)
         self.membership = Membership(
             self.node_id,
             self.node_url,
-            static_ring(config),
+            state.ring if state is not None else None,
             seeds=config.seeds,
             internal_addr=f"{host}:{internal_port}",
         )
+        self.keeper = RingKeeper(self.membership, self.ring_store, state)
+        self.membership.gossip = RecordGossip.replacing(self.membership.gossip, self.keeper)
         self.client = rpc.RpcClient(config.cluster_secret)
         self.server = rpc.RpcServer(config.cluster_secret)
         self.replica = Replica(engine, self.hlc)
@@ -101,6 +123,17 @@ class ClusterService:
             timeout_s=config.request_timeout_ms / 1000,
         )
         self.atomic = ClusterAtomic(self.coordinator, self.hlc, self.coordinator.call, Mutation)
+        self.coordinator.routing = self.keeper
+        self.handed_off = HandedOff(config.data_dir)
+        self.streams = RangeStreams(engine, self.hlc, self.handed_off)
+        self.driver = TransitionDriver(
+            self.node_id,
+            self.keeper,
+            self.membership,
+            self.streams,
+            self.call_node,
+            DriverSettings.from_config(config),
+        )
         self.gossip_loop = GossipLoop(self.membership, self._send_gossip)
         self.membership.add_listener(self._on_liveness)
         self._sweeper: asyncio.Task | None = None
@@ -139,6 +172,10 @@ class ClusterService:
         if node_id is not None:
             return self.address_of(node_id)
         return urlsplit(url).hostname or "127.0.0.1", default_internal_port(url)
+
+    async def call_node(self, node_id: str, kind: int, payload: bytes, timeout_s: float) -> bytes:
+        host, port = self.address_of(node_id)
+        return await self.client.call(host, port, kind, payload, timeout_s)
 
     async def _send_gossip(self, url: str, message: dict) -> dict:
         host, port = self._address_of_url(url)
@@ -179,12 +216,18 @@ class ClusterService:
     async def start(self) -> None:
         self.replica.register(self.server)
         self.server.register(rpc.GOSSIP, self._handle_gossip)
+        self.server.register(rpc.RING_RECORD, self.driver.handle_record)
+        self.streams.register(self.server)
         self.atomic.register(self.server)
         bind = self.config.host
         await self.server.start(bind, self.internal_port)
         await self.local.start()
         await self.gossip_loop.start()
         self._sweeper = asyncio.create_task(self._sweep_hints(), name="hint-sweeper")
+        state = self.keeper.state
+        if state is not None:
+            await self.driver.sync_from_peers(list(state.all_members()))
+        await self.driver.start()
         self._ready = True
         log.info(
             "cluster node %s: internal RPC on %s:%d, %d ring members",
@@ -197,6 +240,7 @@ class ClusterService:
     async def stop(self) -> None:
         self._stopping = True
         self._ready = False
+        await self.driver.stop()
         await self.local.stop()
         await self.coordinator.drain()
         if self._sweeper is not None:
@@ -246,7 +290,17 @@ class ClusterService:
         return await self.atomic.atomic_update(key, fn, consistency)
 
     def local_items(self, after: bytes | None, limit: int) -> list[tuple[bytes, bytes]]:
-        return self.local.local_items(after, limit)
+        if not self.handed_off:
+            return self.local.local_items(after, limit)
+        # Ranges handed off in a transition's cleanup are no longer this node's keys.
+        items: list[tuple[bytes, bytes]] = []
+        while len(items) < limit:
+            page = self.local.local_items(after, limit)
+            items.extend(kv for kv in page if token_of(kv[0]) not in self.handed_off)
+            if len(page) < limit:
+                break
+            after = page[-1][0]
+        return items[:limit]
 
     def local_count(self) -> int:
         return self.local.local_count()

@@ -1,0 +1,188 @@
+"""Admin routes: ring transitions (join, leave, replace, replication factor), status, repair.
+
+Each change is validated and proposed by the node that receives it (any node of the ring) and
+then driven by the cluster (limedb.cluster.transition_driver); the route answers 202 with the
+transition as soon as it is proposed, and `GET /admin/status` follows it. A refused change is
+409 with the reason (the running transition's id, a leave below the replication factor).
+When a cluster secret is configured every route needs it in the `X-Cluster-Secret` header.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+from typing import Any
+
+import httpx
+import orjson
+from fastapi import APIRouter, Request
+from pydantic import BaseModel, Field
+from starlette.responses import Response
+
+from limedb.api.errors import ApiError
+from limedb.api.state import NodeState
+from limedb.cluster.transitions import Change, TransitionRefused
+
+SECRET_HEADER = "x-cluster-secret"
+JOIN_WAIT_S = 15.0
+
+
+class JoinRequest(BaseModel):
+    node_url: str = Field(description="URL of a running node started with --await-join")
+
+
+class LeaveRequest(BaseModel):
+    node: str = Field(description="node id or URL of the member to decommission")
+
+
+class ReplaceRequest(BaseModel):
+    dead_node: str = Field(description="node id or URL of the dead member")
+    new_node_url: str = Field(description="URL of the running, empty replacement node")
+
+
+class RfRequest(BaseModel):
+    rf: int = Field(ge=1, le=15, description="the new replication factor")
+
+
+class RepairRequest(BaseModel):
+    start: int | None = Field(default=None, ge=0, description="first token of the range")
+    end: int | None = Field(default=None, ge=0, description="last token of the range")
+
+
+def _json(body: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(body), status, media_type="application/json")
+
+
+def build_router(state: NodeState) -> APIRouter:
+    router = APIRouter(prefix="/admin", tags=["admin"])
+    secret = state.config.cluster_secret
+
+    def authorize(request: Request) -> None:
+        if secret is None:
+            return
+        presented = request.headers.get(SECRET_HEADER, "")
+        if not hmac.compare_digest(presented.encode(), secret.encode()):
+            raise ApiError(401, "cluster secret required (X-Cluster-Secret header)")
+
+    def driver():  # noqa: ANN202 - limedb.cluster.transition_driver.TransitionDriver
+        found = getattr(state.require_service(), "driver", None)
+        if found is None:
+            raise ApiError(
+                409, "this node runs alone (started without seeds): it has no ring to change"
+            )
+        return found
+
+    def resolve(node: str) -> str:
+        """A member's id from its id or URL."""
+        record = driver().keeper.state
+        members = record.all_members() if record is not None else {}
+        if node in members:
+            return node
+        wanted = node.rstrip("/")
+        for node_id, url in members.items():
+            if url == wanted:
+                return node_id
+        raise ApiError(409, f"{node} is not a ring member (members: {', '.join(members)})")
+
+    async def identify(url: str) -> dict:
+        """Ask a (new) node who it is."""
+        url = url.strip().rstrip("/")
+        if not url.startswith(("http://", "https://")):
+            raise ApiError(400, f"node_url must be an http(s) URL, got {url!r}")
+        headers = {SECRET_HEADER: secret} if secret else {}
+        try:
+            async with httpx.AsyncClient(timeout=5.0) as client:
+                response = await client.get(f"{url}/admin/node", headers=headers)
+        except httpx.HTTPError as exc:
+            raise ApiError(409, f"cannot reach {url}: {exc}") from exc
+        if response.status_code != 200:
+            raise ApiError(409, f"{url} answered {response.status_code}: {response.text[:200]}")
+        return response.json()
+
+    async def propose(change: Change) -> Response:
+        d = driver()
+        newcomer = change.new_node_id or change.node_id
+        if change.url:
+            # A node just started learns the cluster through gossip within a round or two.
+            deadline = asyncio.get_running_loop().time() + JOIN_WAIT_S
+            while not d.is_alive(newcomer) and asyncio.get_running_loop().time() < deadline:
+                await asyncio.sleep(0.2)
+        try:
+            transition = d.propose(change)
+        except TransitionRefused as exc:
+            body = {"error": str(exc)}
+            if exc.running_id:
+                body["running_transition"] = exc.running_id
+            return _json(body, 409)
+        return _json({"transition": d.transition_status(transition)}, 202)
+
+    @router.get("/node", summary="Who this node is (used by a join to learn the new node's id)")
+    async def node(request: Request) -> Response:
+        authorize(request)
+        service = state.require_service()
+        d = getattr(service, "driver", None)
+        record = d.keeper.state if d is not None else None
+        return _json(
+            {
+                "node_id": service.node_id,
+                "url": service.node_url,
+                "epoch": record.ring.epoch if record is not None else 0,
+                "in_ring": record is not None and service.node_id in record.ring,
+            }
+        )
+
+    @router.get("/status", summary="Ring epoch, members and the running transition's progress")
+    async def status(request: Request) -> Response:
+        authorize(request)
+        service = state.require_service()
+        d = getattr(service, "driver", None)
+        if d is not None:
+            return _json(d.status())
+        me = {"node_id": service.node_id, "url": service.node_url, "state": "Normal"}
+        return _json(
+            {
+                "epoch": 1,
+                "node_id": service.node_id,
+                "members": [{**me, "liveness": "alive"}],
+                "replication_factor": 1,
+                "vnodes": state.config.vnodes,
+                "transition": None,
+                "last_transition": None,
+            }
+        )
+
+    @router.post("/join", status_code=202, summary="Add a running, empty node to the ring")
+    async def join(body: JoinRequest, request: Request) -> Response:
+        authorize(request)
+        info = await identify(body.node_url)
+        return await propose(Change.join(str(info["node_id"]), str(info["url"])))
+
+    @router.post("/leave", status_code=202, summary="Decommission a member: hand off, then leave")
+    async def leave(body: LeaveRequest, request: Request) -> Response:
+        authorize(request)
+        return await propose(Change.leave(resolve(body.node)))
+
+    @router.post("/replace", status_code=202, summary="A new node takes over a dead member")
+    async def replace(body: ReplaceRequest, request: Request) -> Response:
+        authorize(request)
+        dead = resolve(body.dead_node)
+        info = await identify(body.new_node_url)
+        return await propose(Change.replace(dead, str(info["node_id"]), str(info["url"])))
+
+    @router.post(
+        "/replication-factor", status_code=202, summary="Change the replication factor (streams)"
+    )
+    async def replication_factor(body: RfRequest, request: Request) -> Response:
+        authorize(request)
+        return await propose(Change.set_rf(body.rf))
+
+    @router.post("/repair", summary="Anti-entropy repair now (Merkle trees)")
+    async def repair(request: Request, body: RepairRequest | None = None) -> Response:
+        authorize(request)
+        run = getattr(state.require_service(), "repair", None)
+        if run is None:
+            raise ApiError(501, "anti-entropy repair is not available on this node yet")
+        token_range = None if body is None or body.start is None else (body.start, body.end)
+        return _json(await run(token_range))
+
+    return router

@@ -1,0 +1,135 @@
+"""The cluster's ring record: the committed ring, its replication factor and the transition.
+
+This is the value every node persists (`ring_store`) and gossips (`ring_record`), and the one
+the coordinator routes by: while a transition runs, writes go to the union of old and new
+owners and reads to the owners the transition's phase says (limedb.cluster.transitions).
+Two copies of the record are ordered the same way on every node (`rank`), so gossip converges
+on the newest: a higher committed epoch first, then the newer transition, then a content hash
+that only separates two drivers' conflicting copies of the same step.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import orjson
+import xxhash
+
+from limedb.cluster.ring import Ring
+from limedb.cluster.transitions import Phase, Transition, TransitionError, WriteSet
+
+_PHASE_RANK = {
+    Phase.PROPOSED: 0,
+    Phase.STREAMING: 1,
+    Phase.COMMITTED: 2,
+    Phase.CLEANUP: 3,
+    Phase.DONE: 4,
+    Phase.ROLLED_BACK: 4,
+}
+
+
+@dataclass(frozen=True)
+class RingState:
+    """Committed `ring` and `rf`, and the latest `transition` (running or finished), if any."""
+
+    ring: Ring
+    rf: int
+    transition: Transition | None = None
+
+    @property
+    def active(self) -> Transition | None:
+        """The running transition, or None."""
+        t = self.transition
+        return t if t is not None and t.active else None
+
+    # ------------------------------------------------------------------ routing
+
+    def write_set(self, key: bytes) -> WriteSet:
+        t = self.active
+        if t is not None:
+            return t.write_set(key)
+        replicas = self.ring.replicas(key, self.rf)
+        return WriteSet(replicas, replicas)
+
+    def read_replicas(self, key: bytes) -> tuple[str, ...]:
+        t = self.active
+        if t is not None:
+            return t.read_replicas(key)
+        return self.ring.replicas(key, self.rf)
+
+    def url_of(self, node_id: str) -> str | None:
+        url = self.ring.members.get(node_id)
+        if url is None and self.transition is not None:
+            url = self.transition.new_ring.members.get(node_id)
+            if url is None:
+                url = self.transition.old_ring.members.get(node_id)
+        return url
+
+    def all_members(self) -> dict[str, str]:
+        """Every node the record names: the ring's, and both rings of a running transition."""
+        members = dict(self.ring.members)
+        t = self.active
+        if t is not None:
+            members.update(t.old_ring.members)
+            members.update(t.new_ring.members)
+        return members
+
+    # ------------------------------------------------------------------ steps
+
+    def with_transition(self, transition: Transition) -> RingState:
+        """This record with `transition` stepped; a commit moves the committed ring and RF."""
+        ring, rf = self.ring, self.rf
+        if transition.phase in (Phase.COMMITTED, Phase.CLEANUP, Phase.DONE):
+            ring, rf = transition.new_ring, transition.new_rf
+        return RingState(ring, rf, transition)
+
+    # ------------------------------------------------------------------ order
+
+    @functools.cached_property
+    def _hash(self) -> int:
+        return xxhash.xxh64_intdigest(orjson.dumps(self.to_record(), option=orjson.OPT_SORT_KEYS))
+
+    def rank(self) -> list[int]:
+        """A total order, identical on every node: the greater rank is the newer record."""
+        epoch, members, digest = self.ring.rank()
+        t = self.transition
+        if t is None:
+            tail = [0, 0, 0, 0]
+        else:
+            tail = [
+                t.new_ring.epoch,
+                xxhash.xxh64_intdigest(t.id.encode()),
+                t.version,
+                _PHASE_RANK[t.phase],
+            ]
+        return [epoch, members, digest, self.rf, *tail, self._hash]
+
+    def newer_than(self, other: RingState | None) -> bool:
+        return other is None or self.rank() > other.rank()
+
+    # ------------------------------------------------------------------ records
+
+    def to_record(self) -> dict:
+        return {
+            **self.ring.to_record(),
+            "rf": self.rf,
+            "transition": None if self.transition is None else self.transition.to_record(),
+        }
+
+    @classmethod
+    def from_record(cls, record: Mapping) -> RingState:
+        """Raises ValueError for a record that does not decode (TransitionError included)."""
+        ring = Ring.from_record(record)
+        try:
+            rf = int(record["rf"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"bad ring record: rf: {exc!r}") from exc
+        raw = record.get("transition")
+        transition = None
+        if raw is not None:
+            if not isinstance(raw, Mapping):
+                raise TransitionError("bad ring record: transition must be an object")
+            transition = Transition.from_record(raw)
+        return cls(ring, rf, transition)

@@ -1,0 +1,235 @@
+"""Moving token ranges between nodes: the batch wire format, the source and sink sides, and
+the throttle.
+
+A range streams as a sequence of batches. The driver asks the source for the next batch from a
+cursor token (STREAM_READ) and hands the entries, unparsed, to the target (STREAM_APPLY), which
+writes them with their original timestamps, tombstones included; last-writer-wins makes a
+re-sent batch harmless, so a stream interrupted anywhere resumes from its last checkpoint.
+The source keeps its range iterator open between batches of one stream, so a range is one
+storage scan rather than a seek and a snapshot per batch. Batches end on a token boundary.
+
+Wire format: a STREAM_READ request is `[u64 cursor][u64 end][u32 max bytes]`; the reply is
+`[u8 done][u64 next cursor][u32 count]` followed by `count` entries, each
+`[u16 key len][u32 value len][u64 ts][u64 expires_at_ms or 0][u8 tombstone][key][value]` with
+the storage key (token-prefixed). STREAM_APPLY carries entries only and answers
+`[u32 applied]`. HANDOFF carries `[u8 op]` and any number of `[u64 start][u64 end]`: op 1
+hides ranges this node no longer owns (cleanup), op 0 releases them (it is about to own them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from limedb.cluster import rpc
+from limedb.cluster.handed_off import HandedOff
+from limedb.cluster.keys import MAX_TOKEN, token_prefix
+from limedb.hlc import HLC
+from limedb.storage.batch import WriteBatch
+
+READ_REQUEST = struct.Struct("!QQI")
+READ_HEAD = struct.Struct("!BQI")
+ENTRY = struct.Struct("!HIQQB")
+APPLIED = struct.Struct("!I")
+HANDOFF_RANGE = struct.Struct("!QQ")
+ITERATOR_IDLE_S = 30.0
+HANDOFF, RELEASE = 1, 0
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """One batch read from a source: entries to apply and where the range continues."""
+
+    done: bool
+    next_cursor: int
+    count: int
+    entries: bytes
+
+    @property
+    def nbytes(self) -> int:
+        return len(self.entries)
+
+
+def encode_read(cursor: int, end: int, max_bytes: int) -> bytes:
+    return READ_REQUEST.pack(cursor, end, max_bytes)
+
+
+def decode_batch(reply: bytes) -> Batch:
+    done, cursor, count = READ_HEAD.unpack_from(reply)
+    return Batch(bool(done), cursor, count, reply[READ_HEAD.size :])
+
+
+def iter_entries(data: bytes) -> Iterator[tuple[bytes, bytes, int, int | None, bool]]:
+    """(storage key, value, ts, expires_at_ms, tombstone) for every entry of a batch."""
+    offset, size = 0, len(data)
+    unpack = ENTRY.unpack_from
+    while offset < size:
+        klen, vlen, ts, expires, tomb = unpack(data, offset)
+        offset += ENTRY.size
+        key = data[offset : offset + klen]
+        offset += klen
+        value = data[offset : offset + vlen]
+        offset += vlen
+        yield key, value, ts, expires or None, bool(tomb)
+
+
+def encode_handoff(op: int, ranges: list[tuple[int, int]]) -> bytes:
+    return bytes([op]) + b"".join(HANDOFF_RANGE.pack(s, e) for s, e in ranges)
+
+
+def decode_ranges(data: bytes) -> list[tuple[int, int]]:
+    return [HANDOFF_RANGE.unpack_from(data, i) for i in range(0, len(data), HANDOFF_RANGE.size)]
+
+
+def _range_end_key(end: int) -> bytes | None:
+    return None if end >= MAX_TOKEN else token_prefix(end + 1)
+
+
+class _OpenRange:
+    """A source-side iterator over one range, resumable at the token it stopped before."""
+
+    def __init__(self, engine, cursor: int, end: int) -> None:
+        self.end = end
+        self.next_cursor = cursor
+        self.used = time.monotonic()
+        self._it = engine.iter_range(
+            token_prefix(cursor), _range_end_key(end), include_tombstones=True
+        )
+        self._pending: tuple[bytes, object] | None = None
+
+    def read(self, max_bytes: int) -> Batch:
+        parts: list[bytes] = []
+        nbytes = count = 0
+        last_token = -1
+        pack = ENTRY.pack
+        while True:
+            item = self._pending
+            if item is None:
+                item = next(self._it, None)
+                if item is None:
+                    self.next_cursor = self.end
+                    return Batch(True, self.end, count, b"".join(parts))
+            self._pending = None
+            skey, version = item
+            token = int.from_bytes(skey[:8], "big")
+            if nbytes >= max_bytes and token != last_token:
+                # Stop on a token boundary so that the cursor alone says where to resume.
+                self._pending = item
+                self.next_cursor = token
+                return Batch(False, token, count, b"".join(parts))
+            value = version.value or b""  # type: ignore[attr-defined]
+            parts.append(
+                pack(
+                    len(skey),
+                    len(value),
+                    version.ts,  # type: ignore[attr-defined]
+                    version.expires_at_ms or 0,  # type: ignore[attr-defined]
+                    version.tombstone,  # type: ignore[attr-defined]
+                )
+            )
+            parts.append(skey)
+            parts.append(value)
+            nbytes += ENTRY.size + len(skey) + len(value)
+            count += 1
+            last_token = token
+
+
+class RangeStreams:
+    """The node side of streaming: serves STREAM_READ, STREAM_APPLY and HANDOFF."""
+
+    def __init__(self, engine, hlc: HLC, handed_off: HandedOff) -> None:
+        self.engine = engine
+        self.hlc = hlc
+        self.handed_off = handed_off
+        self._open: dict[tuple[int, int], _OpenRange] = {}
+        self._lock = asyncio.Lock()
+        self.counters = {"batches_read": 0, "batches_applied": 0, "keys_applied": 0}
+
+    # ------------------------------------------------------------------ source
+
+    async def read(self, cursor: int, end: int, max_bytes: int) -> Batch:
+        if cursor > end:
+            raise ValueError(f"cursor {cursor} past the range end {end}")
+        async with self._lock:
+            now = time.monotonic()
+            for key, open_range in list(self._open.items()):
+                if now - open_range.used > ITERATOR_IDLE_S:
+                    del self._open[key]
+            open_range = self._open.pop((cursor, end), None)
+            if open_range is None:
+                open_range = _OpenRange(self.engine, cursor, end)
+            # The scan runs in a thread so a large batch never stalls client requests.
+            batch = await asyncio.to_thread(open_range.read, max_bytes)
+            open_range.used = time.monotonic()
+            if not batch.done:
+                self._open[(batch.next_cursor, end)] = open_range
+        self.counters["batches_read"] += 1
+        return batch
+
+    async def handle_read(self, body: bytes) -> bytes:
+        cursor, end, max_bytes = READ_REQUEST.unpack(body)
+        batch = await self.read(cursor, end, max_bytes)
+        return READ_HEAD.pack(batch.done, batch.next_cursor, batch.count) + batch.entries
+
+    # ------------------------------------------------------------------ sink
+
+    async def apply(self, entries: bytes) -> int:
+        batch = WriteBatch()
+        newest = 0
+        for skey, value, ts, expires, tomb in iter_entries(entries):
+            if tomb:
+                batch.delete(skey, ts)
+            else:
+                batch.put(skey, value, ts, expires)
+            newest = max(newest, ts)
+        if not batch.ops:
+            return 0
+        self.hlc.observe(newest)
+        results = await self.engine.write_async(batch)
+        applied = sum(results)
+        self.counters["batches_applied"] += 1
+        self.counters["keys_applied"] += applied
+        return applied
+
+    async def handle_apply(self, body: bytes) -> bytes:
+        return APPLIED.pack(await self.apply(body))
+
+    # ------------------------------------------------------------------ cleanup
+
+    def handoff(self, op: int, ranges: list[tuple[int, int]]) -> None:
+        if op == HANDOFF:
+            self.handed_off.add_all(ranges)
+        else:
+            self.handed_off.release_all(ranges)
+
+    def handle_handoff(self, body: bytes) -> bytes:
+        self.handoff(body[0], decode_ranges(body[1:]))
+        return b""
+
+    def register(self, server: rpc.RpcServer) -> None:
+        server.register(rpc.STREAM_READ, self.handle_read)
+        server.register(rpc.STREAM_APPLY, self.handle_apply)
+        server.register(rpc.HANDOFF, self.handle_handoff)
+
+
+class Throttle:
+    """Paces a stream to `bytes_per_s` (0 = unlimited) by sleeping after each batch."""
+
+    def __init__(self, bytes_per_s: float) -> None:
+        self.bytes_per_s = bytes_per_s
+        self._start = time.monotonic()
+        self._sent = 0
+
+    async def pace(self, nbytes: int) -> None:
+        if self.bytes_per_s <= 0:
+            return
+        self._sent += nbytes
+        ahead = self._sent / self.bytes_per_s - (time.monotonic() - self._start)
+        if ahead > 0:
+            await asyncio.sleep(ahead)
+        elif ahead < -1.0:
+            # Idle time (waiting on a dead peer) is not credit for a later burst.
+            self._start = time.monotonic() - self._sent / self.bytes_per_s

@@ -1,0 +1,519 @@
+"""Runs ring transitions: propose, stream every changed range, commit, clean up, finish.
+
+Every node runs a `TransitionDriver`; the one that acts is the first live node, by id, of the
+nodes in both rings (the `lost` and `fresh` nodes of a replace excluded), as this node's
+failure detector sees it, so when the driving node dies the next one picks the transition up
+from the ring record it persisted and gossiped. Each step is a new version of the record,
+adopted (persisted) here first and then pushed to every live node:
+
+- proposed: targets release any range they once handed off; once every live node holds the
+  record, writes go to old AND new owners everywhere, and streaming starts;
+- streaming: for each target, its ranges in token order, batch by batch from a live source
+  to the target, throttled, with the position checkpointed into the record about once a
+  second, so a restart of anyone resumes there (a re-sent batch is harmless: LWW);
+- committed: reads move to the new owners once every target has every range;
+- cleanup: writes go to the new owners only; after a grace for writes already in flight,
+  old owners hand off the ranges they lost; then done.
+
+A target or every source of a range unreachable for longer than `timeout_s` rolls the
+transition back (only possible before commit); the targets then hand off what they received.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import orjson
+
+from limedb.cluster import rpc
+from limedb.cluster.membership import Membership
+from limedb.cluster.ring_record import RingKeeper
+from limedb.cluster.ring_state import RingState
+from limedb.cluster.streaming import (
+    APPLIED,
+    HANDOFF,
+    RELEASE,
+    Batch,
+    RangeStreams,
+    Throttle,
+    decode_batch,
+    encode_handoff,
+    encode_read,
+)
+from limedb.cluster.transitions import (
+    Change,
+    Kind,
+    Phase,
+    Transition,
+    TransitionError,
+    TransitionRefused,
+    propose,
+)
+
+log = logging.getLogger(__name__)
+
+Call = Callable[[str, int, bytes, float], Awaitable[bytes]]
+RPC_TIMEOUT_S = 10.0
+PUSH_ATTEMPTS = 5
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class RateMeter:
+    """Bytes per second streamed by this node over the last few seconds."""
+
+    def __init__(self, window_s: float = 5.0) -> None:
+        self.window_s = window_s
+        self._samples: deque[tuple[float, int]] = deque()
+
+    def add(self, nbytes: int) -> None:
+        self._samples.append((time.monotonic(), nbytes))
+        self._trim()
+
+    def _trim(self) -> None:
+        horizon = time.monotonic() - self.window_s
+        while self._samples and self._samples[0][0] < horizon:
+            self._samples.popleft()
+
+    def rate(self) -> float:
+        self._trim()
+        return sum(n for _, n in self._samples) / self.window_s
+
+
+class Superseded(Exception):
+    """The record moved on without us (another driver, a rollback): stop this step."""
+
+
+@dataclass(frozen=True)
+class DriverSettings:
+    batch_bytes: int = 512 * 1024
+    bytes_per_s: float = 64e6
+    cleanup_grace_s: float = 2.0
+    timeout_s: float = 300.0
+    checkpoint_s: float = 1.0
+    poll_s: float = 0.5
+
+    @classmethod
+    def from_config(cls, config) -> DriverSettings:
+        return cls(
+            bytes_per_s=getattr(config, "stream_mb_per_s", 64) * 1e6,
+            cleanup_grace_s=getattr(config, "cleanup_grace_ms", 2000) / 1000,
+            timeout_s=getattr(config, "transition_timeout_s", 300),
+        )
+
+
+class TransitionDriver:
+    """One node's part in transitions: proposing, driving when elected, answering status."""
+
+    def __init__(
+        self,
+        node_id: str,
+        keeper: RingKeeper,
+        membership: Membership,
+        streams: RangeStreams,
+        call: Call,
+        settings: DriverSettings | None = None,
+    ) -> None:
+        self.node_id = node_id
+        self.keeper = keeper
+        self.membership = membership
+        self.streams = streams
+        self.call = call
+        self.settings = settings or DriverSettings()
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task | None = None
+        self._unreachable_since: dict[str, float] = {}
+        self._background: set[asyncio.Future] = set()
+        self.meter = RateMeter()
+        keeper.add_listener(lambda _state: self._wake.set())
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="transition-driver")
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+
+    # ------------------------------------------------------------------ queries
+
+    def is_alive(self, node_id: str) -> bool:
+        return node_id == self.node_id or self.membership.is_alive(node_id)
+
+    def driver_of(self, t: Transition) -> str | None:
+        """The node that should drive `t`, as this node sees liveness."""
+        excluded = t.change.lost | t.change.fresh
+        both = sorted((set(t.old_ring.members) & set(t.new_ring.members)) - excluded)
+        return next((n for n in both if self.is_alive(n)), None)
+
+    def status(self) -> dict:
+        """The object of `GET /admin/status` (and `limedb admin status --json`)."""
+        state = self.keeper.state
+        if state is None:
+            return {
+                "epoch": 0,
+                "node_id": self.node_id,
+                "members": [],
+                "replication_factor": None,
+                "vnodes": None,
+                "transition": None,
+                "last_transition": None,
+            }
+        t = state.transition
+        return {
+            "epoch": state.ring.epoch,
+            "node_id": self.node_id,
+            "members": self._members(state),
+            "replication_factor": state.rf,
+            "vnodes": state.ring.vnodes,
+            "transition": self.transition_status(t) if t is not None and t.active else None,
+            "last_transition": self.transition_status(t) if t is not None else None,
+        }
+
+    def transition_status(self, t: Transition) -> dict:
+        now = now_ms()
+        summary = t.summary(now)
+        bytes_per_s = self.meter.rate() if t.phase is Phase.STREAMING else summary.bytes_per_s
+        return {
+            **t.status(now),
+            "driver": self.driver_of(t),
+            "ranges_moved": summary.ranges_done,
+            "ranges_total": summary.ranges_total,
+            "keys_streamed": summary.keys,
+            "bytes_streamed": summary.bytes,
+            "rate": round(bytes_per_s, 1),
+            "keys_per_s": round(summary.keys_per_s, 1),
+            "fraction": round(summary.fraction, 4),
+            "eta_s": summary.eta_s,
+        }
+
+    def _members(self, state: RingState) -> list[dict]:
+        t = state.transition
+        active = t is not None and t.active
+        entries = []
+        for node_id, url in sorted(state.all_members().items()):
+            member_state = "Normal"
+            if active and t is not None:
+                joining = node_id not in t.old_ring or node_id in t.change.fresh
+                leaving = node_id not in t.new_ring
+                before_commit = t.phase in (Phase.PROPOSED, Phase.STREAMING)
+                if joining and before_commit:
+                    member_state = "Joining"
+                elif leaving:
+                    member_state = "Leaving"
+            entries.append(self._member(node_id, url, member_state))
+        if t is not None and t.phase is Phase.DONE:
+            for node_id, url in sorted(t.old_ring.members.items()):
+                if node_id not in t.new_ring:
+                    entries.append(self._member(node_id, url, "Left"))
+        return entries
+
+    def _member(self, node_id: str, url: str, member_state: str) -> dict:
+        liveness = "alive" if node_id == self.node_id else self.membership.liveness(node_id).value
+        return {"node_id": node_id, "url": url, "state": member_state, "liveness": liveness}
+
+    # ------------------------------------------------------------------ proposing
+
+    def propose(self, change: Change) -> Transition:
+        """Validate and start `change`; raises TransitionRefused with the reason."""
+        state = self.keeper.state
+        if state is None:
+            raise TransitionRefused("this node has not learned the ring yet; ask a ring member")
+        live = {n for n in {*state.all_members(), change.node_id} if n and self.is_alive(n)}
+        if change.kind in (Kind.JOIN, Kind.REPLACE):
+            newcomer = change.new_node_id or change.node_id
+            if not self.is_alive(newcomer):
+                raise TransitionRefused(
+                    f"node {newcomer} ({change.url}) is not alive in gossip yet: start it with "
+                    f"--seeds naming a ring member, and retry"
+                )
+        t = propose(
+            state.ring, state.rf, change, now_ms=now_ms(), running=state.transition, live=live
+        )
+        self.keeper.adopt(state.with_transition(t))
+        self._wake.set()
+        log.info("proposed transition %s: %s", t.id, change.describe())
+        return t
+
+    # ------------------------------------------------------------------ the loop
+
+    async def _run(self) -> None:
+        while True:
+            self._wake.clear()
+            try:
+                await self._drive_once()
+            except asyncio.CancelledError:
+                raise
+            except Superseded as exc:
+                log.info("transition step superseded: %s", exc)
+            except Exception:
+                log.exception("transition driver step failed")
+                await asyncio.sleep(1.0)
+            try:
+                await asyncio.wait_for(self._wake.wait(), self.settings.poll_s)
+            except TimeoutError:
+                pass
+
+    def _current(self, t: Transition) -> Transition:
+        """The newest copy of `t`; Superseded if the record now holds something else."""
+        state = self.keeper.state
+        now = state.transition if state is not None else None
+        if now is None or now.id != t.id:
+            raise Superseded(f"transition {t.id} is no longer the current one")
+        if now.phase is not t.phase:
+            raise Superseded(f"transition {t.id} moved to {now.phase.value}")
+        return now
+
+    def _step(self, t: Transition) -> None:
+        state = self.keeper.state
+        assert state is not None
+        self.keeper.adopt(state.with_transition(t))
+
+    async def _drive_once(self) -> None:
+        state = self.keeper.state
+        t = state.active if state is not None else None
+        if t is None or self.driver_of(t) != self.node_id:
+            return
+        if t.phase is Phase.PROPOSED:
+            await self._release_targets(t)
+            await self._push_everywhere()
+            self._step(self._current(t).begin_streaming(now_ms()))
+        elif t.phase is Phase.STREAMING:
+            await self._stream_all(t)
+            t = self._current(t)
+            if not t.pending_streams():
+                self._step(t.commit(now_ms()))
+                await self._push_everywhere()
+        elif t.phase is Phase.COMMITTED:
+            await self._push_everywhere()
+            self._step(self._current(t).begin_cleanup(now_ms()))
+            await self._push_everywhere()
+        elif t.phase is Phase.CLEANUP:
+            await self._push_everywhere()
+            wait_s = t.updated_ms / 1000 + self.settings.cleanup_grace_s - time.time()
+            if wait_s > 0:
+                await asyncio.sleep(wait_s)
+            await self._hand_off(self._current(t), lambda m: m.removed)
+            self._step(self._current(t).finish(now_ms()))
+            await self._push_everywhere()
+            log.info("transition %s done", t.id)
+
+    # ------------------------------------------------------------------ spreading the record
+
+    async def _push(self, node_id: str, record: bytes) -> bool:
+        try:
+            await self.call(node_id, rpc.RING_RECORD, record, 2.0)
+            return True
+        except (rpc.PeerUnavailable, rpc.RpcError) as exc:
+            log.debug("push of the ring record to %s failed: %s", node_id, exc)
+            return False
+
+    async def _push_everywhere(self) -> None:
+        """Push the record to every node it names (and every node gossip knows); wait until
+        each live one has it, so that no coordinator routes by an older phase."""
+        state = self.keeper.state
+        assert state is not None
+        record = orjson.dumps(state.to_record())
+        nodes = set(state.all_members()) | set(self.membership.peer_ids())
+        nodes.discard(self.node_id)
+        pending = sorted(nodes)
+        for attempt in range(PUSH_ATTEMPTS):
+            results = await asyncio.gather(*(self._push(n, record) for n in pending))
+            pending = [n for n, ok in zip(pending, results, strict=True) if not ok]
+            pending = [n for n in pending if self.is_alive(n)]
+            if not pending:
+                return
+            await asyncio.sleep(0.2 * (attempt + 1))
+        log.warning("ring record not confirmed by %s; gossip will carry it", ", ".join(pending))
+
+    # ------------------------------------------------------------------ streaming
+
+    async def _release_targets(self, t: Transition) -> None:
+        """Targets forget ranges they once handed off, so the data streamed in is visible."""
+        for target, indexes in t.streams().items():
+            ranges = [(t.moves[i].start, t.moves[i].end) for i in indexes]
+            await self._handoff_call(target, RELEASE, ranges, wait=True)
+
+    async def _handoff_call(
+        self, node: str, op: int, ranges: list[tuple[int, int]], *, wait: bool
+    ) -> bool:
+        if not ranges:
+            return True
+        if node == self.node_id:
+            self.streams.handoff(op, ranges)
+            return True
+        payload = encode_handoff(op, ranges)
+        deadline = time.monotonic() + (self.settings.timeout_s if wait else 5.0)
+        while True:
+            try:
+                await self.call(node, rpc.HANDOFF, payload, RPC_TIMEOUT_S)
+                return True
+            except (rpc.PeerUnavailable, rpc.RpcError) as exc:
+                if time.monotonic() > deadline:
+                    log.warning("could not reach %s to hand off ranges: %s", node, exc)
+                    return False
+            await asyncio.sleep(0.5)
+
+    async def _hand_off(self, t: Transition, nodes_of) -> None:
+        by_node: dict[str, list[tuple[int, int]]] = {}
+        for move in t.moves:
+            for node in nodes_of(move):
+                by_node.setdefault(node, []).append((move.start, move.end))
+        await asyncio.gather(
+            *(
+                self._handoff_call(node, HANDOFF, ranges, wait=self.is_alive(node))
+                for node, ranges in by_node.items()
+            )
+        )
+
+    async def _stream_all(self, t: Transition) -> None:
+        throttle = Throttle(self.settings.bytes_per_s)
+        targets = t.pending_streams()
+        results = await asyncio.gather(
+            *(self._stream_target(t, target, throttle) for target in targets),
+            return_exceptions=True,
+        )
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+
+    async def _read(self, source: str, cursor: int, end: int) -> Batch:
+        if source == self.node_id:
+            return await self.streams.read(cursor, end, self.settings.batch_bytes)
+        reply = await self.call(
+            source, rpc.STREAM_READ, encode_read(cursor, end, self.settings.batch_bytes),
+            RPC_TIMEOUT_S,
+        )  # fmt: skip
+        return decode_batch(reply)
+
+    async def _apply(self, target: str, entries: bytes) -> int:
+        if target == self.node_id:
+            return await self.streams.apply(entries)
+        (applied,) = APPLIED.unpack(
+            await self.call(target, rpc.STREAM_APPLY, entries, RPC_TIMEOUT_S)
+        )
+        return applied
+
+    def _stalled(self, t: Transition, what: str, since_key: str) -> None:
+        """Roll back when `what` has been unreachable for longer than the timeout."""
+        since = self._unreachable_since.setdefault(since_key, time.monotonic())
+        timeout = self.settings.timeout_s
+        if timeout > 0 and time.monotonic() - since > timeout:
+            reason = f"{what} unreachable for more than {timeout:.0f}s"
+            log.warning("rolling back transition %s: %s", t.id, reason)
+            rolled = self._current(t).roll_back(reason, now_ms())
+            self._step(rolled)
+            task = asyncio.ensure_future(self._after_rollback(rolled))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+            raise Superseded(f"rolled back: {reason}")
+
+    async def _after_rollback(self, t: Transition) -> None:
+        await self._push_everywhere()
+        # Targets drop what they received, except ranges they owned before (a replacement
+        # keeping the dead node's id is such an owner).
+        await self._hand_off(t, lambda m: [n for n in m.targets if n not in m.old_replicas])
+
+    async def _stream_target(self, t: Transition, target: str, throttle: Throttle) -> None:
+        progress = self._current(t).progress_of(target)
+        index, keys, nbytes = progress.index, progress.keys, progress.bytes
+        indexes = t.streams()[target]
+        last_checkpoint = time.monotonic()
+        cursor = progress.cursor
+        while index < len(indexes):
+            move = t.moves[indexes[index]]
+            if not self.is_alive(target):
+                self._stalled(t, f"target {target}", target)
+                await asyncio.sleep(0.5)
+                continue
+            sources = [s for s in move.sources if self.is_alive(s)]
+            source = self.node_id if self.node_id in sources else (sources or [None])[0]
+            if source is None:
+                self._stalled(t, f"every source of range {move.start}..{move.end}", "sources")
+                await asyncio.sleep(0.5)
+                continue
+            try:
+                batch = await self._read(source, move.start if cursor is None else cursor, move.end)
+                if batch.count:
+                    await self._apply(target, batch.entries)
+            except (rpc.PeerUnavailable, rpc.RpcError) as exc:
+                log.info("streaming to %s paused: %s", target, exc)
+                await asyncio.sleep(0.5)
+                continue
+            self._unreachable_since.pop(target, None)
+            self._unreachable_since.pop("sources", None)
+            keys += batch.count
+            nbytes += batch.nbytes
+            if batch.done:
+                index, cursor = index + 1, None
+            else:
+                cursor = batch.next_cursor
+            self.meter.add(batch.nbytes)
+            if (
+                index >= len(indexes)
+                or time.monotonic() - last_checkpoint >= self.settings.checkpoint_s
+            ):
+                self._checkpoint(t, target, index, cursor, keys, nbytes)
+                last_checkpoint = time.monotonic()
+            await throttle.pace(batch.nbytes)
+
+    def _checkpoint(
+        self, t: Transition, target: str, index: int, cursor: int | None, keys: int, nbytes: int
+    ) -> None:
+        current = self._current(t)
+        before = current.progress_of(target)
+        try:
+            stepped = current.record_progress(
+                target,
+                index=index,
+                cursor=cursor,
+                keys=max(keys, before.keys),
+                nbytes=max(nbytes, before.bytes),
+                now_ms=now_ms(),
+            )
+        except TransitionError as exc:
+            # Another driver got further (or the same) in the meantime; its record stands.
+            log.debug("checkpoint of %s not recorded: %s", target, exc)
+            return
+        self._step(stepped)
+
+    # ------------------------------------------------------------------ pulling at start
+
+    async def sync_from_peers(self, nodes: list[str], timeout_s: float = 1.0) -> None:
+        """Ask `nodes` for their ring record and keep the newest (a restarted node must not
+        route by the record it had before it went down)."""
+
+        async def pull(node: str) -> None:
+            try:
+                reply = await self.call(node, rpc.RING_RECORD, b"", timeout_s)
+                if reply:
+                    self.keeper.adopt_record(orjson.loads(reply))
+            except (rpc.PeerUnavailable, rpc.RpcError, ValueError) as exc:
+                log.debug("could not pull the ring record from %s: %s", node, exc)
+
+        await asyncio.gather(*(pull(n) for n in nodes if n != self.node_id))
+
+    def handle_record(self, body: bytes) -> bytes:
+        """RING_RECORD: adopt a pushed record if newer; an empty body asks for ours."""
+        if body:
+            try:
+                self.keeper.adopt_record(orjson.loads(body))
+            except (orjson.JSONDecodeError, ValueError) as exc:
+                raise rpc.RpcError(400, f"bad ring record: {exc}") from exc
+            return b""
+        state = self.keeper.state
+        return b"" if state is None else orjson.dumps(state.to_record())
