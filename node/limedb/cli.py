@@ -17,7 +17,7 @@ from limedb.config import ConfigError, load_config
 
 DEFAULT_URL = "http://127.0.0.1:8484"
 # Modules that contribute commands to `limedb`, imported if present (e.g. `limedb cluster`).
-EXTENSION_MODULES = ("limedb.cluster_cli",)
+EXTENSION_MODULES = ("limedb.cluster_cli", "limedb.admin_cli")
 
 out = Console()
 err = Console(stderr=True)
@@ -46,6 +46,12 @@ def main() -> None:
 @click.option("--max-value-bytes", type=int, help="Largest value accepted [default: 1 MiB].")
 @click.option("--resp-port", type=int, help="RESP (Redis protocol) port, 0 = off [default: 6379].")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]))
+@click.option(
+    "--await-join",
+    is_flag=True,
+    default=None,
+    help="Start outside the ring and wait for `limedb admin join` (a node added to a cluster).",
+)
 def serve(**flags: object) -> None:
     """Run a node in the foreground until SIGTERM or Ctrl-C.
 

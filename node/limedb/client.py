@@ -44,6 +44,31 @@ class Unavailable(LimeDBError):
     """The node could not serve the request (503 / 429 / unreachable) after every retry."""
 
 
+class Refused(LimeDBError):
+    """An admin request the cluster refused (409): another transition runs, below RF, ..."""
+
+    def __init__(self, message: str, running_transition: str | None = None) -> None:
+        super().__init__(message)
+        self.running_transition = running_transition
+
+
+def _admin_result(response: httpx.Response) -> dict[str, Any]:
+    if response.status_code == 409:
+        try:
+            body = response.json()
+        except ValueError:
+            body = {}
+        raise Refused(_message(response), body.get("running_transition"))
+    if response.status_code == 401:
+        raise LimeDBError(f"HTTP 401: {_message(response)}")
+    _raise_for(response)
+    return response.json()
+
+
+def _secret_headers(secret: str | None) -> dict[str, str]:
+    return {"x-cluster-secret": secret} if secret else {}
+
+
 def _key_path(key: str | bytes) -> str:
     raw = key.encode("utf-8") if isinstance(key, str) else key
     return "/v1/kv/" + quote(raw, safe="")
@@ -126,9 +151,15 @@ class Client:
         retries: int = 3,
         backoff: float = 0.05,
         transport: httpx.BaseTransport | None = None,
+        cluster_secret: str | None = None,
     ) -> None:
         self.url = url.rstrip("/")
-        self._http = httpx.Client(base_url=self.url, timeout=timeout, transport=transport)
+        self._http = httpx.Client(
+            base_url=self.url,
+            timeout=timeout,
+            transport=transport,
+            headers=_secret_headers(cluster_secret),
+        )
         self._retry = _Retry(retries, backoff)
 
     def __enter__(self) -> Client:
@@ -200,6 +231,34 @@ class Client:
         _raise_for(response)
         return response.json()
 
+    # Admin: ring transitions (any node of the ring accepts them). Each returns at once with
+    # {"transition": {...}}; follow it with admin_status(). Refused (409) raises Refused.
+
+    def join(self, node_url: str) -> dict[str, Any]:
+        """Add a running node started with --await-join to the ring."""
+        return _admin_result(self._request("POST", "/admin/join", json={"node_url": node_url}))
+
+    def leave(self, node: str) -> dict[str, Any]:
+        """Decommission a member (id or URL): hand off every range, then leave."""
+        return _admin_result(self._request("POST", "/admin/leave", json={"node": node}))
+
+    def replace(self, dead: str, new_url: str) -> dict[str, Any]:
+        """A new, empty node takes over the ranges of a dead member."""
+        body = {"dead_node": dead, "new_node_url": new_url}
+        return _admin_result(self._request("POST", "/admin/replace", json=body))
+
+    def set_replication_factor(self, rf: int) -> dict[str, Any]:
+        body = {"rf": rf}
+        return _admin_result(self._request("POST", "/admin/replication-factor", json=body))
+
+    def admin_status(self) -> dict[str, Any]:
+        """{"epoch", "members", "replication_factor", "transition": None or its progress}."""
+        return _admin_result(self._request("GET", "/admin/status"))
+
+    def repair(self, start: int | None = None, end: int | None = None) -> dict[str, Any]:
+        body = {"start": start, "end": end} if start is not None else None
+        return _admin_result(self._request("POST", "/admin/repair", json=body))
+
 
 class AsyncClient:
     """The asyncio twin of `Client`."""
@@ -212,9 +271,15 @@ class AsyncClient:
         retries: int = 3,
         backoff: float = 0.05,
         transport: httpx.AsyncBaseTransport | None = None,
+        cluster_secret: str | None = None,
     ) -> None:
         self.url = url.rstrip("/")
-        self._http = httpx.AsyncClient(base_url=self.url, timeout=timeout, transport=transport)
+        self._http = httpx.AsyncClient(
+            base_url=self.url,
+            timeout=timeout,
+            transport=transport,
+            headers=_secret_headers(cluster_secret),
+        )
         self._retry = _Retry(retries, backoff)
 
     async def __aenter__(self) -> AsyncClient:
@@ -286,3 +351,25 @@ class AsyncClient:
         response = await self._request("GET", "/api/v1/health")
         _raise_for(response)
         return response.json()
+
+    async def join(self, node_url: str) -> dict[str, Any]:
+        body = {"node_url": node_url}
+        return _admin_result(await self._request("POST", "/admin/join", json=body))
+
+    async def leave(self, node: str) -> dict[str, Any]:
+        return _admin_result(await self._request("POST", "/admin/leave", json={"node": node}))
+
+    async def replace(self, dead: str, new_url: str) -> dict[str, Any]:
+        body = {"dead_node": dead, "new_node_url": new_url}
+        return _admin_result(await self._request("POST", "/admin/replace", json=body))
+
+    async def set_replication_factor(self, rf: int) -> dict[str, Any]:
+        body = {"rf": rf}
+        return _admin_result(await self._request("POST", "/admin/replication-factor", json=body))
+
+    async def admin_status(self) -> dict[str, Any]:
+        return _admin_result(await self._request("GET", "/admin/status"))
+
+    async def repair(self, start: int | None = None, end: int | None = None) -> dict[str, Any]:
+        body = {"start": start, "end": end} if start is not None else None
+        return _admin_result(await self._request("POST", "/admin/repair", json=body))

@@ -1,0 +1,213 @@
+"""`limedb admin ...`: ring transitions and status from the command line.
+
+Every command talks to one node (`--url`, any node of the ring) through `limedb.client`:
+`join NODE_URL`, `leave NODE`, `replace DEAD_NODE NEW_NODE_URL`, `set-rf RF` start a
+transition and return (or follow it to the end with `--wait`); `status` prints the ring epoch,
+the members and the running transition with a progress bar (`--json`: the status object);
+`repair` runs anti-entropy now.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import click
+import orjson
+from rich.console import Console, Group
+from rich.live import Live
+from rich.progress_bar import ProgressBar
+from rich.table import Table
+from rich.text import Text
+
+DEFAULT_URL = "http://127.0.0.1:8484"
+
+out = Console()
+err = Console(stderr=True)
+
+url_option = click.option(
+    "--url", default=DEFAULT_URL, show_default=True, envvar="LIMEDB_URL", help="Any ring node."
+)
+secret_option = click.option(
+    "--secret", envvar="LIMEDB_CLUSTER_SECRET", default=None, help="The cluster secret, if set."
+)
+wait_option = click.option("--wait", is_flag=True, help="Follow the transition until it ends.")
+
+
+def _client(url: str, secret: str | None):  # noqa: ANN202 - deferred import keeps --help fast
+    from limedb.client import Client
+
+    return Client(url, retries=2, cluster_secret=secret)
+
+
+def _run(url: str, secret: str | None, call: Callable[[Any], dict]) -> dict:
+    from limedb.client import LimeDBError, Refused
+
+    with _client(url, secret) as client:
+        try:
+            return call(client)
+        except Refused as exc:
+            err.print(f"[red]refused:[/red] {exc}", highlight=False)
+            sys.exit(3)
+        except LimeDBError as exc:
+            err.print(f"[red]error:[/red] {exc}", highlight=False)
+            sys.exit(2)
+
+
+def _size(nbytes: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if nbytes < 1000 or unit == "GB":
+            return f"{nbytes:.0f} {unit}" if unit == "B" else f"{nbytes:.1f} {unit}"
+        nbytes /= 1000
+    return f"{nbytes:.1f} GB"
+
+
+def render_transition(t: dict) -> Group:
+    """A transition's progress: what it does, its phase, a bar, and the counters."""
+    fraction = float(t.get("fraction") or 0.0)
+    head = Text.assemble(
+        (f"{t['id']}", "bold"), f"  {t.get('change', t.get('kind'))}  phase ", (t["phase"], "cyan")
+    )
+    eta = t.get("eta_s")
+    counters = Text(
+        f"ranges {t['ranges_moved']}/{t['ranges_total']}  keys {t['keys_streamed']}  "
+        f"{_size(t['bytes_streamed'])}  {_size(t.get('rate') or 0)}/s  "
+        f"ETA {'-' if eta is None else f'{eta:.0f}s'}"
+    )
+    bar = ProgressBar(total=1.0, completed=fraction, width=40)
+    return Group(head, Group(bar, Text(f" {fraction * 100:.0f}%")), counters)
+
+
+def render_status(status: dict) -> Group:
+    table = Table(title=f"ring epoch {status['epoch']}, RF {status['replication_factor']}")
+    for column in ("node", "url", "state", "liveness"):
+        table.add_column(column)
+    for m in status["members"]:
+        table.add_row(m["node_id"], m["url"], m["state"], m["liveness"])
+    parts: list[Any] = [table]
+    t = status.get("transition")
+    if t is None:
+        last = status.get("last_transition")
+        note = "no transition running"
+        if last is not None:
+            note += f" (last: {last['id']} {last['phase']})"
+        parts.append(Text(note))
+    else:
+        parts.append(render_transition(t))
+    return Group(*parts)
+
+
+def _follow(url: str, secret: str | None, transition_id: str) -> None:
+    """Show progress until the transition is no longer running; exit 1 if rolled back."""
+    from limedb.client import LimeDBError
+
+    with _client(url, secret) as client, Live(console=out, auto_refresh=False) as live:
+        while True:
+            try:
+                status = client.admin_status()
+            except LimeDBError as exc:
+                live.update(Text(f"waiting for {url}: {exc}"), refresh=True)
+                time.sleep(1.0)
+                continue
+            running = status.get("transition")
+            if running is not None and running["id"] == transition_id:
+                live.update(render_transition(running), refresh=True)
+                time.sleep(0.5)
+                continue
+            last = status.get("last_transition") or {}
+            if last.get("id") == transition_id:
+                live.update(render_transition(last), refresh=True)
+                if last["phase"] == "rolled_back":
+                    err.print(f"[red]rolled back:[/red] {last.get('reason')}", highlight=False)
+                    sys.exit(1)
+            return
+
+
+def _started(url: str, secret: str | None, result: dict, wait: bool) -> None:
+    t = result["transition"]
+    out.print(f"started {t['id']}: {t.get('change', t['kind'])}", highlight=False)
+    if wait:
+        _follow(url, secret, t["id"])
+
+
+@click.group("admin")
+def admin() -> None:
+    """Change the ring (join, leave, replace, set-rf) and follow it (status)."""
+
+
+@admin.command("join")
+@url_option
+@secret_option
+@wait_option
+@click.argument("node_url")
+def join(url: str, secret: str | None, wait: bool, node_url: str) -> None:
+    """Add NODE_URL (a running node started with --await-join) to the ring."""
+    _started(url, secret, _run(url, secret, lambda c: c.join(node_url)), wait)
+
+
+@admin.command("leave")
+@url_option
+@secret_option
+@wait_option
+@click.argument("node")
+def leave(url: str, secret: str | None, wait: bool, node: str) -> None:
+    """Decommission NODE (id or URL): hand off every range, then leave."""
+    _started(url, secret, _run(url, secret, lambda c: c.leave(node)), wait)
+
+
+@admin.command("replace")
+@url_option
+@secret_option
+@wait_option
+@click.argument("dead_node")
+@click.argument("new_node_url")
+def replace(url: str, secret: str | None, wait: bool, dead_node: str, new_node_url: str) -> None:
+    """NEW_NODE_URL (running, empty) takes over the ranges of DEAD_NODE."""
+    result = _run(url, secret, lambda c: c.replace(dead_node, new_node_url))
+    _started(url, secret, result, wait)
+
+
+@admin.command("set-rf")
+@url_option
+@secret_option
+@wait_option
+@click.argument("rf", type=click.IntRange(1, 15))
+def set_rf(url: str, secret: str | None, wait: bool, rf: int) -> None:
+    """Change the replication factor to RF (streams the ranges that gain replicas)."""
+    _started(url, secret, _run(url, secret, lambda c: c.set_replication_factor(rf)), wait)
+
+
+@admin.command("status")
+@url_option
+@secret_option
+@click.option("--json", "as_json", is_flag=True, help="Print the status object as JSON.")
+def status(url: str, secret: str | None, as_json: bool) -> None:
+    """Ring epoch, members, and the running transition's progress."""
+    result = _run(url, secret, lambda c: c.admin_status())
+    if as_json:
+        sys.stdout.write(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode() + "\n")
+        return
+    out.print(render_status(result))
+
+
+@admin.command("repair")
+@url_option
+@secret_option
+@click.option("--range", "token_range", help="START:END tokens (default: every range).")
+def repair(url: str, secret: str | None, token_range: str | None) -> None:
+    """Run anti-entropy repair now."""
+    start = end = None
+    if token_range:
+        try:
+            start_text, end_text = token_range.split(":")
+            start, end = int(start_text), int(end_text)
+        except ValueError:
+            raise click.BadParameter("expected START:END", param_hint="--range") from None
+    result = _run(url, secret, lambda c: c.repair(start, end))
+    sys.stdout.write(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode() + "\n")
+
+
+def register(main: click.Group) -> None:
+    main.add_command(admin)
