@@ -47,14 +47,11 @@ def _step(body: kopf.Body, patch: kopf.Patch) -> reconcile.Outcome:
     return outcome
 
 
-@kopf.on.create(*RESOURCE)
-def created(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
-    _step(body, patch)
-
-
 @kopf.timer(*RESOURCE, interval=INTERVAL)
 def converge(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
-    """Level-triggered: every tick re-reads the world, so a restart simply resumes."""
+    """Level-triggered: every tick re-reads the world, so a restart simply resumes. The first
+    tick runs as soon as a LimeCluster appears, so no separate create handler is needed (it
+    would race this one)."""
     _step(body, patch)
 
 

@@ -31,7 +31,12 @@ def conditions_for(obs: Observed, decision: Decision, ready_members: int) -> lis
     replicas = obs.replicas or 0
     quorum = obs.replication_factor // 2 + 1
     available = ring is not None and ready_members >= min(quorum, max(replicas, 1))
-    degraded = ring is not None and ready_members < replicas
+    ready_pods = sum(1 for p in obs.pods if p.ready and p.ordinal < replicas)
+    # While pods are being created or scaled, "not Ready yet" is progress, not degradation.
+    settled = decision.scaling is None and step.kind != "create"
+    degraded = settled and (
+        ready_pods < replicas or (ring is not None and ready_members < replicas)
+    )
     move_msg = step.message if moving else ""
     return [
         _cond(
@@ -41,7 +46,12 @@ def conditions_for(obs: Observed, decision: Decision, ready_members: int) -> lis
             f"{ready_members} of {replicas} nodes Ready and Normal",
         ),
         _cond("Progressing", not converged, step.reason, step.message),
-        _cond("Degraded", degraded, "NodesNotReady" if degraded else "AllNodesReady"),
+        _cond(
+            "Degraded",
+            degraded,
+            "NodesNotReady" if degraded else "AllNodesReady" if settled else "Settling",
+            f"{ready_pods} of {replicas} pods Ready" if degraded else "",
+        ),
         _cond(
             "ScalingUp",
             decision.scaling == "up",

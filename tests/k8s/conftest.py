@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 import time
 import uuid
@@ -18,7 +19,7 @@ CRD_PATH = ROOT / "crds" / "limecluster.yaml"
 
 
 @pytest.fixture(scope="session")
-def control_plane() -> Iterator[ControlPlane]:
+def control_plane(request: pytest.FixtureRequest) -> Iterator[ControlPlane]:
     workdir = Path(tempfile.mkdtemp(prefix="limedb-k8s-"))
     plane = ControlPlane(workdir)
     try:
@@ -26,6 +27,10 @@ def control_plane() -> Iterator[ControlPlane]:
         yield plane
     finally:
         plane.stop()
+    if request.session.testsfailed:
+        print(f"\nk8s control plane logs kept in {workdir}")
+    else:
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -76,3 +81,15 @@ def namespace(api: kubernetes.client.ApiClient) -> Iterator[str]:
     )
     yield name
     core.delete_namespace(name)
+
+
+@pytest.fixture
+def operator(api, crd, control_plane: ControlPlane, namespace: str):
+    """A running limedb-operator for `namespace`, holding only the chart's permissions."""
+    from operatorproc import OperatorProcess, install_rbac
+
+    token = install_rbac(api, namespace)
+    proc = OperatorProcess(control_plane, namespace, token, control_plane.workdir)
+    proc.start()
+    yield proc
+    proc.stop()

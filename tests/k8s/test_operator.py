@@ -1,0 +1,158 @@
+"""The operator, running with the chart's RBAC, builds a LimeCluster's objects on a real control
+plane, refuses a scale below RF on the object itself, and applies the PVC policy on deletion.
+
+These tests need no database: pods stay Pending (no pod runner here), which is also what the
+operator reports."""
+
+from __future__ import annotations
+
+import kubernetes
+import pytest
+from conftest import wait_for
+from kubernetes.client.rest import ApiException
+
+pytestmark = pytest.mark.k8s
+
+G, V, P = "limedb.io", "v1alpha1", "limeclusters"
+
+
+def create(api, namespace, name="lime", **spec):
+    body = {
+        "apiVersion": f"{G}/{V}",
+        "kind": "LimeCluster",
+        "metadata": {"name": name},
+        "spec": spec,
+    }
+    return kubernetes.client.CustomObjectsApi(api).create_namespaced_custom_object(
+        G, V, namespace, P, body
+    )
+
+
+def get(api, namespace, name="lime"):
+    return kubernetes.client.CustomObjectsApi(api).get_namespaced_custom_object(
+        G, V, namespace, P, name
+    )
+
+
+def condition(obj, kind):
+    return next((c for c in obj.get("status", {}).get("conditions", []) if c["type"] == kind), None)
+
+
+def events_for(api, namespace, name="lime"):
+    listed = kubernetes.client.CoreV1Api(api).list_namespaced_event(
+        namespace, field_selector=f"involvedObject.name={name}"
+    )
+    return [(e.type, e.reason, e.message) for e in listed.items]
+
+
+def test_operator_creates_owned_children_and_reports_status(api, namespace, operator):
+    lc = create(api, namespace, nodes=3)
+    apps, core = kubernetes.client.AppsV1Api(api), kubernetes.client.CoreV1Api(api)
+    sts = wait_for(
+        lambda: apps.read_namespaced_stateful_set("lime", namespace),
+        timeout=60,
+        what=f"the StatefulSet (operator log:\n{operator.log_tail()})",
+    )
+    assert sts.spec.replicas == 3
+    assert sts.spec.pod_management_policy == "Parallel"
+    assert sts.metadata.owner_references[0].uid == lc["metadata"]["uid"]
+    headless = core.read_namespaced_service("lime-headless", namespace)
+    assert headless.spec.cluster_ip == "None" and headless.spec.publish_not_ready_addresses
+    assert core.read_namespaced_service("lime", namespace).spec.ports[0].port == 8484
+    pdb = kubernetes.client.PolicyV1Api(api).read_namespaced_pod_disruption_budget(
+        "lime", namespace
+    )
+    assert pdb.spec.max_unavailable == 1
+    secret = core.read_namespaced_secret("lime-secret", namespace)
+    assert secret.data["cluster-secret"]
+    # The real StatefulSet controller made the pods and their volumes.
+    pods = wait_for(
+        lambda: len(core.list_namespaced_pod(namespace).items) == 3 or None,
+        timeout=30,
+        what="3 pods from the StatefulSet controller",
+    )
+    assert pods
+    claims = sorted(
+        p.metadata.name for p in core.list_namespaced_persistent_volume_claim(namespace).items
+    )
+    assert claims == ["data-lime-0", "data-lime-1", "data-lime-2"]
+    status = wait_for(
+        lambda: (
+            (get(api, namespace).get("status") or {}).get("phase") == "Pending"
+            and get(api, namespace)["status"]
+        ),
+        timeout=30,
+        what="the operator's status to settle on Pending (no node answers)",
+    )
+    assert status["nodes"] == 3 and status["readyNodes"] == 0
+    assert status["selector"] == "app.kubernetes.io/name=limedb,app.kubernetes.io/instance=lime"
+    assert condition(get(api, namespace), "Valid")["status"] == "True"
+    assert condition(get(api, namespace), "Progressing")["reason"] == "DatabaseUnreachable"
+
+
+def test_scale_below_replication_factor_is_refused_with_condition_and_event(
+    api, namespace, operator
+):
+    create(api, namespace, nodes=3, replicationFactor=3)
+    apps = kubernetes.client.AppsV1Api(api)
+    wait_for(lambda: apps.read_namespaced_stateful_set("lime", namespace), timeout=60, what="sts")
+    kubernetes.client.CustomObjectsApi(api).patch_namespaced_custom_object_scale(
+        G, V, namespace, P, "lime", {"spec": {"replicas": 2}}
+    )
+
+    def refused():
+        c = condition(get(api, namespace), "Valid")
+        return c and c["status"] == "False" and c
+
+    c = wait_for(refused, timeout=30, what=f"Valid=False (operator log:\n{operator.log_tail()})")
+    assert c["reason"] == "BelowReplicationFactor"
+    assert "replicationFactor=3" in c["message"]
+    assert get(api, namespace)["status"]["phase"] == "Invalid"
+    assert apps.read_namespaced_stateful_set("lime", namespace).spec.replicas == 3
+    warnings = wait_for(
+        lambda: [e for e in events_for(api, namespace) if e[1] == "BelowReplicationFactor"],
+        timeout=15,
+        what="a BelowReplicationFactor event",
+    )
+    assert warnings[0][0] == "Warning"
+
+
+@pytest.mark.parametrize("policy", ["Delete", "Retain"])
+def test_deleting_the_cluster_applies_the_pvc_policy(api, namespace, operator, policy):
+    create(api, namespace, nodes=3, pvcRetention={"whenDeleted": policy})
+    core = kubernetes.client.CoreV1Api(api)
+
+    def claims():
+        return [p for p in core.list_namespaced_persistent_volume_claim(namespace).items]
+
+    wait_for(lambda: len(claims()) == 3, timeout=60, what="3 PVCs")
+    assert "limedb.io/pvc-retention" in get(api, namespace)["metadata"]["finalizers"]
+    kubernetes.client.CustomObjectsApi(api).delete_namespaced_custom_object(
+        G, V, namespace, P, "lime"
+    )
+
+    def gone():
+        try:
+            get(api, namespace)
+        except ApiException as e:
+            return e.status == 404
+        return False
+
+    wait_for(gone, timeout=60, what=f"the LimeCluster to be deleted ({operator.log_tail()})")
+    if policy == "Delete":
+        wait_for(
+            lambda: all(p.metadata.deletion_timestamp for p in claims()),
+            timeout=30,
+            what="the PVCs to be deleted",
+        )
+    else:
+        # Garbage collection removes the StatefulSet and pods but never the retained volumes.
+        apps = kubernetes.client.AppsV1Api(api)
+        wait_for(lambda: not apps.list_namespaced_stateful_set(namespace).items, timeout=30,
+                 what="the StatefulSet to be garbage collected")  # fmt: skip
+        assert sorted(p.metadata.name for p in claims()) == [
+            "data-lime-0",
+            "data-lime-1",
+            "data-lime-2",
+        ]
+        assert not any(p.metadata.deletion_timestamp for p in claims())
