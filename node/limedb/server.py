@@ -19,6 +19,7 @@ import uvicorn
 
 from limedb.api import attach_service, create_app
 from limedb.api.fastpath import FastPath
+from limedb.api.wire import wire_protocol
 from limedb.cluster.local import LocalService
 from limedb.cluster.service import KeyValueService
 from limedb.config import Config
@@ -106,7 +107,8 @@ class NodeRuntime:
             host=config.host,
             port=config.port,
             loop="uvloop",
-            http="httptools",
+            # The wire protocol serves hot key-value requests without the ASGI round trip.
+            http=wire_protocol(self.app.state) if config.fast_path else "httptools",
             lifespan="on",
             access_log=False,
             log_level=config.log_level,

@@ -2,45 +2,28 @@
 
 The LimeDB get/set/del routes and /v1/kv/{key} are matched by method and raw-path prefix and
 answered with two `send` calls, skipping FastAPI's routing, dependency injection and response
-classes (the FastAPI routes with the same paths still exist for the OpenAPI document and for
-methods handled there, such as HEAD). Everything else, and every request when the fast path is
-disabled, goes to the wrapped application. Both paths share `operations`, so they answer alike.
-It also enforces the in-flight request limit and records per-route metrics for all routes.
+classes (the FastAPI routes with the same paths still exist for the OpenAPI document). Both
+this layer and the wire-level path in `wire.py` dispatch through `hot.serve`, so they answer
+alike. It also enforces the in-flight request limit and records per-route metrics for all routes.
 """
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from limedb.api import hot
 from limedb.api import operations as ops
-from limedb.api.errors import ApiError, error_body, from_service_error, retry_after_header
+from limedb.api.errors import ApiError, retry_after_header
 from limedb.api.state import NodeState
-from limedb.api.validation import key_from_raw_path, parse_consistency, parse_ttl
-from limedb.cluster.service import ServiceError
-
-log = logging.getLogger("limedb.api")
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict]]
 Send = Callable[[dict], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-GET_PREFIX = b"/api/v1/get/"
-DEL_PREFIX = b"/api/v1/del/"
-SET_PATH = b"/api/v1/set"
-KV_PREFIX = b"/v1/kv/"
 UNLIMITED_PATHS = frozenset({"/livez", "/readyz", "/metrics"})
-
-
-class MethodNotAllowed(Exception):
-    """A hot route's path with a method it does not serve: 405 listing every allowed method."""
-
-    def __init__(self, route: str, allow: bytes) -> None:
-        self.route = route
-        self.allow = allow
 
 
 class ClientDisconnected(Exception):
@@ -80,12 +63,10 @@ async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
             return b"".join(chunks)
 
 
-def reply_for_error(exc: Exception) -> ops.Reply:
-    if isinstance(exc, ServiceError):
-        exc = from_service_error(exc)
-    assert isinstance(exc, ApiError)
-    headers = tuple((k.lower().encode(), v.encode()) for k, v in exc.headers.items())
-    return ops.Reply(exc.status, ops.JSON, error_body(exc.message), headers)
+def overloaded() -> ops.Reply:
+    return hot.error_reply(
+        ApiError(503, "node overloaded: too many requests in flight", retry_after_header(1))
+    )
 
 
 async def send_reply(send: Send, reply: ops.Reply) -> None:
@@ -100,7 +81,7 @@ async def send_reply(send: Send, reply: ops.Reply) -> None:
 
 
 class FastPath:
-    """ASGI middleware: hot routes answered in place, the rest passed to `app`."""
+    """ASGI middleware: hot routes answered in place, the rest passed to `app` (FastAPI)."""
 
     def __init__(self, app: ASGIApp, state: NodeState) -> None:
         self.app = app
@@ -114,80 +95,38 @@ class FastPath:
         state = self.state
         limit = state.config.max_inflight
         if limit and state.inflight >= limit and scope["path"] not in UNLIMITED_PATHS:
-            err = ApiError(
-                503, "node overloaded: too many requests in flight", retry_after_header(1)
-            )
-            await send_reply(send, reply_for_error(err))
+            await send_reply(send, overloaded())
             state.stats.observe(scope["method"], "overloaded", 503, 0.0)
             return
         state.inflight += 1
         started = time.perf_counter()
         try:
-            handled = self.enabled and await self._serve_hot(scope, receive, send, started)
-            if not handled:
+            method: str = scope["method"]
+            raw_path: bytes = scope.get("raw_path") or scope["path"].encode("utf-8")
+            route = hot.classify(method, raw_path) if self.enabled else None
+            if route is None:
                 await self._serve_app(scope, receive, send, started)
+                return
+            if not hot.allowed(route, method):
+                reply = hot.method_not_allowed(route, method)
+            else:
+                body = b""
+                if hot.has_body(route, method):
+                    try:
+                        body = await read_body(scope, receive, hot.body_limit(state, route))
+                    except ClientDisconnected:
+                        return
+                    except ApiError as exc:
+                        reply = hot.error_reply(exc)
+                        await send_reply(send, reply)
+                        state.stats.observe(method, route, reply.status, 0.0)
+                        return
+                query: bytes = scope.get("query_string", b"")
+                reply = await hot.serve(state, route, method, raw_path, query, body)
+            await send_reply(send, reply)
+            state.stats.observe(method, route, reply.status, time.perf_counter() - started)
         finally:
             state.inflight -= 1
-
-    async def _serve_hot(self, scope: Scope, receive: Receive, send: Send, started: float) -> bool:
-        method: str = scope["method"]
-        raw_path: bytes = scope.get("raw_path") or scope["path"].encode("utf-8")
-        state = self.state
-        limits = state.limits
-        try:
-            if raw_path.startswith(KV_PREFIX):
-                if method not in ("GET", "PUT", "DELETE"):
-                    raise MethodNotAllowed("/v1/kv/{key}", b"GET, PUT, DELETE")
-                route = "/v1/kv/{key}"
-                service = state.require_service()
-                key = key_from_raw_path(raw_path, len(KV_PREFIX), limits)
-                qs: bytes = scope.get("query_string", b"")
-                consistency = parse_consistency(qs) if qs else None
-                if method == "GET":
-                    reply = await ops.kv_get(service, key, consistency)
-                elif method == "PUT":
-                    ttl = parse_ttl(qs) if qs else None
-                    body = await read_body(scope, receive, limits.max_value_bytes)
-                    reply = await ops.kv_put(service, key, body, ttl, consistency, limits)
-                else:
-                    reply = await ops.kv_delete(service, key, consistency)
-            elif method == "GET" and raw_path.startswith(GET_PREFIX):
-                route = "/api/v1/get/{key}"
-                service = state.require_service()
-                key = key_from_raw_path(raw_path, len(GET_PREFIX), limits)
-                reply = await ops.lime_get(service, key)
-            elif method == "POST" and raw_path == SET_PATH:
-                route = "/api/v1/set"
-                service = state.require_service()
-                body = await read_body(scope, receive, limits.max_json_body)
-                reply = await ops.lime_set(service, body, limits)
-            elif method == "DELETE" and raw_path.startswith(DEL_PREFIX):
-                route = "/api/v1/del/{key}"
-                service = state.require_service()
-                key = key_from_raw_path(raw_path, len(DEL_PREFIX), limits)
-                reply = await ops.lime_del(service, key)
-            elif raw_path.startswith(GET_PREFIX):
-                raise MethodNotAllowed("/api/v1/get/{key}", b"GET")
-            elif raw_path == SET_PATH:
-                raise MethodNotAllowed("/api/v1/set", b"POST")
-            elif raw_path.startswith(DEL_PREFIX):
-                raise MethodNotAllowed("/api/v1/del/{key}", b"DELETE")
-            else:
-                return False
-        except MethodNotAllowed as exc:
-            route = exc.route
-            body = b"" if method == "HEAD" else error_body(f"method {method} not allowed")
-            reply = ops.Reply(405, ops.JSON, body, ((b"allow", exc.allow),))
-        except (ApiError, ServiceError) as exc:
-            reply = reply_for_error(exc)
-        except ClientDisconnected:
-            return True
-        except Exception:
-            log.exception("unexpected error serving %s %r", method, raw_path)
-            reply = ops.Reply(500, ops.JSON, error_body("internal error"))
-        await send_reply(send, reply)
-        state.stats.observe(method, route, reply.status, time.perf_counter() - started)
-        return True
 
     async def _serve_app(self, scope: Scope, receive: Receive, send: Send, started: float) -> None:
         status = 500

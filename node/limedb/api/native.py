@@ -11,7 +11,8 @@ from starlette.responses import Response
 
 from limedb.api import operations as ops
 from limedb.api.errors import ApiError
-from limedb.api.fastpath import KV_PREFIX, read_body
+from limedb.api.fastpath import read_body
+from limedb.api.hot import KV_PREFIX
 from limedb.api.responses import BAD_REQUEST, NOT_FOUND, TOO_LARGE, UNAVAILABLE, to_response
 from limedb.api.schemas import BatchPutBinary, BatchRequest, BatchResponse, DeleteResult, PutResult
 from limedb.api.state import NodeState

@@ -14,7 +14,8 @@ from starlette.responses import Response
 
 import limedb
 from limedb.api import operations as ops
-from limedb.api.fastpath import DEL_PREFIX, GET_PREFIX, read_body
+from limedb.api.fastpath import read_body
+from limedb.api.hot import DEL_PREFIX, GET_PREFIX
 from limedb.api.responses import BAD_REQUEST, NOT_FOUND, TOO_LARGE, UNAVAILABLE, text, to_response
 from limedb.api.schemas import GetResponse, Health, KeysPage
 from limedb.api.state import NodeState

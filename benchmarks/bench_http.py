@@ -1,0 +1,228 @@
+"""Node HTTP benchmark: one `limedb serve` process against an idiomatic FastAPI anchor.
+
+Both servers run the same LocalService over the same storage engine with the same durability,
+one process each, pinned to CPU 0; wrk drives them from CPU 1 with 50 keep-alive connections
+and 100-byte values. Measured in the same run, one server at a time:
+  GET  /api/v1/get/{key} over preloaded keys,
+  SET  POST /api/v1/set with fresh keys (sync durability: every answer waited for its fsync).
+Prints req/s, p99 latency, server CPU microseconds per request and the LimeDB/anchor ratios,
+and the issue's targets (GET >= 18,000 req/s and >= 3.5x the anchor, SET >= 12,000 req/s,
+p99 < 10 ms). Needs wrk (`bash scripts/system-deps.sh`).
+
+    python benchmarks/bench_http.py [--duration 10] [--connections 50] [--keys 10000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+HERE = Path(__file__).resolve().parent
+LIMEDB = str(Path(sys.executable).with_name("limedb"))
+GET_LUA = """
+local keys = {keys}
+request = function()
+  return wrk.format("GET", "/api/v1/get/key-" .. math.random(0, keys - 1))
+end
+"""
+SET_LUA = """
+local value = string.rep("v", {value_size})
+local n = 0
+local prefix = "set-" .. tostring(math.random(1, 1000000000)) .. "-"
+request = function()
+  n = n + 1
+  local body = '{{"key":"' .. prefix .. n .. '","value":"' .. value .. '"}}'
+  return wrk.format("POST", "/api/v1/set", {{["Content-Type"] = "application/json"}}, body)
+end
+"""
+
+
+@dataclass
+class Result:
+    rps: float
+    p99_ms: float
+    errors: int
+    cpu_us_per_request: float
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def pin(cpu: int):
+    def apply() -> None:
+        if hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) > 1:
+            os.sched_setaffinity(0, {cpu})
+
+    return apply
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def wait_ready(url: str, proc: subprocess.Popen, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        try:
+            if httpx.get(url + "/readyz", timeout=1.0).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.05)
+    raise RuntimeError(f"{url} not ready after {timeout_s}s")
+
+
+async def preload(url: str, keys: int, value_size: int) -> None:
+    value = "v" * value_size
+    queue = list(range(keys))
+    async with httpx.AsyncClient(base_url=url, timeout=30.0) as client:
+
+        async def worker() -> None:
+            while queue:
+                i = queue.pop()
+                body = {"key": f"key-{i}", "value": value}
+                response = await client.post("/api/v1/set", json=body)
+                response.raise_for_status()
+
+        await asyncio.gather(*(worker() for _ in range(32)))
+
+
+def parse_duration_ms(text: str) -> float:
+    value, unit = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text).groups()
+    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}[unit]
+
+
+def run_wrk(url: str, script: Path, pid: int, args: argparse.Namespace) -> Result:
+    before = cpu_seconds(pid)
+    out = subprocess.run(
+        [
+            "wrk", "-t1", f"-c{args.connections}", f"-d{args.duration}s", "--latency",
+            "-s", str(script), url,
+        ],  # fmt: skip
+        capture_output=True,
+        text=True,
+        check=True,
+        preexec_fn=pin(1),
+    ).stdout
+    spent = cpu_seconds(pid) - before
+    requests = int(re.search(r"(\d+) requests in", out).group(1))
+    errors = 0
+    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if non_2xx:
+        errors += int(non_2xx.group(1))
+    socket_errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    if socket_errors:
+        errors += sum(int(g) for g in socket_errors.groups())
+    return Result(
+        rps=float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
+        p99_ms=parse_duration_ms(re.search(r"99%\s+(\S+)", out).group(1)),
+        errors=errors,
+        cpu_us_per_request=spent / max(requests, 1) * 1e6,
+    )
+
+
+def bench_server(name: str, argv: list[str], url: str, args, scripts) -> dict[str, Result]:
+    proc = subprocess.Popen(
+        argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=pin(0)
+    )
+    try:
+        wait_ready(url, proc)
+        asyncio.run(preload(url, args.keys, args.value_size))
+        results = {op: run_wrk(url, script, proc.pid, args) for op, script in scripts.items()}
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    for op, r in results.items():
+        print(
+            f"  {name:<8} {op:<4} {r.rps:>10,.0f} req/s   p99 {r.p99_ms:>7.2f} ms   "
+            f"{r.cpu_us_per_request:>6.1f} us CPU/req   errors {r.errors}",
+            flush=True,
+        )
+    return results
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--duration", type=int, default=10, help="seconds per measurement")
+    parser.add_argument("--connections", type=int, default=50)
+    parser.add_argument("--keys", type=int, default=10000, help="keys preloaded for GET")
+    parser.add_argument("--value-size", type=int, default=100)
+    parser.add_argument("--durability", default="sync", choices=["sync", "periodic", "none"])
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        print("bench_http: wrk is not installed; run `bash scripts/system-deps.sh`", file=sys.stderr)
+        return 2
+
+    with tempfile.TemporaryDirectory(prefix="limedb-bench-") as tmp:
+        scripts = {
+            "GET": Path(tmp, "get.lua"),
+            "SET": Path(tmp, "set.lua"),
+        }
+        scripts["GET"].write_text(GET_LUA.format(keys=args.keys))
+        scripts["SET"].write_text(SET_LUA.format(value_size=args.value_size))
+        print(
+            f"Node HTTP: {args.connections} connections, {args.duration}s each, "
+            f"{args.value_size}-byte values, durability {args.durability}, "
+            f"{os.cpu_count()} CPUs (server on CPU 0, wrk on CPU 1)",
+            flush=True,
+        )
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        node_argv = [
+            LIMEDB, "serve", "--host", "127.0.0.1", "--port", str(port),
+            "--data-dir", str(Path(tmp, "node")), "--durability", args.durability,
+            "--log-level", "warning", "--resp-port", "0",
+        ]  # fmt: skip
+        limedb = bench_server("limedb", node_argv, url, args, scripts)
+
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        anchor_argv = [
+            sys.executable, str(HERE / "fastapi_anchor.py"), "--port", str(port),
+            "--data-dir", str(Path(tmp, "anchor")), "--durability", args.durability,
+        ]  # fmt: skip
+        anchor = bench_server("fastapi", anchor_argv, url, args, scripts)
+
+    print("  ratios (limedb / FastAPI anchor):")
+    for op in ("GET", "SET"):
+        ours, theirs = limedb[op], anchor[op]
+        print(
+            f"    {op}: {ours.rps / theirs.rps:.2f}x req/s, "
+            f"{theirs.cpu_us_per_request / ours.cpu_us_per_request:.2f}x less CPU per request"
+        )
+    get, put = limedb["GET"], limedb["SET"]
+    targets = [
+        ("GET >= 18,000 req/s", get.rps >= 18000),
+        ("GET >= 3.5x FastAPI", get.rps >= 3.5 * anchor["GET"].rps),
+        ("SET (sync) >= 12,000 req/s", put.rps >= 12000),
+        ("p99 < 10 ms (GET and SET)", get.p99_ms < 10 and put.p99_ms < 10),
+        ("no errors", get.errors == 0 and put.errors == 0),
+    ]
+    print("  targets: " + ", ".join(f"{name}: {'met' if ok else 'MISSED'}" for name, ok in targets))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,226 @@
+"""uvicorn's httptools protocol, answering hot key-value requests straight from the parser.
+
+For a LimeDB get/set/del or /v1/kv request that is not pipelined behind another response, the
+protocol skips the ASGI request cycle (scope completion, a task per request, message dicts,
+the FastAPI stack) and runs `hot.serve` as soon as the message is complete. Most reads finish
+without ever suspending, so the coroutine is stepped once, eagerly, and the reply is written in
+the same callback; an operation that does wait (a write waiting for its fsync, a replica) is
+finished in a task. Every other request - and hot requests pipelined behind an unfinished
+response or sent with `Expect: 100-continue` - takes uvicorn's normal ASGI path unchanged, where
+the raw-ASGI `FastPath` still serves the hot routes. Both paths answer through `hot.serve`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Coroutine
+from typing import Any
+
+import httptools
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+
+from limedb.api import hot
+from limedb.api import operations as ops
+from limedb.api.errors import ApiError
+from limedb.api.fastpath import overloaded
+from limedb.api.state import NodeState
+
+
+class _NoEvent:
+    """Stands in for the asyncio.Event uvicorn sets on a cycle when the connection drops."""
+
+    __slots__ = ()
+
+    def set(self) -> None:
+        pass
+
+
+_NO_EVENT = _NoEvent()
+
+
+class HotCycle:
+    """One hot request in flight on a connection; quacks like uvicorn's cycle where it looks."""
+
+    __slots__ = (
+        "body",
+        "disconnected",
+        "keep_alive",
+        "limit",
+        "message_event",
+        "method",
+        "query",
+        "raw_path",
+        "reply",
+        "response_complete",
+        "route",
+        "size",
+        "started",
+    )
+
+    def __init__(
+        self, route: str, method: str, raw_path: bytes, query: bytes, keep_alive: bool
+    ) -> None:
+        self.route = route
+        self.method = method
+        self.raw_path = raw_path
+        self.query = query
+        self.keep_alive = keep_alive
+        self.body: list[bytes] = []
+        self.size = 0
+        self.limit = 0
+        self.reply: ops.Reply | None = None
+        self.response_complete = False
+        self.disconnected = False
+        self.message_event = _NO_EVENT
+        self.started = time.perf_counter()
+
+
+async def _resume(coro: Coroutine[Any, Any, ops.Reply], waiting: Any) -> ops.Reply:
+    """Finish a coroutine that was stepped once by hand and is waiting on `waiting`.
+
+    This is what asyncio.Task does for a coroutine: wait for the future it yielded, then step
+    it again, until it returns.
+    """
+    while True:
+        try:
+            if waiting is None:
+                await asyncio.sleep(0)
+            else:
+                # The coroutine yielded the future to us, not to a Task: clear the flag a Task
+                # would clear, or the future refuses to be awaited again.
+                waiting._asyncio_future_blocking = False
+                await waiting
+        except asyncio.CancelledError:
+            coro.close()
+            raise
+        except BaseException:  # noqa: S110 - the coroutine re-raises it from its own await
+            pass
+        try:
+            waiting = coro.send(None)
+        except StopIteration as done:
+            return done.value
+
+
+class WireProtocol(HttpToolsProtocol):
+    """The node's HTTP/1.1 protocol: uvicorn's, with hot key-value requests served in place."""
+
+    node_state: NodeState
+
+    def on_headers_complete(self) -> None:
+        cycle = self.cycle
+        if self.expect_100_continue or (cycle is not None and not cycle.response_complete):
+            super().on_headers_complete()
+            return
+        parsed = httptools.parse_url(self.url)
+        raw_path: bytes = parsed.path
+        method = self.parser.get_method().decode("ascii")
+        route = hot.classify(method, raw_path)
+        if route is None or self.parser.should_upgrade():
+            super().on_headers_complete()
+            return
+        keep_alive = self.parser.get_http_version() != "1.0" and self.parser.should_keep_alive()
+        hot_cycle = HotCycle(route, method, raw_path, parsed.query or b"", keep_alive)
+        state = self.node_state
+        limit = state.config.max_inflight
+        if not hot.allowed(route, method):
+            hot_cycle.reply = hot.method_not_allowed(route, method)
+        elif limit and state.inflight >= limit:
+            hot_cycle.reply = overloaded()
+        elif hot.has_body(route, method):
+            hot_cycle.limit = hot.body_limit(state, route)
+            for name, value in self.headers:
+                if name == b"content-length":
+                    if not value.isdigit():
+                        hot_cycle.reply = hot.error_reply(ApiError(400, "invalid Content-Length"))
+                    elif int(value) > hot_cycle.limit:
+                        hot_cycle.reply = hot.too_large(hot_cycle.limit)
+                    break
+        self.cycle = hot_cycle  # type: ignore[assignment]
+
+    def on_body(self, body: bytes) -> None:
+        cycle = self.cycle
+        if not isinstance(cycle, HotCycle):
+            super().on_body(body)
+            return
+        if cycle.reply is not None:
+            return  # already refused; the rest of the body is read and dropped
+        cycle.size += len(body)
+        if cycle.size > cycle.limit:
+            cycle.reply = hot.too_large(cycle.limit)
+            cycle.body = []
+            return
+        cycle.body.append(body)
+
+    def on_message_complete(self) -> None:
+        cycle = self.cycle
+        if not isinstance(cycle, HotCycle):
+            super().on_message_complete()
+            return
+        if cycle.reply is not None:
+            self._respond(cycle, cycle.reply)
+            return
+        state = self.node_state
+        body = b"".join(cycle.body) if cycle.body else b""
+        coro = hot.serve(state, cycle.route, cycle.method, cycle.raw_path, cycle.query, body)
+        state.inflight += 1
+        try:
+            waiting = coro.send(None)
+        except StopIteration as done:
+            state.inflight -= 1
+            self._respond(cycle, done.value)
+            return
+        task = self.loop.create_task(self._finish(cycle, coro, waiting))
+        task.add_done_callback(self.tasks.discard)
+        self.tasks.add(task)
+
+    async def _finish(
+        self, cycle: HotCycle, coro: Coroutine[Any, Any, ops.Reply], waiting: Any
+    ) -> None:
+        try:
+            reply = await _resume(coro, waiting)
+        finally:
+            self.node_state.inflight -= 1
+        self._respond(cycle, reply)
+
+    def _respond(self, cycle: HotCycle, reply: ops.Reply) -> None:
+        cycle.response_complete = True
+        self.node_state.stats.observe(
+            cycle.method, cycle.route, reply.status, time.perf_counter() - cycle.started
+        )
+        if self.transport.is_closing():
+            return
+        body = reply.body
+        head = (
+            STATUS_LINE[reply.status]
+            + _default_headers(self.server_state.default_headers)
+            + b"content-type: "
+            + reply.content_type
+            + b"\r\ncontent-length: "
+            + str(len(body)).encode()
+            + b"\r\n"
+        )
+        for name, value in reply.headers:
+            head += name + b": " + value + b"\r\n"
+        if not cycle.keep_alive:
+            head += b"connection: close\r\n"
+        self.transport.write(head + b"\r\n" + body if cycle.method != "HEAD" else head + b"\r\n")
+        if not cycle.keep_alive:
+            self.transport.close()
+        self.on_response_complete()
+
+
+_joined_headers: tuple[object, bytes] = (None, b"")
+
+
+def _default_headers(headers: list[tuple[bytes, bytes]]) -> bytes:
+    """uvicorn's default headers (the Date header) as bytes; uvicorn swaps the list each second."""
+    global _joined_headers
+    if _joined_headers[0] is not headers:
+        _joined_headers = (headers, b"".join(n + b": " + v + b"\r\n" for n, v in headers))
+    return _joined_headers[1]
+
+
+def wire_protocol(state: NodeState) -> type[WireProtocol]:
+    """The protocol class to give uvicorn (`http=`), bound to this node's state."""
+    return type("LimeWireProtocol", (WireProtocol,), {"node_state": state})
