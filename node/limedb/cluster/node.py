@@ -85,7 +85,9 @@ class ClusterService:
         self.engine = engine
         self.hints_engine = hints_engine
         self.internal_port = internal_port
-        self.hlc = HLC()
+        # One clock per process: the engine's observes every stored timestamp (also at
+        # recovery), so versions stamped here always order after what this node holds.
+        self.hlc: HLC = getattr(engine, "hlc", None) or HLC()
         host = urlsplit(self.node_url).hostname or "127.0.0.1"
         self.ring_store = RingStore(config.data_dir)
         state = initial_ring_state(config, self.ring_store)

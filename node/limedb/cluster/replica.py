@@ -107,6 +107,9 @@ class Replica:
     def __init__(self, engine, hlc: HLC) -> None:
         self.engine = engine
         self.hlc = hlc
+        # The engine's own clock observes every timestamp it applies; only a separate clock
+        # needs to be told here.
+        self._observe = hlc is not getattr(engine, "hlc", None)
         self._queue: list[tuple[Mutation, asyncio.Future, bool]] = []
         self.batches = 0
         self.applied = 0
@@ -122,7 +125,8 @@ class Replica:
         once it is durable."""
         loop = asyncio.get_running_loop()
         future = loop.create_future()
-        self.hlc.observe(mutation.ts)
+        if self._observe:
+            self.hlc.observe(mutation.ts)
         existed = False
         if mutation.tombstone:
             # Only deletes report whether the key existed (LimeDB's `1` / `0`).
