@@ -1,0 +1,102 @@
+"""`limedb cluster up` runs a real local cluster in the foreground; `limedb status` reports it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+from support.cluster import wait_for
+
+pytestmark = pytest.mark.cluster
+
+LIMEDB = str(Path(sys.executable).with_name("limedb"))
+HOST = "127.0.0.60"
+
+
+def _free_base_port(nodes: int) -> int:
+    """A base port whose next `nodes` ports and their internal ports (+1000) are free."""
+    for _ in range(100):
+        with socket.socket() as probe:
+            probe.bind((HOST, 0))
+            base = probe.getsockname()[1]
+        ports = [base + i for i in range(nodes)] + [base + 1000 + i for i in range(nodes)]
+        if max(ports) > 65535:
+            continue
+        try:
+            for port in ports:
+                with socket.socket() as s:
+                    s.bind((HOST, port))
+        except OSError:
+            continue
+        return base
+    raise RuntimeError("no free port range")
+
+
+def _refuses(url: str) -> bool:
+    try:
+        httpx.get(f"{url}/livez", timeout=1.0)
+    except httpx.ConnectError:
+        return True
+    return False
+
+
+def test_cluster_up_serves_status_and_ctrl_c_stops_every_node(tmp_path: Path) -> None:
+    base = _free_base_port(3)
+    urls = [f"http://{HOST}:{base + i}" for i in range(3)]
+    up = subprocess.Popen(
+        [LIMEDB, "cluster", "up", "--nodes", "3", "--base-port", str(base), "--host", HOST,
+         "--data-dir", str(tmp_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,  # so teardown can reach the nodes even if the test fails
+    )  # fmt: skip
+    try:
+        with httpx.Client(timeout=2.0) as client:
+
+            def all_see_each_other() -> bool:
+                return all(
+                    client.get(f"{url}/api/v1/cluster/gossip").json().get("active_peers") == 2
+                    for url in urls
+                )
+
+            wait_for(all_see_each_other, 40, "three nodes that see each other")
+            assert client.put(f"{urls[0]}/v1/kv/hello", content=b"world").status_code < 300
+            assert client.get(f"{urls[2]}/v1/kv/hello").content == b"world"
+
+        status = subprocess.run(
+            [LIMEDB, "status", "--url", urls[1]],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env={**os.environ, "COLUMNS": "200"},
+        )
+        assert status.returncode == 0, status.stdout + status.stderr
+        for url in urls:
+            assert url in status.stdout
+        assert "ring epoch 1" in status.stdout
+        assert status.stdout.count("active") >= 3
+        assert "33." in status.stdout or "%" in status.stdout  # token share per node
+
+        up.send_signal(signal.SIGINT)  # Ctrl-C
+        output, _ = up.communicate(timeout=30)
+        assert up.returncode == 0, output
+        for url in urls:
+            assert url in output  # the URLs were printed
+            assert _refuses(url)
+        assert "stopped" in output
+    finally:
+        if up.poll() is None:
+            os.killpg(up.pid, signal.SIGKILL)
+            up.wait()
+        else:
+            try:
+                os.killpg(up.pid, signal.SIGKILL)  # any node left behind
+            except ProcessLookupError:
+                pass
