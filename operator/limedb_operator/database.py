@@ -1,10 +1,10 @@
 """The operator's only door to LimeDB: admin status, join and leave through `limedb.client`.
 
-Contract (the transitions issue implements it in limedb.client.Client):
-`admin_status()` -> {"epoch": int, "members": [{"node_id", "state"}], "transition": None |
-{"kind", "node", "phase", "ranges_moved", "ranges_total", "started_at"}}; `join(node_url)` asks
-the ring to add the node at that URL; `leave(node_id)` starts its hand-off. Each call goes to
-one node by pod IP; the node coordinates the change.
+Contract (limedb.client.Client, node/limedb/api/admin.py): `admin_status()` -> {"epoch",
+"members": [{"node_id", "url", "state"}], "replication_factor", "transition": None | {"kind",
+"change", "phase", "ranges_moved", "ranges_total", ...}}; `join(node_url)` adds a node started
+with --await-join; `leave(node)` starts a member's hand-off; `set_replication_factor(rf)`.
+Each call goes to one node by pod IP; that node proposes the change and the ring drives it.
 """
 
 from __future__ import annotations
@@ -55,6 +55,16 @@ def leave(coordinator_url: str, node_id: str, secret: str | None) -> None:
     client = _client(coordinator_url, secret)
     try:
         client.leave(node_id)
+    finally:
+        close = getattr(client, "close", None)
+        if close:
+            close()
+
+
+def set_replication_factor(coordinator_url: str, rf: int, secret: str | None) -> None:
+    client = _client(coordinator_url, secret)
+    try:
+        client.set_replication_factor(rf)
     finally:
         close = getattr(client, "close", None)
         if close:

@@ -12,6 +12,7 @@ PLURAL = "limeclusters"
 KIND = "LimeCluster"
 
 HTTP_PORT = 8484
+INTERNAL_PORT = 9484
 RESP_PORT = 6379
 DATA_DIR = "/data"
 RUN_AS = 10001
@@ -87,12 +88,38 @@ def labels(name: str) -> dict[str, str]:
     }
 
 
-def seed_urls(name: str, namespace: str, nodes: int) -> list[str]:
-    """Headless-service DNS names of the lowest ordinals: they exist before the pods are Ready
-    (publishNotReadyAddresses) and survive pod restarts, unlike pod IPs."""
+def node_url(name: str, namespace: str, ordinal: int) -> str:
+    """A node's identity and address: the stable DNS name of its pod in the headless service.
+    LimeDB keys ring members by URL, so identity follows the pod name and survives restarts
+    and IP changes (the IP behind the name changes, the name does not)."""
     svc = headless_service_name(name)
-    count = max(1, min(SEED_COUNT, nodes))
-    return [f"http://{pod_name(name, i)}.{svc}.{namespace}.svc:{HTTP_PORT}" for i in range(count)]
+    return f"http://{pod_name(name, ordinal)}.{svc}.{namespace}.svc:{HTTP_PORT}"
+
+
+def pod_of_node(node_id: str) -> str:
+    """The pod name inside a node URL (http://<pod>.<svc>.<ns>.svc:8484)."""
+    host = node_id.split("://", 1)[-1]
+    return host.split(".", 1)[0].split(":", 1)[0]
+
+
+def seed_urls(name: str, namespace: str, founders: int) -> list[str]:
+    """The founding members: the pods that formed the cluster when it was created. They boot
+    a static ring of exactly these URLs; every later node learns the ring from them and waits
+    to be joined. Headless-service names resolve before pods are Ready
+    (publishNotReadyAddresses)."""
+    return [node_url(name, namespace, i) for i in range(max(1, founders))]
+
+
+# A founding pod (its own URL among the seeds) starts in the static ring of the founders; any
+# other pod starts outside the ring and waits for the operator to join it. A node that already
+# has a ring record on its volume ignores both and resumes from the record.
+NODE_ENTRYPOINT = """\
+case ",$LIMEDB_SEEDS," in
+  *",$LIMEDB_ADVERTISE_URL,"*) export LIMEDB_AWAIT_JOIN=false ;;
+  *) export LIMEDB_AWAIT_JOIN=true ;;
+esac
+exec limedb serve
+"""
 
 
 def _meta(name: str, namespace: str, obj_name: str) -> Obj:
@@ -109,7 +136,10 @@ def headless_service(name: str, namespace: str) -> Obj:
             # Seeds must resolve while the cluster is still forming, before any pod is Ready.
             "publishNotReadyAddresses": True,
             "selector": selector_labels(name),
-            "ports": [{"name": "http", "port": HTTP_PORT, "targetPort": "http"}],
+            "ports": [
+                {"name": "http", "port": HTTP_PORT, "targetPort": "http"},
+                {"name": "internal", "port": INTERNAL_PORT, "targetPort": "internal"},
+            ],
         },
     }
 
@@ -151,7 +181,7 @@ def cluster_secret(name: str, namespace: str, token: str) -> Obj:
     }
 
 
-def node_env(name: str, namespace: str, spec: Mapping[str, Any]) -> list[Obj]:
+def node_env(name: str, namespace: str, spec: Mapping[str, Any], founders: int) -> list[Obj]:
     """Environment of a node container; only names that limedb.config knows (it refuses
     unknown LIMEDB_* variables) plus the downward-API helpers they are built from."""
 
@@ -160,16 +190,18 @@ def node_env(name: str, namespace: str, spec: Mapping[str, Any]) -> list[Obj]:
 
     env: list[Obj] = [
         {"name": "POD_NAME", **field("metadata.name")},
-        {"name": "POD_IP", **field("status.podIP")},
-        {"name": "LIMEDB_NODE_ID", "value": "$(POD_NAME)"},
-        # Peers reach a node by pod IP: it needs no cluster DNS, and node identity stays the
-        # pod name (LIMEDB_NODE_ID), so an IP change on restart is only a new address.
-        {"name": "LIMEDB_ADVERTISE_URL", "value": f"http://$(POD_IP):{HTTP_PORT}"},
+        {
+            "name": "LIMEDB_ADVERTISE_URL",
+            "value": f"http://$(POD_NAME).{headless_service_name(name)}.{namespace}.svc:{HTTP_PORT}",
+        },
+        # Identity is the URL (LimeDB keys ring members by URL), which follows the pod name.
+        {"name": "LIMEDB_NODE_ID", "value": "$(LIMEDB_ADVERTISE_URL)"},
         {"name": "LIMEDB_HOST", "value": "0.0.0.0"},
         {"name": "LIMEDB_PORT", "value": str(HTTP_PORT)},
+        {"name": "LIMEDB_INTERNAL_PORT", "value": str(INTERNAL_PORT)},
         {"name": "LIMEDB_RESP_PORT", "value": str(RESP_PORT)},
         {"name": "LIMEDB_DATA_DIR", "value": DATA_DIR},
-        {"name": "LIMEDB_SEEDS", "value": ",".join(seed_urls(name, namespace, spec["nodes"]))},
+        {"name": "LIMEDB_SEEDS", "value": ",".join(seed_urls(name, namespace, founders))},
         {"name": "LIMEDB_VNODES", "value": str(spec["vnodes"])},
         {"name": "LIMEDB_REPLICATION_FACTOR", "value": str(spec["replicationFactor"])},
         {"name": "LIMEDB_READ_CONSISTENCY", "value": spec["consistency"]},
@@ -242,10 +274,14 @@ def _placement(name: str, placement: Mapping[str, Any]) -> Obj:
     return out
 
 
-def statefulset(name: str, namespace: str, spec: Mapping[str, Any], replicas: int) -> Obj:
+def statefulset(
+    name: str, namespace: str, spec: Mapping[str, Any], replicas: int, founders: int | None = None
+) -> Obj:
     """The StatefulSet with `replicas` pods: the operator, not spec.nodes, decides the count,
-    because a scale-down may only shrink it after the leaving node handed off its data."""
+    because a scale-down may only shrink it after the leaving node handed off its data.
+    `founders` is the size the cluster was created with (default: spec.nodes)."""
     spec = with_defaults(spec)
+    founders = spec["nodes"] if founders is None else founders
     storage = spec["storage"]
     pvc_spec: Obj = {
         "accessModes": ["ReadWriteOnce"],
@@ -257,10 +293,11 @@ def statefulset(name: str, namespace: str, spec: Mapping[str, Any], replicas: in
         "name": "limedb",
         "image": spec["image"],
         "imagePullPolicy": spec["imagePullPolicy"],
-        "args": ["serve"],
-        "env": node_env(name, namespace, spec),
+        "command": ["/bin/sh", "-c", NODE_ENTRYPOINT],
+        "env": node_env(name, namespace, spec, founders),
         "ports": [
             {"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"},
+            {"name": "internal", "containerPort": INTERNAL_PORT, "protocol": "TCP"},
             {"name": "resp", "containerPort": RESP_PORT, "protocol": "TCP"},
         ],
         "readinessProbe": _probe("/readyz", 5, 3),
@@ -331,11 +368,13 @@ def owner_reference(body: Mapping[str, Any]) -> Obj:
     }
 
 
-def children(name: str, namespace: str, spec: Mapping[str, Any], replicas: int) -> list[Obj]:
+def children(
+    name: str, namespace: str, spec: Mapping[str, Any], replicas: int, founders: int | None = None
+) -> list[Obj]:
     """Every object the operator keeps in place, except the secret (created once)."""
     return [
         headless_service(name, namespace),
         client_service(name, namespace),
         pod_disruption_budget(name, namespace),
-        statefulset(name, namespace, spec, replicas),
+        statefulset(name, namespace, spec, replicas, founders),
     ]

@@ -46,13 +46,20 @@ def _claim_size(sts: Mapping[str, Any] | None) -> str | None:
         return None
 
 
-def _coordinator(
-    pods: tuple[PodView, ...], ring: RingView | None, exclude: str = ""
-) -> PodView | None:
+def _template_env(sts: Mapping[str, Any] | None, name: str) -> str | None:
+    try:
+        env = sts["spec"]["template"]["spec"]["containers"][0]["env"]
+    except (KeyError, IndexError, TypeError):
+        return None
+    return next((e.get("value") for e in env if e.get("name") == name), None)
+
+
+def _coordinator(obs: Observed, ring: RingView | None, exclude: str = "") -> PodView | None:
     """A Ready pod whose node is a Normal member: it can drive a ring change."""
-    for pod in pods:
-        member = ring.member(pod.name) if ring else None
-        if pod.ready and pod.url and member and member.state == NORMAL and pod.name != exclude:
+    for pod in obs.pods:
+        node_id = manifests.node_url(obs.name, obs.namespace, pod.ordinal)
+        member = ring.member(node_id) if ring else None
+        if pod.ready and pod.url and member and member.state == NORMAL and node_id != exclude:
             return pod
     return None
 
@@ -70,7 +77,7 @@ def reconcile(kube: Kube, body: Mapping[str, Any]) -> Outcome:
     ready_urls = [p.url for p in pods if p.ready and p.url and not p.terminating]
     ring = database.read_ring(ready_urls, secret) if ready_urls else None
 
-    obs = Observed(name, spec["nodes"], spec["replicationFactor"], replicas, pods, ring)
+    obs = Observed(name, namespace, spec["nodes"], spec["replicationFactor"], replicas, pods, ring)
     decision = decide(obs)
     step = decision.step
     events: list[tuple[str, str, str]] = []
@@ -84,23 +91,38 @@ def reconcile(kube: Kube, body: Mapping[str, Any]) -> Outcome:
         old_size = _claim_size(sts)
         if old_size:  # volumeClaimTemplates are immutable in a StatefulSet
             applied_spec["storage"] = {**spec["storage"], "size": old_size}
-        for child in manifests.children(name, namespace, applied_spec, new_replicas):
+        # Founders (seeds) and the bootstrap RF are fixed when the cluster is created: a change
+        # would restart every pod, and later RF changes go through the database's admin API.
+        seeds = _template_env(sts, "LIMEDB_SEEDS")
+        founders = len(seeds.split(",")) if seeds else new_replicas
+        boot_rf = _template_env(sts, "LIMEDB_REPLICATION_FACTOR")
+        if boot_rf:
+            applied_spec["replicationFactor"] = int(boot_rf)
+        for child in manifests.children(name, namespace, applied_spec, new_replicas, founders):
             kube.apply(child, body)
 
     if step.kind in ("create", "set-replicas"):
         events.append(("Normal", step.reason, step.message))
     elif step.kind == "join" and step.pod is not None:
-        coord = _coordinator(pods, ring) or step.pod  # the first node bootstraps its own ring
-        database.join(coord.url or "", step.pod.url or "", secret)
-        events.append(("Normal", "Joining", f"{step.pod.name} joins the ring via {coord.name}"))
-    elif step.kind == "leave" and step.node_id:
-        coord = _coordinator(pods, ring, exclude=step.node_id)
+        coord = _coordinator(obs, ring)
         if coord is None:
-            step_msg = f"no Ready member can coordinate the leave of {step.node_id}"
-            events.append(("Warning", "NoCoordinator", step_msg))
+            events.append(("Warning", "NoCoordinator", f"no Ready member can join {step.pod.name}"))
+        else:
+            database.join(coord.url or "", step.pod.url or "", secret)
+            events.append(("Normal", "Joining", f"{step.pod.name} joins the ring via {coord.name}"))
+    elif step.kind == "leave" and step.node_id:
+        coord = _coordinator(obs, ring, exclude=step.node_id)
+        pod = manifests.pod_of_node(step.node_id)
+        if coord is None:
+            events.append(("Warning", "NoCoordinator", f"no Ready member can remove {pod}"))
         else:
             database.leave(coord.url or "", step.node_id, secret)
-            events.append(("Normal", "Leaving", f"{step.node_id} hands off its data and leaves"))
+            events.append(("Normal", "Leaving", f"{pod} hands off its data and leaves the ring"))
+    elif step.kind == "set-rf" and step.rf is not None:
+        coord = _coordinator(obs, ring)
+        if coord is not None:
+            database.set_replication_factor(coord.url or "", step.rf, secret)
+            events.append(("Normal", "ReplicationFactor", step.message))
 
     if replicas is not None:
         policy = spec["pvcRetention"]["whenScaled"]
@@ -120,7 +142,9 @@ def reconcile(kube: Kube, body: Mapping[str, Any]) -> Outcome:
         events.append(("Normal", "Converged", step.message))
 
     if new_replicas is not None and new_replicas != replicas:
-        obs = Observed(name, obs.desired, obs.replication_factor, new_replicas, pods, ring)
+        obs = Observed(
+            name, namespace, obs.desired, obs.replication_factor, new_replicas, pods, ring
+        )
     status = build_status(obs, decision, old_status, _now(), meta.get("generation"))
     return Outcome(status, decision, events)
 

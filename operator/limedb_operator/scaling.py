@@ -14,6 +14,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from limedb_operator.manifests import node_url
+
 # Member states as the database reports them (lower-case in its API, capitalised in status).
 JOINING, NORMAL, LEAVING, LEFT = "Joining", "Normal", "Leaving", "Left"
 _STATES = {s.lower(): s for s in (JOINING, NORMAL, LEAVING, LEFT)}
@@ -55,6 +57,7 @@ class RingView:
     epoch: int
     members: tuple[Member, ...]
     transition: Transition | None = None
+    replication_factor: int | None = None
 
     def member(self, node_id: str) -> Member | None:
         return next((m for m in self.members if m.node_id == node_id), None)
@@ -63,6 +66,7 @@ class RingView:
 @dataclass(frozen=True)
 class Observed:
     name: str  # the LimeCluster (and StatefulSet) name; pod i is f"{name}-{i}"
+    namespace: str
     desired: int  # spec.nodes
     replication_factor: int
     replicas: int | None  # StatefulSet spec.replicas; None when it does not exist yet
@@ -72,12 +76,13 @@ class Observed:
 
 @dataclass(frozen=True)
 class Step:
-    """One action. kind is one of: create, set-replicas, join, leave, wait, done."""
+    """One action. kind is one of: create, set-replicas, join, leave, set-rf, wait, done."""
 
     kind: str
     reason: str
     message: str
     replicas: int | None = None
+    rf: int | None = None
     pod: PodView | None = None
     node_id: str | None = None
 
@@ -113,13 +118,14 @@ def ring_view_from_status(raw: Mapping[str, Any]) -> RingView:
     if t:
         transition = Transition(
             kind=str(pick(t, "kind", "type", "op", default="unknown")),
-            node=str(pick(t, "node", "node_id", "nodeId", default="")),
+            node=str(pick(t, "node", "node_id", "nodeId", "change", default="")),
             phase=str(pick(t, "phase", "state", default="")),
             ranges_moved=int(pick(t, "ranges_moved", "rangesMoved", default=0)),
             ranges_total=int(pick(t, "ranges_total", "rangesTotal", default=0)),
             started_at=pick(t, "started_at", "startedAt"),
         )
-    return RingView(int(raw.get("epoch") or 0), tuple(members), transition)
+    rf = raw.get("replication_factor", raw.get("replicationFactor"))
+    return RingView(int(raw.get("epoch") or 0), tuple(members), transition, int(rf) if rf else None)
 
 
 def freshest(views: Sequence[RingView]) -> RingView | None:
@@ -217,6 +223,22 @@ def decide(obs: Observed) -> Decision:
             **invalid,
         )
 
+    if ring.replication_factor is not None and ring.replication_factor != rf:
+        normal = sum(1 for m in ring.members if m.state == NORMAL)
+        if rf <= normal:
+            # Lowering RF comes before a scale-down (so the leave is allowed), raising it after
+            # the new nodes joined (so there are enough replicas to stream to).
+            return Decision(
+                Step(
+                    "set-rf",
+                    "ReplicationFactor",
+                    f"changing the replication factor from {ring.replication_factor} to {rf}",
+                    rf=rf,
+                ),
+                scaling=_direction(replicas, target),
+                **invalid,
+            )
+
     if replicas > target:
         highest = replicas - 1
         node_id = _node_id(obs, highest)
@@ -277,8 +299,8 @@ def _direction(replicas: int, target: int) -> str | None:
 
 
 def _node_id(obs: Observed, ordinal: int) -> str:
-    # Node identity is the pod name, which exists even while the pod itself is being recreated.
-    return f"{obs.name}-{ordinal}"
+    # Identity follows the pod name, which exists even while the pod itself is recreated.
+    return node_url(obs.name, obs.namespace, ordinal)
 
 
 def pvcs_to_delete(

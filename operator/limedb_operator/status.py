@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from limedb_operator.manifests import selector_string
+from limedb_operator.manifests import pod_of_node, selector_string
 from limedb_operator.scaling import NORMAL, Decision, Observed
 
 CONDITION_TYPES = (
@@ -131,8 +131,9 @@ def build_status(
     ready_members = 0
     if ring is not None:
         for m in ring.members:
-            members.append({"pod": m.node_id, "nodeId": m.node_id, "state": m.state})
-            pod = pods.get(m.node_id)
+            pod_name = pod_of_node(m.node_id)
+            members.append({"pod": pod_name, "nodeId": m.node_id, "state": m.state})
+            pod = pods.get(pod_name)
             if m.state == NORMAL and pod is not None and pod.ready:
                 ready_members += 1
     status: dict[str, Any] = {

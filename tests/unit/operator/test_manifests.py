@@ -29,20 +29,47 @@ def test_statefulset_uses_parallel_pods_and_the_headless_service():
     )
 
 
-def test_node_identity_comes_from_the_pod_name_and_address_from_the_pod_ip():
+def test_node_identity_is_the_stable_dns_url_of_the_pod():
     env = _env(_sts())
     assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
-    assert env["POD_IP"]["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"
-    assert env["LIMEDB_NODE_ID"]["value"] == "$(POD_NAME)"
-    assert env["LIMEDB_ADVERTISE_URL"]["value"] == "http://$(POD_IP):8484"
+    url = "http://$(POD_NAME).lime-headless.db.svc:8484"
+    assert env["LIMEDB_ADVERTISE_URL"]["value"] == url
+    assert env["LIMEDB_NODE_ID"]["value"] == "$(LIMEDB_ADVERTISE_URL)"
+    assert manifests.pod_of_node(manifests.node_url(NAME, NS, 4)) == "lime-4"
 
 
-def test_seeds_are_headless_dns_names_of_the_lowest_ordinals():
-    env = _env(_sts({"nodes": 7}))
+def test_seeds_are_the_founding_pods_and_do_not_follow_spec_nodes():
+    env = _env(_sts({"nodes": 7}, replicas=7))
     assert env["LIMEDB_SEEDS"]["value"].split(",") == [
+        f"http://lime-{i}.lime-headless.db.svc:8484" for i in range(7)
+    ]
+    later = _env(manifests.statefulset(NAME, NS, manifests.with_defaults({"nodes": 5}), 5, 3))
+    assert later["LIMEDB_SEEDS"]["value"].split(",") == [
         f"http://lime-{i}.lime-headless.db.svc:8484" for i in range(3)
     ]
-    assert manifests.seed_urls(NAME, NS, 1) == ["http://lime-0.lime-headless.db.svc:8484"]
+
+
+def _entrypoint_await_join(pod: str, seeds: str) -> str:
+    import subprocess
+
+    env = {
+        "LIMEDB_SEEDS": seeds,
+        "LIMEDB_ADVERTISE_URL": f"http://{pod}.lime-headless.db.svc:8484",
+        "PATH": "/usr/bin:/bin",
+    }
+    # Run the real entrypoint with `limedb` replaced by a probe of the decision it made.
+    script = manifests.NODE_ENTRYPOINT.replace("exec limedb serve", 'echo "$LIMEDB_AWAIT_JOIN"')
+    return subprocess.run(
+        ["/bin/sh", "-c", script], env=env, capture_output=True, text=True
+    ).stdout.strip()
+
+
+def test_founders_boot_the_static_ring_and_later_pods_wait_to_be_joined():
+    seeds = ",".join(manifests.seed_urls(NAME, NS, 3))
+    assert _entrypoint_await_join("lime-0", seeds) == "false"
+    assert _entrypoint_await_join("lime-2", seeds) == "false"
+    assert _entrypoint_await_join("lime-3", seeds) == "true"
+    assert _entrypoint_await_join("lime-1", manifests.seed_urls(NAME, NS, 1)[0]) == "true"
 
 
 def test_every_limedb_variable_is_a_setting_the_node_accepts():
@@ -79,7 +106,7 @@ def test_user_env_is_added_but_cannot_override_identity():
             }
         )
     )
-    assert env["LIMEDB_NODE_ID"]["value"] == "$(POD_NAME)"
+    assert env["LIMEDB_NODE_ID"]["value"] == "$(LIMEDB_ADVERTISE_URL)"
     assert env["LIMEDB_LOG_LEVEL"]["value"] == "debug"
 
 

@@ -16,28 +16,33 @@ from limedb_operator.scaling import (
 )
 
 
+def nid(i):
+    return f"http://lime-{i}.lime-headless.db.svc:8484"
+
+
 def pods(n, ready=True, not_ready=()):
     return tuple(
         PodView(f"lime-{i}", i, f"127.0.0.{10 + i}", ready and i not in not_ready) for i in range(n)
     )
 
 
-def ring(*states, epoch=1, transition=None):
-    return RingView(epoch, tuple(Member(f"lime-{i}", s) for i, s in enumerate(states)), transition)
+def ring(*states, epoch=1, transition=None, rf=None):
+    members = tuple(Member(nid(i), s) for i, s in enumerate(states))
+    return RingView(epoch, members, transition, rf)
 
 
 def obs(desired, replicas, ring_view, rf=3, pod_count=None, **kw):
     n = replicas if pod_count is None else pod_count
-    return Observed("lime", desired, rf, replicas, kw.pop("pods", pods(n)), ring_view)
+    return Observed("lime", "db", desired, rf, replicas, kw.pop("pods", pods(n)), ring_view)
 
 
 def test_first_sight_creates_the_statefulset_with_all_nodes():
-    d = decide(Observed("lime", 3, 3, None))
+    d = decide(Observed("lime", "db", 3, 3, None))
     assert d.step.kind == "create" and d.step.replicas == 3
 
 
 def test_a_new_cluster_below_rf_is_not_created():
-    d = decide(Observed("lime", 2, 3, None))
+    d = decide(Observed("lime", "db", 2, 3, None))
     assert d.step.kind == "wait" and not d.valid
 
 
@@ -59,7 +64,7 @@ def test_scale_up_joins_new_nodes_one_at_a_time_lowest_ordinal_first():
 
 
 def test_nothing_moves_while_the_database_runs_a_transition():
-    t = Transition("join", "lime-3", "streaming", 10, 40)
+    t = Transition("join", nid(3), "streaming", 10, 40)
     d = decide(obs(5, 5, ring(NORMAL, NORMAL, NORMAL, "Joining", epoch=4, transition=t)))
     assert d.step.kind == "wait" and d.step.reason == "TransitionInProgress"
     assert "10/40" in d.step.message
@@ -77,11 +82,11 @@ def test_converged_when_every_pod_is_a_ready_normal_member():
 
 def test_scale_down_starts_with_a_leave_of_the_highest_ordinal():
     d = decide(obs(3, 5, ring(*[NORMAL] * 5)))
-    assert (d.step.kind, d.step.node_id, d.scaling) == ("leave", "lime-4", "down")
+    assert (d.step.kind, d.step.node_id, d.scaling) == ("leave", nid(4), "down")
 
 
 def test_scale_down_never_shrinks_while_the_node_is_still_leaving():
-    t = Transition("leave", "lime-4", "streaming", 3, 9)
+    t = Transition("leave", nid(4), "streaming", 3, 9)
     d = decide(obs(3, 5, ring(*[NORMAL] * 4, LEAVING, transition=t)))
     assert d.step.kind == "wait"
     # ...even when the database no longer reports a transition record but the member is
@@ -92,7 +97,7 @@ def test_scale_down_never_shrinks_while_the_node_is_still_leaving():
 
 def test_scale_down_shrinks_only_after_the_node_has_left():
     d = decide(obs(3, 5, ring(*[NORMAL] * 4, LEFT)))
-    assert (d.step.kind, d.step.replicas, d.step.node_id) == ("set-replicas", 4, "lime-4")
+    assert (d.step.kind, d.step.replicas, d.step.node_id) == ("set-replicas", 4, nid(4))
 
 
 def test_a_node_removed_from_the_member_list_counts_as_left():
@@ -102,7 +107,7 @@ def test_a_node_removed_from_the_member_list_counts_as_left():
 
 def test_scale_down_continues_one_node_at_a_time():
     d = decide(obs(3, 4, ring(*[NORMAL] * 4, LEFT), pod_count=4))
-    assert (d.step.kind, d.step.node_id) == ("leave", "lime-3")
+    assert (d.step.kind, d.step.node_id) == ("leave", nid(3))
 
 
 def test_scale_below_replication_factor_is_refused_and_size_kept():
@@ -114,14 +119,12 @@ def test_scale_below_replication_factor_is_refused_and_size_kept():
 
 def test_scale_to_rf_after_lowering_rf_is_allowed():
     d = decide(obs(1, 3, ring(NORMAL, NORMAL, NORMAL), rf=1))
-    assert d.valid and d.step.kind == "leave" and d.step.node_id == "lime-2"
+    assert d.valid and d.step.kind == "leave" and d.step.node_id == nid(2)
 
 
 def test_staying_nodes_missing_from_the_ring_join_before_any_leave():
     # lime-2 never joined: it must become a member before lime-3 may hand off to it.
-    view = RingView(
-        2, (Member("lime-0", NORMAL), Member("lime-1", NORMAL), Member("lime-3", NORMAL))
-    )
+    view = RingView(2, (Member(nid(0), NORMAL), Member(nid(1), NORMAL), Member(nid(3), NORMAL)))
     d = decide(obs(3, 4, view, pod_count=4))
     assert d.step.kind == "join" and d.step.pod.name == "lime-2"
 
@@ -143,7 +146,7 @@ def test_growing_does_not_need_the_database():
 
 def test_a_change_of_nodes_during_a_leave_waits_for_it_then_rejoins():
     # Scale 5 -> 3 started (lime-4 leaving), then the user asked for 5 again.
-    t = Transition("leave", "lime-4", "streaming", 3, 9)
+    t = Transition("leave", nid(4), "streaming", 3, 9)
     d = decide(obs(5, 5, ring(*[NORMAL] * 4, LEAVING, transition=t)))
     assert d.step.kind == "wait"
     d = decide(obs(5, 5, ring(*[NORMAL] * 4, LEFT, epoch=9)))
@@ -184,3 +187,44 @@ def test_pvc_policy_deletes_only_volumes_of_removed_pods():
     assert pvcs_to_delete(names, "lime", 3, pods(3), "Retain") == []
     # A pod still terminating keeps its volume until it is gone.
     assert pvcs_to_delete(names, "lime", 3, pods(4), "Delete") == ["data-lime-4"]
+
+
+def test_lowering_the_replication_factor_comes_before_the_scale_down():
+    d = decide(obs(1, 3, ring(NORMAL, NORMAL, NORMAL, rf=3), rf=1))
+    assert (d.step.kind, d.step.rf) == ("set-rf", 1)
+    d = decide(obs(1, 3, ring(NORMAL, NORMAL, NORMAL, rf=1), rf=1))
+    assert (d.step.kind, d.step.node_id) == ("leave", nid(2))
+
+
+def test_raising_the_replication_factor_waits_for_the_new_nodes_to_join():
+    d = decide(obs(3, 3, ring(NORMAL, rf=1), rf=3))
+    assert (d.step.kind, d.step.pod.name) == ("join", "lime-1")
+    d = decide(obs(3, 3, ring(NORMAL, NORMAL, NORMAL, rf=1), rf=3))
+    assert (d.step.kind, d.step.rf) == ("set-rf", 3)
+
+
+def test_ring_view_reads_the_nodes_admin_status_shape():
+    raw = {
+        "epoch": 3,
+        "node_id": nid(0),
+        "members": [
+            {"node_id": nid(0), "url": nid(0), "state": "Normal", "liveness": "alive"},
+            {"node_id": nid(3), "url": nid(3), "state": "Joining", "liveness": "alive"},
+        ],
+        "replication_factor": 3,
+        "vnodes": 256,
+        "transition": {
+            "id": "t-1",
+            "kind": "join",
+            "change": f"join {nid(3)}",
+            "phase": "streaming",
+            "ranges_moved": 7,
+            "ranges_total": 20,
+        },
+        "last_transition": None,
+    }
+    view = ring_view_from_status(raw)
+    assert view.replication_factor == 3 and view.epoch == 3
+    assert view.transition.kind == "join" and nid(3) in view.transition.node
+    d = decide(obs(4, 4, view, pod_count=4))
+    assert d.step.kind == "wait" and "7/20" in d.step.message

@@ -19,8 +19,10 @@ def _obs(desired, replicas, states, rf=3, transition=None, not_ready=()):
     pods = tuple(
         PodView(f"lime-{i}", i, f"127.0.0.{10 + i}", i not in not_ready) for i in range(replicas)
     )
-    ring = RingView(4, tuple(Member(f"lime-{i}", s) for i, s in enumerate(states)), transition)
-    return Observed("lime", desired, rf, replicas, pods, ring)
+    members = tuple(
+        Member(f"http://lime-{i}.lime-headless.db.svc:8484", s) for i, s in enumerate(states)
+    )
+    return Observed("lime", "db", desired, rf, replicas, pods, RingView(4, members, transition))
 
 
 def _conds(status):
@@ -49,7 +51,11 @@ def test_leaving_node_shows_scaling_down_rebalancing_and_progress():
     assert c["ScalingDown"]["status"] == "True"
     assert c["Rebalancing"]["status"] == "True"
     assert s["migration"]["rangesMoved"] == 12 and s["migration"]["rangesTotal"] == 48
-    assert {"pod": "lime-3", "nodeId": "lime-3", "state": "Leaving"} in s["members"]
+    assert {
+        "pod": "lime-3",
+        "nodeId": "http://lime-3.lime-headless.db.svc:8484",
+        "state": "Leaving",
+    } in s["members"]
 
 
 def test_refused_scale_below_rf_is_invalid_with_reason():
