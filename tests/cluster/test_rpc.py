@@ -185,3 +185,19 @@ def test_secret_required_wrong_secret_is_refused_right_secret_served(run) -> Non
 def test_frame_header_layout_is_length_kind_request_id() -> None:
     frame = rpc.encode_frame(rpc.READ, 0x01020304, b"key")
     assert frame == struct.pack("!IBI", 3, rpc.READ, 0x01020304) + b"key"
+
+
+def test_stopping_the_server_closes_open_peer_connections(run) -> None:
+    async def main() -> None:
+        server = await _server()
+        client = rpc.RpcClient()
+        try:
+            port = server.port
+            assert await client.call("127.0.0.1", port, ECHO, b"ab", 5.0) == b"ba"
+            await server.stop()
+            with pytest.raises(rpc.PeerUnavailable):
+                await client.call("127.0.0.1", port, ECHO, b"ab", 5.0)
+        finally:
+            client.close()
+
+    run(main())

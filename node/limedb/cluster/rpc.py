@@ -157,6 +157,7 @@ class RpcServer:
         self._secret = secret.encode() if secret else None
         self._handlers: dict[int, Handler] = {HELLO: lambda _: b"", PING: lambda _: b""}
         self._server: asyncio.base_events.Server | None = None
+        self._connections: set[_ServerProtocol] = set()
         self.expired = 0
         self.served = 0
         self.rejected = 0
@@ -176,9 +177,14 @@ class RpcServer:
         return self._server.sockets[0].getsockname()[1]
 
     async def stop(self) -> None:
+        """Stop listening and close every peer connection (peers then hint what they send)."""
         if self._server is not None:
             self._server.close()
             self._server = None
+        for connection in list(self._connections):
+            if connection.transport is not None:
+                connection.transport.close()
+        self._connections.clear()
 
     def check_secret(self, presented: bytes) -> bool:
         return self._secret is None or hmac.compare_digest(presented, self._secret)
@@ -193,6 +199,13 @@ class _ServerProtocol(_FramedProtocol):
         super().__init__()
         self._server = server
         self._authenticated = not server.needs_hello
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self._server._connections.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._server._connections.discard(self)
 
     def frame_received(self, kind: int, request_id: int, payload: bytes) -> None:
         server = self._server
