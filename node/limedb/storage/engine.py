@@ -165,7 +165,9 @@ class Engine:
         rebuilt = False
         if current is not None:
             try:
-                state = load(fs, self._dir, current, opts.max_levels, repair=repair)
+                # Strict even when repairing: a damaged MANIFEST is rebuilt from the tables
+                # rather than trusted up to the damage (which could forget live tables).
+                state = load(fs, self._dir, current, opts.max_levels, repair=False)
             except CorruptionError:
                 if not repair:
                     raise
@@ -763,19 +765,29 @@ class Engine:
         while not self._closing:
             self._compact_event.wait(1.0)
             self._compact_event.clear()
-            while not self._closing and self._error is None:
-                with self._compaction_lock:
-                    with self._lock:
-                        c = compaction_mod.pick(self._levels, self._opts, self._pointers)
-                    if c is None:
-                        break
-                    try:
-                        self._run_compaction(c)
-                    except compaction_mod.CompactionAborted:
-                        return
-                    except BaseException as e:  # noqa: BLE001
-                        self._fail(e)
-                        return
+            try:
+                self._compact_pending()
+            except compaction_mod.CompactionAborted:
+                return
+            except BaseException as e:  # noqa: BLE001
+                self._fail(e)
+                return
+
+    def _compact_pending(self, *, rate: int | None = None) -> int:
+        """Run leveled compactions until no level needs one; returns how many ran.
+
+        The background thread's body; tests without background threads call it directly.
+        """
+        done = 0
+        while not self._closing and self._error is None:
+            with self._compaction_lock:
+                with self._lock:
+                    c = compaction_mod.pick(self._levels, self._opts, self._pointers)
+                if c is None:
+                    break
+                self._run_compaction(c, rate=rate)
+                done += 1
+        return done
 
     def _make_builder(self) -> TableBuilder:
         no = self._new_file_no()

@@ -118,6 +118,10 @@ def load(
         raise CorruptionError(path, None, "CURRENT names a MANIFEST that does not exist")
     state = ManifestState(max_levels)
     scan = scan_frames(fs.read_file(path), path, repair=repair)
+    if not scan.payloads and not repair:
+        # The first record (a snapshot) is fsynced before CURRENT names the file, so it can never
+        # be a torn tail: treating it as one would silently forget every table.
+        raise CorruptionError(path, 0, "the MANIFEST's first record is damaged or missing")
     for offset, payload in scan.payloads:
         try:
             edit = VersionEdit.decode(payload)

@@ -153,7 +153,7 @@ class Snapshot:
     ) -> Iterator[tuple[bytes, Version]]:
         now = now_ms()
         for k, rec in self._view.iter_recs(start, end):
-            if include_tombstones or rec_live(rec, now):
+            if include_tombstones or rec_live(rec, now):  # tombstones and expired values too
                 yield k, to_version(rec)
 
     def scan(
