@@ -131,7 +131,6 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("replication_factor", _int(1, 15), 3, "copies of every key"),
     Setting("read_consistency", _choice(CONSISTENCY_LEVELS), "quorum", "default read level"),
     Setting("write_consistency", _choice(CONSISTENCY_LEVELS), "quorum", "default write level"),
-    Setting("internal_port", _int(0, 65535), 0, "node-to-node RPC port; 0 = HTTP port + 1000"),
     Setting("cluster_secret", _optional_text, None, "shared secret for internal/admin routes"),
     Setting(
         "internal_port",
@@ -186,7 +185,6 @@ class Config:
     replication_factor: int = 3
     read_consistency: str = "quorum"
     write_consistency: str = "quorum"
-    internal_port: int = 0
     cluster_secret: str | None = None
     internal_port: int = 0
     await_join: bool = False
