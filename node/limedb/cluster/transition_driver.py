@@ -441,7 +441,8 @@ class TransitionDriver:
                 await asyncio.sleep(0.5)
                 continue
             sources = [s for s in move.sources if self.is_alive(s)]
-            source = self.node_id if self.node_id in sources else (sources or [None])[0]
+            # Sources in ring order (a leaving node first): the load spreads over the replicas.
+            source = sources[0] if sources else None
             if source is None:
                 self._stalled(t, f"every source of range {move.start}..{move.end}", "sources")
                 await asyncio.sleep(0.5)

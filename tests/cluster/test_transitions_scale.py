@@ -1,0 +1,90 @@
+"""Ring transitions under load: a cluster goes 3 -> 5 -> 3 -> 1 -> 3 nodes while clients write,
+delete and read, and after every step no acknowledged write is lost, deleted keys stay deleted
+and each key is stored on exactly its RF owners (every node lists its own keys)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from support.cluster import Workload
+from support.history import History
+from support.transitions import Fleet, preload
+
+ENV = {
+    "LIMEDB_VNODES": "16",
+    "LIMEDB_CLEANUP_GRACE_MS": "300",
+    "LIMEDB_REPLICATION_FACTOR": "3",
+}
+PRELOADED_KEYS = 2000
+
+
+@pytest.fixture
+def fleet(tmp_path: Path) -> Iterator[Fleet]:
+    fleet = Fleet(tmp_path, ENV)
+    try:
+        yield fleet
+    finally:
+        fleet.stop()
+
+
+class Load:
+    """A workload over the given nodes for the duration of a `with` block."""
+
+    def __init__(self, history: History, fleet: Fleet, nodes) -> None:
+        self.workload = Workload(history, [n.url for n in nodes], keys=150, threads=3)
+
+    def __enter__(self) -> Workload:
+        self.workload.start()
+        return self.workload
+
+    def __exit__(self, *exc: object) -> None:
+        self.workload.stop()
+
+
+def test_scale_3_to_5_to_3_to_1_to_3_under_load_keeps_every_acknowledged_write(fleet: Fleet):
+    history = History()
+    a, b, c = fleet.bootstrap(3)
+    preload(fleet, history, PRELOADED_KEYS)
+    fleet.check(history)
+
+    # 3 -> 5: two joins, one at a time, while clients use the original three.
+    d, e = fleet.start_joiner(), fleet.start_joiner()
+    with Load(history, fleet, [a, b, c]) as load:
+        first = fleet.join(d)
+        second = fleet.join(e)
+    assert first["keys_streamed"] > 0 and second["keys_streamed"] > 0
+    assert load.acknowledged() > 0
+    fleet.wait_converged()
+    assert fleet.status()["epoch"] == 3
+    fleet.check(history)
+
+    # 5 -> 3: the two new nodes hand their ranges back.
+    with Load(history, fleet, [a, b, c]):
+        fleet.leave(d)
+        fleet.leave(e)
+    fleet.wait_converged()
+    fleet.check(history)
+
+    # 3 -> 1: lower RF first (a leave below RF is refused), then two leaves.
+    with Load(history, fleet, [a]):
+        fleet.set_rf(1)
+        fleet.leave(b, via=a)
+        fleet.leave(c, via=a)
+    fleet.wait_converged()
+    status = fleet.status(a)
+    assert [m["node_id"] for m in status["members"] if m["state"] == "Normal"] == [a.url]
+    assert status["replication_factor"] == 1
+    fleet.check(history)
+
+    # 1 -> 3: two fresh nodes join, then RF back to 3.
+    f, g = fleet.start_joiner(), fleet.start_joiner()
+    with Load(history, fleet, [a]):
+        fleet.join(f)
+        fleet.join(g)
+        fleet.set_rf(3)
+    fleet.wait_converged()
+    assert fleet.status(g)["replication_factor"] == 3
+    fleet.check(history)
+    assert not history.check_reads(), history.check_reads()[:5]

@@ -1,0 +1,208 @@
+"""A growing and shrinking real-process cluster for the transition tests.
+
+`Fleet` starts `limedb serve` nodes on 127.0.0.x (a new node joins with `--await-join` and the
+current members as seeds), drives ring changes through the admin client, waits for each
+transition to end, and checks what the transitions promise: every acknowledged write readable,
+deleted keys deleted, and each live key stored on exactly its RF owners (every node lists its
+local keys). Every process is stopped at teardown.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import httpx
+from limedb.client import Client
+from limedb.cluster.ring import Ring
+
+from support.cluster import Node, free_port_pair, wait_for
+from support.history import OK, WRITE, History
+
+TRANSITION_TIMEOUT_S = 120.0
+
+
+class Fleet:
+    """Nodes of one cluster, created on demand; `members` are the ones meant to be in the ring."""
+
+    def __init__(self, root: Path, env: dict[str, str], first_host: int = 120) -> None:
+        self.root = root
+        self.env = env
+        self.next_host = first_host
+        self.nodes: list[Node] = []
+        self.members: list[Node] = []
+        self.http = httpx.Client(timeout=10.0)
+
+    # ------------------------------------------------------------------ processes
+
+    def _make(self, seeds: list[str] | None, extra_env: dict[str, str]) -> Node:
+        host = f"127.0.0.{self.next_host}"
+        self.next_host += 1
+        port, internal = free_port_pair(host)
+        node = Node(len(self.nodes), host, port, internal, self.root / f"node-{len(self.nodes)}")
+        node.env = {**self.env, **extra_env}
+        node.seeds = list(seeds or [])
+        self.nodes.append(node)
+        return node
+
+    def bootstrap(self, count: int) -> list[Node]:
+        nodes = [self._make(None, {}) for _ in range(count)]
+        for node in nodes:
+            node.seeds = [n.url for n in nodes]
+            node.start()
+        for node in nodes:
+            self.wait_ready(node)
+        self.members = list(nodes)
+        return nodes
+
+    def start_joiner(self) -> Node:
+        """A fresh node outside the ring, seeded with the current members."""
+        node = self._make([m.url for m in self.members], {"LIMEDB_AWAIT_JOIN": "true"})
+        node.start()
+        self.wait_ready(node)
+        return node
+
+    def wait_ready(self, node: Node, timeout_s: float = 30.0) -> None:
+        wait_for(
+            lambda: self.http.get(f"{node.url}/readyz", timeout=1.0).status_code == 200,
+            timeout_s,
+            f"{node.url} ready\n{node.log_tail()}",
+        )
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+        self.http.close()
+
+    # ------------------------------------------------------------------ admin
+
+    def admin(self, node: Node | None = None) -> Client:
+        return Client((node or self.members[0]).url, timeout=20.0, retries=2)
+
+    def status(self, node: Node | None = None) -> dict:
+        with self.admin(node) as client:
+            return client.admin_status()
+
+    def wait_transition(
+        self, tid: str, via: Node | None = None, timeout_s: float | None = None
+    ) -> dict:
+        """Wait until transition `tid` ended (done or rolled back) as `via` sees it."""
+
+        def ended() -> dict | None:
+            status = self.status(via)
+            last = status.get("last_transition") or {}
+            if last.get("id") == tid and last["phase"] in ("done", "rolled_back"):
+                return last
+            return None
+
+        return wait_for(ended, timeout_s or TRANSITION_TIMEOUT_S, f"transition {tid} to end", 0.2)
+
+    def run(self, start, via: Node | None = None) -> dict:
+        """Start a transition with `start(client)` and wait for it to finish; returns it."""
+        with self.admin(via) as client:
+            tid = start(client)["transition"]["id"]
+        last = self.wait_transition(tid, via)
+        assert last["phase"] == "done", f"transition {tid} ended {last['phase']}: {last['reason']}"
+        return last
+
+    def join(self, node: Node) -> dict:
+        last = self.run(lambda c: c.join(node.url))
+        self.members.append(node)
+        return last
+
+    def leave(self, node: Node, via: Node | None = None) -> dict:
+        last = self.run(lambda c: c.leave(node.url), via)
+        self.members.remove(node)
+        return last
+
+    def set_rf(self, rf: int) -> dict:
+        return self.run(lambda c: c.set_replication_factor(rf))
+
+    # ------------------------------------------------------------------ checks
+
+    def wait_converged(self, timeout_s: float = 30.0) -> None:
+        """Every member holds the same record (epoch, RF, no transition running)."""
+
+        def same() -> bool:
+            seen = set()
+            for node in self.members:
+                status = self.status(node)
+                if status["transition"] is not None:
+                    return False
+                seen.add((status["epoch"], status["replication_factor"]))
+            return len(seen) == 1
+
+        wait_for(same, timeout_s, "every member to hold the same ring record", 0.2)
+
+    def local_keys(self, node: Node) -> set[str]:
+        keys: set[str] = set()
+        page = 1
+        while True:
+            body = self.http.get(
+                f"{node.url}/api/v1/keys", params={"page": page, "pageSize": 100}
+            ).json()
+            if not body["keys"]:
+                return keys
+            keys.update(item["key"] for item in body["keys"])
+            page += 1
+
+    def placement_problems(self, live_keys: set[str], all_keys: set[str]) -> list[str]:
+        """Keys not stored on exactly their owners (a live key) or stored anywhere (a
+        deleted one), from every member's own listing."""
+        status = self.status()
+        ring = Ring(
+            {m["node_id"]: m["url"] for m in status["members"] if m["state"] != "Left"},
+            status["vnodes"],
+            status["epoch"],
+        )
+        rf = status["replication_factor"]
+        listed = {node.url: self.local_keys(node) for node in self.members}
+        problems = []
+        for key in sorted(all_keys):
+            owners = set(ring.replica_urls(key, rf))
+            holders = {url for url, keys in listed.items() if key in keys}
+            expected = owners if key in live_keys else set()
+            if holders != expected:
+                problems.append(f"{key!r} on {sorted(holders)}, expected {sorted(expected)}")
+        return problems
+
+    def read(self, key: str) -> bytes | None:
+        for node in self.members:
+            try:
+                response = self.http.get(f"{node.url}/v1/kv/{key}")
+            except httpx.HTTPError:
+                continue
+            if response.status_code == 200:
+                return response.content
+            if response.status_code == 404:
+                return None
+        raise AssertionError(f"no member could read {key!r}")
+
+    def check(self, history: History, timeout_s: float = 30.0) -> None:
+        """The acceptance after a step: no acknowledged write lost, deletes stay deleted,
+        every live key on exactly its RF owners. Retries until hints and repairs settled."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            values = {key: self.read(key) for key in sorted(history.keys())}  # noqa: SIM118
+            problems = history.check_final(values.__getitem__)
+            live = {k for k, v in values.items() if v is not None}
+            if not problems:
+                problems = self.placement_problems(live, set(values))
+            if not problems or time.monotonic() > deadline:
+                break
+            time.sleep(1.0)
+        assert not problems, f"{len(problems)} problems, first: {problems[:5]}"
+
+
+def preload(fleet: Fleet, history: History, count: int, value_bytes: int = 100) -> None:
+    """Write `count` keys in batches through the members, each recorded as acknowledged."""
+    pad = b"x" * max(value_bytes - 12, 0)
+    with fleet.admin() as client:
+        for first in range(0, count, 200):
+            batch = {}
+            for i in range(first, min(first + 200, count)):
+                batch[f"p{i:06d}"] = b"%06d-" % i + pad
+            ops = [history.begin(WRITE, key, value) for key, value in batch.items()]
+            client.batch(put=batch)
+            for op in ops:
+                history.finish(op, OK)
