@@ -132,7 +132,29 @@ class TransitionDriver:
         self._unreachable_since: dict[str, float] = {}
         self._background: set[asyncio.Future] = set()
         self.meter = RateMeter()
-        keeper.add_listener(lambda _state: self._wake.set())
+        keeper.add_listener(self._on_record)
+        if keeper.state is not None:
+            self._hand_off_own(keeper.state)
+
+    def _on_record(self, state: RingState) -> None:
+        self._wake.set()
+        self._hand_off_own(state)
+
+    def _hand_off_own(self, state: RingState) -> None:
+        """Hide the ranges a finished transition took from this node (or, rolled back, gave
+        it). Idempotent; it also covers a node that was down while the driver cleaned up."""
+        t = state.transition
+        if t is None or t.phase not in (Phase.DONE, Phase.ROLLED_BACK):
+            return
+        me = self.node_id
+        if t.phase is Phase.DONE:
+            ranges = [(m.start, m.end) for m in t.moves if me in m.removed]
+        else:
+            ranges = [
+                (m.start, m.end) for m in t.moves if me in m.targets and me not in m.old_replicas
+            ]
+        if ranges:
+            self.streams.handoff(HANDOFF, ranges)
 
     # ------------------------------------------------------------------ lifecycle
 

@@ -1,0 +1,148 @@
+"""Ring transitions survive kill -9 of a participant: the joining node, a streaming source or
+the node driving the transition is killed mid-stream and the join resumes (or, when the
+joining node never comes back, rolls back cleanly); afterwards no acknowledged write is lost,
+deleted keys stay deleted and each key is on exactly its RF owners. Also: a second change
+while one runs, and a leave below RF, are refused with the reason."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+from limedb.client import Refused
+from support.cluster import Node, Workload, wait_for
+from support.history import History
+from support.transitions import Fleet, preload
+
+# Slow streaming (1 MB/s over ~4 MB to move) leaves seconds to act while the join is running.
+ENV = {
+    "LIMEDB_VNODES": "16",
+    "LIMEDB_CLEANUP_GRACE_MS": "300",
+    "LIMEDB_STREAM_MB_PER_S": "1",
+}
+KEYS, VALUE_BYTES = 2500, 2000
+LIMEDB = str(Path(sys.executable).with_name("limedb"))
+
+
+@pytest.fixture
+def fleet(tmp_path: Path) -> Iterator[Fleet]:
+    fleet = Fleet(tmp_path, ENV, first_host=140)
+    try:
+        yield fleet
+    finally:
+        fleet.stop()
+
+
+def wait_streaming(fleet: Fleet, via: Node, fraction: float) -> dict:
+    def far_enough() -> dict | None:
+        t = fleet.status(via)["transition"]
+        if t is not None and t["phase"] == "streaming" and t["fraction"] >= fraction:
+            return t
+        return None
+
+    return wait_for(far_enough, 60.0, f"the join to stream {fraction:.0%}", 0.1)
+
+
+def start_join(fleet: Fleet, node: Node) -> str:
+    with fleet.admin() as client:
+        return client.join(node.url)["transition"]["id"]
+
+
+@pytest.mark.parametrize("victim", ["joining node", "streaming source", "driving node"])
+def test_join_resumes_after_kill_9_of_a_participant(fleet: Fleet, victim: str):
+    history = History()
+    a, b, c = fleet.bootstrap(3)
+    preload(fleet, history, KEYS, VALUE_BYTES)
+    d = fleet.start_joiner()
+    # The driver is the first live node id of both rings; ids are URLs, so it is `a`.
+    killed = {"joining node": d, "streaming source": c, "driving node": a}[victim]
+    survivors = [n for n in (a, b, c) if n is not killed]
+    workload = Workload(history, [n.url for n in survivors], keys=150, threads=3)
+    workload.start()
+    try:
+        tid = start_join(fleet, d)
+        with fleet.admin(b) as client, pytest.raises(Refused) as refused:
+            client.leave(c.url)
+        assert refused.value.running_transition == tid
+        running = wait_streaming(fleet, b, 0.15)
+        assert running["driver"] == a.url
+
+        killed.kill()
+        if victim == "driving node":
+            wait_for(
+                lambda: (fleet.status(b)["transition"] or {}).get("driver") == b.url,
+                30.0,
+                "b to take over driving the transition",
+            )
+        if victim == "streaming source":
+            # The join finishes from the surviving replicas; the source comes back afterwards.
+            last = fleet.wait_transition(tid, via=b)
+            killed.start()
+            fleet.wait_ready(killed)
+        else:
+            killed.start()
+            fleet.wait_ready(killed)
+            last = fleet.wait_transition(tid, via=b)
+    finally:
+        workload.stop()
+    assert last["phase"] == "done", last
+    fleet.members.append(d)
+    fleet.wait_converged()
+    fleet.check(history, timeout_s=45.0)
+    assert not history.check_reads(), history.check_reads()[:5]
+
+
+def test_join_rolls_back_when_the_joining_node_stays_dead(tmp_path: Path):
+    fleet = Fleet(tmp_path, {**ENV, "LIMEDB_TRANSITION_TIMEOUT_S": "3"}, first_host=150)
+    try:
+        history = History()
+        a, b, c = fleet.bootstrap(3)
+        preload(fleet, history, KEYS, VALUE_BYTES)
+        d = fleet.start_joiner()
+        workload = Workload(history, [a.url, b.url, c.url], keys=150, threads=3)
+        workload.start()
+        try:
+            tid = start_join(fleet, d)
+            wait_streaming(fleet, b, 0.1)
+            d.kill()
+            last = fleet.wait_transition(tid, via=b)
+        finally:
+            workload.stop()
+        assert last["phase"] == "rolled_back"
+        assert "unreachable" in last["reason"]
+        fleet.wait_converged()
+        status = fleet.status(c)
+        assert sorted(m["node_id"] for m in status["members"]) == sorted([a.url, b.url, c.url])
+        fleet.check(history)
+        # The ring is free again: a new change is accepted.
+        with fleet.admin() as client:
+            client.set_replication_factor(2)
+    finally:
+        fleet.stop()
+
+
+def test_leave_below_rf_is_refused_and_status_is_served_as_json_by_the_cli(fleet: Fleet):
+    a, b, c = fleet.bootstrap(3)
+    with fleet.admin(b) as client, pytest.raises(Refused) as refused:
+        client.leave(c.url)
+    assert "replication factor 3" in str(refused.value)
+    result = subprocess.run(
+        [LIMEDB, "admin", "status", "--json", "--url", a.url],
+        capture_output=True,
+        timeout=30,
+        check=True,
+    )
+    status = orjson.loads(result.stdout)
+    assert status["transition"] is None
+    assert status["epoch"] == 1
+    assert sorted(m["url"] for m in status["members"]) == sorted([a.url, b.url, c.url])
+    assert {m["state"] for m in status["members"]} == {"Normal"}
+    refused_cli = subprocess.run(
+        [LIMEDB, "admin", "leave", c.url, "--url", a.url], capture_output=True, timeout=30
+    )
+    assert refused_cli.returncode == 3
+    assert b"replication factor" in refused_cli.stderr
