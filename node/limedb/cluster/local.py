@@ -81,7 +81,9 @@ class LocalService:
         self.node_id = node_id
         self.node_url = node_url
         self._engine = engine
-        self._clock = clock or HLC()
+        # The engine's clock has observed every stored timestamp during recovery; stamping with
+        # any other clock could order a new write before an old one (and lose it).
+        self._clock = clock or getattr(engine, "hlc", None) or HLC()
         self._vnodes = vnodes
         self._tokens = tuple(ring_tokens(node_id, node_url, vnodes))
         self._started_at = time.time()
