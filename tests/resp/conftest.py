@@ -19,6 +19,8 @@ from pathlib import Path
 import httpx
 import pytest
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 from support.cluster import Cluster, Node, free_port_pair
 
 REDIS_SERVER = shutil.which("redis-server")
@@ -52,6 +54,8 @@ class RespEndpoint:
     password: str | None = None
 
     def client(self, **kwargs) -> redis.Redis:
+        # No silent retries: a retried pipeline or INCR would hide the error and apply twice.
+        kwargs.setdefault("retry", Retry(NoBackoff(), 0))
         return redis.Redis(
             host=self.host, port=self.port, password=self.password, socket_timeout=30, **kwargs
         )

@@ -9,7 +9,7 @@ connection's queue onto a task. Replies of one batch of input go out in one writ
 Limits: `max_clients` connections (more get Redis's "max number of clients reached"), requests
 larger than `max_bulk_bytes` (a protocol error, then the connection closes, as Redis does),
 `idle_timeout_s` (0 = never, Redis's `timeout`), and reading pauses while a client has more
-than `max_pipeline` commands queued or is not reading its replies.
+than `max_pipeline` commands queued or has left 64 MiB of replies unread.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ log = logging.getLogger("limedb.resp")
 
 MIB = 1024 * 1024
 INLINE_MAX = 64 * 1024
+OUTPUT_HIGH_WATER = 64 * MIB
 _FLUSH_EVERY = 256
 _COROUTINE = types.CoroutineType
 
@@ -122,6 +123,7 @@ class RespConnection(asyncio.Protocol):
         self.session: Session | None = None
         self.task: asyncio.Task | None = None
         self.inline = b""
+        self.multibulk = False
         self.write_paused = False
         self.read_paused = False
         self.closed = False
@@ -131,6 +133,10 @@ class RespConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
         self.transport = transport  # type: ignore[assignment]
+        # A pipelining client may send everything before it reads a reply (redis-py does):
+        # replies must be able to pile up far beyond asyncio's 64 KiB default, or both sides
+        # would wait for each other. Like Redis, hold them; stop only at a generous bound.
+        transport.set_write_buffer_limits(high=OUTPUT_HIGH_WATER)
         server = self.server
         server.stats.total_connections_received += 1
         if len(server.sessions) >= server.limits.max_clients:
@@ -171,7 +177,7 @@ class RespConnection(asyncio.Protocol):
             return
         self.session.last_active = time.monotonic()
         reader = self.reader
-        if self.inline or (data[:1] != b"*" and not reader.has_data()):
+        if not self.multibulk:
             data = self._inline_requests(data)
         if data:
             reader.feed(data)
@@ -190,10 +196,16 @@ class RespConnection(asyncio.Protocol):
             self.process()
 
     def _inline_requests(self, data: bytes) -> bytes:
-        """Redis's inline form (`PING\\r\\n`, as typed into telnet); returns what follows."""
+        """Redis's inline form (`PING\\r\\n`, as typed into telnet); returns what follows.
+
+        A connection is read inline until its first `*` request; from then on everything goes
+        to hiredis, which alone knows where a request split across reads continues."""
         buf = self.inline + data
         self.inline = b""
-        while buf and buf[:1] != b"*":
+        while buf:
+            if buf[:1] == b"*":
+                self.multibulk = True
+                return buf
             end = buf.find(b"\n")
             if end < 0:
                 if len(buf) > INLINE_MAX:
