@@ -110,7 +110,7 @@ class Replica:
         # The engine's own clock observes every timestamp it applies; only a separate clock
         # needs to be told here.
         self._observe = hlc is not getattr(engine, "hlc", None)
-        self._queue: list[tuple[Mutation, asyncio.Future, bool]] = []
+        self._queue: list[tuple[Mutation, asyncio.Future, bool, bool]] = []
         self.batches = 0
         self.applied = 0
 
@@ -120,9 +120,9 @@ class Replica:
             return None
         return Stored(version.ts, version.value, version.tombstone, version.expires_at_ms)
 
-    def apply_soon(self, mutation: Mutation) -> asyncio.Future:
-        """Queue one mutation; the future resolves to (applied, a live value existed before)
-        once it is durable."""
+    def apply_soon(self, mutation: Mutation, *, encoded: bool = False) -> asyncio.Future:
+        """Queue one mutation; once it is durable the future resolves to (applied, a live
+        value existed before), or to that reply's wire encoding when `encoded`."""
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         if self._observe:
@@ -134,7 +134,7 @@ class Replica:
             existed = before is not None and before.live(wall_ms())
         if not self._queue:
             loop.call_soon(self._write_queued)
-        self._queue.append((mutation, future, existed))
+        self._queue.append((mutation, future, existed, encoded))
         return future
 
     async def apply(self, mutation: Mutation) -> tuple[bool, bool]:
@@ -143,7 +143,7 @@ class Replica:
     def _write_queued(self) -> None:
         queued, self._queue = self._queue, []
         batch = WriteBatch()
-        for mutation, _, _ in queued:
+        for mutation, _, _, _ in queued:
             skey = storage_key(mutation.key)
             if mutation.tombstone:
                 batch.delete(skey, mutation.ts)
@@ -164,31 +164,24 @@ class Replica:
         return encode_stored(self.read(body))
 
     def handle_replicate(self, body: bytes) -> asyncio.Future:
-        applied = self.apply_soon(Mutation.decode(body))
-        reply = asyncio.get_running_loop().create_future()
-        applied.add_done_callback(lambda done: _encode_reply(done, reply))
-        return reply
+        return self.apply_soon(Mutation.decode(body), encoded=True)
 
     def register(self, server: rpc.RpcServer) -> None:
         server.register(rpc.READ, self.handle_read)
         server.register(rpc.REPLICATE, self.handle_replicate)
 
 
-def _settle(write: asyncio.Future, queued: list[tuple[Mutation, asyncio.Future, bool]]) -> None:
+def _settle(
+    write: asyncio.Future, queued: list[tuple[Mutation, asyncio.Future, bool, bool]]
+) -> None:
     error = write.exception() if not write.cancelled() else asyncio.CancelledError()
     results = write.result() if error is None else None
-    for i, (_, future, existed) in enumerate(queued):
+    for i, (_, future, existed, encoded) in enumerate(queued):
         if future.done():
             continue
         if results is None:
             future.set_exception(error)
+        elif encoded:
+            future.set_result(encode_applied(bool(results[i]), existed))
         else:
             future.set_result((bool(results[i]), existed))
-
-
-def _encode_reply(applied: asyncio.Future, reply: asyncio.Future) -> None:
-    error = applied.exception()
-    if error is not None:
-        reply.set_exception(error)
-    else:
-        reply.set_result(encode_applied(*applied.result()))

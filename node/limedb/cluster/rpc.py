@@ -23,6 +23,7 @@ from collections.abc import Awaitable, Callable
 
 HEADER = struct.Struct("!IBI")
 DEADLINE = struct.Struct("!Q")
+REQUEST_HEADER = struct.Struct("!IBIQ")  # the frame header followed by the deadline
 ERROR_CODE = struct.Struct("!H")
 MAX_FRAME = 64 << 20
 
@@ -276,14 +277,40 @@ class _ServerProtocol(_FramedProtocol):
 
 
 class _ClientProtocol(_FramedProtocol):
+    """Matches replies to pending requests; one sweep timer (not one timer per request)
+    fails the requests whose time is up."""
+
+    SWEEP_S = 0.05
+
     def __init__(self) -> None:
         super().__init__()
-        self.pending: dict[int, asyncio.Future] = {}
+        # request id -> (future, loop time after which nobody waits for the reply)
+        self.pending: dict[int, tuple[asyncio.Future, float]] = {}
         self.closed = False
         self.auth_error: RpcError | None = None
+        self._sweeping = False
+
+    def track(self, request_id: int, future: asyncio.Future, timeout_s: float) -> None:
+        self.pending[request_id] = (future, self.loop.time() + timeout_s)
+        if not self._sweeping:
+            self._sweeping = True
+            self.loop.call_later(self.SWEEP_S, self._sweep)
+
+    def _sweep(self) -> None:
+        now = self.loop.time()
+        expired = [rid for rid, (_, deadline) in self.pending.items() if deadline <= now]
+        for rid in expired:
+            future, _ = self.pending.pop(rid)
+            if not future.done():
+                future.set_exception(PeerUnavailable("no reply before the deadline"))
+        if self.pending and not self.closed:
+            self.loop.call_later(self.SWEEP_S, self._sweep)
+        else:
+            self._sweeping = False
 
     def frame_received(self, kind: int, request_id: int, payload: bytes) -> None:
-        future = self.pending.pop(request_id, None)
+        entry = self.pending.pop(request_id, None)
+        future = entry[0] if entry is not None else None
         if kind == ERROR:
             error = decode_error(payload)
             if error.code == UNAUTHORIZED:
@@ -302,7 +329,7 @@ class _ClientProtocol(_FramedProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         pending, self.pending = self.pending, {}
-        for future in pending.values():
+        for future, _ in pending.values():
             if not future.done():
                 future.set_exception(
                     self.auth_error or PeerUnavailable(f"connection lost: {exc or 'closed'}")
@@ -344,7 +371,7 @@ class PeerConnection:
             raise PeerUnavailable(f"cannot connect to {self.host}:{self.port}: {exc}") from exc
         if self._secret is not None:
             # Pipelined: later requests queue behind the HELLO on the same connection.
-            _, hello = self._start_call(protocol, HELLO, self._secret, None)
+            hello = self._start_call(protocol, HELLO, self._secret, self._connect_timeout_s)
             hello.add_done_callback(_consume)
         return protocol
 
@@ -364,29 +391,27 @@ class PeerConnection:
         return protocol
 
     def _start_call(
-        self, protocol: _ClientProtocol, kind: int, payload: bytes, deadline_ms: int | None
-    ) -> tuple[int, asyncio.Future]:
+        self, protocol: _ClientProtocol, kind: int, payload: bytes, timeout_s: float
+    ) -> asyncio.Future:
         request_id = next(self._ids) & 0xFFFFFFFF
         future = protocol.loop.create_future()
-        protocol.pending[request_id] = future
-        if kind != HELLO:
-            payload = DEADLINE.pack(deadline_ms or 0) + payload
-        protocol.send(encode_frame(kind, request_id, payload))
-        return request_id, future
+        protocol.track(request_id, future, timeout_s)
+        if kind == HELLO:
+            protocol.send(HEADER.pack(len(payload), kind, request_id) + payload)
+        else:
+            deadline_ms = now_ms() + int(timeout_s * 1000)
+            head = REQUEST_HEADER.pack(len(payload) + DEADLINE.size, kind, request_id, deadline_ms)
+            protocol.send(head + payload)
+        return future
 
     def request(self, kind: int, payload: bytes, timeout_s: float) -> asyncio.Future:
         """Send one request now; the returned future holds the reply or fails with
-        PeerUnavailable / RpcError. No coroutine or task on the connected path, because the
-        coordinator issues two of these per write."""
+        PeerUnavailable / RpcError. No coroutine, task or timer of its own on the connected
+        path, because the coordinator issues two of these per write."""
         protocol = self._protocol
         if protocol is None or protocol.closed:
             return asyncio.ensure_future(self._connect_and_call(kind, payload, timeout_s))
-        request_id, future = self._start_call(
-            protocol, kind, payload, now_ms() + int(timeout_s * 1000)
-        )
-        timer = protocol.loop.call_later(timeout_s, _expire, future)
-        future.add_done_callback(lambda _: _finish(timer, protocol.pending, request_id))
-        return future
+        return self._start_call(protocol, kind, payload, timeout_s)
 
     async def _connect_and_call(self, kind: int, payload: bytes, timeout_s: float) -> bytes:
         await self._get_protocol()
@@ -402,19 +427,9 @@ class PeerConnection:
         self._protocol = None
 
 
-def _finish(timer: asyncio.TimerHandle, pending: dict, request_id: int) -> None:
-    timer.cancel()
-    pending.pop(request_id, None)
-
-
 def _consume(future: asyncio.Future) -> None:
     if not future.cancelled():
         future.exception()
-
-
-def _expire(future: asyncio.Future) -> None:
-    if not future.done():
-        future.set_exception(PeerUnavailable("no reply before the deadline"))
 
 
 class RpcClient:
