@@ -110,3 +110,46 @@ def test_key_locks_serialize_holders_and_forget_idle_keys() -> None:
     asyncio.run(main())
     assert counter["value"] == 50
     assert len(locks) == 0
+
+
+def test_blind_writes_share_a_key_but_never_overlap_a_read_modify_write() -> None:
+    locks = KeyLocks()
+    log: list[str] = []
+
+    async def holder(name: str, exclusive: bool, hold_s: float) -> None:
+        async with locks.hold(b"k", exclusive):
+            log.append(f"+{name}")
+            await asyncio.sleep(hold_s)
+            log.append(f"-{name}")
+
+    async def main() -> None:
+        first = asyncio.create_task(holder("set1", False, 0.02))
+        second = asyncio.create_task(holder("set2", False, 0.02))
+        await asyncio.sleep(0)
+        incr = asyncio.create_task(holder("incr", True, 0.01))
+        await asyncio.sleep(0)
+        late = asyncio.create_task(holder("set3", False, 0.0))  # queued behind the INCR
+        await asyncio.gather(first, second, incr, late)
+
+    asyncio.run(main())
+    assert log[:2] == ["+set1", "+set2"]  # blind writes overlap
+    assert log.index("+incr") > max(log.index("-set1"), log.index("-set2"))
+    assert log.index("+set3") > log.index("-incr")
+    assert len(locks) == 0
+
+
+def test_a_cancelled_waiter_does_not_keep_the_key_locked() -> None:
+    locks = KeyLocks()
+
+    async def main() -> None:
+        await locks.acquire(b"k")
+        waiter = asyncio.create_task(locks.acquire(b"k"))
+        await asyncio.sleep(0)
+        waiter.cancel()
+        await asyncio.gather(waiter, return_exceptions=True)
+        locks.release(b"k")
+        await asyncio.wait_for(locks.acquire(b"k"), 1)
+        locks.release(b"k")
+
+    asyncio.run(main())
+    assert len(locks) == 0

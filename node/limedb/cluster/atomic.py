@@ -15,6 +15,7 @@ import contextlib
 import enum
 import struct
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -213,29 +214,80 @@ def wall_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-class KeyLocks:
-    """One asyncio lock per key in use; entries disappear when nobody holds or waits."""
+class _KeyState:
+    __slots__ = ("exclusive", "shared", "waiters")
 
     def __init__(self) -> None:
-        self._locks: dict[bytes, tuple[asyncio.Lock, list[int]]] = {}
+        self.shared = 0
+        self.exclusive = False
+        self.waiters: deque[tuple[bool, asyncio.Future]] = deque()
+
+
+class KeyLocks:
+    """Per-key shared/exclusive locks, first come first served; no state for idle keys.
+
+    Read-modify-write operations hold a key exclusively. Blind writes (plain SET) only share
+    it: their timestamps are taken in arrival order, so several may replicate at once and the
+    last one still wins everywhere, but none may be in flight while an operation reads.
+    """
+
+    def __init__(self) -> None:
+        self._keys: dict[bytes, _KeyState] = {}
+
+    async def acquire(self, key: bytes, exclusive: bool = True) -> None:
+        state = self._keys.get(key)
+        if state is None:
+            state = self._keys[key] = _KeyState()
+            if exclusive:
+                state.exclusive = True
+            else:
+                state.shared = 1
+            return
+        if not exclusive and not state.exclusive and not state.waiters:
+            state.shared += 1
+            return
+        granted = asyncio.get_running_loop().create_future()
+        state.waiters.append((exclusive, granted))
+        try:
+            await granted
+        except asyncio.CancelledError:
+            if granted.done() and not granted.cancelled():
+                self.release(key, exclusive)  # granted just as the waiter was cancelled
+            raise
+
+    def release(self, key: bytes, exclusive: bool = True) -> None:
+        state = self._keys[key]
+        if exclusive:
+            state.exclusive = False
+        else:
+            state.shared -= 1
+        waiters = state.waiters
+        while waiters:
+            wants_exclusive, granted = waiters[0]
+            if granted.done():  # its waiter was cancelled
+                waiters.popleft()
+                continue
+            if state.exclusive or (wants_exclusive and state.shared):
+                break
+            waiters.popleft()
+            if wants_exclusive:
+                state.exclusive = True
+            else:
+                state.shared += 1
+            granted.set_result(None)
+        if not state.shared and not state.exclusive and not waiters:
+            del self._keys[key]
 
     @contextlib.asynccontextmanager
-    async def hold(self, key: bytes) -> AsyncIterator[None]:
-        entry = self._locks.get(key)
-        if entry is None:
-            entry = self._locks[key] = (asyncio.Lock(), [0])
-        lock, users = entry
-        users[0] += 1
+    async def hold(self, key: bytes, exclusive: bool = True) -> AsyncIterator[None]:
+        await self.acquire(key, exclusive)
         try:
-            async with lock:
-                yield
+            yield
         finally:
-            users[0] -= 1
-            if users[0] == 0:
-                del self._locks[key]
+            self.release(key, exclusive)
 
     def __len__(self) -> int:
-        return len(self._locks)
+        return len(self._keys)
 
 
 # ---------------------------------------------------------------------------- wire format
@@ -369,8 +421,10 @@ class ClusterAtomic:
         # Read and write at least at quorum so that R + W > RF: the next operation under this
         # lock sees this one's write even if the local replica missed it.
         level = consistency if consistency is Consistency.ALL else Consistency.QUORUM
-        async with self.locks.hold(key):
-            current = _NOTHING if fn.blind else await self.coordinator.get(key, level)
+        blind = fn.blind
+        await self.locks.acquire(key, not blind)
+        try:
+            current = _NOTHING if blind else await self.coordinator.get(key, level)
             outcome = fn(current, wall_ms())
             if outcome.action is Action.SET:
                 ts = self.hlc.observe(current.ts)
@@ -380,6 +434,8 @@ class ClusterAtomic:
                 ts = self.hlc.observe(current.ts)
                 await self.coordinator.write(self.mutation_of(key, b"", ts, True), level)
             return outcome.reply
+        finally:
+            self.locks.release(key, not blind)
 
     async def handle(self, body: bytes) -> bytes:
         """RPC handler of ATOMIC: run a forwarded operation here, as its primary."""
@@ -405,8 +461,10 @@ async def apply_locally(
     clock,
 ) -> Reply:
     """The single-node form: the same operation under a per-key lock, written to `engine`."""
-    async with locks.hold(key):
-        current = _NOTHING if fn.blind else await read(key)
+    blind = fn.blind
+    await locks.acquire(key, not blind)
+    try:
+        current = _NOTHING if blind else await read(key)
         outcome = fn(current, wall_ms())
         if outcome.action is Action.SET:
             await engine.put_async(
@@ -415,3 +473,5 @@ async def apply_locally(
         elif outcome.action is Action.DELETE:
             await engine.delete_async(storage_key(key), ts=clock.now())
         return outcome.reply
+    finally:
+        locks.release(key, not blind)

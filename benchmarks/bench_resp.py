@@ -1,0 +1,215 @@
+"""RESP benchmark: redis-benchmark against a LimeDB node and against redis-server, same run.
+
+Anchor: Debian's redis-server with `appendonly yes` and `appendfsync everysec` (the durability
+comparable to LimeDB's `periodic` mode: an fsync about every second / every 50 ms), measured
+in the same run on the same machine. Reported:
+- `redis-benchmark -q -n N -t set,get -P 1` and `-P 16` against one LimeDB node (RF=1,
+  periodic durability) and against the anchor: LimeDB / redis-server ratios (goal at -P 1:
+  >= 0.5 for both SET and GET);
+- the same against one node of a 3-node RF=3 cluster (W=R=2), with its ratio to the anchor.
+
+Every server is a real process; redis-benchmark shares this machine's cores with them.
+
+    .venv/bin/python benchmarks/bench_resp.py [--requests 200000] [--clients 50] [--no-cluster]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+GOAL_RATIO = 0.5
+LIMEDB = str(Path(sys.executable).with_name("limedb"))
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        return probe.getsockname()[1]
+
+
+def wait_for_port(
+    host: str, port: int, proc: subprocess.Popen, what: str, timeout_s: float = 60
+) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with {proc.returncode}")
+        try:
+            socket.create_connection((host, port), 0.5).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"{what} did not open {host}:{port} within {timeout_s}s")
+
+
+def start_redis(workdir: Path) -> tuple[subprocess.Popen, int]:
+    port = free_port()
+    args = [
+        "redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(workdir),
+        "--save", "", "--appendonly", "yes", "--appendfsync", "everysec",
+        "--logfile", str(workdir / "redis.log"),
+    ]  # fmt: skip
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    wait_for_port("127.0.0.1", port, proc, "redis-server")
+    return proc, port
+
+
+def start_limedb(workdir: Path, nodes: int, rf: int) -> tuple[list[subprocess.Popen], str, int]:
+    """`nodes` LimeDB processes (periodic durability), all seeded with each other; returns
+    the processes and the RESP address of node 0."""
+    hosts = [f"127.0.0.{40 + i}" for i in range(nodes)]
+    ports = []
+    for host in hosts:
+        while True:  # public port p and internal port p + 1000 both free
+            port = free_port(host)
+            if port + 1000 <= 65535:
+                try:
+                    with socket.socket() as other:
+                        other.bind((host, port + 1000))
+                    break
+                except OSError:
+                    continue
+        ports.append(port)
+    urls = [f"http://{host}:{port}" for host, port in zip(hosts, ports, strict=True)]
+    resp_ports = [free_port(host) for host in hosts]
+    procs = []
+    for i, host in enumerate(hosts):
+        data = workdir / f"node-{i}"
+        data.mkdir(parents=True)
+        env = {
+            **os.environ,
+            "LIMEDB_RESP_PORT": str(resp_ports[i]),
+            "LIMEDB_DURABILITY": "periodic",
+            "LIMEDB_REPLICATION_FACTOR": str(rf),
+            "LIMEDB_LOG_LEVEL": "warning",
+        }
+        args = [
+            LIMEDB, "serve", "--host", host, "--port", str(ports[i]),
+            "--data-dir", str(data / "data"), "--advertise-url", urls[i],
+            "--seeds", ",".join(urls),
+        ]  # fmt: skip
+        log = open(data / "node.log", "ab")  # noqa: SIM115 - lives as long as the process
+        procs.append(subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT))
+        log.close()
+    for i, host in enumerate(hosts):
+        wait_for_port(host, resp_ports[i], procs[i], f"limedb node {i}")
+    if nodes > 1:
+        wait_for_cluster(hosts[0], resp_ports[0], nodes)
+    return procs, hosts[0], resp_ports[0]
+
+
+def wait_for_cluster(host: str, port: int, nodes: int, timeout_s: float = 60) -> None:
+    """Until INFO cluster on node 0 lists every member (gossip has converged)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        info = subprocess.run(
+            ["redis-cli", "-h", host, "-p", str(port), "info", "cluster"],
+            capture_output=True, text=True, check=False,
+        ).stdout  # fmt: skip
+        if f"limedb_members:{nodes}" in info:
+            return
+        time.sleep(0.2)
+    raise RuntimeError(f"the {nodes}-node cluster did not converge within {timeout_s}s")
+
+
+def benchmark(host: str, port: int, requests: int, clients: int, pipeline: int) -> dict[str, float]:
+    """requests per second of SET and GET (redis-benchmark --csv)."""
+    done = subprocess.run(
+        ["redis-benchmark", "-h", host, "-p", str(port), "-n", str(requests),
+         "-c", str(clients), "-P", str(pipeline), "-t", "set,get", "--csv"],
+        capture_output=True, text=True, timeout=1800, check=True,
+    )  # fmt: skip
+    rows = list(csv.reader(io.StringIO(done.stdout)))
+    results = {row[0]: float(row[1]) for row in rows[1:] if len(row) > 1}
+    if set(results) != {"SET", "GET"} or "error" in done.stderr.lower():
+        raise RuntimeError(f"redis-benchmark failed:\n{done.stdout}\n{done.stderr}")
+    return results
+
+
+def stop(procs: list[subprocess.Popen]) -> None:
+    for proc in procs:
+        if proc.poll() is None:
+            proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--requests", type=int, default=200_000)
+    parser.add_argument("--clients", type=int, default=50)
+    parser.add_argument("--no-cluster", action="store_true", help="skip the 3-node RF=3 figure")
+    args = parser.parse_args()
+    for tool in ("redis-server", "redis-benchmark", "redis-cli"):
+        if shutil.which(tool) is None:
+            print(f"{tool} not found: run `make system-deps`", file=sys.stderr)
+            return 2
+
+    figures: dict[tuple[str, int], dict[str, float]] = {}
+    with tempfile.TemporaryDirectory(prefix="bench-resp-") as tmp:
+        root = Path(tmp)
+        procs: list[subprocess.Popen] = []
+        try:
+            (root / "redis").mkdir()
+            redis_proc, redis_port = start_redis(root / "redis")
+            procs.append(redis_proc)
+            node_procs, node_host, node_port = start_limedb(root / "single", 1, 1)
+            procs += node_procs
+            for pipeline in (1, 16):
+                # Interleaved so that drifting machine load hits both sides alike.
+                figures[("redis-server", pipeline)] = benchmark(
+                    "127.0.0.1", redis_port, args.requests, args.clients, pipeline
+                )
+                figures[("limedb", pipeline)] = benchmark(
+                    node_host, node_port, args.requests, args.clients, pipeline
+                )
+            stop(node_procs)
+            if not args.no_cluster:
+                cluster_procs, cluster_host, cluster_port = start_limedb(root / "three", 3, 3)
+                procs += cluster_procs
+                for pipeline in (1, 16):
+                    figures[("limedb-3-node-rf3", pipeline)] = benchmark(
+                        cluster_host, cluster_port, args.requests // 4, args.clients, pipeline
+                    )
+        finally:
+            stop(procs)
+
+    print(f"\nredis-benchmark -q -n {args.requests} -c {args.clients} -t set,get  (requests/s)")
+    print(f"{'target':<22}{'-P':>4}{'SET':>12}{'GET':>12}{'SET ratio':>12}{'GET ratio':>12}")
+    for (target, pipeline), result in figures.items():
+        anchor = figures[("redis-server", pipeline)]
+        print(
+            f"{target:<22}{pipeline:>4}{result['SET']:>12,.0f}{result['GET']:>12,.0f}"
+            f"{result['SET'] / anchor['SET']:>12.2f}{result['GET'] / anchor['GET']:>12.2f}"
+        )
+    single = figures[("limedb", 1)]
+    anchor = figures[("redis-server", 1)]
+    ratios = {op: single[op] / anchor[op] for op in ("SET", "GET")}
+    verdict = "met" if min(ratios.values()) >= GOAL_RATIO else "NOT met"
+    print(
+        f"\ngoal at -P 1: LimeDB >= {GOAL_RATIO}x redis-server (appendonly everysec): {verdict} "
+        f"(SET {ratios['SET']:.2f}x, GET {ratios['GET']:.2f}x)"
+    )
+    if not args.no_cluster:
+        print("(the 3-node RF=3 figures use -n requests/4, against node 0 with quorum W=R=2)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
