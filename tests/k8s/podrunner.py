@@ -30,6 +30,7 @@ import signal
 import subprocess
 import sys
 import threading
+import traceback
 import urllib.request
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -151,8 +152,9 @@ class PodRunner:
             try:
                 self._sync()
             except Exception as e:  # keep running; the test sees the symptom and the error
-                self.errors.append(repr(e))
-                log.exception("pod runner sync failed")
+                self.errors.append(repr(e)[:500])
+                with open(self.workdir / "runner-errors.log", "a") as f:
+                    traceback.print_exc(file=f)
             self._stop.wait(0.3)
 
     def _sync(self) -> None:
@@ -357,10 +359,12 @@ class PodRunner:
         grace = pod.metadata.deletion_grace_period_seconds or 30
         self._kill(pod.metadata.name, grace=min(grace, 20))
         try:
+            # Options go in the body: with a body, the API server ignores the query ones.
             self.core.delete_namespaced_pod(
-                pod.metadata.name, self.namespace, grace_period_seconds=0,
-                body={"preconditions": {"uid": pod.metadata.uid}},
-            )  # fmt: skip
+                pod.metadata.name,
+                self.namespace,
+                body={"gracePeriodSeconds": 0, "preconditions": {"uid": pod.metadata.uid}},
+            )
         except ApiException as e:
             if e.status not in (404, 409):
                 raise

@@ -52,8 +52,10 @@ def converged(api, namespace, nodes, operator, runner, timeout=240.0):
         obj = lime(api, namespace)
         st = obj.get("status") or {}
         members = [m for m in st.get("members", []) if m["state"] == "Normal"]
+        pods = kubernetes.client.CoreV1Api(api).list_namespaced_pod(namespace).items
         ok = (
-            st.get("nodes") == nodes
+            len(pods) == nodes
+            and st.get("nodes") == nodes
             and st.get("readyNodes") == nodes
             and len(members) == nodes
             and st.get("phase") == "Running"
@@ -100,4 +102,55 @@ def test_create_scale_up_down_refuse_and_keep_every_key(api, namespace, operator
     )  # fmt: skip
     converged(api, namespace, 3, operator, runner)
     write_keys(pod_url(api, namespace))
+    assert_all_keys(pod_url(api, namespace, 2))
+    objects = kubernetes.client.CustomObjectsApi(api)
+    apps = kubernetes.client.AppsV1Api(api)
+
+    def scale(n):
+        objects.patch_namespaced_custom_object_scale(
+            G, V, namespace, P, "lime", {"spec": {"replicas": n}}
+        )
+
+    # Scale up: two new pods join one at a time and receive their ranges.
+    scale(5)
+    obj = converged(api, namespace, 5, operator, runner)
+    assert obj["status"]["ringEpoch"] >= 3  # one epoch per join at least
+    assert_all_keys(pod_url(api, namespace, 4))
+    reasons = {r for r, _ in events(api, namespace)}
+    assert {"ScalingUp", "Joining"} <= reasons, reasons
+
+    # Scale down: each leaving node hands off before its pod and (whenScaled=Delete) volume go.
+    scale(3)
+    converged(api, namespace, 3, operator, runner)
+    assert_all_keys(pod_url(api, namespace, 0))
+    reasons = {r for r, _ in events(api, namespace)}
+    assert {"Leaving", "ScalingDown"} <= reasons, reasons
+    wait_for(lambda: runner.volume_dirs() == ["data-lime-0", "data-lime-1", "data-lime-2"],
+             timeout=60, what=f"volumes of removed nodes deleted (runner errors: {runner.errors[-3:]})")  # fmt: skip
+
+    # Below the replication factor: refused, visible on the object, nothing removed.
+    scale(2)
+    refused = wait_for(
+        lambda: (c := condition(lime(api, namespace), "Valid")) and c["status"] == "False" and c,
+        timeout=30,
+        what="Valid=False",
+    )
+    assert refused["reason"] == "BelowReplicationFactor"
+    assert lime(api, namespace)["status"]["phase"] == "Invalid"
+    assert apps.read_namespaced_stateful_set("lime", namespace).spec.replicas == 3
+    assert "BelowReplicationFactor" in {r for r, _ in events(api, namespace)}
+    assert_all_keys(pod_url(api, namespace, 1))
+
+    # RF lowered to 1 with one node: the RF change runs first, then two leaves.
+    patch_spec(api, namespace, {"replicationFactor": 1, "nodes": 1})
+    obj = converged(api, namespace, 1, operator, runner)
+    assert condition(obj, "Valid")["status"] == "True"
+    with Client(pod_url(api, namespace), cluster_secret=secret_of(api, namespace)) as c:
+        assert c.admin_status()["replication_factor"] == 1
+    assert "ReplicationFactor" in {r for r, _ in events(api, namespace)}
+    assert_all_keys(pod_url(api, namespace, 0))
+
+    # And back to 3 nodes (RF stays 1).
+    scale(3)
+    converged(api, namespace, 3, operator, runner)
     assert_all_keys(pod_url(api, namespace, 2))
