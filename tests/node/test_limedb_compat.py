@@ -267,13 +267,16 @@ def test_batch_writes_then_reads_many_keys(http):
 def test_probes_and_metrics(http):
     assert http.get("/livez").json() == {"status": "alive"}
     assert http.get("/readyz").json() == {"status": "ready"}
-    http.get("/api/v1/get/user:1")
+    http.post("/api/v1/set", json={"key": "metered", "value": "1"})
+    http.get("/api/v1/get/metered")
     metrics = http.get("/metrics").text
     assert (
         'limedb_http_requests_total{method="GET",route="/api/v1/get/{key}",status="200"}' in metrics
     )
     assert "limedb_http_request_duration_seconds_bucket" in metrics
     assert "limedb_ready 1.0" in metrics
+    assert "limedb_storage_memtable_bytes" in metrics
+    assert "limedb_storage_levels_0_files" in metrics
 
 
 def test_openapi_documents_every_route(http):

@@ -91,9 +91,12 @@ def _flatten(stats: dict, prefix: str = "") -> Iterator[tuple[str, float]]:
             yield name, value
         elif isinstance(value, dict):
             yield from _flatten(value, name + "_")
-        elif isinstance(value, list | tuple) and all(isinstance(v, int | float) for v in value):
-            for i, v in enumerate(value):
-                yield f"{name}_{i}", v
+        elif isinstance(value, list | tuple):
+            for i, item in enumerate(value):
+                if isinstance(item, dict):
+                    yield from _flatten(item, f"{name}_{i}_")
+                elif isinstance(item, int | float) and not isinstance(item, bool):
+                    yield f"{name}_{i}", item
 
 
 def build_registry(
