@@ -115,9 +115,15 @@ def run_wrk(url: str, script: Path, pid: int, args: argparse.Namespace) -> Resul
     before = cpu_seconds(pid)
     out = subprocess.run(
         [
-            "wrk", "-t1", f"-c{args.connections}", f"-d{args.duration}s", "--latency",
-            "-s", str(script), url,
-        ],  # fmt: skip
+            "wrk",
+            "-t1",
+            f"-c{args.connections}",
+            f"-d{args.duration}s",
+            "--latency",
+            "-s",
+            str(script),
+            url,
+        ],
         capture_output=True,
         text=True,
         check=True,
@@ -129,7 +135,9 @@ def run_wrk(url: str, script: Path, pid: int, args: argparse.Namespace) -> Resul
     non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     if non_2xx:
         errors += int(non_2xx.group(1))
-    socket_errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    socket_errors = re.search(
+        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out
+    )
     if socket_errors:
         errors += sum(int(g) for g in socket_errors.groups())
     return Result(
@@ -172,7 +180,9 @@ def main() -> int:
     parser.add_argument("--durability", default="sync", choices=["sync", "periodic", "none"])
     args = parser.parse_args()
     if shutil.which("wrk") is None:
-        print("bench_http: wrk is not installed; run `bash scripts/system-deps.sh`", file=sys.stderr)
+        print(
+            "bench_http: wrk is not installed; run `bash scripts/system-deps.sh`", file=sys.stderr
+        )
         return 2
 
     with tempfile.TemporaryDirectory(prefix="limedb-bench-") as tmp:
