@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from limedb.cluster.local import LocalService
+from limedb.cluster.service import Unavailable
 from limedb.hlc import millis_of, pack
 from limedb.storage import Engine, EngineOptions
 
@@ -78,3 +79,13 @@ def test_cluster_view_is_a_single_active_member_owning_every_token(engine):
     assert view.peers == ()
     assert len(view.tokens) == 4
     assert all(url == "http://n1:8484" for _, url in view.tokens)
+
+
+def test_a_write_refused_by_a_closed_engine_is_unavailable_not_a_crash(tmp_path):
+    engine = Engine.open(tmp_path / "closed", EngineOptions(durability="none"))
+    service = service_over(engine)
+    engine.close()
+    with pytest.raises(Unavailable):
+        asyncio.run(service.put(b"k", b"v"))
+    with pytest.raises(Unavailable):
+        asyncio.run(service.delete(b"k"))

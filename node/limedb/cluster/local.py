@@ -17,6 +17,7 @@ from limedb.cluster.ring import vnode_tokens
 from limedb.cluster.service import Consistency, ReadResult, Unavailable
 from limedb.cluster.view import ClusterView, MemberView
 from limedb.hlc import HLC, millis_of
+from limedb.storage.errors import StorageError
 
 
 class StorageVersion(Protocol):
@@ -129,14 +130,20 @@ class LocalService:
         ts = self._clock.now()
         # Expiry counts from the version's own clock so replicas agree on the deadline.
         expires = millis_of(ts) + ttl_ms if ttl_ms else None
-        await self._engine.put_async(storage_key(key), value, ts=ts, expires_at_ms=expires)
+        try:
+            await self._engine.put_async(storage_key(key), value, ts=ts, expires_at_ms=expires)
+        except StorageError as exc:
+            raise Unavailable(f"storage refused the write: {exc}") from exc
         return ts
 
     async def delete(self, key: bytes, consistency: Consistency | None = None) -> bool:
         self._check_open()
         skey = storage_key(key)
         existed = _is_live(self._engine.get_version(skey), _now_ms())
-        await self._engine.delete_async(skey, ts=self._clock.now())
+        try:
+            await self._engine.delete_async(skey, ts=self._clock.now())
+        except StorageError as exc:
+            raise Unavailable(f"storage refused the delete: {exc}") from exc
         return existed
 
     async def atomic_update(
