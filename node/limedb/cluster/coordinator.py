@@ -334,9 +334,10 @@ class Coordinator:
             return
         await self.call(node, rpc.REPLICATE, mutation.encode(), self.timeout_s)
 
-    async def call(self, node: str, kind: int, payload: bytes, timeout_s: float) -> bytes:
+    def call(self, node: str, kind: int, payload: bytes, timeout_s: float) -> asyncio.Future:
+        """Send one request to a peer; the future holds its reply (await it)."""
         host, port = self.address_of(node)
-        return await self.client.call(host, port, kind, payload, timeout_s)
+        return self.client.peer(host, port).request(kind, payload, timeout_s)
 
     # ------------------------------------------------------------------ reads
 
@@ -344,11 +345,10 @@ class Coordinator:
         ring = self.membership.ring
         replicas = self.replicas(key)
         need = required_acks(consistency or self.read_consistency, len(replicas))
-        order = sorted(replicas, key=self._read_rank)
         answers: dict[str, Stored | None] = {}
-        untried = list(order)
+        untried = sorted(replicas, key=self._read_rank)
         if untried[0] == self.node_id:
-            untried.pop(0)
+            del untried[0]
             answers[self.node_id] = self.replica.read(key)
         deadline = asyncio.get_running_loop().time() + self.timeout_s
         while len(answers) < need:

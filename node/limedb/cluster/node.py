@@ -9,6 +9,7 @@ hints, `stop()` undoes it in reverse. The public API sees only the KeyValueServi
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 from pathlib import Path
@@ -51,6 +52,7 @@ def default_internal_port(url: str) -> int:
     return port + INTERNAL_PORT_OFFSET
 
 
+@functools.lru_cache(maxsize=1024)
 def split_addr(addr: str) -> tuple[str, int]:
     host, _, port = addr.rpartition(":")
     return host.strip("[]"), int(port)
