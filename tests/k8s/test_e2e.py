@@ -77,19 +77,25 @@ def pod_url(api, namespace, ordinal=0):
     return f"http://{pod.status.pod_ip}:8484"
 
 
-def write_keys(url: str) -> None:
+def value_of(i: int, value_bytes: int) -> str:
+    return f"value-{i}-".ljust(value_bytes, "x")
+
+
+def write_keys(url: str, value_bytes: int = 0) -> None:
     with Client(url, timeout=30) as c:
         for start in range(0, KEYS, BATCH):
-            c.batch(put={f"key-{i}": f"value-{i}" for i in range(start, start + BATCH)})
+            c.batch(put={f"key-{i}": value_of(i, value_bytes) for i in range(start, start + BATCH)})
 
 
-def assert_all_keys(url: str) -> None:
+def assert_all_keys(url: str, value_bytes: int = 0) -> None:
     missing = []
     with Client(url, timeout=30) as c:
         for start in range(0, KEYS, BATCH):
             names = [f"key-{i}" for i in range(start, start + BATCH)]
             got = c.batch(get=names)
-            missing += [k for k in names if got.get(k) != f"value-{k[4:]}".encode()]
+            missing += [
+                k for k in names if got.get(k) != value_of(int(k[4:]), value_bytes).encode()
+            ]
     assert not missing, f"{len(missing)} keys lost, e.g. {missing[:5]}"
 
 
