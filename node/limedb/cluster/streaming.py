@@ -8,7 +8,12 @@ re-sent batch harmless, so a stream interrupted anywhere resumes from its last c
 The source keeps its range iterator open between batches of one stream, so a range is one
 storage scan rather than a seek and a snapshot per batch. Batches end on a token boundary.
 
-Wire format: a STREAM_READ request is `[u64 cursor][u64 end][u32 max bytes]`; the reply is
+Every range of a stream is read from one storage snapshot, taken once the transition's writes
+already went to old and new owners (the driver says from when: `floor_ms`), so a snapshot
+per range (a copy of the memtable each) is not paid hundreds of times.
+
+Wire format: a STREAM_READ request is `[u64 cursor][u64 end][u32 max bytes][u64 floor_ms]`;
+the reply is
 `[u8 done][u64 next cursor][u32 count]` followed by `count` entries, each
 `[u16 key len][u32 value len][u64 ts][u64 expires_at_ms or 0][u8 tombstone][key][value]` with
 the storage key (token-prefixed). STREAM_APPLY carries entries only and answers
@@ -30,12 +35,13 @@ from limedb.cluster.keys import MAX_TOKEN, token_prefix
 from limedb.hlc import HLC
 from limedb.storage.batch import WriteBatch
 
-READ_REQUEST = struct.Struct("!QQI")
+READ_REQUEST = struct.Struct("!QQIQ")
 READ_HEAD = struct.Struct("!BQI")
 ENTRY = struct.Struct("!HIQQB")
 APPLIED = struct.Struct("!I")
 HANDOFF_RANGE = struct.Struct("!QQ")
 ITERATOR_IDLE_S = 30.0
+SNAPSHOT_MAX_AGE_S = 60.0
 HANDOFF, RELEASE = 1, 0
 
 
@@ -53,8 +59,8 @@ class Batch:
         return len(self.entries)
 
 
-def encode_read(cursor: int, end: int, max_bytes: int) -> bytes:
-    return READ_REQUEST.pack(cursor, end, max_bytes)
+def encode_read(cursor: int, end: int, max_bytes: int, floor_ms: int) -> bytes:
+    return READ_REQUEST.pack(cursor, end, max_bytes, floor_ms)
 
 
 def decode_batch(reply: bytes) -> Batch:
@@ -91,11 +97,11 @@ def _range_end_key(end: int) -> bytes | None:
 class _OpenRange:
     """A source-side iterator over one range, resumable at the token it stopped before."""
 
-    def __init__(self, engine, cursor: int, end: int) -> None:
+    def __init__(self, snapshot, cursor: int, end: int) -> None:
         self.end = end
         self.next_cursor = cursor
         self.used = time.monotonic()
-        self._it = engine.iter_range(
+        self._it = snapshot.iter_range(
             token_prefix(cursor), _range_end_key(end), include_tombstones=True
         )
         self._pending: tuple[bytes, object] | None = None
@@ -145,12 +151,27 @@ class RangeStreams:
         self.hlc = hlc
         self.handed_off = handed_off
         self._open: dict[tuple[int, int], _OpenRange] = {}
+        self._snapshot = None
+        self._snapshot_ms = 0
+        self._snapshot_at = 0.0
         self._lock = asyncio.Lock()
         self.counters = {"batches_read": 0, "batches_applied": 0, "keys_applied": 0}
 
     # ------------------------------------------------------------------ source
 
-    async def read(self, cursor: int, end: int, max_bytes: int) -> Batch:
+    def _snapshot_since(self, floor_ms: int):  # noqa: ANN202 - limedb.storage Snapshot
+        if (
+            self._snapshot is None
+            or self._snapshot_ms < floor_ms
+            or time.monotonic() - self._snapshot_at > SNAPSHOT_MAX_AGE_S
+        ):
+            self._snapshot = self.engine.snapshot()
+            self._snapshot_ms = time.time_ns() // 1_000_000
+            self._snapshot_at = time.monotonic()
+        return self._snapshot
+
+    async def read(self, cursor: int, end: int, max_bytes: int, floor_ms: int = 0) -> Batch:
+        """The next batch of cursor..end from a snapshot taken at or after `floor_ms`."""
         if cursor > end:
             raise ValueError(f"cursor {cursor} past the range end {end}")
         async with self._lock:
@@ -160,7 +181,8 @@ class RangeStreams:
                     del self._open[key]
             open_range = self._open.pop((cursor, end), None)
             if open_range is None:
-                open_range = _OpenRange(self.engine, cursor, end)
+                snapshot = await asyncio.to_thread(self._snapshot_since, floor_ms)
+                open_range = _OpenRange(snapshot, cursor, end)
             # The scan runs in a thread so a large batch never stalls client requests.
             batch = await asyncio.to_thread(open_range.read, max_bytes)
             open_range.used = time.monotonic()
@@ -170,8 +192,8 @@ class RangeStreams:
         return batch
 
     async def handle_read(self, body: bytes) -> bytes:
-        cursor, end, max_bytes = READ_REQUEST.unpack(body)
-        batch = await self.read(cursor, end, max_bytes)
+        cursor, end, max_bytes, floor_ms = READ_REQUEST.unpack(body)
+        batch = await self.read(cursor, end, max_bytes, floor_ms)
         return READ_HEAD.pack(batch.done, batch.next_cursor, batch.count) + batch.entries
 
     # ------------------------------------------------------------------ sink

@@ -26,7 +26,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import orjson
 
@@ -49,6 +49,7 @@ from limedb.cluster.transitions import (
     Change,
     Kind,
     Phase,
+    RangeMove,
     Transition,
     TransitionError,
     TransitionRefused,
@@ -87,6 +88,23 @@ class RateMeter:
         return sum(n for _, n in self._samples) / self.window_s
 
 
+@dataclass
+class _TargetRun:
+    """One target's streaming in this process: ranges done, cursors of ranges in flight."""
+
+    first: int
+    first_cursor: int | None
+    keys: int
+    nbytes: int
+    done: set[int] = field(default_factory=set)
+    cursors: dict[int, int | None] = field(default_factory=dict)
+    checkpointed: float = field(default_factory=time.monotonic)
+
+    def __post_init__(self) -> None:
+        if self.first_cursor is not None:
+            self.cursors[self.first] = self.first_cursor
+
+
 class Superseded(Exception):
     """The record moved on without us (another driver, a rollback): stop this step."""
 
@@ -98,6 +116,7 @@ class DriverSettings:
     cleanup_grace_s: float = 2.0
     timeout_s: float = 300.0
     checkpoint_s: float = 1.0
+    parallel_ranges: int = 4
     poll_s: float = 0.5
 
     @classmethod
@@ -405,19 +424,22 @@ class TransitionDriver:
     async def _stream_all(self, t: Transition) -> None:
         throttle = Throttle(self.settings.bytes_per_s)
         targets = t.pending_streams()
+        # Every live node routes writes to old and new owners by now (the record was pushed
+        # before streaming began), so a source snapshot taken from here on misses nothing.
+        floor_ms = now_ms()
         results = await asyncio.gather(
-            *(self._stream_target(t, target, throttle) for target in targets),
+            *(self._stream_target(t, target, throttle, floor_ms) for target in targets),
             return_exceptions=True,
         )
         for result in results:
             if isinstance(result, BaseException):
                 raise result
 
-    async def _read(self, source: str, cursor: int, end: int) -> Batch:
+    async def _read(self, source: str, cursor: int, end: int, floor_ms: int) -> Batch:
         if source == self.node_id:
-            return await self.streams.read(cursor, end, self.settings.batch_bytes)
+            return await self.streams.read(cursor, end, self.settings.batch_bytes, floor_ms)
         reply = await self.call(
-            source, rpc.STREAM_READ, encode_read(cursor, end, self.settings.batch_bytes),
+            source, rpc.STREAM_READ, encode_read(cursor, end, self.settings.batch_bytes, floor_ms),
             RPC_TIMEOUT_S,
         )  # fmt: skip
         return decode_batch(reply)
@@ -450,27 +472,64 @@ class TransitionDriver:
         # keeping the dead node's id is such an owner).
         await self._hand_off(t, lambda m: [n for n in m.targets if n not in m.old_replicas])
 
-    async def _stream_target(self, t: Transition, target: str, throttle: Throttle) -> None:
+    async def _stream_target(
+        self, t: Transition, target: str, throttle: Throttle, floor_ms: int
+    ) -> None:
+        """Stream `target`'s ranges, a few at a time (each round trip waits behind client
+        traffic on busy nodes); the checkpoint is the first range not yet complete."""
         progress = self._current(t).progress_of(target)
-        index, keys, nbytes = progress.index, progress.keys, progress.bytes
         indexes = t.streams()[target]
-        last_checkpoint = time.monotonic()
-        cursor = progress.cursor
-        while index < len(indexes):
-            move = t.moves[indexes[index]]
+        run = _TargetRun(progress.index, progress.cursor, progress.keys, progress.bytes)
+        queue = deque(range(progress.index, len(indexes)))
+
+        async def worker() -> None:
+            while queue:
+                position = queue.popleft()
+                move = t.moves[indexes[position]]
+                cursor = run.cursors.get(position)
+                run.cursors[position] = cursor
+                while True:
+                    batch = await self._next_batch(t, target, move, cursor, floor_ms)
+                    run.keys += batch.count
+                    run.nbytes += batch.nbytes
+                    self.meter.add(batch.nbytes)
+                    if batch.done:
+                        run.done.add(position)
+                        run.cursors.pop(position, None)
+                    else:
+                        cursor = run.cursors[position] = batch.next_cursor
+                    if time.monotonic() - run.checkpointed >= self.settings.checkpoint_s:
+                        self._checkpoint(t, target, run)
+                    await throttle.pace(batch.nbytes)
+                    if batch.done:
+                        break
+
+        workers = [worker() for _ in range(max(1, self.settings.parallel_ranges))]
+        results = await asyncio.gather(*workers, return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+        self._checkpoint(t, target, run)
+
+    async def _next_batch(
+        self, t: Transition, target: str, move: RangeMove, cursor: int | None, floor_ms: int
+    ) -> Batch:
+        """Read the next batch of `move` from a live source and apply it to `target`,
+        waiting out (and, past the timeout, rolling back on) unreachable peers."""
+        while True:
             if not self.is_alive(target):
                 self._stalled(t, f"target {target}", target)
                 await asyncio.sleep(0.5)
                 continue
             sources = [s for s in move.sources if self.is_alive(s)]
-            # Sources in ring order (a leaving node first): the load spreads over the replicas.
-            source = sources[0] if sources else None
-            if source is None:
+            if not sources:
                 self._stalled(t, f"every source of range {move.start}..{move.end}", "sources")
                 await asyncio.sleep(0.5)
                 continue
+            # Sources in ring order (a leaving node first): the load spreads over the replicas.
             try:
-                batch = await self._read(source, move.start if cursor is None else cursor, move.end)
+                start = move.start if cursor is None else cursor
+                batch = await self._read(sources[0], start, move.end, floor_ms)
                 if batch.count:
                     await self._apply(target, batch.entries)
             except (rpc.PeerUnavailable, rpc.RpcError) as exc:
@@ -479,24 +538,14 @@ class TransitionDriver:
                 continue
             self._unreachable_since.pop(target, None)
             self._unreachable_since.pop("sources", None)
-            keys += batch.count
-            nbytes += batch.nbytes
-            if batch.done:
-                index, cursor = index + 1, None
-            else:
-                cursor = batch.next_cursor
-            self.meter.add(batch.nbytes)
-            if (
-                index >= len(indexes)
-                or time.monotonic() - last_checkpoint >= self.settings.checkpoint_s
-            ):
-                self._checkpoint(t, target, index, cursor, keys, nbytes)
-                last_checkpoint = time.monotonic()
-            await throttle.pace(batch.nbytes)
+            return batch
 
-    def _checkpoint(
-        self, t: Transition, target: str, index: int, cursor: int | None, keys: int, nbytes: int
-    ) -> None:
+    def _checkpoint(self, t: Transition, target: str, run: _TargetRun) -> None:
+        run.checkpointed = time.monotonic()
+        index = run.first
+        while index in run.done:
+            index += 1
+        cursor = run.cursors.get(index)
         current = self._current(t)
         before = current.progress_of(target)
         try:
@@ -504,8 +553,8 @@ class TransitionDriver:
                 target,
                 index=index,
                 cursor=cursor,
-                keys=max(keys, before.keys),
-                nbytes=max(nbytes, before.bytes),
+                keys=max(run.keys, before.keys),
+                nbytes=max(run.nbytes, before.bytes),
                 now_ms=now_ms(),
             )
         except TransitionError as exc:
