@@ -13,7 +13,7 @@ import asyncio
 import itertools
 import logging
 import struct
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 
 from limedb.cluster.replica import Mutation, wall_ms
 
@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 DEFAULT_WINDOW_MS = 3 * 3600 * 1000
 _STAMP = struct.Struct("!QQ")
 _LEN = struct.Struct("!H")
+_PAGE = 1000
 
 Deliver = Callable[[str, Mutation], Awaitable[None]]
 
@@ -105,13 +106,30 @@ class HintStore:
         if task is None or task.done():
             self._replaying[target] = asyncio.ensure_future(self.replay(target))
 
+    def _pages(self, target: str) -> Iterator[list[tuple[bytes, bytes]]]:
+        """`target`'s live hints in creation order, a page at a time, so that a long outage's
+        hints are never all in memory and the event loop gets a turn between pages."""
+        prefix = target_prefix(target)
+        start, end = prefix, _prefix_end(prefix)
+        while True:
+            page = [
+                (hkey, version.value)
+                for hkey, version in itertools.islice(
+                    self.engine.iter_range(start, end, include_tombstones=False), _PAGE
+                )
+                if not version.tombstone
+            ]
+            if not page:
+                return
+            yield page
+            start = page[-1][0] + b"\x00"
+
     async def replay(self, target: str) -> int:
         """Deliver every hint for `target` in creation order; stops at the first failure.
 
         Returns how many hints were delivered. Delivery is idempotent (the target applies
         versions by timestamp), so a hint delivered twice after a crash does no harm.
         """
-        prefix = target_prefix(target)
         oldest_ok = self._clock_ms() - self.window_ms
         delivered = 0
         semaphore = asyncio.Semaphore(self._concurrency)
@@ -133,35 +151,33 @@ class HintStore:
                 delivered += 1
                 self.replayed += 1
 
-        batch: list[asyncio.Task] = []
-        for hkey, version in list(
-            self.engine.iter_range(prefix, _prefix_end(prefix), include_tombstones=False)
-        ):
+        for page in self._pages(target):
+            sends = []
+            for hkey, payload in page:
+                if _created_ms(hkey) < oldest_ok:
+                    await self._forget(target, hkey)
+                    self.expired += 1
+                else:
+                    sends.append(one(hkey, payload))
+            await asyncio.gather(*sends)
             if failed:
                 break
-            if version.tombstone:
-                continue
-            if _created_ms(hkey) < oldest_ok:
-                await self._forget(target, hkey)
-                self.expired += 1
-                continue
-            batch.append(asyncio.ensure_future(one(hkey, version.value)))
-            if len(batch) >= self._concurrency * 4:
-                await asyncio.gather(*batch)
-                batch.clear()
-        if batch:
-            await asyncio.gather(*batch)
         return delivered
 
     async def expire(self) -> int:
-        """Drop (and count) every hint older than the window, whatever its target."""
+        """Drop (and count) every hint older than the window. Each target's hints are in
+        creation order, so the scan stops at its first hint still inside the window."""
         oldest_ok = self._clock_ms() - self.window_ms
         dropped = 0
-        for hkey, version in list(self.engine.iter_range(None, None, include_tombstones=False)):
-            if not version.tombstone and _created_ms(hkey) < oldest_ok:
-                await self._forget(_target_of(hkey), hkey)
-                self.expired += 1
-                dropped += 1
+        for target in list(self._pending):
+            for page in self._pages(target):
+                old = [hkey for hkey, _ in page if _created_ms(hkey) < oldest_ok]
+                for hkey in old:
+                    await self._forget(target, hkey)
+                dropped += len(old)
+                if len(old) < len(page):
+                    break
+        self.expired += dropped
         return dropped
 
     async def _forget(self, target: str, hkey: bytes) -> None:
