@@ -4,12 +4,21 @@ breaking the connection, and Expect: 100-continue still works."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
+import threading
 from collections.abc import Iterator
 
+import httpx
 import pytest
-from nodeproc import NodeProcess
+import uvicorn
+from limedb.api import create_app
+from limedb.api.wire import wire_protocol
+from limedb.cluster.local import LocalService
+from limedb.config import load_config
+from limedb.storage import Engine, EngineOptions
+from nodeproc import NodeProcess, free_address, wait_until
 
 
 @pytest.fixture(scope="module")
@@ -186,3 +195,39 @@ def test_head_on_a_hot_route_is_405_without_a_body(wire_node):
         assert rest == b""
     finally:
         conn.close()
+
+
+class TaskBoundService(LocalService):
+    """A service whose reads need a current task (as a coordinator's deadlines do)."""
+
+    inline_safe = False
+
+    async def get(self, key, consistency=None):
+        async with asyncio.timeout(5):
+            return await super().get(key, consistency)
+
+
+def test_a_service_that_needs_a_task_is_served_from_a_task(tmp_path):
+    engine = Engine.open(tmp_path / "data", EngineOptions(durability="none"))
+    service = TaskBoundService(engine, node_id="n", node_url="http://n")
+    asyncio.run(service.start())
+    host, port = free_address()
+    app = create_app(service, load_config({"host": host, "port": port}, {}))
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app, host=host, port=port, http=wire_protocol(app.state), lifespan="off",
+            log_level="warning",
+        )
+    )  # fmt: skip
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        wait_until(lambda: server.started, 10.0, "in-thread server start")
+        with httpx.Client(base_url=f"http://{host}:{port}") as client:
+            assert client.post("/api/v1/set", json={"key": "t", "value": "v"}).text == "OK"
+            assert client.get("/api/v1/get/t").json()["value"] == "v"
+            assert client.get("/api/v1/get/absent").status_code == 404
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        engine.close()

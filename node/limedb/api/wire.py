@@ -8,6 +8,10 @@ the same callback; an operation that does wait (a write waiting for its fsync, a
 finished in a task. Every other request - and hot requests pipelined behind an unfinished
 response or sent with `Expect: 100-continue` - takes uvicorn's normal ASGI path unchanged, where
 the raw-ASGI `FastPath` still serves the hot routes. Both paths answer through `hot.serve`.
+
+Stepping outside a task is only done for a service that says it is safe (`inline_safe = True`,
+as LocalService does): its coroutines only await futures, never `asyncio.timeout()` or anything
+else that needs a current task. Any other service's operations run in a task from the start.
 """
 
 from __future__ import annotations
@@ -164,21 +168,26 @@ class WireProtocol(HttpToolsProtocol):
         body = b"".join(cycle.body) if cycle.body else b""
         coro = hot.serve(state, cycle.route, cycle.method, cycle.raw_path, cycle.query, body)
         state.inflight += 1
+        if not getattr(state.service, "inline_safe", False):
+            task = self.loop.create_task(self._finish(cycle, coro, None, stepped=False))
+            task.add_done_callback(self.tasks.discard)
+            self.tasks.add(task)
+            return
         try:
             waiting = coro.send(None)
         except StopIteration as done:
             state.inflight -= 1
             self._respond(cycle, done.value)
             return
-        task = self.loop.create_task(self._finish(cycle, coro, waiting))
+        task = self.loop.create_task(self._finish(cycle, coro, waiting, stepped=True))
         task.add_done_callback(self.tasks.discard)
         self.tasks.add(task)
 
     async def _finish(
-        self, cycle: HotCycle, coro: Coroutine[Any, Any, ops.Reply], waiting: Any
+        self, cycle: HotCycle, coro: Coroutine[Any, Any, ops.Reply], waiting: Any, stepped: bool
     ) -> None:
         try:
-            reply = await _resume(coro, waiting)
+            reply = await (_resume(coro, waiting) if stepped else coro)
         finally:
             self.node_state.inflight -= 1
         self._respond(cycle, reply)

@@ -70,6 +70,10 @@ def ring_tokens(node_id: str, url: str, vnodes: int) -> list[tuple[int, str]]:
 class LocalService:
     """A KeyValueService for one node: every key is owned here."""
 
+    # Its coroutines await nothing but futures (no asyncio.timeout, no current_task), so the
+    # HTTP layer may step them outside a task and answer a read in the same callback.
+    inline_safe = True
+
     def __init__(
         self,
         engine: StorageEngine,
