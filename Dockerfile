@@ -1,0 +1,33 @@
+# One image for a LimeDB node (`limedb serve`) and the operator (`limedb-operator`).
+# Non-root (uid 10001), no shell needed at runtime beyond /bin/sh for the node entrypoint,
+# and a read-only root filesystem works: data lives in /data, scratch in /tmp (emptyDir).
+
+FROM python:3.11-slim AS build
+WORKDIR /src
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+COPY pyproject.toml README.md ./
+COPY node ./node
+COPY operator ./operator
+RUN python -m venv /opt/limedb \
+ && /opt/limedb/bin/pip install --upgrade pip \
+ && /opt/limedb/bin/pip install .
+
+FROM python:3.11-slim
+LABEL org.opencontainers.image.title="limedb" \
+      org.opencontainers.image.description="LimeDB node and Kubernetes operator" \
+      org.opencontainers.image.licenses="Apache-2.0"
+RUN groupadd --system --gid 10001 limedb \
+ && useradd --system --uid 10001 --gid limedb --home-dir /data --shell /usr/sbin/nologin limedb \
+ && mkdir -p /data \
+ && chown limedb:limedb /data
+COPY --from=build /opt/limedb /opt/limedb
+ENV PATH=/opt/limedb/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    LIMEDB_DATA_DIR=/data
+USER 10001:10001
+WORKDIR /data
+VOLUME ["/data"]
+EXPOSE 8484 9484 6379
+ENTRYPOINT ["limedb"]
+CMD ["serve"]
