@@ -8,7 +8,8 @@ in the same run on the same machine. Reported:
   >= 0.5 for both SET and GET);
 - the same against one node of a 3-node RF=3 cluster (W=R=2), with its ratio to the anchor.
 
-Every server is a real process; redis-benchmark shares this machine's cores with them.
+Every server is a real process. With two or more cores, each single server (LimeDB node or
+redis-server) is pinned to CPU 0 and redis-benchmark to CPU 1; the cluster's nodes share all.
 
     .venv/bin/python benchmarks/bench_resp.py [--requests 200000] [--clients 50] [--no-cluster]
 """
@@ -28,6 +29,15 @@ import time
 from pathlib import Path
 
 GOAL_RATIO = 0.5
+# One core for the server under test, the other for redis-benchmark, when there are two:
+# both servers get the same share of the machine whatever else is running.
+TASKSET = shutil.which("taskset") if (os.cpu_count() or 1) >= 2 else None
+
+
+def pinned(args: list[str], cpu: int | None) -> list[str]:
+    return [TASKSET, "-c", str(cpu), *args] if TASKSET and cpu is not None else args
+
+
 LIMEDB = str(Path(sys.executable).with_name("limedb"))
 
 
@@ -59,7 +69,7 @@ def start_redis(workdir: Path) -> tuple[subprocess.Popen, int]:
         "--save", "", "--appendonly", "yes", "--appendfsync", "everysec",
         "--logfile", str(workdir / "redis.log"),
     ]  # fmt: skip
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(pinned(args, 0), stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     wait_for_port("127.0.0.1", port, proc, "redis-server")
     return proc, port
 
@@ -99,7 +109,10 @@ def start_limedb(workdir: Path, nodes: int, rf: int) -> tuple[list[subprocess.Po
             "--seeds", ",".join(urls),
         ]  # fmt: skip
         log = open(data / "node.log", "ab")  # noqa: SIM115 - lives as long as the process
-        procs.append(subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT))
+        cpu = 0 if nodes == 1 else None  # a cluster's nodes share both cores
+        procs.append(
+            subprocess.Popen(pinned(args, cpu), env=env, stdout=log, stderr=subprocess.STDOUT)
+        )
         log.close()
     for i, host in enumerate(hosts):
         wait_for_port(host, resp_ports[i], procs[i], f"limedb node {i}")
@@ -125,8 +138,8 @@ def wait_for_cluster(host: str, port: int, nodes: int, timeout_s: float = 60) ->
 def benchmark(host: str, port: int, requests: int, clients: int, pipeline: int) -> dict[str, float]:
     """requests per second of SET and GET (redis-benchmark --csv)."""
     done = subprocess.run(
-        ["redis-benchmark", "-h", host, "-p", str(port), "-n", str(requests),
-         "-c", str(clients), "-P", str(pipeline), "-t", "set,get", "--csv"],
+        pinned(["redis-benchmark", "-h", host, "-p", str(port), "-n", str(requests),
+                "-c", str(clients), "-P", str(pipeline), "-t", "set,get", "--csv"], 1),
         capture_output=True, text=True, timeout=1800, check=True,
     )  # fmt: skip
     rows = list(csv.reader(io.StringIO(done.stdout)))
