@@ -18,6 +18,8 @@ from support.cluster import Node, Workload, wait_for
 from support.history import History
 from support.transitions import Fleet, preload
 
+pytestmark = pytest.mark.cluster
+
 # Slow streaming (1 MB/s over ~4 MB to move) leaves seconds to act while the join is running.
 ENV = {
     "LIMEDB_VNODES": "16",

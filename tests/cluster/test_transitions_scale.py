@@ -12,6 +12,8 @@ from support.cluster import Workload
 from support.history import History
 from support.transitions import Fleet, preload
 
+pytestmark = pytest.mark.cluster
+
 ENV = {
     "LIMEDB_VNODES": "16",
     "LIMEDB_CLEANUP_GRACE_MS": "300",
