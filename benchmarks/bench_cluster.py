@@ -140,10 +140,26 @@ class LocalCluster:
                 response.raise_for_status()
 
 
+def cpu_seconds(procs: list[subprocess.Popen]) -> float:
+    """User + system CPU time the node processes have used so far (from /proc)."""
+    ticks = 0
+    for proc in procs:
+        fields = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        ticks += int(fields[11]) + int(fields[12])  # utime, stime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 def run_wrk(
-    urls: list[str], script: str, connections: int, duration_s: int, env: dict[str, str]
+    urls: list[str],
+    script: str,
+    connections: int,
+    duration_s: int,
+    env: dict[str, str],
+    nodes: list[subprocess.Popen],
 ) -> dict:
-    """One wrk process per URL, connections split between them, results merged."""
+    """One wrk process per URL, connections split between them, results merged; also the
+    nodes' CPU time per operation, which does not depend on how much CPU they were given."""
+    cpu_before = cpu_seconds(nodes)
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
         f.write(script)
         path = f.name
@@ -176,6 +192,7 @@ def run_wrk(
         if line is None:
             raise SystemExit(f"wrk produced no summary:\n{out}")
         results.append(json.loads(line))
+    cpu = cpu_seconds(nodes) - cpu_before
     os.unlink(path)
     requests = sum(r["requests"] for r in results)
     seconds = max(r["duration_us"] for r in results) / 1e6
@@ -187,13 +204,14 @@ def run_wrk(
         "errors": sum(r["errors"] for r in results),
         "non2xx": sum(r["non2xx"] for r in results),
         "requests": requests,
+        "cpu_us_per_op": cpu / max(requests, 1) * 1e6,
     }
 
 
 def _line(name: str, r: dict) -> str:
     return (
         f"{name:<34} {r['ops_s']:>9,.0f} ops/s  p50 {r['p50_ms']:6.2f} ms  p99 {r['p99_ms']:6.2f} ms"
-        f"  errors {r['errors']}  non-2xx {r['non2xx']}"
+        f"  {r['cpu_us_per_op']:6.1f} us CPU/op  errors {r['errors']}  non-2xx {r['non2xx']}"
     )
 
 
@@ -219,13 +237,17 @@ def main() -> int:
         root = Path(tmp)
         with LocalCluster(root / "single", 1, args.base_port, env) as single:
             single.preload(args.keys)
-            anchor = run_wrk(single.urls, MIXED, args.connections, args.duration, wrk_env)
+            anchor = run_wrk(
+                single.urls, MIXED, args.connections, args.duration, wrk_env, single.procs
+            )
         print(_line("anchor: 1 node, no replication", anchor))
 
         cluster_env = {**env, "LIMEDB_REPLICATION_FACTOR": "3"}
         with LocalCluster(root / "rf3", 3, args.base_port + 10, cluster_env) as cluster:
             cluster.preload(args.keys)
-            mixed = run_wrk(cluster.urls, MIXED, args.connections, args.duration, wrk_env)
+            mixed = run_wrk(
+                cluster.urls, MIXED, args.connections, args.duration, wrk_env, cluster.procs
+            )
         print(_line("3 nodes, RF=3, W=R=2", mixed))
 
         rf1_env = {**env, "LIMEDB_REPLICATION_FACTOR": "1"}
@@ -238,8 +260,12 @@ def main() -> int:
             key_file = root / "owned.txt"
             key_file.write_text("\n".join(owned) + "\n")
             get_env = {"BENCH_KEY_FILE": str(key_file)}
-            local = run_wrk(rf1.urls[:1], GET_LIST, args.connections, args.duration, get_env)
-            forwarded = run_wrk(rf1.urls[1:2], GET_LIST, args.connections, args.duration, get_env)
+            local = run_wrk(
+                rf1.urls[:1], GET_LIST, args.connections, args.duration, get_env, rf1.procs
+            )
+            forwarded = run_wrk(
+                rf1.urls[1:2], GET_LIST, args.connections, args.duration, get_env, rf1.procs
+            )
         print(_line("GET local (RF=1, owner answers)", local))
         print(_line("GET forwarded (RF=1, via a peer)", forwarded))
 
@@ -250,6 +276,11 @@ def main() -> int:
         f"(p99 {mixed['p99_ms']:.1f} ms, goal < {GOAL_P99_MS:.0f} ms)"
     )
     print(f"forwarded GET / local GET:    {forwarded['ops_s'] / local['ops_s']:.2f}x (goal >= 0.6)")
+    print(
+        f"CPU per op, cluster / single:  {mixed['cpu_us_per_op'] / anchor['cpu_us_per_op']:.2f}x; "
+        f"if the nodes had both cores to themselves: ~{2e6 / mixed['cpu_us_per_op']:,.0f} ops/s"
+    )
+    print(f"load average at the end: {os.getloadavg()[0]:.1f} (other processes share the cores)")
     return 0
 
 
