@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import pty
 import re
+import select
 import subprocess
+import time
 
 import pytest
 
@@ -55,6 +59,57 @@ def test_redis_cli_reads_a_session_of_commands_from_stdin(limedb_single) -> None
         "1",
         "0",
     ]
+
+
+class Terminal:
+    """redis-cli on a pseudo-terminal, as a person at a shell would run it."""
+
+    def __init__(self, args: list[str]) -> None:
+        self.master, slave = pty.openpty()
+        env = {**os.environ, "TERM": "dumb"}
+        self.proc = subprocess.Popen(args, stdin=slave, stdout=slave, stderr=slave, env=env)
+        os.close(slave)
+        self.output = b""
+
+    def read_until(self, marker: bytes, timeout_s: float = 10.0) -> bytes:
+        start = len(self.output)
+        deadline = time.monotonic() + timeout_s
+        while marker not in self.output[start:]:
+            remaining = deadline - time.monotonic()
+            assert remaining > 0, f"no {marker!r} in {self.output[start:]!r}"
+            ready, _, _ = select.select([self.master], [], [], remaining)
+            if ready:
+                data = os.read(self.master, 4096)
+                self.output += data
+                if b"\x1b[6n" in data:  # line editing asks where the cursor is
+                    os.write(self.master, b"\x1b[1;1R")
+        return self.output[start:]
+
+    def type(self, line: str, marker: bytes) -> str:
+        os.write(self.master, line.encode() + b"\r")
+        return self.read_until(marker).decode(errors="replace")
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(10)
+        os.close(self.master)
+
+
+def test_redis_cli_interactive_session_on_a_terminal(limedb_single) -> None:
+    prompt = f"{limedb_single.host}:{limedb_single.port}> ".encode()
+    term = Terminal(["redis-cli", "-h", limedb_single.host, "-p", str(limedb_single.port)])
+    try:
+        term.read_until(prompt)
+        assert "OK" in term.type("set tty:key 41", prompt)
+        assert "(integer) 42" in term.type("incr tty:key", prompt)
+        assert '"42"' in term.type("get tty:key", prompt)
+        assert "(nil)" in term.type("get tty:missing", prompt)
+        assert "ERR unknown command 'nosuch'" in term.type("nosuch", prompt)
+        os.write(term.master, b"quit\r")
+        assert term.proc.wait(10) == 0
+    finally:
+        term.close()
 
 
 def test_redis_cli_info_and_dbsize(limedb_single) -> None:
