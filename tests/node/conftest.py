@@ -34,3 +34,13 @@ def node_factory(tmp_path: Path) -> Iterator[Callable[..., NodeProcess]]:
 def node(node_factory: Callable[..., NodeProcess]) -> NodeProcess:
     """One running node with sync durability."""
     return node_factory("--durability", "sync").start()
+
+
+@pytest.fixture(scope="module")
+def module_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
+    """One running node shared by the tests of a module (they use distinct keys)."""
+    base = tmp_path_factory.mktemp("node")
+    node = NodeProcess(data_dir=base / "data", log_path=base / "node.log")
+    node.start()
+    yield node
+    node.stop()

@@ -19,18 +19,18 @@ def cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([LIMEDB, *args], capture_output=True, text=True, timeout=30)
 
 
-def test_cli_set_get_del_round_trip(node):
-    assert cli("set", "--url", node.url, "greeting key", "hello world").returncode == 0
-    got = cli("get", "--url", node.url, "greeting key")
+def test_cli_set_get_del_round_trip(module_node):
+    assert cli("set", "--url", module_node.url, "greeting key", "hello world").returncode == 0
+    got = cli("get", "--url", module_node.url, "greeting key")
     assert (got.returncode, got.stdout) == (0, "hello world\n")
-    assert cli("del", "--url", node.url, "greeting key").returncode == 0
-    missing = cli("get", "--url", node.url, "greeting key")
+    assert cli("del", "--url", module_node.url, "greeting key").returncode == 0
+    missing = cli("get", "--url", module_node.url, "greeting key")
     assert missing.returncode == 1
     assert "key not found" in missing.stderr
 
 
-def test_cli_del_of_a_missing_key_exits_1(node):
-    result = cli("del", "--url", node.url, "never-there")
+def test_cli_del_of_a_missing_key_exits_1(module_node):
+    result = cli("del", "--url", module_node.url, "never-there")
     assert result.returncode == 1
     assert "key not found" in result.stderr
 
@@ -41,8 +41,8 @@ def test_cli_serve_refuses_invalid_settings_naming_them(tmp_path):
     assert "vnodes" in result.stderr
 
 
-def test_client_round_trips_bytes_ttl_batch_and_health(node):
-    with Client(node.url) as client:
+def test_client_round_trips_bytes_ttl_batch_and_health(module_node):
+    with Client(module_node.url) as client:
         ts = client.set("bin/ary?#%", b"\x00\x01\xff")
         assert ts > 0
         assert client.get("bin/ary?#%") == b"\x00\x01\xff"
@@ -55,8 +55,8 @@ def test_client_round_trips_bytes_ttl_batch_and_health(node):
         assert client.health()["status"] == "healthy"
 
 
-def test_client_reports_refused_requests_as_bad_request(node):
-    with Client(node.url) as client:
+def test_client_reports_refused_requests_as_bad_request(module_node):
+    with Client(module_node.url) as client:
         with pytest.raises(BadRequest) as oversized:
             client.set("big", b"x" * (1024 * 1024 + 1))
         assert oversized.value.status == 413
@@ -64,9 +64,9 @@ def test_client_reports_refused_requests_as_bad_request(node):
             client.set("k" * 1025, b"v")
 
 
-def test_async_client_round_trip(node):
+def test_async_client_round_trip(module_node):
     async def scenario() -> tuple[bytes, bool]:
-        async with AsyncClient(node.url) as client:
+        async with AsyncClient(module_node.url) as client:
             await client.set("async-key", "v")
             value = await client.get("async-key")
             existed = await client.delete("async-key")
