@@ -4,6 +4,7 @@ get/set/del are normally answered by the fast path; the handlers here serve the 
 for the methods the fast path leaves to FastAPI and give the routes their OpenAPI documentation.
 """
 
+import asyncio
 import math
 import time
 from typing import Annotated
@@ -123,9 +124,12 @@ def build_router(state: NodeState) -> APIRouter:
     ) -> Response:
         service = state.require_service()
         size = min(pageSize, MAX_PAGE_SIZE)
-        total = service.local_count()
+        # Counting and paging scan storage: off the event loop, so hot routes keep flowing.
+        total = await asyncio.to_thread(service.local_count)
         offset = (page - 1) * size
-        items = service.local_items(None, offset + size)[offset:] if offset < total else []
+        items = []
+        if offset < total:
+            items = (await asyncio.to_thread(service.local_items, None, offset + size))[offset:]
         # The count is an estimate on a busy node; never report fewer than we just listed.
         total = max(total, offset + len(items))
         keys = [
