@@ -117,6 +117,21 @@ command = st.one_of(
         [
             ("PING",),
             ("PING", "hello"),
+            ("PING", "a", "b"),
+            ("SELECT", "0"),
+            ("SELECT", "16"),
+            ("SELECT", "-1"),
+            ("SELECT", "x"),
+            ("AUTH", "pw"),
+            ("AUTH", "default", "pw"),
+            ("AUTH", "someone", "pw"),
+            ("AUTH", "a", "b", "c"),
+            ("CLIENT", "GETNAME"),
+            ("CLIENT", "SETNAME", "worker-1"),
+            ("CLIENT", "SETNAME", ""),
+            ("CLIENT", "SETNAME", "two words"),
+            ("CLIENT", "NOSUCH"),
+            ("ECHO",),
             ("GET",),
             ("SET", "a"),
             ("INCR", "a", "b"),
@@ -135,7 +150,7 @@ def _prefix(cmd: tuple, prefix: str, index: int, start_s: int) -> list[Any]:
     """Namespace the keys of one sequence so examples never see each other's keys."""
     name = cmd[0]
     args = [a.resolve(index, start_s) if isinstance(a, Time) else a for a in cmd[1:]]
-    if name in ("PING", "ECHO", "NOSUCHCOMMAND") or not args:
+    if name in ("PING", "ECHO", "NOSUCHCOMMAND", "SELECT", "AUTH", "CLIENT") or not args:
         return [name, *args]
     if name == "MSET":
         args = [prefix + a if i % 2 == 0 and i + 1 < len(args) else a for i, a in enumerate(args)]
@@ -158,7 +173,7 @@ def run(client: redis.Redis, args: list[Any], prefix: str) -> Any:
                 return sorted(keys)
     try:
         return client.execute_command(*args)
-    except redis.ResponseError as exc:
+    except (redis.ResponseError, redis.AuthenticationError) as exc:
         return ("error", type(exc).__name__, str(exc))
 
 

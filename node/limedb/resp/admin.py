@@ -65,10 +65,11 @@ def quit_(session: Session, argv: list[bytes]) -> Any:
 
 
 def _check_password(session: Session, username: bytes, password: bytes) -> None:
+    """Redis's single `default` user: without a password configured, any password is right."""
     expected = session.server.limits.password
-    if expected is None:
-        raise NO_PASSWORD
-    if username != b"default" or not hmac.compare_digest(password, expected.encode()):
+    if username != b"default" or (
+        expected is not None and not hmac.compare_digest(password, expected.encode())
+    ):
         raise WRONGPASS
     session.authenticated = True
 
@@ -79,10 +80,10 @@ def auth(session: Session, argv: list[bytes]) -> Any:
     if len(argv) > 3:
         raise SYNTAX_ERROR
     if len(argv) == 2:
-        _check_password(session, b"default", argv[1])
-    else:
         if session.server.limits.password is None:
             raise NO_PASSWORD
+        _check_password(session, b"default", argv[1])
+    else:
         _check_password(session, argv[1], argv[2])
     return OK
 
