@@ -62,10 +62,10 @@ class Limits:
     def from_config(cls, config: Any) -> Limits:
         return cls(
             host=config.host,
-            max_clients=getattr(config, "resp_max_clients", cls.max_clients),
-            max_bulk_bytes=getattr(config, "resp_max_bulk_bytes", cls.max_bulk_bytes),
-            idle_timeout_s=getattr(config, "resp_idle_timeout_s", cls.idle_timeout_s),
-            password=getattr(config, "resp_password", None),
+            max_clients=config.resp_max_clients,
+            max_bulk_bytes=config.resp_max_bulk_bytes,
+            idle_timeout_s=config.resp_idle_timeout_s,
+            password=config.resp_password,
             max_key_bytes=config.max_key_bytes,
             max_value_bytes=config.max_value_bytes,
             durability=config.durability,
