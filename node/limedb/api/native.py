@@ -54,7 +54,23 @@ def build_router(state: NodeState) -> APIRouter:
         summary="Read raw bytes",
         responses={
             200: {
-                "description": "the value; X-Limedb-Timestamp carries its version",
+                "description": "the value",
+                "headers": {
+                    "X-Limedb-Timestamp": {
+                        "description": "hybrid logical clock timestamp of this version",
+                        "required": True,
+                        "schema": {"type": "string", "pattern": "^[0-9]+$"},
+                    },
+                    "X-Limedb-Owner": {
+                        "description": "URL of the node that owns the key",
+                        "required": True,
+                        "schema": {"type": "string"},
+                    },
+                    "X-Limedb-Expires-At-Ms": {
+                        "description": "when the value expires (Unix ms), if it has a TTL",
+                        "schema": {"type": "string", "pattern": "^[0-9]+$"},
+                    },
+                },
                 "content": {
                     "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}
                 },
