@@ -166,7 +166,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("resp_idle_timeout_s", _int(0), 0, "close idle RESP clients after this, 0 = never"),
     Setting("shutdown_timeout_s", _int(1, 300), 8, "grace period for in-flight requests"),
     Setting("log_level", _choice(LOG_LEVELS), "info", "debug | info | warning | error"),
-    Setting("fast_path", _bool, True, "serve hot key-value routes through the raw-ASGI path"),
+    Setting("fast_path", _bool, True, "serve the hot key-value routes outside FastAPI"),
 )
 _BY_NAME = {s.name: s for s in SETTINGS}
 
