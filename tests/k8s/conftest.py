@@ -38,8 +38,9 @@ def api(control_plane: ControlPlane) -> kubernetes.client.ApiClient:
     return control_plane.api_client()
 
 
-def wait_for(predicate, timeout: float = 30.0, interval: float = 0.2, what: str = "condition"):
-    """Poll until predicate() returns a truthy value; fail with `what` after the deadline."""
+def wait_for(predicate, timeout: float = 30.0, interval: float = 0.2, what="condition"):
+    """Poll until predicate() returns a truthy value; fail with `what` (a string, or a callable
+    evaluated at the deadline for the state at that moment) after the deadline."""
     deadline = time.monotonic() + timeout
     last = None
     while time.monotonic() < deadline:
@@ -50,6 +51,8 @@ def wait_for(predicate, timeout: float = 30.0, interval: float = 0.2, what: str 
         if last and not isinstance(last, Exception):
             return last
         time.sleep(interval)
+    if callable(what):
+        what = what()
     raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
 
 

@@ -14,7 +14,9 @@ What it translates, because a process has no namespaces of its own:
 - bind address: `0.0.0.0` in LIMEDB_HOST becomes the pod IP (there is no network namespace);
 - cluster DNS: `<hostname>.<subdomain>.<namespace>.svc` of every running pod is written to
   /etc/hosts in a block owned by this runner and removed when it stops, so the headless-service
-  names resolve to pod IPs like CoreDNS would answer them;
+  names resolve to pod IPs like CoreDNS would answer them; a ClusterIP Service's name
+  `<service>.<namespace>.svc` resolves to one Ready pod it selects (standing in for the
+  ClusterIP and kube-proxy, which do not exist here);
 - the image: its entrypoint is whatever the pod's command says; `limedb` is this checkout's.
 """
 
@@ -63,6 +65,7 @@ class RunningPod:
     proc: subprocess.Popen
     log_file: Any
     ready_probe: tuple[str, int] | None
+    labels: dict[str, str] | None = None
     restarts: int = 0
     ready: bool = False
     last_status: dict = field(default_factory=dict)
@@ -73,13 +76,14 @@ class PodRunner:
     """Runs the pods of `namespace` until stop(); one instance per test namespace."""
 
     def __init__(self, api: kubernetes.client.ApiClient, namespace: str, workdir: Path,
-                 ip_prefix: str = "127.0.64.") -> None:  # fmt: skip
+                 ip_prefix: str = "127.0.64.", runs=lambda pod: True) -> None:  # fmt: skip
         self.core = kubernetes.client.CoreV1Api(api)
         self.namespace = namespace
         self.workdir = workdir / f"runner-{namespace}"
         self.node = f"runner-{namespace}"
         self.ip_prefix = ip_prefix
         self.pods: dict[str, RunningPod] = {}
+        self.runs = runs  # which pods this stand-in runs (others stay Pending, unbound)
         self._next_ip = 10
         self._stop = threading.Event()
         self._thread = threading.Thread(
@@ -167,7 +171,8 @@ class PodRunner:
                 self._terminate(pod)
                 continue
             if not pod.spec.node_name:
-                self._bind(pod)
+                if self.runs(pod):
+                    self._bind(pod)
                 continue
             if pod.spec.node_name != self.node or pod.status.phase in ("Succeeded", "Failed"):
                 continue
@@ -188,7 +193,7 @@ class PodRunner:
             if name not in seen:
                 self._kill(name, grace=5)
         self._collect_volumes()
-        self._write_hosts(self._hosts)
+        self._write_hosts({**self._hosts, **self._service_names()})
 
     def _bind(self, pod) -> None:
         body = {
@@ -282,7 +287,10 @@ class PodRunner:
             if isinstance(port, str) and not port.isdigit():
                 port = next(p.container_port for p in container.ports if p.name == port)
             probe = (rp.http_get.path, int(port))
-        running = RunningPod(name, pod.metadata.uid, ip, proc, log_file, probe, restarts)
+        running = RunningPod(
+            name, pod.metadata.uid, ip, proc, log_file, probe, dict(pod.metadata.labels or {}),
+            restarts,
+        )  # fmt: skip
         self.pods[name] = running
         if pod.spec.hostname and pod.spec.subdomain:
             self._hosts[name] = (
@@ -398,6 +406,22 @@ class PodRunner:
         for directory in (self.workdir / "pvc").iterdir():
             if directory.name not in claims:
                 shutil.rmtree(directory, ignore_errors=True)
+
+    def _service_names(self) -> dict[str, str]:
+        out = {}
+        for svc in self.core.list_namespaced_service(self.namespace).items:
+            selector = svc.spec.selector or {}
+            if svc.spec.cluster_ip in (None, "None") or not selector:
+                continue
+            ready = sorted(
+                (r.name, r.ip)
+                for r in self.pods.values()
+                if r.ready and selector.items() <= (r.labels or {}).items()
+            )
+            if ready:
+                name = svc.metadata.name
+                out[f"svc:{name}"] = f"{ready[0][1]} {name}.{self.namespace}.svc"
+        return out
 
     def volume_dirs(self) -> list[str]:
         return sorted(d.name for d in (self.workdir / "pvc").iterdir())

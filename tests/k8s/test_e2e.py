@@ -52,7 +52,11 @@ def converged(api, namespace, nodes, operator, runner, timeout=240.0):
         obj = lime(api, namespace)
         st = obj.get("status") or {}
         members = [m for m in st.get("members", []) if m["state"] == "Normal"]
-        pods = kubernetes.client.CoreV1Api(api).list_namespaced_pod(namespace).items
+        pods = (
+            kubernetes.client.CoreV1Api(api)
+            .list_namespaced_pod(namespace, label_selector="app.kubernetes.io/name=limedb")
+            .items
+        )
         ok = (
             len(pods) == nodes
             and st.get("nodes") == nodes
@@ -67,8 +71,10 @@ def converged(api, namespace, nodes, operator, runner, timeout=240.0):
         done,
         timeout=timeout,
         interval=0.5,
-        what=f"{nodes} Normal Ready nodes; status={lime(api, namespace).get('status')}\n"
-        f"operator:\n{operator.log_tail(15)}\nrunner errors: {runner.errors}",
+        what=lambda: (
+            f"{nodes} Normal Ready nodes; status={lime(api, namespace).get('status')}\n"
+            f"operator:\n{operator.log_tail(15)}\nrunner errors: {runner.errors}"
+        ),
     )
 
 
