@@ -20,6 +20,7 @@ import socket
 import struct
 import time
 from collections.abc import Awaitable, Callable
+from functools import partial
 
 HEADER = struct.Struct("!IBI")
 DEADLINE = struct.Struct("!Q")
@@ -245,8 +246,9 @@ class _ServerProtocol(_FramedProtocol):
         if isinstance(result, bytes | bytearray):
             self.send(encode_frame(REPLY, request_id, bytes(result)))
         else:
-            future = asyncio.ensure_future(result)
-            future.add_done_callback(lambda f, rid=request_id: self._reply_later(rid, f))
+            # A future (the replica's batched writes) is used as is; a coroutine gets a task.
+            future = result if asyncio.isfuture(result) else asyncio.ensure_future(result)
+            future.add_done_callback(partial(self._reply_later, request_id))
 
     def _reply_later(self, request_id: int, future: asyncio.Future) -> None:
         if future.cancelled():
