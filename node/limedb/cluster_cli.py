@@ -63,8 +63,10 @@ def start_node(
         ",".join(seeds),
         *extra,
     ]
-    log = open(data_dir / "node.log", "ab")  # noqa: SIM115 - lives as long as the process
-    return subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT)
+    # The log sits next to the node's directory, which belongs to its storage engine; the
+    # child keeps its own handle on it.
+    with open(data_dir.with_name(data_dir.name + ".log"), "ab") as log:
+        return subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT)
 
 
 def _probe(client: httpx.Client, url: str) -> dict | None:
@@ -146,7 +148,7 @@ def cluster_up(
                 start_node(url, host, base_port + i, data_dir / f"node-{i}", urls, serve_args)
             )
         console.print(
-            f"[bold]LimeDB cluster of {nodes} node(s)[/bold] (logs in {data_dir}/node-*/node.log)"
+            f"[bold]LimeDB cluster of {nodes} node(s)[/bold] (logs in {data_dir}/node-*.log)"
         )
         for url in urls:
             console.print(f"  {url}")
