@@ -19,6 +19,7 @@ from limedb.resp.commands import SYNTAX_ERROR, command, int_arg
 from limedb.resp.encoding import RespError
 from limedb.resp.session import Session
 
+SCAN_COUNT_MAX = 100_000
 EMPTY_KEY = RespError("ERR empty keys are not supported by LimeDB")
 
 
@@ -438,6 +439,8 @@ async def scan(session: Session, argv: list[bytes]) -> Any:
         after = server.cursors.get(cursor)
         if after is None:
             raise RespError("ERR invalid cursor (unknown or expired; restart the scan at 0)")
+    # COUNT is a hint in Redis too; the cap bounds what one reply can hold in memory.
+    count = min(count, SCAN_COUNT_MAX)
     items = server.service.local_items(after, count)
     next_cursor = server.cursors.add(items[-1][0]) if len(items) == count else 0
     keys = [key for key, _ in items if match is None or match.match(key)] if type_ok else []
