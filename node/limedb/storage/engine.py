@@ -11,6 +11,7 @@ fsync and the asyncio group commit).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import posixpath
@@ -23,6 +24,7 @@ from typing import Any
 from limedb.hlc import HLC
 
 from . import compaction as compaction_mod
+from . import offload
 from .batch import WriteBatch
 from .block_cache import BlockCache
 from .bloom import GlobalFilter, key_hash, probe_mask
@@ -39,6 +41,9 @@ from .wal import WalWriter, encode_batch, encode_items, replay
 log = logging.getLogger("limedb.storage")
 
 _STAMP_BLOCK = 64
+# Smaller flushes and compactions run in-process: cheaper than a worker round trip, and small
+# databases (and tests) never start worker processes at all.
+_OFFLOAD_MIN_BYTES = 1 << 20
 _time_ns = time.time_ns
 
 
@@ -141,6 +146,10 @@ class Engine:
         self._stat_compactions = 0
         self._stat_compacted_bytes = 0
         self._threads: list[threading.Thread] = []
+        self._pool: offload.WorkerPool | None = None
+        self._offload = (
+            opts.offload_workers > 0 and isinstance(fs, RealFS) and opts.background_threads
+        )
         self._recover(repair)
         if opts.background_threads:
             for name, target in (
@@ -252,6 +261,8 @@ class Engine:
         self._wal = WalWriter(fs.create(self._path(_log_name(wal_no))), wal_no)
         fs.fsync_dir(self._dir)
         self._mem = mem
+        self._mem_logs = [*live_logs, wal_no]  # the WAL files whose records make up `mem`
+        self._imm_logs: list[int] = []
         self._imm: Memtable | None = None
         self._imm_cutoff = 0
         self._imm_seq = 0
@@ -668,6 +679,8 @@ class Engine:
         self._retired.append(self._wal)
         self._wal = WalWriter(f, wal_no)
         self._imm = self._mem
+        self._imm_logs = self._mem_logs
+        self._mem_logs = [wal_no]
         self._imm_cutoff = wal_no
         self._imm_seq = self._seq
         self._mem = Memtable()
@@ -684,26 +697,32 @@ class Engine:
             try:
                 self._flush_imm()
             except BaseException as e:  # noqa: BLE001
-                self._fail(e)
+                if not self._closing:  # a flush cut short by close is redone from the WAL
+                    self._fail(e)
                 return
 
     def _flush_imm(self) -> None:
         with self._flush_lock:
             with self._lock:
                 imm, cutoff, last_seq = self._imm, self._imm_cutoff, self._imm_seq
+                logs = self._imm_logs
             if imm is not None:
-                self._flush_table(imm, cutoff, last_seq)
+                self._flush_table(imm, cutoff, last_seq, logs)
 
-    def _flush_table(self, imm: Memtable, cutoff: int, last_seq: int) -> None:
-        with self._imm_lock:
-            frozen = imm.as_frozen()
+    def _flush_table(self, imm: Memtable, cutoff: int, last_seq: int, logs: list[int]) -> None:
         reader = None
-        if frozen.keys:
+        if len(imm.data):
             no = self._new_file_no()
             p = self._path(table_name(no))
-            b = TableBuilder(self._fs, p, no, self._opts.block_bytes, self._opts.bloom_bits_per_key)
-            b.add_all(frozen.keys, frozen.data)
-            meta = b.finish()
+            meta = self._offloaded_flush(imm, logs, no)
+            if meta is None:
+                with self._imm_lock:
+                    frozen = imm.as_frozen()
+                b = TableBuilder(
+                    self._fs, p, no, self._opts.block_bytes, self._opts.bloom_bits_per_key
+                )
+                b.add_all(frozen.keys, frozen.data)
+                meta = b.finish()
             self._fs.fsync_dir(self._dir)
             reader = TableReader(self._fs, p, no, self._cache)
         with self._install_lock:
@@ -716,7 +735,14 @@ class Engine:
             self._manifest.append(edit)
             gfilter = self._gfilter
             if reader is not None:
-                gfilter = gfilter.with_filter(reader.fwords, reader.entries)
+                levels = [[reader] + self._levels[0]] + self._levels[1:]
+                live = sum(t.entries for files in levels for t in files)
+                if gfilter.needs_rebuild(live):
+                    gfilter = GlobalFilter.from_filters(
+                        [(t.fwords, t.entries) for files in levels for t in files]
+                    )
+                else:
+                    gfilter = gfilter.with_filter(reader.fwords, reader.entries)
             with self._lock:
                 self._state.apply(edit)
                 if reader is not None:
@@ -733,6 +759,45 @@ class Engine:
                 except FileNotFoundError:
                     pass
         self._compact_event.set()
+
+    def _worker_pool(self) -> offload.WorkerPool | None:
+        if not self._offload or self._closing:
+            return None
+        if self._pool is None:
+            self._pool = offload.WorkerPool(self._opts.offload_workers)
+        return self._pool
+
+    def _offload_failed(self, what: str, exc: BaseException) -> None:
+        if self._closing:
+            return
+        log.warning("offloaded %s failed (%r); running it in-process from now on", what, exc)
+        self._offload = False
+
+    def _offloaded_flush(self, imm: Memtable, logs: list[int], no: int) -> TableMeta | None:
+        """Build the table in a worker from the WAL files; None means: build it here."""
+        if imm.size < _OFFLOAD_MIN_BYTES or self._closing:
+            return None
+        pool = self._worker_pool()
+        if pool is None:
+            return None
+        try:
+            self._write_out()  # the worker reads the logs: every queued record must be in them
+            meta = pool.call("flush_logs", self._dir, [_log_name(n) for n in logs], no, self._opts)
+        except (offload.WorkerError, OSError, StorageError) as exc:
+            if self._closing:
+                raise EngineClosedError("flush abandoned: the engine is closing") from exc
+            self._offload_failed("flush", exc)
+            return None
+        if meta is None or meta.entries != len(imm.data):
+            # The logs must replay to exactly the memtable; if not, trust the memtable.
+            self._offload_failed(
+                "flush",
+                ValueError(
+                    f"worker table has {meta and meta.entries} entries, memtable {len(imm.data)}"
+                ),
+            )
+            return None
+        return meta
 
     def _flush_now(self) -> None:
         """Flush what is frozen, then freeze and flush the memtable, in this thread if need be."""
@@ -800,10 +865,11 @@ class Engine:
         )
 
     def _run_compaction(self, c: compaction_mod.Compaction, *, rate: int | None = None) -> None:
-        limiter = compaction_mod.RateLimiter(
-            self._opts.compaction_rate_bytes_per_s if rate is None else rate
-        )
-        outputs = compaction_mod.run(c, self._make_builder, self._opts, limiter, self._stopping)
+        rate = self._opts.compaction_rate_bytes_per_s if rate is None else rate
+        outputs = self._offloaded_compaction(c, rate)
+        if outputs is None:
+            limiter = compaction_mod.RateLimiter(rate)
+            outputs = compaction_mod.run(c, self._make_builder, self._opts, limiter, self._stopping)
         if outputs:
             self._fs.fsync_dir(self._dir)
         readers = [
@@ -840,6 +906,35 @@ class Engine:
             except FileNotFoundError:
                 pass
 
+    def _offloaded_compaction(
+        self, c: compaction_mod.Compaction, rate: int
+    ) -> list[TableMeta] | None:
+        if c.input_bytes < _OFFLOAD_MIN_BYTES:
+            return None
+        pool = self._worker_pool()
+        if pool is None:
+            return None
+        reserve = c.input_bytes // max(1, self._opts.target_file_bytes) + 4
+        with self._lock:
+            first = self._state.next_file
+            self._state.next_file += reserve
+        opts = dataclasses.replace(self._opts, compaction_rate_bytes_per_s=rate)
+        try:
+            return pool.call(
+                "compact",
+                self._dir,
+                [(lvl, t.file_no) for lvl, t in c.inputs],
+                c.output_level,
+                c.bottom,
+                opts,
+                list(range(first, first + reserve)),
+            )
+        except (offload.WorkerError, OSError) as exc:
+            if self._closing:
+                raise compaction_mod.CompactionAborted() from exc
+            self._offload_failed("compaction", exc)
+            return None
+
     def _compact_full(self) -> None:
         with self._compaction_lock:
             with self._lock:
@@ -866,6 +961,10 @@ class Engine:
             self._cv.notify_all()
         self._compact_event.set()
         self._sync_wake.set()
+        if self._pool is not None:
+            # A running compaction is abandoned (its outputs are unreferenced garbage, removed at
+            # the next open); a running flush is also killed: its data is still in the WAL.
+            self._pool.close(kill_running=True)
         for t in self._threads:
             t.join()
         self._threads = []

@@ -35,6 +35,12 @@ class EngineOptions:
         still be repaired (hinted handoff window + anti-entropy period); 3 hours by default.
     wal_buffer_bytes: in "none"/"periodic" mode the WAL buffer is written to the OS once it
         holds this much.
+    offload_workers: worker processes (started at the first flush) that build flushed tables
+        from the WAL and run compactions, so that work runs on another core instead of taking the
+        GIL from requests; 0 keeps everything in background threads of this process. Only used
+        with the real filesystem.
+    background_threads: False runs no flush, compaction or syncer thread (deterministic tests);
+        `flush()`, `compact()` and `sync()` then do the work when called.
     """
 
     durability: Durability = "sync"
@@ -51,6 +57,7 @@ class EngineOptions:
     compaction_rate_bytes_per_s: int = 32 * MiB
     tombstone_grace_s: float = 3 * 3600.0
     wal_buffer_bytes: int = 1 * MiB
+    offload_workers: int = 2
     background_threads: bool = True
 
     def __post_init__(self) -> None:

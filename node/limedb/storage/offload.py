@@ -1,0 +1,241 @@
+"""Runs big flushes and compactions in worker processes, so they use another core, not the GIL.
+
+A flush worker rebuilds the frozen memtable from its WAL files (already on disk; replay applies
+the same last-writer-wins rule the memtable did) and writes the L0 table; a compaction worker
+merges input tables into output tables. Workers only create files with numbers the engine
+reserved; the engine alone edits the MANIFEST and installs results.
+
+Workers are plain `python -m limedb.storage.offload` children speaking length-prefixed pickles
+over stdin/stdout (not multiprocessing: spawning would re-import the user's main module). A
+worker exits when its stdin reaches EOF, which happens when the engine closes it or its process
+dies, and a watchdog thread also exits it if it is orphaned in the middle of a long job.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import posixpath
+import struct
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from .block_cache import BlockCache
+from .compaction import Compaction, RateLimiter, run
+from .fs import RealFS
+from .options import EngineOptions
+from .record import Rec, newer
+from .sstable import TableBuilder, TableMeta, TableReader, table_name
+from .wal import replay
+
+_LEN = struct.Struct("<I")
+# The directory holding the `limedb` package, so workers import the same code as the engine.
+_PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
+
+
+class WorkerError(Exception):
+    """A worker failed or died; the engine then does the work in-process."""
+
+
+def flush_logs(
+    dirpath: str, log_names: list[str], file_no: int, opts: EngineOptions
+) -> TableMeta | None:
+    """Write the table for the memtable that these WAL files fed; None if they hold nothing."""
+    fs = RealFS()
+    data: dict[bytes, Rec] = {}
+    for name in log_names:
+        path = posixpath.join(dirpath, name)
+        if not fs.exists(path):
+            continue
+        batches, _ = replay(fs.read_file(path), path)
+        for _seq, ops in batches:
+            for key, rec in ops:
+                old = data.get(key)
+                if old is None or newer(rec, old):
+                    data[key] = rec
+    if not data:
+        return None
+    builder = TableBuilder(
+        fs,
+        posixpath.join(dirpath, table_name(file_no)),
+        file_no,
+        opts.block_bytes,
+        opts.bloom_bits_per_key,
+    )
+    builder.add_all(sorted(data), data)
+    return builder.finish()
+
+
+def compact(
+    dirpath: str,
+    inputs: list[tuple[int, int]],
+    output_level: int,
+    bottom: bool,
+    opts: EngineOptions,
+    file_nos: list[int],
+) -> list[TableMeta]:
+    """Merge the input tables (level, file number) into new tables numbered from `file_nos`."""
+    fs = RealFS()
+    cache = BlockCache(0)
+    readers = [
+        (lvl, TableReader(fs, posixpath.join(dirpath, table_name(no)), no, cache))
+        for lvl, no in inputs
+    ]
+    numbers = iter(file_nos)
+
+    def make_builder() -> TableBuilder:
+        no = next(numbers)
+        return TableBuilder(
+            fs,
+            posixpath.join(dirpath, table_name(no)),
+            no,
+            opts.block_bytes,
+            opts.bloom_bits_per_key,
+        )
+
+    c = Compaction(output_level, readers, bottom)
+    return run(c, make_builder, opts, RateLimiter(opts.compaction_rate_bytes_per_s), lambda: False)
+
+
+_JOBS = {"flush_logs": flush_logs, "compact": compact}
+
+
+def _read_msg(stream: Any) -> Any:
+    head = stream.read(_LEN.size)
+    if len(head) < _LEN.size:
+        raise EOFError
+    (n,) = _LEN.unpack(head)
+    body = stream.read(n)
+    if len(body) < n:
+        raise EOFError
+    return pickle.loads(body)
+
+
+def _write_msg(stream: Any, obj: Any) -> None:
+    body = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    stream.write(_LEN.pack(len(body)) + body)
+    stream.flush()
+
+
+class Worker:
+    """One worker process; `call` runs a job in it and returns the result (one job at a time)."""
+
+    def __init__(self) -> None:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_ROOT, env.get("PYTHONPATH")) if p)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "limedb.storage.offload"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=env,
+            close_fds=True,
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def call(self, job: str, *args: Any) -> Any:
+        try:
+            _write_msg(self.proc.stdin, (job, args))
+            ok, result = _read_msg(self.proc.stdout)
+        except (OSError, EOFError, pickle.PickleError) as exc:
+            self.kill()
+            raise WorkerError(f"worker {self.pid} died: {exc!r}") from exc
+        if not ok:
+            raise WorkerError(f"worker {self.pid} failed: {result}")
+        return result
+
+    def close(self) -> None:
+        """Ask the worker to exit (EOF on its stdin) and wait for it."""
+        try:
+            self.proc.stdin.close()
+        except OSError:
+            pass
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+
+
+class WorkerPool:
+    """Up to `size` workers started on demand; a job waits for an idle one."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._idle: list[Worker] = []
+        self._busy: set[Worker] = set()
+        self._cv = threading.Condition()
+        self._closed = False
+
+    def call(self, job: str, *args: Any) -> Any:
+        with self._cv:
+            while not self._idle and len(self._busy) >= self._size and not self._closed:
+                self._cv.wait()
+            if self._closed:
+                raise WorkerError("worker pool closed")
+            worker = self._idle.pop() if self._idle else Worker()
+            self._busy.add(worker)
+        try:
+            return worker.call(job, *args)
+        finally:
+            with self._cv:
+                self._busy.discard(worker)
+                if self._closed or worker.proc.poll() is not None:
+                    worker.close()
+                else:
+                    self._idle.append(worker)
+                self._cv.notify()
+
+    def pids(self) -> list[int]:
+        with self._cv:
+            return [w.pid for w in [*self._idle, *self._busy]]
+
+    def close(self, *, kill_running: bool) -> None:
+        """Stop every worker; running jobs are killed (their partial files are garbage)."""
+        with self._cv:
+            self._closed = True
+            idle, busy = self._idle, list(self._busy)
+            self._idle = []
+            self._cv.notify_all()
+        for w in idle:
+            w.close()
+        for w in busy:
+            if kill_running:
+                w.kill()
+
+
+def _exit_when_orphaned(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    os._exit(0)
+
+
+def serve() -> None:
+    """Worker main loop: run jobs from stdin until EOF."""
+    threading.Thread(target=_exit_when_orphaned, args=(os.getppid(),), daemon=True).start()
+    stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
+    sys.stdout = sys.stderr  # nothing but replies may reach the pipe
+    while True:
+        try:
+            job, args = _read_msg(stdin)
+        except EOFError:
+            return
+        try:
+            reply = (True, _JOBS[job](*args))
+        except Exception as exc:  # noqa: BLE001 - reported to the engine, which falls back
+            reply = (False, f"{type(exc).__name__}: {exc}")
+        _write_msg(stdout, reply)
+
+
+if __name__ == "__main__":
+    serve()

@@ -1,0 +1,104 @@
+"""Flushes and compactions run in worker processes give the same data, and workers never outlive
+the engine (closed, or its process killed)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from limedb.storage import Engine, EngineOptions
+
+BIG = dict(
+    durability="none",
+    memtable_bytes=1536 * 1024,  # above the 1 MiB threshold for offloading
+    l0_compaction_trigger=2,
+    level_base_bytes=4 << 20,
+    target_file_bytes=1 << 20,
+    compaction_rate_bytes_per_s=0,
+)
+
+
+def _children(pid: int) -> list[int]:
+    """Child processes of every thread of `pid` (workers are started by background threads)."""
+    out = []
+    for task in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{task}/children") as f:
+                out += [int(x) for x in f.read().split()]
+        except FileNotFoundError:
+            pass
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ")[1][0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def _wait_until(cond, timeout=30.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(0.05)
+    return cond()
+
+
+def test_offloaded_flushes_and_compactions_keep_every_value(tmp_path):
+    e = Engine.open(tmp_path / "db", EngineOptions(**BIG))
+    try:
+        for i in range(40_000):
+            e.put(b"key%06d" % i, b"%06d" % i + b"v" * 100)
+        for i in range(0, 40_000, 4):
+            e.delete(b"key%06d" % i)
+        e.flush()
+        assert _wait_until(lambda: e.stats()["compaction_backlog_bytes"] == 0)
+        assert e._pool is not None and e._offload, "the work did not run in worker processes"
+        assert e.stats()["compactions"] >= 1
+        for i in range(0, 40_000, 97):
+            want = None if i % 4 == 0 else b"%06d" % i + b"v" * 100
+            assert e.get(b"key%06d" % i) == want
+        workers = e._pool.pids()
+        assert workers and all(p in _children(os.getpid()) for p in workers)
+    finally:
+        e.close()
+    assert _wait_until(lambda: not any(_alive(p) for p in workers))
+    with Engine.open(tmp_path / "db", EngineOptions(**BIG)) as e:
+        assert len(e.scan(None, None)) == 30_000
+
+
+CHILD = """
+import os, sys
+from limedb.storage import Engine, EngineOptions
+e = Engine.open(sys.argv[1], EngineOptions(**eval(sys.argv[2])))
+for i in range(30_000):
+    e.put(b"key%06d" % i, b"v" * 100)
+e.flush()
+print(" ".join(map(str, e._pool.pids())), flush=True)
+import threading; threading.Event().wait()
+"""
+
+
+def test_workers_die_with_a_killed_engine_process(tmp_path):
+    proc = subprocess.Popen(
+        [sys.executable, "-c", CHILD, str(tmp_path / "db"), repr(BIG)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        line = proc.stdout.readline()
+        workers = sorted({int(p) for p in line.split()})
+        assert workers, proc.stderr.read() if proc.poll() is not None else "no worker started"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert _wait_until(lambda: not any(_alive(p) for p in workers), timeout=10), workers
