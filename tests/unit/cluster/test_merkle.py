@@ -220,3 +220,41 @@ def test_leaves_split_the_range_exactly_and_every_token_lands_in_its_leaf(
     leaf = tree.leaf_of(token)
     lo, hi = bounds[leaf]
     assert lo <= token <= hi
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    start=st.integers(0, MAX_TOKEN),
+    length=st.integers(1, MAX_TOKEN + 1),
+    depth=st.integers(0, 10),
+    shared=st.lists(st.integers(0, 2**20), max_size=60, unique=True),
+    only_a=st.lists(st.integers(0, 2**20), max_size=5, unique=True),
+    changed=st.lists(st.integers(0, 59), max_size=5, unique=True),
+)
+def test_diff_covers_every_differing_key_and_only_leaves_that_differ(
+    start, length, depth, shared, only_a, changed
+):
+    end = min(start + length - 1, MAX_TOKEN)
+    span = end - start + 1
+
+    def skey(i: int) -> bytes:
+        # Spread synthetic tokens over the range; the suffix keeps storage keys unique.
+        return (start + (i * 0x9E3779B97F4A7C15) % span).to_bytes(8, "big") + b"%d" % i
+
+    a = {skey(i): Version(TS + i, b"v%d" % i, False, None) for i in shared + only_a}
+    b = {skey(i): Version(TS + i, b"v%d" % i, False, None) for i in shared}
+    for position in changed:
+        if position < len(shared):
+            key = skey(shared[position])
+            b[key] = Version(TS + 10**6, b"changed", False, None)
+    tree_a = MerkleTree.build(sorted(a.items()), start, end, depth)
+    tree_b = MerkleTree.build(sorted(b.items()), start, end, depth)
+    ranges = diff(tree_a, tree_b)
+    differing = {k for k in a.keys() | b.keys() if a.get(k) != b.get(k)}
+    for key in differing:
+        token = int.from_bytes(key[:8], "big")
+        assert any(lo <= token <= hi for lo, hi in ranges)
+    assert (tree_a.root == tree_b.root) == (not differing)
+    for lo, hi in ranges:
+        inside = {k for k in a.keys() | b.keys() if lo <= int.from_bytes(k[:8], "big") <= hi}
+        assert inside & differing, f"range {lo}..{hi} holds no difference"
