@@ -18,10 +18,14 @@ from limedb_operator.scaling import RingView, freshest, ring_view_from_status
 log = logging.getLogger(__name__)
 
 
-def _client(url: str, secret: str | None) -> Any:
+STATUS_TIMEOUT_S = 5.0  # a hung node must not stall the reconcile loop
+CHANGE_TIMEOUT_S = 30.0  # a join waits (up to 15 s) for the new node to appear in gossip
+
+
+def _client(url: str, secret: str | None, timeout: float = CHANGE_TIMEOUT_S) -> Any:
     from limedb.client import Client  # the node package; imported late so tests stay pure
 
-    return Client(url, cluster_secret=secret)
+    return Client(url, cluster_secret=secret, timeout=timeout)
 
 
 def read_ring(urls: Sequence[str], secret: str | None, ask: int = 3) -> RingView | None:
@@ -29,7 +33,7 @@ def read_ring(urls: Sequence[str], secret: str | None, ask: int = 3) -> RingView
     views = []
     for url in list(urls)[:ask]:
         try:
-            client = _client(url, secret)
+            client = _client(url, secret, STATUS_TIMEOUT_S)
             try:
                 views.append(ring_view_from_status(client.admin_status()))
             finally:

@@ -16,6 +16,7 @@ from limedb_operator.scaling import (
     Observed,
     PodView,
     RingView,
+    Step,
     decide,
     pvcs_to_delete,
 )
@@ -64,6 +65,32 @@ def _coordinator(obs: Observed, ring: RingView | None, exclude: str = "") -> Pod
     return None
 
 
+def _change_ring(
+    obs: Observed, ring: RingView | None, step: Step, secret: str | None
+) -> list[tuple[str, str, str]]:
+    """Ask a Ready member to make the ring change of `step`; returns the events to post."""
+    if step.kind == "join" and step.pod is not None:
+        coord = _coordinator(obs, ring)
+        if coord is None:
+            return [("Warning", "NoCoordinator", f"no Ready member can join {step.pod.name}")]
+        database.join(coord.url or "", step.pod.url or "", secret)
+        return [("Normal", "Joining", f"{step.pod.name} joins the ring via {coord.name}")]
+    if step.kind == "leave" and step.node_id:
+        pod = manifests.pod_of_node(step.node_id)
+        coord = _coordinator(obs, ring, exclude=step.node_id)
+        if coord is None:
+            return [("Warning", "NoCoordinator", f"no Ready member can remove {pod}")]
+        database.leave(coord.url or "", step.node_id, secret)
+        return [("Normal", "Leaving", f"{pod} hands off its data and leaves the ring")]
+    if step.kind == "set-rf" and step.rf is not None:
+        coord = _coordinator(obs, ring)
+        if coord is None:
+            return [("Warning", "NoCoordinator", "no Ready member can change the RF")]
+        database.set_replication_factor(coord.url or "", step.rf, secret)
+        return [("Normal", "ReplicationFactor", step.message)]
+    return []
+
+
 def reconcile(kube: Kube, body: Mapping[str, Any]) -> Outcome:
     meta = body["metadata"]
     name, namespace = meta["name"], meta["namespace"]
@@ -103,26 +130,12 @@ def reconcile(kube: Kube, body: Mapping[str, Any]) -> Outcome:
 
     if step.kind in ("create", "set-replicas"):
         events.append(("Normal", step.reason, step.message))
-    elif step.kind == "join" and step.pod is not None:
-        coord = _coordinator(obs, ring)
-        if coord is None:
-            events.append(("Warning", "NoCoordinator", f"no Ready member can join {step.pod.name}"))
-        else:
-            database.join(coord.url or "", step.pod.url or "", secret)
-            events.append(("Normal", "Joining", f"{step.pod.name} joins the ring via {coord.name}"))
-    elif step.kind == "leave" and step.node_id:
-        coord = _coordinator(obs, ring, exclude=step.node_id)
-        pod = manifests.pod_of_node(step.node_id)
-        if coord is None:
-            events.append(("Warning", "NoCoordinator", f"no Ready member can remove {pod}"))
-        else:
-            database.leave(coord.url or "", step.node_id, secret)
-            events.append(("Normal", "Leaving", f"{pod} hands off its data and leaves the ring"))
-    elif step.kind == "set-rf" and step.rf is not None:
-        coord = _coordinator(obs, ring)
-        if coord is not None:
-            database.set_replication_factor(coord.url or "", step.rf, secret)
-            events.append(("Normal", "ReplicationFactor", step.message))
+    else:
+        try:
+            events.extend(_change_ring(obs, ring, step, secret))
+        except Exception as e:  # refused (409) or unreachable: the next tick decides again
+            log.warning("%s/%s: %s failed: %s", namespace, name, step.kind, e)
+            events.append(("Warning", "RingChangeFailed", f"{step.message}: {e}"[:500]))
 
     if replicas is not None:
         policy = spec["pvcRetention"]["whenScaled"]
