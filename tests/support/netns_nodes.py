@@ -1,0 +1,100 @@
+"""Real `limedb serve` nodes inside the network lab's namespaces, and the check that replicas
+hold identical data: Merkle trees of every ring range, built from each stopped owner's disk.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from limedb.cluster.keys import MAX_TOKEN, user_key
+from limedb.cluster.merkle import MerkleTree, diff, storage_bounds
+from limedb.cluster.ring import Ring
+from limedb.storage import Engine, EngineOptions
+
+from support import netns
+from support.cluster import SERVE, Node
+
+PORT, INTERNAL_PORT = 8484, 9484
+
+
+class NamespacedNode(Node):
+    """A `limedb serve` process inside its own network namespace, at the namespace's address
+    (every port is free there, so every node uses the same ones)."""
+
+    def __init__(self, index: int, ns: netns.Namespace, data_dir: Path) -> None:
+        super().__init__(index, ns.address, PORT, INTERNAL_PORT, data_dir)
+        self.ns = ns
+
+    def start(self) -> None:
+        assert not self.running(), "already running"
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        args = [
+            *SERVE,
+            "--host", self.host,
+            "--port", str(self.port),
+            "--data-dir", str(self.data_dir / "data"),
+            "--advertise-url", self.url,
+            "--seeds", ",".join(self.seeds),
+        ]  # fmt: skip
+        env = {"LIMEDB_RESP_PORT": "0", "LIMEDB_INTERNAL_PORT": str(self.internal_port), **self.env}
+        # `env` prefixes the command so that `ip netns exec` itself runs with our environment.
+        with open(self.data_dir / "node.log", "ab") as log:
+            self.proc = self.ns.popen(
+                ["env", *(f"{k}={v}" for k, v in env.items()), *args], stdout=log, stderr=log
+            )
+
+
+def _tie_note(held: list[list[tuple]]) -> str:
+    """Name the known cause when replicas hold different values under one timestamp: two
+    coordinators stamped the same HLC value, and storage breaks ties only by tombstone."""
+    by_key: dict[bytes, set[tuple]] = {}
+    for versions in held:
+        for key, ts, tombstone, value in versions:
+            by_key.setdefault(key, set()).add((ts, tombstone, value))
+    tied = [k for k, vs in by_key.items() if len(vs) > 1 and len({v[0] for v in vs}) == 1]
+    return f" (equal-timestamp conflict on {tied})" if tied else ""
+
+
+def _spans(ring: Ring) -> list[tuple[int, int, int]]:
+    """(start, end, probe token) of every ring range, a wrapping one cut at zero."""
+    spans = []
+    for r in ring.ranges():
+        if r.start <= r.end:
+            spans.append((r.start, r.end, r.end))
+        else:
+            spans.extend(((r.start, MAX_TOKEN, r.end), (0, r.end, r.end)))
+    return spans
+
+
+def replica_differences(nodes: list[Node], ring: Ring, rf: int, depth: int = 6) -> list[str]:
+    """For every ring range, compare the Merkle trees of its owners' data (the nodes must be
+    stopped); on a difference, describe every version of the differing leaves on each owner.
+    Node ids in `ring` are the nodes' URLs."""
+    by_url = {node.url: node for node in nodes}
+    engines = {
+        url: Engine.open(by_url[url].data_dir / "data", EngineOptions(durability="none"))
+        for url in ring.node_ids
+    }
+    try:
+        problems = []
+        for start, end, probe in _spans(ring):
+            owners = ring.replicas(probe, rf)
+            trees = [MerkleTree.from_storage(engines[o], start, end, depth) for o in owners]
+            for owner, tree in zip(owners[1:], trees[1:], strict=True):
+                for lo, hi in diff(trees[0], tree):
+                    low, high = storage_bounds(lo, hi)
+                    held = {
+                        o: [
+                            (user_key(skey), v.ts, v.tombstone, v.value)
+                            for skey, v in engines[o].iter_range(low, high, include_tombstones=True)
+                        ]
+                        for o in owners
+                    }
+                    problems.append(
+                        f"{owner} differs from {owners[0]} in {lo}..{hi}: {held}"
+                        + _tie_note(list(held.values()))
+                    )
+        return problems
+    finally:
+        for engine in engines.values():
+            engine.close()
