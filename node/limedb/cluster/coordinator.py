@@ -244,14 +244,13 @@ class Coordinator:
                 retry_after=1.0,
             )
         quorum = _Quorum(asyncio.get_running_loop(), need, len(replicas))
+        payload = None
         for node in replicas:
             if node == self.node_id:
                 pending = self.replica.apply_soon(mutation)
             elif node in alive:
-                host, port = self.address_of(node)
-                pending = self.client.peer(host, port).request(
-                    rpc.REPLICATE, mutation.encode(), self.timeout_s
-                )
+                payload = payload or mutation.encode()
+                pending = self.call(node, rpc.REPLICATE, payload, self.timeout_s)
             else:
                 quorum.failed()
                 self._track(self._hint(node, mutation))
