@@ -70,6 +70,8 @@ def test_join_resumes_after_kill_9_of_a_participant(fleet: Fleet, victim: str):
         with fleet.admin(b) as client, pytest.raises(Refused) as refused:
             client.leave(c.url)
         assert refused.value.running_transition == tid
+        with fleet.admin(c) as client:  # asking again for the same join is not an error
+            assert client.join(d.url)["transition"]["id"] == tid
         running = wait_streaming(fleet, b, 0.15)
         assert running["driver"] == a.url
 
@@ -123,6 +125,40 @@ def test_join_rolls_back_when_the_joining_node_stays_dead(tmp_path: Path):
         # The ring is free again: a new change is accepted.
         with fleet.admin() as client:
             client.set_replication_factor(2)
+    finally:
+        fleet.stop()
+
+
+@pytest.mark.parametrize("same_id", [False, True], ids=["new id", "same id"])
+def test_replace_streams_a_dead_nodes_ranges_from_the_survivors(tmp_path: Path, same_id: bool):
+    env = {"LIMEDB_VNODES": "16", "LIMEDB_CLEANUP_GRACE_MS": "300"}
+    fleet = Fleet(tmp_path, env, first_host=160 + 5 * same_id)
+    try:
+        history = History()
+        a, b, c = fleet.bootstrap(3)
+        preload(fleet, history, 1500)
+        c.kill()
+        wait_for(
+            lambda: {m["url"]: m["liveness"] for m in fleet.status(a)["members"]}[c.url] == "dead",
+            30.0,
+            "the killed node to be judged dead",
+        )
+        # The same id is a pod coming back under its name on a new, empty volume.
+        replacement = fleet.start_joiner({"LIMEDB_NODE_ID": c.url} if same_id else None)
+        workload = Workload(history, [a.url, b.url], keys=150, threads=3)
+        workload.start()
+        try:
+            last = fleet.run(lambda client: client.replace(c.url, replacement.url))
+        finally:
+            workload.stop()
+        assert last["kind"] == "replace" and last["keys_streamed"] > 0
+        fleet.members = [a, b, replacement]
+        fleet.wait_converged()
+        members = {m["url"]: m["state"] for m in fleet.status(a)["members"]}
+        assert members[replacement.url] == "Normal"
+        # A new id leaves the dead one behind as Left; the same id now lives at the new URL.
+        assert members.get(c.url) == (None if same_id else "Left")
+        fleet.check(history)
     finally:
         fleet.stop()
 

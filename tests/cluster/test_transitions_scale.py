@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support.cluster import Workload
+from support.cluster import Workload, wait_for
 from support.history import History
 from support.transitions import Fleet, preload
 
@@ -68,6 +68,17 @@ def test_scale_3_to_5_to_3_to_1_to_3_under_load_keeps_every_acknowledged_write(f
         fleet.leave(e)
     fleet.wait_converged()
     fleet.check(history)
+    wait_for(
+        lambda: (
+            {
+                m["url"]: m["state"]
+                for m in fleet.http.get(f"{a.url}/api/v1/cluster/state").json()["members"]
+            }.get(e.url)
+            == "Left"
+        ),
+        15.0,
+        "the node that left to be announced as Left",
+    )
 
     # 3 -> 1: lower RF first (a leave below RF is refused), then two leaves.
     with Load(history, fleet, [a]):

@@ -55,9 +55,10 @@ class Fleet:
         self.members = list(nodes)
         return nodes
 
-    def start_joiner(self) -> Node:
+    def start_joiner(self, env: dict[str, str] | None = None) -> Node:
         """A fresh node outside the ring, seeded with the current members."""
-        node = self._make([m.url for m in self.members], {"LIMEDB_AWAIT_JOIN": "true"})
+        extra = {"LIMEDB_AWAIT_JOIN": "true", **(env or {})}
+        node = self._make([m.url for m in self.members if m.running()], extra)
         node.start()
         self.wait_ready(node)
         return node

@@ -3,7 +3,8 @@
 Each change is validated and proposed by the node that receives it (any node of the ring) and
 then driven by the cluster (limedb.cluster.transition_driver); the route answers 202 with the
 transition as soon as it is proposed, and `GET /admin/status` follows it. A refused change is
-409 with the reason (the running transition's id, a leave below the replication factor).
+409 with the reason (the running transition's id, a leave below the replication factor); the
+same change asked again while it runs answers 202 with it (a retry is not an error).
 When a cluster secret is configured every route needs it in the `X-Cluster-Secret` header.
 """
 
@@ -24,7 +25,7 @@ from limedb.api.state import NodeState
 from limedb.cluster.transitions import Change, TransitionRefused
 
 SECRET_HEADER = "x-cluster-secret"
-JOIN_WAIT_S = 15.0
+JOIN_WAIT_S = 5.0
 
 
 class JoinRequest(BaseModel):
@@ -91,7 +92,7 @@ def build_router(state: NodeState) -> APIRouter:
             raise ApiError(400, f"node_url must be an http(s) URL, got {url!r}")
         headers = {SECRET_HEADER: secret} if secret else {}
         try:
-            async with httpx.AsyncClient(timeout=5.0) as client:
+            async with httpx.AsyncClient(timeout=3.0) as client:
                 response = await client.get(f"{url}/admin/node", headers=headers)
         except httpx.HTTPError as exc:
             raise ApiError(409, f"cannot reach {url}: {exc}") from exc
@@ -110,6 +111,12 @@ def build_router(state: NodeState) -> APIRouter:
         try:
             transition = d.propose(change)
         except TransitionRefused as exc:
+            record = d.keeper.state
+            running = record.active if record is not None else None
+            if running is not None and running.change == change:
+                # The same request again (a client retrying after a timeout, an operator's
+                # reconcile loop): it is running, which is what was asked.
+                return _json({"transition": d.transition_status(running)}, 202)
             body = {"error": str(exc)}
             if exc.running_id:
                 body["running_transition"] = exc.running_id

@@ -158,6 +158,25 @@ class TransitionDriver:
     def _on_record(self, state: RingState) -> None:
         self._wake.set()
         self._hand_off_own(state)
+        self._announce_own_status(state)
+
+    def _announce_own_status(self, state: RingState) -> None:
+        """Gossip this node's cluster state (joining, leaving, left, normal) for the views."""
+        t, me = state.transition, self.node_id
+        status = "normal"
+        if t is not None and t.active:
+            if (me not in t.old_ring or me in t.change.fresh) and t.phase in (
+                Phase.PROPOSED,
+                Phase.STREAMING,
+            ):
+                status = "joining"
+            elif me in t.old_ring and me not in t.new_ring:
+                status = "leaving"
+        elif t is not None and t.phase is Phase.DONE and me in t.old_ring and me not in t.new_ring:
+            status = "left"
+        gossip = self.membership.gossip
+        if gossip.own.status != status:
+            gossip.set_status(status)
 
     def _hand_off_own(self, state: RingState) -> None:
         """Hide the ranges a finished transition took from this node (or, rolled back, gave
@@ -275,6 +294,10 @@ class TransitionDriver:
         if state is None:
             raise TransitionRefused("this node has not learned the ring yet; ask a ring member")
         live = {n for n in {*state.all_members(), change.node_id} if n and self.is_alive(n)}
+        if change.kind is Kind.REPLACE and change.new_node_id == change.node_id:
+            # A replacement that kept the dead node's id (a pod on a new volume) is what
+            # answers for that id now; the old process is gone all the same.
+            live.discard(change.node_id)
         if change.kind in (Kind.JOIN, Kind.REPLACE):
             newcomer = change.new_node_id or change.node_id
             if not self.is_alive(newcomer):
