@@ -316,6 +316,8 @@ class ClusterService:
             **self.atomic.counters,
             "hints": self.hints.stats(),
             "rpc_served": self.server.served,
+            "replica_mutations": self.replica.applied,
+            "replica_batches": self.replica.batches,
             "rpc_expired": self.server.expired,
             "rpc_rejected": self.server.rejected,
             "gossip_rounds": self.gossip_loop.rounds,
