@@ -566,8 +566,12 @@ class Engine:
             if self._synced_seq >= seq:
                 return
             self._check_open()
-            self._async_waiters.append((seq, loop, fut))
-        self._sync_wake.set()
+            waiters = self._async_waiters
+            waiters.append((seq, loop, fut))
+            # Only the first waiter since the syncer last took the list needs to wake it.
+            wake = len(waiters) == 1
+        if wake:
+            self._sync_wake.set()
         await fut
 
     # ------------------------------------------------------------------ durability

@@ -5,7 +5,7 @@ the same last-writer-wins rule the memtable did) and writes the L0 table; a comp
 merges input tables into output tables. Workers only create files with numbers the engine
 reserved; the engine alone edits the MANIFEST and installs results.
 
-Workers are plain `python -m limedb.storage.offload` children speaking length-prefixed pickles
+Workers are plain `python -c "...offload import serve; serve()"` children speaking length-prefixed pickles
 over stdin/stdout (not multiprocessing: spawning would re-import the user's main module). A
 worker exits when its stdin reaches EOF, which happens when the engine closes it or its process
 dies, and a watchdog thread also exits it if it is orphaned in the middle of a long job.
@@ -128,7 +128,7 @@ class Worker:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_ROOT, env.get("PYTHONPATH")) if p)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "limedb.storage.offload"],
+            [sys.executable, "-c", "from limedb.storage.offload import serve; serve()"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             env=env,
@@ -235,7 +235,3 @@ def serve() -> None:
         except Exception as exc:  # noqa: BLE001 - reported to the engine, which falls back
             reply = (False, f"{type(exc).__name__}: {exc}")
         _write_msg(stdout, reply)
-
-
-if __name__ == "__main__":
-    serve()

@@ -20,7 +20,8 @@ class EngineOptions:
     memtable_bytes: approximate bytes (keys + values + per-entry overhead) before the memtable is
         frozen and flushed to an L0 SSTable by the background flush thread.
     block_cache_bytes: budget of the LRU cache of decoded data blocks, charged by the on-disk
-        block size; the default keeps a 1M-key / 100-byte-value dataset fully cached.
+        block size (a decoded block, a dict of Python objects, takes about 2-3x that in memory);
+        the default keeps a 1M-key / 100-byte-value dataset fully cached.
     block_bytes: target size of one SSTable data block.
     bloom_bits_per_key: bloom filter budget; the filter is rounded up to a power of two words.
     target_file_bytes: compaction output files are cut at this size.
