@@ -36,6 +36,8 @@ class Membership(Protocol):
 
     def liveness(self, node_id: str) -> Liveness: ...
 
+    def url_of(self, node_id: str) -> str | None: ...
+
 
 def required_acks(consistency: Consistency, replicas: int) -> int:
     if consistency is Consistency.ONE:
@@ -341,7 +343,6 @@ class Coordinator:
     # ------------------------------------------------------------------ reads
 
     async def get(self, key: bytes, consistency: Consistency | None = None) -> ReadResult:
-        ring = self.membership.ring
         replicas = self.replicas(key)
         need = required_acks(consistency or self.read_consistency, len(replicas))
         answers: dict[str, Stored | None] = {}
@@ -387,7 +388,9 @@ class Coordinator:
             stale = [n for n, s in answers.items() if s is None or newest.newer_than(s)]
             if stale:
                 self._repair(key, newest, stale)
-        owner_url = ring.url_of(replicas[0])
+        # LimeDB reports the key's owner, whichever node answered (during a transition, the
+        # owner of the ring reads follow, which may not be in the current ring record yet).
+        owner_url = self.membership.url_of(replicas[0]) or replicas[0]
         if newest is None or not newest.live(_now_ms()):
             return ReadResult(None, owner_url)
         return ReadResult(newest.value, owner_url, newest.ts, newest.expires_at_ms)
