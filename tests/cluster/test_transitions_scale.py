@@ -1,6 +1,8 @@
 """Ring transitions under load: a cluster goes 3 -> 5 -> 3 -> 1 -> 3 nodes while clients write,
 delete and read, and after every step no acknowledged write is lost, deleted keys stay deleted
-and each key is stored on exactly its RF owners (every node lists its own keys)."""
+and each key is stored on exactly its RF owners (every node lists its own keys). The last step
+brings back two nodes that left, on their old disks: nothing deleted or overwritten while they
+were away comes back."""
 
 from __future__ import annotations
 
@@ -80,24 +82,30 @@ def test_scale_3_to_5_to_3_to_1_to_3_under_load_keeps_every_acknowledged_write(f
         "the node that left to be announced as Left",
     )
 
-    # 3 -> 1: lower RF first (a leave below RF is refused), then two leaves.
+    # 3 -> 1: lower RF first (a leave below RF is refused), then two leaves; the nodes that
+    # left are stopped, their disks kept.
     with Load(history, fleet, [a]):
         fleet.set_rf(1)
         fleet.leave(b, via=a)
         fleet.leave(c, via=a)
+    b.stop()
+    c.stop()
     fleet.wait_converged()
     status = fleet.status(a)
     assert [m["node_id"] for m in status["members"] if m["state"] == "Normal"] == [a.url]
     assert status["replication_factor"] == 1
     fleet.check(history)
 
-    # 1 -> 3: two fresh nodes join, then RF back to 3.
-    f, g = fleet.start_joiner(), fleet.start_joiner()
+    # 1 -> 3: b and c come back on the disks they left with (what was deleted or overwritten
+    # since must not come back), join again, and RF goes back to 3.
     with Load(history, fleet, [a]):
-        fleet.join(f)
-        fleet.join(g)
+        for node in (b, c):
+            node.start()
+            fleet.wait_ready(node)
+        fleet.join(b)
+        fleet.join(c)
         fleet.set_rf(3)
     fleet.wait_converged()
-    assert fleet.status(g)["replication_factor"] == 3
+    assert fleet.status(c)["replication_factor"] == 3
     fleet.check(history)
     assert not history.check_reads(), history.check_reads()[:5]
