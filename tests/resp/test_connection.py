@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 import redis
-from conftest import RespEndpoint, limedb_cluster
+from respservers import RespEndpoint, limedb_cluster
 
 pytestmark = pytest.mark.redis
 
