@@ -1,5 +1,8 @@
 """The application factory: FastAPI with every router, behind the raw-ASGI fast path.
 
+(In the node process, `server.py` also gives uvicorn the wire-level protocol of `wire.py`,
+which answers the hot routes before they become ASGI requests at all.)
+
 `create_app(service, config)` returns an ASGI application (a `FastPath` whose `.app` is the
 FastAPI app and `.state` the shared `NodeState`). `service` may be None while storage is still
 recovering; `attach_service` plugs it in when it is ready. Other modules mount their own routers
