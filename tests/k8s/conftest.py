@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,7 +12,7 @@ import kubernetes
 import pytest
 import yaml
 from controlplane import ROOT, ControlPlane
-from kubernetes.client.rest import ApiException
+from k8swait import wait_for
 
 CRD_PATH = ROOT / "crds" / "limecluster.yaml"
 
@@ -36,24 +35,6 @@ def control_plane(request: pytest.FixtureRequest) -> Iterator[ControlPlane]:
 @pytest.fixture(scope="session")
 def api(control_plane: ControlPlane) -> kubernetes.client.ApiClient:
     return control_plane.api_client()
-
-
-def wait_for(predicate, timeout: float = 30.0, interval: float = 0.2, what="condition"):
-    """Poll until predicate() returns a truthy value; fail with `what` (a string, or a callable
-    evaluated at the deadline for the state at that moment) after the deadline."""
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        try:
-            last = predicate()
-        except ApiException as e:
-            last = e
-        if last and not isinstance(last, Exception):
-            return last
-        time.sleep(interval)
-    if callable(what):
-        what = what()
-    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
 
 
 @pytest.fixture(scope="session")

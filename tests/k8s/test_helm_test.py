@@ -8,10 +8,10 @@ import json
 import kubernetes
 import pytest
 from helm import CHART, helm
+from lime_helpers import converged, pod_url
 from limedb.client import Client
 from operatorproc import OperatorProcess
 from podrunner import PodRunner
-from test_e2e import converged, pod_url
 
 pytestmark = pytest.mark.k8s
 

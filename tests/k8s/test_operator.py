@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import kubernetes
 import pytest
-from conftest import wait_for
+from k8swait import wait_for
 from kubernetes.client.rest import ApiException
 
 pytestmark = pytest.mark.k8s

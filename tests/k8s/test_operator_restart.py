@@ -8,9 +8,9 @@ import threading
 
 import kubernetes
 import pytest
-from conftest import wait_for
+from k8swait import wait_for
+from lime_helpers import G, P, V, assert_all_keys, converged, pod_url, secret_of, write_keys
 from limedb.client import Client
-from test_e2e import G, P, V, assert_all_keys, converged, pod_url, secret_of, write_keys
 
 pytestmark = pytest.mark.k8s
 
