@@ -81,10 +81,29 @@ class Contender:
         self.seconds: dict[str, float] = {}
 
     def timed_chunk(self, phase: str, fn, items) -> None:  # noqa: ANN001
+        cpu = self.cpu_seconds()
         t = time.perf_counter()
         for k in items:
             fn(k)
         self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - t
+        self.seconds[phase + "_cpu"] = (
+            self.seconds.get(phase + "_cpu", 0.0) + self.cpu_seconds() - cpu
+        )
+
+    def cpu_seconds(self) -> float:
+        """CPU time of this process (all threads) plus the store's worker processes, if any."""
+        t = os.times()
+        total = t.user + t.system
+        engine = getattr(self, "engine", None)
+        pool = engine._pool if engine is not None else None
+        for pid in pool.pids() if pool is not None else []:
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+                total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+            except (OSError, IndexError, ValueError):
+                pass
+        return total
 
 
 def open_contenders(root: str) -> list[Contender]:
@@ -152,6 +171,7 @@ def bench_stores(root: str, keys, hits, misses, res: dict) -> None:  # noqa: ANN
     for c in contenders:
         for phase, n in (("put", len(keys)), ("get", len(hits)), ("miss", len(misses))):
             res[f"{c.name}_{phase}"] = rate(n, c.seconds[phase])
+            res[f"{c.name}_{phase}_cpu"] = rate(n, c.seconds[phase + "_cpu"])
         c.close()
     path = os.path.join(root, "limedb")
 
@@ -231,13 +251,34 @@ def main() -> int:
     r = Results()
     lp, lg, lm = res["limedb_put"], res["limedb_get"], res["limedb_miss"]
     r.add("put, durability none", lp, "rocksdict", res["rocksdict_put"], ">= 1.2x")
+    r.add(
+        "  same, per CPU-second (load-independent)",
+        res["limedb_put_cpu"],
+        "rocksdict",
+        res["rocksdict_put_cpu"],
+        "info",
+    )
     if "plyvel_put" in res:
         r.add("put, durability none (vs plyvel)", lp, "plyvel", res["plyvel_put"], "info")
     r.note("  then flush + compaction drain", f"{res['drain_s']:.2f} s", f"info; {res['levels']}")
     r.add("get existing keys (random)", lg, "rocksdict", res["rocksdict_get"], ">= 0.5x")
+    r.add(
+        "  same, per CPU-second (load-independent)",
+        res["limedb_get_cpu"],
+        "rocksdict",
+        res["rocksdict_get_cpu"],
+        "info",
+    )
     if "plyvel_get" in res:
         r.add("get existing keys (vs plyvel)", lg, "plyvel", res["plyvel_get"], "info")
     r.add("get missing keys", lm, "rocksdict", res["rocksdict_miss"], ">= 1,000,000/s")
+    r.add(
+        "  same, per CPU-second (load-independent)",
+        res["limedb_miss_cpu"],
+        "rocksdict",
+        res["rocksdict_miss_cpu"],
+        "info",
+    )
     r.add(
         f"sync writes, 64 concurrent writers ({res['loop']})",
         res["sync_group"],

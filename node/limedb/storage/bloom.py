@@ -15,11 +15,11 @@ import xxhash
 key_hash = xxhash.xxh3_64_intdigest
 
 MAX_INDEX_BITS = 28  # word index uses bits 0..27; the mask uses bits 28..63
-_MASK_TABLE = tuple((1 << (i & 63)) | (1 << (i >> 6)) for i in range(4096))
+MASK_TABLE = tuple((1 << (i & 63)) | (1 << (i >> 6)) for i in range(4096))
 
 
 def probe_mask(h: int) -> int:
-    t = _MASK_TABLE
+    t = MASK_TABLE
     return t[(h >> 28) & 4095] | t[(h >> 40) & 4095] | t[(h >> 52) & 4095]
 
 
@@ -36,7 +36,7 @@ def build(hashes: list[int], bits_per_key: int) -> array:
     n = words_for(len(hashes), bits_per_key)
     words = [0] * n
     m = n - 1
-    t = _MASK_TABLE
+    t = MASK_TABLE
     for h in hashes:
         words[h & m] |= t[(h >> 28) & 4095] | t[(h >> 40) & 4095] | t[(h >> 52) & 4095]
     return array("Q", words)

@@ -27,7 +27,7 @@ from . import compaction as compaction_mod
 from . import offload
 from .batch import WriteBatch
 from .block_cache import BlockCache
-from .bloom import GlobalFilter, key_hash, probe_mask
+from .bloom import MASK_TABLE, GlobalFilter, key_hash, probe_mask
 from .errors import CorruptionError, EngineClosedError, StorageError
 from .fs import FileSystem, RealFS
 from .manifest import ManifestState, ManifestWriter, VersionEdit, load, read_current
@@ -323,10 +323,14 @@ class Engine:
         rec = v.mem.data.get(key)
         if rec is None:
             imm = v.imm
-            if imm is not None:
-                rec = imm.data.get(key)
-            if rec is None:
-                rec = self._lookup_tables(v, key)
+            if imm is None or (rec := imm.data.get(key)) is None:
+                # Inlined probe of the engine-wide filter: most missing keys stop here.
+                h = key_hash(key)
+                t = MASK_TABLE
+                mask = t[(h >> 28) & 4095] | t[(h >> 40) & 4095] | t[(h >> 52) & 4095]
+                if v.gwords[h & v.gmask] & mask != mask:
+                    return None
+                rec = self._lookup_tables(v, key, h, mask)
                 if rec is None:
                     return None
         if not rec[2]:
@@ -335,12 +339,7 @@ class Engine:
             return None
         return rec[1]
 
-    def _lookup_tables(self, v: View, key: bytes) -> Rec | None:
-        h = key_hash(key)
-        mask = probe_mask(h)
-        g = v.gfilter
-        if g.words[h & g.mask] & mask != mask:
-            return None
+    def _lookup_tables(self, v: View, key: bytes, h: int, mask: int) -> Rec | None:
         for t in v.l0:
             if t.fwords[h & t.fmask] & mask == mask and t.smallest <= key <= t.largest:
                 self._stat_bloom_checks += 1
@@ -366,7 +365,10 @@ class Engine:
         if rec is None and v.imm is not None:
             rec = v.imm.data.get(key)
         if rec is None:
-            rec = self._lookup_tables(v, key)
+            h = key_hash(key)
+            mask = probe_mask(h)
+            if v.gwords[h & v.gmask] & mask == mask:
+                rec = self._lookup_tables(v, key, h, mask)
         return rec
 
     def get_version(self, key: bytes) -> Version | None:

@@ -20,7 +20,7 @@ from .sstable import TableReader
 
 
 class View:
-    __slots__ = ("mem", "imm", "l0", "levels", "gfilter", "all_levels")
+    __slots__ = ("mem", "imm", "l0", "levels", "gfilter", "gwords", "gmask", "all_levels")
 
     def __init__(
         self,
@@ -38,6 +38,8 @@ class View:
             (tuple(files), [t.largest for t in files]) for files in all_levels[1:] if files
         )
         self.gfilter = gfilter
+        self.gwords = gfilter.words
+        self.gmask = gfilter.mask
 
     def lookup(self, key: bytes) -> Rec | None:
         rec = self.mem.data.get(key)

@@ -5,10 +5,18 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+import time
 
 import pytest
 from limedb.hlc import pack
-from limedb.storage import EngineClosedError, Version, WriteBatch
+from limedb.storage import (
+    CrashableMemFS,
+    Engine,
+    EngineClosedError,
+    EngineOptions,
+    Version,
+    WriteBatch,
+)
 
 
 def test_put_get_delete_roundtrip_across_flush_and_reopen(open_engine, tmp_path):
@@ -169,3 +177,26 @@ def test_close_is_idempotent_and_rejects_later_writes(open_engine):
     e.close()
     with pytest.raises(EngineClosedError):
         e.put(b"a", b"c")
+
+
+def test_periodic_mode_fsyncs_on_its_timer_without_further_writes(open_engine):
+    e = open_engine(options=dict(durability="periodic", periodic_ms=20))
+    for i in range(100):
+        e.put(b"k%d" % i, b"v")
+    st = e.stats()
+    deadline = time.monotonic() + 10
+    while e.stats()["synced_seq"] < st["last_seq"] and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert e.stats()["synced_seq"] >= st["last_seq"]
+
+
+def test_sync_mode_acknowledges_only_after_the_wal_is_fsynced():
+    fs = CrashableMemFS(seed=1)
+    e = Engine.open("/db", EngineOptions(durability="sync"), fs=fs)
+    syncs = fs.syncs
+    e.put(b"a", b"1")
+    assert fs.syncs > syncs
+    after = fs.crash(tear=True)
+    e.close()
+    with Engine.open("/db", EngineOptions(durability="sync"), fs=after) as e2:
+        assert e2.get(b"a") == b"1"
