@@ -250,6 +250,8 @@ class TransitionDriver:
         bytes_per_s = self.meter.rate() if t.phase is Phase.STREAMING else summary.bytes_per_s
         return {
             **t.status(now),
+            # The node the change is about (the new one of a replace), for the operator.
+            "node": t.change.new_node_id or t.change.node_id or None,
             "driver": self.driver_of(t),
             "ranges_moved": summary.ranges_done,
             "ranges_total": summary.ranges_total,
