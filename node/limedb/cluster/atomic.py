@@ -386,7 +386,12 @@ class ClusterAtomic:
         self.call = call
         self.mutation_of = mutation_of
         self.locks = KeyLocks()
-        self.counters = {"atomic_local": 0, "atomic_forwarded": 0, "atomic_served": 0}
+        self.counters = {
+            "atomic_local": 0,
+            "atomic_forwarded": 0,
+            "atomic_served": 0,
+            "atomic_fallback": 0,
+        }
 
     def primary_of(self, key: bytes) -> str:
         replicas = self.coordinator.replicas(key)
@@ -411,6 +416,12 @@ class ClusterAtomic:
                 raise CommandError(exc.message) from None
             raise Unavailable(f"primary replica {primary}: {exc.message}") from None
         except rpc.PeerUnavailable as exc:
+            if fn.blind:
+                # A plain SET does not need the primary's read, and applying it twice leaves
+                # the same value: coordinate it here rather than fail while the failure
+                # detector has not yet declared the primary dead.
+                self.counters["atomic_fallback"] += 1
+                return await self.apply_here(key, fn, consistency)
             # Not retried elsewhere: the primary may have applied it, and INCR is not idempotent.
             raise Unavailable(f"primary replica {primary} did not answer: {exc}") from None
         return decode_reply(reply)
