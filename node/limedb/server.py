@@ -68,11 +68,8 @@ class NodeRuntime:
             await service.start()
             self.service = service
             attach_service(self.app, service)
-            if self.config.resp_port:
-                from limedb.resp import Limits, RespServer
-
-                self.resp = RespServer(service, Limits.from_config(self.config))
-                await self.resp.start(self.config.host, self.config.resp_port)
+            if self.config.resp_port and not await self._start_resp(service):
+                return
             log.info(
                 "storage recovered; node %s ready at %s",
                 self.config.node_id,
@@ -83,6 +80,22 @@ class NodeRuntime:
             self.failed = exc
             if self.server is not None:
                 self.server.should_exit = True
+
+    async def _start_resp(self, service: KeyValueService) -> bool:
+        """The RESP listener (limedb.resp); a port that cannot be bound stops the node."""
+        from limedb.resp import Limits, RespServer
+
+        resp = RespServer(service, Limits.from_config(self.config))
+        try:
+            await resp.start(self.config.host, self.config.resp_port)
+        except OSError as exc:
+            log.error("cannot listen for RESP clients (--resp-port 0 turns it off): %s", exc)
+            self.failed = exc
+            if self.server is not None:
+                self.server.should_exit = True
+            return False
+        self.resp = resp
+        return True
 
     @contextlib.asynccontextmanager
     async def lifespan(self, _app: Any) -> AsyncIterator[None]:
