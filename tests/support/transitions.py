@@ -136,16 +136,16 @@ class Fleet:
         wait_for(same, timeout_s, "every member to hold the same ring record", 0.2)
 
     def local_keys(self, node: Node) -> set[str]:
+        """The keys `node` itself holds (GET /admin/keys, cursor-paged)."""
         keys: set[str] = set()
-        page = 1
+        after = None
         while True:
-            body = self.http.get(
-                f"{node.url}/api/v1/keys", params={"page": page, "pageSize": 100}
-            ).json()
-            if not body["keys"]:
+            params = {"limit": 5000} if after is None else {"limit": 5000, "after": after}
+            body = self.http.get(f"{node.url}/admin/keys", params=params).json()
+            keys.update(body["keys"])
+            after = body["next"]
+            if after is None:
                 return keys
-            keys.update(item["key"] for item in body["keys"])
-            page += 1
 
     def placement_problems(self, live_keys: set[str], all_keys: set[str]) -> list[str]:
         """Keys not stored on exactly their owners (a live key) or stored anywhere (a

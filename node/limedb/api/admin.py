@@ -138,6 +138,19 @@ def build_router(state: NodeState) -> APIRouter:
             }
         )
 
+    @router.get("/keys", summary="This node's own live keys after a cursor (no values)")
+    async def keys(request: Request, after: str | None = None, limit: int = 1000) -> Response:
+        """A cursor-paged listing for checks and tooling: `next` is the `after` of the next
+        page (None at the end). Keys in ranges this node handed off are not listed."""
+        authorize(request)
+        if not 1 <= limit <= 10_000:
+            raise ApiError(400, f"limit must be between 1 and 10000, got {limit}")
+        service = state.require_service()
+        cursor = after.encode() if after is not None else None
+        items = service.local_items(cursor, limit)
+        names = [key.decode("utf-8", "replace") for key, _ in items]
+        return _json({"keys": names, "next": names[-1] if len(items) == limit else None})
+
     @router.get("/status", summary="Ring epoch, members and the running transition's progress")
     async def status(request: Request) -> Response:
         authorize(request)
