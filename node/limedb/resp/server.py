@@ -169,7 +169,7 @@ class RespConnection(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self.write_paused = False
-        if self.task is None:
+        if self.task is None and self.session is not None:
             self.process()
 
     def data_received(self, data: bytes) -> None:
@@ -194,6 +194,8 @@ class RespConnection(asyncio.Protocol):
                     queue.append(_Fatal("ERR Protocol error: invalid bulk length"))
         if self.task is None:
             self.process()
+        else:  # a command is waiting: the queue only grows until it is done
+            self._backpressure()
 
     def _inline_requests(self, data: bytes) -> bytes:
         """Redis's inline form (`PING\\r\\n`, as typed into telnet); returns what follows.
@@ -241,10 +243,14 @@ class RespConnection(asyncio.Protocol):
         if session.closing and self.transport is not None:
             self.transport.close()
             return
+        self._backpressure()
+
+    def _backpressure(self) -> None:
+        """Stop reading from a client that is far ahead of us; resume once it is not."""
         transport = self.transport
         if transport is None or self.closed:
             return
-        if len(queue) > self.server.limits.max_pipeline or self.write_paused:
+        if len(self.queue) > self.server.limits.max_pipeline or self.write_paused:
             if not self.read_paused:
                 self.read_paused = True
                 transport.pause_reading()
