@@ -110,13 +110,39 @@ def seed_urls(name: str, namespace: str, founders: int) -> list[str]:
     return [node_url(name, namespace, i) for i in range(max(1, founders))]
 
 
+# Does a ring exist that leaves this node out? Asked of the other founders before a founding
+# pod with an empty volume boots the static ring: true when the pod is re-created after its
+# node left (a scale-down and up again), so that it waits to be joined instead of resurrecting
+# the founders' first ring. At the cluster's birth nobody has a ring without it.
+_RING_WITHOUT_ME = """\
+import os, sys
+from limedb.client import Client
+me = os.environ["LIMEDB_ADVERTISE_URL"]
+secret = os.environ.get("LIMEDB_CLUSTER_SECRET")
+for seed in os.environ.get("LIMEDB_SEEDS", "").split(","):
+    if not seed or seed == me:
+        continue
+    try:
+        with Client(seed, cluster_secret=secret, timeout=2, retries=0) as c:
+            status = c.admin_status()
+    except Exception:
+        continue
+    members = {m.get("node_id") for m in status.get("members") or []}
+    if status.get("epoch", 0) > 0 and members and me not in members:
+        sys.exit(0)
+sys.exit(1)
+"""
+
 # A founding pod (its own URL among the seeds) starts in the static ring of the founders; any
 # other pod starts outside the ring and waits for the operator to join it. A node that already
 # has a ring record on its volume ignores both and resumes from the record.
-NODE_ENTRYPOINT = """\
+NODE_ENTRYPOINT = f"""\
+export LIMEDB_AWAIT_JOIN=true
 case ",$LIMEDB_SEEDS," in
-  *",$LIMEDB_ADVERTISE_URL,"*) export LIMEDB_AWAIT_JOIN=false ;;
-  *) export LIMEDB_AWAIT_JOIN=true ;;
+  *",$LIMEDB_ADVERTISE_URL,"*)
+    if [ -e "$LIMEDB_DATA_DIR/ring.json" ] || ! python3 -c '{_RING_WITHOUT_ME}'; then
+      export LIMEDB_AWAIT_JOIN=false
+    fi ;;
 esac
 exec limedb serve
 """

@@ -1,5 +1,12 @@
 """The objects generated for a LimeCluster run a safe, restricted, self-identifying node."""
 
+import http.server
+import json
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
 from limedb.config import SETTINGS
 from limedb_operator import manifests
 
@@ -49,27 +56,57 @@ def test_seeds_are_the_founding_pods_and_do_not_follow_spec_nodes():
     ]
 
 
-def _entrypoint_await_join(pod: str, seeds: str) -> str:
-    import subprocess
-
+def _entrypoint_await_join(pod: str, seeds: str, data_dir: str = "/nonexistent") -> str:
     env = {
         "LIMEDB_SEEDS": seeds,
         "LIMEDB_ADVERTISE_URL": f"http://{pod}.lime-headless.db.svc:8484",
-        "PATH": "/usr/bin:/bin",
+        "LIMEDB_DATA_DIR": data_dir,
+        "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin",
     }
-    # Run the real entrypoint with `limedb` replaced by a probe of the decision it made.
+    # Run the real entrypoint with `limedb serve` replaced by a probe of the decision it made.
     script = manifests.NODE_ENTRYPOINT.replace("exec limedb serve", 'echo "$LIMEDB_AWAIT_JOIN"')
-    return subprocess.run(
-        ["/bin/sh", "-c", script], env=env, capture_output=True, text=True
-    ).stdout.strip()
+    done = subprocess.run(["/bin/sh", "-c", script], env=env, capture_output=True, text=True)
+    return done.stdout.strip()
 
 
 def test_founders_boot_the_static_ring_and_later_pods_wait_to_be_joined():
+    # Unresolvable seeds: nobody has a ring yet, as at the cluster's birth.
     seeds = ",".join(manifests.seed_urls(NAME, NS, 3))
     assert _entrypoint_await_join("lime-0", seeds) == "false"
     assert _entrypoint_await_join("lime-2", seeds) == "false"
     assert _entrypoint_await_join("lime-3", seeds) == "true"
     assert _entrypoint_await_join("lime-1", manifests.seed_urls(NAME, NS, 1)[0]) == "true"
+
+
+class _RingWithoutLime1(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):  # noqa: N802 (http.server's naming)
+        body = json.dumps(
+            {"epoch": 7, "members": [{"node_id": "http://lime-0.lime-headless.db.svc:8484"}]}
+        ).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_a_recreated_founder_waits_to_be_joined_when_the_ring_left_it_out(tmp_path):
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _RingWithoutLime1)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        live_seed = f"http://127.0.0.1:{server.server_port}"
+        me = "http://lime-1.lime-headless.db.svc:8484"
+        assert _entrypoint_await_join("lime-1", f"{live_seed},{me}") == "true"
+        # ...unless its volume holds a ring record: then it resumes from that record.
+        (tmp_path / "ring.json").write_text("{}")
+        assert _entrypoint_await_join("lime-1", f"{live_seed},{me}", str(tmp_path)) == "false"
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def test_every_limedb_variable_is_a_setting_the_node_accepts():
