@@ -36,7 +36,6 @@ PING = 3
 REPLICATE = 10
 READ = 11
 GOSSIP = 12
-STATS = 13
 ATOMIC = 14  # a Redis read-modify-write forwarded to the key's primary (limedb.cluster.atomic)
 RING_RECORD = 20  # push (or, empty, pull) the ring record (limedb.cluster.ring_record)
 STREAM_READ = 21  # range streaming (limedb.cluster.streaming)
