@@ -69,11 +69,11 @@ def _spans(ring: Ring) -> list[tuple[int, int, int]]:
 def replica_differences(nodes: list[Node], ring: Ring, rf: int, depth: int = 6) -> list[str]:
     """For every ring range, compare the Merkle trees of its owners' data (the nodes must be
     stopped); on a difference, describe every version of the differing leaves on each owner.
-    Node ids in `ring` are the nodes' URLs."""
+    `ring` maps node ids to the nodes' URLs."""
     by_url = {node.url: node for node in nodes}
     engines = {
-        url: Engine.open(by_url[url].data_dir / "data", EngineOptions(durability="none"))
-        for url in ring.node_ids
+        node_id: Engine.open(by_url[url].data_dir / "data", EngineOptions(durability="none"))
+        for node_id, url in ring.members.items()
     }
     try:
         problems = []
