@@ -153,3 +153,12 @@ def test_a_cancelled_waiter_does_not_keep_the_key_locked() -> None:
 
     asyncio.run(main())
     assert len(locks) == 0
+
+
+def test_expire_xx_combined_with_gt_needs_both() -> None:
+    expiring = value(b"v", NOW + 200_000)
+    shorter = AtomicOp("expire", (b"rel", b"101000", b"gt,xx"))
+    longer = AtomicOp("expire", (b"rel", b"300000", b"gt,xx"))
+    assert shorter(expiring, NOW).reply == 0
+    assert longer(expiring, NOW).reply == 1
+    assert longer(value(b"v"), NOW).reply == 0

@@ -90,6 +90,9 @@ command = st.one_of(
         lambda c: _set_options().map(lambda opts: (*c, *opts))
     ),
     st.tuples(st.just("SETNX"), key, value),
+    st.tuples(st.just("SETEX"), key, ttl_seconds, value),
+    st.tuples(st.just("PSETEX"), key, ttl_millis, value),
+    st.tuples(st.just("GETSET"), key, value),
     st.tuples(st.just("GETDEL"), key),
     st.lists(key, min_size=1, max_size=4).map(lambda ks: ("MGET", *ks)),
     st.lists(st.tuples(key, value), min_size=1, max_size=3).map(

@@ -148,18 +148,19 @@ def _op_append(current: ReadResult, args: tuple[bytes, ...], now_ms: int) -> Out
 
 
 def _op_expire(current: ReadResult, args: tuple[bytes, ...], now_ms: int) -> Outcome:
-    """args: b"rel" | b"abs", milliseconds, condition (b"" | nx | xx | gt | lt)."""
+    """args: b"rel" | b"abs", milliseconds, conditions (comma-separated nx, xx, gt, lt)."""
     mode, amount, condition = args
     if current.value is None:
         return _keep(0)
     when = int(amount) + (now_ms if mode == b"rel" else 0)
-    has_ttl = current.expires_at_ms is not None
+    expires = current.expires_at_ms
+    conditions = condition.split(b",") if condition else ()
     # No expiry counts as an infinite one for GT and LT, as in Redis.
     if (
-        (condition == b"nx" and has_ttl)
-        or (condition == b"xx" and not has_ttl)
-        or (condition == b"gt" and (not has_ttl or when <= current.expires_at_ms))
-        or (condition == b"lt" and has_ttl and when >= current.expires_at_ms)
+        (b"nx" in conditions and expires is not None)
+        or (b"xx" in conditions and expires is None)
+        or (b"gt" in conditions and (expires is None or when <= expires))
+        or (b"lt" in conditions and expires is not None and when >= expires)
     ):
         return _keep(0)
     if when <= now_ms:

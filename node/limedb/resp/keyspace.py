@@ -200,6 +200,40 @@ async def set_(session: Session, argv: list[bytes]) -> Any:
     return await session.server.service.atomic_update(key, op)
 
 
+async def _setex(session: Session, argv: list[bytes], name: str, unit_ms: int) -> Any:
+    key = _check_key(session, argv[1])
+    value = _check_value(session, argv[3])
+    amount = int_arg(argv[2])
+    if amount <= 0 or amount > INT64_MAX // unit_ms:
+        raise _expire_time_error(name)
+    amount *= unit_ms
+    if amount > INT64_MAX - wall_ms():
+        raise _expire_time_error(name)
+    op = AtomicOp("set", (value, b"", b"0", b"px", str(amount).encode()))
+    return await session.server.service.atomic_update(key, op)
+
+
+@command("setex", 4, flags=("write", "denyoom"), keys=(1, 1, 1))
+async def setex(session: Session, argv: list[bytes]) -> Any:
+    """Set a key's value and its time to live in seconds"""
+    return await _setex(session, argv, "setex", 1000)
+
+
+@command("psetex", 4, flags=("write", "denyoom"), keys=(1, 1, 1))
+async def psetex(session: Session, argv: list[bytes]) -> Any:
+    """Set a key's value and its time to live in milliseconds"""
+    return await _setex(session, argv, "psetex", 1)
+
+
+@command("getset", 3, flags=("write", "denyoom", "fast"), keys=(1, 1, 1))
+async def getset(session: Session, argv: list[bytes]) -> Any:
+    """Set a key's value and return the old one (the time to live is dropped)"""
+    key = _check_key(session, argv[1])
+    value = _check_value(session, argv[2])
+    op = AtomicOp("set", (value, b"", b"1", b"none", b"0"))
+    return await session.server.service.atomic_update(key, op)
+
+
 @command("setnx", 3, flags=("write", "denyoom", "fast"), keys=(1, 1, 1))
 async def setnx(session: Session, argv: list[bytes]) -> Any:
     """Set a key's value only if it does not exist"""
@@ -320,7 +354,8 @@ def _expire_condition(argv: list[bytes]) -> bytes:
         raise RespError("ERR NX and XX, GT or LT options at the same time are not compatible")
     if b"gt" in seen and b"lt" in seen:
         raise RespError("ERR GT and LT options at the same time are not compatible")
-    return next(iter(seen), b"")
+    # XX combines with GT or LT: every given condition must hold.
+    return b",".join(sorted(seen))
 
 
 async def _expire(session: Session, argv: list[bytes], name: str, unit_ms: int, absolute: bool):
