@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from limedb.cluster.atomic import Status, parse_int64
 from limedb.resp.encoding import RespError
 
 if TYPE_CHECKING:
@@ -42,9 +43,8 @@ class Command:
         return "no-auth" in self.flags
 
     def info(self) -> list[Any]:
-        """The COMMAND INFO entry: name, arity, flags, first key, last key, step (+ RESP7 extras)."""
-        from limedb.cluster.atomic import Status
-
+        """The COMMAND INFO entry: name, arity, flags, first key, last key, step, and the empty
+        ACL categories, tips, key specs and subcommands of Redis 7's format."""
         return [
             self.name.encode(),
             self.arity,
@@ -123,8 +123,6 @@ def resolve(argv: list[bytes], authenticated: bool) -> Command | RespError:
 
 def int_arg(raw: bytes) -> int:
     """A Redis integer argument, or the error Redis answers for anything else."""
-    from limedb.cluster.atomic import parse_int64
-
     value = parse_int64(raw)
     if value is None:
         raise NOT_AN_INTEGER
