@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 import redis
-from respservers import RespEndpoint, limedb_cluster
+from respservers import RespEndpoint, limedb_cluster, wait_until
 
 pytestmark = pytest.mark.redis
 
@@ -145,7 +145,17 @@ def test_password_required_before_any_command(limited: RespEndpoint) -> None:
     assert hello.startswith(b"%7\r\n") and hello.endswith(b"+PONG\r\n")
 
 
+def connected_clients(endpoint: RespEndpoint) -> int:
+    client = endpoint.client()
+    try:
+        return int(client.info("clients")["connected_clients"])
+    finally:
+        client.close()
+
+
 def test_connections_beyond_max_clients_are_refused(limited: RespEndpoint) -> None:
+    # Connections of earlier tests may take a moment to be gone on the server side.
+    wait_until(lambda: connected_clients(limited) == 1, 10, "earlier clients to disconnect")
     held = [socket.create_connection((limited.host, limited.port)) for _ in range(3)]
     try:
         for sock in held:  # each of them is served
