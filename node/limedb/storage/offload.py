@@ -28,9 +28,9 @@ from .block_cache import BlockCache
 from .compaction import Compaction, RateLimiter, run
 from .fs import RealFS
 from .options import EngineOptions
-from .record import Rec, newer
+from .record import Rec
 from .sstable import TableBuilder, TableMeta, TableReader, table_name
-from .wal import replay
+from .wal import replay_into, scan_frames
 
 _LEN = struct.Struct("<I")
 # The directory holding the `limedb` package, so workers import the same code as the engine.
@@ -51,12 +51,9 @@ def flush_logs(
         path = posixpath.join(dirpath, name)
         if not fs.exists(path):
             continue
-        batches, _ = replay(fs.read_file(path), path)
-        for _seq, ops in batches:
-            for key, rec in ops:
-                old = data.get(key)
-                if old is None or newer(rec, old):
-                    data[key] = rec
+        raw = fs.read_file(path)
+        for offset, payload in scan_frames(raw, path).payloads:
+            replay_into(data, payload, path, offset)
     if not data:
         return None
     builder = TableBuilder(
