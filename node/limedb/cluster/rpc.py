@@ -81,6 +81,30 @@ def decode_error(payload: bytes) -> RpcError:
     return RpcError(code, payload[ERROR_CODE.size :].decode(errors="replace"))
 
 
+# A connection whose sent bytes stay unacknowledged this long is dead (a partition, a vanished
+# host): the kernel closes it instead of retransmitting with backoff for many minutes, and a
+# heal then finds a fresh connection rather than one whose next retransmission is 20 s away.
+# A paused peer still acknowledges (its kernel does), so this never cuts a slow peer.
+USER_TIMEOUT_MS = 5000
+# Idle connections learn the same through keepalive probes: idle 2 s, then 3 probes 1 s apart.
+KEEPALIVE = ((socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1),) + tuple(
+    (socket.IPPROTO_TCP, getattr(socket, name), value)
+    for name, value in (("TCP_KEEPIDLE", 2), ("TCP_KEEPINTVL", 1), ("TCP_KEEPCNT", 3))
+    if hasattr(socket, name)
+)
+
+
+def _tune_socket(sock: socket.socket) -> None:
+    options = [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1), *KEEPALIVE]
+    if hasattr(socket, "TCP_USER_TIMEOUT"):
+        options.append((socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, USER_TIMEOUT_MS))
+    for level, option, value in options:
+        try:
+            sock.setsockopt(level, option, value)
+        except OSError:
+            pass
+
+
 class _FramedProtocol(asyncio.Protocol):
     """Splits the byte stream into frames and batches outgoing frames per loop turn."""
 
@@ -96,10 +120,7 @@ class _FramedProtocol(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
         sock = transport.get_extra_info("socket")
         if sock is not None:
-            try:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except OSError:
-                pass
+            _tune_socket(sock)
 
     def send(self, frame: bytes) -> None:
         self._out.append(frame)
@@ -279,31 +300,50 @@ class _ServerProtocol(_FramedProtocol):
 
 class _ClientProtocol(_FramedProtocol):
     """Matches replies to pending requests; one sweep timer (not one timer per request)
-    fails the requests whose time is up."""
+    fails the requests whose time is up.
+
+    A request that times out while nothing at all arrived on the connection since it was sent
+    closes the connection: the peer is cut off (or stopped), and the connection may sit in TCP
+    retransmission backoff long after the network heals. The next call connects afresh. A peer
+    that is merely slow keeps its connection as long as any reply arrives.
+    """
 
     SWEEP_S = 0.05
 
     def __init__(self) -> None:
         super().__init__()
-        # request id -> (future, loop time after which nobody waits for the reply)
-        self.pending: dict[int, tuple[asyncio.Future, float]] = {}
+        # request id -> (future, loop time after which nobody waits for the reply, sent at)
+        self.pending: dict[int, tuple[asyncio.Future, float, float]] = {}
         self.closed = False
         self.auth_error: RpcError | None = None
         self._sweeping = False
+        self.last_received = self.loop.time()
+        self.silent_closes = 0
 
     def track(self, request_id: int, future: asyncio.Future, timeout_s: float) -> None:
-        self.pending[request_id] = (future, self.loop.time() + timeout_s)
+        now = self.loop.time()
+        self.pending[request_id] = (future, now + timeout_s, now)
         if not self._sweeping:
             self._sweeping = True
             self.loop.call_later(self.SWEEP_S, self._sweep)
 
+    def data_received(self, data: bytes) -> None:
+        self.last_received = self.loop.time()
+        super().data_received(data)
+
     def _sweep(self) -> None:
         now = self.loop.time()
-        expired = [rid for rid, (_, deadline) in self.pending.items() if deadline <= now]
+        expired = [rid for rid, (_, deadline, _) in self.pending.items() if deadline <= now]
+        silent = False
         for rid in expired:
-            future, _ = self.pending.pop(rid)
+            future, _, sent = self.pending.pop(rid)
+            silent = silent or sent >= self.last_received
             if not future.done():
                 future.set_exception(PeerUnavailable("no reply before the deadline"))
+        if silent and not self.closed and self.transport is not None:
+            self.silent_closes += 1
+            self.closed = True  # callers from now on connect afresh
+            self.transport.abort()
         if self.pending and not self.closed:
             self.loop.call_later(self.SWEEP_S, self._sweep)
         else:
@@ -330,7 +370,7 @@ class _ClientProtocol(_FramedProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         pending, self.pending = self.pending, {}
-        for future, _ in pending.values():
+        for future, _, _ in pending.values():
             if not future.done():
                 future.set_exception(
                     self.auth_error or PeerUnavailable(f"connection lost: {exc or 'closed'}")
