@@ -41,12 +41,15 @@ def secret_of(api, namespace):
     return base64.b64decode(s.data["cluster-secret"]).decode()
 
 
-def converged(api, namespace, nodes, operator, runner, timeout=240.0):
-    """Wait until status says `nodes` Ready Normal members, Available, not Progressing."""
+def converged(api, namespace, nodes, operator, runner, timeout=240.0, phases=None):
+    """Wait until status says `nodes` Ready Normal members, Available, not Progressing; the
+    phases seen on the way are added to `phases`."""
 
     def done():
         obj = lime(api, namespace)
         st = obj.get("status") or {}
+        if phases is not None and st.get("phase"):
+            phases.add(st["phase"])
         members = [m for m in st.get("members", []) if m["state"] == "Normal"]
         pods = (
             kubernetes.client.CoreV1Api(api)
@@ -60,13 +63,14 @@ def converged(api, namespace, nodes, operator, runner, timeout=240.0):
             and len(members) == nodes
             and st.get("phase") == "Running"
             and (condition(obj, "Available") or {}).get("status") == "True"
+            and (condition(obj, "Progressing") or {}).get("status") == "False"
         )
         return ok and obj
 
     return wait_for(
         done,
         timeout=timeout,
-        interval=0.5,
+        interval=0.25,
         what=lambda: (
             f"{nodes} Normal Ready nodes; status={lime(api, namespace).get('status')}\n"
             f"operator:\n{operator.log_tail(15)}\nrunner errors: {runner.errors}"

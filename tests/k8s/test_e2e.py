@@ -45,7 +45,9 @@ def test_create_scale_up_down_refuse_and_keep_every_key(api, namespace, operator
 
     # Scale up: two new pods join one at a time and receive their ranges.
     scale(5)
-    obj = converged(api, namespace, 5, operator, runner)
+    seen: set[str] = set()
+    obj = converged(api, namespace, 5, operator, runner, phases=seen)
+    assert {"ScalingUp", "Rebalancing"} & seen, seen
     assert obj["status"]["ringEpoch"] >= 3  # one epoch per join at least
     assert_all_keys(pod_url(api, namespace, 4))
     reasons = {r for r, _ in events(api, namespace)}
@@ -53,7 +55,15 @@ def test_create_scale_up_down_refuse_and_keep_every_key(api, namespace, operator
 
     # Scale down: each leaving node hands off before its pod and (whenScaled=Delete) volume go.
     scale(3)
-    converged(api, namespace, 3, operator, runner)
+    seen = set()
+    obj = converged(api, namespace, 3, operator, runner, phases=seen)
+    assert {"ScalingDown", "Rebalancing"} & seen, seen
+    assert obj["status"].get("migration") is None  # no stale progress once it is over
+    assert [m["pod"] for m in obj["status"]["members"] if m["state"] == "Normal"] == [
+        "lime-0",
+        "lime-1",
+        "lime-2",
+    ]
     assert_all_keys(pod_url(api, namespace, 0))
     reasons = {r for r, _ in events(api, namespace)}
     assert {"Leaving", "ScalingDown"} <= reasons, reasons
