@@ -17,6 +17,7 @@ from limedb.cluster import rpc
 from limedb.cluster.keys import storage_key
 from limedb.hlc import HLC
 from limedb.storage import WriteBatch
+from limedb.storage.record import Rec, make_rec, newer
 
 _MUTATION = struct.Struct("!QQBI")  # ts, expires_at_ms (0 = never), tombstone, key length
 _VERSION = struct.Struct("!QQB")  # ts, expires_at_ms, tombstone
@@ -60,10 +61,13 @@ class Stored:
         return not self.tombstone and (self.expires_at_ms is None or self.expires_at_ms > now_ms)
 
     def newer_than(self, other: Stored | None) -> bool:
-        """Last-writer-wins order: higher ts, and at equal ts the tombstone wins."""
+        """Last-writer-wins order, the storage engine's (`limedb.storage.record.newer`)."""
         if other is None:
             return True
-        return (self.ts, self.tombstone) > (other.ts, other.tombstone)
+        return newer(self.as_rec(), other.as_rec())
+
+    def as_rec(self) -> Rec:
+        return make_rec(self.ts, self.value, self.tombstone, self.expires_at_ms)
 
     def as_mutation(self, key: bytes) -> Mutation:
         return Mutation(key, self.value, self.ts, self.tombstone, self.expires_at_ms)

@@ -55,7 +55,16 @@ def rec_live(rec: Rec, now_ms: int) -> bool:
 
 
 def newer(a: Rec, b: Rec) -> bool:
-    """Whether `a` wins over `b`: higher timestamp, and on a tie a tombstone beats a value."""
+    """Whether `a` wins over `b` under last-writer-wins: the higher timestamp; on equal
+    timestamps a tombstone beats a value; then the greater (value, expires_at_ms) wins.
+
+    The order is total over distinct versions, so replicas that receive the same versions in any
+    order keep the same one. This is the one comparison of versions: the engine, compaction,
+    the cluster's read resolution, read repair and streaming all decide through it.
+    """
     if a[0] != b[0]:
         return a[0] > b[0]
-    return bool(a[2] & TOMBSTONE) and not (b[2] & TOMBSTONE)
+    a_tomb = a[2] & TOMBSTONE
+    if a_tomb != b[2] & TOMBSTONE:
+        return bool(a_tomb)
+    return (a[1], a[3]) > (b[1], b[3])

@@ -39,7 +39,7 @@ def test_older_timestamp_is_ignored_and_tombstone_wins_a_tie(open_engine):
     assert e.put(b"k", b"new", ts=pack(2_000))
     assert not e.put(b"k", b"old", ts=pack(1_000))
     assert e.get(b"k") == b"new"
-    assert not e.put(b"k", b"same-ts", ts=pack(2_000))  # equal ts: the existing one stays
+    assert not e.put(b"k", b"lesser", ts=pack(2_000))  # equal ts: the larger value wins
     assert e.get(b"k") == b"new"
     assert e.delete(b"k", ts=pack(2_000))  # equal ts: tombstone wins
     assert e.get(b"k") is None
