@@ -96,3 +96,36 @@ def test_create_scale_up_down_refuse_and_keep_every_key(api, namespace, operator
     scale(3)
     converged(api, namespace, 3, operator, runner)
     assert_all_keys(pod_url(api, namespace, 2))
+
+
+def test_a_change_of_nodes_during_a_join_waits_for_it_then_converges(
+    api, namespace, operator, runner
+):
+    objects = kubernetes.client.CustomObjectsApi(api)
+    objects.create_namespaced_custom_object(
+        G, V, namespace, P,
+        {"apiVersion": f"{G}/{V}", "kind": "LimeCluster", "metadata": {"name": "lime"},
+         "spec": {"nodes": 3, "replicationFactor": 3, "durability": "periodic", "vnodes": 16,
+                  "env": [{"name": "LIMEDB_STREAM_MB_PER_S", "value": "1"}]}},
+    )  # fmt: skip
+    converged(api, namespace, 3, operator, runner)
+    write_keys(pod_url(api, namespace), value_bytes=256)
+    objects.patch_namespaced_custom_object_scale(
+        G, V, namespace, P, "lime", {"spec": {"replicas": 5}}
+    )
+    lime3 = f"http://lime-3.lime-headless.{namespace}.svc:8484"
+
+    def joining():
+        members = (lime(api, namespace).get("status") or {}).get("members") or []
+        return any(m["nodeId"] == lime3 and m["state"] == "Joining" for m in members)
+
+    wait_for(joining, timeout=120, what="lime-3 Joining")
+    # The user changes their mind while lime-3 is still receiving its ranges.
+    objects.patch_namespaced_custom_object_scale(
+        G, V, namespace, P, "lime", {"spec": {"replicas": 4}}
+    )
+    obj = converged(api, namespace, 4, operator, runner)
+    # lime-3 finished joining; lime-4 never joined, so it was removed without a hand-off.
+    normal = [m["pod"] for m in obj["status"]["members"] if m["state"] == "Normal"]
+    assert normal == ["lime-0", "lime-1", "lime-2", "lime-3"]
+    assert_all_keys(pod_url(api, namespace, 3), value_bytes=256)
