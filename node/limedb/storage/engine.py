@@ -5,7 +5,10 @@ lock; durability is then awaited per the mode (group commit: whoever fsyncs firs
 writer that arrived meanwhile). Readers never lock: they read the current `View`, swapped
 atomically whenever a memtable is frozen, a flush lands or a compaction is installed.
 Background threads: the flusher (memtable -> L0), the compactor, and the syncer (periodic
-fsync and the asyncio group commit).
+fsync and the asyncio group commit); big flushes and compactions run in worker processes.
+
+A write is visible to readers as soon as it is applied, which can be before its fsync returns:
+a crash can lose a write that someone read but that was never acknowledged, never one that was.
 """
 
 from __future__ import annotations
