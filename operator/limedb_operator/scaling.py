@@ -11,10 +11,10 @@ the database runs a transition.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from limedb_operator.manifests import node_url
+from limedb_operator.manifests import HTTP_PORT, node_url
 
 # Member states as the database reports them (lower-case in its API, capitalised in status).
 JOINING, NORMAL, LEAVING, LEFT = "Joining", "Normal", "Leaving", "Left"
@@ -31,7 +31,8 @@ class PodView:
 
     @property
     def url(self) -> str | None:
-        return f"http://{self.ip}:8484" if self.ip else None
+        """How the operator reaches the pod: by its IP from the Pod status."""
+        return f"http://{self.ip}:{HTTP_PORT}" if self.ip else None
 
 
 @dataclass(frozen=True)
@@ -94,7 +95,6 @@ class Decision:
     invalid_reason: str = ""
     invalid_message: str = ""
     scaling: str | None = None  # "up" | "down" | None
-    extra: Mapping[str, Any] = field(default_factory=dict)
 
 
 def ring_view_from_status(raw: Mapping[str, Any]) -> RingView:
