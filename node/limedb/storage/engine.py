@@ -323,10 +323,10 @@ class Engine:
     def get(self, key: bytes) -> bytes | None:
         """The live value of `key`, or None if absent, deleted or expired."""
         v = self._view
-        rec = v.mem.data.get(key)
+        rec = v.mem_get(key)
         if rec is None:
-            imm = v.imm
-            if imm is None or (rec := imm.data.get(key)) is None:
+            imm_get = v.imm_get
+            if imm_get is None or (rec := imm_get(key)) is None:
                 # Inlined probe of the engine-wide filter: most missing keys stop here.
                 h = key_hash(key)
                 t = MASK_TABLE

@@ -20,7 +20,18 @@ from .sstable import TableReader
 
 
 class View:
-    __slots__ = ("mem", "imm", "l0", "levels", "gfilter", "gwords", "gmask", "all_levels")
+    __slots__ = (
+        "mem",
+        "imm",
+        "mem_get",
+        "imm_get",
+        "l0",
+        "levels",
+        "gfilter",
+        "gwords",
+        "gmask",
+        "all_levels",
+    )
 
     def __init__(
         self,
@@ -31,6 +42,9 @@ class View:
     ) -> None:
         self.mem = mem
         self.imm = imm
+        # Bound lookups of the memtables' dicts (their dict objects never change): the get path.
+        self.mem_get = mem.data.get
+        self.imm_get = imm.data.get if imm is not None else None
         self.all_levels = all_levels
         self.l0 = tuple(all_levels[0])
         # Only non-empty deeper levels, each as (files in key order, their largest keys).
