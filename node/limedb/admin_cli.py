@@ -96,6 +96,20 @@ def render_status(status: dict) -> Group:
         parts.append(Text(note))
     else:
         parts.append(render_transition(t))
+    repair = status.get("repair")
+    if repair is not None:
+        run = repair["current"] or repair["last"]
+        if run is None:
+            parts.append(Text("no repair has run yet"))
+        else:
+            state = "running" if repair["current"] else "last repair"
+            parts.append(
+                Text(
+                    f"{state}: {run['ranges_compared']}/{run['ranges_total']} ranges compared, "
+                    f"{run['ranges_differing']} differing, {run['keys_repaired']} keys repaired"
+                    + (f", error: {run['error']}" if run.get("error") else "")
+                )
+            )
     return Group(*parts)
 
 

@@ -255,9 +255,14 @@ class Client:
         """{"epoch", "members", "replication_factor", "transition": None or its progress}."""
         return _admin_result(self._request("GET", "/admin/status"))
 
-    def repair(self, start: int | None = None, end: int | None = None) -> dict[str, Any]:
+    def repair(
+        self, start: int | None = None, end: int | None = None, *, timeout: float = 3600.0
+    ) -> dict[str, Any]:
+        """Anti-entropy repair of the node's ranges (start..end tokens if given); waits for
+        the run to finish (hence its own timeout) and returns its summary."""
         body = {"start": start, "end": end} if start is not None else None
-        return _admin_result(self._request("POST", "/admin/repair", json=body))
+        response = self._request("POST", "/admin/repair", json=body, timeout=timeout)
+        return _admin_result(response)
 
 
 class AsyncClient:
@@ -370,6 +375,9 @@ class AsyncClient:
     async def admin_status(self) -> dict[str, Any]:
         return _admin_result(await self._request("GET", "/admin/status"))
 
-    async def repair(self, start: int | None = None, end: int | None = None) -> dict[str, Any]:
+    async def repair(
+        self, start: int | None = None, end: int | None = None, *, timeout: float = 3600.0
+    ) -> dict[str, Any]:
         body = {"start": start, "end": end} if start is not None else None
-        return _admin_result(await self._request("POST", "/admin/repair", json=body))
+        response = await self._request("POST", "/admin/repair", json=body, timeout=timeout)
+        return _admin_result(response)

@@ -147,6 +147,19 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("stream_mb_per_s", _int(0), 64, "range streaming throttle in MB/s (0 = unlimited)"),
     Setting("cleanup_grace_ms", _int(0), 2000, "wait before old owners hand off moved ranges"),
     Setting(
+        "repair_interval_s",
+        _int(0),
+        86400,
+        "anti-entropy repair of this node's ranges every ~this long (jittered), 0 = off",
+    ),
+    Setting("repair_mb_per_s", _int(0), 8, "anti-entropy repair throttle in MB/s (0 = unlimited)"),
+    Setting(
+        "hint_window_ms",
+        _int(0),
+        3 * 3600 * 1000,
+        "hints older than this are dropped instead of replayed (repair covers them)",
+    ),
+    Setting(
         "transition_timeout_s",
         _int(0),
         300,
@@ -190,6 +203,9 @@ class Config:
     await_join: bool = False
     stream_mb_per_s: int = 64
     cleanup_grace_ms: int = 2000
+    repair_interval_s: int = 86400
+    repair_mb_per_s: int = 8
+    hint_window_ms: int = 3 * 3600 * 1000
     transition_timeout_s: int = 300
     durability: str = "sync"
     sync_interval_ms: int = 50

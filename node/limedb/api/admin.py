@@ -22,6 +22,8 @@ from starlette.responses import Response
 
 from limedb.api.errors import ApiError
 from limedb.api.state import NodeState
+from limedb.cluster.keys import MAX_TOKEN
+from limedb.cluster.repair import RepairRefused
 from limedb.cluster.transitions import Change, TransitionRefused
 
 SECRET_HEADER = "x-cluster-secret"
@@ -157,7 +159,11 @@ def build_router(state: NodeState) -> APIRouter:
         service = state.require_service()
         d = getattr(service, "driver", None)
         if d is not None:
-            return _json(d.status())
+            body = d.status()
+            anti_entropy = getattr(service, "anti_entropy", None)
+            if anti_entropy is not None:
+                body["repair"] = anti_entropy.status()
+            return _json(body)
         me = {"node_id": service.node_id, "url": service.node_url, "state": "Normal"}
         return _json(
             {
@@ -202,7 +208,16 @@ def build_router(state: NodeState) -> APIRouter:
         run = getattr(state.require_service(), "repair", None)
         if run is None:
             raise ApiError(501, "anti-entropy repair is not available on this node yet")
-        token_range = None if body is None or body.start is None else (body.start, body.end)
-        return _json(await run(token_range))
+        token_range = None
+        if body is not None and (body.start is not None or body.end is not None):
+            start = body.start or 0
+            end = MAX_TOKEN if body.end is None else body.end
+            if start > end or end > MAX_TOKEN:
+                raise ApiError(400, f"token range {start}..{end} must be 0 <= start <= end < 2**64")
+            token_range = (start, end)
+        try:
+            return _json(await run(token_range))
+        except RepairRefused as exc:
+            raise ApiError(409, str(exc)) from exc
 
     return router

@@ -27,6 +27,7 @@ from limedb.cluster.hints import HintStore
 from limedb.cluster.keys import token_of
 from limedb.cluster.local import LocalService
 from limedb.cluster.membership import GossipLoop, LivenessChange, Membership
+from limedb.cluster.repair import AntiEntropy
 from limedb.cluster.replica import Mutation, Replica
 from limedb.cluster.ring import Ring
 from limedb.cluster.ring_record import RecordGossip, RingKeeper
@@ -112,7 +113,11 @@ class ClusterService:
             vnodes=config.vnodes,
             clock=self.hlc,
         )
-        self.hints = HintStore(hints_engine, self._deliver_hint)
+        self.hints = HintStore(
+            hints_engine,
+            self._deliver_hint,
+            window_ms=getattr(config, "hint_window_ms", 3 * 3600 * 1000),
+        )
         self.coordinator = Coordinator(
             node_id=self.node_id,
             membership=self.membership,
@@ -137,6 +142,15 @@ class ClusterService:
             self.streams,
             self.call_node,
             DriverSettings.from_config(config),
+        )
+        self.anti_entropy = AntiEntropy(
+            self.node_id,
+            engine,
+            self.streams,
+            self.call_node,
+            self._replica_ranges,
+            interval_s=getattr(config, "repair_interval_s", 86400),
+            bytes_per_s=getattr(config, "repair_mb_per_s", 8) * (1 << 20),
         )
         self.gossip_loop = GossipLoop(self.membership, self._send_gossip)
         self.membership.add_listener(self._on_liveness)
@@ -215,6 +229,25 @@ class ClusterService:
             except Exception:
                 log.exception("hint sweep failed")
 
+    # ------------------------------------------------------------------ repair
+
+    def _replica_ranges(self) -> list[tuple[int, int, tuple[str, ...]]] | None:
+        """The committed ring's ranges this node replicates, with their replica sets; None
+        while a transition runs (its streaming is moving those ranges)."""
+        state = self.keeper.state
+        if state is None or state.active is not None:
+            return None
+        ring, rf = state.ring, state.rf
+        return [
+            (r.start, r.end, ring.replicas(r.end, rf))
+            for r in ring.replica_ranges(self.node_id, rf)
+        ]
+
+    async def repair(self, token_range: tuple[int, int] | None = None) -> dict:
+        """Anti-entropy repair of this node's ranges now (POST /admin/repair)."""
+        self._check_open()
+        return await self.anti_entropy.repair(token_range)
+
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
@@ -222,6 +255,7 @@ class ClusterService:
         self.server.register(rpc.GOSSIP, self._handle_gossip)
         self.server.register(rpc.RING_RECORD, self.driver.handle_record)
         self.streams.register(self.server)
+        self.anti_entropy.register(self.server)
         self.atomic.register(self.server)
         bind = self.config.host
         await self.server.start(bind, self.internal_port)
@@ -232,6 +266,7 @@ class ClusterService:
         if state is not None:
             await self.driver.sync_from_peers(list(state.all_members()))
         await self.driver.start()
+        self.anti_entropy.start()
         self._ready = True
         log.info(
             "cluster node %s: internal RPC on %s:%d, %d ring members",
@@ -245,6 +280,7 @@ class ClusterService:
         self._stopping = True
         self._ready = False
         await self.driver.stop()
+        await self.anti_entropy.stop()
         await self.local.stop()
         await self.coordinator.drain()
         if self._sweeper is not None:

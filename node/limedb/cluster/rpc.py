@@ -41,6 +41,7 @@ RING_RECORD = 20  # push (or, empty, pull) the ring record (limedb.cluster.ring_
 STREAM_READ = 21  # range streaming (limedb.cluster.streaming)
 STREAM_APPLY = 22
 HANDOFF = 23
+MERKLE = 24  # a replica's Merkle tree of a token range (limedb.cluster.repair)
 
 # Error codes, HTTP-like so that logs read naturally.
 UNAUTHORIZED = 401
