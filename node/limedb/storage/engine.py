@@ -169,8 +169,20 @@ class Engine:
         return posixpath.join(self._dir, name)
 
     def _recover(self, repair: bool) -> None:
-        fs, opts = self._fs, self._opts
+        fs = self._fs
         fs.makedirs(self._dir)
+        try:
+            self._unlock = fs.lock(self._path("LOCK"))
+        except BlockingIOError as exc:
+            raise StorageError(f"{self._dir} is already open (LOCK held): {exc}") from None
+        try:
+            self._recover_locked(repair)
+        except BaseException:
+            self._unlock()
+            raise
+
+    def _recover_locked(self, repair: bool) -> None:
+        fs, opts = self._fs, self._opts
         names = fs.listdir(self._dir)
         current = read_current(fs, self._dir)
         state: ManifestState | None = None
@@ -279,7 +291,7 @@ class Engine:
         keep.update(_log_name(no) for no in live_logs)
         keep.add(_log_name(wal_no))
         for n in names:
-            if n == "CURRENT" or n in keep:
+            if n in ("CURRENT", "LOCK") or n in keep:
                 continue
             if n.endswith((".sst", ".log", ".tmp")) or n.startswith("MANIFEST-"):
                 try:
@@ -997,6 +1009,7 @@ class Engine:
                 w.file.close()
             self._wal.file.close()
             self._manifest.close()
+            self._unlock()
 
     def __enter__(self) -> Engine:
         return self

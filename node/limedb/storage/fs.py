@@ -8,11 +8,13 @@ and removes whose directory was never fsynced.
 
 from __future__ import annotations
 
+import fcntl
 import mmap
 import os
 import posixpath
 import random
 import threading
+from collections.abc import Callable
 from typing import Protocol
 
 
@@ -56,6 +58,13 @@ class FileSystem(Protocol):
 
     def fsync_dir(self, path: str) -> None:
         """Make creates, renames and removes inside `path` durable."""
+        ...
+
+    def lock(self, path: str) -> Callable[[], None]:
+        """Take an exclusive lock on `path` (created if needed); returns its release function.
+
+        Raises `BlockingIOError` when another holder has it.
+        """
         ...
 
 
@@ -134,6 +143,22 @@ class RealFS:
         finally:
             os.close(fd)
 
+    def lock(self, path: str) -> Callable[[], None]:
+        # flock is per open file description: it also stops a second open in this process, and
+        # the kernel releases it when the process dies.
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise BlockingIOError(f"{path} is locked by another open engine") from None
+
+        def release() -> None:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+
+        return release
+
 
 class _Inode:
     __slots__ = ("data", "synced")
@@ -196,6 +221,7 @@ class CrashableMemFS:
         self._dirs: set[str] = {"/"}
         self._rng = random.Random(seed)
         self._dead = False
+        self._locks: set[str] = set()
         self.syncs = 0
 
     def create(self, path: str) -> WritableFile:
@@ -269,6 +295,19 @@ class CrashableMemFS:
             for p, inode in self._files.items():
                 if posixpath.dirname(p) == path:
                     self._durable[p] = inode
+
+    def lock(self, path: str) -> Callable[[], None]:
+        path = _norm(path)
+        with self._lock:
+            if path in self._locks:
+                raise BlockingIOError(f"{path} is locked by another open engine")
+            self._locks.add(path)
+
+        def release() -> None:
+            with self._lock:
+                self._locks.discard(path)
+
+        return release
 
     def _require_dir(self, path: str) -> None:
         if path not in self._dirs:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from limedb.storage import Engine, EngineOptions
+import pytest
+from limedb.storage import Engine, EngineOptions, StorageError
 
 
 def test_clean_close_in_none_mode_still_keeps_every_write(tmp_path):
@@ -65,3 +66,12 @@ def test_many_reopen_cycles_keep_everything_and_sequence_numbers_grow(open_engin
         e.close()
     e = open_engine()
     assert len(e.scan(None, None)) == 2400
+
+
+def test_a_directory_cannot_be_opened_twice_at_once(tmp_path):
+    with Engine.open(tmp_path / "db") as e:
+        e.put(b"a", b"1")
+        with pytest.raises(StorageError, match="already open"):
+            Engine.open(tmp_path / "db")
+    with Engine.open(tmp_path / "db") as e:  # released by close
+        assert e.get(b"a") == b"1"
