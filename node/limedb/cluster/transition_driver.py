@@ -6,9 +6,10 @@ failure detector sees it, so when the driving node dies the next one picks the t
 from the ring record it persisted and gossiped. Each step is a new version of the record,
 adopted (persisted) here first and then pushed to every live node:
 
-- proposed: targets release any range they once handed off; once every live node holds the
-  record, writes go to old AND new owners everywhere, and streaming starts;
-- streaming: for each target, its ranges in token order, batch by batch from a live source
+- proposed: once every live node holds the record, writes go to old AND new owners
+  everywhere, and streaming starts;
+- streaming: for each target, first the release of ranges it once handed off, then its ranges
+  in token order, a few at a time, batch by batch from a live source
   to the target, throttled, with the position checkpointed into the record about once a
   second, so a restart of anyone resumes there (a re-sent batch is harmless: LWW);
 - committed: reads move to the new owners once every target has every range;
@@ -154,6 +155,7 @@ class TransitionDriver:
         keeper.add_listener(self._on_record)
         if keeper.state is not None:
             self._hand_off_own(keeper.state)
+            self._announce_own_status(keeper.state)
 
     def _on_record(self, state: RingState) -> None:
         self._wake.set()
@@ -355,7 +357,6 @@ class TransitionDriver:
         if t is None or self.driver_of(t) != self.node_id:
             return
         if t.phase is Phase.PROPOSED:
-            await self._release_targets(t)
             await self._push_everywhere()
             self._step(self._current(t).begin_streaming(now_ms()))
         elif t.phase is Phase.STREAMING:
@@ -408,11 +409,17 @@ class TransitionDriver:
 
     # ------------------------------------------------------------------ streaming
 
-    async def _release_targets(self, t: Transition) -> None:
-        """Targets forget ranges they once handed off, so the data streamed in is visible."""
-        for target, indexes in t.streams().items():
-            ranges = [(t.moves[i].start, t.moves[i].end) for i in indexes]
-            await self._handoff_call(target, RELEASE, ranges, wait=True)
+    async def _release(self, t: Transition, target: str, ranges: list[tuple[int, int]]) -> None:
+        """The target forgets ranges it once handed off, so what streams in is its own again.
+        Sent when streaming to it (re)starts: by then it holds this transition's record, so
+        a restart cannot hide them again from an older one."""
+        while True:
+            if not self.is_alive(target):
+                self._stalled(t, f"target {target}", target)
+                await asyncio.sleep(0.5)
+                continue
+            if await self._handoff_call(target, RELEASE, ranges, wait=False):
+                return
 
     async def _handoff_call(
         self, node: str, op: int, ranges: list[tuple[int, int]], *, wait: bool
@@ -504,6 +511,8 @@ class TransitionDriver:
         traffic on busy nodes); the checkpoint is the first range not yet complete."""
         progress = self._current(t).progress_of(target)
         indexes = t.streams()[target]
+        pending = [(t.moves[i].start, t.moves[i].end) for i in indexes[progress.index :]]
+        await self._release(t, target, pending)
         run = _TargetRun(progress.index, progress.cursor, progress.keys, progress.bytes)
         queue = deque(range(progress.index, len(indexes)))
 
