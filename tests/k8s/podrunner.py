@@ -427,17 +427,25 @@ class PodRunner:
         return sorted(d.name for d in (self.workdir / "pvc").iterdir())
 
     def _write_hosts(self, entries: dict[str, str]) -> None:
-        begin, end = f"# podrunner {self.namespace} begin", f"# podrunner {self.namespace} end"
+        # The owner's pid is in the marker so that blocks left by a killed test run can be
+        # told apart from those of a concurrent, live one and swept.
+        begin = f"# podrunner {self.namespace} pid={os.getpid()} begin"
+        end = f"# podrunner {self.namespace} end"
         with open(HOSTS, "r+") as f:
             fcntl.flock(f, fcntl.LOCK_EX)
             lines = f.read().splitlines()
-            kept, inside = [], False
+            kept, skipping = [], False
             for line in lines:
-                if line == begin:
-                    inside = True
-                elif line == end:
-                    inside = False
-                elif not inside:
+                if line.startswith("# podrunner ") and line.endswith(" begin"):
+                    owner = line.split("pid=", 1)[-1].split()[0] if "pid=" in line else ""
+                    skipping = line == begin or not _alive(owner)
+                    if not skipping:
+                        kept.append(line)
+                elif line.startswith("# podrunner ") and line.endswith(" end"):
+                    if not skipping:
+                        kept.append(line)
+                    skipping = False
+                elif not skipping:
                     kept.append(line)
             if entries:
                 kept += [begin, *sorted(entries.values()), end]
@@ -448,3 +456,15 @@ class PodRunner:
                 f.write(text)
                 f.truncate()
             fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _alive(pid: str) -> bool:
+    if not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
