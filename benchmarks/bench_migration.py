@@ -12,9 +12,11 @@ into the "Migration" section of docs/benchmarks.md.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import shutil
+import subprocess
 import sys
 import tempfile
 import textwrap
@@ -24,14 +26,104 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
-from bench_cluster import MIXED, LocalCluster, run_wrk
 from limedb.cluster_cli import start_node, stop_all
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "benchmarks.md"
+# wrk: 50/50 GET/PUT of uniformly chosen preloaded keys, one JSON summary line at the end.
+MIXED = """
+local value = string.rep("v", 100)
+local keys = tonumber(os.getenv("BENCH_KEYS"))
+init = function(args)
+  math.randomseed(tonumber(args[1]))
+end
+request = function()
+  local key = "/v1/kv/k" .. math.random(0, keys - 1)
+  if math.random() < 0.5 then
+    return wrk.format("PUT", key, {["Content-Type"] = "application/octet-stream"}, value)
+  end
+  return wrk.format("GET", key)
+end
+done = function(summary, latency, requests)
+  io.write(string.format('{"requests":%d,"duration_us":%d,"non2xx":%d}\\n',
+    summary.requests, summary.duration, summary.errors.status))
+end
+"""
 GOAL_S = 60.0
 GOAL_RATIO = 0.5
 WINDOW_S = 2
+
+
+def run_wrk(urls: list[str], connections: int, duration_s: int, env: dict[str, str]) -> dict:
+    """One wrk process per URL for `duration_s`, connections split; ops/s of all together."""
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
+        f.write(MIXED)
+        script = f.name
+    per = max(1, connections // len(urls))
+    procs = [
+        subprocess.Popen(
+            [
+                "wrk",
+                "-t1",
+                f"-c{per}",
+                f"-d{duration_s}s",
+                "--timeout",
+                "5s",
+                "-s",
+                script,
+                url,
+                "--",
+                str(1000 + i),
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+            env={**os.environ, **env},
+        )  # fmt: skip
+        for i, url in enumerate(urls)
+    ]
+    results = []
+    for proc in procs:
+        out, _ = proc.communicate()
+        line = next((ln for ln in out.splitlines() if ln.startswith("{")), None)
+        if line is None:
+            raise RuntimeError(f"wrk produced no summary:\n{out}")
+        results.append(json.loads(line))
+    os.unlink(script)
+    seconds = max(r["duration_us"] for r in results) / 1e6
+    return {
+        "ops_s": sum(r["requests"] for r in results) / seconds,
+        "non2xx": sum(r["non2xx"] for r in results),
+    }
+
+
+class LocalCluster:
+    """N `limedb serve` processes on 127.0.0.1, each with the others as seeds."""
+
+    def __init__(self, root: Path, nodes: int, base_port: int, env: dict[str, str]) -> None:
+        self.urls = [f"http://127.0.0.1:{base_port + i}" for i in range(nodes)]
+        self.root = root
+        self.base_port = base_port
+        self.env = env
+        self.procs: list[subprocess.Popen] = []
+
+    def __enter__(self) -> LocalCluster:
+        saved = dict(os.environ)
+        os.environ.update(self.env)
+        try:
+            for i, url in enumerate(self.urls):
+                self.procs.append(
+                    start_node(url, "127.0.0.1", self.base_port + i, self.root / f"n{i}",
+                               self.urls, ())
+                )  # fmt: skip
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
+        for url in self.urls:
+            wait_ready(url)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        stop_all(self.procs)
 
 
 def preload(urls: list[str], keys: int, batch: int = 1000, workers: int = 4) -> float:
@@ -63,14 +155,18 @@ class LoadWindows:
         self.connections = connections
         self.env = env
         self.windows: list[tuple[float, float, dict]] = []
+        self.error: BaseException | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
-        while not self._stop.is_set():
-            start = time.monotonic()
-            result = run_wrk(self.urls, MIXED, self.connections, WINDOW_S, self.env)
-            self.windows.append((start, time.monotonic(), result))
+        try:
+            while not self._stop.is_set():
+                start = time.monotonic()
+                result = run_wrk(self.urls, self.connections, WINDOW_S, self.env)
+                self.windows.append((start, time.monotonic(), result))
+        except BaseException as exc:  # reported by the main thread
+            self.error = exc
 
     def __enter__(self) -> LoadWindows:
         self._thread.start()
@@ -79,6 +175,8 @@ class LoadWindows:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
+        if self.error is not None:
+            raise SystemExit(f"the client load failed: {self.error!r}")
 
     def ops_s(self, since: float, until: float) -> float:
         inside = [r for s, e, r in self.windows if s >= since and e <= until]
