@@ -1,7 +1,7 @@
 """The LimeDB-compatible routes (/api/v1/*) with the exact shapes its clients expect.
 
-get/set/del are normally answered by the fast path; the handlers here serve the same operations
-for the methods the fast path leaves to FastAPI and give the routes their OpenAPI documentation.
+get/set/del are normally answered by the fast paths; the handlers here serve the same operations
+when those are off (LIMEDB_FAST_PATH=false) and give the routes their OpenAPI documentation.
 """
 
 import asyncio
