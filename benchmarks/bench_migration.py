@@ -227,7 +227,7 @@ def join_and_wait(seed: str, node_url: str) -> tuple[dict, float]:
 
 def write_doc(section: str) -> None:
     text = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
-    pattern = re.compile(r"^## Migration\n.*?(?=^## |\Z)", re.S | re.M)
+    pattern = re.compile(r"^## Migration\n.*?(?=^## |^<!-- |\Z)", re.S | re.M)
     if pattern.search(text):
         text = pattern.sub(lambda _: section, text)
     else:
