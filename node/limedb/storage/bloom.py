@@ -63,11 +63,13 @@ def resize(words: array, n: int) -> int:
 
 
 class GlobalFilter:
-    """The OR of every SSTable's filter, so a missing key usually costs one probe in total.
+    """The OR of every SSTable's filter: with a few tables a missing key costs one probe in total.
 
     A key present in any file passes this filter (tiling and folding keep every bit a file's
-    filter would test). Files removed by compaction leave stale bits; `stale` counts them so the
-    engine can rebuild when they make the filter noticeably weaker.
+    filter would test). Its weakness, measured: a tiled filter keeps its own density (about a
+    third of its bits set), so the OR of a dozen or more tables is nearly saturated and passes
+    almost every key; the per-table filters then do the work. Building it from the key hashes
+    at its own resolution would fix that; tables do not store their hashes yet.
     """
 
     __slots__ = ("words", "mask", "keys", "stale")
