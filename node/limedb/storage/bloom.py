@@ -2,8 +2,8 @@
 
 A key is hashed once per lookup (XXH3-64). The low bits pick a word, the high bits build a mask
 of up to six bits (three table lookups), so checking one more filter costs one index and one AND.
-Every filter has a power-of-two number of words, which lets the engine-wide `GlobalFilter` absorb
-a file's filter by tiling or folding it with big-integer ORs instead of re-hashing its keys.
+Every filter has a power-of-two number of words, so filters of different sizes combine with
+big-integer ORs (tiling a smaller one, folding a larger one).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import xxhash
 key_hash = xxhash.xxh3_64_intdigest
 
 MAX_INDEX_BITS = 28  # word index uses bits 0..27; the mask uses bits 28..63
+GLOBAL_BITS_PER_KEY = 16  # the engine-wide filter is rebuilt below this (sized for 32)
 MASK_TABLE = tuple((1 << (i & 63)) | (1 << (i >> 6)) for i in range(4096))
 
 
@@ -47,6 +48,16 @@ def may_contain(words: array, h: int) -> bool:
     return words[h & (len(words) - 1)] & mask == mask
 
 
+def build_words(hashes: list[int] | map, nwords: int) -> array:
+    """A filter of exactly `nwords` (a power of two) words holding these key hashes."""
+    words = [0] * nwords
+    m = nwords - 1
+    t = MASK_TABLE
+    for h in hashes:
+        words[h & m] |= t[(h >> 28) & 4095] | t[(h >> 40) & 4095] | t[(h >> 52) & 4095]
+    return array("Q", words)
+
+
 def resize(words: array, n: int) -> int:
     """The filter re-shaped to `n` words as a little-endian big integer (tiled or folded)."""
     have = len(words)
@@ -62,49 +73,50 @@ def resize(words: array, n: int) -> int:
     return acc
 
 
-class GlobalFilter:
-    """The OR of every SSTable's filter: with a few tables a missing key costs one probe in total.
+_ALL_ONES = (1 << 64) - 1
 
-    A key present in any file passes this filter (tiling and folding keep every bit a file's
-    filter would test). Its weakness, measured: a tiled filter keeps its own density (about a
-    third of its bits set), so the OR of a dozen or more tables is nearly saturated and passes
-    almost every key; the per-table filters then do the work. Building it from the key hashes
-    at its own resolution would fix that; tables do not store their hashes yet.
+
+class GlobalFilter:
+    """One filter over the keys of every table, built from their hashes at its own size.
+
+    Sized for the whole database, so a missing key usually costs one probe in total. It must
+    hold every key of every table the reader can see (the engine adds each flushed table's
+    hashes before publishing the table; compaction output keys are a subset of its inputs').
+    Until it has been built (after open, or when it grew too dense) it is a pass-through: one
+    all-ones word that lets every key on to the per-table filters.
     """
 
-    __slots__ = ("words", "mask", "keys", "stale")
+    __slots__ = ("words", "mask", "keys", "ready")
 
-    def __init__(self, nwords: int = 1024) -> None:
-        self.words = array("Q", bytes(8 * nwords))
-        self.mask = nwords - 1
-        self.keys = 0
-        self.stale = 0
+    def __init__(self, words: array, keys: int, ready: bool) -> None:
+        self.words = words
+        self.mask = len(words) - 1
+        self.keys = keys
+        self.ready = ready
 
     @classmethod
-    def from_filters(cls, filters: list[tuple[array, int]], bits_per_key: int = 16) -> GlobalFilter:
-        total = sum(k for _, k in filters)
-        g = cls(max(1024, words_for(total, bits_per_key)))
-        g.keys = total
-        n = g.mask + 1
-        acc = 0
-        for words, _ in filters:
-            acc |= resize(words, n)
-        g.words = array("Q", acc.to_bytes(8 * n, "little"))
-        return g
+    def passthrough(cls) -> GlobalFilter:
+        return cls(array("Q", [_ALL_ONES]), 0, False)
 
-    def with_filter(self, words: array, keys: int) -> GlobalFilter:
-        """A new global filter that also covers one more file (readers keep the old one)."""
+    @staticmethod
+    def size_for(keys: int) -> int:
+        """Words for `keys` keys with room to double before the filter counts as too dense."""
+        return max(1024, words_for(2 * max(keys, 1), GLOBAL_BITS_PER_KEY))
+
+    @classmethod
+    def from_hashes(cls, hashes: list[int] | map, keys: int, nwords: int) -> GlobalFilter:
+        return cls(build_words(hashes, nwords), keys, True)
+
+    def with_words(self, words: array, keys: int) -> GlobalFilter:
+        """This filter plus another filter of the same hash layout (tiled or folded to fit).
+
+        A pass-through stays one: it cannot vouch for anything yet.
+        """
+        if not self.ready:
+            return self
         n = self.mask + 1
-        g = GlobalFilter.__new__(GlobalFilter)
         acc = int.from_bytes(self.words.tobytes(), "little") | resize(words, n)
-        g.words = array("Q", acc.to_bytes(8 * n, "little"))
-        g.mask = self.mask
-        g.keys = self.keys + keys
-        g.stale = self.stale
-        return g
+        return GlobalFilter(array("Q", acc.to_bytes(8 * n, "little")), self.keys + keys, True)
 
-    def needs_rebuild(self, live_keys: int, bits_per_key: int = 16) -> bool:
-        n = self.mask + 1
-        return n * 64 < live_keys * bits_per_key // 2 or (
-            self.keys > 2 * max(live_keys, 1) and n > 1024
-        )
+    def too_dense(self) -> bool:
+        return self.ready and self.keys * GLOBAL_BITS_PER_KEY > (self.mask + 1) * 64

@@ -20,6 +20,7 @@ import os
 import posixpath
 import threading
 import time
+from array import array
 from bisect import bisect_left
 from collections.abc import Iterator
 from typing import Any
@@ -30,7 +31,7 @@ from . import compaction as compaction_mod
 from . import offload
 from .batch import WriteBatch
 from .block_cache import BlockCache
-from .bloom import MASK_TABLE, GlobalFilter, key_hash, probe_mask
+from .bloom import MASK_TABLE, GlobalFilter, build_words, key_hash, probe_mask
 from .errors import CorruptionError, EngineClosedError, StorageError
 from .fs import FileSystem, RealFS
 from .manifest import ManifestState, ManifestWriter, VersionEdit, load, read_current
@@ -47,6 +48,7 @@ _STAMP_BLOCK = 64
 # Smaller flushes and compactions run in-process: cheaper than a worker round trip, and small
 # databases (and tests) never start worker processes at all.
 _OFFLOAD_MIN_BYTES = 1 << 20
+_OFFLOAD_MIN_KEYS = 50_000
 _time_ns = time.time_ns
 
 
@@ -163,6 +165,9 @@ class Engine:
                 t = threading.Thread(target=target, name=f"limedb-storage-{name}", daemon=True)
                 t.start()
                 self._threads.append(t)
+        elif self._gfilter_wanted:
+            with self._compaction_lock:
+                self._rebuild_global()
         self._compact_event.set()
 
     def _path(self, name: str) -> str:
@@ -281,9 +286,16 @@ class Engine:
         self._imm: Memtable | None = None
         self._imm_cutoff = 0
         self._imm_seq = 0
-        self._gfilter = GlobalFilter.from_filters(
-            [(t.fwords, t.entries) for files in levels for t in files]
+        # Built from the tables' keys by the compaction thread (or below, without threads);
+        # until then it lets every key through to the per-table filters.
+        has_tables = any(levels)
+        self._gfilter = (
+            GlobalFilter.passthrough()
+            if has_tables
+            else GlobalFilter.from_hashes([], 0, GlobalFilter.size_for(0))
         )
+        self._gfilter_wanted = has_tables
+        self._gfilter_pending: list[tuple[array, int]] | None = None
         self._publish_locked()
 
         keep = {table_name(no) for files in state.levels for no in files}
@@ -732,10 +744,12 @@ class Engine:
 
     def _flush_table(self, imm: Memtable, cutoff: int, last_seq: int, logs: list[int]) -> None:
         reader = None
+        contrib = None  # the new table's key hashes as a filter, for the engine-wide filter
         if len(imm.data):
             no = self._new_file_no()
             p = self._path(table_name(no))
-            meta = self._offloaded_flush(imm, logs, no)
+            nwords = self._global_contrib_words(len(imm.data))
+            meta, contrib = self._offloaded_flush(imm, logs, no, nwords)
             if meta is None:
                 with self._imm_lock:
                     frozen = imm.as_frozen()
@@ -744,6 +758,7 @@ class Engine:
                 )
                 b.add_all(frozen.keys, frozen.data)
                 meta = b.finish()
+                contrib = build_words(b.hashes, nwords)
             self._fs.fsync_dir(self._dir)
             reader = TableReader(self._fs, p, no, self._cache)
         with self._install_lock:
@@ -755,15 +770,13 @@ class Engine:
             )
             self._manifest.append(edit)
             gfilter = self._gfilter
-            if reader is not None:
-                levels = [[reader] + self._levels[0]] + self._levels[1:]
-                live = sum(t.entries for files in levels for t in files)
-                if gfilter.needs_rebuild(live):
-                    gfilter = GlobalFilter.from_filters(
-                        [(t.fwords, t.entries) for files in levels for t in files]
-                    )
-                else:
-                    gfilter = gfilter.with_filter(reader.fwords, reader.entries)
+            if reader is not None and contrib is not None:
+                # Before the table becomes visible: the filter must vouch for its keys.
+                gfilter = gfilter.with_words(contrib, reader.entries)
+                if self._gfilter_pending is not None:
+                    self._gfilter_pending.append((contrib, reader.entries))
+                if gfilter.too_dense():
+                    self._gfilter_wanted = True
             with self._lock:
                 self._state.apply(edit)
                 if reader is not None:
@@ -794,21 +807,25 @@ class Engine:
         log.warning("offloaded %s failed (%r); running it in-process from now on", what, exc)
         self._offload = False
 
-    def _offloaded_flush(self, imm: Memtable, logs: list[int], no: int) -> TableMeta | None:
-        """Build the table in a worker from the WAL files; None means: build it here."""
+    def _offloaded_flush(
+        self, imm: Memtable, logs: list[int], no: int, nwords: int
+    ) -> tuple[TableMeta | None, array | None]:
+        """Build the table in a worker from the WAL files; (None, None) means: build it here."""
         if imm.size < _OFFLOAD_MIN_BYTES or self._closing:
-            return None
+            return None, None
         pool = self._worker_pool()
         if pool is None:
-            return None
+            return None, None
         try:
             self._write_out()  # the worker reads the logs: every queued record must be in them
-            meta = pool.call("flush_logs", self._dir, [_log_name(n) for n in logs], no, self._opts)
+            meta, raw = pool.call(
+                "flush_logs", self._dir, [_log_name(n) for n in logs], no, self._opts, nwords
+            )
         except (offload.WorkerError, OSError, StorageError) as exc:
             if self._closing:
                 raise EngineClosedError("flush abandoned: the engine is closing") from exc
             self._offload_failed("flush", exc)
-            return None
+            return None, None
         if meta is None or meta.entries != len(imm.data):
             # The logs must replay to exactly the memtable; if not, trust the memtable.
             self._offload_failed(
@@ -817,8 +834,56 @@ class Engine:
                     f"worker table has {meta and meta.entries} entries, memtable {len(imm.data)}"
                 ),
             )
-            return None
-        return meta
+            return None, None
+        contrib = array("Q")
+        contrib.frombytes(raw)
+        return meta, contrib
+
+    # ------------------------------------------------------------------ engine-wide filter
+
+    def _global_contrib_words(self, new_keys: int) -> int:
+        g = self._gfilter
+        if g.ready:
+            return g.mask + 1
+        total = sum(t.entries for files in self._levels for t in files) + new_keys
+        return GlobalFilter.size_for(total)
+
+    def _rebuild_global(self) -> None:
+        """Build the engine-wide filter from every table's key hashes (caller holds
+        `_compaction_lock`, so no table disappears meanwhile); flushes that land during the
+        build add their hashes afterwards."""
+        with self._install_lock:
+            tables = [t for files in self._levels for t in files]
+            total = sum(t.entries for t in tables)
+            nwords = GlobalFilter.size_for(total)
+            self._gfilter_pending = []
+            self._gfilter_wanted = False
+        words = None
+        try:
+            pool = self._worker_pool() if total >= _OFFLOAD_MIN_KEYS else None
+            if pool is not None:
+                try:
+                    raw = pool.call("global_filter", self._dir, [t.file_no for t in tables], nwords)
+                    words = array("Q")
+                    words.frombytes(raw)
+                except (offload.WorkerError, OSError) as exc:
+                    if self._closing:
+                        raise compaction_mod.CompactionAborted() from exc
+                    self._offload_failed("filter build", exc)
+            if words is None:
+                words = offload.table_filter(tables, nwords)
+        except BaseException:
+            with self._install_lock:
+                self._gfilter_pending = None
+            raise
+        with self._install_lock:
+            g = GlobalFilter(words, total, True)
+            for contrib, keys in self._gfilter_pending or []:
+                g = g.with_words(contrib, keys)
+            self._gfilter_pending = None
+            with self._lock:
+                self._gfilter = g
+                self._publish_locked()
 
     def _flush_now(self) -> None:
         """Flush what is frozen, then freeze and flush the memtable, in this thread if need be."""
@@ -867,6 +932,8 @@ class Engine:
         done = 0
         while not self._closing and self._error is None:
             with self._compaction_lock:
+                if self._gfilter_wanted:
+                    self._rebuild_global()
                 with self._lock:
                     c = compaction_mod.pick(self._levels, self._opts, self._pointers)
                 if c is None:
@@ -912,11 +979,7 @@ class Engine:
                     levels[c.output_level] + readers, key=lambda t: t.smallest
                 )
                 self._levels = levels
-                live = sum(t.entries for files in levels for t in files)
-                if self._gfilter.needs_rebuild(live):
-                    self._gfilter = GlobalFilter.from_filters(
-                        [(t.fwords, t.entries) for files in levels for t in files]
-                    )
+                # The engine-wide filter needs no change: output keys are input keys.
                 self._publish_locked()
                 self._stat_compactions += 1
                 self._stat_compacted_bytes += sum(m.size for m in outputs)
@@ -1044,6 +1107,8 @@ class Engine:
             "immutable_memtable_bytes": v.imm.size if v.imm is not None else 0,
             "bloom_false_positive_rate": self._stat_bloom_fp / checks if checks else 0.0,
             "bloom_checks": checks,
+            "global_filter_ready": v.gfilter.ready,
+            "global_filter_bytes": len(v.gfilter.words) * 8,
             "block_cache_hit_rate": self._cache.hit_rate(),
             "block_cache_bytes": self._cache.used,
             "compaction_backlog_bytes": compaction_mod.backlog_bytes(v.all_levels, self._opts),

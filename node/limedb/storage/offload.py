@@ -21,10 +21,12 @@ import subprocess
 import sys
 import threading
 import time
+from array import array
 from pathlib import Path
 from typing import Any
 
 from .block_cache import BlockCache
+from .bloom import build_words, key_hash
 from .compaction import Compaction, RateLimiter, run
 from .fs import RealFS
 from .options import EngineOptions
@@ -42,9 +44,10 @@ class WorkerError(Exception):
 
 
 def flush_logs(
-    dirpath: str, log_names: list[str], file_no: int, opts: EngineOptions
-) -> TableMeta | None:
-    """Write the table for the memtable that these WAL files fed; None if they hold nothing."""
+    dirpath: str, log_names: list[str], file_no: int, opts: EngineOptions, global_words: int
+) -> tuple[TableMeta | None, bytes | None]:
+    """Write the table for the memtable that these WAL files fed; also its keys' hashes as a
+    filter of `global_words` words, for the engine-wide filter. (None, None) if empty."""
     fs = RealFS()
     data: dict[bytes, Rec] = {}
     for name in log_names:
@@ -55,7 +58,7 @@ def flush_logs(
         for offset, payload in scan_frames(raw, path).payloads:
             replay_into(data, payload, path, offset)
     if not data:
-        return None
+        return None, None
     builder = TableBuilder(
         fs,
         posixpath.join(dirpath, table_name(file_no)),
@@ -64,7 +67,26 @@ def flush_logs(
         opts.bloom_bits_per_key,
     )
     builder.add_all(sorted(data), data)
-    return builder.finish()
+    meta = builder.finish()
+    return meta, build_words(builder.hashes, global_words).tobytes()
+
+
+def table_filter(tables: list[TableReader], nwords: int) -> array:
+    """A filter of `nwords` words holding the hash of every key of these tables."""
+    hashes: list[int] = []
+    for t in tables:
+        for i in range(t.nblocks):
+            hashes.extend(map(key_hash, t.load_block(i)))
+    return build_words(hashes, nwords)
+
+
+def global_filter(dirpath: str, file_nos: list[int], nwords: int) -> bytes:
+    fs = RealFS()
+    cache = BlockCache(0)
+    tables = [
+        TableReader(fs, posixpath.join(dirpath, table_name(no)), no, cache) for no in file_nos
+    ]
+    return table_filter(tables, nwords).tobytes()
 
 
 def compact(
@@ -98,7 +120,7 @@ def compact(
     return run(c, make_builder, opts, RateLimiter(opts.compaction_rate_bytes_per_s), lambda: False)
 
 
-_JOBS = {"flush_logs": flush_logs, "compact": compact}
+_JOBS = {"flush_logs": flush_logs, "compact": compact, "global_filter": global_filter}
 
 
 def _read_msg(stream: Any) -> Any:

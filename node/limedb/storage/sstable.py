@@ -172,6 +172,11 @@ class TableBuilder:
             i = j
 
     @property
+    def hashes(self) -> list[int]:
+        """XXH3 hashes of every key added so far (complete after `finish`)."""
+        return self._hashes
+
+    @property
     def estimated_size(self) -> int:
         return self.offset + self._est
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from limedb.storage import Engine, EngineOptions, StorageError
 
@@ -75,3 +77,28 @@ def test_a_directory_cannot_be_opened_twice_at_once(tmp_path):
             Engine.open(tmp_path / "db")
     with Engine.open(tmp_path / "db") as e:  # released by close
         assert e.get(b"a") == b"1"
+
+
+def test_engine_wide_filter_is_rebuilt_after_open_and_never_hides_a_key(tmp_path):
+    from limedb.storage.bloom import key_hash, probe_mask
+
+    opts = EngineOptions(durability="none", memtable_bytes=64 * 1024, compaction_rate_bytes_per_s=0)
+    with Engine.open(tmp_path / "db", opts) as e:
+        for i in range(20_000):
+            e.put(b"key%06d" % i, b"v")
+    with Engine.open(tmp_path / "db", opts) as e:
+        deadline = time.monotonic() + 30
+        while not e.stats()["global_filter_ready"] and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert e.stats()["global_filter_ready"]
+        for i in range(20_000, 30_000):  # flushed after the rebuild: added to the filter
+            e.put(b"key%06d" % i, b"v")
+        e.flush()
+        assert all(e.get(b"key%06d" % i) == b"v" for i in range(30_000))
+        v = e._view
+        passed = 0
+        for i in range(10_000):
+            h = key_hash(b"missing%06d" % i)
+            m = probe_mask(h)
+            passed += v.gwords[h & v.gmask] & m == m
+        assert passed < 500  # under 5% of missing keys get past it
