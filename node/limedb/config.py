@@ -170,7 +170,13 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("max_key_bytes", _int(1, 65_536), 1024, "largest key accepted, in bytes"),
     Setting("max_value_bytes", _int(1, 256 * MIB), MIB, "largest value accepted, in bytes"),
     Setting("max_batch_items", _int(1, 100_000), 1000, "most keys in one /v1/batch request"),
-    Setting("max_inflight", _int(0), 4096, "requests served at once before 503 (0 = no limit)"),
+    Setting("max_inflight", _int(0), 256, "client requests served at once (0 = no limit)"),
+    Setting(
+        "max_queued",
+        _int(0),
+        1024,
+        "client requests waiting for a slot beyond max_inflight; more are refused with 503",
+    ),
     Setting("request_timeout_ms", _int(1, 600_000), 5000, "deadline of forwarded requests"),
     Setting("resp_port", _int(0, 65535), 6379, "RESP (Redis protocol) port, 0 = off"),
     Setting("resp_password", _optional_text, None, "password of RESP clients (AUTH); none = open"),
@@ -212,7 +218,8 @@ class Config:
     max_key_bytes: int = 1024
     max_value_bytes: int = MIB
     max_batch_items: int = 1000
-    max_inflight: int = 4096
+    max_inflight: int = 256
+    max_queued: int = 1024
     request_timeout_ms: int = 5000
     resp_port: int = 6379
     resp_password: str | None = None

@@ -23,7 +23,17 @@ Receive = Callable[[], Awaitable[dict]]
 Send = Callable[[dict], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
+# Probes and metrics must answer however loaded the node is, and so must the operator's admin
+# calls (status, a leave): none of them is admitted or counted.
 UNLIMITED_PATHS = frozenset({"/livez", "/readyz", "/metrics"})
+UNLIMITED_PREFIX = "/admin/"
+
+
+def admitted(path: str | bytes) -> bool:
+    """Whether requests to `path` go through admission control (most do)."""
+    if isinstance(path, bytes):
+        path = path.decode("latin-1")
+    return path not in UNLIMITED_PATHS and not path.startswith(UNLIMITED_PREFIX)
 
 
 class ClientDisconnected(Exception):
@@ -64,6 +74,7 @@ async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
 
 
 def overloaded() -> ops.Reply:
+    """The refusal of a request the admission control has no room for: 503, Retry-After."""
     return hot.error_reply(
         ApiError(503, "node overloaded: too many requests in flight", retry_after_header(1))
     )
@@ -93,40 +104,50 @@ class FastPath:
             await self.app(scope, receive, send)
             return
         state = self.state
-        limit = state.config.max_inflight
-        if limit and state.inflight >= limit and scope["path"] not in UNLIMITED_PATHS:
-            await send_reply(send, overloaded())
-            state.stats.observe(scope["method"], "overloaded", 503, 0.0)
+        path: str = scope["path"]
+        if not admitted(path):
+            await self._serve(scope, receive, send)
             return
-        state.inflight += 1
-        started = time.perf_counter()
-        try:
-            method: str = scope["method"]
-            raw_path: bytes = scope.get("raw_path") or scope["path"].encode("utf-8")
-            route = hot.classify(method, raw_path) if self.enabled else None
-            if route is None:
-                await self._serve_app(scope, receive, send, started)
+        admission = state.admission
+        if not admission.try_enter():
+            waiter = admission.enqueue()
+            if waiter is None:
+                await send_reply(send, overloaded())
+                state.stats.observe(scope["method"], "overloaded", 503, 0.0)
                 return
-            if not hot.allowed(route, method):
-                reply = hot.method_not_allowed(route, method)
-            else:
-                body = b""
-                if hot.has_body(route, method):
-                    try:
-                        body = await read_body(scope, receive, hot.body_limit(state, route))
-                    except ClientDisconnected:
-                        return
-                    except ApiError as exc:
-                        reply = hot.error_reply(exc)
-                        await send_reply(send, reply)
-                        state.stats.observe(method, route, reply.status, 0.0)
-                        return
-                query: bytes = scope.get("query_string", b"")
-                reply = await hot.serve(state, route, method, raw_path, query, body)
-            await send_reply(send, reply)
-            state.stats.observe(method, route, reply.status, time.perf_counter() - started)
+            await admission.wait(waiter)
+        try:
+            await self._serve(scope, receive, send)
         finally:
-            state.inflight -= 1
+            admission.leave()
+
+    async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
+        state = self.state
+        started = time.perf_counter()
+        method: str = scope["method"]
+        raw_path: bytes = scope.get("raw_path") or scope["path"].encode("utf-8")
+        route = hot.classify(method, raw_path) if self.enabled else None
+        if route is None:
+            await self._serve_app(scope, receive, send, started)
+            return
+        if not hot.allowed(route, method):
+            reply = hot.method_not_allowed(route, method)
+        else:
+            body = b""
+            if hot.has_body(route, method):
+                try:
+                    body = await read_body(scope, receive, hot.body_limit(state, route))
+                except ClientDisconnected:
+                    return
+                except ApiError as exc:
+                    reply = hot.error_reply(exc)
+                    await send_reply(send, reply)
+                    state.stats.observe(method, route, reply.status, 0.0)
+                    return
+            query: bytes = scope.get("query_string", b"")
+            reply = await hot.serve(state, route, method, raw_path, query, body)
+        await send_reply(send, reply)
+        state.stats.observe(method, route, reply.status, time.perf_counter() - started)
 
     async def _serve_app(self, scope: Scope, receive: Receive, send: Send, started: float) -> None:
         status = 500

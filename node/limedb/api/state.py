@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 from limedb.api.errors import not_ready
 from limedb.api.metrics import RouteStats
+from limedb.api.overload import Admission
 from limedb.api.validation import Limits
 from limedb.cluster.service import KeyValueService
 from limedb.config import Config
@@ -21,7 +22,15 @@ class NodeState:
     limits: Limits
     stats: RouteStats = field(default_factory=RouteStats)
     service: KeyValueService | None = None
-    inflight: int = 0
+    admission: Admission = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.admission = Admission(self.config.max_inflight, self.config.max_queued)
+
+    @property
+    def inflight(self) -> int:
+        """Client requests running now (admitted, not yet answered)."""
+        return self.admission.running
 
     def require_service(self) -> KeyValueService:
         service = self.service

@@ -27,7 +27,7 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from limedb.api import hot
 from limedb.api import operations as ops
 from limedb.api.errors import ApiError
-from limedb.api.fastpath import overloaded
+from limedb.api.fastpath import admitted, overloaded
 from limedb.api.state import NodeState
 
 
@@ -120,16 +120,24 @@ class WireProtocol(HttpToolsProtocol):
         raw_path: bytes = parsed.path
         method = self.parser.get_method().decode("ascii")
         route = hot.classify(method, raw_path)
-        if route is None or self.parser.should_upgrade():
+        state = self.node_state
+        if route is None and state.admission.full() and admitted(raw_path):
+            # Any route (FastAPI's too) is refused here, before an ASGI cycle and a task exist:
+            # under a flood of requests, refusing must cost next to nothing.
+            route = "overloaded"
+        elif route is None or self.parser.should_upgrade():
             super().on_headers_complete()
             return
         keep_alive = self.parser.get_http_version() != "1.0" and self.parser.should_keep_alive()
         hot_cycle = HotCycle(route, method, raw_path, parsed.query or b"", keep_alive)
-        state = self.node_state
-        limit = state.config.max_inflight
+        if route == "overloaded":
+            hot_cycle.reply = overloaded()
+            self.cycle = hot_cycle  # type: ignore[assignment]
+            return
         if not hot.allowed(route, method):
             hot_cycle.reply = hot.method_not_allowed(route, method)
-        elif limit and state.inflight >= limit:
+        elif state.admission.full():
+            # Refused before the body is read: refusing stays cheap under any load.
             hot_cycle.reply = overloaded()
         elif hot.has_body(route, method):
             hot_cycle.limit = hot.body_limit(state, route)
@@ -165,9 +173,18 @@ class WireProtocol(HttpToolsProtocol):
             self._respond(cycle, cycle.reply)
             return
         state = self.node_state
+        admission = state.admission
+        if not admission.try_enter():
+            waiter = admission.enqueue()
+            if waiter is None:
+                self._respond(cycle, overloaded())
+                return
+            task = self.loop.create_task(self._queued(cycle, waiter))
+            task.add_done_callback(self.tasks.discard)
+            self.tasks.add(task)
+            return
         body = b"".join(cycle.body) if cycle.body else b""
         coro = hot.serve(state, cycle.route, cycle.method, cycle.raw_path, cycle.query, body)
-        state.inflight += 1
         if not getattr(state.service, "inline_safe", False):
             task = self.loop.create_task(self._finish(cycle, coro, None, stepped=False))
             task.add_done_callback(self.tasks.discard)
@@ -176,7 +193,7 @@ class WireProtocol(HttpToolsProtocol):
         try:
             waiting = coro.send(None)
         except StopIteration as done:
-            state.inflight -= 1
+            admission.leave()
             self._respond(cycle, done.value)
             return
         task = self.loop.create_task(self._finish(cycle, coro, waiting, stepped=True))
@@ -189,8 +206,16 @@ class WireProtocol(HttpToolsProtocol):
         try:
             reply = await (_resume(coro, waiting) if stepped else coro)
         finally:
-            self.node_state.inflight -= 1
+            self.node_state.admission.leave()
         self._respond(cycle, reply)
+
+    async def _queued(self, cycle: HotCycle, waiter: Any) -> None:
+        """A request that waited in the admission queue: run it once its slot is free."""
+        state = self.node_state
+        await state.admission.wait(waiter)
+        body = b"".join(cycle.body) if cycle.body else b""
+        coro = hot.serve(state, cycle.route, cycle.method, cycle.raw_path, cycle.query, body)
+        await self._finish(cycle, coro, None, stepped=False)
 
     def _respond(self, cycle: HotCycle, reply: ops.Reply) -> None:
         cycle.response_complete = True

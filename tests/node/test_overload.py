@@ -1,0 +1,282 @@
+"""A node offered about five times what it can serve keeps serving at its measured peak,
+refuses the rest at once with 503 and Retry-After, and does not grow without bound.
+
+Capacity is measured in this test, on this machine, right before each overload round, and
+compared as a ratio of medians over alternating short rounds, so a machine busy with other work
+moves both sides alike. The requests are batch reads (FastAPI routes, a few milliseconds of
+work each) so that one client process can offer five times what the node serves; a refusal is
+decided before any of that work, which is what keeps throughput up.
+
+Latencies are measured from just before the request's send() to the kernel's receive timestamp
+of the reply's last bytes (SO_TIMESTAMPNS), so the load generator's own scheduling delays do
+not count against the node.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import statistics
+import struct
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from nodeproc import NodeProcess
+
+SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)  # Linux; Python 3.11 lacks the name
+KEYS_PER_BATCH = 1000
+ROUNDS = 5
+ROUND_S = 1.0
+PEAK_CONNECTIONS = 8
+OVERLOAD_CONNECTIONS = 256
+OVERLOAD_FACTOR = 5
+ENV = {
+    "LIMEDB_DURABILITY": "none",
+    "LIMEDB_MAX_INFLIGHT": "2",
+    "LIMEDB_MAX_QUEUED": "32",
+}
+
+
+@dataclass
+class Reply:
+    status: int
+    retry_after: bool
+    latency_s: float
+    done_at: float  # when the reply arrived (the kernel's clock: time.time())
+
+
+class Connection:
+    """One keep-alive HTTP/1.1 connection driven by hand, one request at a time, reading the
+    kernel's receive timestamp of every segment."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, address: tuple[str, int]) -> None:
+        self.loop = loop
+        self.sock = socket.create_connection(address)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+        self.sock.setblocking(False)
+        self._buf = bytearray()
+        self._sent_ns = 0
+        self._rx_ns = 0
+        self._future: asyncio.Future[Reply] | None = None
+        loop.add_reader(self.sock.fileno(), self._readable)
+
+    def request(self, data: bytes) -> asyncio.Future[Reply]:
+        self._future = self.loop.create_future()
+        self._buf.clear()
+        self._sent_ns = time.time_ns()
+        self.sock.sendall(data)  # a few KB: fits the socket buffer of an idle connection
+        return self._future
+
+    def _readable(self) -> None:
+        try:
+            data, ancillary, _, _ = self.sock.recvmsg(1 << 16, 64)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            self._fail(exc)
+            return
+        if not data:
+            self._fail(ConnectionError("the node closed the connection"))
+            return
+        for level, kind, payload in ancillary:
+            if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS:
+                sec, nsec = struct.unpack("qq", payload[:16])
+                self._rx_ns = sec * 1_000_000_000 + nsec
+        self._buf += data
+        end = self._buf.find(b"\r\n\r\n")
+        if end < 0:
+            return
+        head = bytes(self._buf[:end]).decode("latin-1").split("\r\n")
+        headers = {
+            name.strip().lower(): value.strip()
+            for name, _, value in (line.partition(":") for line in head[1:])
+        }
+        if len(self._buf) < end + 4 + int(headers.get("content-length", "0")):
+            return
+        future, self._future = self._future, None
+        if future is not None and not future.done():
+            future.set_result(
+                Reply(
+                    int(head[0].split()[1]),
+                    "retry-after" in headers,
+                    (self._rx_ns - self._sent_ns) / 1e9,
+                    self._rx_ns / 1e9,
+                )
+            )
+
+    def _fail(self, exc: Exception) -> None:
+        self.loop.remove_reader(self.sock.fileno())
+        if self._future is not None and not self._future.done():
+            self._future.set_exception(exc)
+
+    def close(self) -> None:
+        self.loop.remove_reader(self.sock.fileno())
+        self.sock.close()
+
+
+def batch_request(host: str) -> bytes:
+    body = json.dumps({"get": [f"m{i}" for i in range(KEYS_PER_BATCH)]}).encode()
+    head = (
+        f"POST /v1/batch HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+@dataclass
+class Round:
+    replies: list[Reply] = field(default_factory=list)
+    sent: int = 0
+    seconds: float = ROUND_S
+
+    def ok_per_s(self) -> float:
+        return sum(r.status == 200 for r in self.replies) / self.seconds
+
+
+async def closed_loop(connections: list[Connection], request: bytes) -> Round:
+    """Each connection sends its next request as soon as the last one is answered."""
+    result = Round()
+    end = time.time() + ROUND_S
+
+    async def drive(connection: Connection) -> None:
+        while time.time() < end:
+            result.sent += 1
+            reply = await connection.request(request)
+            if reply.done_at <= end:
+                result.replies.append(reply)
+
+    await asyncio.gather(*(drive(c) for c in connections))
+    return result
+
+
+async def open_loop(connections: list[Connection], request: bytes, rate: float) -> Round:
+    """Requests at `rate` per second whatever the answers, each on an idle connection."""
+    result = Round()
+    idle = deque(connections)
+    pending: set[asyncio.Future[Reply]] = set()
+    start = time.perf_counter()
+    end = time.time() + ROUND_S
+
+    def answered(connection: Connection, future: asyncio.Future[Reply]) -> None:
+        pending.discard(future)
+        idle.append(connection)
+        if not future.cancelled() and future.exception() is None:
+            result.replies.append(future.result())
+
+    while (now := time.perf_counter()) < start + ROUND_S:
+        due = int((now - start) * rate) + 1
+        while result.sent < due and idle:
+            connection = idle.popleft()
+            future = connection.request(request)
+            pending.add(future)
+            future.add_done_callback(lambda f, c=connection: answered(c, f))
+            result.sent += 1
+        await asyncio.sleep(0.001)
+    if pending:  # the admitted and queued requests finish; they are not counted as throughput
+        await asyncio.wait(pending, timeout=10)
+    result.replies = [r for r in result.replies if r.done_at <= end] + [
+        r for r in result.replies if r.done_at > end and r.status != 200
+    ]
+    return result
+
+
+def rss_bytes(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS line")
+
+
+def test_node_offered_five_times_its_capacity_keeps_its_throughput_and_refuses_the_rest_fast(
+    node_factory: Callable[..., NodeProcess],
+) -> None:
+    node = node_factory(env=ENV).start()
+    assert node.proc is not None
+    request = batch_request(node.host)
+    peaks: list[float] = []
+    overloads: list[float] = []
+    refusals: list[Reply] = []
+    others: list[int] = []
+    offered: list[float] = []
+    rss: list[int] = []
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        address = (node.host, node.port)
+        few = [Connection(loop, address) for _ in range(PEAK_CONNECTIONS)]
+        many = [Connection(loop, address) for _ in range(OVERLOAD_CONNECTIONS)]
+        try:
+            await closed_loop(few, request)  # warm-up
+            rss.append(rss_bytes(node.proc.pid))
+            for _ in range(ROUNDS):
+                peak = (await closed_loop(few, request)).ok_per_s()
+                assert peak > 0, node.log()
+                flood = await open_loop(many, request, OVERLOAD_FACTOR * peak)
+                rss.append(rss_bytes(node.proc.pid))
+                peaks.append(peak)
+                overloads.append(flood.ok_per_s())
+                offered.append(flood.sent / ROUND_S / peak)
+                refusals.extend(r for r in flood.replies if r.status != 200)
+                others.extend(r.status for r in flood.replies if r.status not in (200, 503))
+        finally:
+            for connection in few + many:
+                connection.close()
+
+    asyncio.run(main())
+    report = (
+        f"peak ok/s per round {[round(p) for p in peaks]}, under overload "
+        f"{[round(o) for o in overloads]}, offered x{[round(o, 1) for o in offered]}"
+    )
+    assert statistics.median(offered) >= 3, f"the client could not offer the load: {report}"
+    assert others == [], f"answers other than 200 or 503: {sorted(set(others))}"
+    assert len(refusals) >= ROUNDS * ROUND_S * statistics.median(peaks), report
+    assert all(r.retry_after for r in refusals), "a 503 without Retry-After"
+    assert statistics.median(overloads) >= 0.8 * statistics.median(peaks), report
+    latencies = sorted(r.latency_s for r in refusals)
+    quantiles = {q: latencies[int(q * (len(latencies) - 1))] * 1000 for q in (0.5, 0.99, 1.0)}
+    # p99, not the maximum: on a 2-core machine shared with other work the node process is
+    # sometimes not scheduled for tens of milliseconds, whatever it does. A refusal that waited
+    # in the queue (hundreds of milliseconds here) would fail both bounds.
+    assert quantiles[0.99] <= 50 and quantiles[1.0] <= 250, f"refusal ms by quantile {quantiles}"
+    assert max(rss) - rss[0] <= 64 << 20, f"RSS grew from {rss[0] >> 20} to {max(rss) >> 20} MiB"
+
+
+def test_with_every_slot_and_the_queue_taken_reads_are_refused_at_once_probes_answered(
+    node_factory: Callable[..., NodeProcess],
+) -> None:
+    """Two batch requests whose bodies never finish arriving hold the only slot and the only
+    queue place; a key read is then refused with 503 at once, and the probes, metrics and admin
+    routes (never admitted or counted) still answer 200."""
+    node = node_factory(
+        env={"LIMEDB_MAX_INFLIGHT": "1", "LIMEDB_MAX_QUEUED": "1", "LIMEDB_DURABILITY": "none"}
+    ).start()
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        address = (node.host, node.port)
+        holders = [Connection(loop, address) for _ in range(2)]
+        probe = Connection(loop, address)
+        try:
+            partial = batch_request(node.host)[:-10]
+            for holder in holders:
+                holder.request(partial)
+            get = f"GET /v1/kv/x HTTP/1.1\r\nHost: {node.host}\r\n\r\n".encode()
+            deadline = time.monotonic() + 10
+            while (reply := await probe.request(get)).status != 503:
+                assert time.monotonic() < deadline, "reads were never refused"
+                await asyncio.sleep(0.01)
+            assert reply.retry_after and reply.latency_s < 0.5
+            for path in ("/livez", "/readyz", "/metrics", "/admin/status"):
+                request = f"GET {path} HTTP/1.1\r\nHost: {node.host}\r\n\r\n".encode()
+                assert (await probe.request(request)).status == 200, path
+            assert (await probe.request(get)).status == 503  # still full
+        finally:
+            for connection in [*holders, probe]:
+                connection.close()
+
+    asyncio.run(main())
