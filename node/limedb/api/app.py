@@ -63,3 +63,8 @@ def create_app(
 def attach_service(app: FastPath, service: KeyValueService) -> None:
     """Start serving keys from `service` (after storage recovery finished)."""
     app.state.service = service
+    budget = getattr(service, "background", None)
+    if budget is not None:
+        # Background work (streaming, repair, hint replay) yields while clients queue.
+        admission = app.state.admission
+        budget.pressure = lambda: admission.waiting > 0

@@ -19,6 +19,7 @@ import orjson
 
 from limedb.cluster import rpc
 from limedb.cluster.atomic import AtomicOp, ClusterAtomic, Reply
+from limedb.cluster.background import BackgroundBudget
 from limedb.cluster.coordinator import Coordinator
 from limedb.cluster.failure import Liveness
 from limedb.cluster.gossip import GossipError
@@ -143,6 +144,8 @@ class ClusterService:
             self.call_node,
             DriverSettings.from_config(config),
         )
+        # Streaming, repair and hint replay yield to client requests (the API sets `pressure`).
+        self.background = BackgroundBudget()
         self.anti_entropy = AntiEntropy(
             self.node_id,
             engine,
@@ -151,6 +154,7 @@ class ClusterService:
             self._replica_ranges,
             interval_s=getattr(config, "repair_interval_s", 86400),
             bytes_per_s=getattr(config, "repair_mb_per_s", 8) * (1 << 20),
+            budget=self.background,
         )
         self.gossip_loop = GossipLoop(self.membership, self._send_gossip)
         self.membership.add_listener(self._on_liveness)
@@ -210,6 +214,7 @@ class ClusterService:
     # ------------------------------------------------------------------ hints
 
     async def _deliver_hint(self, node_id: str, mutation: Mutation) -> None:
+        await self.background.yield_to_clients()
         await self.coordinator.deliver_hint(node_id, mutation)
 
     def _on_liveness(self, change: LivenessChange) -> None:
@@ -256,6 +261,11 @@ class ClusterService:
         self.server.register(rpc.RING_RECORD, self.driver.handle_record)
         self.streams.register(self.server)
         self.anti_entropy.register(self.server)
+        # Bulk requests from peers (their streams and repairs) are served within the budget.
+        budget = self.background
+        self.server.register(rpc.STREAM_READ, budget.wrap(self.streams.handle_read))
+        self.server.register(rpc.STREAM_APPLY, budget.wrap(self.streams.handle_apply))
+        self.server.register(rpc.MERKLE, budget.wrap(self.anti_entropy.handle_tree))
         self.atomic.register(self.server)
         bind = self.config.host
         await self.server.start(bind, self.internal_port)
@@ -351,6 +361,7 @@ class ClusterService:
             **self.coordinator.counters,
             **self.atomic.counters,
             "hints": self.hints.stats(),
+            "background": self.background.stats(),
             "rpc_served": self.server.served,
             "replica_mutations": self.replica.applied,
             "replica_batches": self.replica.batches,

@@ -28,8 +28,10 @@ import struct
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 from limedb.cluster import rpc
+from limedb.cluster.background import BackgroundBudget
 from limedb.cluster.keys import MAX_TOKEN
 from limedb.cluster.merkle import HASH_BYTES, MAX_DEPTH, MerkleTree, diff
 from limedb.cluster.streaming import APPLIED, RangeStreams, Throttle, decode_batch, encode_read
@@ -150,6 +152,7 @@ class AntiEntropy:
         interval_s: float = 86400.0,
         bytes_per_s: float = 8 << 20,
         tombstone_grace_ms: int = DEFAULT_TOMBSTONE_GRACE_MS,
+        budget: BackgroundBudget | None = None,
     ) -> None:
         self.node_id = node_id
         self.engine = engine
@@ -159,6 +162,7 @@ class AntiEntropy:
         self.interval_s = interval_s
         self.bytes_per_s = bytes_per_s
         self.tombstone_grace_ms = tombstone_grace_ms
+        self.budget = budget or BackgroundBudget()
         self.current: RepairRun | None = None
         self.last: RepairRun | None = None
         self.runs = 0
@@ -288,7 +292,7 @@ class AntiEntropy:
             body = encode_read(cursor, hi, BATCH_BYTES, floor_ms)
             batch = decode_batch(await self.call_node(peer, rpc.STREAM_READ, body, CALL_TIMEOUT_S))
             if batch.count:
-                run.keys_pulled += await self.streams.apply(batch.entries)
+                run.keys_pulled += await self.budget.run(partial(self.streams.apply, batch.entries))
                 run.bytes_streamed += batch.nbytes
                 await throttle.pace(batch.nbytes)
             if batch.done:
@@ -300,7 +304,8 @@ class AntiEntropy:
     ) -> None:
         cursor = lo
         while True:
-            batch = await self.streams.read(cursor, hi, BATCH_BYTES, floor_ms)
+            read = partial(self.streams.read, cursor, hi, BATCH_BYTES, floor_ms)
+            batch = await self.budget.run(read)
             if batch.count:
                 reply = await self.call_node(peer, rpc.STREAM_APPLY, batch.entries, CALL_TIMEOUT_S)
                 run.keys_pushed += APPLIED.unpack(reply)[0]
