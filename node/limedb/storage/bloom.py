@@ -73,6 +73,24 @@ def resize(words: array, n: int) -> int:
     return acc
 
 
+def fold(words: array, n: int) -> array:
+    """The same filter with `n` words (n a power of two no larger than len(words)).
+
+    Word j of the result ORs every word whose index is j modulo n, which is exactly the filter
+    that building with n words directly would give, at C speed.
+    """
+    if len(words) == n:
+        return words
+    return array("Q", resize(words, n).to_bytes(8 * n, "little"))
+
+
+def build_pair(hashes: list[int], bits_per_key: int, other_words: int) -> tuple[array, array]:
+    """(filter sized for `bits_per_key`, same keys at `other_words` words) with one pass."""
+    n = words_for(len(hashes), bits_per_key)
+    big = build_words(hashes, max(n, other_words))
+    return fold(big, n), fold(big, other_words)
+
+
 _ALL_ONES = (1 << 64) - 1
 
 

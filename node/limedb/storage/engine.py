@@ -31,7 +31,7 @@ from . import compaction as compaction_mod
 from . import offload
 from .batch import WriteBatch
 from .block_cache import BlockCache
-from .bloom import MASK_TABLE, GlobalFilter, build_words, key_hash, probe_mask
+from .bloom import MASK_TABLE, GlobalFilter, key_hash, probe_mask
 from .errors import CorruptionError, EngineClosedError, StorageError
 from .fs import FileSystem, RealFS
 from .manifest import ManifestState, ManifestWriter, VersionEdit, load, read_current
@@ -757,8 +757,8 @@ class Engine:
                     self._fs, p, no, self._opts.block_bytes, self._opts.bloom_bits_per_key
                 )
                 b.add_all(frozen.keys, frozen.data)
-                meta = b.finish()
-                contrib = build_words(b.hashes, nwords)
+                meta = b.finish(global_words=nwords)
+                contrib = b.global_filter
             self._fs.fsync_dir(self._dir)
             reader = TableReader(self._fs, p, no, self._cache)
         with self._install_lock:

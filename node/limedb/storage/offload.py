@@ -67,8 +67,8 @@ def flush_logs(
         opts.bloom_bits_per_key,
     )
     builder.add_all(sorted(data), data)
-    meta = builder.finish()
-    return meta, build_words(builder.hashes, global_words).tobytes()
+    meta = builder.finish(global_words=global_words)
+    return meta, builder.global_filter.tobytes()
 
 
 def table_filter(tables: list[TableReader], nwords: int) -> array:

@@ -130,6 +130,7 @@ class TableBuilder:
         self._index_offsets: list[int] = []
         self._index_sizes: list[int] = []
         self._hashes: list[int] = []
+        self.global_filter: array | None = None  # set by finish(global_words=...)
         self.entries = 0
         self.max_ts = 0
         self.tombstones = 0
@@ -211,12 +212,18 @@ class TableBuilder:
             self._out = []
             self._out_bytes = 0
 
-    def finish(self) -> TableMeta:
+    def finish(self, global_words: int = 0) -> TableMeta:
         """Write filter, index, meta and footer, fsync, close. The caller fsyncs the directory."""
         self._finish_block()
         if not self.entries:
             raise ValueError("an SSTable needs at least one entry")
-        filter_words = bloom.build(self._hashes, self._bits).tobytes()
+        if global_words:
+            # One pass over the hashes gives both this table's filter and its keys as a filter
+            # for the engine-wide one (either is the other folded).
+            own, self.global_filter = bloom.build_pair(self._hashes, self._bits, global_words)
+        else:
+            own = bloom.build(self._hashes, self._bits)
+        filter_words = own.tobytes()
         filter_off = self.offset
         self._emit(filter_words)
         n = len(self._index_keys)
