@@ -281,8 +281,6 @@ class Engine:
         self._wal = WalWriter(fs.create(self._path(_log_name(wal_no))), wal_no)
         fs.fsync_dir(self._dir)
         self._mem = mem
-        self._mem_logs = [*live_logs, wal_no]  # the WAL files whose records make up `mem`
-        self._imm_logs: list[int] = []
         self._imm: Memtable | None = None
         self._imm_cutoff = 0
         self._imm_seq = 0
@@ -712,8 +710,6 @@ class Engine:
         self._retired.append(self._wal)
         self._wal = WalWriter(f, wal_no)
         self._imm = self._mem
-        self._imm_logs = self._mem_logs
-        self._mem_logs = [wal_no]
         self._imm_cutoff = wal_no
         self._imm_seq = self._seq
         self._mem = Memtable()
@@ -738,18 +734,17 @@ class Engine:
         with self._flush_lock:
             with self._lock:
                 imm, cutoff, last_seq = self._imm, self._imm_cutoff, self._imm_seq
-                logs = self._imm_logs
             if imm is not None:
-                self._flush_table(imm, cutoff, last_seq, logs)
+                self._flush_table(imm, cutoff, last_seq)
 
-    def _flush_table(self, imm: Memtable, cutoff: int, last_seq: int, logs: list[int]) -> None:
+    def _flush_table(self, imm: Memtable, cutoff: int, last_seq: int) -> None:
         reader = None
         contrib = None  # the new table's key hashes as a filter, for the engine-wide filter
         if len(imm.data):
             no = self._new_file_no()
             p = self._path(table_name(no))
             nwords = self._global_contrib_words(len(imm.data))
-            meta, contrib = self._offloaded_flush(imm, logs, no, nwords)
+            meta, contrib = self._offloaded_flush(imm, no, nwords)
             if meta is None:
                 with self._imm_lock:
                     frozen = imm.as_frozen()
@@ -808,26 +803,28 @@ class Engine:
         self._offload = False
 
     def _offloaded_flush(
-        self, imm: Memtable, logs: list[int], no: int, nwords: int
+        self, imm: Memtable, no: int, nwords: int
     ) -> tuple[TableMeta | None, array | None]:
-        """Build the table in a worker from the WAL files; (None, None) means: build it here."""
+        """Build the table in a worker; (None, None) means: build it here."""
         if imm.size < _OFFLOAD_MIN_BYTES or self._closing:
             return None, None
         pool = self._worker_pool()
         if pool is None:
             return None, None
+        with self._imm_lock:
+            frozen = imm.as_frozen()
+        # The sort and the pickling happen here, the table building in the worker: that splits
+        # a flush's CPU about evenly between this process and the worker's core.
+        keys = frozen.keys
+        recs = list(map(frozen.data.__getitem__, keys))
         try:
-            self._write_out()  # the worker reads the logs: every queued record must be in them
-            meta, raw = pool.call(
-                "flush_logs", self._dir, [_log_name(n) for n in logs], no, self._opts, nwords
-            )
+            meta, raw = pool.call("build_table", self._dir, no, keys, recs, self._opts, nwords)
         except (offload.WorkerError, OSError, StorageError) as exc:
             if self._closing:
                 raise EngineClosedError("flush abandoned: the engine is closing") from exc
             self._offload_failed("flush", exc)
             return None, None
         if meta is None or meta.entries != len(imm.data):
-            # The logs must replay to exactly the memtable; if not, trust the memtable.
             self._offload_failed(
                 "flush",
                 ValueError(

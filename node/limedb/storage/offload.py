@@ -1,8 +1,9 @@
 """Runs big flushes and compactions in worker processes, so they use another core, not the GIL.
 
-A flush worker rebuilds the frozen memtable from its WAL files (already on disk; replay applies
-the same last-writer-wins rule the memtable did) and writes the L0 table; a compaction worker
-merges input tables into output tables. Workers only create files with numbers the engine
+A flush worker gets the frozen memtable's sorted keys and records (pickled over the pipe: the
+sort and the pickling cost this process about as much as the building costs the worker, which
+balances the two cores) and writes the L0 table; a compaction worker merges input tables into
+output tables; a filter worker hashes every key of the tables for the engine-wide filter. Workers only create files with numbers the engine
 reserved; the engine alone edits the MANIFEST and installs results.
 
 Workers are plain `python -c "...offload import serve; serve()"` children speaking length-prefixed pickles
@@ -32,7 +33,6 @@ from .fs import RealFS
 from .options import EngineOptions
 from .record import Rec
 from .sstable import TableBuilder, TableMeta, TableReader, table_name
-from .wal import replay_into, scan_frames
 
 _LEN = struct.Struct("<I")
 # The directory holding the `limedb` package, so workers import the same code as the engine.
@@ -43,30 +43,24 @@ class WorkerError(Exception):
     """A worker failed or died; the engine then does the work in-process."""
 
 
-def flush_logs(
-    dirpath: str, log_names: list[str], file_no: int, opts: EngineOptions, global_words: int
-) -> tuple[TableMeta | None, bytes | None]:
-    """Write the table for the memtable that these WAL files fed; also its keys' hashes as a
-    filter of `global_words` words, for the engine-wide filter. (None, None) if empty."""
-    fs = RealFS()
-    data: dict[bytes, Rec] = {}
-    for name in log_names:
-        path = posixpath.join(dirpath, name)
-        if not fs.exists(path):
-            continue
-        raw = fs.read_file(path)
-        for offset, payload in scan_frames(raw, path).payloads:
-            replay_into(data, payload, path, offset)
-    if not data:
-        return None, None
+def build_table(
+    dirpath: str,
+    file_no: int,
+    keys: list[bytes],
+    recs: list[Rec],
+    opts: EngineOptions,
+    global_words: int,
+) -> tuple[TableMeta, bytes]:
+    """Write a table from sorted keys and their records (a frozen memtable, shipped pickled);
+    also return the keys' hashes as a filter of `global_words` words."""
     builder = TableBuilder(
-        fs,
+        RealFS(),
         posixpath.join(dirpath, table_name(file_no)),
         file_no,
         opts.block_bytes,
         opts.bloom_bits_per_key,
     )
-    builder.add_all(sorted(data), data)
+    builder.add_all(keys, dict(zip(keys, recs, strict=True)))
     meta = builder.finish(global_words=global_words)
     return meta, builder.global_filter.tobytes()
 
@@ -120,7 +114,11 @@ def compact(
     return run(c, make_builder, opts, RateLimiter(opts.compaction_rate_bytes_per_s), lambda: False)
 
 
-_JOBS = {"flush_logs": flush_logs, "compact": compact, "global_filter": global_filter}
+_JOBS = {
+    "build_table": build_table,
+    "compact": compact,
+    "global_filter": global_filter,
+}
 
 
 def _read_msg(stream: Any) -> Any:

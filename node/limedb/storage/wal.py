@@ -72,37 +72,6 @@ def decode_batches(
     return out
 
 
-def replay_into(data: dict[bytes, Rec], payload: bytes, path: str, offset: int) -> None:
-    """Apply every operation of one frame payload to `data`, later ones replacing earlier ones.
-
-    Plain replacement is last-writer-wins here because the engine logs only operations that
-    won against the stored version. Single-put batches (the common case) decode with one
-    unpack call each.
-    """
-    unpack = SINGLE.unpack_from
-    head = SINGLE.size
-    pos = 0
-    end = len(payload)
-    try:
-        while pos < end:
-            seq, count, flags, ts, exp, klen, vlen = unpack(payload, pos)
-            if count == 1:
-                p = pos + head
-                q = p + klen
-                pos = q + vlen
-                data[payload[p:q]] = (ts, payload[q:pos], flags, exp)
-            else:
-                batches = decode_batches(payload[pos:], path, offset)
-                for _seq, ops in batches:
-                    for key, rec in ops:
-                        data[key] = rec
-                return
-        if pos != end:
-            raise ValueError("batch runs past the end of its frame")
-    except (struct.error, ValueError) as exc:
-        raise CorruptionError(path, offset, f"undecodable batch record ({exc})") from None
-
-
 def encode_items(items: list) -> bytes:
     """One frame holding every queued item: an encoded batch (bytes) or a single put tuple
     (seq, flags, ts, expires_at_ms, key, value)."""
