@@ -311,13 +311,13 @@ def main() -> int:
 
 NOTES = """How to read it: wall-clock rates depend on what else runs on the machine; the
 per-CPU-second rows divide by the CPU time the store used (this process, all its threads, plus
-LimeDB's flush/compaction worker processes), which does not. LimeDB's put path costs about
-1.4 us of CPU in the writing process; building flushed tables (from the WAL) and compacting them
-runs in two worker processes (`offload_workers`) and costs about 3.4 us more per put at this
-dataset size. On an idle machine the workers run on the other core; on a loaded one they
-compete with the writer, so the wall-clock put ratio moves with the machine's load (the best of
-two write rounds is kept for every store). Reads are measured after both stores finished
-their background work, rotating between stores chunk by chunk."""
+LimeDB's flush/compaction worker processes), which does not. A LimeDB put costs about 1.4 us of
+CPU in the writing process; a flush sorts and pickles the frozen memtable here and builds the
+table in a worker process, and compactions run in workers too (`offload_workers`), so on two
+idle cores writes rarely wait for a flush. On a loaded machine the workers compete with the
+writer and the wall-clock put ratio drops towards the CPU-second one (the best of two write
+rounds is kept for every store). Reads are measured after both stores finished their
+background work, rotating between stores chunk by chunk."""
 
 
 def write_doc(r: Results, n: int) -> None:
