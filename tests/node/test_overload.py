@@ -24,6 +24,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from limedb.api.overload import Admission
 from nodeproc import NodeProcess
 
 SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)  # Linux; Python 3.11 lacks the name
@@ -278,5 +279,52 @@ def test_with_every_slot_and_the_queue_taken_reads_are_refused_at_once_probes_an
         finally:
             for connection in [*holders, probe]:
                 connection.close()
+
+    asyncio.run(main())
+
+
+def test_admission_hands_freed_slots_to_waiters_in_arrival_order_and_refuses_beyond_the_queue():
+    async def main() -> None:
+        admission = Admission(limit=2, queue_limit=2)
+        assert admission.try_enter() and admission.try_enter()
+        assert not admission.try_enter() and not admission.full()
+        first, second = admission.enqueue(), admission.enqueue()
+        assert first is not None and second is not None
+        assert admission.full() and admission.enqueue() is None  # refused, counted
+        order: list[str] = []
+
+        async def run(name: str, waiter: asyncio.Future) -> None:
+            await admission.wait(waiter)
+            order.append(name)
+
+        tasks = [
+            asyncio.ensure_future(run("first", first)),
+            asyncio.ensure_future(run("second", second)),
+        ]
+        await asyncio.sleep(0)
+        admission.leave()
+        await asyncio.sleep(0)
+        assert order == ["first"] and admission.running == 2 and admission.waiting == 1
+        admission.leave()
+        await asyncio.gather(*tasks)
+        assert order == ["first", "second"] and admission.running == 2
+        assert admission.stats()["rejected"] == 1
+
+    asyncio.run(main())
+
+
+def test_admission_a_cancelled_waiter_gives_back_its_place_and_never_leaks_a_slot():
+    async def main() -> None:
+        admission = Admission(limit=1, queue_limit=4)
+        assert admission.try_enter()
+        waiter = admission.enqueue()
+        assert waiter is not None
+        task = asyncio.ensure_future(admission.wait(waiter))
+        await asyncio.sleep(0)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        assert admission.waiting == 0
+        admission.leave()
+        assert admission.running == 0 and admission.try_enter()
 
     asyncio.run(main())
