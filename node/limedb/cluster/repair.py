@@ -277,14 +277,26 @@ class AntiEntropy:
                 pulls[peer] = diff(mine, tree)
         union = _union(r for ranges in pulls.values() for r in ranges)
         run.leaves_differing += sum(mine.leaf_of(hi) - mine.leaf_of(lo) + 1 for lo, hi in union)
+        reached = []
         for peer, ranges in pulls.items():
-            for lo, hi in ranges:
-                await self._pull(run, peer, lo, hi, throttle)
+            try:
+                for lo, hi in ranges:
+                    await self._pull(run, peer, lo, hi, throttle)
+            except (rpc.PeerUnavailable, rpc.RpcError) as exc:
+                # This peer's range is left for the next run; the others are still repaired.
+                log.info("repair: pulling %d..%d from %s failed: %s", start, end, peer, exc)
+                run.peers_unreachable.append(peer)
+                continue
+            reached.append(peer)
         # Pushed from a snapshot taken after the pulls, so what one peer had reaches the others.
         floor_ms = _now_ms() + 1
-        for peer in pulls:
-            for lo, hi in union:
-                await self._push(run, peer, lo, hi, floor_ms, throttle)
+        for peer in reached:
+            try:
+                for lo, hi in union:
+                    await self._push(run, peer, lo, hi, floor_ms, throttle)
+            except (rpc.PeerUnavailable, rpc.RpcError) as exc:
+                log.info("repair: pushing %d..%d to %s failed: %s", start, end, peer, exc)
+                run.peers_unreachable.append(peer)
 
     async def _pull(self, run: RepairRun, peer: str, lo: int, hi: int, throttle: Throttle) -> None:
         cursor, floor_ms = lo, _now_ms()

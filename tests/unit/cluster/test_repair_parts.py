@@ -61,6 +61,7 @@ class Replica:
         self.server = rpc.RpcServer()
         self.client = rpc.RpcClient()
         self.peers = peers
+        self.port = 0
         self.anti_entropy = AntiEntropy(
             name, self.engine, self.streams, self.call, self.ranges, interval_s=0, bytes_per_s=0
         )
@@ -71,12 +72,13 @@ class Replica:
         return [(1 << 62, MAX_TOKEN - 100, everyone), (MAX_TOKEN - 99, (1 << 62) - 1, everyone)]
 
     async def call(self, node: str, kind: int, body: bytes, timeout_s: float) -> bytes:
-        return await self.client.call("127.0.0.1", self.peers[node].server.port, kind, body, 5)
+        return await self.client.call("127.0.0.1", self.peers[node].port, kind, body, 5)
 
     async def start(self) -> None:
         self.streams.register(self.server)
         self.anti_entropy.register(self.server)
         await self.server.start("127.0.0.1", 0)
+        self.port = self.server.port
 
     async def close(self) -> None:
         self.client.close()
@@ -163,3 +165,27 @@ def test_a_repair_asked_while_one_runs_is_refused(tmp_path):
 def test_tokens_of_the_test_keys_fall_in_both_ranges():
     tokens = [token_of(b"k%d" % i) for i in range(400)]
     assert any(t < 1 << 62 for t in tokens) and any(t >= 1 << 62 for t in tokens)
+
+
+def test_an_unreachable_replica_is_named_and_the_others_are_still_repaired(tmp_path):
+    async def main() -> None:
+        peers: dict[str, Replica] = {}
+        for name in ("a", "b", "c"):
+            peers[name] = Replica(name, tmp_path / name, peers)
+        for replica in peers.values():
+            await replica.start()
+        try:
+            ts = pack(1_700_000_000_000)
+            for i in range(50):
+                _write(peers["b"].engine, b"k%d" % i, b"only-b", ts)
+            await peers["c"].server.stop()
+            summary = await peers["a"].anti_entropy.repair()
+            assert summary["error"] is None
+            assert summary["peers_unreachable"] == ["c"]
+            assert summary["keys_pulled"] == 50
+            assert _root(peers["a"]) == _root(peers["b"]) != _root(peers["c"])
+        finally:
+            for replica in peers.values():
+                await replica.close()
+
+    asyncio.run(main())
