@@ -33,6 +33,8 @@ class Compaction:
     bottom: bool  # no level below the output holds keys in the input range
     manual: bool = False
     outputs: list[TableMeta] = field(default_factory=list)
+    # Key ranges [start, end) whose entries are left out of the outputs (a range purge).
+    purge: list[tuple[bytes, bytes | None]] = field(default_factory=list)
 
     @property
     def input_bytes(self) -> int:
@@ -137,6 +139,20 @@ def _chunk(table: TableReader, lo: bytes | None, hi: bytes) -> dict[bytes, Rec]:
     return out
 
 
+def drop_ranges(merged: dict[bytes, Rec], ranges: list[tuple[bytes, bytes | None]]) -> None:
+    """Delete from `merged` every key inside one of the sorted, disjoint [start, end) ranges."""
+    starts = [s for s, _ in ranges]
+    doomed = []
+    for k in merged:
+        i = bisect_right(starts, k) - 1
+        if i >= 0:
+            end = ranges[i][1]
+            if end is None or k < end:
+                doomed.append(k)
+    for k in doomed:
+        del merged[k]
+
+
 class RateLimiter:
     """Sleeps so that the bytes reported stay under `rate` per second (0 = unlimited)."""
 
@@ -188,6 +204,8 @@ def run(
                 if part:
                     _fold(merged, part) if merged else merged.update(part)
             lo = hi
+            if c.purge:
+                drop_ranges(merged, c.purge)
             if c.bottom:
                 for k in [k for k, r in merged.items() if r[2]]:
                     r = merged[k]

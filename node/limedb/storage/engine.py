@@ -29,6 +29,7 @@ from limedb.hlc import HLC
 
 from . import compaction as compaction_mod
 from . import offload
+from . import purge as purge_mod
 from .batch import WriteBatch
 from .block_cache import BlockCache
 from .bloom import MASK_TABLE, GlobalFilter, key_hash, probe_mask
@@ -1030,6 +1031,17 @@ class Engine:
         """
         self.flush()
         self._compact_full()
+
+    def purge_range(self, start: bytes, end: bytes | None) -> int:
+        """Physically remove every version (values and tombstones) with start <= key < end
+        (end None: no upper bound) that was written before this call, whatever its timestamp;
+        later writes are kept. Durable when it returns; returns the tables rewritten."""
+        return self.purge_ranges([(_as_key(start), None if end is None else _as_key(end))])
+
+    def purge_ranges(self, ranges: list[tuple[bytes, bytes | None]]) -> int:
+        """`purge_range` for many ranges at once: one cut and one rewrite of each table."""
+        self._check_open()
+        return purge_mod.purge(self, ranges)
 
     # ------------------------------------------------------------------ lifecycle
 

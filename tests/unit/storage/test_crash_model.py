@@ -1,4 +1,5 @@
-"""The engine agrees with a dict model through writes, flushes, compactions, reopens and crashes.
+"""The engine agrees with a dict model through writes, flushes, compactions, range purges, reopens
+and crashes.
 
 The real engine runs over `CrashableMemFS`; a crash keeps only fsynced bytes (plus a random torn
 prefix of each unsynced tail) and forgets unsynced directory changes. In `sync` mode every
@@ -19,6 +20,7 @@ from limedb.storage import CrashableMemFS, Engine, EngineOptions
 
 KEYS = st.sampled_from([b"%02d" % i for i in range(24)])
 VALUES = st.binary(min_size=0, max_size=300)
+PURGED = object()  # a history entry: the key's versions were purged (not even a tombstone)
 
 OPTIONS = dict(
     memtable_bytes=2048,
@@ -29,6 +31,13 @@ OPTIONS = dict(
     compaction_rate_bytes_per_s=0,
     background_threads=False,
 )
+
+
+def _replay(state: dict, key: bytes, value: object) -> None:
+    if value is PURGED:
+        state.pop(key, None)
+    else:
+        state[key] = value
 
 
 class EngineModel(RuleBasedStateMachine):
@@ -79,6 +88,15 @@ class EngineModel(RuleBasedStateMachine):
         assert self.engine.put(key, value, ts=ts)
         self._record(key, value)
 
+    @rule(a=KEYS, b=KEYS)
+    def purge_range(self, a, b):
+        lo, hi = min(a, b), max(a, b)
+        self.engine.purge_range(lo, hi)
+        for key in sorted(k for k in self.model if lo <= k < hi):
+            del self.model[key]
+            self.history.append((key, PURGED))
+        self.durable_upto = len(self.history)  # a purge makes every earlier write durable
+
     @rule()
     def flush(self):
         self.engine.flush()
@@ -119,12 +137,12 @@ class EngineModel(RuleBasedStateMachine):
         # Find the prefix of the history the recovered state corresponds to.
         state: dict[bytes, bytes | None] = {}
         for key, value in self.history[: self.durable_upto]:
-            state[key] = value
+            _replay(state, key, value)
         matches = []
         for n in range(self.durable_upto, len(self.history) + 1):
             if n > self.durable_upto:
                 key, value = self.history[n - 1]
-                state[key] = value
+                _replay(state, key, value)
             if self.grace_s == 0:
                 if {k: v for k, v in state.items() if v is not None} == recovered:
                     matches.append(n)
@@ -145,7 +163,7 @@ class EngineModel(RuleBasedStateMachine):
         self.history = self.history[:n]
         self.model = {}
         for key, value in self.history:
-            self.model[key] = value
+            _replay(self.model, key, value)
         self.durable_upto = n
 
     @rule(key=KEYS)
