@@ -1,8 +1,8 @@
-"""Ring transitions under load: a cluster goes 3 -> 5 -> 3 -> 1 -> 3 nodes while clients write,
-delete and read, and after every step no acknowledged write is lost, deleted keys stay deleted
-and each key is stored on exactly its RF owners (every node lists its own keys). The last step
-brings back two nodes that left, on their old disks: nothing deleted or overwritten while they
-were away comes back."""
+"""Ring transitions under load at the acceptance scale: a cluster holding 100,000 keys goes
+3 -> 5 -> 3 -> 1 -> 3 nodes while clients write, delete and read, and after every step no
+acknowledged write is lost, deleted keys stay deleted and each key is stored on exactly its RF
+owners (every node lists its own keys). The last step brings back two nodes that left, on their
+old disks: nothing deleted or overwritten while they were away comes back."""
 
 from __future__ import annotations
 
@@ -14,14 +14,14 @@ from support.cluster import Workload, wait_for
 from support.history import History
 from support.transitions import Fleet, preload
 
-pytestmark = pytest.mark.cluster
+pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
 ENV = {
     "LIMEDB_VNODES": "16",
     "LIMEDB_CLEANUP_GRACE_MS": "300",
     "LIMEDB_REPLICATION_FACTOR": "3",
 }
-PRELOADED_KEYS = 2000
+PRELOADED_KEYS = 100_000
 
 
 @pytest.fixture
@@ -50,24 +50,33 @@ class Load:
 def test_scale_3_to_5_to_3_to_1_to_3_under_load_keeps_every_acknowledged_write(fleet: Fleet):
     history = History()
     a, b, c = fleet.bootstrap(3)
-    preload(fleet, history, PRELOADED_KEYS)
+    preloaded = preload(fleet, history, PRELOADED_KEYS)
     fleet.check(history)
 
-    # 3 -> 5: two joins, one at a time, while clients use the original three.
+    # 3 -> 5: two joins, one at a time, while clients use the original three. A joining node
+    # starts empty, so every preloaded key it then owns must have been streamed to it.
     d, e = fleet.start_joiner(), fleet.start_joiner()
     with Load(history, fleet, [a, b, c]) as load:
         first = fleet.join(d)
+        d_owns = fleet.owned_by(d, preloaded)
         second = fleet.join(e)
-    assert first["keys_streamed"] > 0 and second["keys_streamed"] > 0
+        e_owns = fleet.owned_by(e, preloaded)
+    assert first["keys_streamed"] >= d_owns > 0
+    assert second["keys_streamed"] >= e_owns > 0
     assert load.acknowledged() > 0
     fleet.wait_converged()
     assert fleet.status()["epoch"] == 3
     fleet.check(history)
 
-    # 5 -> 3: the two new nodes hand their ranges back.
+    # 5 -> 3: the two new nodes hand their ranges back; every preloaded key a leaving node
+    # owned gets a new owner, which receives it by streaming.
     with Load(history, fleet, [a, b, c]):
-        fleet.leave(d)
-        fleet.leave(e)
+        d_owns = fleet.owned_by(d, preloaded)
+        first = fleet.leave(d)
+        e_owns = fleet.owned_by(e, preloaded)
+        second = fleet.leave(e)
+    assert first["keys_streamed"] >= d_owns > 0
+    assert second["keys_streamed"] >= e_owns > 0
     fleet.wait_converged()
     fleet.check(history)
     wait_for(
