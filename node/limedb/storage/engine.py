@@ -23,6 +23,7 @@ import time
 from array import array
 from bisect import bisect_left
 from collections.abc import Iterator
+from itertools import islice
 from typing import Any
 
 from limedb.hlc import HLC
@@ -50,6 +51,8 @@ _STAMP_BLOCK = 64
 # databases (and tests) never start worker processes at all.
 _OFFLOAD_MIN_BYTES = 1 << 20
 _OFFLOAD_MIN_KEYS = 50_000
+# Memtable entries per pickled chunk sent to a flush worker: about 1 ms of GIL each.
+_FLUSH_CHUNK = 2048
 _time_ns = time.time_ns
 
 
@@ -812,14 +815,12 @@ class Engine:
         pool = self._worker_pool()
         if pool is None:
             return None, None
-        with self._imm_lock:
-            frozen = imm.as_frozen()
-        # The sort and the pickling happen here, the table building in the worker: that splits
-        # a flush's CPU about evenly between this process and the worker's core.
-        keys = frozen.keys
-        recs = list(map(frozen.data.__getitem__, keys))
+        # The worker sorts; this thread only pickles small chunks of the (no longer written)
+        # dict: one big sort or pickle here would hold the GIL, stalling requests ~100 ms.
+        entries = iter(imm.data.items())
+        chunks = iter(lambda: list(islice(entries, _FLUSH_CHUNK)), [])
         try:
-            meta, raw = pool.call("build_table", self._dir, no, keys, recs, self._opts, nwords)
+            meta, raw = pool.call("build_table", self._dir, no, self._opts, nwords, stream=chunks)
         except (offload.WorkerError, OSError, StorageError) as exc:
             if self._closing:
                 raise EngineClosedError("flush abandoned: the engine is closing") from exc

@@ -1,9 +1,10 @@
 """Runs big flushes and compactions in worker processes, so they use another core, not the GIL.
 
-A flush worker gets the frozen memtable's sorted keys and records (pickled over the pipe: the
-sort and the pickling cost this process about as much as the building costs the worker, which
-balances the two cores) and writes the L0 table; a compaction worker merges input tables into
-output tables; a filter worker hashes every key of the tables for the engine-wide filter. Workers only create files with numbers the engine
+A flush worker gets the frozen memtable's entries, unsorted, as a stream of small pickled chunks
+(one pickle of a whole 16 MiB memtable held the GIL, and so the event loop, for ~100 ms; a chunk
+takes ~1 ms, and the pipe writes between chunks release the GIL), sorts them and writes the L0
+table; a compaction worker merges input tables into output tables; a filter worker hashes every
+key of the tables for the engine-wide filter. Workers only create files with numbers the engine
 reserved; the engine alone edits the MANIFEST and installs results.
 
 Workers are plain `python -c "...offload import serve; serve()"` children speaking length-prefixed pickles
@@ -23,6 +24,8 @@ import sys
 import threading
 import time
 from array import array
+from collections.abc import Iterable
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -46,13 +49,14 @@ class WorkerError(Exception):
 def build_table(
     dirpath: str,
     file_no: int,
-    keys: list[bytes],
-    recs: list[Rec],
     opts: EngineOptions,
     global_words: int,
+    chunks: list[list[tuple[bytes, Rec]]],
 ) -> tuple[TableMeta, bytes]:
-    """Write a table from sorted keys and their records (a frozen memtable, shipped pickled);
-    also return the keys' hashes as a filter of `global_words` words."""
+    """Write a table from a frozen memtable's (key, record) pairs, streamed in chunks with
+    distinct keys in any order; also return the keys' hashes as a filter of `global_words`
+    words."""
+    data = dict(chain.from_iterable(chunks))
     builder = TableBuilder(
         RealFS(),
         posixpath.join(dirpath, table_name(file_no)),
@@ -60,7 +64,7 @@ def build_table(
         opts.block_bytes,
         opts.bloom_bits_per_key,
     )
-    builder.add_all(keys, dict(zip(keys, recs, strict=True)))
+    builder.add_all(sorted(data), data)
     meta = builder.finish(global_words=global_words)
     return meta, builder.global_filter.tobytes()
 
@@ -156,9 +160,15 @@ class Worker:
     def pid(self) -> int:
         return self.proc.pid
 
-    def call(self, job: str, *args: Any) -> Any:
+    def call(self, job: str, *args: Any, stream: Iterable[Any] | None = None) -> Any:
+        """Run `job(*args)`, or with `stream`, `job(*args, [every chunk of stream])`: the chunks
+        are pickled and sent one by one, so no single pickle holds the GIL for long."""
         try:
-            _write_msg(self.proc.stdin, (job, args))
+            _write_msg(self.proc.stdin, (job, args, stream is not None))
+            if stream is not None:
+                for chunk in stream:
+                    _write_msg(self.proc.stdin, chunk)
+                _write_msg(self.proc.stdin, None)
             ok, result = _read_msg(self.proc.stdout)
         except (OSError, EOFError, pickle.PickleError) as exc:
             self.kill()
@@ -194,7 +204,7 @@ class WorkerPool:
         self._cv = threading.Condition()
         self._closed = False
 
-    def call(self, job: str, *args: Any) -> Any:
+    def call(self, job: str, *args: Any, stream: Iterable[Any] | None = None) -> Any:
         with self._cv:
             while not self._idle and len(self._busy) >= self._size and not self._closed:
                 self._cv.wait()
@@ -203,7 +213,7 @@ class WorkerPool:
             worker = self._idle.pop() if self._idle else Worker()
             self._busy.add(worker)
         try:
-            return worker.call(job, *args)
+            return worker.call(job, *args, stream=stream)
         finally:
             with self._cv:
                 self._busy.discard(worker)
@@ -245,7 +255,12 @@ def serve() -> None:
     sys.stdout = sys.stderr  # nothing but replies may reach the pipe
     while True:
         try:
-            job, args = _read_msg(stdin)
+            job, args, streamed = _read_msg(stdin)
+            if streamed:
+                chunks = []
+                while (chunk := _read_msg(stdin)) is not None:
+                    chunks.append(chunk)
+                args = (*args, chunks)
         except EOFError:
             return
         try:
