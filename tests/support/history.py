@@ -89,14 +89,21 @@ class History:
         return by_key
 
     def allowed_values(
-        self, key: str, start: float = math.inf, end: float = math.inf
+        self,
+        key: str,
+        start: float = math.inf,
+        end: float = math.inf,
+        by_key: dict[str, list[Op]] | None = None,
     ) -> set[bytes | None]:
         """The values (None = absent) a read of `key` during [start, end] may return.
 
         Candidates are mutations begun before the read ended; a candidate is ruled out when an
         acknowledged mutation that finished before the read began strictly followed it.
+        `by_key` (from `_mutations_by_key`) saves rescanning the history for every key.
         """
-        mutations = [m for m in self._mutations_by_key().get(key, []) if m.start < end]
+        if by_key is None:
+            by_key = self._mutations_by_key()
+        mutations = [m for m in by_key.get(key, []) if m.start < end]
         acked = [m for m in mutations if m.outcome == OK and m.end < start]
         latest_acked_start = max((m.start for m in acked), default=-math.inf)
         allowed: set[bytes | None] = {
@@ -117,12 +124,13 @@ class History:
             if op.kind == WRITE:
                 written[op.key].add(op.value)  # type: ignore[arg-type]
         problems = []
+        by_key = self._mutations_by_key() if quorum else {}
         for op in self.ops:
             if op.kind != READ or op.outcome != OK:
                 continue
             if op.value is not None and op.value not in written[op.key]:
                 problems.append(f"read of {op.key!r} returned {op.value!r}, never written")
-            elif quorum and op.value not in self.allowed_values(op.key, op.start, op.end):
+            elif quorum and op.value not in self.allowed_values(op.key, op.start, op.end, by_key):
                 problems.append(
                     f"read of {op.key!r} at {op.start:.3f} returned {op.value!r}, already "
                     f"superseded by an acknowledged operation"
@@ -134,12 +142,13 @@ class History:
     ) -> list[str]:
         """Read every key once more (after the cluster settled) and judge the final state."""
         problems = []
+        by_key = self._mutations_by_key()
         for key in sorted(keys if keys is not None else self.keys()):
             value = read(key)
-            allowed = self.allowed_values(key)
+            allowed = self.allowed_values(key, by_key=by_key)
             if value not in allowed:
                 last = max(
-                    (m for m in self.acknowledged() if m.key == key),
+                    (m for m in by_key.get(key, []) if m.outcome == OK),
                     key=lambda m: m.end,
                     default=None,
                 )

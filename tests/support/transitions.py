@@ -11,7 +11,6 @@ process is stopped at teardown.
 from __future__ import annotations
 
 import time
-from collections import defaultdict
 from pathlib import Path
 
 import httpx
@@ -208,7 +207,7 @@ class Fleet:
         deadline = time.monotonic() + timeout_s
         while True:
             values = self.read_all(sorted(history.keys()))
-            problems = final_problems(history, values)
+            problems = history.check_final(values.__getitem__)
             live = {k for k, v in values.items() if v is not None}
             if not problems:
                 problems = self.placement_problems(live, set(values))
@@ -216,19 +215,6 @@ class Fleet:
                 break
             time.sleep(1.0)
         assert not problems, f"{len(problems)} problems, first: {problems[:5]}"
-
-
-def final_problems(history: History, values: dict[str, bytes | None]) -> list[str]:
-    """`history.check_final` over every key, each key judged against its own operations only:
-    check_final rescans the whole history for every key, quadratic at 100,000 keys."""
-    by_key: dict[str, list] = defaultdict(list)
-    for op in history.ops:
-        by_key[op.key].append(op)
-    problems = []
-    for key in sorted(history.keys()):
-        own = History(slack_s=history.slack_s, ops=by_key[key])
-        problems += own.check_final(values.__getitem__, [key])
-    return problems
 
 
 def preload(fleet: Fleet, history: History, count: int, value_bytes: int = 100) -> list[str]:
