@@ -1,12 +1,15 @@
-"""Token ranges this node handed off in a transition's cleanup, persisted next to the data.
+"""Token ranges this node handed off in a transition's cleanup, and which of them still await
+their purge from storage, persisted next to the data.
 
-The storage engine resolves every write last-writer-wins and has no way to drop a version
-without writing a newer one, and a cleanup tombstone would outrank the very versions this node
-must accept again if it regains the range later (and would spread as a delete if streamed).
-So cleanup records the range here instead: the node's local listing hides it and it never
-serves it as a source, and the range is released again, before any data streams in, when the
-node becomes one of its owners once more. Reclaiming the disk space needs a range purge in the
-engine (see docs/cluster.md, "Transitions").
+A cleanup tombstone is no way to drop a range (it would outrank the versions this node must
+accept again if it regains the range, and would spread as a delete if streamed), so the range is
+purged below last-writer-wins (`Engine.purge_ranges`). The purge is slow for a large store and
+a node can die in the middle of it, so the range is recorded here first and stays `pending`
+until the purge is durable (a restart resumes it). The range also stays hidden from the node's
+listing and counts until the node owns it again: writes can still land in it after the purge
+(a hint replayed to this node for a write it missed while it was a replica) and they are not
+this node's keys. When the node is about to own the range again it is released (after purging
+what is still pending of it). See docs/transitions.md, "Cleanup".
 """
 
 from __future__ import annotations
@@ -34,31 +37,50 @@ def _minus(s: int, e: int, start: int, end: int) -> list[tuple[int, int]]:
     return pieces
 
 
+def _merged(ranges: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
+    merged: list[tuple[int, int]] = []
+    for start, end in sorted(ranges):
+        if merged and start <= merged[-1][1] + 1:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], end))
+        else:
+            merged.append((start, end))
+    return merged
+
+
+def _without(kept: list[tuple[int, int]], ranges: Iterable[tuple[int, int]]) -> list:
+    for start, end in ranges:
+        kept = [piece for s, e in kept for piece in _minus(s, e, start, end)]
+    return kept
+
+
 class HandedOff:
-    """A persisted set of disjoint, non-wrapping inclusive token ranges."""
+    """Persisted sets of disjoint, non-wrapping inclusive token ranges: the handed-off ones
+    (`ranges()`, `in`) and the part of them whose purge is not done yet (`pending()`)."""
 
     def __init__(self, data_dir: str | Path) -> None:
         self.path = Path(data_dir) / HANDED_OFF_FILE
         self._starts: list[int] = []
         self._ends: list[int] = []
+        self._pending: list[tuple[int, int]] = []
         try:
-            ranges = orjson.loads(self.path.read_bytes())
+            doc = orjson.loads(self.path.read_bytes())
         except FileNotFoundError:
-            ranges = []
-        self._set(sorted((int(s), int(e)) for s, e in ranges))
+            doc = {}
+        if isinstance(doc, list):  # written before purges existed: nothing of it was purged
+            doc = {"handed_off": doc, "pending_purge": doc}
+        self._set(_merged((int(s), int(e)) for s, e in doc.get("handed_off", [])))
+        self._pending = _merged((int(s), int(e)) for s, e in doc.get("pending_purge", []))
 
-    def _set(self, ranges: Iterable[tuple[int, int]]) -> None:
-        merged: list[tuple[int, int]] = []
-        for start, end in sorted(ranges):
-            if merged and start <= merged[-1][1] + 1:
-                merged[-1] = (merged[-1][0], max(merged[-1][1], end))
-            else:
-                merged.append((start, end))
+    def _set(self, merged: list[tuple[int, int]]) -> None:
         self._starts = [s for s, _ in merged]
         self._ends = [e for _, e in merged]
 
     def ranges(self) -> list[tuple[int, int]]:
         return list(zip(self._starts, self._ends, strict=True))
+
+    def pending(self) -> list[tuple[int, int]]:
+        """Handed-off ranges whose purge from storage is not durable yet."""
+        return list(self._pending)
 
     def __contains__(self, token: int) -> bool:
         i = bisect.bisect_right(self._starts, token) - 1
@@ -68,20 +90,31 @@ class HandedOff:
         return bool(self._starts)
 
     def add_all(self, ranges: Iterable[tuple[int, int]]) -> None:
-        before = self.ranges()
-        self._set([*before, *ranges])
-        if self.ranges() != before:
+        """Hand off `ranges`: hidden from now on, and to be purged."""
+        ranges = list(ranges)
+        before, pending = self.ranges(), self._pending
+        self._set(_merged([*before, *ranges]))
+        self._pending = _merged([*pending, *ranges])
+        if self.ranges() != before or self._pending != pending:
+            self._save()
+
+    def purged(self, ranges: Iterable[tuple[int, int]]) -> None:
+        """The purge of `ranges` is durable: nothing of them is pending any more."""
+        pending = _without(self._pending, ranges)
+        if pending != self._pending:
+            self._pending = pending
             self._save()
 
     def release_all(self, ranges: Iterable[tuple[int, int]]) -> None:
         """Forget every part of the handed-off ranges that overlaps one of `ranges`."""
-        before = kept = self.ranges()
-        for start, end in ranges:
-            kept = [piece for s, e in kept for piece in _minus(s, e, start, end)]
-        if kept != before:
-            self._set(kept)
+        ranges = list(ranges)
+        before, pending = self.ranges(), self._pending
+        self._set(_without(before, ranges))
+        self._pending = _without(pending, ranges)
+        if self.ranges() != before or self._pending != pending:
             self._save()
 
     def _save(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(self.path, orjson.dumps(self.ranges()))
+        doc = {"handed_off": self.ranges(), "pending_purge": self._pending}
+        write_atomic(self.path, orjson.dumps(doc))

@@ -353,7 +353,11 @@ class ClusterService:
         return items[:limit]
 
     def local_count(self) -> int:
-        return self.local.local_count()
+        count = self.local.local_count()
+        if self.handed_off:
+            # Keys in handed-off ranges (not purged yet, or landed after) are not this node's.
+            count -= self.streams.handed_off_keys()
+        return max(count, 0)
 
     def stats(self) -> dict:
         stats = self.local.stats()

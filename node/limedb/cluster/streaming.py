@@ -18,12 +18,15 @@ the reply is
 `[u16 key len][u32 value len][u64 ts][u64 expires_at_ms or 0][u8 tombstone][key][value]` with
 the storage key (token-prefixed). STREAM_APPLY carries entries only and answers
 `[u32 applied]`. HANDOFF carries `[u8 op]` and any number of `[u64 start][u64 end]`: op 1
-hides ranges this node no longer owns (cleanup), op 0 releases them (it is about to own them).
+hands off ranges this node no longer owns (cleanup: recorded in `handed_off.json`, hidden, and
+purged from storage in the background), op 0 releases them (it is about to own them again: any
+part still pending is purged first, then the record forgets it).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import struct
 import time
 from collections.abc import Iterator
@@ -34,6 +37,8 @@ from limedb.cluster.handed_off import HandedOff
 from limedb.cluster.keys import MAX_TOKEN, token_prefix
 from limedb.hlc import HLC
 from limedb.storage.batch import WriteBatch
+
+log = logging.getLogger(__name__)
 
 READ_REQUEST = struct.Struct("!QQIQ")
 READ_HEAD = struct.Struct("!BQI")
@@ -92,6 +97,11 @@ def decode_ranges(data: bytes) -> list[tuple[int, int]]:
 
 def _range_end_key(end: int) -> bytes | None:
     return None if end >= MAX_TOKEN else token_prefix(end + 1)
+
+
+def storage_ranges(ranges: list[tuple[int, int]]) -> list[tuple[bytes, bytes | None]]:
+    """Inclusive token ranges as the storage key ranges [start, end) they cover."""
+    return [(token_prefix(start), _range_end_key(end)) for start, end in ranges]
 
 
 class _OpenRange:
@@ -155,7 +165,11 @@ class RangeStreams:
         self._snapshot_ms = 0
         self._snapshot_at = 0.0
         self._lock = asyncio.Lock()
-        self.counters = {"batches_read": 0, "batches_applied": 0, "keys_applied": 0}
+        self._purge_lock = asyncio.Lock()
+        self._purger: asyncio.Task | None = None
+        self._additions = 0
+        self._stopped = False
+        self.counters = {"batches_read": 0, "batches_applied": 0, "keys_applied": 0, "purges": 0}
 
     # ------------------------------------------------------------------ source
 
@@ -221,15 +235,85 @@ class RangeStreams:
 
     # ------------------------------------------------------------------ cleanup
 
-    def handoff(self, op: int, ranges: list[tuple[int, int]]) -> None:
-        if op == HANDOFF:
-            self.handed_off.add_all(ranges)
-        else:
+    def hand_off(self, ranges: list[tuple[int, int]]) -> None:
+        """Give up token ranges: record them (hidden from the local listing and counts until
+        released), then purge them from storage in the background; a purge cut short by a
+        crash stays pending in the record, and the node's restart resumes it."""
+        self.handed_off.add_all(ranges)
+        self._additions += 1
+        self.resume_purges()
+
+    async def release(self, ranges: list[tuple[int, int]]) -> None:
+        """About to own `ranges` again: purge what is still pending of them first (stale copies
+        must not outlive the release), so everything that streams in afterwards is kept."""
+        async with self._purge_lock:
+            pending = [
+                (max(s, start), min(e, end))
+                for s, e in self.handed_off.pending()
+                for start, end in ranges
+                if s <= end and start <= e
+            ]
+            if pending:
+                await asyncio.to_thread(self.engine.purge_ranges, storage_ranges(pending))
             self.handed_off.release_all(ranges)
 
-    def handle_handoff(self, body: bytes) -> bytes:
-        self.handoff(body[0], decode_ranges(body[1:]))
+    async def handoff(self, op: int, ranges: list[tuple[int, int]]) -> None:
+        if op == HANDOFF:
+            self.hand_off(ranges)
+        else:
+            await self.release(ranges)
+
+    async def handle_handoff(self, body: bytes) -> bytes:
+        await self.handoff(body[0], decode_ranges(body[1:]))
         return b""
+
+    def resume_purges(self) -> None:
+        """Start purging the pending handed-off ranges (needs a running event loop; the transition
+        driver calls this again when it starts)."""
+        if not self.handed_off.pending() or self._stopped:
+            return
+        if self._purger is not None and not self._purger.done():
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        self._purger = loop.create_task(self._purge_pending(), name="range-purge")
+
+    async def _purge_pending(self) -> None:
+        while self.handed_off.pending() and not self._stopped:
+            async with self._purge_lock:
+                ranges = self.handed_off.pending()
+                if not ranges:
+                    return
+                additions = self._additions
+                try:
+                    await asyncio.to_thread(self.engine.purge_ranges, storage_ranges(ranges))
+                except Exception:
+                    log.exception("range purge failed; it stays pending until the next start")
+                    return
+                if additions == self._additions:
+                    # Ranges handed off during the purge were not covered by its cut: only a
+                    # purge that nothing was added during counts as done.
+                    self.handed_off.purged(ranges)
+            self.counters["purges"] += 1
+
+    def handed_off_keys(self) -> int:
+        """Live keys stored in handed-off ranges: not purged yet, or written after the purge
+        (a replayed hint); none of them is this node's."""
+        ranges = self.handed_off.ranges()
+        if not ranges:
+            return 0
+        with self.engine.snapshot() as snap:
+            return sum(
+                sum(1 for _ in snap.iter_range(start, end)) for start, end in storage_ranges(ranges)
+            )
+
+    async def stop_purges(self) -> None:
+        """Let a running purge finish (it is one engine call) and start no other."""
+        self._stopped = True
+        if self._purger is not None:
+            await asyncio.gather(self._purger, return_exceptions=True)
 
     def register(self, server: rpc.RpcServer) -> None:
         server.register(rpc.STREAM_READ, self.handle_read)

@@ -14,7 +14,8 @@ adopted (persisted) here first and then pushed to every live node:
   second, so a restart of anyone resumes there (a re-sent batch is harmless: LWW);
 - committed: reads move to the new owners once every target has every range;
 - cleanup: writes go to the new owners only; after a grace for writes already in flight,
-  old owners hand off the ranges they lost; then done.
+  old owners hand off the ranges they lost (recorded and hidden, then purged from their storage in the
+  background, see streaming.RangeStreams.hand_off); then done.
 
 A target or every source of a range unreachable for longer than `timeout_s` rolls the
 transition back (only possible before commit); the targets then hand off what they received.
@@ -181,8 +182,10 @@ class TransitionDriver:
             gossip.set_status(status)
 
     def _hand_off_own(self, state: RingState) -> None:
-        """Hide the ranges a finished transition took from this node (or, rolled back, gave
-        it). Idempotent; it also covers a node that was down while the driver cleaned up."""
+        """Hand off (record, hide and purge from storage) the ranges a finished transition took
+        from this node (or, rolled back, gave it). Idempotent (a purge of a range holding
+        nothing rewrites nothing); it also covers a node that was down while the driver cleaned
+        up."""
         t = state.transition
         if t is None or t.phase not in (Phase.DONE, Phase.ROLLED_BACK):
             return
@@ -194,13 +197,14 @@ class TransitionDriver:
                 (m.start, m.end) for m in t.moves if me in m.targets and me not in m.old_replicas
             ]
         if ranges:
-            self.streams.handoff(HANDOFF, ranges)
+            self.streams.hand_off(ranges)
 
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name="transition-driver")
+        self.streams.resume_purges()  # purges pending from before a restart, or before the loop ran
 
     async def stop(self) -> None:
         task, self._task = self._task, None
@@ -210,6 +214,7 @@ class TransitionDriver:
                 await task
             except asyncio.CancelledError:
                 pass
+        await self.streams.stop_purges()
 
     # ------------------------------------------------------------------ queries
 
@@ -427,7 +432,7 @@ class TransitionDriver:
         if not ranges:
             return True
         if node == self.node_id:
-            self.streams.handoff(op, ranges)
+            await self.streams.handoff(op, ranges)
             return True
         payload = encode_handoff(op, ranges)
         deadline = time.monotonic() + (self.settings.timeout_s if wait else 5.0)
