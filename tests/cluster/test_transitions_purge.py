@@ -9,11 +9,15 @@ import time
 from pathlib import Path
 
 import orjson
+import pytest
 from limedb.cluster.handed_off import HandedOff
 from limedb.cluster.keys import MAX_TOKEN, storage_key, token_of
 from limedb.cluster.streaming import RangeStreams
 from limedb.hlc import HLC
 from limedb.storage import Engine, EngineOptions
+from support.cluster import Node, wait_for
+from support.history import History
+from support.transitions import Fleet, preload
 
 HALF = MAX_TOKEN // 2
 KEYS = [f"key-{i}".encode() for i in range(300)]
@@ -113,3 +117,42 @@ def test_a_release_purges_stale_copies_first_and_keeps_what_streams_in_after(tmp
         assert all(engine.get(storage_key(k)) == b"back" for k in streamed)
     finally:
         engine.close()
+
+
+def _stored_entries(fleet: Fleet, node: Node) -> float:
+    """The node's storage entry count (the engine's estimate, from /metrics)."""
+    for line in fleet.http.get(f"{node.url}/metrics").text.splitlines():
+        if line.startswith("limedb_storage_keys_approx "):
+            return float(line.split()[1])
+    raise AssertionError("no limedb_storage_keys_approx in /metrics")
+
+
+@pytest.mark.cluster
+def test_after_a_join_the_old_owners_purge_what_they_handed_off_and_count_only_their_keys(
+    tmp_path: Path,
+):
+    fleet = Fleet(tmp_path, {"LIMEDB_VNODES": "16", "LIMEDB_CLEANUP_GRACE_MS": "300"}, 200)
+    try:
+        history = History()
+        a, b, c = fleet.bootstrap(3)
+        keys = preload(fleet, history, 4000)
+        assert all(_stored_entries(fleet, n) >= len(keys) for n in (a, b, c))
+        d = fleet.start_joiner()
+        fleet.join(d)
+        fleet.members.append(d)
+        fleet.wait_converged()
+        for node in (a, b, c):
+            # With RF 3 a fourth node takes about a quarter of each old owner's keys away.
+            owned = fleet.owned_by(node, keys)
+            assert owned < 0.9 * len(keys)
+            wait_for(
+                lambda node=node, owned=owned: _stored_entries(fleet, node) == owned,
+                30.0,
+                f"{node.url} to purge the ranges it handed off",
+                0.2,
+            )
+            page = fleet.http.get(f"{node.url}/api/v1/keys", params={"pageSize": 1}).json()
+            assert page["total"] == len(fleet.local_keys(node)) == owned
+        fleet.check(history)
+    finally:
+        fleet.stop()
