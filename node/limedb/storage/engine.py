@@ -740,6 +740,9 @@ class Engine:
                 imm, cutoff, last_seq = self._imm, self._imm_cutoff, self._imm_seq
             if imm is not None:
                 self._flush_table(imm, cutoff, last_seq)
+        if imm is not None:
+            # Installed and unpublished: free it here in chunks, not in one GIL-holding go.
+            imm.release()
 
     def _flush_table(self, imm: Memtable, cutoff: int, last_seq: int) -> None:
         reader = None
