@@ -1,0 +1,84 @@
+"""Range purge benchmark: `Engine.purge_ranges` against a full compaction of the same data.
+
+    python benchmarks/bench_purge.py            # 1,000,000 keys
+    python benchmarks/bench_purge.py --quick    # 200,000 keys
+
+Keys are an 8-byte token (random, as in a cluster) plus 8 bytes, values 100 bytes, default
+engine options. The data is loaded and compacted once, the directory copied, then one copy is
+fully compacted again (the anchor: every table rewritten) and the other purges 64 ranges
+covering a quarter of the token space (what a node hands off when a fourth node joins at RF 3,
+with 16 vnodes). Both are timed in this run; the ratio is purge time / full-compaction time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "node"))
+
+from limedb.storage import Engine, EngineOptions  # noqa: E402
+
+VALUE = b"v" * 100
+RANGES = 64
+
+
+def _bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.iterdir() if f.name.endswith(".sst"))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    n = 200_000 if args.quick else 1_000_000
+    rng = random.Random(7)
+    root = Path(tempfile.mkdtemp(prefix="limedb-bench-purge-"))
+    try:
+        base = root / "base"
+        with Engine.open(base, EngineOptions()) as e:
+            for i in range(n):
+                e.put(rng.getrandbits(64).to_bytes(8, "big") + i.to_bytes(8, "big"), VALUE)
+            e.compact()
+        anchor_dir, purge_dir = root / "anchor", root / "purge"
+        shutil.copytree(base, anchor_dir)
+        shutil.copytree(base, purge_dir)
+        size = _bytes(base)
+
+        with Engine.open(anchor_dir, EngineOptions()) as e:
+            t = time.perf_counter()
+            e.compact()
+            anchor_s = time.perf_counter() - t
+
+        # 64 ranges, each a quarter of one of 64 equal slices of the token space.
+        step = (1 << 64) // RANGES
+        ranges = [
+            ((k * step).to_bytes(8, "big"), (k * step + step // 4).to_bytes(8, "big"))
+            for k in range(RANGES)
+        ]
+        with Engine.open(purge_dir, EngineOptions()) as e:
+            t = time.perf_counter()
+            rewritten = e.purge_ranges(ranges)
+            purge_s = time.perf_counter() - t
+            left = e.approx_key_count()
+        after = _bytes(purge_dir)
+        print(f"keys {n:,}, tables {size / 1e6:.1f} MB, {os.cpu_count()} cores")
+        print(f"full compaction (anchor)  {anchor_s:6.2f} s  {n / anchor_s:>12,.0f} keys/s")
+        print(
+            f"purge of 1/4 in {RANGES} ranges {purge_s:6.2f} s  {n / purge_s:>12,.0f} keys/s "
+            f"scanned, {rewritten} tables rewritten, ratio {purge_s / anchor_s:.2f}x "
+            f"(target <= 1.2x)"
+        )
+        print(f"after the purge: {left:,} entries, tables {after / 1e6:.1f} MB")
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
