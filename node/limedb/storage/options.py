@@ -37,9 +37,9 @@ class EngineOptions:
     wal_buffer_bytes: in "none"/"periodic" mode the WAL buffer is written to the OS once it
         holds this much.
     offload_workers: worker processes (started at the first flush) that build flushed tables
-        from the WAL and run compactions, so that work runs on another core instead of taking the
-        GIL from requests; 0 keeps everything in background threads of this process. Only used
-        with the real filesystem.
+        from the frozen memtable's entries and run compactions, so that work runs on another
+        core instead of taking the GIL from requests; 0 keeps everything in background threads
+        of this process. Only used with the real filesystem.
     background_threads: False runs no flush, compaction or syncer thread (deterministic tests);
         `flush()`, `compact()` and `sync()` then do the work when called.
     """
