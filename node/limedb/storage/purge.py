@@ -128,14 +128,14 @@ def purge(engine: Engine, ranges: Iterable[Range]) -> int:
     (0: nothing of the ranges was stored). Returns once the result, and every write made
     before the call, is durable."""
     wanted = normalize(ranges)
-    if not wanted:
-        return 0
     with engine._compaction_lock:  # no compaction changes the file set under the rewrite
         engine._check_open()
-        # Every earlier write becomes durable first: a crash never keeps the purge but loses
-        # a write made before it.
+        # Every earlier write becomes durable first (also for an empty range: the contract
+        # holds whatever the ranges): a crash never keeps the purge but loses a write before it.
         with engine._sync_lock:
             engine._do_sync(fsync=engine._durability != "none")
+        if not wanted:
+            return 0
         jobs = plan(_cut(engine, wanted), wanted)
         if not jobs:
             return 0
