@@ -13,6 +13,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -107,10 +108,6 @@ def stop_all(procs: list[subprocess.Popen], grace_s: float = STOP_GRACE_S) -> No
             proc.wait()
 
 
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
-
-
 @click.group("cluster")
 def cluster() -> None:
     """Run a local cluster of real node processes."""
@@ -140,8 +137,11 @@ def cluster_up(
     console = Console()
     urls = node_urls(host, base_port, nodes)
     procs: list[subprocess.Popen] = []
-    # SIGTERM (e.g. from a supervisor) stops the cluster like Ctrl-C does.
-    signal.signal(signal.SIGTERM, _interrupt)
+    # Ctrl-C and SIGTERM (e.g. from a supervisor) only set a flag that the loop checks: an
+    # exception raised from a signal handler can land inside library code that swallows it.
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
     try:
         for i, url in enumerate(urls):
             procs.append(
@@ -154,12 +154,13 @@ def cluster_up(
             console.print(f"  {url}")
         console.print("Ctrl-C stops every node.")
         with httpx.Client() as client, Live(console=console, auto_refresh=False) as live:
-            while True:
+            while not stop.is_set():
                 live.update(_status_line(urls, procs, client), refresh=True)
                 if all(proc.poll() is not None for proc in procs):
                     console.print("[red]every node has exited[/red]")
                     raise SystemExit(1)
-                time.sleep(1.0)
+                stop.wait(1.0)
+        console.print("stopping...")
     except KeyboardInterrupt:
         console.print("stopping...")
     finally:
