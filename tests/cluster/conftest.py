@@ -2,12 +2,28 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+import uvloop
 from support.cluster import Cluster, Node, free_port_pair
+
+# Nodes run on uvloop; in-process transport tests also run on the standard loop (embedding).
+LOOPS = {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
+
+
+@pytest.fixture(params=sorted(LOOPS))
+def run(request):
+    """Runs a coroutine to completion on a fresh event loop, once per loop implementation."""
+
+    def run_on_loop(coroutine):
+        with asyncio.Runner(loop_factory=LOOPS[request.param]) as runner:
+            return runner.run(coroutine)
+
+    return run_on_loop
 
 
 @pytest.fixture

@@ -7,21 +7,7 @@ import socket
 import struct
 
 import pytest
-import uvloop
 from limedb.cluster import rpc
-
-# Nodes run on uvloop; the transport must also work on the standard loop (tests, embedding).
-LOOPS = {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
-
-
-@pytest.fixture(params=sorted(LOOPS))
-def run(request):
-    def run_on_loop(coroutine):
-        with asyncio.Runner(loop_factory=LOOPS[request.param]) as runner:
-            return runner.run(coroutine)
-
-    return run_on_loop
-
 
 ECHO = 50
 SLOW = 51

@@ -12,21 +12,10 @@ import asyncio
 import socket
 
 import pytest
-import uvloop
 from limedb.cluster import rpc
 
-LOOPS = {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
 ECHO = 50
 SLOW = 51
-
-
-@pytest.fixture(params=sorted(LOOPS))
-def run(request):
-    def run_on_loop(coroutine):
-        with asyncio.Runner(loop_factory=LOOPS[request.param]) as runner:
-            return runner.run(coroutine)
-
-    return run_on_loop
 
 
 class _CountingSet(set):
