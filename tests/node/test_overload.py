@@ -240,10 +240,9 @@ def test_node_offered_five_times_its_capacity_keeps_its_throughput_and_refuses_t
     assert statistics.median(overloads) >= 0.8 * statistics.median(peaks), report
     latencies = sorted(r.latency_s for r in refusals)
     quantiles = {q: latencies[int(q * (len(latencies) - 1))] * 1000 for q in (0.5, 0.99, 1.0)}
-    # p99, not the maximum: on a 2-core machine shared with other work the node process is
-    # sometimes not scheduled for tens of milliseconds, whatever it does. A refusal that waited
-    # in the queue (hundreds of milliseconds here) would fail both bounds.
-    assert quantiles[0.99] <= 50 and quantiles[1.0] <= 250, f"refusal ms by quantile {quantiles}"
+    # Every refusal, not a quantile: the issue promises a 503 within 50 ms to each refused
+    # client. A refusal that waited in the queue (hundreds of milliseconds here) would fail it.
+    assert quantiles[1.0] <= 50, f"refusal ms by quantile {quantiles}"
     assert max(rss) - rss[0] <= 64 << 20, f"RSS grew from {rss[0] >> 20} to {max(rss) >> 20} MiB"
 
 
