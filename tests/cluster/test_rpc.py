@@ -8,66 +8,34 @@ import struct
 
 import pytest
 from limedb.cluster import rpc
-
-ECHO = 50
-SLOW = 51
-BOOM = 52
-
-
-async def _server(secret: str | None = None) -> rpc.RpcServer:
-    server = rpc.RpcServer(secret)
-    server.register(ECHO, lambda body: body[::-1])
-
-    async def slow(body: bytes) -> bytes:
-        await asyncio.sleep(float(body.decode()))
-        return b"late"
-
-    def boom(body: bytes) -> bytes:
-        raise ValueError("bad body")
-
-    server.register(SLOW, slow)
-    server.register(BOOM, boom)
-    await server.start("127.0.0.1", 0)
-    return server
+from support.rpc_peers import BOOM, ECHO, SLOW, server_and_client, start_server
 
 
 def test_concurrent_calls_on_one_connection_get_their_own_replies(run) -> None:
     async def main() -> None:
-        server = await _server()
-        client = rpc.RpcClient()
-        try:
+        async with server_and_client() as (server, client):
             bodies = [f"request-{i}".encode() * (i % 7 + 1) for i in range(500)]
             replies = await asyncio.gather(
                 *(client.call("127.0.0.1", server.port, ECHO, b, 5.0) for b in bodies)
             )
             assert replies == [b[::-1] for b in bodies]
             assert len(client._peers) == 1
-        finally:
-            client.close()
-            await server.stop()
 
     run(main())
 
 
 def test_large_binary_values_cross_intact(run) -> None:
     async def main() -> None:
-        server = await _server()
-        client = rpc.RpcClient()
-        try:
+        async with server_and_client() as (server, client):
             body = bytes(range(256)) * 4096  # 1 MiB, every byte value
             assert await client.call("127.0.0.1", server.port, ECHO, body, 5.0) == body[::-1]
-        finally:
-            client.close()
-            await server.stop()
 
     run(main())
 
 
 def test_handler_error_is_reported_and_connection_survives(run) -> None:
     async def main() -> None:
-        server = await _server()
-        client = rpc.RpcClient()
-        try:
+        async with server_and_client() as (server, client):
             with pytest.raises(rpc.RpcError) as info:
                 await client.call("127.0.0.1", server.port, BOOM, b"x", 5.0)
             assert info.value.code == rpc.FAILED and "bad body" in info.value.message
@@ -75,24 +43,16 @@ def test_handler_error_is_reported_and_connection_survives(run) -> None:
                 await client.call("127.0.0.1", server.port, 99, b"x", 5.0)
             assert info.value.code == rpc.NOT_FOUND
             assert await client.call("127.0.0.1", server.port, ECHO, b"ab", 5.0) == b"ba"
-        finally:
-            client.close()
-            await server.stop()
 
     run(main())
 
 
 def test_call_times_out_when_the_peer_does_not_answer(run) -> None:
     async def main() -> None:
-        server = await _server()
-        client = rpc.RpcClient()
-        try:
+        async with server_and_client() as (server, client):
             with pytest.raises(rpc.PeerUnavailable):
                 await client.call("127.0.0.1", server.port, SLOW, b"2", 0.1)
             assert await client.call("127.0.0.1", server.port, ECHO, b"ok", 5.0) == b"ko"
-        finally:
-            client.close()
-            await server.stop()
 
     run(main())
 
@@ -112,7 +72,7 @@ def test_unreachable_peer_fails_fast(run) -> None:
 
 def test_replica_drops_requests_whose_deadline_has_passed(run) -> None:
     async def main() -> None:
-        server = await _server()
+        server = await start_server()
         try:
             reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
             expired = rpc.DEADLINE.pack(rpc.now_ms() - 1000) + b"abc"
@@ -131,7 +91,7 @@ def test_replica_drops_requests_whose_deadline_has_passed(run) -> None:
 
 def test_secret_required_connection_without_hello_gets_401_and_is_closed(run) -> None:
     async def main() -> None:
-        server = await _server(secret="s3cret")
+        server = await start_server(secret="s3cret")
         try:
             reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
             writer.write(rpc.encode_frame(ECHO, 1, rpc.DEADLINE.pack(0) + b"abc"))
@@ -149,7 +109,7 @@ def test_secret_required_connection_without_hello_gets_401_and_is_closed(run) ->
 
 def test_secret_required_wrong_secret_is_refused_right_secret_served(run) -> None:
     async def main() -> None:
-        server = await _server(secret="s3cret")
+        server = await start_server(secret="s3cret")
         wrong = rpc.RpcClient(secret="guess")
         missing = rpc.RpcClient()
         right = rpc.RpcClient(secret="s3cret")
@@ -175,15 +135,11 @@ def test_frame_header_layout_is_length_kind_request_id() -> None:
 
 def test_stopping_the_server_closes_open_peer_connections(run) -> None:
     async def main() -> None:
-        server = await _server()
-        client = rpc.RpcClient()
-        try:
+        async with server_and_client() as (server, client):
             port = server.port
             assert await client.call("127.0.0.1", port, ECHO, b"ab", 5.0) == b"ba"
             await server.stop()
             with pytest.raises(rpc.PeerUnavailable):
                 await client.call("127.0.0.1", port, ECHO, b"ab", 5.0)
-        finally:
-            client.close()
 
     run(main())

@@ -13,43 +13,12 @@ import socket
 
 import pytest
 from limedb.cluster import rpc
-
-ECHO = 50
-SLOW = 51
-
-
-class _CountingSet(set):
-    """The server's connection set, counting every connection it ever accepted."""
-
-    def __init__(self, accepted: list[int]) -> None:
-        super().__init__()
-        self.accepted = accepted
-
-    def add(self, item) -> None:
-        self.accepted.append(1)
-        super().add(item)
-
-
-async def _server() -> tuple[rpc.RpcServer, list[int]]:
-    server = rpc.RpcServer()
-    server.register(ECHO, lambda body: body)
-    accepted: list[int] = []
-    server._connections = _CountingSet(accepted)
-
-    async def slow(body: bytes) -> bytes:
-        await asyncio.sleep(float(body.decode()))
-        return b"late"
-
-    server.register(SLOW, slow)
-    await server.start("127.0.0.1", 0)
-    return server, accepted
+from support.rpc_peers import ECHO, SLOW, accepted_connections, server_and_client
 
 
 def test_connection_silent_since_a_timed_out_request_is_replaced_by_a_fresh_one(run) -> None:
     async def main() -> None:
-        server, accepted = await _server()
-        client = rpc.RpcClient()
-        try:
+        async with server_and_client() as (server, client):
             peer = client.peer("127.0.0.1", server.port)
             assert await peer.call(ECHO, b"x", 2.0) == b"x"
             first = peer._protocol
@@ -59,19 +28,14 @@ def test_connection_silent_since_a_timed_out_request_is_replaced_by_a_fresh_one(
             # The next call does not wait on the old connection: it connects afresh.
             assert await peer.call(ECHO, b"y", 2.0) == b"y"
             assert peer._protocol is not first
-            assert len(accepted) == 2
-        finally:
-            client.close()
-            await server.stop()
+            assert accepted_connections(server) == 2
 
     run(main())
 
 
 def test_connection_is_kept_when_replies_arrive_after_a_slow_request_was_sent(run) -> None:
     async def main() -> None:
-        server, accepted = await _server()
-        client = rpc.RpcClient()
-        try:
+        async with server_and_client() as (server, client):
             peer = client.peer("127.0.0.1", server.port)
             slow = peer.request(SLOW, b"3", 0.3)
             await asyncio.sleep(0.05)
@@ -82,19 +46,14 @@ def test_connection_is_kept_when_replies_arrive_after_a_slow_request_was_sent(ru
             assert protocol is not None and not protocol.closed
             assert protocol.silent_closes == 0
             assert await peer.call(ECHO, b"y", 2.0) == b"y"
-            assert len(accepted) == 1
-        finally:
-            client.close()
-            await server.stop()
+            assert accepted_connections(server) == 1
 
     run(main())
 
 
 def test_rpc_sockets_carry_a_user_timeout_and_keepalive(run) -> None:
     async def main() -> None:
-        server, _ = await _server()
-        client = rpc.RpcClient()
-        try:
+        async with server_and_client() as (server, client):
             peer = client.peer("127.0.0.1", server.port)
             await peer.call(ECHO, b"x", 2.0)
             assert peer._protocol is not None and peer._protocol.transport is not None
@@ -106,8 +65,5 @@ def test_rpc_sockets_carry_a_user_timeout_and_keepalive(run) -> None:
             assert server_side.transport is not None
             server_sock = server_side.transport.get_extra_info("socket")
             assert server_sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) > 0
-        finally:
-            client.close()
-            await server.stop()
 
     run(main())
