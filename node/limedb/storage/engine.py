@@ -47,9 +47,7 @@ from .wal import WalWriter, encode_batch, encode_items, replay
 log = logging.getLogger("limedb.storage")
 
 _STAMP_BLOCK = 64
-# Smaller flushes and compactions run in-process: cheaper than a worker round trip, and small
-# databases (and tests) never start worker processes at all.
-_OFFLOAD_MIN_BYTES = 1 << 20
+_OFFLOAD_MIN_BYTES = offload.OFFLOAD_MIN_BYTES
 _OFFLOAD_MIN_KEYS = 50_000
 # Memtable entries per pickled chunk sent to a flush worker: about 1 ms of GIL each.
 _FLUSH_CHUNK = 2048
@@ -993,9 +991,9 @@ class Engine:
                 pass
 
     def _offloaded_compaction(
-        self, c: compaction_mod.Compaction, rate: int
+        self, c: compaction_mod.Compaction, rate: int, min_bytes: int = _OFFLOAD_MIN_BYTES
     ) -> list[TableMeta] | None:
-        if c.input_bytes < _OFFLOAD_MIN_BYTES:
+        if c.input_bytes < min_bytes:
             return None
         pool = self._worker_pool()
         if pool is None:
@@ -1014,6 +1012,7 @@ class Engine:
                 c.bottom,
                 opts,
                 list(range(first, first + reserve)),
+                c.purge,
             )
         except (offload.WorkerError, OSError) as exc:
             if self._closing:

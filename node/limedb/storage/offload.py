@@ -38,6 +38,9 @@ from .record import Rec
 from .sstable import TableBuilder, TableMeta, TableReader, table_name
 
 _LEN = struct.Struct("<I")
+# Smaller flushes, compactions and purges run in-process: cheaper than a worker round trip, and
+# small databases (and tests) never start worker processes at all.
+OFFLOAD_MIN_BYTES = 1 << 20
 # The directory holding the `limedb` package, so workers import the same code as the engine.
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
 
@@ -94,8 +97,10 @@ def compact(
     bottom: bool,
     opts: EngineOptions,
     file_nos: list[int],
+    purge: list[tuple[bytes, bytes | None]] | None = None,
 ) -> list[TableMeta]:
-    """Merge the input tables (level, file number) into new tables numbered from `file_nos`."""
+    """Merge the input tables (level, file number) into new tables numbered from `file_nos`,
+    leaving out the key ranges of `purge` (a range purge's rewrite)."""
     fs = RealFS()
     cache = BlockCache(0)
     readers = [
@@ -114,7 +119,7 @@ def compact(
             opts.bloom_bits_per_key,
         )
 
-    c = Compaction(output_level, readers, bottom)
+    c = Compaction(output_level, readers, bottom, purge=list(purge or ()))
     return run(c, make_builder, opts, RateLimiter(opts.compaction_rate_bytes_per_s), lambda: False)
 
 

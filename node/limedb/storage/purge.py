@@ -5,7 +5,8 @@ accept again later), so a purge works below it, in local write order: it takes a
 engine (freezing and flushing the memtable if it holds a key of a range, so that everything
 written before the call is in tables and the WAL records behind it are no longer replayed),
 then rewrites, without the ranges, the tables of that cut that hold one of their keys, and
-installs every rewrite with one MANIFEST edit. Writes made after the cut (memtable, and tables
+installs every rewrite with one MANIFEST edit (a purge rewriting more than a megabyte runs in
+an offload worker process, as a compaction does). Writes made after the cut (memtable, and tables
 flushed meanwhile) are kept whatever their timestamps. A crash before the edit leaves the
 purge undone (its half-written outputs are garbage removed at the next open); after it, done.
 Readers switch from the old file set to the new one in a single view swap, so no read sees a
@@ -22,6 +23,7 @@ from . import compaction as compaction_mod
 from .errors import EngineClosedError
 from .manifest import VersionEdit
 from .memtable import Memtable
+from .offload import OFFLOAD_MIN_BYTES
 from .sstable import TableReader, table_name
 
 if TYPE_CHECKING:
@@ -140,11 +142,19 @@ def purge(engine: Engine, ranges: Iterable[Range]) -> int:
         if not jobs:
             return 0
         limiter = compaction_mod.RateLimiter(0)
+        # A big purge rewrites in a worker process, like a compaction, so that purging a
+        # handed-off range does not hold this process's GIL (and event loop) for seconds; its
+        # jobs are often single tables just under the offload threshold, so the total decides.
+        big = sum(job.input_bytes for job in jobs) >= OFFLOAD_MIN_BYTES
         try:
             for job in jobs:
-                compaction_mod.run(
-                    job, engine._make_builder, engine._opts, limiter, engine._stopping
-                )
+                outputs = engine._offloaded_compaction(job, 0, 0) if big else None
+                if outputs is None:
+                    compaction_mod.run(
+                        job, engine._make_builder, engine._opts, limiter, engine._stopping
+                    )
+                else:
+                    job.outputs = outputs
         except compaction_mod.CompactionAborted:
             raise EngineClosedError("purge abandoned: the engine is closing") from None
         _install(engine, jobs)

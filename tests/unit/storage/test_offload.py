@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 
-from limedb.storage import Engine, EngineOptions
+from limedb.storage import Engine, EngineOptions, compaction
 
 BIG = dict(
     durability="none",
@@ -71,6 +71,36 @@ def test_offloaded_flushes_and_compactions_keep_every_value(tmp_path):
     assert _wait_until(lambda: not any(_alive(p) for p in workers))
     with Engine.open(tmp_path / "db", EngineOptions(**BIG)) as e:
         assert len(e.scan(None, None)) == 30_000
+
+
+def test_a_big_range_purge_rewrites_its_tables_in_a_worker_not_in_this_process(
+    tmp_path, monkeypatch
+):
+    in_process: list[compaction.Compaction] = []
+    real_run = compaction.run
+
+    def run(c, *args, **kwargs):
+        if c.purge:
+            in_process.append(c)
+        return real_run(c, *args, **kwargs)
+
+    monkeypatch.setattr(compaction, "run", run)
+    e = Engine.open(tmp_path / "db", EngineOptions(**BIG))
+    try:
+        for i in range(40_000):
+            e.put(b"key%06d" % i, b"%06d" % i + b"v" * 100)
+        e.flush()
+        assert _wait_until(lambda: e.stats()["compaction_backlog_bytes"] == 0)
+        assert e.purge_range(b"key010000", b"key030000") >= 1
+        assert in_process == [], "the purge rewrote its tables in the engine's process"
+        assert e._offload, "offloading failed and was turned off"
+        keys = [k for k, _ in e.scan(None, None)]
+        assert len(keys) == 20_000
+        assert keys[9_999] == b"key009999" and keys[10_000] == b"key030000"
+    finally:
+        e.close()
+    with Engine.open(tmp_path / "db", EngineOptions(**BIG)) as e:
+        assert e.get(b"key020000") is None and e.get(b"key030000") is not None
 
 
 CHILD = """
