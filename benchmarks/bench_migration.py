@@ -12,146 +12,31 @@ into the "Migration" section of docs/benchmarks.md.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import re
 import shutil
-import subprocess
 import sys
 import tempfile
 import textwrap
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
-from limedb.cluster_cli import start_node, stop_all
+from _cluster import MIXED, LocalCluster, run_wrk, start_node_with_env, wait_ready
+from limedb.cluster_cli import stop_all
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "benchmarks.md"
-# wrk: 50/50 GET/PUT of uniformly chosen preloaded keys, one JSON summary line at the end.
-MIXED = """
-local value = string.rep("v", 100)
-local keys = tonumber(os.getenv("BENCH_KEYS"))
-init = function(args)
-  math.randomseed(tonumber(args[1]))
-end
-request = function()
-  local key = "/v1/kv/k" .. math.random(0, keys - 1)
-  if math.random() < 0.5 then
-    return wrk.format("PUT", key, {["Content-Type"] = "application/octet-stream"}, value)
-  end
-  return wrk.format("GET", key)
-end
-done = function(summary, latency, requests)
-  io.write(string.format('{"requests":%d,"duration_us":%d,"non2xx":%d}\\n',
-    summary.requests, summary.duration, summary.errors.status))
-end
-"""
 GOAL_S = 60.0
 GOAL_RATIO = 0.5
 WINDOW_S = 2
 
 
-def run_wrk(urls: list[str], connections: int, duration_s: int, env: dict[str, str]) -> dict:
-    """One wrk process per URL for `duration_s`, connections split; ops/s of all together."""
-    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
-        f.write(MIXED)
-        script = f.name
-    per = max(1, connections // len(urls))
-    procs = [
-        subprocess.Popen(
-            [
-                "wrk",
-                "-t1",
-                f"-c{per}",
-                f"-d{duration_s}s",
-                "--timeout",
-                "5s",
-                "-s",
-                script,
-                url,
-                "--",
-                str(1000 + i),
-            ],
-            stdout=subprocess.PIPE,
-            text=True,
-            env={**os.environ, **env},
-        )  # fmt: skip
-        for i, url in enumerate(urls)
-    ]
-    results = []
-    for proc in procs:
-        out, _ = proc.communicate()
-        line = next((ln for ln in out.splitlines() if ln.startswith("{")), None)
-        if line is None:
-            raise RuntimeError(f"wrk produced no summary:\n{out}")
-        results.append(json.loads(line))
-    os.unlink(script)
-    seconds = max(r["duration_us"] for r in results) / 1e6
-    return {
-        "ops_s": sum(r["requests"] for r in results) / seconds,
-        "non2xx": sum(r["non2xx"] for r in results),
-    }
-
-
-class LocalCluster:
-    """N `limedb serve` processes on 127.0.0.1, each with the others as seeds."""
-
-    def __init__(self, root: Path, nodes: int, base_port: int, env: dict[str, str]) -> None:
-        self.urls = [f"http://127.0.0.1:{base_port + i}" for i in range(nodes)]
-        self.root = root
-        self.base_port = base_port
-        self.env = env
-        self.procs: list[subprocess.Popen] = []
-
-    def __enter__(self) -> LocalCluster:
-        saved = dict(os.environ)
-        os.environ.update(self.env)
-        try:
-            for i, url in enumerate(self.urls):
-                self.procs.append(
-                    start_node(url, "127.0.0.1", self.base_port + i, self.root / f"n{i}",
-                               self.urls, ())
-                )  # fmt: skip
-        finally:
-            os.environ.clear()
-            os.environ.update(saved)
-        for url in self.urls:
-            wait_ready(url)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        stop_all(self.procs)
-
-
-def preload(urls: list[str], keys: int, batch: int = 1000, workers: int = 4) -> float:
-    """Write k0..k{keys-1} (100-byte values) through every node; returns keys/s."""
-    value = "v" * 100
-    started = time.monotonic()
-
-    def put(start: int) -> None:
-        url = urls[(start // batch) % len(urls)]
-        items = [{"key": f"k{i}", "value": value} for i in range(start, min(keys, start + batch))]
-        with httpx.Client(timeout=120.0) as client:
-            for attempt in range(5):
-                response = client.post(f"{url}/v1/batch", json={"put": items})
-                if response.status_code == 200:
-                    return
-                time.sleep(0.5 * (attempt + 1))
-            response.raise_for_status()
-
-    with ThreadPoolExecutor(workers) as pool:
-        list(pool.map(put, range(0, keys, batch)))
-    return keys / (time.monotonic() - started)
-
-
 class LoadWindows:
     """wrk in back-to-back windows of WINDOW_S seconds until stopped, each window timed."""
 
-    def __init__(self, urls: list[str], connections: int, env: dict[str, str]) -> None:
-        self.urls = urls
+    def __init__(self, cluster: LocalCluster, connections: int, env: dict[str, str]) -> None:
+        self.cluster = cluster
         self.connections = connections
         self.env = env
         self.windows: list[tuple[float, float, dict]] = []
@@ -163,7 +48,14 @@ class LoadWindows:
         try:
             while not self._stop.is_set():
                 start = time.monotonic()
-                result = run_wrk(self.urls, self.connections, WINDOW_S, self.env)
+                result = run_wrk(
+                    self.cluster.urls,
+                    MIXED,
+                    self.connections,
+                    WINDOW_S,
+                    self.env,
+                    self.cluster.procs,
+                )
                 self.windows.append((start, time.monotonic(), result))
         except BaseException as exc:  # reported by the main thread
             self.error = exc
@@ -183,19 +75,6 @@ class LoadWindows:
         if not inside:  # a migration shorter than a window: take the overlapping ones
             inside = [r for s, e, r in self.windows if e > since and s < until]
         return sum(r["ops_s"] for r in inside) / max(len(inside), 1)
-
-
-def wait_ready(url: str, timeout_s: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    with httpx.Client(timeout=2.0) as client:
-        while time.monotonic() < deadline:
-            try:
-                if client.get(f"{url}/readyz").status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-    raise SystemExit(f"{url} did not become ready")
 
 
 def join_and_wait(seed: str, node_url: str) -> tuple[dict, float]:
@@ -260,20 +139,16 @@ def main() -> int:
     try:
         with LocalCluster(root, 3, args.base_port, env) as cluster:
             print(f"preloading {args.keys:,} keys (100-byte values, RF=3) ...", flush=True)
-            load_rate = preload(cluster.urls, args.keys)
+            load_rate = cluster.preload(args.keys, workers=4)
             print(f"  {load_rate:,.0f} keys/s", flush=True)
             port = args.base_port + 3
             url = f"http://127.0.0.1:{port}"
-            saved = dict(os.environ)
-            os.environ.update({**env, "LIMEDB_AWAIT_JOIN": "true"})
-            try:
-                joiner = start_node(url, "127.0.0.1", port, root / "n3", cluster.urls, ())
-            finally:
-                os.environ.clear()
-                os.environ.update(saved)
-            wait_ready(url)
+            joiner = start_node_with_env(
+                url, port, root / "n3", cluster.urls, {**env, "LIMEDB_AWAIT_JOIN": "true"}
+            )
+            wait_ready(url, timeout_s=120.0)
 
-            with LoadWindows(cluster.urls, args.connections, wrk_env) as load:
+            with LoadWindows(cluster, args.connections, wrk_env) as load:
                 time.sleep(args.anchor_s)
                 join_started = time.monotonic()
                 print("joining the 4th node under load ...", flush=True)
