@@ -70,6 +70,17 @@ class Results:
         return "\n".join(lines)
 
 
+def add_per_cpu_second(r: Results, res: dict, phase: str) -> None:
+    """The row under a wall-clock row: the same LimeDB / rocksdict ratio per CPU-second."""
+    r.add(
+        "  same, per CPU-second (load-independent)",
+        res[f"limedb_{phase}_cpu"],
+        "rocksdict",
+        res[f"rocksdict_{phase}_cpu"],
+        "info",
+    )
+
+
 class Contender:
     """One store under test: put, get and (optionally) settle between phases."""
 
@@ -268,34 +279,16 @@ def main() -> int:
     r = Results()
     lp, lg, lm = res["limedb_put"], res["limedb_get"], res["limedb_miss"]
     r.add("put, durability none", lp, "rocksdict", res["rocksdict_put"], ">= 1.2x")
-    r.add(
-        "  same, per CPU-second (load-independent)",
-        res["limedb_put_cpu"],
-        "rocksdict",
-        res["rocksdict_put_cpu"],
-        "info",
-    )
+    add_per_cpu_second(r, res, "put")
     if "plyvel_put" in res:
         r.add("put, durability none (vs plyvel)", lp, "plyvel", res["plyvel_put"], "info")
     r.note("  then flush + compaction drain", f"{res['drain_s']:.2f} s", f"info; {res['levels']}")
     r.add("get existing keys (random)", lg, "rocksdict", res["rocksdict_get"], ">= 0.5x")
-    r.add(
-        "  same, per CPU-second (load-independent)",
-        res["limedb_get_cpu"],
-        "rocksdict",
-        res["rocksdict_get_cpu"],
-        "info",
-    )
+    add_per_cpu_second(r, res, "get")
     if "plyvel_get" in res:
         r.add("get existing keys (vs plyvel)", lg, "plyvel", res["plyvel_get"], "info")
     r.add("get missing keys", lm, "rocksdict", res["rocksdict_miss"], ">= 1,000,000/s")
-    r.add(
-        "  same, per CPU-second (load-independent)",
-        res["limedb_miss_cpu"],
-        "rocksdict",
-        res["rocksdict_miss_cpu"],
-        "info",
-    )
+    add_per_cpu_second(r, res, "miss")
     r.add(
         f"sync writes, 64 concurrent writers ({res['loop']})",
         res["sync_group"],
