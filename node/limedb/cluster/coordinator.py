@@ -3,8 +3,9 @@
 Writes are stamped here with the node's HLC, sent to all RF replicas (the local one applied
 in-process, the others over the internal RPC) and acknowledged at W successes; a replica that
 is down or fails gets a durable hint. Reads ask R replicas (local first, then live peers, then
-the rest as a fallback), return the newest version, and repair stale responders in the
-background, within a bound so that repair never competes unboundedly with foreground work.
+the rest as a fallback), return the newest version, and repair stale responders (and, when
+they disagree, the replicas not asked) in the background, within a bound so that repair never
+competes unboundedly with foreground work.
 """
 
 from __future__ import annotations
@@ -387,6 +388,10 @@ class Coordinator:
         if newest is not None and len(answers) > 1:
             stale = [n for n, s in answers.items() if s is None or newest.newer_than(s)]
             if stale:
+                # Replicas that disagree point to a missed write, which the replicas this read
+                # did not ask most likely missed as well: they get the newest version too (a
+                # replica that has it ignores it, last-writer-wins).
+                stale += [n for n in replicas if n not in answers]
                 self._repair(key, newest, stale)
         # LimeDB reports the key's owner, whichever node answered (during a transition, the
         # owner of the ring reads follow, which may not be in the current ring record yet).
