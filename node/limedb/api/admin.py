@@ -1,16 +1,18 @@
 """Admin routes: ring transitions (join, leave, replace, replication factor), status, repair.
 
-Each change is validated and proposed by the node that receives it (any node of the ring) and
-then driven by the cluster (limedb.cluster.transition_driver); the route answers 202 with the
-transition as soon as it is proposed, and `GET /admin/status` follows it. A refused change is
-409 with the reason (the running transition's id, a leave below the replication factor); the
-same change asked again while it runs answers 202 with it (a retry is not an error).
+Any node takes a change and hands it to the one node that proposes changes
+(limedb.cluster.proposals), which validates and proposes it; the cluster then drives it
+(limedb.cluster.transition_driver). The route relays the proposer's answer: 202 with the
+transition as soon as it is proposed (and known to be the one that runs), and
+`GET /admin/status` follows it. A refused change is 409 with the reason (the running
+transition's id, a leave below the replication factor); the same change asked again while it
+runs answers 202 with it (a retry is not an error). 503 with Retry-After when the proposer
+cannot be reached (it died a moment ago: the next try goes to the next one).
 When a cluster secret is configured every route needs it in the `X-Cluster-Secret` header.
 """
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 from typing import Any
 
@@ -20,14 +22,14 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
 from starlette.responses import Response
 
-from limedb.api.errors import ApiError
+from limedb.api.errors import ApiError, retry_after_header
 from limedb.api.state import NodeState
 from limedb.cluster.keys import MAX_TOKEN
+from limedb.cluster.proposals import ProposerUnavailable
 from limedb.cluster.repair import RepairRefused
-from limedb.cluster.transitions import Change, TransitionRefused
+from limedb.cluster.transitions import Change
 
 SECRET_HEADER = "x-cluster-secret"
-JOIN_WAIT_S = 5.0
 
 
 class JoinRequest(BaseModel):
@@ -103,27 +105,16 @@ def build_router(state: NodeState) -> APIRouter:
         return response.json()
 
     async def propose(change: Change) -> Response:
-        d = driver()
-        newcomer = change.new_node_id or change.node_id
-        if change.url:
-            # A node just started learns the cluster through gossip within a round or two.
-            deadline = asyncio.get_running_loop().time() + JOIN_WAIT_S
-            while not d.is_alive(newcomer) and asyncio.get_running_loop().time() < deadline:
-                await asyncio.sleep(0.2)
         try:
-            transition = d.propose(change)
-        except TransitionRefused as exc:
-            record = d.keeper.state
-            running = record.active if record is not None else None
-            if running is not None and running.change == change:
-                # The same request again (a client retrying after a timeout, an operator's
-                # reconcile loop): it is running, which is what was asked.
-                return _json({"transition": d.transition_status(running)}, 202)
-            body = {"error": str(exc)}
-            if exc.running_id:
-                body["running_transition"] = exc.running_id
-            return _json(body, 409)
-        return _json({"transition": d.transition_status(transition)}, 202)
+            outcome = await driver().proposals.submit(change)
+        except ProposerUnavailable as exc:
+            raise ApiError(503, str(exc), retry_after_header(1.0)) from exc
+        if outcome.accepted:
+            return _json({"transition": outcome.transition}, 202)
+        body = {"error": outcome.error}
+        if outcome.running_id:
+            body["running_transition"] = outcome.running_id
+        return _json(body, 409)
 
     @router.get("/node", summary="Who this node is (used by a join to learn the new node's id)")
     async def node(request: Request) -> Response:

@@ -53,6 +53,28 @@ def _without(kept: list[tuple[int, int]], ranges: Iterable[tuple[int, int]]) -> 
     return kept
 
 
+def _difference(
+    kept: list[tuple[int, int]], removed: list[tuple[int, int]]
+) -> list[tuple[int, int]]:
+    """Merged, sorted `kept` minus merged, sorted `removed`, in one sweep over both (a node's
+    unowned ranges and its handed-off ones are each hundreds of pieces with 256 vnodes)."""
+    pieces: list[tuple[int, int]] = []
+    j = 0
+    for start, end in kept:
+        while j < len(removed) and removed[j][1] < start:
+            j += 1
+        k = j
+        while start <= end and k < len(removed) and removed[k][0] <= end:
+            r_start, r_end = removed[k]
+            if r_start > start:
+                pieces.append((start, r_start - 1))
+            start = max(start, r_end + 1)
+            k += 1
+        if start <= end:
+            pieces.append((start, end))
+    return pieces
+
+
 class HandedOff:
     """Persisted sets of disjoint, non-wrapping inclusive token ranges: the handed-off ones
     (`ranges()`, `in`) and the part of them whose purge is not done yet (`pending()`)."""
@@ -88,6 +110,12 @@ class HandedOff:
 
     def __bool__(self) -> bool:
         return bool(self._starts)
+
+    def missing(self, ranges: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
+        """The pieces of `ranges` not handed off yet (merged): what a node that hands off the
+        same ranges on every record it adopts still has to add, so that a repeated hand-off
+        neither rewrites this file nor purges again."""
+        return _difference(_merged(ranges), self.ranges())
 
     def add_all(self, ranges: Iterable[tuple[int, int]]) -> None:
         """Hand off `ranges`: hidden from now on, and to be purged."""

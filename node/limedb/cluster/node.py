@@ -258,7 +258,7 @@ class ClusterService:
     async def start(self) -> None:
         self.replica.register(self.server)
         self.server.register(rpc.GOSSIP, self._handle_gossip)
-        self.server.register(rpc.RING_RECORD, self.driver.handle_record)
+        self.driver.register(self.server)  # RING_RECORD and PROPOSE
         self.streams.register(self.server)
         self.anti_entropy.register(self.server)
         # Bulk requests from peers (their streams and repairs) are served within the budget.

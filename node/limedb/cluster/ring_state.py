@@ -4,7 +4,8 @@ This is the value every node persists (`ring_store`) and gossips (`ring_record`)
 the coordinator routes by: while a transition runs, writes go to the union of old and new
 owners and reads to the owners the transition's phase says (limedb.cluster.transitions).
 Two copies of the record are ordered the same way on every node (`rank`), so gossip converges
-on the newest: a higher committed epoch first, then the newer transition, then a content hash
+on the newest: a higher committed epoch first, then the newer transition (of two to the same
+epoch, the one proposed later; of two copies of one, the later step), then a content hash
 that only separates two drivers' conflicting copies of the same step.
 """
 
@@ -96,10 +97,13 @@ class RingState:
         epoch, members, digest = self.ring.rank()
         t = self.transition
         if t is None:
-            tail = [0, 0, 0, 0]
+            tail = [0, 0, 0, 0, 0]
         else:
+            # Of two transitions to the same epoch, the later proposal: one proposed after a
+            # rollback must outrank the rolled-back one (the driver proposes it later than it).
             tail = [
                 t.new_ring.epoch,
+                t.started_ms,
                 xxhash.xxh64_intdigest(t.id.encode()),
                 t.version,
                 _PHASE_RANK[t.phase],

@@ -42,6 +42,7 @@ STREAM_READ = 21  # range streaming (limedb.cluster.streaming)
 STREAM_APPLY = 22
 HANDOFF = 23
 MERKLE = 24  # a replica's Merkle tree of a token range (limedb.cluster.repair)
+PROPOSE = 25  # a ring change forwarded to the proposer (limedb.cluster.proposals)
 
 # Error codes, HTTP-like so that logs read naturally.
 UNAUTHORIZED = 401

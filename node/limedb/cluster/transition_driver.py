@@ -33,7 +33,9 @@ from dataclasses import dataclass, field
 import orjson
 
 from limedb.cluster import rpc
+from limedb.cluster.keys import MAX_TOKEN
 from limedb.cluster.membership import Membership
+from limedb.cluster.proposals import Proposals
 from limedb.cluster.ring_record import RingKeeper
 from limedb.cluster.ring_state import RingState
 from limedb.cluster.streaming import (
@@ -153,6 +155,7 @@ class TransitionDriver:
         self._unreachable_since: dict[str, float] = {}
         self._background: set[asyncio.Future] = set()
         self.meter = RateMeter()
+        self.proposals = Proposals(self)
         keeper.add_listener(self._on_record)
         if keeper.state is not None:
             self._hand_off_own(keeper.state)
@@ -182,10 +185,21 @@ class TransitionDriver:
             gossip.set_status(status)
 
     def _hand_off_own(self, state: RingState) -> None:
-        """Hand off (record, hide and purge from storage) the ranges a finished transition took
-        from this node (or, rolled back, gave it). Idempotent (a purge of a range holding
-        nothing rewrites nothing); it also covers a node that was down while the driver cleaned
-        up."""
+        """Hand off (record, hide and purge from storage) every range this node does not own
+        once a transition has finished: the ranges the transition took from it (or, rolled
+        back, gave it), and, for a ring member, everything outside the ranges it replicates in
+        the committed ring. The latter covers a node that was down while the driver cleaned up,
+        even through several transitions: it learns only the latest record, whose moves say
+        nothing of the earlier ones. Only pieces not handed off yet are added, so adopting
+        record after record rewrites and purges nothing twice.
+
+        Never while a transition runs (this node may be receiving ranges it does not own yet).
+        A finished record cannot take a range this node will own: a range only comes to a node
+        as a target of a later transition, which releases it first (`_release`), and the node
+        persisted that transition's record before, so it never goes back to an older one. A
+        record that never had a transition moved nothing, so nothing is handed off then (a
+        node that bootstrapped from a stale member list must not purge what it holds).
+        """
         t = state.transition
         if t is None or t.phase not in (Phase.DONE, Phase.ROLLED_BACK):
             return
@@ -196,8 +210,12 @@ class TransitionDriver:
             ranges = [
                 (m.start, m.end) for m in t.moves if me in m.targets and me not in m.old_replicas
             ]
-        if ranges:
-            self.streams.hand_off(ranges)
+        if me in state.ring:
+            ranges.extend(unowned_ranges(state, me))
+        new = self.streams.handed_off.missing(ranges)
+        if new:
+            log.info("handing off %d range(s) this node no longer owns", len(new))
+            self.streams.hand_off(new)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -205,6 +223,10 @@ class TransitionDriver:
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name="transition-driver")
         self.streams.resume_purges()  # purges pending from before a restart, or before the loop ran
+
+    def register(self, server: rpc.RpcServer) -> None:
+        server.register(rpc.RING_RECORD, self.handle_record)
+        server.register(rpc.PROPOSE, self.proposals.handle)
 
     async def stop(self) -> None:
         task, self._task = self._task, None
@@ -314,10 +336,16 @@ class TransitionDriver:
                     f"node {newcomer} ({change.url}) is not alive in gossip yet: start it with "
                     f"--seeds naming a ring member, and retry"
                 )
+        # Later than the previous transition even on a clock that went back: a transition
+        # rolled back at the epoch this one proposes must not outrank it (ring_state.rank).
+        started = now_ms()
+        if state.transition is not None:
+            started = max(started, state.transition.started_ms + 1)
         t = propose(
-            state.ring, state.rf, change, now_ms=now_ms(), running=state.transition, live=live
+            state.ring, state.rf, change, now_ms=started, running=state.transition, live=live
         )
-        self.keeper.adopt(state.with_transition(t))
+        if not self.keeper.adopt(state.with_transition(t)):
+            raise TransitionRefused(f"transition {t.id} does not outrank the ring record here")
         self._wake.set()
         log.info("proposed transition %s: %s", t.id, change.describe())
         return t
@@ -363,6 +391,9 @@ class TransitionDriver:
             return
         if t.phase is Phase.PROPOSED:
             await self._push_everywhere()
+            # A rival proposal of the same epoch made elsewhere at the same moment wins or
+            # loses here, before anything streams (Superseded if it won).
+            await self.exchange_records()
             self._step(self._current(t).begin_streaming(now_ms()))
         elif t.phase is Phase.STREAMING:
             await self._stream_all(t)
@@ -393,6 +424,27 @@ class TransitionDriver:
         except (rpc.PeerUnavailable, rpc.RpcError) as exc:
             log.debug("push of the ring record to %s failed: %s", node_id, exc)
             return False
+
+    async def exchange_records(self, timeout_s: float = 2.0) -> None:
+        """Push our record to every node it or gossip names, then pull theirs and keep the
+        newest (every node, whatever its liveness here: a rival proposer is exactly a node we
+        may disagree with about liveness). One round trip each, in parallel; a node that does
+        not answer in `timeout_s` is skipped."""
+        state = self.keeper.state
+        assert state is not None
+        record = orjson.dumps(state.to_record())
+        nodes = (set(state.all_members()) | set(self.membership.peer_ids())) - {self.node_id}
+
+        async def exchange(node: str) -> None:
+            try:
+                await self.call(node, rpc.RING_RECORD, record, timeout_s)
+                reply = await self.call(node, rpc.RING_RECORD, b"", timeout_s)
+                if reply:
+                    self.keeper.adopt_record(orjson.loads(reply))
+            except (rpc.PeerUnavailable, rpc.RpcError, ValueError) as exc:
+                log.debug("ring record exchange with %s failed: %s", node, exc)
+
+        await asyncio.gather(*(exchange(n) for n in sorted(nodes)))
 
     async def _push_everywhere(self) -> None:
         """Push the record to every node it names (and every node gossip knows); wait until
@@ -628,3 +680,22 @@ class TransitionDriver:
             return b""
         state = self.keeper.state
         return b"" if state is None else orjson.dumps(state.to_record())
+
+
+def unowned_ranges(state: RingState, node_id: str) -> list[tuple[int, int]]:
+    """The token ranges (inclusive, non-wrapping, merged) `node_id` does not replicate in the
+    committed ring at the committed RF."""
+    owned = []
+    for r in state.ring.replica_ranges(node_id, state.rf):
+        if r.start <= r.end:
+            owned.append((r.start, r.end))
+        else:  # wraps past the largest token
+            owned.extend([(r.start, MAX_TOKEN), (0, r.end)])
+    gaps, next_start = [], 0
+    for start, end in sorted(owned):
+        if start > next_start:
+            gaps.append((next_start, start - 1))
+        next_start = max(next_start, end + 1)
+    if next_start <= MAX_TOKEN:
+        gaps.append((next_start, MAX_TOKEN))
+    return gaps
