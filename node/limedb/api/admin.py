@@ -6,8 +6,8 @@ Any node takes a change and hands it to the one node that proposes changes
 transition as soon as it is proposed (and known to be the one that runs), and
 `GET /admin/status` follows it. A refused change is 409 with the reason (the running
 transition's id, a leave below the replication factor); the same change asked again while it
-runs answers 202 with it (a retry is not an error). 503 with Retry-After when the proposer
-cannot be reached (it died a moment ago: the next try goes to the next one).
+runs answers 202 with it (a retry is not an error). 503 with Retry-After when no ring member is
+alive as the receiving node sees it.
 When a cluster secret is configured every route needs it in the `X-Cluster-Secret` header.
 """
 

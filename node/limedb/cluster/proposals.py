@@ -15,6 +15,7 @@ holds its own when the first one's pull arrives), the record order picks the sam
 both, and only the proposer whose transition is still the current one answers 202; the other
 answers 409 naming the winner. Only proposers that cannot reach each other at all (a partition)
 can both answer 202; the record order still makes one transition win everywhere once they do.
+For the same reason a node whose proposer does not answer proposes the change itself.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ PROPOSE_TIMEOUT_S = 15.0
 
 
 class ProposerUnavailable(Exception):
-    """The proposer could not be asked (it died a moment ago, or no member is alive): retry."""
+    """No ring member is alive as this node (not a member itself) sees it: retry later."""
 
 
 @dataclass(frozen=True)
@@ -107,7 +108,11 @@ class Proposals:
         try:
             reply = await d.call(proposer, rpc.PROPOSE, body, PROPOSE_TIMEOUT_S)
         except (rpc.PeerUnavailable, rpc.RpcError) as exc:
-            raise ProposerUnavailable(f"the proposer {proposer} did not answer: {exc}") from exc
+            # It died a moment ago (not yet judged dead here), or runs a version without
+            # PROPOSE: proposing here is still safe, the record exchange settles any rival
+            # (the proposer's own copy of this change included: the same change is accepted).
+            log.info("proposer %s unreachable (%s); proposing here", proposer, exc)
+            return await self.propose_here(change)
         return Proposal.from_record(orjson.loads(reply))
 
     async def handle(self, body: bytes) -> bytes:
