@@ -1,5 +1,5 @@
-"""A node that was down while two transitions took ranges from it drops all of them when it
-comes back: it learns only the latest ring record, whose moves say nothing of the first
+"""A node that was down while two transitions took ranges from it (two joins, or a join and a
+lower replication factor) drops all of them when it comes back: it learns only the latest ring record, whose moves say nothing of the first
 transition, yet afterwards it lists, counts and stores exactly the keys it owns in the final
 ring, and every key is on exactly its RF owners."""
 
@@ -36,8 +36,15 @@ def _dead_in_view_of(fleet: Fleet, via: Node, node: Node) -> bool:
     return {m["url"]: m["liveness"] for m in fleet.status(via)["members"]}[node.url] == "dead"
 
 
-def test_a_node_down_through_two_joins_drops_the_ranges_both_took_from_it(tmp_path: Path):
-    fleet = Fleet(tmp_path, ENV, first_host=180)
+@pytest.mark.parametrize(
+    "second, stop",
+    [("join", "kill -9"), ("lower RF", "SIGTERM")],
+    ids=["join then join, kill -9", "join then RF 1, SIGTERM"],
+)
+def test_a_node_down_through_two_transitions_drops_the_ranges_both_took_from_it(
+    tmp_path: Path, second: str, stop: str
+):
+    fleet = Fleet(tmp_path, ENV, first_host=180 if second == "join" else 190)
     try:
         history = History()
         a, b, x = fleet.bootstrap(3)
@@ -47,20 +54,25 @@ def test_a_node_down_through_two_joins_drops_the_ranges_both_took_from_it(tmp_pa
         held = {k for k in keys if x.url in first_ring.replica_urls(k, rf)}
         assert fleet.local_keys(x) == held
 
-        x.kill()
+        if stop == "kill -9":
+            x.kill()
+        else:
+            x.stop()
         fleet.members.remove(x)
         wait_for(lambda: _dead_in_view_of(fleet, a, x), 30.0, "x to be judged dead")
         d = fleet.start_joiner()
         fleet.join(d)
-        e = fleet.start_joiner()
-        fleet.join(e)
+        if second == "join":
+            fleet.join(fleet.start_joiner())
+        else:
+            fleet.set_rf(1)  # streams nothing; x keeps only the ranges it is first owner of
 
         # x was a member throughout: both joins took ranges from it, and it missed both.
         middle = Ring({**first_ring.members, d.url: d.url}, first_ring.vnodes, 2)
         lost_in_first = {k for k in held if x.url not in middle.replica_urls(k, rf)}
-        final_ring, _ = fleet.ring()
+        final_ring, final_rf = fleet.ring()
         assert final_ring.epoch == 3 and x.url in final_ring
-        owned = {k for k in keys if x.url in final_ring.replica_urls(k, rf)}
+        owned = {k for k in keys if x.url in final_ring.replica_urls(k, final_rf)}
         assert lost_in_first and owned < held, (len(lost_in_first), len(owned), len(held))
 
         x.start()

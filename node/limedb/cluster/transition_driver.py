@@ -7,7 +7,8 @@ from the ring record it persisted and gossiped. Each step is a new version of th
 adopted (persisted) here first and then pushed to every live node:
 
 - proposed: once every live node holds the record, writes go to old AND new owners
-  everywhere, and streaming starts;
+  everywhere; after a record exchange with every node (a rival proposal of the same epoch
+  wins or loses there, see limedb.cluster.proposals) streaming starts;
 - streaming: for each target, first the release of ranges it once handed off, then its ranges
   in token order, a few at a time, batch by batch from a live source
   to the target, throttled, with the position checkpointed into the record about once a
@@ -19,6 +20,8 @@ adopted (persisted) here first and then pushed to every live node:
 
 A target or every source of a range unreachable for longer than `timeout_s` rolls the
 transition back (only possible before commit); the targets then hand off what they received.
+Every ring member that adopts a finished record hands off whatever it does not replicate in the
+committed ring, so a node down through several transitions drops what each of them took.
 """
 
 from __future__ import annotations
