@@ -13,8 +13,11 @@ it adopted to every node the record or gossip names and then pulls theirs, keepi
 both proposers (whichever proposed second was either refused, having received the first, or
 holds its own when the first one's pull arrives), the record order picks the same winner on
 both, and only the proposer whose transition is still the current one answers 202; the other
-answers 409 naming the winner. Only proposers that cannot reach each other at all (a partition)
-can both answer 202; the record order still makes one transition win everywhere once they do.
+answers 409 naming the winner. Only proposers that cannot reach each other within the exchange
+(a partition, or a node stalled for seconds yet alive) can both answer 202; the record order
+still makes one transition win everywhere once they do (the driver exchanges records again
+before streaming, and what a superseded transition streamed is cleaned up once the winner
+finishes).
 For the same reason a node whose proposer does not answer proposes the change itself.
 """
 
@@ -39,7 +42,8 @@ log = logging.getLogger(__name__)
 
 # A newly started node becomes alive in the proposer's gossip within a round or two.
 NEWCOMER_WAIT_S = 5.0
-# Covers the newcomer wait and the record exchange (a round trip per node, in parallel).
+# Covers the newcomer wait and the record exchange (at most two tries of a push and a pull per
+# node, 2 s each, in parallel).
 PROPOSE_TIMEOUT_S = 15.0
 
 

@@ -428,26 +428,40 @@ class TransitionDriver:
             log.debug("push of the ring record to %s failed: %s", node_id, exc)
             return False
 
-    async def exchange_records(self, timeout_s: float = 2.0) -> None:
+    async def exchange_records(self, timeout_s: float = 2.0, attempts: int = 2) -> None:
         """Push our record to every node it or gossip names, then pull theirs and keep the
         newest (every node, whatever its liveness here: a rival proposer is exactly a node we
-        may disagree with about liveness). One round trip each, in parallel; a node that does
-        not answer in `timeout_s` is skipped."""
+        may disagree with about liveness). In parallel, each push and pull bounded by
+        `timeout_s`; a node that failed is tried again (up to `attempts` in all) only while it
+        is alive here, so a dead one costs one refused connection and a stalled one a few
+        seconds at most."""
         state = self.keeper.state
         assert state is not None
         record = orjson.dumps(state.to_record())
-        nodes = (set(state.all_members()) | set(self.membership.peer_ids())) - {self.node_id}
 
-        async def exchange(node: str) -> None:
+        async def exchange(node: str) -> bool:
             try:
                 await self.call(node, rpc.RING_RECORD, record, timeout_s)
                 reply = await self.call(node, rpc.RING_RECORD, b"", timeout_s)
                 if reply:
                     self.keeper.adopt_record(orjson.loads(reply))
+                return True
             except (rpc.PeerUnavailable, rpc.RpcError, ValueError) as exc:
                 log.debug("ring record exchange with %s failed: %s", node, exc)
+                return False
 
-        await asyncio.gather(*(exchange(n) for n in sorted(nodes)))
+        nodes = (set(state.all_members()) | set(self.membership.peer_ids())) - {self.node_id}
+        pending = sorted(nodes)
+        for attempt in range(attempts):
+            if attempt:
+                await asyncio.sleep(0.2 * attempt)
+            done = await asyncio.gather(*(exchange(n) for n in pending))
+            pending = [
+                n for n, ok in zip(pending, done, strict=True) if not ok and self.is_alive(n)
+            ]
+            if not pending:
+                return
+        log.warning("ring record exchange unconfirmed by %s", ", ".join(pending))
 
     async def _push_everywhere(self) -> None:
         """Push the record to every node it names (and every node gossip knows); wait until
@@ -471,11 +485,17 @@ class TransitionDriver:
 
     async def _release(self, t: Transition, target: str, ranges: list[tuple[int, int]]) -> None:
         """The target forgets ranges it once handed off, so what streams in is its own again.
-        Sent when streaming to it (re)starts: by then it holds this transition's record, so
-        a restart cannot hide them again from an older one."""
+        Sent when streaming to it (re)starts, right after the target confirmed it holds (has
+        persisted) this transition's record: a restart cannot then go back to an older record
+        that would hide the ranges again, or hand them off as not its own."""
         while True:
             if not self.is_alive(target):
                 self._stalled(t, f"target {target}", target)
+                await asyncio.sleep(0.5)
+                continue
+            state = self.keeper.state
+            remote = bool(ranges) and target != self.node_id and state is not None
+            if remote and not await self._push(target, orjson.dumps(state.to_record())):
                 await asyncio.sleep(0.5)
                 continue
             if await self._handoff_call(target, RELEASE, ranges, wait=False):
