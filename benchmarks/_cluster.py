@@ -148,6 +148,26 @@ class LocalCluster:
             list(pool.map(put, range(0, keys, batch)))
         return keys / (time.monotonic() - started)
 
+    def wait_settled(self, timeout_s: float = 300.0) -> float:
+        """Wait until no node has a flush or compaction left from loading (returns the seconds
+        waited), so that a measurement taken next is not slowed by the load's after-work."""
+        started = time.monotonic()
+        with httpx.Client(timeout=5.0) as client:
+            while time.monotonic() - started < timeout_s:
+                busy = [
+                    url
+                    for url in self.urls
+                    if _storage_busy(client.get(f"{url}/api/v1/health").json()["storage"])
+                ]
+                if not busy:
+                    return time.monotonic() - started
+                time.sleep(0.5)
+        raise SystemExit(f"nodes still compacting after {timeout_s:.0f} s")
+
+
+def _storage_busy(storage: dict) -> bool:
+    return bool(storage["compaction_backlog_bytes"] or storage["immutable_memtable_bytes"])
+
 
 def cpu_seconds(procs: list[subprocess.Popen]) -> float:
     """User + system CPU time the node processes have used so far (from /proc)."""

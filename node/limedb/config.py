@@ -144,7 +144,7 @@ SETTINGS: tuple[Setting, ...] = (
         False,
         "start outside the ring (fresh disk) and wait for `limedb admin join`",
     ),
-    Setting("stream_mb_per_s", _int(0), 64, "range streaming throttle in MB/s (0 = unlimited)"),
+    Setting("stream_mb_per_s", _int(0), 4, "range streaming throttle in MB/s (0 = unlimited)"),
     Setting("cleanup_grace_ms", _int(0), 2000, "wait before old owners hand off moved ranges"),
     Setting(
         "repair_interval_s",
@@ -207,7 +207,7 @@ class Config:
     cluster_secret: str | None = None
     internal_port: int = 0
     await_join: bool = False
-    stream_mb_per_s: int = 64
+    stream_mb_per_s: int = 4
     cleanup_grace_ms: int = 2000
     repair_interval_s: int = 86400
     repair_mb_per_s: int = 8

@@ -119,7 +119,7 @@ class Superseded(Exception):
 @dataclass(frozen=True)
 class DriverSettings:
     batch_bytes: int = 512 * 1024
-    bytes_per_s: float = 64e6
+    bytes_per_s: float = 4e6
     cleanup_grace_s: float = 2.0
     timeout_s: float = 300.0
     checkpoint_s: float = 1.0
@@ -129,7 +129,7 @@ class DriverSettings:
     @classmethod
     def from_config(cls, config) -> DriverSettings:
         return cls(
-            bytes_per_s=getattr(config, "stream_mb_per_s", 64) * 1e6,
+            bytes_per_s=getattr(config, "stream_mb_per_s", 4) * 1e6,
             cleanup_grace_s=getattr(config, "cleanup_grace_ms", 2000) / 1000,
             timeout_s=getattr(config, "transition_timeout_s", 300),
         )

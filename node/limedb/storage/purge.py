@@ -141,14 +141,16 @@ def purge(engine: Engine, ranges: Iterable[Range]) -> int:
         jobs = plan(_cut(engine, wanted), wanted)
         if not jobs:
             return 0
-        limiter = compaction_mod.RateLimiter(0)
+        # Background work like a compaction, so held to compaction's output rate.
+        rate = engine._opts.compaction_rate_bytes_per_s
+        limiter = compaction_mod.RateLimiter(rate)
         # A big purge rewrites in a worker process, like a compaction, so that purging a
         # handed-off range does not hold this process's GIL (and event loop) for seconds; its
         # jobs are often single tables just under the offload threshold, so the total decides.
         big = sum(job.input_bytes for job in jobs) >= OFFLOAD_MIN_BYTES
         try:
             for job in jobs:
-                outputs = engine._offloaded_compaction(job, 0, 0) if big else None
+                outputs = engine._offloaded_compaction(job, rate, 0) if big else None
                 if outputs is None:
                     compaction_mod.run(
                         job, engine._make_builder, engine._opts, limiter, engine._stopping
