@@ -14,6 +14,7 @@ from kubernetes.client.rest import ApiException
 
 from limedb_operator import manifests
 from limedb_operator.scaling import PodView
+from limedb_operator.volumes import ClaimView
 
 FIELD_MANAGER = "limedb-operator"
 
@@ -121,10 +122,41 @@ class Kube:
         return tuple(sorted(out, key=lambda p: p.ordinal))
 
     def pvc_names(self, name: str, namespace: str) -> list[str]:
+        return [c.name for c in self.claims(name, namespace)]
+
+    def claims(self, name: str, namespace: str) -> list[ClaimView]:
         listed = self.core.list_namespaced_persistent_volume_claim(
             namespace, label_selector=manifests.selector_string(name)
         )
-        return [p.metadata.name for p in listed.items]
+        out = []
+        for pvc in listed.items:
+            requests = (pvc.spec.resources and pvc.spec.resources.requests) or {}
+            status = pvc.status
+            capacity = (status and status.capacity) or {}
+            conditions = tuple(
+                (c.type, c.message or "") for c in (status and status.conditions) or []
+            )
+            out.append(
+                ClaimView(
+                    name=pvc.metadata.name,
+                    requested=requests.get("storage"),
+                    capacity=capacity.get("storage"),
+                    bound=bool(status and status.phase == "Bound"),
+                    conditions=conditions,
+                )
+            )
+        return out
+
+    def resize_claim(self, pvc: str, namespace: str, size: str) -> None:
+        """Ask for a bigger volume (PVC expansion); the API refuses it for an unbound claim or
+        a StorageClass without allowVolumeExpansion (ApiException carries its message)."""
+        request(
+            self.api,
+            "PATCH",
+            f"/api/v1/namespaces/{namespace}/persistentvolumeclaims/{pvc}",
+            body={"spec": {"resources": {"requests": {"storage": size}}}},
+            headers={"Content-Type": "application/merge-patch+json"},
+        )
 
     def delete_pvc(self, pvc: str, namespace: str) -> None:
         try:

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from limedb_operator import database, manifests
+from kubernetes.client.rest import ApiException
+
+from limedb_operator import database, manifests, volumes
 from limedb_operator.kube import Kube
 from limedb_operator.scaling import (
     NORMAL,
@@ -91,6 +94,43 @@ def _change_ring(
     return []
 
 
+def _api_message(e: ApiException) -> str:
+    try:
+        return str(json.loads(e.body or "")["message"])
+    except (ValueError, KeyError, TypeError):
+        return f"{e.status} {e.reason}"
+
+
+def _grow_volumes(
+    kube: Kube,
+    name: str,
+    namespace: str,
+    spec: Mapping[str, Any],
+    replicas: int,
+    claims: list[volumes.ClaimView],
+) -> tuple[dict[str, Any], list[tuple[str, str, str]]]:
+    """Patch the members' claims below storage.size; a refusal (unbound claim, StorageClass
+    without allowVolumeExpansion) goes to the condition, and the next tick tries again."""
+    size = spec["storage"]["size"]
+    plan = volumes.plan(name, size, replicas, claims)
+    refused: dict[str, str] = {}
+    patched: set[str] = set()
+    events: list[tuple[str, str, str]] = []
+    for pvc in plan.to_patch:
+        try:
+            kube.resize_claim(pvc, namespace, size)
+        except ApiException as e:
+            log.warning("%s/%s: resizing %s refused: %s", namespace, name, pvc, e.reason)
+            refused[pvc] = _api_message(e)
+            continue
+        patched.add(pvc)
+        events.append(("Normal", "VolumeResizing", f"{pvc} requests {size}"))
+    # Status describes the claims as they are after this step's patches.
+    now = [replace(c, requested=size) if c.name in patched else c for c in claims]
+    after = replace(volumes.plan(name, size, replicas, now), refused=refused)
+    return volumes.condition(after), events
+
+
 def reconcile(kube: Kube, body: Mapping[str, Any]) -> Outcome:
     meta = body["metadata"]
     name, namespace = meta["name"], meta["namespace"]
@@ -137,14 +177,24 @@ def reconcile(kube: Kube, body: Mapping[str, Any]) -> Outcome:
             log.warning("%s/%s: %s failed: %s", namespace, name, step.kind, e)
             events.append(("Warning", "RingChangeFailed", f"{step.message}: {e}"[:500]))
 
+    old_conditions = old_status.get("conditions")
+    extra_conditions: list[dict[str, Any]] = []
     if replicas is not None:
         policy = spec["pvcRetention"]["whenScaled"]
         current = new_replicas if new_replicas is not None else replicas
-        for pvc in pvcs_to_delete(kube.pvc_names(name, namespace), name, current, pods, policy):
+        claims = kube.claims(name, namespace)
+        names = [c.name for c in claims]
+        for pvc in pvcs_to_delete(names, name, current, pods, policy):
             kube.delete_pvc(pvc, namespace)
             events.append(("Normal", "VolumeDeleted", f"{pvc} deleted (whenScaled=Delete)"))
+        volume_cond, volume_events = _grow_volumes(kube, name, namespace, spec, current, claims)
+        old_cond = next(
+            (c for c in old_conditions or [] if c.get("type") == volumes.CONDITION), None
+        )
+        extra_conditions.append(volume_cond)
+        events.extend(volume_events)
+        events.extend(volumes.events(old_cond, volume_cond))
 
-    old_conditions = old_status.get("conditions")
     if not decision.valid and flipped(old_conditions, "Valid", "False"):
         events.append(("Warning", decision.invalid_reason, decision.invalid_message))
     if (
@@ -158,7 +208,9 @@ def reconcile(kube: Kube, body: Mapping[str, Any]) -> Outcome:
         obs = Observed(
             name, namespace, obs.desired, obs.replication_factor, new_replicas, pods, ring
         )
-    status = build_status(obs, decision, old_status, _now(), meta.get("generation"))
+    status = build_status(
+        obs, decision, old_status, _now(), meta.get("generation"), extra_conditions
+    )
     return Outcome(status, decision, events)
 
 

@@ -16,6 +16,7 @@ CONDITION_TYPES = (
     "ScalingDown",
     "Rebalancing",
     "Valid",
+    "VolumesResized",  # volumes.condition(), added by the reconcile once the StatefulSet exists
 )
 
 
@@ -123,6 +124,7 @@ def build_status(
     old_status: Mapping[str, Any] | None,
     now: str,
     generation: int | None,
+    extra_conditions: Sequence[Mapping[str, Any]] = (),
 ) -> dict[str, Any]:
     old_status = old_status or {}
     ring = obs.ring
@@ -145,7 +147,7 @@ def build_status(
         "members": members,
         "conditions": merge_conditions(
             old_status.get("conditions"),
-            conditions_for(obs, decision, ready_members),
+            [*conditions_for(obs, decision, ready_members), *map(dict, extra_conditions)],
             now,
             generation,
         ),

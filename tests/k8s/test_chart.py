@@ -20,7 +20,7 @@ ALLOWED = {
     ("policy", "poddisruptionbudgets"): {"get", "create", "patch"},
     ("", "secrets"): {"get", "create"},
     ("", "pods"): {"list"},
-    ("", "persistentvolumeclaims"): {"list", "delete"},
+    ("", "persistentvolumeclaims"): {"list", "patch", "delete"},
     ("", "events"): {"create", "patch"},
 }
 VARIANTS = {

@@ -60,7 +60,7 @@ app.kubernetes.io/instance: {{ .Release.Name }}
   verbs: ["list"]
 - apiGroups: [""]
   resources: ["persistentvolumeclaims"]
-  verbs: ["list", "delete"]
+  verbs: ["list", "patch", "delete"]
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create", "patch"]
