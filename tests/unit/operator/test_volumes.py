@@ -2,6 +2,8 @@
 
 from dataclasses import replace
 
+from limedb_operator.scaling import Observed, decide
+from limedb_operator.status import build_status
 from limedb_operator.volumes import ClaimView, condition, events, plan
 
 
@@ -75,3 +77,12 @@ def test_events_only_when_the_condition_changes():
     assert events(resizing, resized) == [("Normal", "VolumesResized", "ok")]
     assert events(resized, resized) == [] and events(None, resized) == []
     assert events(resized, resizing) == []
+
+
+def test_the_condition_joins_status_and_keeps_its_transition_time():
+    obs = Observed("lime", "db", 1, 1, 1)
+    resizing = condition(plan("lime", "2Gi", 1, [_claim(0, "2Gi", "1Gi")]))
+    first = build_status(obs, decide(obs), None, "2026-01-01T00:00:00Z", 3, [resizing])
+    later = build_status(obs, decide(obs), first, "2026-01-01T00:05:00Z", 3, [resizing])
+    got = next(c for c in later["conditions"] if c["type"] == "VolumesResized")
+    assert got["reason"] == "Resizing" and got["lastTransitionTime"] == "2026-01-01T00:00:00Z"
