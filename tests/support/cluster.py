@@ -75,12 +75,9 @@ class Node:
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
-    def start(self) -> None:
-        assert self.proc is None or self.proc.poll() is not None, "already running"
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, "LIMEDB_RESP_PORT": "0", **self.env}
-        env["LIMEDB_INTERNAL_PORT"] = str(self.internal_port)
-        args = [
+    def serve_command(self) -> list[str]:
+        """The `limedb serve` command line of this node."""
+        return [
             *SERVE,
             "--host", self.host,
             "--port", str(self.port),
@@ -88,6 +85,13 @@ class Node:
             "--advertise-url", self.url,
             "--seeds", ",".join(self.seeds),
         ]  # fmt: skip
+
+    def start(self) -> None:
+        assert self.proc is None or self.proc.poll() is not None, "already running"
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, "LIMEDB_RESP_PORT": "0", **self.env}
+        env["LIMEDB_INTERNAL_PORT"] = str(self.internal_port)
+        args = self.serve_command()
         log = open(self.data_dir / "node.log", "ab")  # noqa: SIM115 - closed with the process
         self.proc = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT)
         log.close()

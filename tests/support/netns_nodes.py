@@ -12,7 +12,7 @@ from limedb.cluster.ring import Ring
 from limedb.storage import Engine, EngineOptions
 
 from support import netns
-from support.cluster import SERVE, Node
+from support.cluster import Node
 
 PORT, INTERNAL_PORT = 8484, 9484
 
@@ -28,14 +28,7 @@ class NamespacedNode(Node):
     def start(self) -> None:
         assert not self.running(), "already running"
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        args = [
-            *SERVE,
-            "--host", self.host,
-            "--port", str(self.port),
-            "--data-dir", str(self.data_dir / "data"),
-            "--advertise-url", self.url,
-            "--seeds", ",".join(self.seeds),
-        ]  # fmt: skip
+        args = self.serve_command()
         env = {"LIMEDB_RESP_PORT": "0", "LIMEDB_INTERNAL_PORT": str(self.internal_port), **self.env}
         # `env` prefixes the command so that `ip netns exec` itself runs with our environment.
         with open(self.data_dir / "node.log", "ab") as log:
