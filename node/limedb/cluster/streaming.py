@@ -99,6 +99,24 @@ def _range_end_key(end: int) -> bytes | None:
     return None if end >= MAX_TOKEN else token_prefix(end + 1)
 
 
+PURGE_SLICES = 16
+
+
+def purge_slices(
+    ranges: list[tuple[int, int]], slices: int = PURGE_SLICES
+) -> list[list[tuple[int, int]]]:
+    """Inclusive token ranges cut along `slices` equal slices of the token space, grouped by
+    slice in token order (slices holding nothing are left out)."""
+    width = (MAX_TOKEN + 1) // slices
+    out: list[list[tuple[int, int]]] = []
+    for k in range(slices):
+        lo, hi = k * width, MAX_TOKEN if k == slices - 1 else (k + 1) * width - 1
+        part = [(max(s, lo), min(e, hi)) for s, e in ranges if s <= hi and e >= lo]
+        if part:
+            out.append(part)
+    return out
+
+
 def storage_ranges(ranges: list[tuple[int, int]]) -> list[tuple[bytes, bytes | None]]:
     """Inclusive token ranges as the storage key ranges [start, end) they cover."""
     return [(token_prefix(start), _range_end_key(end)) for start, end in ranges]
@@ -281,11 +299,15 @@ class RangeStreams:
         self._purger = loop.create_task(self._purge_pending(), name="range-purge")
 
     async def _purge_pending(self) -> None:
+        # One slice of the token space at a time: a purge holds the engine's compaction lock
+        # while it rewrites, so a big store's purge in one go would hold off compactions (and,
+        # under writes, pile up L0 up to the write stop) for its whole duration.
         while self.handed_off.pending() and not self._stopped:
             async with self._purge_lock:
-                ranges = self.handed_off.pending()
-                if not ranges:
+                slices = purge_slices(self.handed_off.pending())
+                if not slices:
                     return
+                ranges = slices[0]
                 additions = self._additions
                 try:
                     await asyncio.to_thread(self.engine.purge_ranges, storage_ranges(ranges))
