@@ -25,35 +25,18 @@ from limedb.cluster.ring_store import write_atomic
 HANDED_OFF_FILE = "handed_off.json"
 
 
-def _minus(s: int, e: int, start: int, end: int) -> list[tuple[int, int]]:
-    """s..e without start..end (zero, one or two pieces)."""
-    if e < start or s > end:
-        return [(s, e)]
-    pieces = []
-    if s < start:
-        pieces.append((s, start - 1))
-    if e > end:
-        pieces.append((end + 1, e))
-    return pieces
-
-
-def _merged(ranges: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
-    merged: list[tuple[int, int]] = []
+def merged(ranges: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Inclusive token ranges, sorted, overlapping or touching ones joined."""
+    out: list[tuple[int, int]] = []
     for start, end in sorted(ranges):
-        if merged and start <= merged[-1][1] + 1:
-            merged[-1] = (merged[-1][0], max(merged[-1][1], end))
+        if out and start <= out[-1][1] + 1:
+            out[-1] = (out[-1][0], max(out[-1][1], end))
         else:
-            merged.append((start, end))
-    return merged
+            out.append((start, end))
+    return out
 
 
-def _without(kept: list[tuple[int, int]], ranges: Iterable[tuple[int, int]]) -> list:
-    for start, end in ranges:
-        kept = [piece for s, e in kept for piece in _minus(s, e, start, end)]
-    return kept
-
-
-def _difference(
+def difference(
     kept: list[tuple[int, int]], removed: list[tuple[int, int]]
 ) -> list[tuple[int, int]]:
     """Merged, sorted `kept` minus merged, sorted `removed`, in one sweep over both (a node's
@@ -90,8 +73,8 @@ class HandedOff:
             doc = {}
         if isinstance(doc, list):  # written before purges existed: nothing of it was purged
             doc = {"handed_off": doc, "pending_purge": doc}
-        self._set(_merged((int(s), int(e)) for s, e in doc.get("handed_off", [])))
-        self._pending = _merged((int(s), int(e)) for s, e in doc.get("pending_purge", []))
+        self._set(merged((int(s), int(e)) for s, e in doc.get("handed_off", [])))
+        self._pending = merged((int(s), int(e)) for s, e in doc.get("pending_purge", []))
 
     def _set(self, merged: list[tuple[int, int]]) -> None:
         self._starts = [s for s, _ in merged]
@@ -115,30 +98,30 @@ class HandedOff:
         """The pieces of `ranges` not handed off yet (merged): what a node that hands off the
         same ranges on every record it adopts still has to add, so that a repeated hand-off
         neither rewrites this file nor purges again."""
-        return _difference(_merged(ranges), self.ranges())
+        return difference(merged(ranges), self.ranges())
 
     def add_all(self, ranges: Iterable[tuple[int, int]]) -> None:
         """Hand off `ranges`: hidden from now on, and to be purged."""
         ranges = list(ranges)
         before, pending = self.ranges(), self._pending
-        self._set(_merged([*before, *ranges]))
-        self._pending = _merged([*pending, *ranges])
+        self._set(merged([*before, *ranges]))
+        self._pending = merged([*pending, *ranges])
         if self.ranges() != before or self._pending != pending:
             self._save()
 
     def purged(self, ranges: Iterable[tuple[int, int]]) -> None:
         """The purge of `ranges` is durable: nothing of them is pending any more."""
-        pending = _without(self._pending, ranges)
+        pending = difference(self._pending, merged(ranges))
         if pending != self._pending:
             self._pending = pending
             self._save()
 
     def release_all(self, ranges: Iterable[tuple[int, int]]) -> None:
         """Forget every part of the handed-off ranges that overlaps one of `ranges`."""
-        ranges = list(ranges)
+        released = merged(ranges)
         before, pending = self.ranges(), self._pending
-        self._set(_without(before, ranges))
-        self._pending = _without(pending, ranges)
+        self._set(difference(before, released))
+        self._pending = difference(pending, released)
         if self.ranges() != before or self._pending != pending:
             self._save()
 

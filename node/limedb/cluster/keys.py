@@ -13,6 +13,13 @@ TOKEN_BYTES = 8
 MAX_TOKEN = (1 << 64) - 1
 
 
+def split_wrapping(start: int, end: int) -> list[tuple[int, int]]:
+    """A ring range start..end (wrapping when start > end) as non-wrapping pieces."""
+    if start <= end:
+        return [(start, end)]
+    return [(start, MAX_TOKEN), (0, end)]
+
+
 def token_of(key: bytes) -> int:
     """The ring position of a user key (XXH64, seed 0, as the original LimeDB)."""
     return _xxh64(key)

@@ -32,7 +32,7 @@ from functools import partial
 
 from limedb.cluster import rpc
 from limedb.cluster.background import BackgroundBudget
-from limedb.cluster.keys import MAX_TOKEN
+from limedb.cluster.keys import split_wrapping
 from limedb.cluster.merkle import HASH_BYTES, MAX_DEPTH, MerkleTree, diff
 from limedb.cluster.streaming import APPLIED, RangeStreams, Throttle, decode_batch, encode_read
 from limedb.hlc import pack
@@ -75,13 +75,6 @@ def decode_tree(data: bytes, start: int, end: int, depth: int) -> MerkleTree:
 def depth_for(keys: int) -> int:
     """The tree depth that leaves about KEYS_PER_LEAF versions per leaf."""
     return min(DEPTH_LIMIT, MAX_DEPTH, max(0, (keys // KEYS_PER_LEAF).bit_length()))
-
-
-def split_wrapping(start: int, end: int) -> list[tuple[int, int]]:
-    """A ring range start..end (wrapping when start > end) as non-wrapping pieces."""
-    if start <= end:
-        return [(start, end)]
-    return [(start, MAX_TOKEN), (0, end)]
 
 
 def clip(piece: tuple[int, int], wanted: tuple[int, int] | None) -> tuple[int, int] | None:

@@ -36,7 +36,8 @@ from dataclasses import dataclass, field
 import orjson
 
 from limedb.cluster import rpc
-from limedb.cluster.keys import MAX_TOKEN
+from limedb.cluster.handed_off import difference, merged
+from limedb.cluster.keys import MAX_TOKEN, split_wrapping
 from limedb.cluster.membership import Membership
 from limedb.cluster.proposals import Proposals
 from limedb.cluster.ring_record import RingKeeper
@@ -420,48 +421,38 @@ class TransitionDriver:
 
     # ------------------------------------------------------------------ spreading the record
 
-    async def _push(self, node_id: str, record: bytes) -> bool:
+    async def _push(self, node_id: str, record: bytes, timeout_s: float = 2.0) -> bool:
         try:
-            await self.call(node_id, rpc.RING_RECORD, record, 2.0)
+            await self.call(node_id, rpc.RING_RECORD, record, timeout_s)
             return True
         except (rpc.PeerUnavailable, rpc.RpcError) as exc:
             log.debug("push of the ring record to %s failed: %s", node_id, exc)
             return False
 
-    async def exchange_records(self, timeout_s: float = 2.0, attempts: int = 2) -> None:
-        """Push our record to every node it or gossip names, then pull theirs and keep the
-        newest (every node, whatever its liveness here: a rival proposer is exactly a node we
-        may disagree with about liveness). In parallel, each push and pull bounded by
-        `timeout_s`; a node that failed is tried again (up to `attempts` in all) only while it
-        is alive here, so a dead one costs one refused connection and a stalled one a few
-        seconds at most."""
+    async def exchange_records(self, timeout_s: float = 2.0) -> None:
+        """Push our record to every node, then pull theirs and keep the newest (every node,
+        whatever its liveness here: a rival proposer is exactly a node we may disagree with
+        about liveness). Each push and pull is bounded by `timeout_s`, and a failed node is
+        retried once while it is alive here, so a dead one costs one refused connection and a
+        stalled one a few seconds at most."""
         state = self.keeper.state
         assert state is not None
         record = orjson.dumps(state.to_record())
 
         async def exchange(node: str) -> bool:
+            if not await self._push(node, record, timeout_s):
+                return False
             try:
-                await self.call(node, rpc.RING_RECORD, record, timeout_s)
                 reply = await self.call(node, rpc.RING_RECORD, b"", timeout_s)
                 if reply:
                     self.keeper.adopt_record(orjson.loads(reply))
                 return True
             except (rpc.PeerUnavailable, rpc.RpcError, ValueError) as exc:
-                log.debug("ring record exchange with %s failed: %s", node, exc)
+                log.debug("ring record pull from %s failed: %s", node, exc)
                 return False
 
-        nodes = (set(state.all_members()) | set(self.membership.peer_ids())) - {self.node_id}
-        pending = sorted(nodes)
-        for attempt in range(attempts):
-            if attempt:
-                await asyncio.sleep(0.2 * attempt)
-            done = await asyncio.gather(*(exchange(n) for n in pending))
-            pending = [
-                n for n, ok in zip(pending, done, strict=True) if not ok and self.is_alive(n)
-            ]
-            if not pending:
-                return
-        log.warning("ring record exchange unconfirmed by %s", ", ".join(pending))
+        if unconfirmed := await self._on_every_node(exchange, attempts=2):
+            log.warning("ring record exchange unconfirmed by %s", ", ".join(unconfirmed))
 
     async def _push_everywhere(self) -> None:
         """Push the record to every node it names (and every node gossip knows); wait until
@@ -469,17 +460,35 @@ class TransitionDriver:
         state = self.keeper.state
         assert state is not None
         record = orjson.dumps(state.to_record())
-        nodes = set(state.all_members()) | set(self.membership.peer_ids())
-        nodes.discard(self.node_id)
-        pending = sorted(nodes)
-        for attempt in range(PUSH_ATTEMPTS):
-            results = await asyncio.gather(*(self._push(n, record) for n in pending))
-            pending = [n for n, ok in zip(pending, results, strict=True) if not ok]
-            pending = [n for n in pending if self.is_alive(n)]
+        unconfirmed = await self._on_every_node(
+            lambda node: self._push(node, record), attempts=PUSH_ATTEMPTS
+        )
+        if unconfirmed:
+            log.warning(
+                "ring record not confirmed by %s; gossip will carry it", ", ".join(unconfirmed)
+            )
+
+    async def _on_every_node(
+        self, action: Callable[[str], Awaitable[bool]], attempts: int
+    ) -> list[str]:
+        """Run `action` on every node the record or gossip names but this one, in parallel; a
+        node it failed on is tried again (up to `attempts` in all, a little later each time)
+        while it is alive here. Returns the nodes it never succeeded on."""
+        state = self.keeper.state
+        assert state is not None
+        pending = sorted(
+            (set(state.all_members()) | set(self.membership.peer_ids())) - {self.node_id}
+        )
+        for attempt in range(attempts):
+            if attempt:
+                await asyncio.sleep(0.2 * attempt)
+            done = await asyncio.gather(*(action(n) for n in pending))
+            pending = [
+                n for n, ok in zip(pending, done, strict=True) if not ok and self.is_alive(n)
+            ]
             if not pending:
-                return
-            await asyncio.sleep(0.2 * (attempt + 1))
-        log.warning("ring record not confirmed by %s; gossip will carry it", ", ".join(pending))
+                break
+        return pending
 
     # ------------------------------------------------------------------ streaming
 
@@ -708,17 +717,9 @@ class TransitionDriver:
 def unowned_ranges(state: RingState, node_id: str) -> list[tuple[int, int]]:
     """The token ranges (inclusive, non-wrapping, merged) `node_id` does not replicate in the
     committed ring at the committed RF."""
-    owned = []
-    for r in state.ring.replica_ranges(node_id, state.rf):
-        if r.start <= r.end:
-            owned.append((r.start, r.end))
-        else:  # wraps past the largest token
-            owned.extend([(r.start, MAX_TOKEN), (0, r.end)])
-    gaps, next_start = [], 0
-    for start, end in sorted(owned):
-        if start > next_start:
-            gaps.append((next_start, start - 1))
-        next_start = max(next_start, end + 1)
-    if next_start <= MAX_TOKEN:
-        gaps.append((next_start, MAX_TOKEN))
-    return gaps
+    owned = [
+        piece
+        for r in state.ring.replica_ranges(node_id, state.rf)
+        for piece in split_wrapping(r.start, r.end)
+    ]
+    return difference([(0, MAX_TOKEN)], merged(owned))
