@@ -64,6 +64,12 @@ def pvc_name(name: str, ordinal: int) -> str:
     return f"data-{name}-{ordinal}"
 
 
+def claim_ordinal(name: str, claim: str) -> int | None:
+    """The ordinal of a data claim (`pvc_name` read back), or None when it is not one of
+    `name`'s data claims."""
+    return ordinal_of(f"data-{name}", claim)
+
+
 def ordinal_of(name: str, pod: str) -> int | None:
     """The StatefulSet ordinal of `pod`, or None when it is not one of `name`'s pods."""
     prefix = f"{name}-"

@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from limedb_operator.manifests import HTTP_PORT, node_url
+from limedb_operator.manifests import HTTP_PORT, claim_ordinal, node_url
 
 # Member states as the database reports them (lower-case in its API, capitalised in status).
 JOINING, NORMAL, LEAVING, LEFT = "Joining", "Normal", "Leaving", "Left"
@@ -311,10 +311,9 @@ def pvcs_to_delete(
     if policy != "Delete":
         return []
     live = {p.ordinal for p in pods}
-    prefix = f"data-{cluster}-"
     out = []
     for pvc in pvc_names:
-        rest = pvc[len(prefix) :] if pvc.startswith(prefix) else ""
-        if rest.isdigit() and int(rest) >= replicas and int(rest) not in live:
+        ordinal = claim_ordinal(cluster, pvc)
+        if ordinal is not None and ordinal >= replicas and ordinal not in live:
             out.append(pvc)
     return sorted(out)

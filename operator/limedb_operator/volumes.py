@@ -16,6 +16,8 @@ from typing import Any
 
 from kubernetes.utils import parse_quantity
 
+from limedb_operator.manifests import claim_ordinal
+
 CONDITION = "VolumesResized"
 
 
@@ -50,12 +52,6 @@ def _bytes(quantity: str | None) -> Decimal | None:
         return None
 
 
-def member_ordinal(cluster: str, claim: str) -> int | None:
-    prefix = f"data-{cluster}-"
-    rest = claim[len(prefix) :] if claim.startswith(prefix) else ""
-    return int(rest) if rest.isdigit() else None
-
-
 def plan(cluster: str, size: str, replicas: int, claims: Sequence[ClaimView]) -> VolumePlan:
     """Bound claims of current members (ordinal < replicas) that request less than `size` are
     patched; claims whose capacity is below `size` (or that are not bound yet) are growing. Claims of removed nodes are
@@ -66,7 +62,7 @@ def plan(cluster: str, size: str, replicas: int, claims: Sequence[ClaimView]) ->
         return VolumePlan(size)
     to_patch, growing = [], []
     for claim in sorted(claims, key=lambda c: c.name):
-        ordinal = member_ordinal(cluster, claim.name)
+        ordinal = claim_ordinal(cluster, claim.name)
         if ordinal is None or ordinal >= replicas:
             continue
         requested = _bytes(claim.requested)
