@@ -38,6 +38,7 @@ from limedb.cluster.service import Consistency, ReadResult, Unavailable
 from limedb.cluster.streaming import RangeStreams
 from limedb.cluster.transition_driver import DriverSettings, TransitionDriver
 from limedb.cluster.view import ClusterView, MemberView
+from limedb.config import Config
 from limedb.hlc import HLC
 
 log = logging.getLogger(__name__)
@@ -60,7 +61,7 @@ def split_addr(addr: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-def static_ring(config) -> Ring:
+def static_ring(config: Config) -> Ring:
     """The initial ring of a fresh cluster: this node plus every seed, seeds identified by
     URL (LimeDB's model; a node with another id announces itself through gossip)."""
     members = {url: url for url in config.seeds if url != config.advertise_url}
@@ -68,13 +69,13 @@ def static_ring(config) -> Ring:
     return Ring(members, config.vnodes)
 
 
-def initial_ring_state(config, store: RingStore) -> RingState | None:
+def initial_ring_state(config: Config, store: RingStore) -> RingState | None:
     """The persisted ring record; else none for a node started to be joined (it learns the
     ring from its seeds); else the static ring of a fresh cluster."""
     state = store.load()
     if state is not None:
         return state
-    if getattr(config, "await_join", False):
+    if config.await_join:
         return None
     return RingState(static_ring(config), config.replication_factor)
 
@@ -82,7 +83,7 @@ def initial_ring_state(config, store: RingStore) -> RingState | None:
 class ClusterService:
     """A clustered node: any key, any node; replicated with quorums."""
 
-    def __init__(self, config, engine, hints_engine, *, internal_port: int) -> None:
+    def __init__(self, config: Config, engine, hints_engine, *, internal_port: int) -> None:
         self.config = config
         self.node_id: str = config.node_id
         self.node_url: str = config.advertise_url
@@ -117,7 +118,7 @@ class ClusterService:
         self.hints = HintStore(
             hints_engine,
             self._deliver_hint,
-            window_ms=getattr(config, "hint_window_ms", 3 * 3600 * 1000),
+            window_ms=config.hint_window_ms,
         )
         self.coordinator = Coordinator(
             node_id=self.node_id,
@@ -152,8 +153,8 @@ class ClusterService:
             self.streams,
             self.call_node,
             self._replica_ranges,
-            interval_s=getattr(config, "repair_interval_s", 86400),
-            bytes_per_s=getattr(config, "repair_mb_per_s", 8) * (1 << 20),
+            interval_s=config.repair_interval_s,
+            bytes_per_s=config.repair_mb_per_s * (1 << 20),
             budget=self.background,
         )
         self.gossip_loop = GossipLoop(self.membership, self._send_gossip)
@@ -164,16 +165,14 @@ class ClusterService:
         self._view_cache: tuple[Ring, tuple[tuple[int, str], ...]] | None = None
 
     @classmethod
-    def open(cls, config, engine) -> ClusterService:
+    def open(cls, config: Config, engine) -> ClusterService:
         """Open the hint store next to the data and build the service (not yet started)."""
         from limedb.storage import Engine, EngineOptions
 
         hints_dir = Path(config.data_dir) / "hints"
         os.makedirs(hints_dir, exist_ok=True)
         hints_engine = Engine.open(hints_dir, EngineOptions(durability=config.durability))
-        internal_port = getattr(config, "internal_port", 0) or default_internal_port(
-            config.advertise_url
-        )
+        internal_port = config.internal_port or default_internal_port(config.advertise_url)
         return cls(config, engine, hints_engine, internal_port=internal_port)
 
     # ------------------------------------------------------------------ addressing

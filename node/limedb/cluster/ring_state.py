@@ -19,16 +19,7 @@ import orjson
 import xxhash
 
 from limedb.cluster.ring import Ring
-from limedb.cluster.transitions import Phase, Transition, TransitionError, WriteSet
-
-_PHASE_RANK = {
-    Phase.PROPOSED: 0,
-    Phase.STREAMING: 1,
-    Phase.COMMITTED: 2,
-    Phase.CLEANUP: 3,
-    Phase.DONE: 4,
-    Phase.ROLLED_BACK: 4,
-}
+from limedb.cluster.transitions import PHASE_RANK, Phase, Transition, TransitionError, WriteSet
 
 
 @dataclass(frozen=True)
@@ -106,7 +97,7 @@ class RingState:
                 t.started_ms,
                 xxhash.xxh64_intdigest(t.id.encode()),
                 t.version,
-                _PHASE_RANK[t.phase],
+                PHASE_RANK[t.phase],
             ]
         return [epoch, members, digest, self.rf, *tail, self._hash]
 

@@ -63,6 +63,7 @@ from limedb.cluster.transitions import (
     TransitionRefused,
     propose,
 )
+from limedb.config import Config
 
 log = logging.getLogger(__name__)
 
@@ -128,11 +129,11 @@ class DriverSettings:
     poll_s: float = 0.5
 
     @classmethod
-    def from_config(cls, config) -> DriverSettings:
+    def from_config(cls, config: Config) -> DriverSettings:
         return cls(
-            bytes_per_s=getattr(config, "stream_mb_per_s", 4) * 1e6,
-            cleanup_grace_s=getattr(config, "cleanup_grace_ms", 2000) / 1000,
-            timeout_s=getattr(config, "transition_timeout_s", 300),
+            bytes_per_s=config.stream_mb_per_s * 1e6,
+            cleanup_grace_s=config.cleanup_grace_ms / 1000,
+            timeout_s=config.transition_timeout_s,
         )
 
 

@@ -46,8 +46,9 @@ class Phase(StrEnum):
 
 
 FINISHED = frozenset({Phase.DONE, Phase.ROLLED_BACK})
-# Order used to pick between two copies of the same transition record with equal versions.
-_PHASE_RANK = {
+# How far a transition has got: orders two copies of one transition record with equal
+# versions, and is part of a ring record's rank (limedb.cluster.ring_state).
+PHASE_RANK = {
     Phase.PROPOSED: 0,
     Phase.STREAMING: 1,
     Phase.COMMITTED: 2,
@@ -547,9 +548,9 @@ class Transition:
         if other is None:
             return True
         if self.id == other.id:
-            return (self.version, _PHASE_RANK[self.phase]) > (
+            return (self.version, PHASE_RANK[self.phase]) > (
                 other.version,
-                _PHASE_RANK[other.phase],
+                PHASE_RANK[other.phase],
             )
         if self.new_ring.epoch != other.new_ring.epoch:
             return self.new_ring.epoch > other.new_ring.epoch
