@@ -1,7 +1,8 @@
 """A `limedb serve` process on a free 127.0.0.x port, as the node tests drive it.
 
-`NodeProcess` is the handle the node tests use: start, wait until /readyz, SIGTERM, kill -9,
-restart on the same data directory. Every process started by a test is stopped at teardown.
+`NodeProcess` is the handle the node tests use: start (optionally under a descriptor limit,
+`nofile`), wait until /readyz, SIGTERM, kill -9, restart on the same data directory. Every
+process started by a test is stopped at teardown.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import httpx
+from support.descriptors import nofile_at_start
 
 LIMEDB = str(Path(sys.executable).with_name("limedb"))
 # Settings of the surrounding shell must not leak into the node under test.
@@ -61,6 +63,8 @@ class NodeProcess:
     host: str = ""
     port: int = 0
     proc: subprocess.Popen | None = None
+    # RLIMIT_NOFILE the process starts with (None: inherited).
+    nofile: int | None = None
 
     def __post_init__(self) -> None:
         if not self.host:
@@ -86,7 +90,10 @@ class NodeProcess:
             *self.extra_args,
         ]  # fmt: skip
         log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT)
+        preexec = None if self.nofile is None else nofile_at_start(self.nofile)
+        self.proc = subprocess.Popen(
+            args, env=env, stdout=log, stderr=subprocess.STDOUT, preexec_fn=preexec
+        )
         log.close()
         if wait_ready:
             self.wait_ready()

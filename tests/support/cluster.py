@@ -21,6 +21,7 @@ from pathlib import Path
 
 import httpx
 
+from support.descriptors import nofile_at_start
 from support.history import DELETE, FAIL, OK, READ, UNKNOWN, WRITE
 
 SERVE = [str(Path(sys.executable).with_name("limedb")), "serve"]
@@ -70,10 +71,17 @@ class Node:
     seeds: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
     proc: subprocess.Popen | None = None
+    # RLIMIT_NOFILE the process starts with (None: inherited); support.descriptors changes
+    # it at run time.
+    nofile: int | None = None
 
     @property
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
+
+    def preexec(self) -> Callable[[], None] | None:
+        """What the child runs before exec (the descriptor limit), for subprocess.Popen."""
+        return None if self.nofile is None else nofile_at_start(self.nofile)
 
     def serve_command(self) -> list[str]:
         """The `limedb serve` command line of this node."""
@@ -93,7 +101,9 @@ class Node:
         env["LIMEDB_INTERNAL_PORT"] = str(self.internal_port)
         args = self.serve_command()
         log = open(self.data_dir / "node.log", "ab")  # noqa: SIM115 - closed with the process
-        self.proc = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            args, env=env, stdout=log, stderr=subprocess.STDOUT, preexec_fn=self.preexec()
+        )
         log.close()
 
     def running(self) -> bool:

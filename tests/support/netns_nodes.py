@@ -33,7 +33,10 @@ class NamespacedNode(Node):
         # `env` prefixes the command so that `ip netns exec` itself runs with our environment.
         with open(self.data_dir / "node.log", "ab") as log:
             self.proc = self.ns.popen(
-                ["env", *(f"{k}={v}" for k, v in env.items()), *args], stdout=log, stderr=log
+                ["env", *(f"{k}={v}" for k, v in env.items()), *args],
+                stdout=log,
+                stderr=log,
+                preexec_fn=self.preexec(),
             )
 
 
