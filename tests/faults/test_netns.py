@@ -12,6 +12,7 @@ import time
 
 import pytest
 from support import netns
+from support.wait import wait_for
 
 pytestmark = pytest.mark.faults
 
@@ -23,15 +24,6 @@ def root_links() -> set[str]:
     return {line.split(":")[1].strip().split("@")[0] for line in out.splitlines()}
 
 
-def wait_until(condition, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
-
-
 def serve_http(lab: netns.NetLab, ns: netns.Namespace, tmp_path) -> None:
     ns.popen(
         [sys.executable, "-m", "http.server", "--bind", ns.address, str(PORT)],
@@ -39,7 +31,7 @@ def serve_http(lab: netns.NetLab, ns: netns.Namespace, tmp_path) -> None:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    wait_until(lambda: lab.hub.can_connect(ns.address, PORT), 10, f"http.server in {ns.name}")
+    wait_for(lambda: lab.hub.can_connect(ns.address, PORT), 10, f"http.server in {ns.name}")
 
 
 def http_get(src: netns.Namespace, address: str, timeout_s: float = 1.0) -> int | None:

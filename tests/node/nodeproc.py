@@ -15,35 +15,19 @@ import socket
 import subprocess
 import sys
 import threading
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
 import httpx
 from support.descriptors import nofile_at_start
+from support.wait import wait_for
 
 LIMEDB = str(Path(sys.executable).with_name("limedb"))
 # Settings of the surrounding shell must not leak into the node under test.
 _FOREIGN_ENV = ("SERVER_PORT", "NODE_URL", "NODE_PEERS", "VIRTUAL_NODES", "DATA_DIR")
 
 T = TypeVar("T")
-
-
-def wait_until(condition: Callable[[], T], timeout_s: float, what: str) -> T:
-    """Poll `condition` until it returns something truthy; fail naming `what` at the deadline."""
-    deadline = time.monotonic() + timeout_s
-    last: Exception | None = None
-    while time.monotonic() < deadline:
-        try:
-            result = condition()
-            if result:
-                return result
-        except (httpx.HTTPError, OSError) as exc:
-            last = exc
-        time.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout_s}s waiting for {what} (last error: {last})")
 
 
 def free_address() -> tuple[str, int]:
@@ -105,7 +89,7 @@ class NodeProcess:
                 raise AssertionError(f"node exited with {self.proc.returncode}:\n{self.log()}")
             return httpx.get(self.url + "/readyz", timeout=1.0).status_code == 200
 
-        wait_until(ready, timeout_s, f"{self.url}/readyz")
+        wait_for(ready, timeout_s, f"{self.url}/readyz")
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-4000:]
@@ -152,7 +136,7 @@ class WriteLoad:
         return self
 
     def wait_for_acks(self, count: int, timeout_s: float = 20.0) -> None:
-        wait_until(lambda: len(self.acked) >= count, timeout_s, f"{count} acknowledged writes")
+        wait_for(lambda: len(self.acked) >= count, timeout_s, f"{count} acknowledged writes")
 
     def stop(self, timeout_s: float = 15.0) -> dict[str, str]:
         self._stop.set()

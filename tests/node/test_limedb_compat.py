@@ -9,7 +9,8 @@ from urllib.parse import quote
 
 import httpx
 import pytest
-from nodeproc import NodeProcess, wait_until
+from nodeproc import NodeProcess
+from support.wait import wait_for
 
 ODD_KEYS = [
     "what?",
@@ -236,7 +237,7 @@ def test_native_kv_round_trips_raw_bytes_with_version_header(http):
 def test_native_put_with_ttl_expires(http):
     assert http.put("/v1/kv/short-lived", params={"ttl": "0.2"}, content=b"x").status_code == 200
     assert http.get("/v1/kv/short-lived").status_code == 200
-    wait_until(lambda: http.get("/v1/kv/short-lived").status_code == 404, 5.0, "ttl expiry")
+    wait_for(lambda: http.get("/v1/kv/short-lived").status_code == 404, 5.0, "ttl expiry")
 
 
 @pytest.mark.parametrize("query", ["ttl=-1", "ttl=abc", "ttl=0", "consistency=most"])

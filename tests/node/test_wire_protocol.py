@@ -18,7 +18,8 @@ from limedb.api.wire import wire_protocol
 from limedb.cluster.local import LocalService
 from limedb.config import load_config
 from limedb.storage import Engine, EngineOptions
-from nodeproc import NodeProcess, free_address, wait_until
+from nodeproc import NodeProcess, free_address
+from support.wait import wait_for
 
 
 @pytest.fixture(scope="module")
@@ -222,7 +223,7 @@ def test_a_service_that_needs_a_task_is_served_from_a_task(tmp_path):
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     try:
-        wait_until(lambda: server.started, 10.0, "in-thread server start")
+        wait_for(lambda: server.started, 10.0, "in-thread server start")
         with httpx.Client(base_url=f"http://{host}:{port}") as client:
             assert client.post("/api/v1/set", json={"key": "t", "value": "v"}).text == "OK"
             assert client.get("/api/v1/get/t").json()["value"] == "v"

@@ -7,10 +7,10 @@ endpoint clients connect to, and the polling helper the fixtures wait with.
 from __future__ import annotations
 
 import contextlib
+import functools
 import shutil
 import socket
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +20,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 from support.cluster import Cluster, Node, free_port_pair
+from support.wait import TRANSIENT, wait_for
 
 REDIS_SERVER = shutil.which("redis-server")
 
@@ -30,17 +31,8 @@ def free_port(host: str) -> int:
         return probe.getsockname()[1]
 
 
-def wait_until(condition: Callable[[], object], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    last: Exception | None = None
-    while time.monotonic() < deadline:
-        try:
-            if condition():
-                return
-        except (OSError, redis.RedisError, httpx.HTTPError) as exc:
-            last = exc
-        time.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout_s}s waiting for {what} (last error: {last})")
+# Polling for the RESP tests: a redis-py error while a listener starts also means "not yet".
+wait_until = functools.partial(wait_for, tolerate=(*TRANSIENT, redis.RedisError))
 
 
 @dataclass

@@ -14,7 +14,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +22,7 @@ import httpx
 
 from support.descriptors import nofile_at_start
 from support.history import DELETE, FAIL, OK, READ, UNKNOWN, WRITE
+from support.wait import wait_for
 
 SERVE = [str(Path(sys.executable).with_name("limedb")), "serve"]
 
@@ -42,23 +42,6 @@ def free_port_pair(host: str) -> tuple[int, int]:
             continue
         return port, port + 1000
     raise RuntimeError(f"no free port pair on {host}")
-
-
-def wait_for(condition: Callable[[], object], timeout_s: float, what: str, step_s: float = 0.05):
-    """Poll `condition` until it returns something truthy; fail with `what` after the deadline."""
-    deadline = time.monotonic() + timeout_s
-    last_error: Exception | None = None
-    while time.monotonic() < deadline:
-        try:
-            result = condition()
-            if result:
-                return result
-        except (httpx.HTTPError, OSError, ValueError, KeyError) as exc:
-            last_error = exc
-        time.sleep(step_s)
-    raise AssertionError(
-        f"timed out after {timeout_s}s waiting for {what} (last error: {last_error})"
-    )
 
 
 @dataclass

@@ -15,6 +15,7 @@ from limedb.cluster.failure import DetectorConfig, Liveness
 from limedb.cluster.gossip import GossipError
 from limedb.cluster.membership import GossipLoop, LivenessChange, Membership
 from limedb.cluster.ring import Ring
+from support.wait import wait_for_async
 
 INTERVAL = 0.1
 # The production detector scaled down ten times with the gossip interval.
@@ -76,13 +77,6 @@ def member(url: str, ring: Ring | None, seeds=(), generation: int = 1) -> Member
     )
 
 
-async def wait_for(condition, timeout: float = 10.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.02)
-
-
 def everyone_sees(nodes, target: str, liveness: Liveness) -> bool:
     return all(m.liveness(target) is liveness for m in nodes if m.node_id != target)
 
@@ -96,7 +90,7 @@ def test_nodes_from_a_static_member_list_see_each_other_alive():
             net.add(m)
         await net.start()
         try:
-            await wait_for(
+            await wait_for_async(
                 lambda: all(
                     m.snapshot().peer(u) and m.snapshot().peer(u).version > 2
                     for m in nodes
@@ -126,26 +120,28 @@ def test_a_paused_node_is_suspected_then_dead_and_alive_again_once_resumed():
         victim = urls(3)[2]
         await net.start()
         try:
-            await wait_for(
+            await wait_for_async(
                 lambda: any(e.node_id == victim and e.new is Liveness.ALIVE for e in events),
                 what="first heartbeat from the victim",
             )
             net.paused.add(victim)
             paused_at = time.monotonic()
-            await wait_for(
+            await wait_for_async(
                 lambda: (
                     everyone_sees(nodes[:2], victim, Liveness.SUSPECT)
                     or everyone_sees(nodes[:2], victim, Liveness.DEAD)
                 ),
                 what="suspicion",
             )
-            await wait_for(lambda: everyone_sees(nodes[:2], victim, Liveness.DEAD), what="death")
+            await wait_for_async(
+                lambda: everyone_sees(nodes[:2], victim, Liveness.DEAD), what="death"
+            )
             assert time.monotonic() - paused_at < 5.0
             assert nodes[0].liveness(urls(3)[1]) is Liveness.ALIVE
             net.paused.discard(victim)
-            await wait_for(
+            await wait_for_async(
                 lambda: everyone_sees(nodes[:2], victim, Liveness.ALIVE),
-                timeout=2.0,
+                timeout_s=2.0,
                 what="the resumed node alive again",
             )
         finally:
@@ -172,8 +168,8 @@ def test_a_node_started_with_seeds_learns_the_ring_and_every_member():
             net.add(m)
         await net.start()
         try:
-            await wait_for(lambda: newcomer.ring == ring, what="the ring")
-            await wait_for(
+            await wait_for_async(lambda: newcomer.ring == ring, what="the ring")
+            await wait_for_async(
                 lambda: (
                     all(newcomer.is_alive(u) for u in urls(3))
                     and all(u in newcomer.snapshot().peer(u).url for u in urls(3))
@@ -182,7 +178,7 @@ def test_a_node_started_with_seeds_learns_the_ring_and_every_member():
             )
             # The others learn of the newcomer too, though it owns nothing (joining is the
             # next step's job).
-            await wait_for(
+            await wait_for_async(
                 lambda: all(m.snapshot().peer(newcomer.node_id) for m in nodes),
                 what="newcomer known",
             )
@@ -203,11 +199,13 @@ def test_a_restarted_node_is_recognised_by_its_new_generation():
         net.add(b)
         await net.start()
         try:
-            await wait_for(lambda: (a.snapshot().peer(b.node_id).version or 0) > 5, what="b")
+            await wait_for_async(lambda: (a.snapshot().peer(b.node_id).version or 0) > 5, what="b")
             await net.loops[b.node_url].stop()
             reborn = member(urls(2)[1], ring, generation=11)
             await net.add(reborn).start()
-            await wait_for(lambda: a.snapshot().peer(b.node_id).generation == 11, what="reborn")
+            await wait_for_async(
+                lambda: a.snapshot().peer(b.node_id).generation == 11, what="reborn"
+            )
             assert a.is_alive(b.node_id)
         finally:
             await net.stop()
@@ -296,7 +294,9 @@ def test_a_peers_announced_address_wins_over_the_ring_record():
         net.add(b)
         await net.start()
         try:
-            await wait_for(lambda: a.url_of("lime-1") == "http://127.0.0.7:8484", what="new url")
+            await wait_for_async(
+                lambda: a.url_of("lime-1") == "http://127.0.0.7:8484", what="new url"
+            )
             assert a.internal_addr_of("lime-1") == "127.0.0.7:9484"
             assert a.ring.url_of("lime-1") == "http://127.0.0.2:8484"
         finally:
@@ -319,8 +319,8 @@ def test_two_groups_that_never_met_merge_through_a_common_seed():
             net.add(m)
         await net.start()
         try:
-            await wait_for(lambda: all(m.ring == ring for m in nodes), what="one ring")
-            await wait_for(
+            await wait_for_async(lambda: all(m.ring == ring for m in nodes), what="one ring")
+            await wait_for_async(
                 lambda: all(m.is_alive(u) for m in nodes for u in urls(4)),
                 what="everyone alive everywhere",
             )

@@ -7,9 +7,9 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 from limedb.storage import Engine, EngineOptions, compaction
+from support.wait import wait_for
 
 BIG = dict(
     durability="none",
@@ -41,15 +41,6 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def _wait_until(cond, timeout=30.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.05)
-    return cond()
-
-
 def test_offloaded_flushes_and_compactions_keep_every_value(tmp_path):
     e = Engine.open(tmp_path / "db", EngineOptions(**BIG))
     try:
@@ -58,7 +49,7 @@ def test_offloaded_flushes_and_compactions_keep_every_value(tmp_path):
         for i in range(0, 40_000, 4):
             e.delete(b"key%06d" % i)
         e.flush()
-        assert _wait_until(lambda: e.stats()["compaction_backlog_bytes"] == 0)
+        wait_for(lambda: e.stats()["compaction_backlog_bytes"] == 0, 30, "compactions to drain")
         assert e._pool is not None and e._offload, "the work did not run in worker processes"
         assert e.stats()["compactions"] >= 1
         for i in range(0, 40_000, 97):
@@ -68,7 +59,7 @@ def test_offloaded_flushes_and_compactions_keep_every_value(tmp_path):
         assert workers and all(p in _children(os.getpid()) for p in workers)
     finally:
         e.close()
-    assert _wait_until(lambda: not any(_alive(p) for p in workers))
+    wait_for(lambda: not any(_alive(p) for p in workers), 30, "offload workers to exit")
     with Engine.open(tmp_path / "db", EngineOptions(**BIG)) as e:
         assert len(e.scan(None, None)) == 30_000
 
@@ -90,7 +81,7 @@ def test_a_big_range_purge_rewrites_its_tables_in_a_worker_not_in_this_process(
         for i in range(40_000):
             e.put(b"key%06d" % i, b"%06d" % i + b"v" * 100)
         e.flush()
-        assert _wait_until(lambda: e.stats()["compaction_backlog_bytes"] == 0)
+        wait_for(lambda: e.stats()["compaction_backlog_bytes"] == 0, 30, "compactions to drain")
         assert e.purge_range(b"key010000", b"key030000") >= 1
         assert in_process == [], "the purge rewrote its tables in the engine's process"
         assert e._offload, "offloading failed and was turned off"
@@ -131,4 +122,4 @@ def test_workers_die_with_a_killed_engine_process(tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    assert _wait_until(lambda: not any(_alive(p) for p in workers), timeout=10), workers
+    wait_for(lambda: not any(_alive(p) for p in workers), 10, lambda: f"workers {workers} to exit")
