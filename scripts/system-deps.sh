@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the test suite and benchmarks drive as real peers:
-# redis-server / redis-tools (RESP differential tests), nftables + iproute2 (partition tests), wrk.
+# redis-server / redis-tools (RESP differential tests), nftables + iproute2 (partition tests), wrk,
+# libfaketime + gcc (clock-skew tests: a node's wall clock offset at run time).
 set -euo pipefail
 need=()
 command -v redis-server >/dev/null || need+=(redis-server)
@@ -8,6 +9,8 @@ command -v redis-cli >/dev/null || need+=(redis-tools)
 command -v nft >/dev/null || need+=(nftables)
 command -v ip >/dev/null || need+=(iproute2)
 command -v wrk >/dev/null || need+=(wrk)
+ls /usr/lib/*/faketime/libfaketime.so.1 >/dev/null 2>&1 || need+=(libfaketime)
+command -v gcc >/dev/null || need+=(gcc libc6-dev)  # builds tests/support/faketime_sleep.c
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then
     echo "system-deps: need root to apt-get install ${need[*]}" >&2
