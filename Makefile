@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 NODES  ?= 3
 PYTEST_ARGS ?=
 
-.PHONY: run test bench lint install system-deps k8s-tools clean
+.PHONY: run test test-unit test-cluster test-k8s bench lint install system-deps k8s-tools clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,6 +32,22 @@ k8s-tools:
 test: $(STAMP) system-deps k8s-tools
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The suite in tiers, by marker (tests/conftest.py makes every test that starts a process
+# carry one): in-process only; real node processes, namespaces, redis; the control plane.
+UNIT_TESTS := not (process or cluster or faults or faketime or redis or nemesis or k8s)
+
+## test-unit: the in-process tests only (no process, no root), seconds to a few minutes
+test-unit: $(STAMP)
+	$(BIN)/python -m pytest -m "$(UNIT_TESTS)" $(PYTEST_ARGS)
+
+## test-cluster: the tests that start real node processes, namespaces or redis-server
+test-cluster: $(STAMP) system-deps
+	$(BIN)/python -m pytest -m "not ($(UNIT_TESTS)) and not k8s" $(PYTEST_ARGS)
+
+## test-k8s: the Kubernetes tier against the control plane built by scripts/k8s-tools.sh
+test-k8s: $(STAMP) system-deps k8s-tools
+	$(BIN)/python -m pytest -m k8s $(PYTEST_ARGS)
 
 ## bench: every benchmark, each printing ratios against its anchor
 bench: $(STAMP) system-deps

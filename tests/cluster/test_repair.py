@@ -10,10 +10,13 @@ import sys
 from pathlib import Path
 
 import httpx
+import pytest
 from limedb.cluster import rpc
 from limedb.cluster.keys import MAX_TOKEN
 from limedb.cluster.repair import decode_tree, encode_tree_request
 from support.cluster import Cluster, Node
+
+pytestmark = pytest.mark.cluster
 
 ENV = {
     "LIMEDB_VNODES": "16",

@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 from limedb.client import AsyncClient, BadRequest, Client, KeyNotFound, Unavailable
 
+pytestmark = pytest.mark.process
+
 LIMEDB = str(Path(sys.executable).with_name("limedb"))
 
 

@@ -5,7 +5,10 @@ from __future__ import annotations
 import time
 
 import httpx
+import pytest
 from nodeproc import WriteLoad, missing_writes
+
+pytestmark = pytest.mark.process
 
 
 def test_acknowledged_writes_survive_kill_9_during_write_load(node_factory):

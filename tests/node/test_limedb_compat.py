@@ -12,6 +12,8 @@ import pytest
 from nodeproc import NodeProcess
 from support.wait import wait_for
 
+pytestmark = pytest.mark.process
+
 ODD_KEYS = [
     "what?",
     "anchor#frag",

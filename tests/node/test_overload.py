@@ -24,8 +24,11 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import pytest
 from limedb.api.overload import Admission
 from nodeproc import NodeProcess
+
+pytestmark = pytest.mark.process
 
 SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)  # Linux; Python 3.11 lacks the name
 KEYS_PER_BATCH = 1000

@@ -21,6 +21,8 @@ from limedb.storage import Engine, EngineOptions
 from nodeproc import NodeProcess, free_address
 from support.wait import wait_for
 
+pytestmark = pytest.mark.process
+
 
 @pytest.fixture(scope="module")
 def wire_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:

@@ -7,6 +7,7 @@ import sys
 import threading
 from pathlib import Path
 
+import pytest
 from limedb.config import SETTINGS
 from limedb_operator import manifests
 
@@ -69,6 +70,7 @@ def _entrypoint_await_join(pod: str, seeds: str, data_dir: str = "/nonexistent")
     return done.stdout.strip()
 
 
+@pytest.mark.process
 def test_founders_boot_the_static_ring_and_later_pods_wait_to_be_joined():
     # Unresolvable seeds: nobody has a ring yet, as at the cluster's birth.
     seeds = ",".join(manifests.seed_urls(NAME, NS, 3))
@@ -93,6 +95,7 @@ class _RingWithoutLime1(http.server.BaseHTTPRequestHandler):
         pass
 
 
+@pytest.mark.process
 def test_a_recreated_founder_waits_to_be_joined_when_the_ring_left_it_out(tmp_path):
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _RingWithoutLime1)
     thread = threading.Thread(target=server.serve_forever, daemon=True)

@@ -19,7 +19,10 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
 from limedb.storage import Engine, EngineOptions
+
+pytestmark = pytest.mark.process
 
 CHILD = Path(__file__).with_name("kill9_writer.py")
 ROUNDS = 20

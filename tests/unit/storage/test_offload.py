@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 
+import pytest
 from limedb.storage import Engine, EngineOptions, compaction
 from support.wait import wait_for
 
@@ -106,6 +107,7 @@ import threading; threading.Event().wait()
 """
 
 
+@pytest.mark.process
 def test_workers_die_with_a_killed_engine_process(tmp_path):
     proc = subprocess.Popen(
         [sys.executable, "-c", CHILD, str(tmp_path / "db"), repr(BIG)],

@@ -1,0 +1,36 @@
+"""Suite-wide rule: a test that starts real processes says so with a marker.
+
+`make test-unit` runs what needs no process (`-m "not (process or cluster or ...)"`) and the
+other targets select by these markers, so a test that starts a node, a cluster, a namespace lab,
+redis-server or the control plane without one would slip into the fast tier unseen. The
+fixtures below start processes; using one without a process marker fails the collection.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+PROCESS_MARKERS = ("process", "cluster", "faults", "faketime", "redis", "k8s", "nemesis")
+PROCESS_FIXTURES = frozenset(
+    {
+        "node_factory", "node", "module_node", "wire_node", "lime",  # tests/node
+        "make_cluster", "fleet", "cluster", "three",  # tests/cluster, tests/faults
+        "netlab", "small_disk",  # network namespaces, tmpfs data dirs
+        "redis_reference", "limedb_single", "limedb_three", "limited",  # tests/resp
+        "control_plane", "operator", "runner",  # tests/k8s
+    }
+)  # fmt: skip
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    unmarked = [
+        item.nodeid
+        for item in items
+        if PROCESS_FIXTURES.intersection(getattr(item, "fixturenames", ()))
+        and not any(item.get_closest_marker(name) for name in PROCESS_MARKERS)
+    ]
+    if unmarked:
+        raise pytest.UsageError(
+            "tests that start processes need one of the markers "
+            f"{', '.join(PROCESS_MARKERS)}: {', '.join(unmarked)}"
+        )
