@@ -18,6 +18,7 @@ from limedb.cluster.atomic import (
     parse_int64,
 )
 from limedb.cluster.service import Consistency, ReadResult
+from support.wait import wait_for_async
 
 NOW = 1_700_000_000_000
 ABSENT = ReadResult(None, "n")
@@ -115,24 +116,34 @@ def test_key_locks_serialize_holders_and_forget_idle_keys() -> None:
 def test_blind_writes_share_a_key_but_never_overlap_a_read_modify_write() -> None:
     locks = KeyLocks()
     log: list[str] = []
+    release = {name: asyncio.Event() for name in ("set1", "set2", "incr", "set3")}
 
-    async def holder(name: str, exclusive: bool, hold_s: float) -> None:
+    async def holder(name: str, exclusive: bool) -> None:
         async with locks.hold(b"k", exclusive):
             log.append(f"+{name}")
-            await asyncio.sleep(hold_s)
+            await release[name].wait()
             log.append(f"-{name}")
 
     async def main() -> None:
-        first = asyncio.create_task(holder("set1", False, 0.02))
-        second = asyncio.create_task(holder("set2", False, 0.02))
+        tasks = [asyncio.create_task(holder(n, False)) for n in ("set1", "set2")]
+        await wait_for_async(lambda: log == ["+set1", "+set2"], what="both blind writes in")
+        tasks.append(asyncio.create_task(holder("incr", True)))
+        await asyncio.sleep(0)  # the INCR runs up to its wait for the key
+        tasks.append(asyncio.create_task(holder("set3", False)))  # queued behind the INCR
         await asyncio.sleep(0)
-        incr = asyncio.create_task(holder("incr", True, 0.01))
-        await asyncio.sleep(0)
-        late = asyncio.create_task(holder("set3", False, 0.0))  # queued behind the INCR
-        await asyncio.gather(first, second, incr, late)
+        assert log == ["+set1", "+set2"]
+        release["set1"].set()
+        await wait_for_async(lambda: "-set1" in log, what="set1 out")
+        assert "+incr" not in log  # set2 still holds the key
+        release["set2"].set()
+        await wait_for_async(lambda: "+incr" in log, what="the INCR in")
+        assert "+set3" not in log  # a blind write never overlaps the INCR
+        release["incr"].set()
+        await wait_for_async(lambda: "+set3" in log, what="set3 in after the INCR")
+        release["set3"].set()
+        await asyncio.gather(*tasks)
 
     asyncio.run(main())
-    assert log[:2] == ["+set1", "+set2"]  # blind writes overlap
     assert log.index("+incr") > max(log.index("-set1"), log.index("-set2"))
     assert log.index("+set3") > log.index("-incr")
     assert len(locks) == 0

@@ -4,7 +4,6 @@ bounded yield to queued client requests, never a stop."""
 from __future__ import annotations
 
 import asyncio
-import time
 
 from limedb.cluster.background import MAX_YIELDS, YIELD_S, BackgroundBudget
 
@@ -12,11 +11,10 @@ from limedb.cluster.background import MAX_YIELDS, YIELD_S, BackgroundBudget
 def test_batches_run_at_once_without_client_pressure():
     async def main() -> None:
         budget = BackgroundBudget()
-        started = time.monotonic()
         assert await budget.run(lambda: 7) == 7
         assert await budget.run(lambda: asyncio.sleep(0, result=8)) == 8
-        assert time.monotonic() - started < YIELD_S
-        assert budget.stats()["deferred"] == 0
+        # Not one yield: without pressure nothing waits (counted, not timed).
+        assert budget.stats() == {"slots": 2, "batches": 2, "deferred": 0}
 
     asyncio.run(main())
 
@@ -24,11 +22,9 @@ def test_batches_run_at_once_without_client_pressure():
 def test_under_client_pressure_a_batch_waits_but_still_runs():
     async def main() -> None:
         budget = BackgroundBudget(pressure=lambda: True)
-        started = time.monotonic()
         assert await budget.run(lambda: "done") == "done"
-        waited = time.monotonic() - started
-        assert MAX_YIELDS * YIELD_S * 0.9 <= waited < MAX_YIELDS * YIELD_S * 3
-        assert budget.deferred == MAX_YIELDS
+        # It yielded the bounded number of times, then ran anyway.
+        assert budget.deferred == MAX_YIELDS and budget.batches == 1
 
     asyncio.run(main())
 
