@@ -34,9 +34,16 @@ from . import purge as purge_mod
 from .batch import WriteBatch
 from .block_cache import BlockCache
 from .bloom import MASK_TABLE, GlobalFilter, key_hash, probe_mask
-from .errors import CorruptionError, EngineClosedError, StorageError
+from .errors import CorruptionError, DiskFullError, EngineClosedError, StorageError, is_disk_full
 from .fs import FileSystem, RealFS
-from .manifest import ManifestState, ManifestWriter, VersionEdit, load, read_current
+from .manifest import (
+    ManifestState,
+    ManifestWriter,
+    VersionEdit,
+    load,
+    manifest_name,
+    read_current,
+)
 from .memtable import Memtable
 from .options import EngineOptions
 from .record import EXPIRES, TOMBSTONE, Rec, Version, make_rec, newer, to_version
@@ -52,6 +59,10 @@ _OFFLOAD_MIN_KEYS = 50_000
 # Memtable entries per pickled chunk sent to a flush worker: about 1 ms of GIL each.
 _FLUSH_CHUNK = 2048
 _time_ns = time.time_ns
+# While the disk is full: how often the syncer tries to write the WAL again, and the longest
+# pause between attempts of a flush or compaction that found no room.
+_SPACE_RETRY_S = 0.1
+_MAX_BACKOFF_S = 2.0
 
 
 def _log_name(file_no: int) -> str:
@@ -154,6 +165,24 @@ class Engine:
         self._stat_compacted_bytes = 0
         self._threads: list[threading.Thread] = []
         self._pool: offload.WorkerPool | None = None
+        # Disk full (docs/operations.md "Disk full"): while `_full` is set, writes are refused
+        # and the syncer retries: cut the `_broken` WAL files back to their last good frame,
+        # finish an interrupted open, write `_redo` (the frames not yet durable) to a fresh WAL.
+        self._full: DiskFullError | None = None
+        self._full_since = 0.0
+        self._redo: list[bytes] = []
+        self._broken: list[WalWriter] = []
+        self._flush_blocked: BaseException | None = None
+        self._compaction_blocked: BaseException | None = None
+        self._degraded = False  # any of the three above: the write path looks closer
+        self._manifest_broken = False
+        self._opened_full = False
+        self._repair_flush = False
+        self._repair_compact = False
+        self._old_manifest: str | None = None
+        self._next_space_check = 0.0
+        self._stat_disk_full_events = 0
+        self._stat_disk_full_refusals = 0
         self._offload = (
             opts.offload_workers > 0 and isinstance(fs, RealFS) and opts.background_threads
         )
@@ -274,14 +303,7 @@ class Engine:
             self.hlc.observe(max_ts)
 
         self._state = state
-        manifest_no = state.next_file
-        state.next_file += 1
-        wal_no = state.next_file
-        state.next_file += 1
         state.last_seq = seq
-        self._manifest = ManifestWriter(fs, self._dir, manifest_no, state)
-        self._wal = WalWriter(fs.create(self._path(_log_name(wal_no))), wal_no)
-        fs.fsync_dir(self._dir)
         self._mem = mem
         self._imm: Memtable | None = None
         self._imm_cutoff = 0
@@ -298,10 +320,11 @@ class Engine:
         self._gfilter_pending: list[tuple[array, int]] | None = None
         self._publish_locked()
 
+        # Garbage goes first: on a full disk its room is what the new MANIFEST and WAL need.
         keep = {table_name(no) for files in state.levels for no in files}
-        keep.add(self._manifest.name)
         keep.update(_log_name(no) for no in live_logs)
-        keep.add(_log_name(wal_no))
+        if current is not None:
+            keep.add(current)
         for n in names:
             if n in ("CURRENT", "LOCK") or n in keep:
                 continue
@@ -310,12 +333,106 @@ class Engine:
                     fs.remove(self._path(n))
                 except FileNotFoundError:
                     pass
-        if rebuilt or wal_damaged or dropped:
-            # Make the repaired state self-contained: persist the memtable, and settle the order
-            # of rebuilt tables by merging them (last-writer-wins on timestamps).
+        self._old_manifest = current
+        # Make a repaired state self-contained: persist the memtable, and settle the order of
+        # rebuilt tables by merging them (last-writer-wins on timestamps).
+        self._repair_flush = bool(rebuilt or wal_damaged or dropped)
+        self._repair_compact = rebuilt
+        self._manifest: ManifestWriter | None = None
+        self._wal = WalWriter(None, 0)
+        try:
+            self._finish_open()
+        except (OSError, DiskFullError) as exc:
+            if not is_disk_full(exc):
+                raise
+            # Read-only until there is room: what is on disk is served, writes get DiskFullError.
+            self._opened_full = True
+            with self._lock:
+                self._enter_full_locked(f"opened on a full disk ({exc})")
+
+    def _finish_open(self) -> None:
+        """Write what an open needs before it accepts writes: a fresh MANIFEST (a snapshot), a
+        fresh WAL holding the frames of `_redo`, and a repair's flush. Each step is skipped
+        once done, so that a full disk can interrupt it and a retry carry on."""
+        fs = self._fs
+        if self._manifest is None:
+            self._manifest = self._create_manifest()
+            old, self._old_manifest = self._old_manifest, None
+            if old is not None and old != self._manifest.name:
+                try:
+                    fs.remove(self._path(old))
+                except FileNotFoundError:
+                    pass
+        if self._wal.file is None:
+            no = self._new_file_no()
+            path = self._path(_log_name(no))
+            f = fs.create(path)
+            data = b"".join(self._redo)
+            try:
+                if data:
+                    f.write(data)
+                    if self._durability != "none":
+                        f.sync()
+                fs.fsync_dir(self._dir)
+            except BaseException:
+                f.close()
+                try:
+                    fs.remove(path)
+                except OSError:
+                    pass
+                raise
+            with self._lock:
+                self._wal = WalWriter(f, no, len(data))
+                self._redo = []
+        if self._repair_flush:
             self._flush_now()
-            if rebuilt:
-                self._compact_full()
+            self._repair_flush = False
+        if self._repair_compact:
+            self._compact_full()
+            self._repair_compact = False
+
+    def _create_manifest(self) -> ManifestWriter:
+        no = self._new_file_no()
+        try:
+            return ManifestWriter(self._fs, self._dir, no, self._state)
+        except BaseException:
+            # Half written: remove it unless CURRENT already names it (then it is the MANIFEST).
+            try:
+                if read_current(self._fs, self._dir) != manifest_name(no):
+                    self._fs.remove(self._path(manifest_name(no)))
+            except (OSError, CorruptionError):
+                pass
+            raise
+
+    def _manifest_append(self, edit: VersionEdit) -> None:
+        """Append one edit (caller holds `_install_lock`), first replacing a MANIFEST whose
+        last append failed by a fresh one: its page cache is not to be trusted any more."""
+        assert self._manifest is not None
+        if self._manifest_broken:
+            old = self._manifest
+            self._manifest = self._create_manifest()
+            self._manifest_broken = False
+            old.close()
+            try:
+                self._fs.remove(old.path)
+            except OSError:
+                pass
+        try:
+            self._manifest.append(edit)
+        except OSError:
+            self._manifest_broken = True
+            raise
+
+    def _discard_unlisted(self, paths: list[str]) -> None:
+        """Delete the tables of an edit whose append failed (their room is needed), unless
+        the failed edit might still be read back from the MANIFEST."""
+        if self._manifest is not None and self._manifest.torn:
+            return  # the next open removes them once a fresh MANIFEST does not list them
+        for path in paths:
+            try:
+                self._fs.remove(path)
+            except OSError:
+                pass
 
     def _rebuild_state(self, state: ManifestState, names: list[str]) -> None:
         """Repair: every readable table in the directory becomes an L0 file."""
@@ -469,9 +586,13 @@ class Engine:
             flags = exp = 0
         else:
             flags, exp = EXPIRES, expires_at_ms
+        if self._degraded and not self._threads:
+            self._retry_space()
         with self._lock:
             if self._closing or self._error is not None:
                 self._check_open()
+            if self._degraded:
+                self._refuse_if_full_locked()
             # Stamps come from a block reserved from the HLC, valid within one wall millisecond,
             # so most puts skip the clock's own lock and arithmetic.
             ms = _time_ns() // 1_000_000
@@ -535,8 +656,12 @@ class Engine:
         ]
         results: list[bool] = []
         accepted: list[tuple[bytes, Rec]] = []
+        if self._degraded and not self._threads:
+            self._retry_space()
         with self._lock:
             self._check_open()
+            if self._degraded:
+                self._refuse_if_full_locked()
             mem = self._mem
             for tomb, key, value, ts, exp in ops:
                 if ts is None:
@@ -621,35 +746,54 @@ class Engine:
     def _do_sync(self, *, fsync: bool) -> None:
         """Write out buffered frames (and fsync them); caller holds `_sync_lock`."""
         with self._lock:
-            retired = self._retired
-            self._retired = []
-            chunks = [(w, w.take()) for w in retired]
-            current = self._wal
-            chunks.append((current, current.take()))
+            full = self._full
+            chunks: list[tuple[WalWriter, list]] = []
+            if full is None:
+                retired = self._retired
+                self._retired = []
+                chunks = [(w, w.take()) for w in retired]
+                current = self._wal
+                chunks.append((current, current.take()))
             target = self._seq
             waiters: list = []
-            if fsync and self._async_waiters:
+            if (fsync or full is not None) and self._async_waiters:
                 waiters = self._async_waiters
                 self._async_waiters = []
         ordered = self._durability != "none"
         exc: BaseException | None = None
+        if full is not None:
+            # Nothing is written while the disk is full; whoever waits hears why.
+            exc = DiskFullError(str(full))
+        frames = [(w, encode_items(items) if items else b"") for w, items in chunks]
+        done = 0  # frames[:done] are written (and synced, if asked)
         try:
-            for w, items in chunks:
-                if items:
-                    data = encode_items(items)
+            for w, data in frames:
+                if data:
                     w.file.write(data)
                     w.written += len(data)
-                if w is not current:
+                    if ordered:
+                        w.unsynced.append(data)
+                    else:
+                        w.synced = w.written
+                if w is not frames[-1][0]:
                     # An older log is durable before a newer one gets a byte, so a crash can
                     # never keep a newer write while losing an older one.
                     if ordered and w.written:
                         w.file.sync()
+                    w.synced = w.written
+                    w.unsynced = []
                     w.file.close()
                 elif fsync and w.written:
                     w.file.sync()
+                    w.synced = w.written
+                    w.unsynced = []
+                done += 1
         except BaseException as e:  # noqa: BLE001 - every writer must hear about it
-            exc = e
-            self._fail(e)
+            if isinstance(e, OSError) and is_disk_full(e):
+                exc = self._wal_failed(frames, done, e)
+            else:
+                exc = e
+                self._fail(e)
         if fsync and exc is None and target > self._synced_seq:
             self._synced_seq = target
         if waiters:
@@ -661,8 +805,164 @@ class Engine:
                     loop.call_soon_threadsafe(_resolve, futs, exc)
                 except RuntimeError:  # the loop was closed meanwhile
                     pass
+        if isinstance(exc, DiskFullError):
+            raise exc
         if exc is not None:
             raise StorageError(f"WAL write failed: {exc!r}") from exc
+
+    # ------------------------------------------------------------------ disk full
+
+    def _wal_failed(
+        self, frames: list[tuple[WalWriter, bytes]], done: int, exc: OSError
+    ) -> DiskFullError:
+        """A WAL write or fsync found the disk full (caller holds `_sync_lock`).
+
+        Every frame not yet durable is kept for a fresh WAL file, each file of this round
+        (and any log a writer opened meanwhile) is cut back to its last durable frame and never
+        appended to again, and writes are refused until the fresh file holds those frames.
+        Whoever waited for them hears DiskFullError: none of them was acknowledged.
+        """
+        redo: list[bytes] = []
+        for i, (w, data) in enumerate(frames):
+            redo.extend(w.unsynced)
+            if data and i >= done and (not w.unsynced or w.unsynced[-1] is not data):
+                redo.append(data)
+            w.unsynced = []
+            w.written = w.synced
+        # Older logs of this round that were written, fsynced and closed are whole.
+        broken = [w for i, (w, _) in enumerate(frames) if i >= done or i == len(frames) - 1]
+        with self._lock:
+            # Writes applied after this round took its items (and logs a freeze opened).
+            for w in [*self._retired, self._wal]:
+                late = w.take()
+                if late:
+                    redo.append(encode_items(late))
+                if w not in broken:
+                    broken.append(w)
+            self._retired = []
+            self._redo.extend(redo)
+            self._broken.extend(broken)
+            self._wal = WalWriter(None, 0)
+            path = frames[-1][0].file_no if frames else 0
+            err = self._enter_full_locked(
+                f"WAL {_log_name(path)}: {exc.strerror or exc}; writes refused until space is freed"
+            )
+        try:
+            self._cut_broken()
+        except OSError as cut:
+            log.warning("could not cut the WAL back yet (retrying): %s", cut)
+        return err
+
+    def _enter_full_locked(self, reason: str) -> DiskFullError:
+        if self._full is None:
+            self._full = DiskFullError(f"disk full: {reason}")
+            self._full_since = time.time()
+            self._stat_disk_full_events += 1
+            self._update_degraded_locked()
+            self._sync_wake.set()  # the syncer retries from now on
+            log.error("storage in %s is out of space: %s", self._dir, reason)
+        return DiskFullError(str(self._full))
+
+    def _update_degraded_locked(self) -> None:
+        self._degraded = (
+            self._full is not None
+            or self._flush_blocked is not None
+            or self._compaction_blocked is not None
+        )
+
+    def _refuse_if_full_locked(self) -> None:
+        """Refuse a write before it is applied while the disk is full, or while it would have
+        to wait for a flush (or, with L0 at its stop, a compaction) that found no room."""
+        reason = None
+        if self._full is not None:
+            reason = str(self._full)
+        elif (
+            self._flush_blocked is not None
+            and self._imm is not None
+            and self._mem.size >= self._mem_limit
+        ):
+            reason = f"disk full: memtable flush failed ({self._flush_blocked})"
+        elif (
+            self._compaction_blocked is not None
+            and len(self._levels[0]) >= self._opts.l0_stop_writes_trigger
+        ):
+            reason = f"disk full: compaction failed ({self._compaction_blocked})"
+        if reason is not None:
+            self._stat_disk_full_refusals += 1
+            raise DiskFullError(reason)
+
+    def _cut_broken(self) -> None:
+        """Cut each broken WAL file back to its last durable frame and close it (caller holds
+        `_sync_lock`); a file left with a torn frame would end the replay of every later log."""
+        while self._broken:
+            w = self._broken[0]
+            if w.file is not None:
+                w.file.truncate(w.synced)
+                w.file.close()
+            self._broken.pop(0)
+
+    def _recover_space(self) -> bool:
+        """One attempt to leave the disk-full state (caller holds `_sync_lock`); True once
+        writes are accepted again. A disk still full just leaves things as they were."""
+        if self._full is None:
+            return True
+        try:
+            self._cut_broken()
+            self._finish_open()
+        except (OSError, DiskFullError) as exc:
+            if not is_disk_full(exc):
+                self._fail(exc)
+                raise StorageError(f"recovering from a full disk failed: {exc!r}") from exc
+            log.debug("still no room in %s: %s", self._dir, exc)
+            return False
+        with self._lock:
+            # Every write applied so far is in a durable frame now: none came in while full.
+            self._synced_seq = max(self._synced_seq, self._seq)
+            self._full = None
+            self._opened_full = False
+            self._update_degraded_locked()
+            self._cv.notify_all()
+        log.warning(
+            "storage in %s has room again after %.1f s: writes resume",
+            self._dir,
+            time.time() - self._full_since,
+        )
+        self._sync_wake.set()
+        self._compact_event.set()
+        return True
+
+    def _retry_space(self) -> None:
+        """From a writer of an engine without background threads: try to leave the disk-full
+        state, at most every `_SPACE_RETRY_S`."""
+        if self._full is None or time.monotonic() < self._next_space_check:
+            return
+        if not self._sync_lock.acquire(blocking=False):
+            return
+        try:
+            self._next_space_check = time.monotonic() + _SPACE_RETRY_S
+            self._recover_space()
+        finally:
+            self._sync_lock.release()
+
+    def disk_status(self) -> dict[str, Any]:
+        """Whether writes are refused for lack of space, since when and why (for health)."""
+        full = self._full
+        reason = str(full) if full is not None else None
+        if reason is None and self._flush_blocked is not None:
+            reason = f"memtable flush failed: {self._flush_blocked}"
+        if reason is None and self._compaction_blocked is not None:
+            reason = f"compaction failed: {self._compaction_blocked}"
+        return {
+            "disk_full": full is not None,
+            "read_only": full is not None,
+            "opened_full": self._opened_full,
+            "disk_full_since": self._full_since if full is not None else None,
+            "disk_full_reason": reason,
+            "flush_blocked": self._flush_blocked is not None,
+            "compaction_blocked": self._compaction_blocked is not None,
+            "disk_full_events": self._stat_disk_full_events,
+            "disk_full_refused_writes": self._stat_disk_full_refusals,
+        }
 
     def _fail(self, exc: BaseException) -> None:
         if self._error is None:
@@ -676,13 +976,17 @@ class Engine:
         timeout = self._opts.periodic_ms / 1000 if periodic else None
         fsync = self._durability != "none"
         while not self._closing:
-            self._sync_wake.wait(timeout)
+            self._sync_wake.wait(_SPACE_RETRY_S if self._full is not None else timeout)
             self._sync_wake.clear()
             if self._closing or self._error is not None:
                 break
             try:
                 with self._sync_lock:
+                    if self._full is not None:
+                        self._recover_space()
                     self._do_sync(fsync=fsync)
+            except DiskFullError:
+                continue
             except StorageError:
                 break
 
@@ -700,15 +1004,31 @@ class Engine:
             return
         while self._imm is not None or len(self._levels[0]) >= self._opts.l0_stop_writes_trigger:
             self._check_open()
+            if self._flush_blocked is not None or self._compaction_blocked is not None:
+                # The flush or compaction it waits for found no room: this write stays
+                # unacknowledged (later ones are refused before they are applied).
+                self._stat_disk_full_refusals += 1
+                raise DiskFullError(f"disk full: {self._flush_blocked or self._compaction_blocked}")
             self._cv.wait(0.5)
-        self._freeze_locked()
+        try:
+            self._freeze_locked()
+        except OSError as exc:
+            if not is_disk_full(exc):
+                raise
+            # No room for the next log: keep filling this memtable; the WAL write that
+            # follows finds the disk full too.
+            log.warning("could not start a new WAL (disk full): %s", exc)
 
     def _freeze_locked(self) -> None:
         """Make the memtable immutable and start a new WAL; caller holds `_lock`."""
         wal_no = self._state.next_file
         self._state.next_file += 1
         f = self._fs.create(self._path(_log_name(wal_no)))
-        self._fs.fsync_dir(self._dir)
+        try:
+            self._fs.fsync_dir(self._dir)
+        except BaseException:
+            f.close()
+            raise
         self._retired.append(self._wal)
         self._wal = WalWriter(f, wal_no)
         self._imm = self._mem
@@ -719,18 +1039,37 @@ class Engine:
         self._cv.notify_all()
 
     def _flush_loop(self) -> None:
+        backoff = 0.0
         while True:
             with self._lock:
                 while self._imm is None and not self._closing:
                     self._cv.wait()
+                if backoff and not self._closing:
+                    self._cv.wait(backoff)
                 if self._closing:
                     return
             try:
                 self._flush_imm()
             except BaseException as e:  # noqa: BLE001
-                if not self._closing:  # a flush cut short by close is redone from the WAL
+                if self._closing:  # a flush cut short by close is redone from the WAL
+                    return
+                if not is_disk_full(e):
                     self._fail(e)
-                return
+                    return
+                # The memtable stays frozen (and in the WAL): try again, less and less often.
+                if self._flush_blocked is None:
+                    log.error("memtable flush found the disk full; retrying: %s", e)
+                backoff = min(max(backoff * 2, _SPACE_RETRY_S), _MAX_BACKOFF_S)
+                with self._lock:
+                    self._flush_blocked = e
+                    self._update_degraded_locked()
+                continue
+            if self._flush_blocked is not None:
+                log.warning("memtable flush succeeded again after a full disk")
+                backoff = 0.0
+                with self._lock:
+                    self._flush_blocked = None
+                    self._update_degraded_locked()
 
     def _flush_imm(self) -> None:
         with self._flush_lock:
@@ -756,10 +1095,18 @@ class Engine:
                 b = TableBuilder(
                     self._fs, p, no, self._opts.block_bytes, self._opts.bloom_bits_per_key
                 )
-                b.add_all(frozen.keys, frozen.data)
-                meta = b.finish(global_words=nwords)
+                try:
+                    b.add_all(frozen.keys, frozen.data)
+                    meta = b.finish(global_words=nwords)
+                except BaseException:
+                    b.abandon()
+                    raise
                 contrib = b.global_filter
-            self._fs.fsync_dir(self._dir)
+            try:
+                self._fs.fsync_dir(self._dir)
+            except OSError:
+                self._discard_unlisted([p])
+                raise
             reader = TableReader(self._fs, p, no, self._cache)
         with self._install_lock:
             edit = VersionEdit(
@@ -768,7 +1115,12 @@ class Engine:
                 last_seq=last_seq,
                 added=[(0, meta)] if reader is not None else [],
             )
-            self._manifest.append(edit)
+            try:
+                self._manifest_append(edit)
+            except OSError:
+                if reader is not None:
+                    self._discard_unlisted([reader.path])
+                raise
             gfilter = self._gfilter
             if reader is not None and contrib is not None:
                 # Before the table becomes visible: the filter must vouch for its keys.
@@ -825,6 +1177,9 @@ class Engine:
         except (offload.WorkerError, OSError, StorageError) as exc:
             if self._closing:
                 raise EngineClosedError("flush abandoned: the engine is closing") from exc
+            if is_disk_full(exc):
+                self._discard_unlisted([self._path(table_name(no))])
+                raise DiskFullError(f"disk full: flush worker: {exc}") from exc
             self._offload_failed("flush", exc)
             return None, None
         if meta is None or meta.entries != len(imm.data):
@@ -913,16 +1268,32 @@ class Engine:
         return self._closing
 
     def _compact_loop(self) -> None:
+        backoff = 0.0
         while not self._closing:
-            self._compact_event.wait(1.0)
+            self._compact_event.wait(backoff or 1.0)
             self._compact_event.clear()
             try:
                 self._compact_pending()
             except compaction_mod.CompactionAborted:
                 return
             except BaseException as e:  # noqa: BLE001
-                self._fail(e)
-                return
+                if self._closing or not is_disk_full(e):
+                    self._fail(e)
+                    return
+                # Inputs stay as they are; the outputs were deleted. Try again later.
+                if self._compaction_blocked is None:
+                    log.error("compaction found the disk full; retrying: %s", e)
+                backoff = min(max(backoff * 2, _SPACE_RETRY_S * 5), _MAX_BACKOFF_S * 2)
+                with self._lock:
+                    self._compaction_blocked = e
+                    self._update_degraded_locked()
+                continue
+            if self._compaction_blocked is not None:
+                log.warning("compaction succeeded again after a full disk")
+                backoff = 0.0
+                with self._lock:
+                    self._compaction_blocked = None
+                    self._update_degraded_locked()
 
     def _compact_pending(self, *, rate: int | None = None) -> int:
         """Run leveled compactions until no level needs one; returns how many ran.
@@ -930,7 +1301,7 @@ class Engine:
         The background thread's body; tests without background threads call it directly.
         """
         done = 0
-        while not self._closing and self._error is None:
+        while not self._closing and self._error is None and self._manifest is not None:
             with self._compaction_lock:
                 if self._gfilter_wanted:
                     self._rebuild_global()
@@ -957,9 +1328,20 @@ class Engine:
         outputs = self._offloaded_compaction(c, rate)
         if outputs is None:
             limiter = compaction_mod.RateLimiter(rate)
-            outputs = compaction_mod.run(c, self._make_builder, self._opts, limiter, self._stopping)
+            try:
+                outputs = compaction_mod.run(
+                    c, self._make_builder, self._opts, limiter, self._stopping
+                )
+            except OSError:
+                self._discard_unlisted([self._path(table_name(m.file_no)) for m in c.outputs])
+                raise
+        paths = [self._path(table_name(m.file_no)) for m in outputs]
         if outputs:
-            self._fs.fsync_dir(self._dir)
+            try:
+                self._fs.fsync_dir(self._dir)
+            except OSError:
+                self._discard_unlisted(paths)
+                raise
         readers = [
             TableReader(self._fs, self._path(table_name(m.file_no)), m.file_no, self._cache)
             for m in outputs
@@ -970,7 +1352,11 @@ class Engine:
                 added=[(c.output_level, m) for m in outputs],
                 removed=[(lvl, t.file_no) for lvl, t in c.inputs],
             )
-            self._manifest.append(edit)
+            try:
+                self._manifest_append(edit)
+            except OSError:
+                self._discard_unlisted(paths)
+                raise
             gone = {t.file_no for _, t in c.inputs}
             with self._lock:
                 self._state.apply(edit)
@@ -1017,6 +1403,17 @@ class Engine:
         except (offload.WorkerError, OSError) as exc:
             if self._closing:
                 raise compaction_mod.CompactionAborted() from exc
+            if is_disk_full(exc):
+                # The worker's finished outputs are unlisted: their room is needed.
+                names = set(self._fs.listdir(self._dir))
+                self._discard_unlisted(
+                    [
+                        self._path(table_name(no))
+                        for no in range(first, first + reserve)
+                        if table_name(no) in names
+                    ]
+                )
+                raise DiskFullError(f"disk full: compaction worker: {exc}") from exc
             self._offload_failed("compaction", exc)
             return None
 
@@ -1082,8 +1479,10 @@ class Engine:
                     pass
             for w in self._retired:
                 w.file.close()
-            self._wal.file.close()
-            self._manifest.close()
+            if self._wal.file is not None:
+                self._wal.file.close()
+            if self._manifest is not None:
+                self._manifest.close()
             self._unlock()
 
     def __enter__(self) -> Engine:
@@ -1131,6 +1530,7 @@ class Engine:
             "last_seq": self._seq,
             "synced_seq": self._synced_seq,
             "durability": self._durability,
+            **self.disk_status(),
         }
 
     @property

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+
 
 class StorageError(Exception):
     """Base of every error raised by `limedb.storage`."""
@@ -24,3 +26,27 @@ class CorruptionError(StorageError):
 
 class EngineClosedError(StorageError):
     """The engine was closed (or failed) and accepts no more operations."""
+
+
+# ENOSPC, and EDQUOT (a quota is as full as a full disk, to a writer).
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+class DiskFullError(StorageError):
+    """The disk has no room: the write was refused (nothing of it was acknowledged) and the
+    engine keeps serving reads; writes resume by themselves once space is freed."""
+
+    retry_after_s = 1.0
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """Whether `exc` (or what it was raised from) says the disk, or a quota, is full."""
+    seen = 0
+    while exc is not None and seen < 8:
+        if isinstance(exc, DiskFullError):
+            return True
+        if getattr(exc, "errno", None) in DISK_FULL_ERRNOS:
+            return True
+        exc = exc.__cause__ or exc.__context__
+        seen += 1
+    return False

@@ -8,6 +8,7 @@ and removes whose directory was never fsynced.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import mmap
 import os
@@ -23,6 +24,11 @@ class WritableFile(Protocol):
 
     def sync(self) -> None:
         """Make every byte written so far durable (fdatasync)."""
+        ...
+
+    def truncate(self, size: int) -> None:
+        """Cut the file back to `size` bytes and make the new length durable (a torn frame
+        left by a failed write must never have later frames appended after it)."""
         ...
 
     def close(self) -> None: ...
@@ -83,6 +89,11 @@ class _RealWritable:
 
     def sync(self) -> None:
         os.fdatasync(self._fd)
+
+    def truncate(self, size: int) -> None:
+        os.ftruncate(self._fd, size)
+        # fsync, not fdatasync: the new length is the point.
+        os.fsync(self._fd)
 
     def close(self) -> None:
         if self._fd >= 0:
@@ -161,11 +172,14 @@ class RealFS:
 
 
 class _Inode:
-    __slots__ = ("data", "synced")
+    __slots__ = ("data", "lost", "synced")
 
     def __init__(self, data: bytes = b"", synced: int = 0) -> None:
         self.data = bytearray(data)
         self.synced = synced
+        # Bytes a failed fsync dropped from the page cache: a later fsync reports success, but
+        # after a crash they read back as zeros (PostgreSQL's "fsyncgate").
+        self.lost: list[tuple[int, int]] = []
 
 
 class _MemWritable:
@@ -178,13 +192,31 @@ class _MemWritable:
     def write(self, data: bytes) -> None:
         with self._fs._lock:
             if not self._fs._dead:
+                room = self._fs._room()
+                if room < len(data):
+                    # A full disk takes what fits, then refuses: a torn write.
+                    self._inode.data += data[:room]
+                    raise OSError(errno.ENOSPC, "No space left on device (CrashableMemFS)")
                 self._inode.data += data
 
     def sync(self) -> None:
         with self._fs._lock:
             if not self._fs._dead:
                 self._fs.syncs += 1
-                self._inode.synced = len(self._inode.data)
+                inode = self._inode
+                if self._fs.failing_syncs > 0:
+                    self._fs.failing_syncs -= 1
+                    inode.lost.append((inode.synced, len(inode.data)))
+                    raise OSError(errno.ENOSPC, "No space left on device (CrashableMemFS fsync)")
+                inode.synced = len(inode.data)
+
+    def truncate(self, size: int) -> None:
+        with self._fs._lock:
+            if not self._fs._dead:
+                inode = self._inode
+                del inode.data[size:]
+                inode.synced = min(inode.synced, size)
+                inode.lost = [(a, min(b, size)) for a, b in inode.lost if a < size]
 
     def close(self) -> None:
         pass
@@ -223,6 +255,29 @@ class CrashableMemFS:
         self._dead = False
         self._locks: set[str] = set()
         self.syncs = 0
+        # Disk-full injection: `capacity` bytes in all (None: unlimited), and how many of the
+        # next file fsyncs fail with ENOSPC (as delayed allocation makes them on ext4 or XFS).
+        self.capacity: int | None = None
+        self.failing_syncs = 0
+
+    def used(self) -> int:
+        with self._lock:
+            return sum(len(inode.data) for inode in self._files.values())
+
+    def _room(self) -> int:
+        if self.capacity is None:
+            return 1 << 62
+        return max(0, self.capacity - self.used())
+
+    def fill(self, leave_bytes: int = 0) -> None:
+        """Make the disk full but for `leave_bytes`."""
+        with self._lock:
+            self.capacity = self.used() + leave_bytes
+
+    def free(self) -> None:
+        """Room again: writes succeed as before."""
+        with self._lock:
+            self.capacity = None
 
     def create(self, path: str) -> WritableFile:
         path = _norm(path)
@@ -327,6 +382,10 @@ class CrashableMemFS:
                 if tear and len(inode.data) > keep:
                     keep = self._rng.randint(keep, len(inode.data))
                 survivor = _Inode(bytes(inode.data[:keep]), keep)
+                for start, end in inode.lost:
+                    end = min(end, keep)
+                    if start < end:
+                        survivor.data[start:end] = bytes(end - start)
                 after._files[path] = survivor
                 after._durable[path] = survivor
             self._dead = True

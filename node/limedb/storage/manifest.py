@@ -141,7 +141,8 @@ class ManifestWriter:
         self.name = manifest_name(file_no)
         self.path = posixpath.join(dirpath, self.name)
         self._file = fs.create(self.path)
-        self._file.write(encode_frame(state.snapshot_edit().encode()))
+        snapshot = encode_frame(state.snapshot_edit().encode())
+        self._file.write(snapshot)
         self._file.sync()
         fs.fsync_dir(dirpath)
         tmp = posixpath.join(dirpath, CURRENT + ".tmp")
@@ -151,11 +152,28 @@ class ManifestWriter:
         f.close()
         fs.rename(tmp, posixpath.join(dirpath, CURRENT))
         fs.fsync_dir(dirpath)
+        self._size = len(snapshot)  # ends the last good record
+        self.torn = False
 
     def append(self, edit: VersionEdit) -> None:
-        """Write and fsync one edit; only then may the caller make its files visible."""
-        self._file.write(encode_frame(edit.encode()))
-        self._file.sync()
+        """Write and fsync one edit; only then may the caller make its files visible.
+
+        When that fails (a full disk), the file is cut back to its last good record, so the
+        edit is surely not part of the MANIFEST; if even that fails, `torn` says the edit may
+        still come back after a crash. Either way the caller starts a fresh MANIFEST before
+        the next edit: after a failed fsync this file's page cache is not to be trusted.
+        """
+        frame = encode_frame(edit.encode())
+        try:
+            self._file.write(frame)
+            self._file.sync()
+        except OSError:
+            try:
+                self._file.truncate(self._size)
+            except OSError:
+                self.torn = True
+            raise
+        self._size += len(frame)
 
     def close(self) -> None:
         self._file.close()

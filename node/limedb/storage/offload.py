@@ -46,7 +46,12 @@ _PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
 
 
 class WorkerError(Exception):
-    """A worker failed or died; the engine then does the work in-process."""
+    """A worker failed or died; the engine then does the work in-process, unless `errno`
+    says the disk is full (then it backs off: in-process would find it just as full)."""
+
+    def __init__(self, message: str, errno: int | None = None) -> None:
+        super().__init__(message)
+        self.errno = errno
 
 
 def build_table(
@@ -174,12 +179,12 @@ class Worker:
                 for chunk in stream:
                     _write_msg(self.proc.stdin, chunk)
                 _write_msg(self.proc.stdin, None)
-            ok, result = _read_msg(self.proc.stdout)
+            ok, result, err = _read_msg(self.proc.stdout)
         except (OSError, EOFError, pickle.PickleError) as exc:
             self.kill()
             raise WorkerError(f"worker {self.pid} died: {exc!r}") from exc
         if not ok:
-            raise WorkerError(f"worker {self.pid} failed: {result}")
+            raise WorkerError(f"worker {self.pid} failed: {result}", err)
         return result
 
     def close(self) -> None:
@@ -269,7 +274,8 @@ def serve() -> None:
         except EOFError:
             return
         try:
-            reply = (True, _JOBS[job](*args))
+            reply = (True, _JOBS[job](*args), None)
         except Exception as exc:  # noqa: BLE001 - reported to the engine, which falls back
-            reply = (False, f"{type(exc).__name__}: {exc}")
+            err = exc.errno if isinstance(exc, OSError) else None
+            reply = (False, f"{type(exc).__name__}: {exc}", err)
         _write_msg(stdout, reply)

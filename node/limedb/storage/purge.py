@@ -180,7 +180,7 @@ def _install(engine: Engine, jobs: list[compaction_mod.Compaction]) -> None:
             added=[(lvl, m) for lvl, _, m in added],
             removed=[(lvl, t.file_no) for lvl, t in inputs],
         )
-        engine._manifest.append(edit)
+        engine._manifest_append(edit)
         gone = {t.file_no for _, t in inputs}
         with engine._lock:
             engine._state.apply(edit)

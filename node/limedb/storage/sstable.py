@@ -117,6 +117,7 @@ class TableBuilder:
     ) -> None:
         self.path = path
         self.file_no = file_no
+        self._fs = fs
         self._file = fs.create(path)
         self._block_bytes = block_bytes
         self._bits = bits_per_key
@@ -286,7 +287,13 @@ class TableBuilder:
         return TableMeta(self.file_no, self.offset, self.entries, smallest, largest)
 
     def abandon(self) -> None:
+        """Close and delete the unfinished table (on a full disk its bytes are the room
+        that the retry needs)."""
         self._file.close()
+        try:
+            self._fs.remove(self.path)
+        except OSError:
+            pass
 
 
 class TableReader:

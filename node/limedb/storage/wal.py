@@ -146,16 +146,24 @@ def replay(
 
 
 class WalWriter:
-    """One WAL file being appended to; writers queue items until the syncer writes them out."""
+    """One WAL file being appended to; writers queue items until the syncer writes them out.
 
-    __slots__ = ("file", "file_no", "pending", "pending_bytes", "written")
+    `written` ends the last complete frame, `synced` the last fsynced one; `unsynced` keeps the
+    frames in between, so that after a failed write or fsync they can be written again to a
+    fresh file and this one cut back to `synced` (never appended to again: after a failed
+    fsync the page cache may hold bytes the disk never got, and a later fsync would not say so).
+    """
 
-    def __init__(self, file, file_no: int) -> None:  # noqa: ANN001 - a fs.WritableFile
+    __slots__ = ("file", "file_no", "pending", "pending_bytes", "synced", "unsynced", "written")
+
+    def __init__(self, file, file_no: int, written: int = 0) -> None:  # noqa: ANN001 - fs file
         self.file = file
         self.file_no = file_no
         self.pending: list = []  # encoded batches (bytes) or single-put tuples, see encode_items
         self.pending_bytes = 0
-        self.written = 0
+        self.written = written
+        self.synced = written
+        self.unsynced: list[bytes] = []
 
     def take(self) -> list:
         """Remove and return the queued items (caller holds the engine's write lock)."""
