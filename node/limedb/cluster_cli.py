@@ -183,6 +183,7 @@ def status(url: str) -> None:
             state = client.get(f"{url}/api/v1/cluster/state").json()
             ring = client.get(f"{url}/api/v1/cluster/ring").json()
             gossip = client.get(f"{url}/api/v1/cluster/gossip").json()
+            disk = client.get(f"{url}/api/v1/health").json().get("disk") or {}
     except (httpx.HTTPError, ValueError) as exc:
         console.print(f"[red]cannot reach {url}: {exc}[/red]")
         raise SystemExit(1) from exc
@@ -208,6 +209,10 @@ def status(url: str) -> None:
         f"health: {gossip.get('cluster_health', '?')}, "
         f"{gossip.get('active_peers', 0)}/{gossip.get('total_peers', 0)} peers active"
     )
+    if disk.get("full"):
+        console.print(f"[red]disk full, writes refused (507): {disk.get('reason')}[/red]")
+    elif disk.get("reason"):
+        console.print(f"[yellow]disk: {disk['reason']}[/yellow]")
 
 
 def register(main: click.Group) -> None:

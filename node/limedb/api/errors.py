@@ -14,7 +14,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
-from limedb.cluster.service import InvalidRequest, ServiceError, Unavailable
+from limedb.cluster.service import InsufficientStorage, InvalidRequest, ServiceError, Unavailable
 
 JSON = b"application/json"
 
@@ -38,9 +38,12 @@ def retry_after_header(seconds: float) -> dict[str, str]:
 
 
 def from_service_error(exc: ServiceError) -> ApiError:
-    """Map the service contract's errors onto HTTP: Unavailable -> 503, InvalidRequest -> 400."""
+    """Map the service contract's errors onto HTTP: Unavailable -> 503, InsufficientStorage
+    (a full disk) -> 507, InvalidRequest -> 400."""
     if isinstance(exc, Unavailable):
         return ApiError(503, str(exc) or "service unavailable", retry_after_header(exc.retry_after))
+    if isinstance(exc, InsufficientStorage):
+        return ApiError(507, str(exc) or "disk full", retry_after_header(exc.retry_after))
     if isinstance(exc, InvalidRequest):
         return ApiError(400, str(exc) or "invalid request")
     return ApiError(503, str(exc) or "service error", retry_after_header(1.0))

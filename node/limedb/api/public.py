@@ -26,6 +26,17 @@ MAX_PAGE_SIZE = 100
 MAX_PAGE = 1_000_000_000
 
 
+def disk_health(storage: dict) -> dict:
+    """The `disk` object of /api/v1/health, from the storage engine's stats."""
+    return {
+        "full": bool(storage.get("disk_full", False)),
+        "readOnly": bool(storage.get("read_only", False)),
+        "since": storage.get("disk_full_since"),
+        "reason": storage.get("disk_full_reason"),
+        "refusedWrites": int(storage.get("disk_full_refused_writes", 0)),
+    }
+
+
 def _raw_path(request: Request) -> bytes:
     return request.scope.get("raw_path") or request.url.path.encode("utf-8")
 
@@ -156,13 +167,16 @@ def build_router(state: NodeState) -> APIRouter:
     )
     async def health() -> Response:
         service = state.require_service()
+        storage = service.stats()
+        disk = disk_health(storage)
         body = {
-            "status": "healthy",
+            "status": "degraded" if disk["full"] else "healthy",
             "service": "limedb-node",
             "version": limedb.__version__,
             "nodeUrl": service.node_url,
             "timestamp": int(time.time()),
-            "storage": service.stats(),
+            "disk": disk,
+            "storage": storage,
         }
         return Response(
             orjson.dumps(body, option=orjson.OPT_NON_STR_KEYS), media_type="application/json"

@@ -108,12 +108,21 @@ class GossipInfo(BaseModel):
     timestamp: int | None = None
 
 
+class DiskHealth(BaseModel):
+    full: bool = Field(description="writes are refused (507) until space is freed")
+    readOnly: bool = Field(description="the node serves reads only (full, or opened full)")
+    since: float | None = Field(description="when the disk filled up (Unix seconds)")
+    reason: str | None = Field(description="the failing file and error, or a blocked flush")
+    refusedWrites: int = Field(description="writes refused for a full disk since the start")
+
+
 class Health(BaseModel):
     status: str
     service: str
     version: str
     nodeUrl: str
     timestamp: int
+    disk: DiskHealth
     storage: dict[str, Any]
 
 

@@ -22,7 +22,14 @@ from typing import Protocol
 
 from limedb.cluster import rpc
 from limedb.cluster.keys import storage_key
-from limedb.cluster.service import Consistency, InvalidRequest, ReadResult, Unavailable
+from limedb.cluster.service import (
+    Consistency,
+    InsufficientStorage,
+    InvalidRequest,
+    ReadResult,
+    Unavailable,
+)
+from limedb.storage.errors import DiskFullError
 
 INT64_MIN = -(1 << 63)
 INT64_MAX = (1 << 63) - 1
@@ -415,6 +422,8 @@ class ClusterAtomic:
         except rpc.RpcError as exc:
             if exc.code == _INVALID:
                 raise CommandError(exc.message) from None
+            if exc.code == rpc.INSUFFICIENT_STORAGE:
+                raise InsufficientStorage(f"primary replica {primary}: {exc.message}") from None
             raise Unavailable(f"primary replica {primary}: {exc.message}") from None
         except rpc.PeerUnavailable as exc:
             if fn.blind:
@@ -459,6 +468,8 @@ class ClusterAtomic:
             raise rpc.RpcError(_INVALID, str(exc)) from None
         except Unavailable as exc:
             raise rpc.RpcError(_UNAVAILABLE, str(exc)) from None
+        except InsufficientStorage as exc:
+            raise rpc.RpcError(rpc.INSUFFICIENT_STORAGE, str(exc)) from None
 
     def register(self, server: rpc.RpcServer) -> None:
         server.register(rpc.ATOMIC, self.handle)
@@ -478,12 +489,18 @@ async def apply_locally(
     try:
         current = _NOTHING if blind else await read(key)
         outcome = fn(current, wall_ms())
-        if outcome.action is Action.SET:
-            await engine.put_async(
-                storage_key(key), outcome.value, ts=clock.now(), expires_at_ms=outcome.expires_at_ms
-            )
-        elif outcome.action is Action.DELETE:
-            await engine.delete_async(storage_key(key), ts=clock.now())
+        try:
+            if outcome.action is Action.SET:
+                await engine.put_async(
+                    storage_key(key),
+                    outcome.value,
+                    ts=clock.now(),
+                    expires_at_ms=outcome.expires_at_ms,
+                )
+            elif outcome.action is Action.DELETE:
+                await engine.delete_async(storage_key(key), ts=clock.now())
+        except DiskFullError as exc:
+            raise InsufficientStorage(str(exc), exc.retry_after_s) from exc
         return outcome.reply
     finally:
         locks.release(key, not blind)

@@ -22,9 +22,10 @@ from limedb.cluster.failure import Liveness
 from limedb.cluster.hints import HintStore
 from limedb.cluster.replica import Mutation, Replica, Stored, decode_applied, decode_stored
 from limedb.cluster.ring import Ring
-from limedb.cluster.service import Consistency, ReadResult, Unavailable
+from limedb.cluster.service import Consistency, InsufficientStorage, ReadResult, Unavailable
 from limedb.cluster.transitions import WriteSet, quorum_met
 from limedb.hlc import HLC, millis_of
+from limedb.storage.errors import DiskFullError
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,15 @@ def required_acks(consistency: Consistency, replicas: int) -> int:
     return replicas // 2 + 1
 
 
+def _disk_full_reason(node: str, error: BaseException) -> str | None:
+    """Why `node` refused a write for a full disk (locally or over the RPC), else None."""
+    if isinstance(error, DiskFullError):
+        return f"replica {node}: {error}"
+    if isinstance(error, rpc.RpcError) and error.code == rpc.INSUFFICIENT_STORAGE:
+        return f"replica {node}: {error.message}"
+    return None
+
+
 _LIVENESS_RANK = {Liveness.ALIVE: 0, Liveness.SUSPECT: 1, Liveness.DEAD: 2}
 
 
@@ -58,7 +68,7 @@ def _now_ms() -> int:
 class _Quorum:
     """Counts replica answers; `future` resolves once `need` succeed or that became impossible."""
 
-    __slots__ = ("existed", "failures", "future", "need", "successes", "total")
+    __slots__ = ("disk_full", "existed", "failures", "future", "need", "successes", "total")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, need: int, total: int) -> None:
         self.future = loop.create_future()
@@ -67,6 +77,7 @@ class _Quorum:
         self.successes = 0
         self.failures = 0
         self.existed = False
+        self.disk_full: str | None = None  # the first replica that refused for a full disk
 
     def succeeded(self, existed: bool) -> None:
         self.successes += 1
@@ -102,6 +113,7 @@ class _SplitQuorum:
         self.acked: set[str] = set()
         self.failures: set[str] = set()
         self.existed = False
+        self.disk_full: str | None = None
 
     def vote(self, node: str) -> _Vote:
         return _Vote(self, node)
@@ -138,6 +150,14 @@ class _Vote:
     def failed(self) -> None:
         self.quorum.failures.add(self.node)
         self.quorum.settle()
+
+    @property
+    def disk_full(self) -> str | None:
+        return self.quorum.disk_full
+
+    @disk_full.setter
+    def disk_full(self, reason: str | None) -> None:
+        self.quorum.disk_full = reason
 
 
 class Coordinator:
@@ -176,6 +196,7 @@ class Coordinator:
             "writes_unavailable": 0,
             "reads_unavailable": 0,
             "replica_write_failures": 0,
+            "replica_writes_disk_full": 0,
             "replica_read_failures": 0,
             "read_repairs": 0,
             "read_repairs_dropped": 0,
@@ -261,10 +282,10 @@ class Coordinator:
             pending.add_done_callback(partial(self._replica_answered, node, mutation, quorum))
         if not await quorum.future:
             self.counters["writes_unavailable"] += 1
-            raise Unavailable(
-                f"{quorum.successes} of {len(replicas)} replicas acknowledged, {need} needed",
-                retry_after=1.0,
-            )
+            message = f"{quorum.successes} of {len(replicas)} replicas acknowledged, {need} needed"
+            if quorum.disk_full is not None:
+                raise InsufficientStorage(f"{message}: {quorum.disk_full}")
+            raise Unavailable(message, retry_after=1.0)
         return quorum.existed
 
     async def _write_both(
@@ -298,11 +319,13 @@ class Coordinator:
             pending.add_done_callback(partial(self._replica_answered, node, mutation, vote))
         if not await quorum.future:
             self.counters["writes_unavailable"] += 1
-            raise Unavailable(
+            message = (
                 f"{len(quorum.acked)} of {len(plan.all)} old and new replicas acknowledged, "
-                f"{need_old} of the old and {need_new} of the new needed",
-                retry_after=1.0,
+                f"{need_old} of the old and {need_new} of the new needed"
             )
+            if quorum.disk_full is not None:
+                raise InsufficientStorage(f"{message}: {quorum.disk_full}")
+            raise Unavailable(message, retry_after=1.0)
         return quorum.existed
 
     def _replica_answered(
@@ -315,8 +338,13 @@ class Coordinator:
             quorum.succeeded(existed)
             return
         self.counters["replica_write_failures"] += 1
+        full = _disk_full_reason(node, error)
+        if full is not None:
+            self.counters["replica_writes_disk_full"] += 1
+            if quorum.disk_full is None:
+                quorum.disk_full = full
         quorum.failed()
-        if node == self.node_id:
+        if node == self.node_id and full is None:
             log.error("local write failed: %r", error)
         else:
             log.debug("write to %s failed: %r", node, error)

@@ -5,6 +5,9 @@ Hints live in their own storage engine (data_dir/hints) keyed by
 for one target are one contiguous range in creation order. A hint is deleted once the target
 acknowledged it; a hint older than the window (3 h by default) is dropped and counted instead,
 because by then anti-entropy repair, not handoff, is the tool.
+When this node's own disk is full (the hints engine refuses), a hint is kept in memory instead
+(up to MEMORY_HINTS of them, counted beyond): replayed the same way, but lost on a restart,
+after which anti-entropy repair brings the replica up to date.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import struct
 from collections.abc import Awaitable, Callable, Iterator
 
 from limedb.cluster.replica import Mutation, wall_ms
+from limedb.storage.errors import DiskFullError
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +27,7 @@ DEFAULT_WINDOW_MS = 3 * 3600 * 1000
 _STAMP = struct.Struct("!QQ")
 _LEN = struct.Struct("!H")
 _PAGE = 1000
+MEMORY_HINTS = 100_000
 
 Deliver = Callable[[str, Mutation], Awaitable[None]]
 
@@ -75,6 +80,10 @@ class HintStore:
         self.stored = 0
         self.replayed = 0
         self.expired = 0
+        # Hints the full disk refused, by target, in creation order: (created ms, mutation).
+        self._in_memory: dict[str, list[tuple[int, Mutation]]] = {}
+        self.in_memory = 0
+        self.dropped_disk_full = 0
         self._count_existing()
 
     def _count_existing(self) -> None:
@@ -93,8 +102,16 @@ class HintStore:
 
     async def add(self, target: str, mutation: Mutation) -> None:
         """Durably record that `target` missed `mutation`."""
-        hkey = hint_key(target, self._clock_ms(), next(self._seq), mutation.key)
-        await self.engine.put_async(hkey, mutation.encode())
+        created = self._clock_ms()
+        hkey = hint_key(target, created, next(self._seq), mutation.key)
+        try:
+            await self.engine.put_async(hkey, mutation.encode())
+        except DiskFullError:
+            if self.in_memory >= MEMORY_HINTS:
+                self.dropped_disk_full += 1
+                return
+            self._in_memory.setdefault(target, []).append((created, mutation))
+            self.in_memory += 1
         self._pending[target] = self._pending.get(target, 0) + 1
         self.stored += 1
 
@@ -131,7 +148,9 @@ class HintStore:
         versions by timestamp), so a hint delivered twice after a crash does no harm.
         """
         oldest_ok = self._clock_ms() - self.window_ms
-        delivered = 0
+        delivered = await self._replay_in_memory(target, oldest_ok)
+        if delivered < 0:
+            return 0
         semaphore = asyncio.Semaphore(self._concurrency)
         failed = False
 
@@ -147,9 +166,14 @@ class HintStore:
                         log.info("hint replay to %s paused: %s", target, exc)
                     failed = True
                     return
-                await self._forget(target, hkey)
                 delivered += 1
                 self.replayed += 1
+                try:
+                    await self._forget(target, hkey)
+                except DiskFullError:
+                    # Delivered, but the hint stays until this disk has room (delivering it
+                    # again is harmless): stop here rather than re-deliver page after page.
+                    failed = True
 
         for page in self._pages(target):
             sends = []
@@ -163,6 +187,35 @@ class HintStore:
             if failed:
                 break
         return delivered
+
+    async def _replay_in_memory(self, target: str, oldest_ok: int) -> int:
+        """Deliver `target`'s in-memory hints in order; -1 when one failed (the rest wait)."""
+        queue = self._in_memory.get(target)
+        delivered = 0
+        while queue:
+            created, mutation = queue[0]
+            if created >= oldest_ok:
+                try:
+                    await self._deliver(target, mutation)
+                except Exception as exc:  # the target is not taking writes yet
+                    log.info("hint replay to %s paused: %s", target, exc)
+                    return -1
+                delivered += 1
+                self.replayed += 1
+            else:
+                self.expired += 1
+            queue.pop(0)
+            self.in_memory -= 1
+            self._decrement(target)
+        self._in_memory.pop(target, None)
+        return delivered
+
+    def _decrement(self, target: str) -> None:
+        count = self._pending.get(target, 0) - 1
+        if count > 0:
+            self._pending[target] = count
+        else:
+            self._pending.pop(target, None)
 
     async def expire(self) -> int:
         """Drop (and count) every hint older than the window. Each target's hints are in
@@ -182,11 +235,7 @@ class HintStore:
 
     async def _forget(self, target: str, hkey: bytes) -> None:
         await self.engine.delete_async(hkey)
-        count = self._pending.get(target, 0) - 1
-        if count > 0:
-            self._pending[target] = count
-        else:
-            self._pending.pop(target, None)
+        self._decrement(target)
 
     async def stop(self) -> None:
         tasks = [task for task in self._replaying.values() if not task.done()]
@@ -205,4 +254,6 @@ class HintStore:
             "stored": self.stored,
             "replayed": self.replayed,
             "expired": self.expired,
+            "in_memory": self.in_memory,
+            "dropped_disk_full": self.dropped_disk_full,
         }

@@ -14,10 +14,10 @@ from typing import Protocol
 from limedb.cluster.atomic import AtomicOp, KeyLocks, Reply, apply_locally
 from limedb.cluster.keys import storage_key, user_key
 from limedb.cluster.ring import vnode_tokens
-from limedb.cluster.service import Consistency, ReadResult, Unavailable
+from limedb.cluster.service import Consistency, InsufficientStorage, ReadResult, Unavailable
 from limedb.cluster.view import ClusterView, MemberView
 from limedb.hlc import HLC, millis_of
-from limedb.storage.errors import StorageError
+from limedb.storage.errors import DiskFullError, StorageError
 
 
 class StorageVersion(Protocol):
@@ -136,6 +136,8 @@ class LocalService:
         expires = millis_of(ts) + ttl_ms if ttl_ms else None
         try:
             await self._engine.put_async(storage_key(key), value, ts=ts, expires_at_ms=expires)
+        except DiskFullError as exc:
+            raise InsufficientStorage(str(exc), exc.retry_after_s) from exc
         except StorageError as exc:
             raise Unavailable(f"storage refused the write: {exc}") from exc
         return ts
@@ -146,6 +148,8 @@ class LocalService:
         existed = _is_live(self._engine.get_version(skey), _now_ms())
         try:
             await self._engine.delete_async(skey, ts=self._clock.now())
+        except DiskFullError as exc:
+            raise InsufficientStorage(str(exc), exc.retry_after_s) from exc
         except StorageError as exc:
             raise Unavailable(f"storage refused the delete: {exc}") from exc
         return existed

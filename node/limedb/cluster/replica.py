@@ -17,6 +17,7 @@ from limedb.cluster import rpc
 from limedb.cluster.keys import storage_key
 from limedb.hlc import HLC
 from limedb.storage import WriteBatch
+from limedb.storage.errors import DiskFullError
 from limedb.storage.record import Rec, make_rec, newer
 
 _MUTATION = struct.Struct("!QQBI")  # ts, expires_at_ms (0 = never), tombstone, key length
@@ -180,11 +181,18 @@ def _settle(
 ) -> None:
     error = write.exception() if not write.cancelled() else asyncio.CancelledError()
     results = write.result() if error is None else None
+    # A full disk travels to a remote coordinator as its own code: that coordinator answers
+    # 507 (not 503) when this failure costs the write its quorum, and hints this replica.
+    remote_error = (
+        rpc.RpcError(rpc.INSUFFICIENT_STORAGE, str(error))
+        if isinstance(error, DiskFullError)
+        else error
+    )
     for i, (_, future, existed, encoded) in enumerate(queued):
         if future.done():
             continue
         if results is None:
-            future.set_exception(error)
+            future.set_exception(remote_error if encoded else error)
         elif encoded:
             future.set_result(encode_applied(bool(results[i]), existed))
         else:

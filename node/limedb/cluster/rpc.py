@@ -48,6 +48,7 @@ PROPOSE = 25  # a ring change forwarded to the proposer (limedb.cluster.proposal
 UNAUTHORIZED = 401
 NOT_FOUND = 404
 EXPIRED = 504
+INSUFFICIENT_STORAGE = 507  # the replica's disk is full (limedb.storage.errors.DiskFullError)
 FAILED = 500
 
 Handler = Callable[[bytes], "bytes | Awaitable[bytes]"]

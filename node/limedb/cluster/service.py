@@ -45,6 +45,15 @@ class Unavailable(ServiceError):
         self.retry_after = retry_after
 
 
+class InsufficientStorage(ServiceError):
+    """A replica's disk is full and the write could not reach its quorum without it: HTTP 507
+    with Retry-After. Nothing of it was acknowledged; it succeeds again once space is freed."""
+
+    def __init__(self, message: str, retry_after: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class InvalidRequest(ServiceError):
     """The request is malformed in a way only the service can tell: HTTP 400."""
 

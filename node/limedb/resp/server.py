@@ -28,7 +28,7 @@ from typing import Any
 import hiredis
 
 from limedb.cluster.atomic import CommandError
-from limedb.cluster.service import InvalidRequest, ServiceError, Unavailable
+from limedb.cluster.service import InsufficientStorage, InvalidRequest, ServiceError, Unavailable
 from limedb.resp import admin, keyspace  # noqa: F401 - importing registers the commands
 from limedb.resp.commands import resolve
 from limedb.resp.cursors import ScanCursors
@@ -96,6 +96,9 @@ def error_reply(exc: BaseException) -> RespError:
         return RespError(str(exc))
     if isinstance(exc, Unavailable):
         return RespError(f"UNAVAILABLE {exc}")
+    if isinstance(exc, InsufficientStorage):
+        # Redis's own "-MISCONF" means a failed RDB save; a full disk gets its own prefix.
+        return RespError(f"NOSPACE {exc}")
     if isinstance(exc, InvalidRequest | ServiceError):
         return RespError(f"ERR {exc}")
     log.error("RESP command failed", exc_info=exc)
