@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 import uvloop
-from support.cluster import Cluster, Node, free_port_pair
+from support.cluster import Cluster, loopback_nodes
 
 # Nodes run on uvloop; in-process transport tests also run on the standard loop (embedding).
 LOOPS = {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
@@ -33,13 +33,8 @@ def make_cluster(tmp_path: Path) -> Iterator[Callable[..., Cluster]]:
     client = httpx.Client(timeout=10.0)
 
     def make(nodes: int = 3, env: dict[str, str] | None = None, start: bool = True) -> Cluster:
-        members = []
-        for i in range(nodes):
-            host = f"127.0.0.{len(clusters) * 10 + i + 2}"
-            port, internal = free_port_pair(host)
-            members.append(Node(i, host, port, internal, tmp_path / f"node-{len(clusters)}-{i}"))
+        members = loopback_nodes(tmp_path, nodes, len(clusters) * 10 + 2, f"node-{len(clusters)}")
         for node in members:
-            node.seeds = [m.url for m in members]
             node.env = dict(env or {})
         cluster = Cluster(members, client)
         clusters.append(cluster)

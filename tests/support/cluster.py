@@ -144,6 +144,19 @@ class Node:
         return False
 
 
+def loopback_nodes(base: Path, count: int, first_host: int, name: str = "node") -> list[Node]:
+    """`count` nodes on 127.0.0.<first_host + i>, data in base/<name>-<i>, each with all of
+    them as seeds."""
+    nodes = []
+    for i in range(count):
+        host = f"127.0.0.{first_host + i}"
+        port, internal = free_port_pair(host)
+        nodes.append(Node(i, host, port, internal, base / f"{name}-{i}"))
+    for node in nodes:
+        node.seeds = [n.url for n in nodes]
+    return nodes
+
+
 @dataclass
 class Cluster:
     nodes: list[Node]

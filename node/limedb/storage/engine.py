@@ -863,6 +863,19 @@ class Engine:
             log.error("storage in %s is out of space: %s", self._dir, reason)
         return DiskFullError(str(self._full))
 
+    def _note_blocked(self, job: str, exc: BaseException | None) -> None:
+        """The flush or compaction thread found the disk full (`exc`), or has room again."""
+        with self._lock:
+            if job == "flush":
+                was, self._flush_blocked = self._flush_blocked, exc
+            else:
+                was, self._compaction_blocked = self._compaction_blocked, exc
+            self._update_degraded_locked()
+        if exc is not None and was is None:
+            log.error("%s found the disk full, retrying with backoff: %s", job, exc)
+        elif exc is None and was is not None:
+            log.warning("%s succeeded again after a full disk", job)
+
     def _update_degraded_locked(self) -> None:
         self._degraded = (
             self._full is not None
@@ -1057,19 +1070,12 @@ class Engine:
                     self._fail(e)
                     return
                 # The memtable stays frozen (and in the WAL): try again, less and less often.
-                if self._flush_blocked is None:
-                    log.error("memtable flush found the disk full; retrying: %s", e)
+                self._note_blocked("flush", e)
                 backoff = min(max(backoff * 2, _SPACE_RETRY_S), _MAX_BACKOFF_S)
-                with self._lock:
-                    self._flush_blocked = e
-                    self._update_degraded_locked()
                 continue
             if self._flush_blocked is not None:
-                log.warning("memtable flush succeeded again after a full disk")
+                self._note_blocked("flush", None)
                 backoff = 0.0
-                with self._lock:
-                    self._flush_blocked = None
-                    self._update_degraded_locked()
 
     def _flush_imm(self) -> None:
         with self._flush_lock:
@@ -1281,19 +1287,12 @@ class Engine:
                     self._fail(e)
                     return
                 # Inputs stay as they are; the outputs were deleted. Try again later.
-                if self._compaction_blocked is None:
-                    log.error("compaction found the disk full; retrying: %s", e)
+                self._note_blocked("compaction", e)
                 backoff = min(max(backoff * 2, _SPACE_RETRY_S * 5), _MAX_BACKOFF_S * 2)
-                with self._lock:
-                    self._compaction_blocked = e
-                    self._update_degraded_locked()
                 continue
             if self._compaction_blocked is not None:
-                log.warning("compaction succeeded again after a full disk")
+                self._note_blocked("compaction", None)
                 backoff = 0.0
-                with self._lock:
-                    self._compaction_blocked = None
-                    self._update_degraded_locked()
 
     def _compact_pending(self, *, rate: int | None = None) -> int:
         """Run leveled compactions until no level needs one; returns how many ran.

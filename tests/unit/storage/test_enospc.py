@@ -16,18 +16,11 @@ import pytest
 from limedb.storage import CrashableMemFS, Engine, EngineOptions
 from limedb.storage.errors import DiskFullError, is_disk_full
 
-OPTIONS = dict(
-    memtable_bytes=4096,
-    l0_compaction_trigger=2,
-    level_base_bytes=16 * 1024,
-    target_file_bytes=4 * 1024,
-    block_bytes=256,
-    compaction_rate_bytes_per_s=0,
-)
+from .test_crash_model import OPTIONS
 
 
 def _open(fs: CrashableMemFS, *, threads: bool = False, durability: str = "sync") -> Engine:
-    opts = EngineOptions(durability=durability, background_threads=threads, **OPTIONS)
+    opts = EngineOptions(durability=durability, **{**OPTIONS, "background_threads": threads})
     return Engine.open("/db", opts, fs=fs)
 
 
