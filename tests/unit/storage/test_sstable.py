@@ -17,20 +17,13 @@ from limedb.storage.fs import CrashableMemFS, RealFS
 from limedb.storage.record import EXPIRES, TOMBSTONE
 from limedb.storage.sstable import MAGIC, TableBuilder, TableMeta, TableReader
 
+from .strategies import records
+
 PROPERTY = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 PATH = "/db/000009.sst"
 FOOTER = struct.Struct("<QIQIQIIIQ")
 
-recs = st.one_of(
-    st.tuples(st.integers(0, 2**64 - 1), st.binary(max_size=200), st.just(0), st.just(0)),
-    st.tuples(st.integers(0, 2**64 - 1), st.just(b""), st.just(TOMBSTONE), st.just(0)),
-    st.tuples(
-        st.integers(0, 2**64 - 1),
-        st.binary(max_size=200),
-        st.just(EXPIRES),
-        st.integers(1, 2**64 - 1),
-    ),
-)
+recs = records(max_value=200)
 tables = st.dictionaries(st.binary(min_size=0, max_size=30), recs, min_size=1, max_size=120)
 
 

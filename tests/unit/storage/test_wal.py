@@ -23,21 +23,14 @@ from limedb.storage.wal import (
     scan_frames,
 )
 
+from .strategies import records
+
 PATH = "/db/000007.log"
 # No deadline: a loaded machine makes examples slow, never wrong.
 PROPERTY = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 keys = st.binary(min_size=0, max_size=40)
-recs = st.one_of(
-    st.tuples(st.integers(0, 2**64 - 1), st.binary(max_size=60), st.just(0), st.just(0)),
-    st.tuples(st.integers(0, 2**64 - 1), st.just(b""), st.just(TOMBSTONE), st.just(0)),
-    st.tuples(
-        st.integers(0, 2**64 - 1),
-        st.binary(max_size=60),
-        st.just(EXPIRES),
-        st.integers(1, 2**64 - 1),
-    ),
-)
+recs = records()
 ops = st.lists(st.tuples(keys, recs), min_size=1, max_size=6)
 # Frames of batches with consecutive sequence numbers, the way the engine writes them.
 frame_batches = st.lists(st.lists(ops, min_size=1, max_size=3), min_size=1, max_size=5)
