@@ -178,11 +178,64 @@ SETTINGS: tuple[Setting, ...] = (
         "client requests waiting for a slot beyond max_inflight; more are refused with 503",
     ),
     Setting("request_timeout_ms", _int(1, 600_000), 5000, "deadline of forwarded requests"),
+    # Connections and buffers (docs/operations.md, "Connections, buffers and descriptors").
+    Setting(
+        "max_connections",
+        _int(1),
+        4096,
+        "HTTP client connections open at once; more get 503 with Retry-After and are closed",
+    ),
+    Setting(
+        "fd_reserve",
+        _int(0),
+        128,
+        "file descriptors kept for storage, peers and hints: client connections (HTTP and "
+        "RESP together) are refused once they would come this close to RLIMIT_NOFILE",
+    ),
+    Setting(
+        "http_idle_timeout_s",
+        _int(1, 3600),
+        15,
+        "close an HTTP connection that has no request in progress for this long",
+    ),
+    Setting(
+        "http_header_timeout_s",
+        _int(1, 600),
+        10,
+        "a request's headers must arrive within this from its first byte, else 408 and close",
+    ),
+    Setting(
+        "http_body_timeout_s",
+        _int(1, 3600),
+        30,
+        "a request's body must arrive within this after its headers, else 408 and close",
+    ),
+    Setting(
+        "max_header_bytes",
+        _int(1024),
+        64 * 1024,
+        "largest request line and headers of one HTTP request; more get 431 and the "
+        "connection is closed",
+    ),
+    Setting(
+        "max_body_bytes",
+        _int(1024),
+        64 * 1024,
+        "largest request body of the routes without a limit of their own (admin calls)",
+    ),
+    Setting("max_batch_bytes", _int(1024), 16 * MIB, "largest /v1/batch request body, in bytes"),
     Setting("resp_port", _int(0, 65535), 6379, "RESP (Redis protocol) port, 0 = off"),
     Setting("resp_password", _optional_text, None, "password of RESP clients (AUTH); none = open"),
     Setting("resp_max_clients", _int(1), 10_000, "RESP connections served at once"),
     Setting("resp_max_bulk_bytes", _int(1024), 64 * MIB, "largest RESP request, in bytes"),
-    Setting("resp_idle_timeout_s", _int(0), 0, "close idle RESP clients after this, 0 = never"),
+    Setting("resp_idle_timeout_s", _int(0), 300, "close idle RESP clients after this, 0 = never"),
+    Setting(
+        "resp_max_buffered_bytes",
+        _int(MIB),
+        256 * MIB,
+        "RESP request bytes buffered for all clients together; a client that would go beyond "
+        "gets an error and is disconnected",
+    ),
     Setting("shutdown_timeout_s", _int(1, 300), 8, "grace period for in-flight requests"),
     Setting("log_level", _choice(LOG_LEVELS), "info", "debug | info | warning | error"),
     Setting("fast_path", _bool, True, "serve the hot key-value routes outside FastAPI"),
@@ -221,11 +274,20 @@ class Config:
     max_inflight: int = 256
     max_queued: int = 1024
     request_timeout_ms: int = 5000
+    max_connections: int = 4096
+    fd_reserve: int = 128
+    http_idle_timeout_s: int = 15
+    http_header_timeout_s: int = 10
+    http_body_timeout_s: int = 30
+    max_header_bytes: int = 64 * 1024
+    max_body_bytes: int = 64 * 1024
+    max_batch_bytes: int = 16 * MIB
     resp_port: int = 6379
     resp_password: str | None = None
     resp_max_clients: int = 10_000
     resp_max_bulk_bytes: int = 64 * MIB
-    resp_idle_timeout_s: int = 0
+    resp_idle_timeout_s: int = 300
+    resp_max_buffered_bytes: int = 256 * MIB
     shutdown_timeout_s: int = 8
     log_level: str = "info"
     fast_path: bool = True

@@ -20,7 +20,7 @@ import uvicorn
 
 from limedb.api import attach_service, create_app
 from limedb.api.fastpath import FastPath
-from limedb.api.wire import wire_protocol
+from limedb.api.wire import sweep, wire_protocol
 from limedb.cluster.local import LocalService
 from limedb.cluster.service import KeyValueService
 from limedb.config import Config
@@ -98,7 +98,7 @@ class NodeRuntime:
         """The RESP listener (limedb.resp); a port that cannot be bound stops the node."""
         from limedb.resp import Limits, RespServer
 
-        resp = RespServer(service, Limits.from_config(self.config))
+        resp = RespServer(service, Limits.from_config(self.config), self.app.state.connections)
         try:
             await resp.start(self.config.host, self.config.resp_port)
         except OSError as exc:
@@ -113,11 +113,23 @@ class NodeRuntime:
     @contextlib.asynccontextmanager
     async def lifespan(self, _app: Any) -> AsyncIterator[None]:
         recovery = asyncio.create_task(self._recover())
+        assert self.server is not None
+        sweeper = asyncio.create_task(sweep(self.server.server_state.connections))
+        budget = self.app.state.connections
+        log.info(
+            "client connections: up to %d HTTP, %d RESP, %d together "
+            "(descriptor limit minus fd_reserve %d)",
+            self.config.max_connections,
+            self.config.resp_max_clients,
+            budget.capacity(),
+            budget.reserve,
+        )
         try:
             yield
         finally:
             # uvicorn has stopped accepting and drained in-flight requests by now.
-            await asyncio.gather(recovery, return_exceptions=True)
+            sweeper.cancel()
+            await asyncio.gather(recovery, sweeper, return_exceptions=True)
             if self.resp is not None:
                 await self.resp.stop(self.config.shutdown_timeout_s)
             if self.service is not None:
@@ -133,8 +145,10 @@ class NodeRuntime:
             host=config.host,
             port=config.port,
             loop="uvloop",
-            # The wire protocol serves hot key-value requests without the ASGI round trip.
-            http=wire_protocol(self.app.state) if config.fast_path else "httptools",
+            # The wire protocol serves hot key-value requests without the ASGI round trip
+            # (with fast_path on), and bounds connections and slow requests (always).
+            http=wire_protocol(self.app.state),
+            timeout_keep_alive=config.http_idle_timeout_s,
             lifespan="on",
             access_log=False,
             log_level=config.log_level,

@@ -4,7 +4,10 @@ The LimeDB get/set/del routes and /v1/kv/{key} are matched by method and raw-pat
 answered with two `send` calls, skipping FastAPI's routing, dependency injection and response
 classes (the FastAPI routes with the same paths still exist for the OpenAPI document). Both
 this layer and the wire-level path in `wire.py` dispatch through `hot.serve`, so they answer
-alike. It also enforces the in-flight request limit and records per-route metrics for all routes.
+alike. It also enforces the in-flight request limit and records per-route metrics for all routes,
+and gives every other route a body limit too (`route_body_limit`): a declared Content-Length
+over it is refused with 413 before the app runs, and a chunked body is counted as it streams in
+and refused as soon as it passes the limit, so no route buffers more than its limit.
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
+
+from starlette.exceptions import HTTPException
 
 from limedb.api import hot
 from limedb.api import operations as ops
@@ -34,6 +39,50 @@ def admitted(path: str | bytes) -> bool:
     if isinstance(path, bytes):
         path = path.decode("latin-1")
     return path not in UNLIMITED_PATHS and not path.startswith(UNLIMITED_PREFIX)
+
+
+BATCH_PATH = b"/v1/batch"
+
+
+def route_body_limit(state: NodeState, method: str, raw_path: bytes) -> int:
+    """The largest request body the route of `raw_path` accepts."""
+    route = hot.classify(method, raw_path)
+    if route is not None:
+        return hot.body_limit(state, route)
+    if raw_path == BATCH_PATH:
+        return state.config.max_batch_bytes
+    return state.config.max_body_bytes
+
+
+def declared_length(scope: Scope) -> int | None:
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            return int(value) if value.isdigit() else None
+    return None
+
+
+class BodyTooLarge(HTTPException):
+    """Raised from `receive` once a streamed body passes its limit. An HTTPException, so that
+    FastAPI's body parsing lets it through to the JSON error handler (413), not a 400."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"request body exceeds {limit} bytes")
+
+
+def limited(receive: Receive, limit: int) -> Receive:
+    """`receive`, counting body bytes and raising BodyTooLarge past `limit`."""
+    size = 0
+
+    async def receive_limited() -> dict:
+        nonlocal size
+        message = await receive()
+        if message["type"] == "http.request":
+            size += len(message.get("body", b""))
+            if size > limit:
+                raise BodyTooLarge(limit)
+        return message
+
+    return receive_limited
 
 
 class ClientDisconnected(Exception):
@@ -150,6 +199,17 @@ class FastPath:
         state.stats.observe(method, route, reply.status, time.perf_counter() - started)
 
     async def _serve_app(self, scope: Scope, receive: Receive, send: Send, started: float) -> None:
+        method: str = scope["method"]
+        raw_path: bytes = scope.get("raw_path") or scope["path"].encode("utf-8")
+        limit = route_body_limit(self.state, method, raw_path)
+        declared = declared_length(scope)
+        if declared is not None and declared > limit:
+            # Refused before the app reads a byte; uvicorn drops the body as it arrives.
+            reply = hot.too_large(limit)
+            await send_reply(send, reply)
+            self.state.stats.observe(method, "too_large", reply.status, 0.0)
+            return
+        receive = limited(receive, limit)
         status = 500
 
         async def recording_send(message: dict) -> None:

@@ -100,11 +100,14 @@ def _flatten(stats: dict, prefix: str = "") -> Iterator[tuple[str, float]]:
 
 
 def build_registry(
-    stats: RouteStats, storage_stats: Callable[[], dict | None]
+    stats: RouteStats, storage_stats: Callable[[], dict | None], *collectors: object
 ) -> CollectorRegistry:
+    """`collectors`: more objects with a `collect()` (e.g. the connection budget)."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(stats)  # type: ignore[arg-type]
     registry.register(StorageCollector(storage_stats))  # type: ignore[arg-type]
+    for collector in collectors:
+        registry.register(collector)  # type: ignore[arg-type]
     return registry
 
 

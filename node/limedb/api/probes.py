@@ -18,7 +18,9 @@ _READY = b'{"status":"ready"}'
 def build_router(state: NodeState) -> APIRouter:
     router = APIRouter(tags=["operations"])
     registry = build_registry(
-        state.stats, lambda: state.service.stats() if state.service is not None else None
+        state.stats,
+        lambda: state.service.stats() if state.service is not None else None,
+        state.connections,
     )
 
     @router.get("/livez", summary="The process is serving HTTP", responses={200: {"model": Probe}})

@@ -37,6 +37,18 @@ def disk_health(storage: dict) -> dict:
     }
 
 
+def page_total(counted: int, asked: int, listed: int | None) -> int:
+    """The `total` of a keys page. `counted` is the node's count (an estimate on a big node);
+    `listed` how many of the first `asked` keys the listing returned (None when the page lies
+    past the count and nothing was listed). A listing that came back short reached the last
+    key, so it is the exact total; a full one says there are at least that many."""
+    if listed is None:
+        return counted
+    if listed < asked:
+        return listed
+    return max(counted, listed)
+
+
 def _raw_path(request: Request) -> bytes:
     return request.scope.get("raw_path") or request.url.path.encode("utf-8")
 
@@ -136,13 +148,13 @@ def build_router(state: NodeState) -> APIRouter:
         service = state.require_service()
         size = min(pageSize, MAX_PAGE_SIZE)
         # Counting and paging scan storage: off the event loop, so hot routes keep flowing.
-        total = await asyncio.to_thread(service.local_count)
+        counted = await asyncio.to_thread(service.local_count)
         offset = (page - 1) * size
-        items = []
-        if offset < total:
-            items = (await asyncio.to_thread(service.local_items, None, offset + size))[offset:]
-        # The count is an estimate on a busy node; never report fewer than we just listed.
-        total = max(total, offset + len(items))
+        listed = None
+        if offset < counted:
+            listed = await asyncio.to_thread(service.local_items, None, offset + size)
+        items = listed[offset:] if listed is not None else []
+        total = page_total(counted, offset + size, None if listed is None else len(listed))
         keys = [
             {
                 "key": k.decode("utf-8", "replace"),

@@ -1,4 +1,4 @@
-"""The per-app node state the routes share: config, limits, route statistics and the service.
+"""The per-app node state the routes share: config, limits, statistics, connections, the service.
 
 The service is attached only once storage recovery has finished, so until then every data route
 answers 503 and /readyz says not ready, while /livez already answers.
@@ -14,6 +14,7 @@ from limedb.api.overload import Admission
 from limedb.api.validation import Limits
 from limedb.cluster.service import KeyValueService
 from limedb.config import Config
+from limedb.connections import ConnectionBudget
 
 
 @dataclass
@@ -23,9 +24,12 @@ class NodeState:
     stats: RouteStats = field(default_factory=RouteStats)
     service: KeyValueService | None = None
     admission: Admission = field(init=False)
+    # Client connections of this node, HTTP and RESP (the RESP listener shares it).
+    connections: ConnectionBudget = field(init=False)
 
     def __post_init__(self) -> None:
         self.admission = Admission(self.config.max_inflight, self.config.max_queued)
+        self.connections = ConnectionBudget(self.config.fd_reserve)
 
     @property
     def inflight(self) -> int:

@@ -6,10 +6,13 @@ read, a write under periodic durability) is run to completion inline, without an
 only a command that really waits (a replica round trip, an fsync) moves the rest of the
 connection's queue onto a task. Replies of one batch of input go out in one write.
 
-Limits: `max_clients` connections (more get Redis's "max number of clients reached"), requests
-larger than `max_bulk_bytes` (a protocol error, then the connection closes, as Redis does),
-`idle_timeout_s` (0 = never, Redis's `timeout`), and reading pauses while a client has more
-than `max_pipeline` commands queued or has left 64 MiB of replies unread.
+Limits: `max_clients` connections, within the node's descriptor budget shared with HTTP (more
+get Redis's "max number of clients reached"), requests larger than `max_bulk_bytes` (a protocol
+error, then the connection closes, as Redis does), `max_buffered_bytes` of requests held for
+all clients together (partial requests and queued ones; the client whose input would pass it
+gets an error and is closed), `idle_timeout_s` (0 = never, Redis's `timeout`), and reading
+pauses while a client has more than `max_pipeline` commands queued or has left 64 MiB of
+replies unread.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import hiredis
 
 from limedb.cluster.atomic import CommandError
 from limedb.cluster.service import InsufficientStorage, InvalidRequest, ServiceError, Unavailable
+from limedb.connections import ConnectionBudget
 from limedb.resp import admin, keyspace  # noqa: F401 - importing registers the commands
 from limedb.resp.commands import resolve
 from limedb.resp.cursors import ScanCursors
@@ -51,7 +55,8 @@ class Limits:
     host: str = "0.0.0.0"
     max_clients: int = 10_000
     max_bulk_bytes: int = 64 * MIB
-    idle_timeout_s: int = 0
+    max_buffered_bytes: int = 256 * MIB
+    idle_timeout_s: int = 300
     max_pipeline: int = 4096
     password: str | None = None
     max_key_bytes: int = 1024
@@ -64,6 +69,7 @@ class Limits:
             host=config.host,
             max_clients=config.resp_max_clients,
             max_bulk_bytes=config.resp_max_bulk_bytes,
+            max_buffered_bytes=config.resp_max_buffered_bytes,
             idle_timeout_s=config.resp_idle_timeout_s,
             password=config.resp_password,
             max_key_bytes=config.max_key_bytes,
@@ -130,6 +136,11 @@ class RespConnection(asyncio.Protocol):
         self.write_paused = False
         self.read_paused = False
         self.closed = False
+        self.counted = False  # holds a place in the connection budget
+        # Input held, for the node-wide cap: `partial` bytes of a request still arriving, and
+        # per read that completed requests, [requests of it still queued, bytes it brought].
+        self.partial = 0
+        self.batches: deque[list[int]] = deque()
 
     # ------------------------------------------------------------------ transport events
 
@@ -142,12 +153,13 @@ class RespConnection(asyncio.Protocol):
         transport.set_write_buffer_limits(high=OUTPUT_HIGH_WATER)
         server = self.server
         server.stats.total_connections_received += 1
-        if len(server.sessions) >= server.limits.max_clients:
+        if not server.budget.try_open("resp", server.limits.max_clients):
             server.stats.rejected_connections += 1
             transport.write(b"-ERR max number of clients reached\r\n")
             transport.close()
             self.closed = True
             return
+        self.counted = True
         peer = transport.get_extra_info("peername") or ("?", 0)
         local = transport.get_extra_info("sockname") or ("?", 0)
         self.session = Session(
@@ -162,7 +174,12 @@ class RespConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        self.queue.clear()
+        self._drop_queue()
+        self._hold(-self.partial)
+        self.partial = 0
+        if self.counted:
+            self.counted = False
+            self.server.budget.release("resp")
         if self.session is not None:
             self.server.sessions.pop(self.session.id, None)
         self.server.connections.discard(self)
@@ -180,11 +197,12 @@ class RespConnection(asyncio.Protocol):
             return
         self.session.last_active = time.monotonic()
         reader = self.reader
+        queue = self.queue
+        received, queued = len(data), len(queue)
         if not self.multibulk:
             data = self._inline_requests(data)
         if data:
             reader.feed(data)
-            queue = self.queue
             try:
                 request = reader.gets()
                 while request is not False:
@@ -195,10 +213,62 @@ class RespConnection(asyncio.Protocol):
             else:
                 if reader.len() > self.server.limits.max_bulk_bytes:
                     queue.append(_Fatal("ERR Protocol error: invalid bulk length"))
+        if not self._account(received, len(queue) - queued):
+            return
         if self.task is None:
             self.process()
         else:  # a command is waiting: the queue only grows until it is done
             self._backpressure()
+
+    def _account(self, received: int, requests: int) -> bool:
+        """Count the input of one read against the node-wide cap; False if this client was
+        refused (answered and closed) because the cap is reached."""
+        partial = self.reader.len() + len(self.inline)
+        completed = received + self.partial - partial
+        change = partial - self.partial
+        if requests:
+            # (hiredis keeps up to 1 KiB of parsed input before discarding it: never below 0.)
+            self.batches.append([requests, max(0, completed)])
+            change += max(0, completed)
+        self.partial = partial
+        self._hold(change)
+        server = self.server
+        if change <= 0 or server.budget.resp_buffered_bytes <= server.limits.max_buffered_bytes:
+            return True
+        server.budget.resp_buffer_refusals += 1
+        log.warning(
+            "RESP client %s disconnected: requests buffered for all clients would pass "
+            "resp_max_buffered_bytes (%d)",
+            self.session.addr if self.session is not None else "?",
+            server.limits.max_buffered_bytes,
+        )
+        self._flush()
+        if self.transport is not None:
+            self.transport.write(
+                b"-ERR max buffered request bytes of all clients reached "
+                b"(resp_max_buffered_bytes); retry later\r\n"
+            )
+            self.transport.close()
+        self.closed = True
+        self._drop_queue()
+        return False
+
+    def _hold(self, change: int) -> None:
+        self.server.budget.resp_buffered_bytes += change
+
+    def _done_with_request(self) -> None:
+        """The oldest queued request was taken off the queue: release its read's bytes once
+        every request of that read was."""
+        batch = self.batches[0]
+        batch[0] -= 1
+        if not batch[0]:
+            self.batches.popleft()
+            self._hold(-batch[1])
+
+    def _drop_queue(self) -> None:
+        self.queue.clear()
+        while self.batches:
+            self._hold(-self.batches.popleft()[1])
 
     def _inline_requests(self, data: bytes) -> bytes:
         """Redis's inline form (`PING\\r\\n`, as typed into telnet); returns what follows.
@@ -232,6 +302,7 @@ class RespConnection(asyncio.Protocol):
         assert session is not None
         while queue and not self.write_paused and not session.closing and not self.closed:
             request = queue.popleft()
+            self._done_with_request()
             reply = self.execute(request)
             if reply is None:
                 continue
@@ -303,7 +374,7 @@ class RespConnection(asyncio.Protocol):
         line = request.line if isinstance(request, _Fatal) else "ERR Protocol error: expected '*'"
         self.server.stats.protocol_errors += 1
         self.out.append(b"-%s\r\n" % line.encode())
-        self.queue.clear()
+        self._drop_queue()
         assert self.session is not None
         self.session.closing = True
         return None
@@ -359,9 +430,13 @@ class RespConnection(asyncio.Protocol):
 class RespServer:
     """The listener of one node: sessions, statistics, SCAN cursors, and the service."""
 
-    def __init__(self, service: Any, limits: Limits | None = None) -> None:
+    def __init__(
+        self, service: Any, limits: Limits | None = None, budget: ConnectionBudget | None = None
+    ) -> None:
         self.service = service
         self.limits = limits or Limits()
+        # The node's budget of client connections, shared with its HTTP listener.
+        self.budget = budget if budget is not None else ConnectionBudget(reserve=0)
         self.stats = Stats()
         self.sessions: dict[int, Session] = {}
         self.connections: set[RespConnection] = set()
@@ -394,6 +469,7 @@ class RespServer:
             for connection in list(self.connections):
                 if connection.idle_for(now) > timeout:
                     self.stats.idle_disconnections += 1
+                    self.budget.closed["resp_idle"] += 1
                     connection.close()
 
     async def stop(self, timeout_s: float = 5.0) -> None:

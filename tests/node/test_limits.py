@@ -1,0 +1,364 @@
+"""Connections, buffers and descriptors on a real node: idle and slow connections are closed,
+connections beyond the descriptor budget get a clean 503, request bodies are refused before
+they are buffered, and the keys page past the end reports the true total.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import select
+import selectors
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from nodeproc import NodeProcess, wait_until
+from support.descriptors import nofile, open_descriptors
+
+pytestmark = pytest.mark.cluster
+
+MIB = 1024 * 1024
+IDLE_S = 3
+
+
+def raise_own_nofile(needed: int) -> None:
+    """This test process holds thousands of sockets: raise its soft limit (up to the hard)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < needed:
+        pytest.fail(f"the test needs {needed} descriptors; the hard limit is {hard}")
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
+
+
+def read_response(sock: socket.socket, timeout_s: float = 10.0) -> tuple[int, dict, bytes]:
+    """One HTTP response (status, headers, body) from a raw socket, by its Content-Length."""
+    return read_response_from(sock, b"", timeout_s)
+
+
+def read_response_from(
+    sock: socket.socket, data: bytes, timeout_s: float = 10.0
+) -> tuple[int, dict, bytes]:
+    """`read_response`, when its first bytes (`data`) were already received."""
+    sock.settimeout(timeout_s)
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        assert chunk, f"connection closed before a response (got {data!r})"
+        data += chunk
+    head, body = data.split(b"\r\n\r\n", 1)
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {k.lower(): v.strip() for k, v in (line.split(":", 1) for line in lines[1:])}
+    length = int(headers.get("content-length", "0"))
+    while len(body) < length:
+        chunk = sock.recv(65536)
+        assert chunk, "connection closed inside a response body"
+        body += chunk
+    return int(lines[0].split()[1]), headers, body[:length]
+
+
+def closed_by_peer(sock: socket.socket, timeout_s: float) -> bool:
+    """Whether the node closes `sock` (EOF) within `timeout_s`, reading and dropping data."""
+    sock.settimeout(timeout_s)
+    try:
+        while sock.recv(65536):
+            pass
+    except TimeoutError:
+        return False
+    except ConnectionResetError:
+        return True
+    return True
+
+
+def vm_kib(pid: int, field: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise AssertionError(f"no {field} in /proc/{pid}/status")
+
+
+class KeptWriter:
+    """One keep-alive connection writing every 0.2 s in a thread (well inside the idle
+    timeout), failing on any answer but 200: httpx would open a new connection if the node
+    closed this one, and a new connection beyond the budget gets 503."""
+
+    def __init__(self, url: str) -> None:
+        self.client = httpx.Client(base_url=url, timeout=10.0)
+        self.written = 0
+        self.failure: str | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> KeptWriter:
+        assert self.client.put("/v1/kv/kept-start", content=b"v").status_code == 200
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.2):
+            try:
+                response = self.client.put(f"/v1/kv/kept-{self.written}", content=b"v")
+            except httpx.HTTPError as exc:
+                self.failure = repr(exc)
+                return
+            if response.status_code != 200:
+                self.failure = f"{response.status_code} {response.text}"
+                return
+            self.written += 1
+
+    def stop(self) -> int:
+        """Stop writing; the number of writes, after checking that none failed."""
+        self._stop.set()
+        self._thread.join(30)
+        self.client.close()
+        assert self.failure is None, f"a write on the open connection failed: {self.failure}"
+        return self.written
+
+
+@pytest.fixture
+def make_node(tmp_path: Path) -> Iterator:
+    started: list[NodeProcess] = []
+
+    def make(env: dict[str, str], nofile_limit: int | None = None) -> NodeProcess:
+        base = tmp_path / f"node{len(started)}"
+        node = NodeProcess(
+            data_dir=base / "data", log_path=tmp_path / f"node{len(started)}.log", env=env
+        )
+        node.nofile = nofile_limit
+        started.append(node)
+        return node.start()
+
+    yield make
+    for node in started:
+        node.stop()
+
+
+# ----------------------------------------------------------------- connections and descriptors
+
+
+def test_two_thousand_idle_connections_under_1024_descriptors(make_node) -> None:
+    raise_own_nofile(4096)
+    node = make_node({"LIMEDB_HTTP_IDLE_TIMEOUT_S": str(IDLE_S)}, nofile_limit=1024)
+    assert node.proc is not None
+    pid = node.proc.pid
+    assert nofile(pid) == 1024
+    # A client connected before the flood keeps writing on its connection all along.
+    served = KeptWriter(node.url).start()
+    flood: list[socket.socket] = []
+    try:
+        for _ in range(2000):
+            flood.append(socket.create_connection((node.host, node.port), timeout=10))
+        # The node holds what its budget allows (1024 - fd_reserve 128 connections), never
+        # more descriptors than its limit.
+        wait_until(lambda: open_descriptors(pid) >= 896, 30, "the node to hold its connections")
+        assert open_descriptors(pid) < 1024
+
+        # New clients: a clean 503 (JSON, Retry-After) or service, never a 500 or a dropped
+        # connection.
+        for i in range(20):
+            with httpx.Client(base_url=node.url, timeout=10.0) as fresh:
+                response = fresh.put(f"/v1/kv/new-{i}", content=b"v")
+            assert response.status_code in (200, 503), response.text
+            if response.status_code == 503:
+                assert response.headers["retry-after"] == "1"
+                assert "error" in response.json()
+
+        # Every flood connection is closed by the node: the ones beyond the budget at once
+        # with a 503, the idle ones after the idle timeout (a bounded wait, not a sleep).
+        answered, resets = 0, 0
+        received = {sock: b"" for sock in flood}
+        selector = selectors.DefaultSelector()
+        for sock in flood:
+            sock.setblocking(False)
+            selector.register(sock, selectors.EVENT_READ)
+        deadline = time.monotonic() + IDLE_S + 60
+        while received and time.monotonic() < deadline:
+            for key, _ in selector.select(timeout=1.0):
+                sock = key.fileobj
+                assert isinstance(sock, socket.socket)
+                try:
+                    chunk = sock.recv(65536)
+                except ConnectionResetError:
+                    chunk, resets = b"", resets + 1
+                if chunk:
+                    received[sock] += chunk
+                    continue
+                if received[sock]:
+                    assert received[sock].startswith(b"HTTP/1.1 503"), received[sock][:200]
+                    answered += 1
+                selector.unregister(sock)
+                del received[sock]
+        open_socks = received
+        assert resets == 0, f"the node reset {resets} connections instead of answering them"
+        assert not open_socks, f"{len(open_socks)} idle connections still open after the timeout"
+        assert answered > 0
+
+        # With the idle connections gone, new clients are served again.
+        def serves() -> bool:
+            with httpx.Client(base_url=node.url, timeout=10.0) as fresh:
+                return fresh.put("/v1/kv/after", content=b"v1").status_code == 200
+
+        wait_until(serves, 30, "a new client to be served")
+        written = served.stop()
+        assert written > 0
+        assert httpx.get(f"{node.url}/v1/kv/kept-{written - 1}", timeout=10.0).status_code == 200
+        metrics = httpx.get(node.url + "/metrics", timeout=10.0).text
+        assert 'limedb_client_connections_closed_total{reason="http_idle"}' in metrics
+        assert 'limedb_client_connections_refused_total{protocol="http"}' in metrics
+    finally:
+        for sock in flood:
+            sock.close()
+        served.stop()
+
+
+# ---------------------------------------------------------------------- slow and large requests
+
+
+@pytest.fixture(scope="module")
+def strict_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
+    """A node with 2 s header and body timeouts and a 1 MiB batch body limit."""
+    base = tmp_path_factory.mktemp("strict")
+    env = {
+        "LIMEDB_HTTP_HEADER_TIMEOUT_S": "2",
+        "LIMEDB_HTTP_BODY_TIMEOUT_S": "2",
+        "LIMEDB_MAX_BATCH_BYTES": str(MIB),
+    }
+    node = NodeProcess(data_dir=base / "data", log_path=base / "node.log", env=env)
+    node.start()
+    yield node
+    node.stop()
+
+
+def trickle_until_answered(sock: socket.socket, head: bytes, drip: bytes) -> tuple[int, bytes]:
+    """Send `head`, then one byte of `drip` every 0.2 s (never idle) until the node answers;
+    the status and the body of its answer, after checking that it then closes."""
+    sock.sendall(head)
+    deadline = time.monotonic() + 30
+    for byte in drip * 1000:
+        assert time.monotonic() < deadline, "the node never gave up on the slow request"
+        readable, _, _ = select.select([sock], [], [], 0.2)
+        if readable:
+            break
+        sock.sendall(bytes([byte]))
+    status, headers, body = read_response(sock)
+    assert headers.get("connection") == "close"
+    assert closed_by_peer(sock, 10)
+    return status, body
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"GET /api/v1/get/slow HTTP/1.1\r\nHost: x\r\n",
+        b"GET /api/v1/keys HTTP/1.1\r\nHost: x\r\n",
+    ],
+    ids=["hot-route", "fastapi-route"],
+)
+def test_headers_that_trickle_in_get_408(strict_node: NodeProcess, head: bytes) -> None:
+    with socket.create_connection((strict_node.host, strict_node.port)) as sock:
+        status, body = trickle_until_answered(sock, head, b"X-Slow: 1\r\n")
+    assert status == 408
+    assert json.loads(body)["error"] == "request headers not received within 2 s"
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"PUT /v1/kv/slow HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n",
+        b"POST /v1/batch HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 100000\r\n\r\n",
+    ],
+    ids=["hot-route", "fastapi-route"],
+)
+def test_a_body_that_trickles_in_gets_408(strict_node: NodeProcess, head: bytes) -> None:
+    with socket.create_connection((strict_node.host, strict_node.port)) as sock:
+        status, body = trickle_until_answered(sock, head, b"x")
+    assert status == 408
+    assert json.loads(body)["error"] == "request body not received within 2 s"
+    assert httpx.get(f"{strict_node.url}/v1/kv/slow", timeout=10.0).status_code == 404
+
+
+def test_oversized_headers_get_431(strict_node: NodeProcess) -> None:
+    with socket.create_connection((strict_node.host, strict_node.port)) as sock:
+        sock.sendall(b"GET /api/v1/get/k HTTP/1.1\r\nHost: x\r\n")
+        for i in range(200):  # 200 x 1 KiB: past the 64 KiB limit
+            try:
+                sock.sendall(b"X-Pad-%d: %s\r\n" % (i, b"p" * 1000))
+            except (BrokenPipeError, ConnectionResetError):
+                break
+        status, headers, body = read_response(sock)
+    assert status == 431 and headers["connection"] == "close"
+    assert json.loads(body)["error"] == "request line and headers exceed 65536 bytes"
+
+
+def test_a_200_mb_batch_is_refused_before_it_is_buffered(strict_node: NodeProcess) -> None:
+    """Content-Length says 200 MB: 413 before the body is read. The client goes on sending
+    64 MB (four times the allowed growth) while the node answers and drops it."""
+    assert strict_node.proc is not None
+    pid = strict_node.proc.pid
+    rss_before, hwm_before = vm_kib(pid, "VmRSS"), vm_kib(pid, "VmHWM")
+    chunk = b'{"key":"k","value":"' + b"v" * (MIB - 30) + b'"},'
+    with socket.create_connection((strict_node.host, strict_node.port)) as sock:
+        sock.sendall(
+            b"POST /v1/batch HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b'Content-Length: %d\r\n\r\n{"put":[' % (200 * 1000 * 1000)
+        )
+        answered = b""
+        for _ in range(64):
+            readable, _, _ = select.select([sock], [], [], 0)
+            if readable and not answered:
+                answered = sock.recv(65536)
+            try:
+                sock.sendall(chunk)
+            except (BrokenPipeError, ConnectionResetError):
+                break
+        status, _, body = read_response_from(sock, answered)
+    assert status == 413
+    assert json.loads(body)["error"] == f"request body exceeds {MIB} bytes"
+    grown_kib = max(vm_kib(pid, "VmRSS") - rss_before, vm_kib(pid, "VmHWM") - hwm_before)
+    assert grown_kib < 16 * 1024, f"the node grew by {grown_kib} KiB"
+
+
+def test_a_chunked_batch_over_the_limit_is_refused_as_it_streams(strict_node: NodeProcess) -> None:
+    def body():
+        yield b'{"put":['
+        for i in range(64):  # 4 MiB in all, the limit is 1 MiB
+            yield b'{"key":"c%d","value":"%s"},' % (i, b"v" * 65000)
+
+    with httpx.Client(base_url=strict_node.url, timeout=30.0) as client:
+        response = client.post(
+            "/v1/batch", content=body(), headers={"content-type": "application/json"}
+        )
+        assert response.status_code == 413
+        assert response.json()["error"] == f"request body exceeds {MIB} bytes"
+        # A batch within the limit is served as before, on the same client.
+        small = client.post("/v1/batch", json={"put": [{"key": "c", "value": "v"}], "get": ["c"]})
+        assert small.status_code == 200 and small.json()["values"] == {"c": "v"}
+
+
+def test_routes_without_a_limit_of_their_own_have_one(strict_node: NodeProcess) -> None:
+    response = httpx.post(f"{strict_node.url}/api/v1/keys", content=b"x" * 100_000, timeout=10.0)
+    assert response.status_code == 413
+    assert response.json()["error"] == "request body exceeds 65536 bytes"
+
+
+# ------------------------------------------------------------------------------ the keys page
+
+
+def test_keys_page_past_the_end_reports_the_true_total(make_node) -> None:
+    node = make_node({})
+    with httpx.Client(base_url=node.url, timeout=10.0) as client:
+        for i in range(24):
+            assert client.post("/api/v1/set", json={"key": f"k{i:02}", "value": "v"}).text == "OK"
+        far = client.get("/api/v1/keys", params={"page": 1_000_000, "pageSize": 100}).json()
+        assert far == {"keys": [], "total": 24, "page": 1_000_000, "pageSize": 100, "totalPages": 1}
+        pages = [
+            client.get("/api/v1/keys", params={"page": page, "pageSize": 10}).json()
+            for page in (1, 2, 3, 4)
+        ]
+    assert [len(p["keys"]) for p in pages] == [10, 10, 4, 0]
+    assert {(p["total"], p["totalPages"]) for p in pages} == {(24, 3)}
+    assert sorted(k["key"] for p in pages for k in p["keys"]) == [f"k{i:02}" for i in range(24)]
