@@ -61,10 +61,17 @@ def require_redis_tools() -> None:
 
 @contextlib.contextmanager
 def limedb_cluster(
-    root: Path, count: int, first_host: int, env: dict[str, str] | None = None
+    root: Path,
+    count: int,
+    first_host: int,
+    env: dict[str, str] | None = None,
+    nofile: int | None = None,
 ) -> Iterator[tuple[Cluster, list[RespEndpoint]]]:
-    """Start `count` LimeDB nodes (one node = standalone) with RESP; stop them at exit."""
+    """Start `count` LimeDB nodes (one node = standalone) with RESP, each under a descriptor
+    limit of `nofile` if given; stop them at exit."""
     cluster, endpoints = _limedb_nodes(root, count, first_host, env or {})
+    for node in cluster.nodes:
+        node.nofile = nofile
     try:
         cluster.start()
         for node, endpoint in zip(cluster.nodes, endpoints, strict=True):
