@@ -17,10 +17,12 @@ from pathlib import Path
 
 import httpx
 import pytest
-from nodeproc import NodeProcess, wait_until
+from nodeproc import NodeProcess
 from support.descriptors import nofile, open_descriptors
+from support.procfs import growth_kib, snapshot
+from support.wait import wait_for
 
-pytestmark = pytest.mark.cluster
+pytestmark = pytest.mark.process
 
 MIB = 1024 * 1024
 IDLE_S = 3
@@ -71,13 +73,6 @@ def closed_by_peer(sock: socket.socket, timeout_s: float) -> bool:
     except ConnectionResetError:
         return True
     return True
-
-
-def vm_kib(pid: int, field: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise AssertionError(f"no {field} in /proc/{pid}/status")
 
 
 class KeptWriter:
@@ -153,7 +148,7 @@ def test_two_thousand_idle_connections_under_1024_descriptors(make_node) -> None
             flood.append(socket.create_connection((node.host, node.port), timeout=10))
         # The node holds what its budget allows (1024 - fd_reserve 128 connections), never
         # more descriptors than its limit.
-        wait_until(lambda: open_descriptors(pid) >= 896, 30, "the node to hold its connections")
+        wait_for(lambda: open_descriptors(pid) >= 896, 30, "the node to hold its connections")
         assert open_descriptors(pid) < 1024
 
         # New clients: a clean 503 (JSON, Retry-After) or service, never a 500 or a dropped
@@ -201,7 +196,7 @@ def test_two_thousand_idle_connections_under_1024_descriptors(make_node) -> None
             with httpx.Client(base_url=node.url, timeout=10.0) as fresh:
                 return fresh.put("/v1/kv/after", content=b"v1").status_code == 200
 
-        wait_until(serves, 30, "a new client to be served")
+        wait_for(serves, 30, "a new client to be served")
         written = served.stop()
         assert written > 0
         assert httpx.get(f"{node.url}/v1/kv/kept-{written - 1}", timeout=10.0).status_code == 200
@@ -250,34 +245,27 @@ def trickle_until_answered(sock: socket.socket, head: bytes, drip: bytes) -> tup
 
 
 @pytest.mark.parametrize(
-    "head",
+    ("head", "drip", "what"),
     [
-        b"GET /api/v1/get/slow HTTP/1.1\r\nHost: x\r\n",
-        b"GET /api/v1/keys HTTP/1.1\r\nHost: x\r\n",
+        (b"GET /api/v1/get/slow HTTP/1.1\r\nHost: x\r\n", b"X-Slow: 1\r\n", "headers"),
+        (b"GET /api/v1/keys HTTP/1.1\r\nHost: x\r\n", b"X-Slow: 1\r\n", "headers"),
+        (b"PUT /v1/kv/slow HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n", b"x", "body"),
+        (
+            b"POST /v1/batch HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 100000\r\n\r\n",
+            b"x",
+            "body",
+        ),
     ],
-    ids=["hot-route", "fastapi-route"],
+    ids=["headers-hot-route", "headers-fastapi-route", "body-hot-route", "body-fastapi-route"],
 )
-def test_headers_that_trickle_in_get_408(strict_node: NodeProcess, head: bytes) -> None:
+def test_a_request_that_trickles_in_gets_408(
+    strict_node: NodeProcess, head: bytes, drip: bytes, what: str
+) -> None:
     with socket.create_connection((strict_node.host, strict_node.port)) as sock:
-        status, body = trickle_until_answered(sock, head, b"X-Slow: 1\r\n")
+        status, body = trickle_until_answered(sock, head, drip)
     assert status == 408
-    assert json.loads(body)["error"] == "request headers not received within 2 s"
-
-
-@pytest.mark.parametrize(
-    "head",
-    [
-        b"PUT /v1/kv/slow HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n",
-        b"POST /v1/batch HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-        b"Content-Length: 100000\r\n\r\n",
-    ],
-    ids=["hot-route", "fastapi-route"],
-)
-def test_a_body_that_trickles_in_gets_408(strict_node: NodeProcess, head: bytes) -> None:
-    with socket.create_connection((strict_node.host, strict_node.port)) as sock:
-        status, body = trickle_until_answered(sock, head, b"x")
-    assert status == 408
-    assert json.loads(body)["error"] == "request body not received within 2 s"
+    assert json.loads(body)["error"] == f"request {what} not received within 2 s"
     assert httpx.get(f"{strict_node.url}/v1/kv/slow", timeout=10.0).status_code == 404
 
 
@@ -299,7 +287,7 @@ def test_a_200_mb_batch_is_refused_before_it_is_buffered(strict_node: NodeProces
     64 MB (four times the allowed growth) while the node answers and drops it."""
     assert strict_node.proc is not None
     pid = strict_node.proc.pid
-    rss_before, hwm_before = vm_kib(pid, "VmRSS"), vm_kib(pid, "VmHWM")
+    before = snapshot(pid)
     chunk = b'{"key":"k","value":"' + b"v" * (MIB - 30) + b'"},'
     with socket.create_connection((strict_node.host, strict_node.port)) as sock:
         sock.sendall(
@@ -318,7 +306,7 @@ def test_a_200_mb_batch_is_refused_before_it_is_buffered(strict_node: NodeProces
         status, _, body = read_response_from(sock, answered)
     assert status == 413
     assert json.loads(body)["error"] == f"request body exceeds {MIB} bytes"
-    grown_kib = max(vm_kib(pid, "VmRSS") - rss_before, vm_kib(pid, "VmHWM") - hwm_before)
+    grown_kib = growth_kib(pid, before)
     assert grown_kib < 16 * 1024, f"the node grew by {grown_kib} KiB"
 
 

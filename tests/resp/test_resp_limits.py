@@ -8,25 +8,18 @@ from __future__ import annotations
 import re
 import socket
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
 from respservers import RespEndpoint, limedb_cluster, wait_until
 from support.cluster import Cluster
+from support.procfs import growth_kib, snapshot
 
 pytestmark = pytest.mark.redis
 
 MIB = 1024 * 1024
 CAP = 256 * MIB  # resp_max_buffered_bytes, by default
 REFUSAL = b"-ERR max buffered request bytes of all clients reached"
-
-
-def vm_kib(pid: int, field: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise AssertionError(f"no {field} in /proc/{pid}/status")
 
 
 def metric(url: str, name: str) -> float:
@@ -50,7 +43,7 @@ def test_200_clients_declaring_60_mb_bulks_stay_under_the_node_wide_cap(default_
     node = cluster.nodes[0]
     assert node.proc is not None
     pid = node.proc.pid
-    rss_before, hwm_before = vm_kib(pid, "VmRSS"), vm_kib(pid, "VmHWM")
+    before = snapshot(pid)
     payload = b"x" * (2 * MIB)  # 200 x 2 MiB offered: far more than the cap
     clients: list[socket.socket] = []
     refused = 0
@@ -65,7 +58,7 @@ def test_200_clients_declaring_60_mb_bulks_stay_under_the_node_wide_cap(default_
                 refused += 1
         buffered = metric(node.url, "limedb_resp_buffered_bytes")
         assert 0 < buffered <= CAP
-        grown = max(vm_kib(pid, "VmRSS") - rss_before, vm_kib(pid, "VmHWM") - hwm_before)
+        grown = growth_kib(pid, before)
         # The cap plus what is not request bytes (readers, sockets, allocator slack).
         assert grown * 1024 < CAP + 64 * MIB, f"the node grew by {grown} KiB"
         # The clients beyond the cap were told why, and closed.
