@@ -62,7 +62,8 @@ for b in "${BINARIES[@]}"; do
     [[ -x "$OUT/$b" ]] || die "$b missing after the build"
 done
 "$OUT/kube-apiserver" --version >&2 || die "kube-apiserver does not run"
-"$OUT/etcd" --version | head -1 >&2 || die "etcd does not run"
+version=$("$OUT/etcd" --version) || die "etcd does not run"
+echo "${version%%$'\n'*}" >&2  # the first line only; `| head -1` could SIGPIPE etcd under pipefail
 "$OUT/helm" version --short >&2 || die "helm does not run"
 echo "$want" >"$STAMP"
 log "done in $((SECONDS - start))s: ${BINARIES[*]} in .cache/k8s/bin"
