@@ -7,19 +7,33 @@ engine tries, which turns into failed writes on connections that were already se
 listeners admit a client only while the connections open stay `reserve` descriptors below the
 limit, and refuse the others cleanly (HTTP 503, RESP `-ERR max number of clients reached`),
 which needs a descriptor only for the moment of the refusal. The limit is read at each accept,
-so a limit changed at run time (`prlimit --pid`) takes effect at once.
+so a limit changed at run time (`prlimit --pid`) takes effect at once. Should descriptors run
+out anyway (a limit lowered below what the node holds), a request that needed one is refused
+with 503 (RESP: UNAVAILABLE), never a 500: `out_of_descriptors` recognises the error and
+`ConnectionBudget.exhausted` counts and logs it.
 """
 
 from __future__ import annotations
 
+import errno
+import logging
 import resource
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+log = logging.getLogger("limedb.connections")
+
 # What an unlimited RLIMIT_NOFILE counts as: more descriptors than any node will hold.
 UNLIMITED = 1 << 20
+LOG_EVERY_S = 10.0
+
+
+def out_of_descriptors(exc: BaseException) -> bool:
+    """Whether `exc` says the process (EMFILE) or the system (ENFILE) has no descriptor left."""
+    return isinstance(exc, OSError) and exc.errno in (errno.EMFILE, errno.ENFILE)
 
 
 def descriptor_limit() -> int:
@@ -47,6 +61,9 @@ class ConnectionBudget:
     )
     resp_buffered_bytes: int = 0
     resp_buffer_refusals: int = 0
+    # Requests refused because an operation found no descriptor left (EMFILE, ENFILE).
+    descriptor_errors: int = 0
+    _logged_at: float = -LOG_EVERY_S
 
     def capacity(self) -> int:
         return connection_capacity(descriptor_limit(), self.reserve)
@@ -62,6 +79,23 @@ class ConnectionBudget:
 
     def release(self, kind: str) -> None:
         self.open[kind] -= 1
+
+    def exhausted(self, exc: OSError) -> str:
+        """Count a request refused for want of a descriptor (logged at most every 10 s);
+        the message for its client."""
+        self.descriptor_errors += 1
+        now = time.monotonic()
+        if now - self._logged_at >= LOG_EVERY_S:
+            self._logged_at = now
+            log.warning(
+                "out of file descriptors (limit %d, %d client connections open): %s; "
+                "requests that need one are refused with 503 (%d so far)",
+                descriptor_limit(),
+                sum(self.open.values()),
+                exc,
+                self.descriptor_errors,
+            )
+        return f"node out of file descriptors ({exc.strerror}); retry later"
 
     def collect(self) -> Iterator[Metric]:
         opened = GaugeMetricFamily(
@@ -96,4 +130,10 @@ class ConnectionBudget:
             "RESP clients disconnected because the node-wide request buffer cap was reached",
         )
         buffer_refusals.add_metric([], self.resp_buffer_refusals)
+        descriptor_errors = CounterMetricFamily(
+            "limedb_descriptor_exhaustion",
+            "requests refused (503) because the node had no file descriptor left",
+        )
+        descriptor_errors.add_metric([], self.descriptor_errors)
         yield from (opened, refused, closed, capacity, buffered, buffer_refusals)
+        yield descriptor_errors

@@ -6,6 +6,7 @@ they are buffered, and the keys page past the end reports the true total.
 from __future__ import annotations
 
 import json
+import re
 import resource
 import select
 import selectors
@@ -18,7 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 from nodeproc import NodeProcess
-from support.descriptors import nofile, open_descriptors
+from support.descriptors import nofile, open_descriptors, set_nofile
 from support.procfs import growth_kib, snapshot
 from support.wait import wait_for
 
@@ -207,6 +208,44 @@ def test_two_thousand_idle_connections_under_1024_descriptors(make_node) -> None
         for sock in flood:
             sock.close()
         served.stop()
+
+
+def test_descriptors_running_out_at_run_time_give_503_never_500(make_node) -> None:
+    """The limit lowered below what the node holds (no reserve can help): a write that needs a
+    descriptor (a new WAL when the memtable is full) is refused with 503, on the hot route
+    and on FastAPI's alike, and writes work again once the limit is raised."""
+    node = make_node({})
+    assert node.proc is not None
+    pid = node.proc.pid
+    value = "v" * 100_000
+    statuses: dict[int, int] = {}
+    with httpx.Client(base_url=node.url, timeout=30.0) as client:
+        assert client.put("/v1/kv/first", content=b"v").status_code == 200
+        old_limit = set_nofile(pid, open_descriptors(pid))
+        try:
+            for i in range(400):  # 40 MB: the memtable fills and wants a new WAL
+                if i % 2:
+                    response = client.put(f"/v1/kv/k{i}", content=value.encode())
+                else:
+                    response = client.post(
+                        "/v1/batch", json={"put": [{"key": f"k{i}", "value": value}]}
+                    )
+                statuses[response.status_code] = statuses.get(response.status_code, 0) + 1
+                assert response.status_code in (200, 503), response.text
+                if response.status_code == 503:
+                    assert response.headers["retry-after"] == "1"
+                    assert "out of file descriptors" in response.json()["error"]
+        finally:
+            set_nofile(pid, old_limit)
+        assert statuses.get(503), f"descriptors never ran out: {statuses}"
+        wait_for(
+            lambda: client.put("/v1/kv/after", content=b"v").status_code == 200,
+            30,
+            "writes to work again after the limit was raised",
+        )
+    metrics = httpx.get(node.url + "/metrics", timeout=10.0).text
+    counted = re.search(r"^limedb_descriptor_exhaustion_total (\S+)$", metrics, re.MULTILINE)
+    assert counted and float(counted.group(1)) == statuses[503]
 
 
 # ---------------------------------------------------------------------- slow and large requests

@@ -15,6 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from limedb.cluster.service import InsufficientStorage, InvalidRequest, ServiceError, Unavailable
+from limedb.connections import out_of_descriptors
 
 JSON = b"application/json"
 
@@ -87,7 +88,15 @@ def install_handlers(app: FastAPI) -> None:
             message = f"no route {request.method} {request.url.path}"
         return error_response(ApiError(exc.status_code, message, dict(exc.headers or {})))
 
+    async def on_os_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, OSError)
+        if not out_of_descriptors(exc):
+            raise exc  # a 500, as any unexpected error
+        message = request.app.state.node.connections.exhausted(exc)
+        return error_response(ApiError(503, message, retry_after_header(1)))
+
     app.add_exception_handler(ApiError, on_api_error)
+    app.add_exception_handler(OSError, on_os_error)
     app.add_exception_handler(ServiceError, on_service_error)
     app.add_exception_handler(RequestValidationError, on_validation)
     app.add_exception_handler(StarletteHTTPException, on_http)

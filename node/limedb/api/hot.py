@@ -10,10 +10,11 @@ from __future__ import annotations
 import logging
 
 from limedb.api import operations as ops
-from limedb.api.errors import ApiError, error_body, from_service_error
+from limedb.api.errors import ApiError, error_body, from_service_error, retry_after_header
 from limedb.api.state import NodeState
 from limedb.api.validation import key_from_raw_path, parse_consistency, parse_ttl
 from limedb.cluster.service import ServiceError
+from limedb.connections import out_of_descriptors
 
 log = logging.getLogger("limedb.api")
 
@@ -100,6 +101,10 @@ async def serve(
         return await ops.kv_delete(service, key, consistency)
     except (ApiError, ServiceError) as exc:
         return error_reply(exc)
-    except Exception:
+    except Exception as exc:
+        if out_of_descriptors(exc):
+            assert isinstance(exc, OSError)
+            message = state.connections.exhausted(exc)
+            return error_reply(ApiError(503, message, retry_after_header(1)))
         log.exception("unexpected error serving %s %r", method, raw_path)
         return ops.Reply(500, ops.JSON, error_body("internal error"))

@@ -32,7 +32,7 @@ import hiredis
 
 from limedb.cluster.atomic import CommandError
 from limedb.cluster.service import InsufficientStorage, InvalidRequest, ServiceError, Unavailable
-from limedb.connections import ConnectionBudget
+from limedb.connections import ConnectionBudget, out_of_descriptors
 from limedb.resp import admin, keyspace  # noqa: F401 - importing registers the commands
 from limedb.resp.commands import resolve
 from limedb.resp.cursors import ScanCursors
@@ -364,11 +364,15 @@ class RespConnection(asyncio.Protocol):
         return encode_reply(result, session.proto)
 
     def _error(self, exc: Exception) -> RespError:
-        reply = error_reply(exc)
-        self.server.stats.total_error_replies += 1
+        stats = self.server.stats
+        stats.total_error_replies += 1
+        if out_of_descriptors(exc):
+            assert isinstance(exc, OSError)
+            stats.unavailable_errors += 1
+            return RespError(f"UNAVAILABLE {self.server.budget.exhausted(exc)}")
         if isinstance(exc, Unavailable):
-            self.server.stats.unavailable_errors += 1
-        return reply
+            stats.unavailable_errors += 1
+        return error_reply(exc)
 
     def _fatal(self, request: Any) -> None:
         line = request.line if isinstance(request, _Fatal) else "ERR Protocol error: expected '*'"
