@@ -183,7 +183,9 @@ def status(url: str) -> None:
             state = client.get(f"{url}/api/v1/cluster/state").json()
             ring = client.get(f"{url}/api/v1/cluster/ring").json()
             gossip = client.get(f"{url}/api/v1/cluster/gossip").json()
-            disk = client.get(f"{url}/api/v1/health").json().get("disk") or {}
+            health = client.get(f"{url}/api/v1/health").json()
+            disk = health.get("disk") or {}
+            clock = health.get("clock")
     except (httpx.HTTPError, ValueError) as exc:
         console.print(f"[red]cannot reach {url}: {exc}[/red]")
         raise SystemExit(1) from exc
@@ -213,6 +215,20 @@ def status(url: str) -> None:
         console.print(f"[red]disk full, writes refused (507): {disk.get('reason')}[/red]")
     elif disk.get("reason"):
         console.print(f"[yellow]disk: {disk['reason']}[/yellow]")
+    if clock:
+        console.print(clock_line(clock))
+
+
+def clock_line(clock: dict) -> Text:
+    """This node's clock against the majority's, red when it refuses writes because of it."""
+    text = (
+        f"clock: {clock['offset_ms'] / 1000:+.3f} s from the majority "
+        f"(max offset {clock['max_offset_ms'] / 1000:g} s), "
+        f"{clock['timestamps_refused']} remote timestamps refused"
+    )
+    if clock["writes_allowed"]:
+        return Text(text)
+    return Text(text + "; REFUSES TO COORDINATE WRITES (fix this node's clock)", style="red")
 
 
 def register(main: click.Group) -> None:

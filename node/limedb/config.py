@@ -224,6 +224,13 @@ SETTINGS: tuple[Setting, ...] = (
         "largest request body of the routes without a limit of their own (admin calls)",
     ),
     Setting("max_batch_bytes", _int(1024), 16 * MIB, "largest /v1/batch request body, in bytes"),
+    Setting(
+        "max_clock_offset_ms",
+        _int(100, 3_600_000),
+        5000,
+        "largest clock difference between two nodes: remote timestamps further ahead are "
+        "refused; a node more than half of it off the majority refuses to coordinate writes",
+    ),
     Setting("resp_port", _int(0, 65535), 6379, "RESP (Redis protocol) port, 0 = off"),
     Setting("resp_password", _optional_text, None, "password of RESP clients (AUTH); none = open"),
     Setting("resp_max_clients", _int(1), 10_000, "RESP connections served at once"),
@@ -282,6 +289,7 @@ class Config:
     max_header_bytes: int = 64 * 1024
     max_body_bytes: int = 64 * 1024
     max_batch_bytes: int = 16 * MIB
+    max_clock_offset_ms: int = 5000
     resp_port: int = 6379
     resp_password: str | None = None
     resp_max_clients: int = 10_000

@@ -30,10 +30,13 @@ log = logging.getLogger("limedb.server")
 
 def open_engine(config: Config) -> Any:
     """Open (and recover) the storage engine in `config.data_dir`; blocking."""
+    from limedb.hlc import HLC
     from limedb.storage import Engine, EngineOptions
 
     options = EngineOptions(durability=config.durability, periodic_ms=config.sync_interval_ms)
-    return Engine.open(config.data_dir, options)
+    # Bounded from the start: recovery observes the newest stored timestamp.
+    clock = HLC(max_offset_ms=config.max_clock_offset_ms)
+    return Engine.open(config.data_dir, options, hlc=clock)
 
 
 def build_service(config: Config, engine: Any) -> KeyValueService:

@@ -76,10 +76,49 @@ class StorageCollector:
         ready = GaugeMetricFamily("limedb_ready", "1 when storage recovery finished")
         ready.add_metric([], 1.0 if stats else 0.0)
         yield ready
-        for name, value in sorted(_flatten(stats)):
+        clock = stats.get("clock")
+        flat = _flatten({k: v for k, v in stats.items() if k != "clock"})
+        for name, value in sorted(flat):
             gauge = GaugeMetricFamily(f"limedb_storage_{name}", f"storage stat {name}")
             gauge.add_metric([], float(value))
             yield gauge
+        if clock:
+            yield from _clock_families(clock)
+
+
+# (metric, stats key, help) of the clock's counters (docs/operations.md, "Clock skew").
+_CLOCK_COUNTERS = (
+    ("timestamps_refused", "timestamps_refused", "remote timestamps beyond the maximum offset"),
+    ("writes_refused", "writes_refused", "writes refused: this node's clock is off the majority"),
+    ("hlc_not_adopted", "hlc_not_adopted", "timestamps stored but not adopted into the HLC"),
+    ("probes_failed", "probes_failed", "clock offset probes that got no answer"),
+)
+
+
+def _clock_families(clock: dict) -> Iterator[Metric]:
+    offset = GaugeMetricFamily(
+        "limedb_clock_offset_seconds", "this node's clock minus the majority's, as measured"
+    )
+    offset.add_metric([], clock["offset_ms"] / 1000)
+    yield offset
+    bound = GaugeMetricFamily("limedb_clock_max_offset_seconds", "max_clock_offset_ms")
+    bound.add_metric([], clock["max_offset_ms"] / 1000)
+    yield bound
+    allowed = GaugeMetricFamily(
+        "limedb_clock_writes_allowed", "0 while this node refuses to coordinate writes"
+    )
+    allowed.add_metric([], 1.0 if clock["writes_allowed"] else 0.0)
+    yield allowed
+    peers = GaugeMetricFamily(
+        "limedb_clock_peer_offset_seconds", "a peer's clock minus this node's", labels=["peer"]
+    )
+    for peer, value in clock["peer_offsets_ms"].items():
+        peers.add_metric([peer], value / 1000)
+    yield peers
+    for name, key, text in _CLOCK_COUNTERS:
+        counter = CounterMetricFamily(f"limedb_clock_{name}", text)
+        counter.add_metric([], clock[key])
+        yield counter
 
 
 def _flatten(stats: dict, prefix: str = "") -> Iterator[tuple[str, float]]:

@@ -190,6 +190,11 @@ def build_router(state: NodeState) -> APIRouter:
             "disk": disk,
             "storage": storage,
         }
+        clock = storage.pop("clock", None)
+        if clock is not None:  # a clustered node: its clock against its peers'
+            body["clock"] = clock
+            if not clock["writes_allowed"]:
+                body["status"] = "degraded"
         return Response(
             orjson.dumps(body, option=orjson.OPT_NON_STR_KEYS), media_type="application/json"
         )

@@ -124,6 +124,11 @@ class Health(BaseModel):
     timestamp: int
     disk: DiskHealth
     storage: dict[str, Any]
+    clock: dict[str, Any] | None = Field(
+        default=None,
+        description="clustered nodes: clock offset from the majority, whether this node "
+        "coordinates writes, refused timestamps (docs/operations.md, Clock skew)",
+    )
 
 
 class Probe(BaseModel):

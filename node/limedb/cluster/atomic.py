@@ -373,6 +373,10 @@ class Writer(Protocol):
 
     async def write(self, mutation, consistency: Consistency | None = None) -> bool: ...
 
+    def stamp_after(self, ts: int) -> int: ...
+
+    def physical_ms(self) -> int: ...
+
 
 class ClusterAtomic:
     """Runs atomic operations at the key's primary: the first live replica in ring order.
@@ -385,12 +389,10 @@ class ClusterAtomic:
     def __init__(
         self,
         coordinator: Writer,
-        hlc,
         call: Callable[[str, int, bytes, float], Awaitable[bytes]],
         mutation_of: Callable[..., object],
     ) -> None:
         self.coordinator = coordinator
-        self.hlc = hlc
         self.call = call
         self.mutation_of = mutation_of
         self.locks = KeyLocks()
@@ -446,13 +448,13 @@ class ClusterAtomic:
         await self.locks.acquire(key, not blind)
         try:
             current = _NOTHING if blind else await self.coordinator.get(key, level)
-            outcome = fn(current, wall_ms())
+            outcome = fn(current, self.coordinator.physical_ms())
             if outcome.action is Action.SET:
-                ts = self.hlc.observe(current.ts)
+                ts = self.coordinator.stamp_after(current.ts)
                 mutation = self.mutation_of(key, outcome.value, ts, False, outcome.expires_at_ms)
                 await self.coordinator.write(mutation, level)
             elif outcome.action is Action.DELETE:
-                ts = self.hlc.observe(current.ts)
+                ts = self.coordinator.stamp_after(current.ts)
                 await self.coordinator.write(self.mutation_of(key, b"", ts, True), level)
             return outcome.reply
         finally:

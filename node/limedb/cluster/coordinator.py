@@ -18,13 +18,14 @@ from functools import partial
 from typing import Protocol
 
 from limedb.cluster import rpc
+from limedb.cluster.clock_offset import ClockOffsets, ClockOffsetUnavailable, is_refusal
 from limedb.cluster.failure import Liveness
 from limedb.cluster.hints import HintStore
 from limedb.cluster.replica import Mutation, Replica, Stored, decode_applied, decode_stored
 from limedb.cluster.ring import Ring
 from limedb.cluster.service import Consistency, InsufficientStorage, ReadResult, Unavailable
 from limedb.cluster.transitions import WriteSet, quorum_met
-from limedb.hlc import HLC, millis_of
+from limedb.hlc import HLC, ClockOffsetError
 from limedb.storage.errors import DiskFullError
 
 log = logging.getLogger(__name__)
@@ -178,6 +179,7 @@ class Coordinator:
         write_consistency: Consistency = Consistency.QUORUM,
         timeout_s: float = 5.0,
         max_repairs_in_flight: int = 256,
+        clock: ClockOffsets | None = None,
     ) -> None:
         self.node_id = node_id
         self.membership = membership
@@ -191,6 +193,8 @@ class Coordinator:
         self.write_consistency = write_consistency
         self.timeout_s = timeout_s
         self.max_repairs = max_repairs_in_flight
+        # Whether this node may stamp writes, and the physical time TTLs count from.
+        self.clock = clock
         self._background: set[asyncio.Future] = set()
         self.counters = {
             "writes_unavailable": 0,
@@ -200,6 +204,7 @@ class Coordinator:
             "replica_read_failures": 0,
             "read_repairs": 0,
             "read_repairs_dropped": 0,
+            "replica_timestamp_refusals": 0,
         }
         self._repairs_in_flight = 0
         # Set by the node: the ring record's routing, which follows a running transition.
@@ -227,6 +232,30 @@ class Coordinator:
             return (False, 0)
         return (True, _LIVENESS_RANK[self.membership.liveness(node_id)])
 
+    # ------------------------------------------------------------------ time
+
+    def physical_ms(self) -> int:
+        """The physical time expiry counts from (never the HLC, which peers can push)."""
+        return self.clock.physical_ms() if self.clock is not None else _now_ms()
+
+    def stamp(self) -> int:
+        """A timestamp for a new write; ClockOffsetUnavailable when this node's clock is too
+        far off the majority's for its stamps to order writes fairly."""
+        if self.clock is not None:
+            self.clock.check_can_stamp()
+        return self.hlc.now()
+
+    def stamp_after(self, ts: int) -> int:
+        """A timestamp for a write that must order after the version `ts` (read-modify-write)."""
+        if self.clock is not None:
+            self.clock.check_can_stamp()
+        try:
+            return self.hlc.after(ts)
+        except ClockOffsetError as exc:
+            raise ClockOffsetUnavailable(
+                f"cannot order a write after the stored one: {exc}"
+            ) from None
+
     # ------------------------------------------------------------------ writes
 
     async def put(
@@ -237,14 +266,15 @@ class Coordinator:
         ttl_ms: int | None = None,
         consistency: Consistency | None = None,
     ) -> int:
-        ts = self.hlc.now()
-        # Expiry counts from the version's own clock so that every replica agrees on it.
-        expires = millis_of(ts) + ttl_ms if ttl_ms else None
+        ts = self.stamp()
+        # An absolute expiry, so that every replica agrees on it, in the majority's physical
+        # time: a TTL lasts as long whichever node coordinated it.
+        expires = self.physical_ms() + ttl_ms if ttl_ms else None
         await self.write(Mutation(key, value, ts, False, expires), consistency)
         return ts
 
     async def delete(self, key: bytes, consistency: Consistency | None = None) -> bool:
-        return await self.write(Mutation(key, b"", self.hlc.now(), True), consistency)
+        return await self.write(Mutation(key, b"", self.stamp(), True), consistency)
 
     async def write(self, mutation: Mutation, consistency: Consistency | None = None) -> bool:
         """Send `mutation` to every replica; returns whether a live value existed before.
@@ -344,6 +374,12 @@ class Coordinator:
             if quorum.disk_full is None:
                 quorum.disk_full = full
         quorum.failed()
+        if is_refusal(error):
+            # The replica's clock bound refused this node's timestamp: no hint, which would
+            # land it later, once the replica's clock caught up with it.
+            self.counters["replica_timestamp_refusals"] += 1
+            log.warning("write to %s refused: %s", node, error)
+            return
         if node == self.node_id and full is None:
             log.error("local write failed: %r", error)
         else:
@@ -424,7 +460,7 @@ class Coordinator:
         # LimeDB reports the key's owner, whichever node answered (during a transition, the
         # owner of the ring reads follow, which may not be in the current ring record yet).
         owner_url = self.membership.url_of(replicas[0]) or replicas[0]
-        if newest is None or not newest.live(_now_ms()):
+        if newest is None or not newest.live(self.physical_ms()):
             return ReadResult(None, owner_url)
         return ReadResult(newest.value, owner_url, newest.ts, newest.expires_at_ms)
 

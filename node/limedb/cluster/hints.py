@@ -18,6 +18,7 @@ import logging
 import struct
 from collections.abc import Awaitable, Callable, Iterator
 
+from limedb.cluster.clock_offset import is_refusal
 from limedb.cluster.replica import Mutation, wall_ms
 from limedb.storage.errors import DiskFullError
 
@@ -84,6 +85,7 @@ class HintStore:
         self._in_memory: dict[str, list[tuple[int, Mutation]]] = {}
         self.in_memory = 0
         self.dropped_disk_full = 0
+        self.refused = 0
         self._count_existing()
 
     def _count_existing(self) -> None:
@@ -162,6 +164,13 @@ class HintStore:
                 try:
                     await self._deliver(target, Mutation.decode(payload))
                 except Exception as exc:  # the target went away again; keep the hint
+                    if is_refusal(exc):
+                        # Its timestamp is beyond the target's clock bound: retrying cannot
+                        # help, and waiting would let a skewed clock's write land later.
+                        log.warning("hint for %s dropped: %s", target, exc)
+                        await self._forget(target, hkey)
+                        self.refused += 1
+                        return
                     if not failed:
                         log.info("hint replay to %s paused: %s", target, exc)
                     failed = True
@@ -256,4 +265,5 @@ class HintStore:
             "expired": self.expired,
             "in_memory": self.in_memory,
             "dropped_disk_full": self.dropped_disk_full,
+            "refused": self.refused,
         }

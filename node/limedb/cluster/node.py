@@ -20,6 +20,7 @@ import orjson
 from limedb.cluster import rpc
 from limedb.cluster.atomic import AtomicOp, ClusterAtomic, Reply
 from limedb.cluster.background import BackgroundBudget
+from limedb.cluster.clock_offset import ClockOffsets
 from limedb.cluster.coordinator import Coordinator
 from limedb.cluster.failure import Liveness
 from limedb.cluster.gossip import GossipError
@@ -39,7 +40,7 @@ from limedb.cluster.streaming import RangeStreams
 from limedb.cluster.transition_driver import DriverSettings, TransitionDriver
 from limedb.cluster.view import ClusterView, MemberView
 from limedb.config import Config
-from limedb.hlc import HLC
+from limedb.hlc import HLC, millis_of, wall_millis
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +94,7 @@ class ClusterService:
         # One clock per process: the engine's observes every stored timestamp (also at
         # recovery), so versions stamped here always order after what this node holds.
         self.hlc: HLC = getattr(engine, "hlc", None) or HLC()
+        self.hlc.max_offset_ms = config.max_clock_offset_ms
         host = urlsplit(self.node_url).hostname or "127.0.0.1"
         self.ring_store = RingStore(config.data_dir)
         state = initial_ring_state(config, self.ring_store)
@@ -107,7 +109,14 @@ class ClusterService:
         self.membership.gossip = RecordGossip.replacing(self.membership.gossip, self.keeper)
         self.client = rpc.RpcClient(config.cluster_secret)
         self.server = rpc.RpcServer(config.cluster_secret)
-        self.replica = Replica(engine, self.hlc)
+        self.clock = ClockOffsets(
+            config.max_clock_offset_ms,
+            self._other_members,
+            lambda node_id, timeout_s: self.call_node(node_id, rpc.PING, b"", timeout_s),
+            peer_name=self._peer_name,
+            stamped=lambda: self.hlc.last,
+        )
+        self.replica = Replica(engine, self.hlc, self.clock)
         self.local = LocalService(
             engine,
             node_id=self.node_id,
@@ -132,11 +141,12 @@ class ClusterService:
             read_consistency=Consistency(config.read_consistency),
             write_consistency=Consistency(config.write_consistency),
             timeout_s=config.request_timeout_ms / 1000,
+            clock=self.clock,
         )
-        self.atomic = ClusterAtomic(self.coordinator, self.hlc, self.coordinator.call, Mutation)
+        self.atomic = ClusterAtomic(self.coordinator, self.coordinator.call, Mutation)
         self.coordinator.routing = self.keeper
         self.handed_off = HandedOff(config.data_dir)
-        self.streams = RangeStreams(engine, self.hlc, self.handed_off)
+        self.streams = RangeStreams(engine, self.hlc, self.handed_off, self.clock)
         self.driver = TransitionDriver(
             self.node_id,
             self.keeper,
@@ -193,6 +203,19 @@ class ClusterService:
         if node_id is not None:
             return self.address_of(node_id)
         return urlsplit(url).hostname or "127.0.0.1", default_internal_port(url)
+
+    def _other_members(self) -> list[str]:
+        ring = self.membership.ring
+        return [n for n in ring.members if n != self.node_id] if ring is not None else []
+
+    def _peer_name(self, address: str) -> str:
+        """The member(s) at an RPC peer's address, for the log (the port is ephemeral)."""
+        host = split_addr(address)[0]
+        ring = self.membership.ring
+        names = [
+            n for n in (ring.members if ring is not None else ()) if self.address_of(n)[0] == host
+        ]
+        return f"{'/'.join(names)} ({address})" if names else address
 
     async def call_node(self, node_id: str, kind: int, payload: bytes, timeout_s: float) -> bytes:
         host, port = self.address_of(node_id)
@@ -266,10 +289,12 @@ class ClusterService:
         self.server.register(rpc.STREAM_APPLY, budget.wrap(self.streams.handle_apply))
         self.server.register(rpc.MERKLE, budget.wrap(self.anti_entropy.handle_tree))
         self.atomic.register(self.server)
+        self.clock.register(self.server)  # PING replies carry this node's clock
         bind = self.config.host
         await self.server.start(bind, self.internal_port)
         await self.local.start()
         await self.gossip_loop.start()
+        self.clock.start()
         self._sweeper = asyncio.create_task(self._sweep_hints(), name="hint-sweeper")
         state = self.keeper.state
         if state is not None:
@@ -295,6 +320,7 @@ class ClusterService:
         if self._sweeper is not None:
             self._sweeper.cancel()
         await self.gossip_loop.stop()
+        await self.clock.stop()
         await self.hints.stop()
         await self.server.stop()
         self.client.close()
@@ -372,6 +398,14 @@ class ClusterService:
             "rpc_rejected": self.server.rejected,
             "gossip_rounds": self.gossip_loop.rounds,
             "ring_epoch": self.membership.ring.epoch if self.membership.ring else None,
+        }
+        stats["clock"] = {
+            **self.clock.stats(),
+            "hlc_not_adopted": self.hlc.not_adopted,
+            # How far this node's hybrid clock runs ahead of its own wall clock (bounded by
+            # the maximum offset: no peer can drag it further).
+            "hlc_ahead_ms": max(0, millis_of(self.hlc.last) - wall_millis()),
+            "streamed_timestamps_refused": self.streams.counters["timestamps_refused"],
         }
         return stats
 

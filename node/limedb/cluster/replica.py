@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass
 
 from limedb.cluster import rpc
+from limedb.cluster.clock_offset import ClockOffsets, TimestampRefused
 from limedb.cluster.keys import storage_key
 from limedb.hlc import HLC
 from limedb.storage import WriteBatch
@@ -109,9 +110,11 @@ class Replica:
     them, instead of one per mutation.
     """
 
-    def __init__(self, engine, hlc: HLC) -> None:
+    def __init__(self, engine, hlc: HLC, clock: ClockOffsets | None = None) -> None:
         self.engine = engine
         self.hlc = hlc
+        # Admits every timestamp before it is applied (and so before the clock observes it).
+        self.clock = clock
         # The engine's own clock observes every timestamp it applies; only a separate clock
         # needs to be told here.
         self._observe = hlc is not getattr(engine, "hlc", None)
@@ -130,13 +133,19 @@ class Replica:
         value existed before), or to that reply's wire encoding when `encoded`."""
         loop = asyncio.get_running_loop()
         future = loop.create_future()
+        if self.clock is not None:
+            try:
+                self.clock.admit(mutation.ts)
+            except TimestampRefused as exc:
+                future.set_exception(exc)
+                return future
         if self._observe:
             self.hlc.observe(mutation.ts)
         existed = False
         if mutation.tombstone:
             # Only deletes report whether the key existed (LimeDB's `1` / `0`).
             before = self.engine.get_version(storage_key(mutation.key))
-            existed = before is not None and before.live(wall_ms())
+            existed = before is not None and before.live(self.now_ms())
         if not self._queue:
             loop.call_soon(self._write_queued)
         self._queue.append((mutation, future, existed, encoded))
@@ -144,6 +153,10 @@ class Replica:
 
     async def apply(self, mutation: Mutation) -> tuple[bool, bool]:
         return await self.apply_soon(mutation)
+
+    def now_ms(self) -> int:
+        """The physical time a value's expiry is judged against."""
+        return self.clock.physical_ms() if self.clock is not None else wall_ms()
 
     def _write_queued(self) -> None:
         queued, self._queue = self._queue, []

@@ -1,8 +1,10 @@
 """Internal node-to-node transport: framed binary RPC over persistent, multiplexed TCP.
 
-A frame is `[u32 payload length][u8 kind][u32 request id][payload]`. Requests carry an
-absolute wall-clock deadline (u64 milliseconds) as the first eight bytes of their payload, so a
-replica that was paused or overloaded drops work nobody waits for any more. One connection per
+A frame is `[u32 payload length][u8 kind][u32 request id][payload]`. Requests carry their
+budget, the milliseconds the sender will wait (u64, 0 = no deadline), as the first eight bytes
+of their payload; each side measures it on its own monotonic clock (limedb.cluster.deadline),
+so clocks that disagree never expire a request, while a replica that was paused or stalled
+longer than a request's budget drops that work nobody waits for any more. One connection per
 peer carries any number of concurrent requests, matched to replies by request id; writes are
 coalesced per event-loop turn so a burst of calls costs one send syscall.
 
@@ -14,17 +16,19 @@ is closed. The client sends HELLO ahead of its first request without waiting for
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import hmac
 import itertools
 import socket
 import struct
-import time
 from collections.abc import Awaitable, Callable
 from functools import partial
 
+from limedb.cluster import deadline
+
 HEADER = struct.Struct("!IBI")
-DEADLINE = struct.Struct("!Q")
-REQUEST_HEADER = struct.Struct("!IBIQ")  # the frame header followed by the deadline
+DEADLINE = struct.Struct("!Q")  # the request's budget in milliseconds, 0 = none
+REQUEST_HEADER = struct.Struct("!IBIQ")  # the frame header followed by the budget
 ERROR_CODE = struct.Struct("!H")
 MAX_FRAME = 64 << 20
 
@@ -50,6 +54,7 @@ NOT_FOUND = 404
 EXPIRED = 504
 INSUFFICIENT_STORAGE = 507  # the replica's disk is full (limedb.storage.errors.DiskFullError)
 FAILED = 500
+TIMESTAMP_REFUSED = 422  # a timestamp beyond the maximum clock offset (cluster.clock_offset)
 
 Handler = Callable[[bytes], "bytes | Awaitable[bytes]"]
 
@@ -63,12 +68,16 @@ class RpcError(Exception):
         self.message = message
 
 
+_PEER: contextvars.ContextVar[str] = contextvars.ContextVar("limedb_rpc_peer", default="")
+
+
+def current_peer() -> str:
+    """The address (host:port) of the peer whose request is being handled; '' elsewhere."""
+    return _PEER.get()
+
+
 class PeerUnavailable(Exception):
     """The peer could not be reached, closed the connection, or did not answer in time."""
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 def encode_frame(kind: int, request_id: int, payload: bytes) -> bytes:
@@ -173,7 +182,7 @@ class _FramedProtocol(asyncio.Protocol):
 class RpcServer:
     """Accepts peer connections and dispatches request frames to registered handlers.
 
-    A handler takes the request body (deadline already stripped and checked) and returns the
+    A handler takes the request body (budget already stripped and checked) and returns the
     reply body, or an awaitable of it. Raising RpcError sends that code; any other exception
     is reported as 500 so one bad request never takes the connection down.
     """
@@ -183,6 +192,7 @@ class RpcServer:
         self._handlers: dict[int, Handler] = {HELLO: lambda _: b"", PING: lambda _: b""}
         self._server: asyncio.base_events.Server | None = None
         self._connections: set[_ServerProtocol] = set()
+        self.stalls = deadline.LoopStalls()
         self.expired = 0
         self.served = 0
         self.rejected = 0
@@ -195,6 +205,7 @@ class RpcServer:
         self._server = await loop.create_server(
             lambda: _ServerProtocol(self), host, port, reuse_address=True, backlog=512
         )
+        self.stalls.start()
 
     @property
     def port(self) -> int:
@@ -203,6 +214,7 @@ class RpcServer:
 
     async def stop(self) -> None:
         """Stop listening and close every peer connection (peers then hint what they send)."""
+        self.stalls.stop()
         if self._server is not None:
             self._server.close()
             self._server = None
@@ -224,10 +236,13 @@ class _ServerProtocol(_FramedProtocol):
         super().__init__()
         self._server = server
         self._authenticated = not server.needs_hello
+        self._peer = ""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
         self._server._connections.add(self)
+        peer = transport.get_extra_info("peername")
+        self._peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._server._connections.discard(self)
@@ -252,12 +267,13 @@ class _ServerProtocol(_FramedProtocol):
         if len(payload) < DEADLINE.size:
             self._error(request_id, FAILED, "request without a deadline")
             return
-        (deadline,) = DEADLINE.unpack_from(payload)
-        if deadline and now_ms() > deadline:
+        (budget,) = DEADLINE.unpack_from(payload)
+        if budget and deadline.expired(budget, server.stalls.waited_s()):
             server.expired += 1
             self._error(request_id, EXPIRED, "deadline expired before the request ran")
             return
         server.served += 1
+        _PEER.set(self._peer)
         try:
             result = handler(payload[DEADLINE.size :])
         except RpcError as exc:
@@ -336,7 +352,7 @@ class _ClientProtocol(_FramedProtocol):
 
     def _sweep(self) -> None:
         now = self.loop.time()
-        expired = [rid for rid, (_, deadline, _) in self.pending.items() if deadline <= now]
+        expired = [rid for rid, (_, due, _) in self.pending.items() if due <= now]
         silent = False
         for rid in expired:
             future, _, sent = self.pending.pop(rid)
@@ -443,8 +459,8 @@ class PeerConnection:
         if kind == HELLO:
             protocol.send(HEADER.pack(len(payload), kind, request_id) + payload)
         else:
-            deadline_ms = now_ms() + int(timeout_s * 1000)
-            head = REQUEST_HEADER.pack(len(payload) + DEADLINE.size, kind, request_id, deadline_ms)
+            budget = deadline.budget_ms(timeout_s)
+            head = REQUEST_HEADER.pack(len(payload) + DEADLINE.size, kind, request_id, budget)
             protocol.send(head + payload)
         return future
 

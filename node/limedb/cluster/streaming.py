@@ -33,6 +33,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from limedb.cluster import rpc
+from limedb.cluster.clock_offset import ClockOffsets, TimestampRefused
 from limedb.cluster.handed_off import HandedOff
 from limedb.cluster.keys import MAX_TOKEN, token_prefix
 from limedb.hlc import HLC
@@ -174,9 +175,12 @@ class _OpenRange:
 class RangeStreams:
     """The node side of streaming: serves STREAM_READ, STREAM_APPLY and HANDOFF."""
 
-    def __init__(self, engine, hlc: HLC, handed_off: HandedOff) -> None:
+    def __init__(
+        self, engine, hlc: HLC, handed_off: HandedOff, clock: ClockOffsets | None = None
+    ) -> None:
         self.engine = engine
         self.hlc = hlc
+        self.clock = clock  # admits every streamed timestamp (limedb.cluster.clock_offset)
         self.handed_off = handed_off
         self._open: dict[tuple[int, int], _OpenRange] = {}
         self._snapshot = None
@@ -187,7 +191,13 @@ class RangeStreams:
         self._purger: asyncio.Task | None = None
         self._additions = 0
         self._stopped = False
-        self.counters = {"batches_read": 0, "batches_applied": 0, "keys_applied": 0, "purges": 0}
+        self.counters = {
+            "batches_read": 0,
+            "batches_applied": 0,
+            "keys_applied": 0,
+            "purges": 0,
+            "timestamps_refused": 0,
+        }
 
     # ------------------------------------------------------------------ source
 
@@ -234,6 +244,13 @@ class RangeStreams:
         batch = WriteBatch()
         newest = 0
         for skey, value, ts, expires, tomb in iter_entries(entries):
+            if self.clock is not None:
+                try:
+                    self.clock.admit(ts)
+                except TimestampRefused:
+                    # One version from a skewed clock must not stall a whole range's stream.
+                    self.counters["timestamps_refused"] += 1
+                    continue
             if tomb:
                 batch.delete(skey, ts)
             else:
