@@ -5,6 +5,7 @@ they are buffered, and the keys page past the end reports the true total.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import resource
@@ -210,6 +211,37 @@ def test_two_thousand_idle_connections_under_1024_descriptors(make_node) -> None
         served.stop()
 
 
+def test_connections_beyond_max_connections_get_503_and_are_closed(make_node) -> None:
+    node = make_node({"LIMEDB_MAX_CONNECTIONS": "4"})
+    held = [socket.create_connection((node.host, node.port), timeout=10) for _ in range(4)]
+    try:
+        wait_for(
+            lambda: 'limedb_client_connections{protocol="http"} 4.0' in held_metrics(held[0]),
+            30,
+            "the node to hold 4 connections",
+        )
+        with socket.create_connection((node.host, node.port), timeout=10) as extra:
+            extra.sendall(b"GET /livez HTTP/1.1\r\nHost: x\r\n\r\n")
+            status, headers, body = read_response(extra)
+            assert (status, headers["retry-after"], headers["connection"]) == (503, "1", "close")
+            assert json.loads(body) == {"error": "too many open connections; retry later"}
+            assert closed_by_peer(extra, 10)
+        # The connections within the cap are served.
+        held[1].sendall(b"GET /livez HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert read_response(held[1])[0] == 200
+    finally:
+        for sock in held:
+            sock.close()
+
+
+def held_metrics(sock: socket.socket) -> str:
+    """/metrics read over one of the held connections (a new one would be refused)."""
+    sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+    status, _, body = read_response(sock)
+    assert status == 200
+    return body.decode()
+
+
 def test_descriptors_running_out_at_run_time_give_503_never_500(make_node) -> None:
     """The limit lowered below what the node holds (no reserve can help): a write that needs a
     descriptor (a new WAL when the memtable is full) is refused with 503, on the hot route
@@ -235,6 +267,12 @@ def test_descriptors_running_out_at_run_time_give_503_never_500(make_node) -> No
                 if response.status_code == 503:
                     assert response.headers["retry-after"] == "1"
                     assert "out of file descriptors" in response.json()["error"]
+                if i == 200:
+                    # A new client meanwhile: accept() fails; libuv then accepts and resets
+                    # the connection (there is no descriptor to answer with). It must not
+                    # take the listener down (checked below).
+                    with contextlib.suppress(httpx.HTTPError):
+                        httpx.get(f"{node.url}/livez", timeout=5.0)
         finally:
             set_nofile(pid, old_limit)
         assert statuses.get(503), f"descriptors never ran out: {statuses}"
@@ -243,6 +281,8 @@ def test_descriptors_running_out_at_run_time_give_503_never_500(make_node) -> No
             30,
             "writes to work again after the limit was raised",
         )
+    # The listener survived accept() failing with EMFILE: new clients are served again.
+    assert httpx.get(f"{node.url}/v1/kv/after", timeout=10.0).content == b"v"
     metrics = httpx.get(node.url + "/metrics", timeout=10.0).text
     counted = re.search(r"^limedb_descriptor_exhaustion_total (\S+)$", metrics, re.MULTILINE)
     assert counted and float(counted.group(1)) == statuses[503]
