@@ -28,8 +28,8 @@ def wait_for(
     condition: Callable[[], T],
     timeout_s: float,
     what: str | Callable[[], str],
-    *,
     step_s: float = 0.05,
+    *,
     tolerate: tuple[type[BaseException], ...] = TRANSIENT,
 ) -> T:
     """Poll `condition` until it returns something truthy and return that.
