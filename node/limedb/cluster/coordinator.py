@@ -24,7 +24,7 @@ from limedb.cluster.hints import HintStore
 from limedb.cluster.replica import Mutation, Replica, Stored, decode_applied, decode_stored
 from limedb.cluster.ring import Ring
 from limedb.cluster.service import Consistency, InsufficientStorage, ReadResult, Unavailable
-from limedb.cluster.transitions import WriteSet, quorum_met
+from limedb.cluster.transitions import WriteSet
 from limedb.hlc import HLC, ClockOffsetError
 from limedb.storage.errors import DiskFullError
 
@@ -67,30 +67,57 @@ def _now_ms() -> int:
 
 
 class _Quorum:
-    """Counts replica answers; `future` resolves once `need` succeed or that became impossible."""
+    """Counts a write's replica answers; `future` resolves True once every group has its W
+    acknowledgements, False once one group cannot get them any more.
 
-    __slots__ = ("disk_full", "existed", "failures", "future", "need", "successes", "total")
+    Outside a transition there is one group, the key's replicas. During one there are two, the
+    old owners and the new (the transition rule: W of each; a node in both counts for both).
+    """
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, need: int, total: int) -> None:
+    __slots__ = ("acked", "disk_full", "existed", "failed", "future", "groups", "needs")
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        groups: tuple[tuple[str, ...], ...],
+        needs: tuple[int, ...],
+    ) -> None:
         self.future = loop.create_future()
-        self.need = need
-        self.total = total
-        self.successes = 0
-        self.failures = 0
+        self.groups = groups
+        self.needs = needs
+        self.acked = [0] * len(groups)
+        self.failed = [0] * len(groups)
         self.existed = False
         self.disk_full: str | None = None  # the first replica that refused for a full disk
 
-    def succeeded(self, existed: bool) -> None:
-        self.successes += 1
+    def succeeded(self, node: str, existed: bool) -> None:
+        for i, group in enumerate(self.groups):
+            if node in group:
+                self.acked[i] += 1
         if not self.future.done():
             self.existed = self.existed or existed
-            if self.successes >= self.need:
+            if all(a >= need for a, need in zip(self.acked, self.needs, strict=True)):
                 self.future.set_result(True)
 
-    def failed(self) -> None:
-        self.failures += 1
-        if not self.future.done() and self.total - self.failures < self.need:
-            self.future.set_result(False)
+    def refused(self, node: str) -> None:
+        for i, group in enumerate(self.groups):
+            if node in group:
+                self.failed[i] += 1
+                if not self.future.done() and len(group) - self.failed[i] < self.needs[i]:
+                    self.future.set_result(False)
+
+    def shortfall(self) -> str:
+        """What the write lacked, for the client's error."""
+        if len(self.groups) == 1:
+            return (
+                f"{self.acked[0]} of {len(self.groups[0])} replicas acknowledged, "
+                f"{self.needs[0]} needed"
+            )
+        (old, new), (need_old, need_new) = self.groups, self.needs
+        return (
+            f"{self.acked[0]} of the {len(old)} old and {self.acked[1]} of the {len(new)} new "
+            f"replicas acknowledged, {need_old} of the old and {need_new} of the new needed"
+        )
 
 
 class Routing(Protocol):
@@ -99,66 +126,6 @@ class Routing(Protocol):
     def write_set(self, key: bytes) -> WriteSet: ...
 
     def read_replicas(self, key: bytes) -> tuple[str, ...]: ...
-
-
-class _SplitQuorum:
-    """The transition rule: W acknowledgements from the old replicas AND W from the new."""
-
-    def __init__(
-        self, loop: asyncio.AbstractEventLoop, plan: WriteSet, need_old: int, need_new: int
-    ) -> None:
-        self.future = loop.create_future()
-        self.plan = plan
-        self.need_old = need_old
-        self.need_new = need_new
-        self.acked: set[str] = set()
-        self.failures: set[str] = set()
-        self.existed = False
-        self.disk_full: str | None = None
-
-    def vote(self, node: str) -> _Vote:
-        return _Vote(self, node)
-
-    def settle(self) -> None:
-        if self.future.done():
-            return
-        old, new = self.plan.old, self.plan.new
-        if quorum_met(self.acked, old, new, self.need_old, self.need_new):
-            self.future.set_result(True)
-        elif (
-            len(old) - len(self.failures.intersection(old)) < self.need_old
-            or len(new) - len(self.failures.intersection(new)) < self.need_new
-        ):
-            self.future.set_result(False)
-
-
-class _Vote:
-    """One replica's answer to a _SplitQuorum, shaped like _Quorum's callbacks."""
-
-    __slots__ = ("node", "quorum")
-
-    def __init__(self, quorum: _SplitQuorum, node: str) -> None:
-        self.quorum = quorum
-        self.node = node
-
-    def succeeded(self, existed: bool) -> None:
-        quorum = self.quorum
-        if not quorum.future.done():
-            quorum.existed = quorum.existed or existed
-        quorum.acked.add(self.node)
-        quorum.settle()
-
-    def failed(self) -> None:
-        self.quorum.failures.add(self.node)
-        self.quorum.settle()
-
-    @property
-    def disk_full(self) -> str | None:
-        return self.quorum.disk_full
-
-    @disk_full.setter
-    def disk_full(self, reason: str | None) -> None:
-        self.quorum.disk_full = reason
 
 
 class Coordinator:
@@ -279,93 +246,60 @@ class Coordinator:
     async def write(self, mutation: Mutation, consistency: Consistency | None = None) -> bool:
         """Send `mutation` to every replica; returns whether a live value existed before.
 
-        Raises Unavailable when fewer than the required replicas are alive (nothing is written
-        then) or acknowledged in time (the write may still have reached some replicas).
+        During a transition the replicas are the old and the new owners, and W of each must
+        acknowledge; outside one, old and new are the same nodes. Raises Unavailable when
+        fewer than the required replicas are reachable (nothing is written then) or
+        acknowledged in time (the write may still have reached some replicas), and
+        InsufficientStorage when full disks cost the write its quorum.
         """
-        if self.routing is not None:
-            plan = self.routing.write_set(mutation.key)
-            if plan.old != plan.new:
-                return await self._write_both(mutation, plan, consistency)
-            replicas = plan.new
-        else:
-            replicas = self.replicas(mutation.key)
-        need = required_acks(consistency or self.write_consistency, len(replicas))
-        alive = [node for node in replicas if self._reachable(node)]
-        if len(alive) < need:
-            self.counters["writes_unavailable"] += 1
-            raise Unavailable(
-                f"{len(alive)} of {len(replicas)} replicas reachable, {need} needed",
-                retry_after=1.0,
-            )
-        quorum = _Quorum(asyncio.get_running_loop(), need, len(replicas))
-        payload = None
-        for node in replicas:
-            if node == self.node_id:
-                pending = self.replica.apply_soon(mutation)
-            elif node in alive:
-                payload = payload or mutation.encode()
-                pending = self.call(node, rpc.REPLICATE, payload, self.timeout_s)
-            else:
-                quorum.failed()
-                self._track(self._hint(node, mutation))
-                continue
-            pending.add_done_callback(partial(self._replica_answered, node, mutation, quorum))
-        if not await quorum.future:
-            self.counters["writes_unavailable"] += 1
-            message = f"{quorum.successes} of {len(replicas)} replicas acknowledged, {need} needed"
-            if quorum.disk_full is not None:
-                raise InsufficientStorage(f"{message}: {quorum.disk_full}")
-            raise Unavailable(message, retry_after=1.0)
-        return quorum.existed
-
-    async def _write_both(
-        self, mutation: Mutation, plan: WriteSet, consistency: Consistency | None
-    ) -> bool:
-        """A write during a transition: to old and new owners, W of each must acknowledge."""
+        plan = self._write_set(mutation.key)
         level = consistency or self.write_consistency
-        need_old = required_acks(level, len(plan.old))
-        need_new = required_acks(level, len(plan.new))
-        for group, need in ((plan.old, need_old), (plan.new, need_new)):
-            alive = sum(1 for node in group if self._reachable(node))
+        groups = (plan.old,) if plan.old == plan.new else (plan.old, plan.new)
+        needs = tuple(required_acks(level, len(group)) for group in groups)
+        targets = plan.all
+        reachable = [self._reachable(node) for node in targets]
+        for group, need in zip(groups, needs, strict=True):
+            alive = sum(ok for node, ok in zip(targets, reachable, strict=True) if node in group)
             if alive < need:
                 self.counters["writes_unavailable"] += 1
                 raise Unavailable(
                     f"{alive} of {len(group)} replicas reachable, {need} needed", retry_after=1.0
                 )
-        quorum = _SplitQuorum(asyncio.get_running_loop(), plan, need_old, need_new)
-        for node in plan.all:
-            vote = quorum.vote(node)
+        quorum = _Quorum(asyncio.get_running_loop(), groups, needs)
+        payload = None
+        for node, ok in zip(targets, reachable, strict=True):
             if node == self.node_id:
                 pending = self.replica.apply_soon(mutation)
-            elif self._reachable(node):
-                host, port = self.address_of(node)
-                pending = self.client.peer(host, port).request(
-                    rpc.REPLICATE, mutation.encode(), self.timeout_s
-                )
+            elif ok:
+                payload = payload or mutation.encode()
+                pending = self.call(node, rpc.REPLICATE, payload, self.timeout_s)
             else:
-                vote.failed()
+                quorum.refused(node)
                 self._track(self._hint(node, mutation))
                 continue
-            pending.add_done_callback(partial(self._replica_answered, node, mutation, vote))
+            pending.add_done_callback(partial(self._replica_answered, node, mutation, quorum))
         if not await quorum.future:
             self.counters["writes_unavailable"] += 1
-            message = (
-                f"{len(quorum.acked)} of {len(plan.all)} old and new replicas acknowledged, "
-                f"{need_old} of the old and {need_new} of the new needed"
-            )
+            message = quorum.shortfall()
             if quorum.disk_full is not None:
                 raise InsufficientStorage(f"{message}: {quorum.disk_full}")
             raise Unavailable(message, retry_after=1.0)
         return quorum.existed
 
+    def _write_set(self, key: bytes) -> WriteSet:
+        if self.routing is not None:
+            return self.routing.write_set(key)
+        replicas = self.membership.ring.replicas(key, self.rf)
+        return WriteSet(replicas, replicas)
+
     def _replica_answered(
-        self, node: str, mutation: Mutation, quorum: _Quorum | _Vote, answer: asyncio.Future
+        self, node: str, mutation: Mutation, quorum: _Quorum, answer: asyncio.Future
     ) -> None:
         error = answer.exception() if not answer.cancelled() else asyncio.CancelledError()
         if error is None:
             result = answer.result()
             _, existed = decode_applied(result) if isinstance(result, bytes) else result
-            quorum.succeeded(existed)
+            quorum.succeeded(node, existed)
             return
         self.counters["replica_write_failures"] += 1
         full = _disk_full_reason(node, error)
@@ -373,7 +307,7 @@ class Coordinator:
             self.counters["replica_writes_disk_full"] += 1
             if quorum.disk_full is None:
                 quorum.disk_full = full
-        quorum.failed()
+        quorum.refused(node)
         if is_refusal(error):
             # The replica's clock bound refused this node's timestamp: no hint, which would
             # land it later, once the replica's clock caught up with it.
