@@ -384,6 +384,7 @@ def test_a_transition_write_succeeds_exactly_when_w_of_old_and_w_of_new_acknowle
         c = replica_set(TRANSITION_NODES)
         c.coordinator.routing = Routing(WriteSet(OLD, NEW))
         peers = sorted(set(OLD) | set(NEW))
+        hinted = 0
         for i, failing in enumerate(
             set(combo) for n in range(len(peers) + 1) for combo in itertools.combinations(peers, n)
         ):
@@ -411,6 +412,9 @@ def test_a_transition_write_succeeds_exactly_when_w_of_old_and_w_of_new_acknowle
             except Unavailable:
                 succeeded = False
             assert succeeded == expect, f"failing {sorted(failing)}"
+            hinted += len(failing)
+        # Whether the write succeeded or not, every replica that failed it gets a hint.
+        await wait_for_async(lambda: c.hints.pending() == hinted, what=f"{hinted} hints")
         await c.coordinator.drain()
 
     run(scenario())
