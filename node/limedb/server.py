@@ -19,8 +19,9 @@ from typing import Any
 import uvicorn
 
 from limedb.api import attach_service, create_app
+from limedb.api.bounded import sweep
 from limedb.api.fastpath import FastPath
-from limedb.api.wire import sweep, wire_protocol
+from limedb.api.wire import wire_protocol
 from limedb.cluster.local import LocalService
 from limedb.cluster.service import KeyValueService
 from limedb.config import Config
