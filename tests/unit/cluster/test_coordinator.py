@@ -148,7 +148,7 @@ def replica_set(tmp_path: Path) -> Iterator[Callable[..., Cluster]]:
         engines.append(opened)
         return opened
 
-    def build(nodes: tuple[str, ...] = NODES, rf: int = 3) -> Cluster:
+    def build(nodes: tuple[str, ...] = NODES, rf: int = 3, **options) -> Cluster:
         ring = Ring({n: f"http://{n}:8484" for n in nodes}, vnodes=16)
         replicas = {n: Replica(engine(n), HLC()) for n in nodes}
         peers = Peers(replicas)
@@ -164,6 +164,7 @@ def replica_set(tmp_path: Path) -> Iterator[Callable[..., Cluster]]:
             hints=hints,
             hlc=replicas[LOCAL].hlc,
             replication_factor=rf,
+            **options,
         )
         deliver.append(coordinator.deliver_hint)
         return Cluster(coordinator, view, peers, replicas, hints)
@@ -521,5 +522,80 @@ def test_fewer_than_r_answering_replicas_is_unavailable(replica_set):
             await c.coordinator.get(b"k")
         assert (await c.coordinator.get(b"k", consistency=Consistency.ONE)).value == b"v"
         assert c.coordinator.counters["reads_unavailable"] == 1
+
+    run(scenario())
+
+
+# Versions a replica may hold: (value, ts, tombstone, expires_at_ms); None is no version.
+VERSIONS = (
+    None,
+    (b"a", 100 << 16, False, None),
+    (b"b", 100 << 16, False, None),  # same ts as "a": the greater value wins
+    (b"", 100 << 16, True, None),  # same ts: a tombstone beats any value
+    (b"gone", 150 << 16, False, 1),  # newer, but expired long ago
+    (b"c", 200 << 16, False, None),
+)
+
+
+def _lww_key(version: tuple) -> tuple:
+    """docs/formats.md's last-writer-wins order, read independently of record.newer."""
+    value, ts, tombstone, expires = version
+    return (ts, tombstone, value, expires or 0)
+
+
+def test_a_read_of_any_mix_of_versions_returns_the_newest_and_leaves_every_replica_with_it(
+    replica_set,
+):
+    async def scenario():
+        c = replica_set()
+        mixes = list(itertools.product(VERSIONS, repeat=len(NODES)))
+        for i, mix in enumerate(mixes):
+            key = b"mix%d" % i
+            for node, version in zip(NODES, mix, strict=True):
+                if version is not None:
+                    value, ts, tombstone, expires = version
+                    await c.seed(node, key, value, ts, tombstone=tombstone, expires_at_ms=expires)
+            result = await c.coordinator.get(key, consistency=Consistency.ALL)
+            present = [v for v in mix if v is not None]
+            if not present:
+                assert result.value is None
+                continue
+            newest = max(present, key=_lww_key)
+            value, ts, tombstone, expires = newest
+            live = not tombstone and expires is None
+            assert result.value == (value if live else None), mix
+            await c.coordinator.drain()
+            for node in NODES:
+                stored = c.stored(node, key)
+                assert (stored.ts, stored.value, stored.tombstone) == (ts, value, tombstone), mix
+
+    run(scenario())
+
+
+def test_read_repair_is_bounded_and_counts_what_it_dropped(replica_set):
+    async def scenario():
+        c = replica_set(max_repairs_in_flight=1)
+        await c.seed("n2", b"k", b"new", ts=200 << 16)  # n1 and n3 are stale
+        assert (await c.coordinator.get(b"k", consistency=Consistency.ALL)).value == b"new"
+        assert c.coordinator.counters["read_repairs"] == 1
+        assert c.coordinator.counters["read_repairs_dropped"] == 1
+        await c.coordinator.drain()
+        # The next read finds the one replica still stale and repairs it.
+        await c.coordinator.get(b"k", consistency=Consistency.ALL)
+        await c.coordinator.drain()
+        assert c.values(b"k") == {"n1": b"new", "n2": b"new", "n3": b"new"}
+
+    run(scenario())
+
+
+def test_reads_during_a_transition_ask_the_replicas_its_phase_names(replica_set):
+    async def scenario():
+        c = replica_set(TRANSITION_NODES)
+        c.coordinator.routing = Routing(WriteSet(OLD, NEW))
+        await c.seed("n5", b"k", b"only-on-the-new-owner", ts=100 << 16)
+        result = await c.coordinator.get(b"k", consistency=Consistency.ALL)
+        assert result.value is None, "before commit, reads stay on the old owners"
+        assert {node for node, kind in c.peers.requests if kind == rpc.READ} == set(OLD)
+        assert result.owner_url == "http://n2:8484"
 
     run(scenario())
