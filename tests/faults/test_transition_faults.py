@@ -7,15 +7,13 @@ data (Merkle trees from their disks)."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from limedb.cluster.ring import Ring
-from support import netns
-from support.cluster import Node, Workload, wait_for
+from support.cluster import Workload, wait_for
 from support.history import History
-from support.netns_nodes import NamespacedNode, replica_differences
-from support.transitions import Fleet, preload
+from support.netns_nodes import NamespacedFleet, replica_differences
+from support.transitions import preload
 
 pytestmark = pytest.mark.faults
 
@@ -27,22 +25,6 @@ ENV = {
     "LIMEDB_REQUEST_TIMEOUT_MS": "1000",
 }
 KEYS, VALUE_BYTES = 1500, 2000
-
-
-class NamespacedFleet(Fleet):
-    """The transition tests' fleet, each node in a namespace of the lab."""
-
-    def __init__(self, root: Path, env: dict[str, str], lab: netns.NetLab) -> None:
-        super().__init__(root, env)
-        self.lab = lab
-
-    def _make(self, seeds: list[str] | None, extra_env: dict[str, str]) -> Node:
-        ns = self.lab.add_node()
-        node = NamespacedNode(len(self.nodes), ns, self.root / f"node-{len(self.nodes)}")
-        node.env = {**self.env, **extra_env}
-        node.seeds = list(seeds or [])
-        self.nodes.append(node)
-        return node
 
 
 @pytest.fixture

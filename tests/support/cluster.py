@@ -254,11 +254,21 @@ class Workload:
                     self._mutate(client, url, path, key, f"w{worker}-{seq}".encode())
 
     def _mutate(
-        self, client: httpx.Client, url: str, path: str, key: str, value: bytes | None
+        self,
+        client: httpx.Client,
+        url: str,
+        path: str,
+        key: str,
+        value: bytes | None,
+        params: dict | None = None,
     ) -> None:
         op = self.history.begin(WRITE if value is not None else DELETE, key, value, url)
         try:
-            response = client.delete(path) if value is None else client.put(path, content=value)
+            response = (
+                client.delete(path, params=params)
+                if value is None
+                else client.put(path, content=value, params=params)
+            )
         except httpx.TimeoutException:
             self.history.finish(op, UNKNOWN, timed_out=True)
             return

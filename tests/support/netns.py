@@ -247,6 +247,13 @@ class NetLab:
             f"add rule inet {_TABLE} output ip daddr {{ {addresses} }} drop\n"
         )
 
+    def partition_one_way(self, ns: Namespace, others: Sequence[Namespace]) -> None:
+        """Drop what `others` send to `ns` while what `ns` sends still arrives (rules in `ns`):
+        a one-way link, where `ns` talks but never hears back."""
+        addresses = ", ".join(o.address for o in others if o is not ns)
+        if addresses:
+            ns.nft(f"add rule inet {_TABLE} input ip saddr {{ {addresses} }} drop\n")
+
     def drop(self, ns: Namespace, percent: int) -> None:
         """Drop `percent` % of the packets arriving at `ns` (loopback excluded), at random."""
         if not 0 <= percent <= 100:

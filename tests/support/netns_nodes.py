@@ -1,5 +1,6 @@
-"""Real `limedb serve` nodes inside the network lab's namespaces, and the check that replicas
-hold identical data: Merkle trees of every ring range, built from each stopped owner's disk.
+"""Real `limedb serve` nodes inside the network lab's namespaces (alone, or as a growing and
+shrinking fleet), and the check that replicas hold identical data: Merkle trees of every ring
+range, built from each stopped owner's disk.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from limedb.storage import Engine, EngineOptions
 
 from support import netns
 from support.cluster import Node
+from support.transitions import Fleet
 
 PORT, INTERNAL_PORT = 8484, 9484
 
@@ -38,6 +40,22 @@ class NamespacedNode(Node):
                 stderr=log,
                 preexec_fn=self.preexec(),
             )
+
+
+class NamespacedFleet(Fleet):
+    """The transition tests' fleet, each node in a namespace of the lab."""
+
+    def __init__(self, root: Path, env: dict[str, str], lab: netns.NetLab) -> None:
+        super().__init__(root, env)
+        self.lab = lab
+
+    def _make(self, seeds: list[str] | None, extra_env: dict[str, str]) -> Node:
+        ns = self.lab.add_node()
+        node = NamespacedNode(len(self.nodes), ns, self.root / f"node-{len(self.nodes)}")
+        node.env = {**self.env, **extra_env}
+        node.seeds = list(seeds or [])
+        self.nodes.append(node)
+        return node
 
 
 def _tie_note(held: list[list[tuple]]) -> str:
