@@ -18,7 +18,14 @@ from limedb.cluster.ring import Ring
 from limedb.cluster.ring_record import RecordGossip, RingKeeper
 from limedb.cluster.ring_state import RingState
 from limedb.cluster.ring_store import RingStore
-from limedb.cluster.streaming import RangeStreams, Throttle, iter_entries
+from limedb.cluster.streaming import (
+    RangeStreams,
+    Throttle,
+    decode_batch,
+    encode_read,
+    iter_entries,
+    snapshot_floor,
+)
 from limedb.cluster.transitions import Change, propose
 from limedb.config import load_config
 from limedb.hlc import HLC
@@ -156,7 +163,7 @@ def test_a_range_streams_with_timestamps_and_tombstones_in_token_boundary_batche
     async def stream() -> int:
         cursor, batches = start, 0
         while True:
-            batch = await src.read(cursor, end, max_bytes=300, floor_ms=0)
+            batch = await src.read(cursor, end, max_bytes=300, floor=0.0)
             await dst.apply(batch.entries)
             batches += 1
             if batch.done:
@@ -180,6 +187,35 @@ def test_a_range_streams_with_timestamps_and_tombstones_in_token_boundary_batche
     before = {k: target.get_version(storage_key(k)) for k in keys}
     asyncio.run(stream())
     assert {k: target.get_version(storage_key(k)) for k in keys} == before
+
+
+def test_a_stream_snapshot_is_taken_after_the_drivers_floor_whatever_the_wall_clocks(
+    engines, tmp_path: Path
+):
+    """The floor travels as an age on the wire (STREAM_READ): the source serves a read from a
+    snapshot taken after the floor on its own monotonic clock, reuses one for an older floor,
+    and no wall clock (which may be skewed either way) takes part."""
+    source, _ = engines
+    streams = RangeStreams(source, HLC(), HandedOff(tmp_path / "h"))
+    first, second = b"k-before", b"k-after"
+    end = MAX_TOKEN
+
+    async def keys_read(floor: float) -> set[bytes]:
+        reply = await streams.handle_read(encode_read(0, end, 1 << 20, floor))
+        return {e[0][8:] for e in iter_entries(decode_batch(reply).entries)}
+
+    async def main() -> None:
+        source.put(storage_key(first), b"1", ts=1_000)
+        old_floor = snapshot_floor()
+        assert await keys_read(old_floor) == {first}
+        source.put(storage_key(second), b"2", ts=2_000)
+        # The same (older) floor: the snapshot already taken after it still serves.
+        assert await keys_read(old_floor) == {first}
+        assert await keys_read(0.0) == {first}  # any snapshot
+        # A floor after that snapshot: a new one, which holds the later write.
+        assert await keys_read(snapshot_floor()) == {first, second}
+
+    asyncio.run(main())
 
 
 def test_the_throttle_paces_a_stream_to_its_rate():

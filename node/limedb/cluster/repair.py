@@ -34,7 +34,14 @@ from limedb.cluster import rpc
 from limedb.cluster.background import BackgroundBudget
 from limedb.cluster.keys import split_wrapping
 from limedb.cluster.merkle import HASH_BYTES, MAX_DEPTH, MerkleTree, diff
-from limedb.cluster.streaming import APPLIED, RangeStreams, Throttle, decode_batch, encode_read
+from limedb.cluster.streaming import (
+    APPLIED,
+    RangeStreams,
+    Throttle,
+    decode_batch,
+    encode_read,
+    snapshot_floor,
+)
 from limedb.hlc import pack
 
 log = logging.getLogger(__name__)
@@ -282,19 +289,19 @@ class AntiEntropy:
                 continue
             reached.append(peer)
         # Pushed from a snapshot taken after the pulls, so what one peer had reaches the others.
-        floor_ms = _now_ms() + 1
+        floor = snapshot_floor()
         for peer in reached:
             try:
                 for lo, hi in union:
-                    await self._push(run, peer, lo, hi, floor_ms, throttle)
+                    await self._push(run, peer, lo, hi, floor, throttle)
             except (rpc.PeerUnavailable, rpc.RpcError) as exc:
                 log.info("repair: pushing %d..%d to %s failed: %s", start, end, peer, exc)
                 run.peers_unreachable.append(peer)
 
     async def _pull(self, run: RepairRun, peer: str, lo: int, hi: int, throttle: Throttle) -> None:
-        cursor, floor_ms = lo, _now_ms()
+        cursor, floor = lo, snapshot_floor()
         while True:
-            body = encode_read(cursor, hi, BATCH_BYTES, floor_ms)
+            body = encode_read(cursor, hi, BATCH_BYTES, floor)
             batch = decode_batch(await self.call_node(peer, rpc.STREAM_READ, body, CALL_TIMEOUT_S))
             if batch.count:
                 run.keys_pulled += await self.budget.run(partial(self.streams.apply, batch.entries))
@@ -305,11 +312,11 @@ class AntiEntropy:
             cursor = batch.next_cursor
 
     async def _push(
-        self, run: RepairRun, peer: str, lo: int, hi: int, floor_ms: int, throttle: Throttle
+        self, run: RepairRun, peer: str, lo: int, hi: int, floor: float, throttle: Throttle
     ) -> None:
         cursor = lo
         while True:
-            read = partial(self.streams.read, cursor, hi, BATCH_BYTES, floor_ms)
+            read = partial(self.streams.read, cursor, hi, BATCH_BYTES, floor)
             batch = await self.budget.run(read)
             if batch.count:
                 reply = await self.call_node(peer, rpc.STREAM_APPLY, batch.entries, CALL_TIMEOUT_S)

@@ -9,10 +9,14 @@ The source keeps its range iterator open between batches of one stream, so a ran
 storage scan rather than a seek and a snapshot per batch. Batches end on a token boundary.
 
 Every range of a stream is read from one storage snapshot, taken once the transition's writes
-already went to old and new owners (the driver says from when: `floor_ms`), so a snapshot
-per range (a copy of the memtable each) is not paid hundreds of times.
+already went to old and new owners (the driver says from when: its `floor`, a time on its own
+monotonic clock), so a snapshot per range (a copy of the memtable each) is not paid hundreds
+of times. The floor travels as an age, the milliseconds between it and the request's sending,
+which the source turns into a time on its monotonic clock: no wall clocks are compared, and
+the time in transit only makes the source ask for a newer snapshot than it needs.
 
-Wire format: a STREAM_READ request is `[u64 cursor][u64 end][u32 max bytes][u64 floor_ms]`;
+Wire format: a STREAM_READ request is `[u64 cursor][u64 end][u32 max bytes][u64 floor age ms,
+2^64-1 = any snapshot]`;
 the reply is
 `[u8 done][u64 next cursor][u32 count]` followed by `count` entries, each
 `[u16 key len][u32 value len][u64 ts][u64 expires_at_ms or 0][u8 tombstone][key][value]` with
@@ -49,6 +53,7 @@ HANDOFF_RANGE = struct.Struct("!QQ")
 ITERATOR_IDLE_S = 30.0
 SNAPSHOT_MAX_AGE_S = 60.0
 HANDOFF, RELEASE = 1, 0
+ANY_SNAPSHOT = (1 << 64) - 1  # the floor age of a read that any snapshot serves
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,8 +70,20 @@ class Batch:
         return len(self.entries)
 
 
-def encode_read(cursor: int, end: int, max_bytes: int, floor_ms: int) -> bytes:
-    return READ_REQUEST.pack(cursor, end, max_bytes, floor_ms)
+def snapshot_floor() -> float:
+    """A floor for reads whose snapshot must be taken from now on (this process's clock)."""
+    return time.monotonic()
+
+
+def encode_read(cursor: int, end: int, max_bytes: int, floor: float) -> bytes:
+    """A STREAM_READ of cursor..end from a snapshot taken after `floor` (0: any snapshot)."""
+    age_ms = ANY_SNAPSHOT if floor <= 0 else max(0, int((time.monotonic() - floor) * 1000))
+    return READ_REQUEST.pack(cursor, end, max_bytes, age_ms)
+
+
+def floor_of(age_ms: int) -> float:
+    """A received floor age as a time on this process's monotonic clock (rounded later)."""
+    return 0.0 if age_ms == ANY_SNAPSHOT else time.monotonic() - age_ms / 1000
 
 
 def decode_batch(reply: bytes) -> Batch:
@@ -184,7 +201,6 @@ class RangeStreams:
         self.handed_off = handed_off
         self._open: dict[tuple[int, int], _OpenRange] = {}
         self._snapshot = None
-        self._snapshot_ms = 0
         self._snapshot_at = 0.0
         self._lock = asyncio.Lock()
         self._purge_lock = asyncio.Lock()
@@ -201,19 +217,21 @@ class RangeStreams:
 
     # ------------------------------------------------------------------ source
 
-    def _snapshot_since(self, floor_ms: int):  # noqa: ANN202 - limedb.storage Snapshot
+    def _snapshot_since(self, floor: float):  # noqa: ANN202 - limedb.storage Snapshot
         if (
             self._snapshot is None
-            or self._snapshot_ms < floor_ms
+            or self._snapshot_at < floor
             or time.monotonic() - self._snapshot_at > SNAPSHOT_MAX_AGE_S
         ):
+            # Stamped before it is taken: it holds at least everything written until then.
+            taken_at = time.monotonic()
             self._snapshot = self.engine.snapshot()
-            self._snapshot_ms = time.time_ns() // 1_000_000
-            self._snapshot_at = time.monotonic()
+            self._snapshot_at = taken_at
         return self._snapshot
 
-    async def read(self, cursor: int, end: int, max_bytes: int, floor_ms: int = 0) -> Batch:
-        """The next batch of cursor..end from a snapshot taken at or after `floor_ms`."""
+    async def read(self, cursor: int, end: int, max_bytes: int, floor: float = 0.0) -> Batch:
+        """The next batch of cursor..end from a snapshot taken at or after `floor` (this
+        process's monotonic clock; 0 = any)."""
         if cursor > end:
             raise ValueError(f"cursor {cursor} past the range end {end}")
         async with self._lock:
@@ -223,7 +241,7 @@ class RangeStreams:
                     del self._open[key]
             open_range = self._open.pop((cursor, end), None)
             if open_range is None:
-                snapshot = await asyncio.to_thread(self._snapshot_since, floor_ms)
+                snapshot = await asyncio.to_thread(self._snapshot_since, floor)
                 open_range = _OpenRange(snapshot, cursor, end)
             # The scan runs in a thread so a large batch never stalls client requests.
             batch = await asyncio.to_thread(open_range.read, max_bytes)
@@ -234,8 +252,8 @@ class RangeStreams:
         return batch
 
     async def handle_read(self, body: bytes) -> bytes:
-        cursor, end, max_bytes, floor_ms = READ_REQUEST.unpack(body)
-        batch = await self.read(cursor, end, max_bytes, floor_ms)
+        cursor, end, max_bytes, age_ms = READ_REQUEST.unpack(body)
+        batch = await self.read(cursor, end, max_bytes, floor_of(age_ms))
         return READ_HEAD.pack(batch.done, batch.next_cursor, batch.count) + batch.entries
 
     # ------------------------------------------------------------------ sink

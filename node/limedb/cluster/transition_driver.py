@@ -52,6 +52,7 @@ from limedb.cluster.streaming import (
     decode_batch,
     encode_handoff,
     encode_read,
+    snapshot_floor,
 )
 from limedb.cluster.transitions import (
     Change,
@@ -548,20 +549,20 @@ class TransitionDriver:
         targets = t.pending_streams()
         # Every live node routes writes to old and new owners by now (the record was pushed
         # before streaming began), so a source snapshot taken from here on misses nothing.
-        floor_ms = now_ms()
+        floor = snapshot_floor()
         results = await asyncio.gather(
-            *(self._stream_target(t, target, throttle, floor_ms) for target in targets),
+            *(self._stream_target(t, target, throttle, floor) for target in targets),
             return_exceptions=True,
         )
         for result in results:
             if isinstance(result, BaseException):
                 raise result
 
-    async def _read(self, source: str, cursor: int, end: int, floor_ms: int) -> Batch:
+    async def _read(self, source: str, cursor: int, end: int, floor: float) -> Batch:
         if source == self.node_id:
-            return await self.streams.read(cursor, end, self.settings.batch_bytes, floor_ms)
+            return await self.streams.read(cursor, end, self.settings.batch_bytes, floor)
         reply = await self.call(
-            source, rpc.STREAM_READ, encode_read(cursor, end, self.settings.batch_bytes, floor_ms),
+            source, rpc.STREAM_READ, encode_read(cursor, end, self.settings.batch_bytes, floor),
             RPC_TIMEOUT_S,
         )  # fmt: skip
         return decode_batch(reply)
@@ -595,7 +596,7 @@ class TransitionDriver:
         await self._hand_off(t, lambda m: [n for n in m.targets if n not in m.old_replicas])
 
     async def _stream_target(
-        self, t: Transition, target: str, throttle: Throttle, floor_ms: int
+        self, t: Transition, target: str, throttle: Throttle, floor: float
     ) -> None:
         """Stream `target`'s ranges, a few at a time (each round trip waits behind client
         traffic on busy nodes); the checkpoint is the first range not yet complete."""
@@ -613,7 +614,7 @@ class TransitionDriver:
                 cursor = run.cursors.get(position)
                 run.cursors[position] = cursor
                 while True:
-                    batch = await self._next_batch(t, target, move, cursor, floor_ms)
+                    batch = await self._next_batch(t, target, move, cursor, floor)
                     run.keys += batch.count
                     run.nbytes += batch.nbytes
                     self.meter.add(batch.nbytes)
@@ -636,7 +637,7 @@ class TransitionDriver:
         self._checkpoint(t, target, run)
 
     async def _next_batch(
-        self, t: Transition, target: str, move: RangeMove, cursor: int | None, floor_ms: int
+        self, t: Transition, target: str, move: RangeMove, cursor: int | None, floor: float
     ) -> Batch:
         """Read the next batch of `move` from a live source and apply it to `target`,
         waiting out (and, past the timeout, rolling back on) unreachable peers."""
@@ -653,7 +654,7 @@ class TransitionDriver:
             # Sources in ring order (a leaving node first): the load spreads over the replicas.
             try:
                 start = move.start if cursor is None else cursor
-                batch = await self._read(sources[0], start, move.end, floor_ms)
+                batch = await self._read(sources[0], start, move.end, floor)
                 if batch.count:
                     await self._apply(target, batch.entries)
             except (rpc.PeerUnavailable, rpc.RpcError) as exc:
