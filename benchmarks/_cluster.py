@@ -62,6 +62,11 @@ end
 )
 
 
+# The nodes run secure, as `limedb cluster up` runs them; admin calls present the secret.
+SECRET = "limedb-benchmark-cluster-secret"
+SECRET_HEADERS = {"x-cluster-secret": SECRET}
+
+
 def start_node_with_env(
     url: str, port: int, data_dir: Path, seeds: list[str], env: dict[str, str]
 ) -> subprocess.Popen:
@@ -70,7 +75,7 @@ def start_node_with_env(
     saved = dict(os.environ)
     os.environ.update(env)
     try:
-        return start_node(url, "127.0.0.1", port, data_dir, seeds, ())
+        return start_node(url, "127.0.0.1", port, data_dir, seeds, (), SECRET)
     finally:
         os.environ.clear()
         os.environ.update(saved)

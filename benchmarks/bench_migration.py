@@ -22,7 +22,14 @@ import time
 from pathlib import Path
 
 import httpx
-from _cluster import MIXED, LocalCluster, run_wrk, start_node_with_env, wait_ready
+from _cluster import (
+    MIXED,
+    SECRET_HEADERS,
+    LocalCluster,
+    run_wrk,
+    start_node_with_env,
+    wait_ready,
+)
 from limedb.cluster_cli import stop_all
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -79,7 +86,7 @@ class LoadWindows:
 
 def join_and_wait(seed: str, node_url: str) -> tuple[dict, float]:
     """Join `node_url` through `seed`; returns the finished transition and its duration."""
-    with httpx.Client(timeout=30.0) as client:
+    with httpx.Client(timeout=30.0, headers=SECRET_HEADERS) as client:
         started = time.monotonic()
         response = client.post(f"{seed}/admin/join", json={"node_url": node_url})
         if response.status_code != 202:

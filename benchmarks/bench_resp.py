@@ -103,6 +103,7 @@ def start_limedb(workdir: Path, nodes: int, rf: int) -> tuple[list[subprocess.Po
             "LIMEDB_DURABILITY": "periodic",
             "LIMEDB_REPLICATION_FACTOR": str(rf),
             "LIMEDB_LOG_LEVEL": "warning",
+            "LIMEDB_CLUSTER_SECRET": "limedb-benchmark-cluster-secret",
         }
         args = [
             LIMEDB, "serve", "--host", host, "--port", str(ports[i]),

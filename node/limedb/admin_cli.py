@@ -4,7 +4,9 @@ Every command talks to one node (`--url`, any node of the ring) through `limedb.
 `join NODE_URL`, `leave NODE`, `replace DEAD_NODE NEW_NODE_URL`, `set-rf RF` start a
 transition and return (or follow it to the end with `--wait`); `status` prints the ring epoch,
 the members and the running transition with a progress bar (`--json`: the status object);
-`repair` runs anti-entropy now.
+`repair` runs anti-entropy now. The cluster secret comes from `--secret` / LIMEDB_CLUSTER_SECRET,
+else from `data/cluster-secret` or `limedb-data/cluster-secret` under the working directory
+(where `limedb cluster up` / `make run` and a single `limedb serve` keep it by default).
 """
 
 from __future__ import annotations
@@ -31,15 +33,20 @@ url_option = click.option(
     "--url", default=DEFAULT_URL, show_default=True, envvar="LIMEDB_URL", help="Any ring node."
 )
 secret_option = click.option(
-    "--secret", envvar="LIMEDB_CLUSTER_SECRET", default=None, help="The cluster secret, if set."
+    "--secret",
+    envvar="LIMEDB_CLUSTER_SECRET",
+    default=None,
+    help="The cluster secret [default: read from ./data/cluster-secret or "
+    "./limedb-data/cluster-secret].",
 )
 wait_option = click.option("--wait", is_flag=True, help="Follow the transition until it ends.")
 
 
 def _client(url: str, secret: str | None):  # noqa: ANN202 - deferred import keeps --help fast
     from limedb.client import Client
+    from limedb.secret import find_secret
 
-    return Client(url, retries=2, cluster_secret=secret)
+    return Client(url, retries=2, cluster_secret=secret or find_secret())
 
 
 def _run(url: str, secret: str | None, call: Callable[[Any], dict]) -> dict:

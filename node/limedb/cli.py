@@ -30,7 +30,10 @@ def main() -> None:
 
 
 @main.command()
-@click.option("--host", help="Interface to bind [default: 0.0.0.0].")
+@click.option(
+    "--host",
+    help="Interface to bind [default: 127.0.0.1 alone, 0.0.0.0 with --seeds or --await-join].",
+)
 @click.option("--port", type=int, help="HTTP port [default: 8484].")
 @click.option("--data-dir", help="Storage directory [default: ./limedb-data].")
 @click.option("--node-id", help="Stable node identity [default: the advertise URL].")
@@ -52,17 +55,33 @@ def main() -> None:
     default=None,
     help="Start outside the ring and wait for `limedb admin join` (a node added to a cluster).",
 )
+@click.option(
+    "--insecure",
+    is_flag=True,
+    default=None,
+    help="Let a cluster member run without LIMEDB_CLUSTER_SECRET: internal and admin routes "
+    "open to anyone who reaches them (LIMEDB_INSECURE=true).",
+)
 def serve(**flags: object) -> None:
     """Run a node in the foreground until SIGTERM or Ctrl-C.
 
     Every option can also be set as LIMEDB_<OPTION> in the environment (and with the LimeDB
-    names SERVER_PORT, NODE_URL, NODE_PEERS, VIRTUAL_NODES, DATA_DIR).
+    names SERVER_PORT, NODE_URL, NODE_PEERS, VIRTUAL_NODES, DATA_DIR). The cluster secret is
+    read from LIMEDB_CLUSTER_SECRET only (a command line is visible to every local user); a
+    node without seeds generates one in DATA_DIR/cluster-secret.
     """
+    from limedb.secret import INSECURE_WARNING, SecretRequired, resolve
+
     try:
-        config = load_config(flags)
+        config = resolve(load_config(flags))
     except ConfigError as exc:
         err.print(f"[red]limedb: configuration error:[/red] {exc}", highlight=False)
         sys.exit(2)
+    except SecretRequired as exc:
+        err.print(f"[red]limedb: refusing to start:[/red] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    if config.insecure and not config.cluster_secret:
+        err.print(f"[bold red]{INSECURE_WARNING}[/bold red]", highlight=False, soft_wrap=True)
     from limedb.server import serve as run_server
 
     out.print(

@@ -1,8 +1,9 @@
 """`limedb cluster up` (a local cluster of real node processes) and `limedb status`.
 
 `cluster up` starts N `limedb serve` processes in the foreground, each given the full static
-member list, prints their URLs and a live status line, and stops them all on Ctrl-C (SIGTERM,
-then SIGKILL after a grace period). `status` asks one node for the cluster's members,
+member list and the cluster secret (generated on first start into DATA_DIR/cluster-secret,
+where `limedb admin` finds it), prints their URLs and a live status line, and stops them all
+on Ctrl-C (SIGTERM, then SIGKILL after a grace period). `status` asks one node for the cluster's members,
 liveness, ring epoch and each node's share of the token space.
 """
 
@@ -24,6 +25,8 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from limedb.secret import SECRET_FILE, load_or_create
+
 TOKEN_SPACE = 1 << 64
 STOP_GRACE_S = 10.0
 
@@ -44,12 +47,21 @@ def node_urls(host: str, base_port: int, nodes: int) -> list[str]:
 
 
 def start_node(
-    url: str, host: str, port: int, data_dir: Path, seeds: list[str], extra: tuple[str, ...]
+    url: str,
+    host: str,
+    port: int,
+    data_dir: Path,
+    seeds: list[str],
+    extra: tuple[str, ...],
+    secret: str | None = None,
 ) -> subprocess.Popen:
     data_dir.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
     # Several nodes share this machine: the RESP listener would collide on 6379.
     env.setdefault("LIMEDB_RESP_PORT", "0")
+    if secret is not None:
+        # In the environment, not on the command line that every local user can read.
+        env.setdefault("LIMEDB_CLUSTER_SECRET", secret)
     args = [
         *serve_command(),
         "--host",
@@ -142,13 +154,15 @@ def cluster_up(
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
+    secret_file = data_dir / SECRET_FILE
+    secret = load_or_create(secret_file)
     try:
         for i, url in enumerate(urls):
-            procs.append(
-                start_node(url, host, base_port + i, data_dir / f"node-{i}", urls, serve_args)
-            )
+            node_dir = data_dir / f"node-{i}"
+            procs.append(start_node(url, host, base_port + i, node_dir, urls, serve_args, secret))
         console.print(
-            f"[bold]LimeDB cluster of {nodes} node(s)[/bold] (logs in {data_dir}/node-*.log)"
+            f"[bold]LimeDB cluster of {nodes} node(s)[/bold] (logs in {data_dir}/node-*.log, "
+            f"cluster secret in {secret_file})"
         )
         for url in urls:
             console.print(f"  {url}")

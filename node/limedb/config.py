@@ -113,7 +113,13 @@ class Setting:
 MIB = 1024 * 1024
 
 SETTINGS: tuple[Setting, ...] = (
-    Setting("host", _text, "0.0.0.0", "interface the HTTP server binds"),
+    Setting(
+        "host",
+        _text,
+        "",
+        "interface the HTTP, RESP and internal ports bind; default 127.0.0.1 for a single node, "
+        "0.0.0.0 for a cluster member (seeds or await_join)",
+    ),
     Setting("port", _int(1, 65535), 8484, "HTTP port (LimeDB alias SERVER_PORT)"),
     Setting("data_dir", _text, "./limedb-data", "directory of the storage engine (alias DATA_DIR)"),
     Setting("node_id", _optional_text, None, "stable node identity; defaults to advertise_url"),
@@ -132,6 +138,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("read_consistency", _choice(CONSISTENCY_LEVELS), "quorum", "default read level"),
     Setting("write_consistency", _choice(CONSISTENCY_LEVELS), "quorum", "default write level"),
     Setting("cluster_secret", _optional_text, None, "shared secret for internal/admin routes"),
+    Setting(
+        "insecure",
+        _bool,
+        False,
+        "let a cluster member run without a cluster secret (internal and admin routes open)",
+    ),
     Setting(
         "internal_port",
         _int(0, 65535),
@@ -233,6 +245,12 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting("resp_port", _int(0, 65535), 6379, "RESP (Redis protocol) port, 0 = off"),
     Setting("resp_password", _optional_text, None, "password of RESP clients (AUTH); none = open"),
+    Setting(
+        "resp_protected_mode",
+        _bool,
+        True,
+        "without resp_password, answer RESP clients from loopback addresses only",
+    ),
     Setting("resp_max_clients", _int(1), 10_000, "RESP connections served at once"),
     Setting("resp_max_bulk_bytes", _int(1024), 64 * MIB, "largest RESP request, in bytes"),
     Setting("resp_idle_timeout_s", _int(0), 300, "close idle RESP clients after this, 0 = never"),
@@ -254,7 +272,7 @@ _BY_NAME = {s.name: s for s in SETTINGS}
 class Config:
     """The resolved settings of one node process."""
 
-    host: str = "0.0.0.0"
+    host: str = "127.0.0.1"
     port: int = 8484
     data_dir: str = "./limedb-data"
     node_id: str = ""
@@ -265,6 +283,7 @@ class Config:
     read_consistency: str = "quorum"
     write_consistency: str = "quorum"
     cluster_secret: str | None = None
+    insecure: bool = False
     internal_port: int = 0
     await_join: bool = False
     stream_mb_per_s: int = 4
@@ -292,6 +311,7 @@ class Config:
     max_clock_offset_ms: int = 5000
     resp_port: int = 6379
     resp_password: str | None = None
+    resp_protected_mode: bool = True
     resp_max_clients: int = 10_000
     resp_max_bulk_bytes: int = 64 * MIB
     resp_idle_timeout_s: int = 300
@@ -354,6 +374,9 @@ def load_config(
             raise ConfigError(f"invalid value for {setting.name} (from {origin}): {exc}") from None
         sources[setting.name] = origin
 
+    if not values["host"]:
+        clustered = bool(values["seeds"]) or values["await_join"]
+        values["host"] = "0.0.0.0" if clustered else "127.0.0.1"
     if not values["advertise_url"]:
         values["advertise_url"] = _default_advertise_url(values["host"], values["port"])
     if not values["node_id"]:

@@ -78,6 +78,10 @@ class NodeRuntime:
         self.app: FastPath = create_app(None, config, lifespan=self.lifespan)
 
     async def _recover(self) -> None:
+        if self.config.insecure and not self.config.cluster_secret:
+            from limedb.secret import INSECURE_WARNING
+
+            log.warning(INSECURE_WARNING)
         try:
             self.engine = await asyncio.to_thread(open_engine, self.config)
             service = build_service(self.config, self.engine)

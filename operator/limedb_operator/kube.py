@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import secrets
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import kubernetes
@@ -166,16 +166,43 @@ class Kube:
                 raise
 
     def cluster_secret(self, name: str, namespace: str, owner: Mapping[str, Any]) -> str:
-        """The cluster secret, created on first use; read by name only (no list on secrets)."""
-        secret_name = manifests.secret_name(name)
+        """The cluster secret, created on first use."""
+        return self._generated_secret(
+            manifests.secret_name(name),
+            manifests.CLUSTER_SECRET_KEY,
+            namespace,
+            lambda token: manifests.cluster_secret(name, namespace, token),
+            owner,
+        )
+
+    def resp_password(self, name: str, namespace: str, owner: Mapping[str, Any]) -> str:
+        """The RESP password of the cluster's clients, created on first use."""
+        return self._generated_secret(
+            manifests.resp_secret_name(name),
+            manifests.RESP_PASSWORD_KEY,
+            namespace,
+            lambda token: manifests.resp_password_secret(name, namespace, token),
+            owner,
+        )
+
+    def _generated_secret(
+        self,
+        secret_name: str,
+        key: str,
+        namespace: str,
+        make: Callable[[str], dict[str, Any]],
+        owner: Mapping[str, Any],
+    ) -> str:
+        """One key of a Secret the operator generates once; read by name only (no list on
+        secrets)."""
         try:
             found = self.core.read_namespaced_secret(secret_name, namespace)
-            return base64.b64decode(found.data["cluster-secret"]).decode()
+            return base64.b64decode(found.data[key]).decode()
         except ApiException as e:
             if e.status != 404:
                 raise
         token = secrets.token_urlsafe(32)
-        body = manifests.cluster_secret(name, namespace, token)
+        body = make(token)
         body["metadata"]["ownerReferences"] = [manifests.owner_reference(owner)]
         try:
             self.core.create_namespaced_secret(namespace, body)
@@ -184,5 +211,5 @@ class Kube:
                 raise
             # Another reconcile won the race; use its token.
             found = self.core.read_namespaced_secret(secret_name, namespace)
-            return base64.b64decode(found.data["cluster-secret"]).decode()
+            return base64.b64decode(found.data[key]).decode()
         return token

@@ -56,6 +56,16 @@ def secret_name(name: str) -> str:
     return f"{name}-secret"
 
 
+def resp_secret_name(name: str) -> str:
+    return f"{name}-resp-password"
+
+
+# Keys of the two generated Secrets. They are distinct values: the RESP password is handed to
+# applications, the cluster secret never leaves the pods and the operator.
+CLUSTER_SECRET_KEY = "cluster-secret"
+RESP_PASSWORD_KEY = "password"
+
+
 def pod_name(name: str, ordinal: int) -> str:
     return f"{name}-{ordinal}"
 
@@ -209,7 +219,20 @@ def cluster_secret(name: str, namespace: str, token: str) -> Obj:
         "kind": "Secret",
         "metadata": _meta(name, namespace, secret_name(name)),
         "type": "Opaque",
-        "stringData": {"cluster-secret": token},
+        "stringData": {CLUSTER_SECRET_KEY: token},
+    }
+
+
+def resp_password_secret(name: str, namespace: str, token: str) -> Obj:
+    """The password of RESP (Redis protocol) clients, generated like the cluster secret but a
+    different value: clients get this one, never the cluster secret. Without it a node that
+    listens beyond loopback would answer RESP clients of other pods only with DENIED."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": _meta(name, namespace, resp_secret_name(name)),
+        "type": "Opaque",
+        "stringData": {RESP_PASSWORD_KEY: token},
     }
 
 
@@ -241,12 +264,18 @@ def node_env(name: str, namespace: str, spec: Mapping[str, Any], founders: int) 
         {"name": "LIMEDB_DURABILITY", "value": spec["durability"]},
         {
             "name": "LIMEDB_CLUSTER_SECRET",
-            "valueFrom": {"secretKeyRef": {"name": secret_name(name), "key": "cluster-secret"}},
+            "valueFrom": {"secretKeyRef": {"name": secret_name(name), "key": CLUSTER_SECRET_KEY}},
+        },
+        {
+            "name": "LIMEDB_RESP_PASSWORD",
+            "valueFrom": {
+                "secretKeyRef": {"name": resp_secret_name(name), "key": RESP_PASSWORD_KEY}
+            },
         },
     ]
     own = {e["name"] for e in env}
     # User variables come last so `$(VAR)` references to ours resolve; they may not override
-    # what the operator relies on (identity, address, secret).
+    # what the operator relies on (identity, address, secrets).
     env.extend(copy.deepcopy(e) for e in spec.get("env") or [] if e["name"] not in own)
     return env
 

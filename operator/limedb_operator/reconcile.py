@@ -138,6 +138,7 @@ def reconcile(kube: Kube, body: Mapping[str, Any]) -> Outcome:
     old_status = body.get("status") or {}
 
     secret = kube.cluster_secret(name, namespace, body)
+    kube.resp_password(name, namespace, body)  # the pods read it; it must exist before them
     sts = kube.statefulset(name, namespace)
     replicas = None if sts is None else int(sts["spec"].get("replicas") or 0)
     pods = kube.pods(name, namespace) if sts is not None else ()

@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 import uvloop
-from support.cluster import Cluster, loopback_nodes
+from support.cluster import SECRET_HEADERS, Cluster, loopback_nodes
 
 # Nodes run on uvloop; in-process transport tests also run on the standard loop (embedding).
 LOOPS = {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
@@ -30,7 +30,7 @@ def run(request):
 def make_cluster(tmp_path: Path) -> Iterator[Callable[..., Cluster]]:
     """Build and start a cluster: make_cluster(nodes=3, env={...}); all stopped at teardown."""
     clusters: list[Cluster] = []
-    client = httpx.Client(timeout=10.0)
+    client = httpx.Client(timeout=10.0, headers=SECRET_HEADERS)
 
     def make(nodes: int = 3, env: dict[str, str] | None = None, start: bool = True) -> Cluster:
         members = loopback_nodes(tmp_path, nodes, len(clusters) * 10 + 2, f"node-{len(clusters)}")

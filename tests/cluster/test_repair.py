@@ -5,6 +5,7 @@ directions; a second repair finds nothing to do; /admin/status reports the runs.
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +15,7 @@ import pytest
 from limedb.cluster import rpc
 from limedb.cluster.keys import MAX_TOKEN
 from limedb.cluster.repair import decode_tree, encode_tree_request
-from support.cluster import Cluster, Node
+from support.cluster import SECRET, Cluster, Node
 
 pytestmark = pytest.mark.cluster
 
@@ -49,7 +50,7 @@ def _root(node: Node) -> bytes:
     """The node's Merkle root of the whole token space, asked over its internal RPC."""
 
     async def ask() -> bytes:
-        client = rpc.RpcClient()
+        client = rpc.RpcClient(SECRET)
         try:
             body = encode_tree_request(0, MAX_TOKEN, 0, 0)
             reply = await client.call(node.host, node.internal_port, rpc.MERKLE, body, 10.0)
@@ -120,7 +121,11 @@ def test_repair_makes_replicas_that_missed_writes_identical(make_cluster):
 
     # Nothing is left to repair, from any replica; the CLI runs the same repair.
     out = subprocess.run(
-        [LIMEDB, "admin", "repair", "--url", c.url], capture_output=True, text=True, timeout=120
+        [LIMEDB, "admin", "repair", "--url", c.url],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "LIMEDB_CLUSTER_SECRET": SECRET},
     )
     assert out.returncode == 0, out.stderr
     assert '"ranges_differing": 0' in out.stdout and '"keys_repaired": 0' in out.stdout

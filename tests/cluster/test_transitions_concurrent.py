@@ -17,7 +17,7 @@ from limedb.cluster import rpc
 from limedb.cluster.ring import Ring
 from limedb.cluster.ring_state import RingState
 from limedb.cluster.transitions import Change, propose
-from support.cluster import Node, wait_for
+from support.cluster import SECRET, Node, wait_for
 from support.history import History
 from support.transitions import Fleet, preload
 
@@ -39,7 +39,7 @@ async def _ask_both(first: tuple[Node, str, object], second: tuple[Node, str, ob
     """Both admin requests at once; each result is the 202 body or the Refused raised."""
 
     async def ask(node: Node, method: str, arg: object) -> dict | Refused:
-        async with AsyncClient(node.url, timeout=30.0, retries=0) as client:
+        async with AsyncClient(node.url, timeout=30.0, retries=0, cluster_secret=SECRET) as client:
             try:
                 return await getattr(client, method)(arg)
             except Refused as refused:
@@ -117,7 +117,7 @@ def test_two_changes_asked_of_two_nodes_at_once_run_one_and_refuse_the_other_nam
 async def _propose_at(node: Node, rf: int) -> dict:
     """A PROPOSE frame straight to `node`, as a node forwards a change to whom it believes is
     the proposer: `node` proposes it itself."""
-    client = rpc.RpcClient()
+    client = rpc.RpcClient(SECRET)
     try:
         body = orjson.dumps({"kind": "set_rf", "rf": rf})
         reply = await client.call(node.host, node.internal_port, rpc.PROPOSE, body, 30.0)

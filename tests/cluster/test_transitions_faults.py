@@ -6,6 +6,7 @@ while one runs, and a leave below RF, are refused with the reason."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -14,7 +15,7 @@ from pathlib import Path
 import orjson
 import pytest
 from limedb.client import Refused
-from support.cluster import Node, Workload, wait_for
+from support.cluster import SECRET, Node, Workload, wait_for
 from support.history import History
 from support.transitions import Fleet, preload
 
@@ -173,6 +174,7 @@ def test_leave_below_rf_is_refused_and_status_is_served_as_json_by_the_cli(fleet
         capture_output=True,
         timeout=30,
         check=True,
+        env={**os.environ, "LIMEDB_CLUSTER_SECRET": SECRET},
     )
     status = orjson.loads(result.stdout)
     assert status["transition"] is None
@@ -180,7 +182,9 @@ def test_leave_below_rf_is_refused_and_status_is_served_as_json_by_the_cli(fleet
     assert sorted(m["url"] for m in status["members"]) == sorted([a.url, b.url, c.url])
     assert {m["state"] for m in status["members"]} == {"Normal"}
     refused_cli = subprocess.run(
-        [LIMEDB, "admin", "leave", c.url, "--url", a.url], capture_output=True, timeout=30
+        [LIMEDB, "admin", "leave", c.url, "--url", a.url, "--secret", SECRET],
+        capture_output=True,
+        timeout=30,
     )
     assert refused_cli.returncode == 3
     assert b"replication factor" in refused_cli.stderr

@@ -283,8 +283,13 @@ def test_with_every_slot_and_the_queue_taken_reads_are_refused_at_once_probes_an
                 assert time.monotonic() < deadline, "reads were never refused"
                 await asyncio.sleep(0.01)
             assert reply.retry_after and reply.latency_s < 0.5
+            # The node generated its cluster secret on first start, in its data directory.
+            secret = (node.data_dir / "cluster-secret").read_text().strip()
             for path in ("/livez", "/readyz", "/metrics", "/admin/status"):
-                request = f"GET {path} HTTP/1.1\r\nHost: {node.host}\r\n\r\n".encode()
+                request = (
+                    f"GET {path} HTTP/1.1\r\nHost: {node.host}\r\n"
+                    f"X-Cluster-Secret: {secret}\r\n\r\n"
+                ).encode()
                 answer = await asyncio.wait_for(probe.request(request), 5.0)
                 assert answer.status == 200, path
             still = await asyncio.wait_for(probe.request(get), 5.0)

@@ -145,6 +145,24 @@ def test_password_required_before_any_command(limited: RespEndpoint) -> None:
     assert hello.startswith(b"%7\r\n") and hello.endswith(b"+PONG\r\n")
 
 
+def test_commands_that_change_the_node_need_the_password(
+    limedb_single, limited: RespEndpoint
+) -> None:
+    # No password configured: a loopback client may read and write keys, and read CONFIG,
+    # but not run anything that changes the node or more than the keys it names.
+    for command in (b"CONFIG SET maxclients 5", b"CONFIG RESETSTAT", b"FLUSHALL", b"FLUSHDB"):
+        reply = raw(limedb_single, command + b"\r\n")
+        assert reply.startswith(b"-NOPERM ") and b"--resp-password" in reply, (command, reply)
+    assert raw(limedb_single, b"SET admin:k v\r\nGET admin:k\r\n") == b"+OK\r\n$1\r\nv\r\n"
+    assert raw(limedb_single, b"CONFIG GET protected-mode\r\n").endswith(b"$3\r\nyes\r\n")
+    # With the password the gate opens (and LimeDB says what it does not support).
+    auth = b"AUTH " + PASSWORD.encode() + b"\r\n"
+    assert raw(limited, auth + b"FLUSHALL\r\n") == (
+        b"+OK\r\n-ERR FLUSHALL is not supported by LimeDB: delete keys by name (DEL, UNLINK)\r\n"
+    )
+    assert b"-ERR CONFIG SET is not supported" in raw(limited, auth + b"CONFIG SET timeout 5\r\n")
+
+
 def connected_clients(endpoint: RespEndpoint) -> int:
     client = endpoint.client()
     try:

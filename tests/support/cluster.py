@@ -25,6 +25,10 @@ from support.history import DELETE, FAIL, OK, READ, UNKNOWN, WRITE
 from support.wait import wait_for
 
 SERVE = [str(Path(sys.executable).with_name("limedb")), "serve"]
+# Every test node runs the secure default: cluster members share this secret (unless a test
+# gives its nodes another one), and the test clients present it to the admin routes.
+SECRET = "limedb-test-cluster-secret"
+SECRET_HEADERS = {"x-cluster-secret": SECRET}
 
 
 def free_port_pair(host: str) -> tuple[int, int]:
@@ -80,7 +84,7 @@ class Node:
     def start(self) -> None:
         assert self.proc is None or self.proc.poll() is not None, "already running"
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, "LIMEDB_RESP_PORT": "0", **self.env}
+        env = {**os.environ, "LIMEDB_RESP_PORT": "0", "LIMEDB_CLUSTER_SECRET": SECRET, **self.env}
         env["LIMEDB_INTERNAL_PORT"] = str(self.internal_port)
         args = self.serve_command()
         log = open(self.data_dir / "node.log", "ab")  # noqa: SIM115 - closed with the process

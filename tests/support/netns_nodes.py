@@ -13,7 +13,7 @@ from limedb.cluster.ring import Ring
 from limedb.storage import Engine, EngineOptions
 
 from support import netns
-from support.cluster import Node
+from support.cluster import SECRET, Node
 from support.transitions import Fleet
 
 PORT, INTERNAL_PORT = 8484, 9484
@@ -31,7 +31,12 @@ class NamespacedNode(Node):
         assert not self.running(), "already running"
         self.data_dir.mkdir(parents=True, exist_ok=True)
         args = self.serve_command()
-        env = {"LIMEDB_RESP_PORT": "0", "LIMEDB_INTERNAL_PORT": str(self.internal_port), **self.env}
+        env = {
+            "LIMEDB_RESP_PORT": "0",
+            "LIMEDB_INTERNAL_PORT": str(self.internal_port),
+            "LIMEDB_CLUSTER_SECRET": SECRET,
+            **self.env,
+        }
         # `env` prefixes the command so that `ip netns exec` itself runs with our environment.
         with open(self.data_dir / "node.log", "ab") as log:
             self.proc = self.ns.popen(

@@ -8,12 +8,17 @@ transition as soon as it is proposed (and known to be the one that runs), and
 transition's id, a leave below the replication factor); the same change asked again while it
 runs answers 202 with it (a retry is not an error). 503 with Retry-After when no ring member is
 alive as the receiving node sees it.
-When a cluster secret is configured every route needs it in the `X-Cluster-Secret` header.
+When a cluster secret is configured every route needs it in the `X-Cluster-Secret` header,
+except `GET /admin/node`: a join asks the new node who it is without sending the secret, with a
+random challenge, and the node proves that it holds the secret with an HMAC of the challenge,
+its id and its URL (limedb.secret.node_proof). So a join only ever adds a node of this cluster,
+redirects are never followed, and the secret never leaves for an address that did not prove it.
 """
 
 from __future__ import annotations
 
 import hmac
+import secrets as token_source
 from typing import Any
 
 import httpx
@@ -28,8 +33,10 @@ from limedb.cluster.keys import MAX_TOKEN
 from limedb.cluster.proposals import ProposerUnavailable
 from limedb.cluster.repair import RepairRefused
 from limedb.cluster.transitions import Change
+from limedb.secret import node_proof, proof_matches
 
 SECRET_HEADER = "x-cluster-secret"
+IDENTIFY_MAX_BYTES = 64 * 1024  # an identity is a few hundred bytes; a stranger may send more
 
 
 class JoinRequest(BaseModel):
@@ -90,19 +97,38 @@ def build_router(state: NodeState) -> APIRouter:
         raise ApiError(409, f"{node} is not a ring member (members: {', '.join(members)})")
 
     async def identify(url: str) -> dict:
-        """Ask a (new) node who it is."""
+        """Ask a (new) node who it is; it must prove that it holds this cluster's secret."""
         url = url.strip().rstrip("/")
         if not url.startswith(("http://", "https://")):
             raise ApiError(400, f"node_url must be an http(s) URL, got {url!r}")
-        headers = {SECRET_HEADER: secret} if secret else {}
+        challenge = token_source.token_hex(16)
         try:
-            async with httpx.AsyncClient(timeout=3.0) as client:
-                response = await client.get(f"{url}/admin/node", headers=headers)
+            async with (
+                httpx.AsyncClient(timeout=3.0, follow_redirects=False, trust_env=False) as client,
+                client.stream("GET", f"{url}/admin/node", params={"challenge": challenge}) as r,
+            ):
+                body = b""
+                async for chunk in r.aiter_bytes():
+                    body += chunk
+                    if len(body) > IDENTIFY_MAX_BYTES:
+                        raise ApiError(409, f"{url} does not answer as a LimeDB node")
+                status = r.status_code
         except httpx.HTTPError as exc:
             raise ApiError(409, f"cannot reach {url}: {exc}") from exc
-        if response.status_code != 200:
-            raise ApiError(409, f"{url} answered {response.status_code}: {response.text[:200]}")
-        return response.json()
+        if status != 200:
+            raise ApiError(409, f"{url} answered {status}: {body[:200].decode(errors='replace')}")
+        try:
+            info = orjson.loads(body)
+            node_id, node_url = str(info["node_id"]), str(info["url"])
+        except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
+            raise ApiError(409, f"{url} does not answer as a LimeDB node") from exc
+        if secret is not None and not proof_matches(
+            secret, challenge, node_id, node_url, info.get("proof")
+        ):
+            raise ApiError(
+                409, f"{url} did not prove that it belongs to this cluster (wrong cluster secret?)"
+            )
+        return info
 
     async def propose(change: Change) -> Response:
         try:
@@ -117,19 +143,23 @@ def build_router(state: NodeState) -> APIRouter:
         return _json(body, 409)
 
     @router.get("/node", summary="Who this node is (used by a join to learn the new node's id)")
-    async def node(request: Request) -> Response:
-        authorize(request)
+    async def node(challenge: str | None = None) -> Response:
+        """Open without the secret (it says what /api/v1/cluster/state says); with a
+        `challenge`, `proof` shows that this node holds the cluster secret."""
+        if challenge is not None and not 16 <= len(challenge) <= 128:
+            raise ApiError(400, "challenge must be 16 to 128 characters")
         service = state.require_service()
         d = getattr(service, "driver", None)
         record = d.keeper.state if d is not None else None
-        return _json(
-            {
-                "node_id": service.node_id,
-                "url": service.node_url,
-                "epoch": record.ring.epoch if record is not None else 0,
-                "in_ring": record is not None and service.node_id in record.ring,
-            }
-        )
+        body: dict[str, Any] = {
+            "node_id": service.node_id,
+            "url": service.node_url,
+            "epoch": record.ring.epoch if record is not None else 0,
+            "in_ring": record is not None and service.node_id in record.ring,
+        }
+        if challenge is not None and secret is not None:
+            body["proof"] = node_proof(secret, challenge, service.node_id, service.node_url)
+        return _json(body)
 
     @router.get("/keys", summary="This node's own live keys after a cursor (no values)")
     async def keys(request: Request, after: str | None = None, limit: int = 1000) -> Response:

@@ -396,6 +396,7 @@ class ClusterService:
             "replica_batches": self.replica.batches,
             "rpc_expired": self.server.expired,
             "rpc_rejected": self.server.rejected,
+            "rpc_oversized": self.server.oversized,
             "gossip_rounds": self.gossip_loop.rounds,
             "ring_epoch": self.membership.ring.epoch if self.membership.ring else None,
         }

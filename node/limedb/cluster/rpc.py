@@ -11,6 +11,8 @@ coalesced per event-loop turn so a burst of calls costs one send syscall.
 When a cluster secret is configured, a connection must first present it in a HELLO frame;
 any other first frame, or a wrong secret, gets an ERROR frame with code 401 and the connection
 is closed. The client sends HELLO ahead of its first request without waiting for the reply.
+A frame is size-checked from its header, before its payload is buffered: up to MAX_FRAME once
+authenticated, MAX_HELLO_FRAME before; a larger one gets an ERROR frame (413) and the close.
 """
 
 from __future__ import annotations
@@ -31,6 +33,9 @@ DEADLINE = struct.Struct("!Q")  # the request's budget in milliseconds, 0 = none
 REQUEST_HEADER = struct.Struct("!IBIQ")  # the frame header followed by the budget
 ERROR_CODE = struct.Struct("!H")
 MAX_FRAME = 64 << 20
+# What an unauthenticated connection may send: its HELLO, nothing a stranger could use to make
+# the node buffer megabytes.
+MAX_HELLO_FRAME = 4096
 
 # Frame kinds. Replies are REPLY or ERROR; everything else is a request.
 REPLY = 0
@@ -51,6 +56,7 @@ PROPOSE = 25  # a ring change forwarded to the proposer (limedb.cluster.proposal
 # Error codes, HTTP-like so that logs read naturally.
 UNAUTHORIZED = 401
 NOT_FOUND = 404
+TOO_LARGE = 413
 EXPIRED = 504
 INSUFFICIENT_STORAGE = 507  # the replica's disk is full (limedb.storage.errors.DiskFullError)
 FAILED = 500
@@ -126,6 +132,7 @@ class _FramedProtocol(asyncio.Protocol):
         self._flush_scheduled = False
         self.transport: asyncio.Transport | None = None
         self.loop = asyncio.get_running_loop()
+        self.max_frame = MAX_FRAME
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses, so no isinstance check.
@@ -153,8 +160,9 @@ class _FramedProtocol(asyncio.Protocol):
         size = len(buf)
         while size - offset >= HEADER.size:
             length, kind, request_id = HEADER.unpack_from(buf, offset)
-            if length > MAX_FRAME:
-                self.frame_too_large()
+            if length > self.max_frame:
+                buf.clear()
+                self.frame_too_large(request_id, length)
                 return
             end = offset + HEADER.size + length
             if end > size:
@@ -168,7 +176,7 @@ class _FramedProtocol(asyncio.Protocol):
         if offset:
             del buf[:offset]
 
-    def frame_too_large(self) -> None:
+    def frame_too_large(self, request_id: int, length: int) -> None:
         if self.transport is not None:
             self.transport.close()
 
@@ -196,6 +204,7 @@ class RpcServer:
         self.expired = 0
         self.served = 0
         self.rejected = 0
+        self.oversized = 0
 
     def register(self, kind: int, handler: Handler) -> None:
         self._handlers[kind] = handler
@@ -237,6 +246,8 @@ class _ServerProtocol(_FramedProtocol):
         self._server = server
         self._authenticated = not server.needs_hello
         self._peer = ""
+        if not self._authenticated:
+            self.max_frame = MAX_HELLO_FRAME
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -252,6 +263,7 @@ class _ServerProtocol(_FramedProtocol):
         if not self._authenticated:
             if kind == HELLO and server.check_secret(payload):
                 self._authenticated = True
+                self.max_frame = MAX_FRAME
                 self.send(encode_frame(REPLY, request_id, b""))
                 return
             server.rejected += 1
@@ -304,14 +316,21 @@ class _ServerProtocol(_FramedProtocol):
     def _error(self, request_id: int, code: int, message: str) -> None:
         self.send(encode_frame(ERROR, request_id, error_payload(code, message)))
 
-    def _reject(self, request_id: int) -> None:
-        # Written directly (not batched) so the 401 leaves before the close.
+    def _reject(self, request_id: int, code: int = UNAUTHORIZED, message: str = "") -> None:
+        # Written now (not at the end of the loop turn) so the error leaves before the close.
         assert self.transport is not None
         frame = encode_frame(
-            ERROR, request_id, error_payload(UNAUTHORIZED, "cluster secret required")
+            ERROR, request_id, error_payload(code, message or "cluster secret required")
         )
-        self.transport.write(frame)
+        self._out.append(frame)  # after any reply still waiting for this loop turn's flush
+        self._flush()
         self.transport.close()
+
+    def frame_too_large(self, request_id: int, length: int) -> None:
+        self._server.oversized += 1
+        if not self._authenticated:
+            self._server.rejected += 1
+        self._reject(request_id, TOO_LARGE, f"frame of {length} bytes exceeds {self.max_frame}")
 
 
 # ---------------------------------------------------------------------------- client

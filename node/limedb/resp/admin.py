@@ -233,12 +233,19 @@ def _config_values(session: Session) -> dict[str, str]:
         "maxmemory-policy": "noeviction",
         "port": str(session.server.port),
         "bind": limits.host,
+        "protected-mode": "yes" if limits.protected_mode else "no",
         "requirepass": "",
         "cluster-enabled": "no",
     }
 
 
-@command("config", -2, flags=("admin", "loading", "stale"), group="server")
+@command(
+    "config",
+    -2,
+    flags=("admin", "loading", "stale"),
+    group="server",
+    admin_subcommands=(b"set", b"resetstat", b"rewrite"),
+)
 def config(session: Session, argv: list[bytes]) -> Any:
     """CONFIG GET for the parameters clients ask about (read-only)"""
     sub = argv[1].lower()
@@ -259,6 +266,18 @@ def config(session: Session, argv: list[bytes]) -> Any:
             "configure the node with limedb serve options"
         )
     raise unknown_subcommand(argv)
+
+
+@command("flushall", -1, flags=("write", "node-admin"), group="server")
+def flushall(session: Session, argv: list[bytes]) -> Any:
+    """Delete every key (refused: LimeDB deletes keys by name)"""
+    raise RespError("ERR FLUSHALL is not supported by LimeDB: delete keys by name (DEL, UNLINK)")
+
+
+@command("flushdb", -1, flags=("write", "node-admin"), group="server")
+def flushdb(session: Session, argv: list[bytes]) -> Any:
+    """Delete every key of the database (refused: LimeDB deletes keys by name)"""
+    raise RespError("ERR FLUSHDB is not supported by LimeDB: delete keys by name (DEL, UNLINK)")
 
 
 # ---------------------------------------------------------------------------- INFO

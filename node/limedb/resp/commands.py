@@ -22,6 +22,13 @@ Handler = Callable[["Session", list[bytes]], "Awaitable[Any] | Any"]
 SYNTAX_ERROR = RespError("ERR syntax error")
 NOT_AN_INTEGER = RespError("ERR value is not an integer or out of range")
 NOAUTH = RespError("NOAUTH Authentication required.")
+# Redis answers NOPERM to a user whose ACL does not allow a command. LimeDB's only user is
+# `default`, and without a password anyone who reaches the port is that user, so a command that
+# changes the node (not just the keys it names) is refused until a password is set.
+NOPERM_ADMIN = (
+    "NOPERM '{}' changes the node, not just the keys it names: it needs the RESP password "
+    "(set --resp-password / LIMEDB_RESP_PASSWORD on the node, then AUTH)"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,10 +44,17 @@ class Command:
     first_key: int = 0
     last_key: int = 0
     step: int = 0
+    admin_subcommands: frozenset[bytes] = frozenset()
 
     @property
     def no_auth(self) -> bool:
         return "no-auth" in self.flags
+
+    def changes_node(self, argv: list[bytes]) -> bool:
+        """Whether this call is an administrative one (the whole command, or its subcommand)."""
+        if "node-admin" in self.flags:
+            return True
+        return len(argv) > 1 and argv[1].lower() in self.admin_subcommands
 
     def info(self) -> list[Any]:
         """The COMMAND INFO entry: name, arity, flags, first key, last key, step, and the empty
@@ -77,10 +91,21 @@ def command(
     group: str = "string",
     summary: str = "",
     keys: tuple[int, int, int] = (0, 0, 0),
+    admin_subcommands: tuple[bytes, ...] = (),
 ) -> Callable[[Handler], Handler]:
+    """Register a handler. Flag "node-admin" (or a subcommand in `admin_subcommands`) marks a
+    call that changes the node: it needs a password-authenticated client (`resolve`)."""
+
     def register(handler: Handler) -> Handler:
         COMMANDS[name.encode()] = Command(
-            name, arity, handler, flags, group, summary or (handler.__doc__ or "").strip(), *keys
+            name,
+            arity,
+            handler,
+            flags,
+            group,
+            summary or (handler.__doc__ or "").strip(),
+            *keys,
+            admin_subcommands=frozenset(admin_subcommands),
         )
         return handler
 
@@ -107,8 +132,9 @@ def unknown_subcommand(argv: list[bytes]) -> RespError:
     return RespError(f"ERR unknown subcommand '{sub}'. Try {argv[0].decode().upper()} HELP.")
 
 
-def resolve(argv: list[bytes], authenticated: bool) -> Command | RespError:
-    """The command to run for `argv`, or the error reply that refuses it."""
+def resolve(argv: list[bytes], authenticated: bool, admin: bool = False) -> Command | RespError:
+    """The command to run for `argv`, or the error reply that refuses it; `admin`: the client
+    authenticated with a configured password, so it may run administrative commands."""
     cmd = COMMANDS.get(argv[0]) or COMMANDS.get(argv[0].lower())
     if cmd is None:
         return unknown_command(argv)
@@ -118,6 +144,11 @@ def resolve(argv: list[bytes], authenticated: bool) -> Command | RespError:
         return wrong_arity(cmd.name)
     if not authenticated and not cmd.no_auth:
         return NOAUTH
+    if not admin and cmd.changes_node(argv):
+        name = cmd.name + (
+            "|" + argv[1].decode("utf-8", "replace").lower() if len(argv) > 1 else ""
+        )
+        return RespError(NOPERM_ADMIN.format(name if cmd.admin_subcommands else cmd.name))
     return cmd
 
 

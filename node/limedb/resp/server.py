@@ -37,6 +37,7 @@ from limedb.resp import admin, keyspace  # noqa: F401 - importing registers the 
 from limedb.resp.commands import resolve
 from limedb.resp.cursors import ScanCursors
 from limedb.resp.encoding import RespError, encode_reply
+from limedb.resp.protected import denies, refuse
 from limedb.resp.session import Session
 
 log = logging.getLogger("limedb.resp")
@@ -59,6 +60,7 @@ class Limits:
     idle_timeout_s: int = 300
     max_pipeline: int = 4096
     password: str | None = None
+    protected_mode: bool = True
     max_key_bytes: int = 1024
     max_value_bytes: int = MIB
     durability: str = "sync"
@@ -72,6 +74,7 @@ class Limits:
             max_buffered_bytes=config.resp_max_buffered_bytes,
             idle_timeout_s=config.resp_idle_timeout_s,
             password=config.resp_password,
+            protected_mode=config.resp_protected_mode,
             max_key_bytes=config.max_key_bytes,
             max_value_bytes=config.max_value_bytes,
             durability=config.durability,
@@ -89,6 +92,7 @@ class Stats:
     protocol_errors: int = 0
     idle_disconnections: int = 0
     unavailable_errors: int = 0
+    protected_mode_denials: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -161,6 +165,11 @@ class RespConnection(asyncio.Protocol):
             return
         self.counted = True
         peer = transport.get_extra_info("peername") or ("?", 0)
+        if denies(server.limits.protected_mode, server.limits.password, peer[0]):
+            server.stats.protected_mode_denials += 1
+            self.closed = True  # what the client sends from now on is read and ignored
+            refuse(transport)
+            return
         local = transport.get_extra_info("sockname") or ("?", 0)
         self.session = Session(
             id=next(server.ids),
@@ -343,7 +352,7 @@ class RespConnection(asyncio.Protocol):
         for word in request:
             if type(word) is not bytes:
                 return self._fatal(_Fatal("ERR Protocol error: expected '$', got something else"))
-        cmd = resolve(request, session.authenticated)
+        cmd = resolve(request, session.authenticated, self.server.limits.password is not None)
         stats = self.server.stats
         if isinstance(cmd, RespError):
             stats.total_error_replies += 1
