@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -49,9 +50,12 @@ def _refuses(url: str) -> bool:
 def test_cluster_up_serves_status_and_ctrl_c_stops_every_node(tmp_path: Path) -> None:
     base = _free_base_port(3)
     urls = [f"http://{HOST}:{base + i}" for i in range(3)]
+    # No secret in the environment: `cluster up` generates one (as `make run` does).
+    clean_env = {k: v for k, v in os.environ.items() if not k.startswith("LIMEDB_")}
     up = subprocess.Popen(
         [LIMEDB, "cluster", "up", "--nodes", "3", "--base-port", str(base), "--host", HOST,
-         "--data-dir", str(tmp_path)],
+         "--data-dir", str(tmp_path / "data")],
+        env=clean_env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -83,6 +87,23 @@ def test_cluster_up_serves_status_and_ctrl_c_stops_every_node(tmp_path: Path) ->
         assert "ring epoch 1" in status.stdout
         assert status.stdout.count("active") >= 3
         assert "33." in status.stdout or "%" in status.stdout  # token share per node
+
+        # The admin routes want the generated secret; `limedb admin`, run where `cluster up`
+        # ran, finds it in data/cluster-secret.
+        assert httpx.get(f"{urls[0]}/admin/status").status_code == 401
+        admin = subprocess.run(
+            [LIMEDB, "admin", "status", "--json", "--url", urls[2]],
+            cwd=tmp_path,
+            env=clean_env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert admin.returncode == 0, admin.stdout + admin.stderr
+        assert sorted(m["url"] for m in json.loads(admin.stdout)["members"]) == sorted(urls)
+        secret = (tmp_path / "data" / "cluster-secret").read_text().strip()
+        headers = {"x-cluster-secret": secret}
+        assert httpx.get(f"{urls[1]}/admin/status", headers=headers).status_code == 200
 
         up.send_signal(signal.SIGINT)  # Ctrl-C
         output, _ = up.communicate(timeout=30)

@@ -135,6 +135,23 @@ def test_spec_settings_reach_the_node_environment():
     }
 
 
+def test_pods_get_a_generated_resp_password_that_is_not_the_cluster_secret():
+    env = _env(_sts())
+    resp = env["LIMEDB_RESP_PASSWORD"]["valueFrom"]["secretKeyRef"]
+    cluster = env["LIMEDB_CLUSTER_SECRET"]["valueFrom"]["secretKeyRef"]
+    assert resp == {"name": "lime-resp-password", "key": "password"}
+    assert resp["name"] != cluster["name"]
+    made = manifests.resp_password_secret(NAME, NS, "tok")
+    assert made["kind"] == "Secret" and made["metadata"]["name"] == resp["name"]
+    assert made["metadata"]["namespace"] == NS
+    assert made["stringData"] == {resp["key"]: "tok"}
+    # The node binds every interface, so without this password it would deny other pods.
+    assert env["LIMEDB_HOST"]["value"] == "0.0.0.0"
+    # A user cannot swap in a password of their own through spec.env either.
+    user = _env(_sts({"env": [{"name": "LIMEDB_RESP_PASSWORD", "value": "weak"}]}))
+    assert user["LIMEDB_RESP_PASSWORD"] == env["LIMEDB_RESP_PASSWORD"]
+
+
 def test_user_env_is_added_but_cannot_override_identity():
     env = _env(
         _sts(
