@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import secrets
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import kubernetes
@@ -165,36 +165,13 @@ class Kube:
             if e.status != 404:
                 raise
 
-    def cluster_secret(self, name: str, namespace: str, owner: Mapping[str, Any]) -> str:
-        """The cluster secret, created on first use."""
-        return self._generated_secret(
-            manifests.secret_name(name),
-            manifests.CLUSTER_SECRET_KEY,
-            namespace,
-            lambda token: manifests.cluster_secret(name, namespace, token),
-            owner,
-        )
-
-    def resp_password(self, name: str, namespace: str, owner: Mapping[str, Any]) -> str:
-        """The RESP password of the cluster's clients, created on first use."""
-        return self._generated_secret(
-            manifests.resp_secret_name(name),
-            manifests.RESP_PASSWORD_KEY,
-            namespace,
-            lambda token: manifests.resp_password_secret(name, namespace, token),
-            owner,
-        )
-
-    def _generated_secret(
-        self,
-        secret_name: str,
-        key: str,
-        namespace: str,
-        make: Callable[[str], dict[str, Any]],
-        owner: Mapping[str, Any],
+    def generated_secret(
+        self, kind: str, name: str, namespace: str, owner: Mapping[str, Any]
     ) -> str:
-        """One key of a Secret the operator generates once; read by name only (no list on
-        secrets)."""
+        """The value of one of manifests.GENERATED_SECRETS, created on first use; read by name
+        only (no list on secrets)."""
+        object_name, key = manifests.GENERATED_SECRETS[kind]
+        secret_name = object_name(name)
         try:
             found = self.core.read_namespaced_secret(secret_name, namespace)
             return base64.b64decode(found.data[key]).decode()
@@ -202,7 +179,7 @@ class Kube:
             if e.status != 404:
                 raise
         token = secrets.token_urlsafe(32)
-        body = make(token)
+        body = manifests.generated_secret(kind, name, namespace, token)
         body["metadata"]["ownerReferences"] = [manifests.owner_reference(owner)]
         try:
             self.core.create_namespaced_secret(namespace, body)

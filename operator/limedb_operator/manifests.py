@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 GROUP = "limedb.io"
@@ -60,8 +60,6 @@ def resp_secret_name(name: str) -> str:
     return f"{name}-resp-password"
 
 
-# Keys of the two generated Secrets. They are distinct values: the RESP password is handed to
-# applications, the cluster secret never leaves the pods and the operator.
 CLUSTER_SECRET_KEY = "cluster-secret"
 RESP_PASSWORD_KEY = "password"
 
@@ -211,28 +209,26 @@ def pod_disruption_budget(name: str, namespace: str) -> Obj:
     }
 
 
-def cluster_secret(name: str, namespace: str, token: str) -> Obj:
-    """The shared secret of the internal and admin routes; `token` comes from the caller so
-    this stays pure (the operator draws it from `secrets.token_urlsafe`)."""
+# The Secrets the operator generates once per cluster: kind -> (object name, key). Distinct
+# values: the RESP password is handed to applications (without it a node listening beyond
+# loopback would answer other pods' RESP clients only with DENIED); the cluster secret of the
+# internal and admin routes never leaves the pods and the operator.
+GENERATED_SECRETS: dict[str, tuple[Callable[[str], str], str]] = {
+    "cluster": (secret_name, CLUSTER_SECRET_KEY),
+    "resp": (resp_secret_name, RESP_PASSWORD_KEY),
+}
+
+
+def generated_secret(kind: str, name: str, namespace: str, token: str) -> Obj:
+    """One of GENERATED_SECRETS holding `token`, which comes from the caller so this stays pure
+    (the operator draws it from `secrets.token_urlsafe`)."""
+    object_name, key = GENERATED_SECRETS[kind]
     return {
         "apiVersion": "v1",
         "kind": "Secret",
-        "metadata": _meta(name, namespace, secret_name(name)),
+        "metadata": _meta(name, namespace, object_name(name)),
         "type": "Opaque",
-        "stringData": {CLUSTER_SECRET_KEY: token},
-    }
-
-
-def resp_password_secret(name: str, namespace: str, token: str) -> Obj:
-    """The password of RESP (Redis protocol) clients, generated like the cluster secret but a
-    different value: clients get this one, never the cluster secret. Without it a node that
-    listens beyond loopback would answer RESP clients of other pods only with DENIED."""
-    return {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": _meta(name, namespace, resp_secret_name(name)),
-        "type": "Opaque",
-        "stringData": {RESP_PASSWORD_KEY: token},
+        "stringData": {key: token},
     }
 
 

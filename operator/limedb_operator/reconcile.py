@@ -137,8 +137,8 @@ def reconcile(kube: Kube, body: Mapping[str, Any]) -> Outcome:
     spec = manifests.with_defaults(body.get("spec") or {})
     old_status = body.get("status") or {}
 
-    secret = kube.cluster_secret(name, namespace, body)
-    kube.resp_password(name, namespace, body)  # the pods read it; it must exist before them
+    secret = kube.generated_secret("cluster", name, namespace, body)
+    kube.generated_secret("resp", name, namespace, body)  # the pods read it: before them
     sts = kube.statefulset(name, namespace)
     replicas = None if sts is None else int(sts["spec"].get("replicas") or 0)
     pods = kube.pods(name, namespace) if sts is not None else ()

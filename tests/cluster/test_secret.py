@@ -10,6 +10,7 @@ import stat
 import subprocess
 import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -17,7 +18,8 @@ import httpx
 import pytest
 from limedb.cluster import rpc
 from limedb.cluster.replica import Mutation
-from support.cluster import SECRET, SECRET_HEADERS, Cluster, Node, free_port_pair, wait_for
+from support.cluster import SECRET, SECRET_HEADERS, Cluster, Node, free_port_pair
+from support.wait import wait_for
 
 pytestmark = pytest.mark.cluster
 
@@ -92,7 +94,7 @@ def test_a_cluster_refuses_unauthenticated_admin_requests_and_internal_frames(
     kind, code, _, _ = _exchange(b.host, b.internal_port, gossip)
     assert (kind, code) == (rpc.ERROR, 401)
     # A replica write around the coordinator: refused, and written nowhere.
-    forged = Mutation(b"forged", b"evil", ts=rpc.now_ms() << 16).encode()
+    forged = Mutation(b"forged", b"evil", ts=(time.time_ns() // 1_000_000) << 16).encode()
     for node in cluster.nodes:
         replicate = rpc.encode_frame(rpc.REPLICATE, 1, deadline + forged)
         kind, code, _, _ = _exchange(node.host, node.internal_port, replicate)

@@ -4,14 +4,14 @@ set one; with a password, remote clients get in after AUTH."""
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 from support import netns
-from support.cluster import wait_for
+from support.respwire import exchange
+from support.wait import wait_for
 
 pytestmark = pytest.mark.faults
 
@@ -45,20 +45,7 @@ def _serve(ns: netns.Namespace, data_dir: Path, env: dict[str, str]) -> None:
 
 
 def _exchange(address: str, payload: bytes) -> bytes:
-    """Send `payload` from the calling thread's namespace; everything read until the close or
-    a quiet half second."""
-    with socket.create_connection((address, RESP_PORT), timeout=5) as sock:
-        sock.sendall(payload)
-        data = b""
-        while True:
-            try:
-                chunk = sock.recv(65536)
-            except TimeoutError:
-                return data
-            if not chunk:
-                return data
-            data += chunk
-            sock.settimeout(0.5)
+    return exchange(address, RESP_PORT, payload, quiet_s=0.5)
 
 
 def test_without_a_password_only_loopback_clients_are_served(netlab, tmp_path: Path) -> None:

@@ -41,6 +41,11 @@ def secret_of(api, namespace):
     return base64.b64decode(s.data["cluster-secret"]).decode()
 
 
+def resp_password_of(api, namespace):
+    s = kubernetes.client.CoreV1Api(api).read_namespaced_secret("lime-resp-password", namespace)
+    return base64.b64decode(s.data["password"]).decode()
+
+
 def converged(api, namespace, nodes, operator, runner, timeout=240.0, phases=None):
     """Wait until status says `nodes` Ready Normal members, Available, not Progressing; the
     phases seen on the way are added to `phases`."""

@@ -3,8 +3,10 @@ the pod runner) is created, scaled up and down by the operator, and keeps every 
 
 from __future__ import annotations
 
+import httpx
 import kubernetes
 import pytest
+import redis
 from k8swait import wait_for
 from lime_helpers import (
     G,
@@ -17,6 +19,7 @@ from lime_helpers import (
     lime,
     patch_spec,
     pod_url,
+    resp_password_of,
     secret_of,
     write_keys,
 )
@@ -35,6 +38,15 @@ def test_create_scale_up_down_refuse_and_keep_every_key(api, namespace, operator
     converged(api, namespace, 3, operator, runner)
     write_keys(pod_url(api, namespace))
     assert_all_keys(pod_url(api, namespace, 2))
+    # The operator gave the pods a RESP password of their own, not the cluster secret.
+    password = resp_password_of(api, namespace)
+    assert password and password != secret_of(api, namespace)
+    resp_host = httpx.URL(pod_url(api, namespace, 1)).host
+    with pytest.raises(redis.AuthenticationError):
+        redis.Redis(host=resp_host, port=6379, socket_timeout=10).get("resp-key")
+    authed = redis.Redis(host=resp_host, port=6379, password=password, socket_timeout=10)
+    assert authed.set("resp-key", "via-resp") and authed.get("resp-key") == b"via-resp"
+    authed.close()
     objects = kubernetes.client.CustomObjectsApi(api)
     apps = kubernetes.client.AppsV1Api(api)
 

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 import pytest
 import redis
 from respservers import RespEndpoint, limedb_cluster, wait_until
+from support.respwire import exchange
 
 pytestmark = pytest.mark.redis
 
@@ -21,20 +22,7 @@ PASSWORD = "s3cret"
 
 def raw(endpoint: RespEndpoint, payload: bytes, *, expect_close: bool = False) -> bytes:
     """Send bytes on a fresh socket and read the answer (until close, if it closes)."""
-    with socket.create_connection((endpoint.host, endpoint.port), timeout=5) as sock:
-        sock.sendall(payload)
-        data = b""
-        while True:
-            try:
-                chunk = sock.recv(65536)
-            except TimeoutError:
-                break
-            if not chunk:
-                break
-            data += chunk
-            if not expect_close:
-                sock.settimeout(0.3)
-        return data
+    return exchange(endpoint.host, endpoint.port, payload, expect_close=expect_close)
 
 
 @pytest.fixture(scope="module")

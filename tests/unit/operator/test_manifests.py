@@ -141,10 +141,14 @@ def test_pods_get_a_generated_resp_password_that_is_not_the_cluster_secret():
     cluster = env["LIMEDB_CLUSTER_SECRET"]["valueFrom"]["secretKeyRef"]
     assert resp == {"name": "lime-resp-password", "key": "password"}
     assert resp["name"] != cluster["name"]
-    made = manifests.resp_password_secret(NAME, NS, "tok")
+    made = manifests.generated_secret("resp", NAME, NS, "tok")
     assert made["kind"] == "Secret" and made["metadata"]["name"] == resp["name"]
     assert made["metadata"]["namespace"] == NS
     assert made["stringData"] == {resp["key"]: "tok"}
+    assert (
+        manifests.generated_secret("cluster", NAME, NS, "tok")["metadata"]["name"]
+        == (cluster["name"])
+    )
     # The node binds every interface, so without this password it would deny other pods.
     assert env["LIMEDB_HOST"]["value"] == "0.0.0.0"
     # A user cannot swap in a password of their own through spec.env either.
