@@ -159,6 +159,9 @@ class TransitionDriver:
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._unreachable_since: dict[str, float] = {}
+        # When this process first saw each transition in cleanup (monotonic): the grace counts
+        # from there, not from the record's wall-clock stamp, which another node's clock made.
+        self._cleanup_seen: dict[str, float] = {}
         self._background: set[asyncio.Future] = set()
         self.meter = RateMeter()
         self.proposals = Proposals(self)
@@ -413,11 +416,13 @@ class TransitionDriver:
             await self._push_everywhere()
         elif t.phase is Phase.CLEANUP:
             await self._push_everywhere()
-            wait_s = t.updated_ms / 1000 + self.settings.cleanup_grace_s - time.time()
+            seen = self._cleanup_seen.setdefault(t.id, time.monotonic())
+            wait_s = seen + self.settings.cleanup_grace_s - time.monotonic()
             if wait_s > 0:
                 await asyncio.sleep(wait_s)
             await self._hand_off(self._current(t), lambda m: m.removed)
             self._step(self._current(t).finish(now_ms()))
+            self._cleanup_seen.pop(t.id, None)
             await self._push_everywhere()
             log.info("transition %s done", t.id)
 
