@@ -124,6 +124,7 @@ class ClockOffsets:
         self._wall = wall
         self._samples: dict[str, deque[Sample]] = {}
         self._task: asyncio.Task | None = None
+        self._wake: asyncio.Event | None = None
         self._logged: dict[str, float] = {}
         self.offset_ms = 0.0
         self.fenced = False
@@ -182,13 +183,24 @@ class ClockOffsets:
         self.fenced = fenced
 
     async def _run(self) -> None:
+        self._wake = asyncio.Event()
         while True:
             try:
                 await asyncio.gather(*(self.probe(n) for n in self._members()))
                 self.update()
             except Exception:
                 log.exception("clock offset probe failed")
-            await asyncio.sleep(PROBE_INTERVAL_S)
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), PROBE_INTERVAL_S)
+            except TimeoutError:
+                pass
+
+    def remeasure_soon(self) -> None:
+        """Measure now rather than at the next interval: a replica refused one of this node's
+        timestamps, so its clock may just have jumped."""
+        if self._wake is not None:
+            self._wake.set()
 
     def start(self) -> None:
         self._task = asyncio.ensure_future(self._run())

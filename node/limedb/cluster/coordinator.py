@@ -313,6 +313,8 @@ class Coordinator:
             # land it later, once the replica's clock caught up with it.
             self.counters["replica_timestamp_refusals"] += 1
             log.warning("write to %s refused: %s", node, error)
+            if self.clock is not None:
+                self.clock.remeasure_soon()
             return
         if node == self.node_id and full is None:
             log.error("local write failed: %r", error)
