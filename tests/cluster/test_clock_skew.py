@@ -1,12 +1,17 @@
 """Clock skew against real node processes on real skewed clocks (libfaketime): a cluster whose
 clocks disagree by seconds keeps serving with exact TTLs; a node a minute off serves reads,
-refuses to stamp writes and says why; forged far-future timestamps change nothing."""
+refuses to stamp writes and says so (health, metrics, `limedb status`); forged far-future
+timestamps change nothing."""
 
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -22,6 +27,7 @@ SECRET = "clock-skew-secret"
 ENV = {"LIMEDB_CLUSTER_SECRET": SECRET}
 MAX_OFFSET_S = 5.0  # the default max_clock_offset_ms
 TEN_YEARS_MS = 10 * 365 * 86_400_000
+LIMEDB = str(Path(sys.executable).with_name("limedb"))
 
 
 def clock_of(client: httpx.Client, node: Node) -> dict:
@@ -182,6 +188,16 @@ def test_a_node_a_minute_off_serves_reads_and_refuses_to_stamp_writes(
         line for line in metrics.splitlines() if line.startswith("limedb_clock_offset_seconds ")
     )
     assert abs(float(offset_line.split()[1]) - offset_s) < 1.0
+    status = subprocess.run(
+        [LIMEDB, "status", "--url", skewed.url],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**os.environ, "COLUMNS": "250"},
+    )
+    assert status.returncode == 0, status.stderr
+    assert f"clock: {offset_s:+.0f}." in status.stdout, status.stdout
+    assert "REFUSES TO COORDINATE WRITES" in status.stdout
 
     # Its clock fixed, it coordinates writes again: at once if it lagged; if it ran ahead, once
     # time has caught up with its hybrid clock (stamps from it would be refused until then).
