@@ -15,7 +15,7 @@ PROCESS_FIXTURES = frozenset(
     {
         "node_factory", "node", "module_node", "wire_node", "lime",  # tests/node
         "make_cluster", "fleet", "cluster", "three",  # tests/cluster, tests/faults
-        "netlab", "small_disk",  # network namespaces, tmpfs data dirs
+        "netlab", "small_disk", "disks",  # network namespaces, tmpfs data dirs
         "redis_reference", "limedb_single", "limedb_three", "limited",  # tests/resp
         "control_plane", "operator", "runner",  # tests/k8s
     }

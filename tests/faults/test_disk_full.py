@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import errno
 import os
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 from support import diskfull
-from support.cluster import Cluster, Node, loopback_nodes
+from support.cluster import Cluster, Node, free_port_pair, loopback_nodes
 from support.wait import wait_for
 
 pytestmark = pytest.mark.faults
@@ -46,6 +47,22 @@ def _small_disk(node: Node, disks: list[diskfull.SmallDisk]) -> diskfull.SmallDi
 
 def _put(client: httpx.Client, node: Node, key: str, value: str) -> httpx.Response:
     return client.put(f"{node.url}/v1/kv/{key}", content=value.encode())
+
+
+def _resp_command(host: str, port: int, *args: str) -> bytes:
+    """One RESP command on a fresh connection; returns its reply (a line, or a bulk string)."""
+    request = f"*{len(args)}\r\n" + "".join(f"${len(a)}\r\n{a}\r\n" for a in args)
+    with socket.create_connection((host, port), timeout=10) as conn:
+        conn.sendall(request.encode())
+        reply = b""
+        while not reply.endswith(b"\r\n") or (
+            reply.startswith(b"$") and not reply.startswith(b"$-1") and reply.count(b"\r\n") < 2
+        ):
+            chunk = conn.recv(4096)
+            if not chunk:
+                break
+            reply += chunk
+    return reply
 
 
 def _health(client: httpx.Client, node: Node) -> dict:
@@ -85,6 +102,8 @@ def test_single_node_refuses_writes_with_507_and_resumes_without_a_restart(
     tmp_path: Path, disks: list[diskfull.SmallDisk], client: httpx.Client
 ) -> None:
     (node,) = loopback_nodes(tmp_path, 1, 70)
+    resp_port = free_port_pair(node.host)[0]
+    node.env = {"LIMEDB_RESP_PORT": str(resp_port)}
     disk = _small_disk(node, disks)
     node.start()
     try:
@@ -109,6 +128,14 @@ def test_single_node_refuses_writes_with_507_and_resumes_without_a_restart(
         for i in range(5):
             _assert_refused_for_full_disk(_put(client, node, f"refused-{i}", "x"))
         assert client.delete(f"{node.url}/v1/kv/before-0").status_code == 507
+        # RESP: a clear error of its own (docs/redis.md), reads as usual.
+        assert _resp_command(node.host, resp_port, "SET", "resp-key", "x").startswith(
+            b"-NOSPACE disk full"
+        )
+        assert _resp_command(node.host, resp_port, "INCR", "resp-counter").startswith(
+            b"-NOSPACE disk full"
+        )
+        assert _resp_command(node.host, resp_port, "GET", "before-1") == b"$7\r\nvalue-1\r\n"
         # Reads keep working; the node stays ready and says why it refuses writes.
         assert _not_reading_back(client, node, acked) == []
         assert client.get(f"{node.url}/readyz").status_code == 200
@@ -164,8 +191,9 @@ def test_cluster_keeps_quorum_writes_and_the_full_replica_catches_up_by_hints(
     tmp_path: Path, disks: list[diskfull.SmallDisk], client: httpx.Client
 ) -> None:
     nodes = loopback_nodes(tmp_path, 3, 80)
-    full = nodes[2]
+    full, second = nodes[2], nodes[1]
     disk = _small_disk(full, disks)
+    second_disk = _small_disk(second, disks)
     cluster = Cluster(nodes, client)
     cluster.start()
     try:
@@ -194,7 +222,7 @@ def test_cluster_keeps_quorum_writes_and_the_full_replica_catches_up_by_hints(
         # The full replica catches up by hints (reads at ONE ask only its own replica, and
         # repair nothing), with no restart.
         wait_for(
-            lambda: not _not_reading_back(client, full, acked, {"consistency": "one"}),
+            lambda: not _not_reading_back(client, full, acked, one),
             90,
             lambda: (
                 f"{len(_not_reading_back(client, full, acked, one))}"
@@ -204,6 +232,41 @@ def test_cluster_keeps_quorum_writes_and_the_full_replica_catches_up_by_hints(
             step_s=1.0,
         )
         assert not _health(client, full)["disk"]["full"]
+
+        # Two of three disks full: a write cannot reach its quorum because of them: 507.
+        disk.fill()
+        second_disk.fill()
+        # (What the last pages of their WALs still hold is taken first.)
+        for i in range(2000):
+            r = _put(client, nodes[0], f"filling-{i}", "y" * 1000)
+            if r.status_code >= 300:
+                break
+            acked[f"filling-{i}"] = "y" * 1000
+        _assert_refused_for_full_disk(r)
+        for i, node in enumerate(nodes):
+            refused = _put(client, node, f"no-quorum-{i}", "x" * 4000)
+            _assert_refused_for_full_disk(refused)
+            assert "replicas acknowledged" in refused.json()["error"]
+        for node in nodes:
+            assert _not_reading_back(client, node, acked) == []
+        disk.free()
+        second_disk.free()
+        for i in range(30):
+            node = nodes[i % 3]
+            assert wait_for(
+                lambda node=node, i=i: _put(client, node, f"after-{i}", f"a{i}").status_code < 300,
+                30,
+                f"a write through {node.url} once space is freed",
+                step_s=0.2,
+            )
+            acked[f"after-{i}"] = f"a{i}"
+        for replica in (full, second):
+            wait_for(
+                lambda replica=replica: not _not_reading_back(client, replica, acked, one),
+                90,
+                f"{replica.url} to hold every acknowledged write",
+                step_s=1.0,
+            )
     finally:
         cluster.stop()
 

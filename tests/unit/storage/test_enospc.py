@@ -241,3 +241,36 @@ def test_random_fills_frees_flushes_and_crashes_lose_nothing_acknowledged(
     synced()
     engine.close()
     crash_and_check().close()
+
+
+def test_flush_and_compaction_back_off_on_a_full_disk_then_catch_up() -> None:
+    fs = CrashableMemFS(seed=13)
+    engine = _open(fs, threads=True)
+    acked: dict[bytes, bytes] = {}
+    # Room for the WAL frames that fill the memtable, not for the table its flush writes.
+    fs.fill(3000)
+    deadline = time.monotonic() + 20
+    i = 0
+    while not engine.stats()["flush_blocked"]:
+        assert time.monotonic() < deadline, f"no flush found the full disk: {engine.stats()}"
+        key, value = b"f%05d" % i, b"%05d" % i + b"z" * 45
+        i += 1
+        try:
+            engine.put(key, value)
+            acked[key] = value
+        except DiskFullError:
+            time.sleep(0.01)
+    # Backing off, not failed: reads work, and the state says why writes are refused.
+    assert all(engine.get(k) == v for k, v in acked.items())
+    assert engine.stats()["disk_full_reason"]
+    fs.free()
+    deadline = time.monotonic() + 20
+    while any(engine.stats()[s] for s in ("flush_blocked", "compaction_blocked", "disk_full")):
+        assert time.monotonic() < deadline, f"did not catch up: {engine.stats()}"
+        time.sleep(0.02)
+    for j in range(300):
+        engine.put(b"g%05d" % j, b"after")
+        acked[b"g%05d" % j] = b"after"
+    assert engine.stats()["flushes"] >= 1
+    engine.close()
+    _check_survivors(fs, acked).close()
