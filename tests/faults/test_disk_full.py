@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import errno
 import os
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-from support import diskfull
+from support import diskfull, respwire
 from support.cluster import Cluster, Node, free_port_pair, loopback_nodes
 from support.wait import wait_for
 
@@ -50,19 +49,9 @@ def _put(client: httpx.Client, node: Node, key: str, value: str) -> httpx.Respon
 
 
 def _resp_command(host: str, port: int, *args: str) -> bytes:
-    """One RESP command on a fresh connection; returns its reply (a line, or a bulk string)."""
+    """One RESP command; returns its reply."""
     request = f"*{len(args)}\r\n" + "".join(f"${len(a)}\r\n{a}\r\n" for a in args)
-    with socket.create_connection((host, port), timeout=10) as conn:
-        conn.sendall(request.encode())
-        reply = b""
-        while not reply.endswith(b"\r\n") or (
-            reply.startswith(b"$") and not reply.startswith(b"$-1") and reply.count(b"\r\n") < 2
-        ):
-            chunk = conn.recv(4096)
-            if not chunk:
-                break
-            reply += chunk
-    return reply
+    return respwire.exchange(host, port, request.encode())
 
 
 def _health(client: httpx.Client, node: Node) -> dict:
