@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 NODES  ?= 3
 PYTEST_ARGS ?=
 
-.PHONY: run test test-unit test-cluster test-k8s bench lint install system-deps k8s-tools clean
+.PHONY: run test test-unit test-cluster test-k8s bench lint install system-deps k8s-tools clean nemesis
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -52,6 +52,12 @@ test-k8s: $(STAMP) system-deps k8s-tools
 ## bench: every benchmark, each printing ratios against its anchor
 bench: $(STAMP) system-deps
 	$(BIN)/python benchmarks/run_all.py
+
+## nemesis: one long fault campaign (or a failing seed's replay): make nemesis SEED=7 MINUTES=10
+SEED    ?= 1
+MINUTES ?= 10
+nemesis: $(STAMP) system-deps
+	$(BIN)/python tests/nemesis/run_nemesis.py --seed $(SEED) --minutes $(MINUTES)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
