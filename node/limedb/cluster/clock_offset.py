@@ -14,6 +14,12 @@ A PING reply carries the replier's wall clock (u64 ns). The sender takes the mid
 own wall clock over the round trip (measured on its monotonic clock, so a local step during the
 ping does not matter); the error is at most half the round trip, so of the recent samples per
 peer the one with the smallest round trip counts.
+
+A step of this node's own wall clock counts at once, not after the next probes: each sample
+keeps this node's wall-minus-monotonic clock at the time it was taken and is corrected by how
+far that moved since, and stamping re-measures when it moved. (Found by the nemesis, seed 1:
+a node stepped 30 s ahead coordinated writes on its stale samples for seconds, and the
+version it applied locally won over later acknowledged writes once time caught up with it.)
 """
 
 from __future__ import annotations
@@ -38,12 +44,18 @@ PROBE_INTERVAL_S = 1.0
 PROBE_TIMEOUT_S = 1.0
 SAMPLES_PER_PEER = 8
 SAMPLE_MAX_AGE_S = 30.0
+# A wall clock that moved this far against the monotonic one since the last update stepped.
+STEP_NS = 50_000_000
 # Refusals are logged at most this often per peer: a skewed peer may send many.
 LOG_EVERY_S = 10.0
 
 
 def wall_ns() -> int:
     return time.time_ns()
+
+
+def mono_ns() -> int:
+    return time.monotonic_ns()
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,18 +65,30 @@ class Sample:
     offset_ms: float
     rtt_ms: float
     taken_at: float  # this node's monotonic seconds
+    base_ns: int = 0  # this node's wall minus monotonic clock when it was taken
+
+    def offset_now(self, base_ns: int) -> float:
+        """The offset corrected for this node's own clock steps since: `base_ns` is its wall
+        minus monotonic clock now."""
+        return self.offset_ms + (self.base_ns - base_ns) / 1e6
 
 
-def sample(sent_wall_ns: int, sent_mono: float, received_mono: float, peer_ns: int) -> Sample:
+def sample(
+    sent_wall_ns: int, sent_mono: float, received_mono: float, peer_ns: int, base_ns: int = 0
+) -> Sample:
     """NTP's estimate: the peer read its clock halfway through the round trip."""
     rtt_s = max(received_mono - sent_mono, 0.0)
     midpoint_ns = sent_wall_ns + rtt_s * 1e9 / 2
-    return Sample((peer_ns - midpoint_ns) / 1e6, rtt_s * 1000, received_mono)
+    return Sample((peer_ns - midpoint_ns) / 1e6, rtt_s * 1000, received_mono, base_ns)
 
 
-def best_offset(samples: list[Sample]) -> float | None:
-    """A peer's offset from its samples: the one with the smallest round trip."""
-    return min(samples, key=lambda s: s.rtt_ms).offset_ms if samples else None
+def best_offset(samples: list[Sample], base_ns: int | None = None) -> float | None:
+    """A peer's offset from its samples: the one with the smallest round trip (corrected for
+    this node's clock steps when given its wall minus monotonic clock now)."""
+    if not samples:
+        return None
+    best = min(samples, key=lambda s: s.rtt_ms)
+    return best.offset_ms if base_ns is None else best.offset_now(base_ns)
 
 
 def own_offset(peer_offsets: list[float]) -> float:
@@ -122,6 +146,7 @@ class ClockOffsets:
         self._ping = ping
         self._peer_name = peer_name
         self._wall = wall
+        self._base_ns = self._wall_minus_mono()  # as of the last update()
         self._samples: dict[str, deque[Sample]] = {}
         self._task: asyncio.Task | None = None
         self._wake: asyncio.Event | None = None
@@ -132,6 +157,9 @@ class ClockOffsets:
 
     # ------------------------------------------------------------------ measuring
 
+    def _wall_minus_mono(self) -> int:
+        return self._wall() - mono_ns()
+
     def handle_ping(self, _body: bytes) -> bytes:
         return PING_REPLY.pack(self._wall())
 
@@ -140,7 +168,7 @@ class ClockOffsets:
 
     async def probe(self, node_id: str) -> None:
         """One round trip to `node_id`, added to its samples."""
-        sent_wall, sent_mono = self._wall(), time.monotonic()
+        sent_wall, sent_mono, base = self._wall(), time.monotonic(), self._wall_minus_mono()
         try:
             reply = await self._ping(node_id, PROBE_TIMEOUT_S)
         except (rpc.PeerUnavailable, rpc.RpcError):
@@ -150,24 +178,27 @@ class ClockOffsets:
             return  # a peer that does not report its clock
         (peer_ns,) = PING_REPLY.unpack(reply)
         samples = self._samples.setdefault(node_id, deque(maxlen=SAMPLES_PER_PEER))
-        samples.append(sample(sent_wall, sent_mono, time.monotonic(), peer_ns))
+        samples.append(sample(sent_wall, sent_mono, time.monotonic(), peer_ns, base))
 
     def peer_offsets(self) -> dict[str, float]:
         """Each current member's offset (its clock minus ours, ms) from its recent samples."""
         horizon = time.monotonic() - SAMPLE_MAX_AGE_S
         members = set(self._members())
+        base = self._wall_minus_mono()
         offsets = {}
         for node_id in list(self._samples):
             if node_id not in members:
                 del self._samples[node_id]
                 continue
-            offset = best_offset([s for s in self._samples[node_id] if s.taken_at >= horizon])
+            recent = [s for s in self._samples[node_id] if s.taken_at >= horizon]
+            offset = best_offset(recent, base)
             if offset is not None:
                 offsets[node_id] = offset
         return offsets
 
     def update(self) -> None:
         """Recompute this node's offset and whether it may stamp writes."""
+        self._base_ns = self._wall_minus_mono()
         offsets = list(self.peer_offsets().values())
         self.offset_ms = own_offset(offsets)
         fenced = beyond_majority(offsets, len(self._members()), self.max_offset_ms / 2)
@@ -217,8 +248,9 @@ class ClockOffsets:
     # ------------------------------------------------------------------ deciding
 
     def physical_ms(self) -> int:
-        """The majority's wall clock as this node estimates it: what TTLs count from."""
-        return int(self._wall() // 1_000_000 - self.offset_ms)
+        """The majority's wall clock as this node estimates it: what TTLs count from. Between
+        updates it runs on the monotonic clock, so a step of the wall clock changes nothing."""
+        return int((mono_ns() + self._base_ns) // 1_000_000 - self.offset_ms)
 
     def hlc_ahead_ms(self) -> int:
         """How far this node's newest stamp lies ahead of the majority's time: after its clock
@@ -228,6 +260,8 @@ class ClockOffsets:
     def refusal(self) -> str | None:
         """Why this node must not stamp writes now, or None."""
         limit_ms = self.max_offset_ms / 2
+        if abs(self._wall_minus_mono() - self._base_ns) > STEP_NS:
+            self.update()  # the wall clock stepped since the last measurement
         if self.fenced:
             return (
                 f"this node's clock is {self.offset_ms / 1000:+.3f} s off the majority of the "

@@ -105,3 +105,25 @@ def test_a_cluster_within_the_bound_keeps_stamping():
     _measure(offsets, ["b", "c"])
     assert not offsets.fenced and offsets.offset_ms == pytest.approx(2_000, abs=50)
     offsets.check_can_stamp()
+
+
+def test_a_step_of_the_own_clock_counts_at_once_without_new_probes():
+    # The nemesis (seed 1) found a node stepped 30 s ahead stamping writes on its stale
+    # samples until the next probes; its samples are now corrected for its own steps.
+    own = [NOW_NS]
+
+    async def ping(node_id: str, _timeout_s: float) -> bytes:
+        return PING_REPLY.pack(NOW_NS)
+
+    offsets = ClockOffsets(5_000, lambda: ["b", "c"], ping, wall=lambda: own[0])
+    _measure(offsets, ["b", "c"])
+    offsets.check_can_stamp()
+    for step_ns in (30_000_000_000, -30_000_000_000):
+        own[0] = NOW_NS + step_ns
+        with pytest.raises(ClockOffsetUnavailable, match="s off the majority"):
+            offsets.check_can_stamp()
+        assert offsets.offset_ms == pytest.approx(step_ns / 1e6, abs=100)
+        # TTLs and admission keep counting from the majority's time.
+        assert offsets.physical_ms() == pytest.approx(NOW_NS // 1_000_000, abs=50)
+    own[0] = NOW_NS
+    offsets.check_can_stamp()
