@@ -237,6 +237,13 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting("max_batch_bytes", _int(1024), 16 * MIB, "largest /v1/batch request body, in bytes"),
     Setting(
+        "max_buffered_body_bytes",
+        _int(MIB),
+        256 * MIB,
+        "HTTP request body bytes held for all requests together; a request that would go "
+        "beyond gets 503 with Retry-After",
+    ),
+    Setting(
         "max_clock_offset_ms",
         _int(100, 3_600_000),
         5000,
@@ -308,6 +315,7 @@ class Config:
     max_header_bytes: int = 64 * 1024
     max_body_bytes: int = 64 * 1024
     max_batch_bytes: int = 16 * MIB
+    max_buffered_body_bytes: int = 256 * MIB
     max_clock_offset_ms: int = 5000
     resp_port: int = 6379
     resp_password: str | None = None

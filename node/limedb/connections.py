@@ -61,6 +61,9 @@ class ConnectionBudget:
     )
     resp_buffered_bytes: int = 0
     resp_buffer_refusals: int = 0
+    # Bytes of HTTP request bodies held (received, the request not answered yet).
+    http_buffered_bytes: int = 0
+    http_buffer_refusals: int = 0
     # Requests refused because an operation found no descriptor left (EMFILE, ENFILE).
     descriptor_errors: int = 0
     _logged_at: float = -LOG_EVERY_S
@@ -130,10 +133,19 @@ class ConnectionBudget:
             "RESP clients disconnected because the node-wide request buffer cap was reached",
         )
         buffer_refusals.add_metric([], self.resp_buffer_refusals)
+        http_buffered = GaugeMetricFamily(
+            "limedb_http_buffered_body_bytes", "bytes of HTTP request bodies held, all requests"
+        )
+        http_buffered.add_metric([], self.http_buffered_bytes)
+        http_refusals = CounterMetricFamily(
+            "limedb_http_buffer_refusals",
+            "HTTP requests refused (503) because max_buffered_body_bytes was reached",
+        )
+        http_refusals.add_metric([], self.http_buffer_refusals)
         descriptor_errors = CounterMetricFamily(
             "limedb_descriptor_exhaustion",
             "requests refused (503) because the node had no file descriptor left",
         )
         descriptor_errors.add_metric([], self.descriptor_errors)
         yield from (opened, refused, closed, capacity, buffered, buffer_refusals)
-        yield descriptor_errors
+        yield from (descriptor_errors, http_buffered, http_refusals)

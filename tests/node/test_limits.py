@@ -412,6 +412,53 @@ def test_routes_without_a_limit_of_their_own_have_one(strict_node: NodeProcess) 
     assert response.json()["error"] == "request body exceeds 65536 bytes"
 
 
+def test_bodies_held_by_all_requests_stay_under_the_node_wide_cap(make_node) -> None:
+    """Two unfinished 1 MB uploads hold 1.6 MB of a 2 MiB cap: a third (hot route) and a
+    batch (FastAPI route) that would pass it get 503; the first two, once complete, are
+    served, and nothing stays counted."""
+    node = make_node({"LIMEDB_MAX_BUFFERED_BODY_BYTES": str(2 * MIB)})
+    part = b"x" * 800_000
+
+    def held() -> float:
+        text = httpx.get(node.url + "/metrics", timeout=10.0).text
+        found = re.search(r"^limedb_http_buffered_body_bytes (\S+)$", text, re.MULTILINE)
+        assert found
+        return float(found.group(1))
+
+    def upload(path: str) -> socket.socket:
+        sock = socket.create_connection((node.host, node.port), timeout=10)
+        sock.sendall(b"PUT %s HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\n" % path)
+        sock.sendall(part)
+        return sock
+
+    first = upload(b"/v1/kv/first")
+    wait_for(lambda: held() == len(part), 30, "the first body to be held")
+    second = upload(b"/v1/kv/second")
+    wait_for(lambda: held() == 2 * len(part), 30, "the second body to be held")
+    try:
+        with upload(b"/v1/kv/third") as third:
+            status, headers, body = read_response(third)
+        assert (status, headers["retry-after"]) == (503, "1")
+        assert "max_buffered_body_bytes" in json.loads(body)["error"]
+        with socket.create_connection((node.host, node.port), timeout=10) as batch:
+            batch.sendall(
+                b"POST /v1/batch HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                b"Content-Length: 1000000\r\n\r\n" + part
+            )
+            status, headers, body = read_response(batch)
+        assert (status, headers["retry-after"]) == (503, "1")
+        assert "max_buffered_body_bytes" in json.loads(body)["error"]
+        assert held() <= 2 * MIB
+        for sock in (first, second):
+            sock.sendall(b"y" * 200_000)
+            assert read_response(sock)[0] == 200
+    finally:
+        first.close()
+        second.close()
+    wait_for(lambda: held() == 0, 30, "no body to be counted any more")
+    assert httpx.get(node.url + "/v1/kv/third", timeout=10.0).status_code == 404
+
+
 # ------------------------------------------------------------------------------ the keys page
 
 

@@ -7,7 +7,8 @@ this layer and the wire-level path in `wire.py` dispatch through `hot.serve`, so
 alike. It also enforces the in-flight request limit and records per-route metrics for all routes,
 and gives every other route a body limit too (`route_body_limit`): a declared Content-Length
 over it is refused with 413 before the app runs, and a chunked body is counted as it streams in
-and refused as soon as it passes the limit, so no route buffers more than its limit.
+and refused as soon as it passes the limit, so no route buffers more than its limit. The bodies
+held by all requests together are bounded as well (`max_buffered_body_bytes`, 503 beyond).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from limedb.api import hot
 from limedb.api import operations as ops
 from limedb.api.errors import ApiError, retry_after_header
 from limedb.api.state import NodeState
+from limedb.connections import ConnectionBudget
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict]]
@@ -69,20 +71,46 @@ class BodyTooLarge(HTTPException):
         super().__init__(413, f"request body exceeds {limit} bytes")
 
 
-def limited(receive: Receive, limit: int) -> Receive:
-    """`receive`, counting body bytes and raising BodyTooLarge past `limit`."""
-    size = 0
+class BodiesFull(HTTPException):
+    """Raised from `receive` when the node already holds `max_buffered_body_bytes` of bodies."""
 
-    async def receive_limited() -> dict:
-        nonlocal size
-        message = await receive()
+    def __init__(self) -> None:
+        super().__init__(503, hot.BODIES_FULL, retry_after_header(1))
+
+
+class BodyMeter:
+    """`receive` of one request, counting its body: past the route's `limit` it raises
+    BodyTooLarge, past the node-wide `cap` on body bytes held it raises BodiesFull. The bytes
+    count as held until `release()`, when the request is answered."""
+
+    __slots__ = ("receive", "limit", "budget", "cap", "size", "held")
+
+    def __init__(self, receive: Receive, limit: int, budget: ConnectionBudget, cap: int) -> None:
+        self.receive = receive
+        self.limit = limit
+        self.budget = budget
+        self.cap = cap
+        self.size = 0
+        self.held = 0
+
+    async def __call__(self) -> dict:
+        message = await self.receive()
         if message["type"] == "http.request":
-            size += len(message.get("body", b""))
-            if size > limit:
-                raise BodyTooLarge(limit)
+            chunk = len(message.get("body", b""))
+            self.size += chunk
+            if self.size > self.limit:
+                raise BodyTooLarge(self.limit)
+            budget = self.budget
+            budget.http_buffered_bytes += chunk
+            self.held += chunk
+            if chunk and budget.http_buffered_bytes > self.cap:
+                budget.http_buffer_refusals += 1
+                raise BodiesFull
         return message
 
-    return receive_limited
+    def release(self) -> None:
+        self.budget.http_buffered_bytes -= self.held
+        self.held = 0
 
 
 class ClientDisconnected(Exception):
@@ -172,12 +200,23 @@ class FastPath:
 
     async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
         state = self.state
-        started = time.perf_counter()
         method: str = scope["method"]
         raw_path: bytes = scope.get("raw_path") or scope["path"].encode("utf-8")
+        limit = route_body_limit(state, method, raw_path)
+        meter = BodyMeter(receive, limit, state.connections, state.config.max_buffered_body_bytes)
+        try:
+            await self._serve_route(scope, meter, send, method, raw_path)
+        finally:
+            meter.release()
+
+    async def _serve_route(
+        self, scope: Scope, meter: BodyMeter, send: Send, method: str, raw_path: bytes
+    ) -> None:
+        state = self.state
+        started = time.perf_counter()
         route = hot.classify(method, raw_path) if self.enabled else None
         if route is None:
-            await self._serve_app(scope, receive, send, started)
+            await self._serve_app(scope, meter, send, started)
             return
         if not hot.allowed(route, method):
             reply = hot.method_not_allowed(route, method)
@@ -185,10 +224,12 @@ class FastPath:
             body = b""
             if hot.has_body(route, method):
                 try:
-                    body = await read_body(scope, receive, hot.body_limit(state, route))
+                    body = await read_body(scope, meter, meter.limit)
                 except ClientDisconnected:
                     return
-                except ApiError as exc:
+                except (ApiError, HTTPException) as exc:
+                    if isinstance(exc, HTTPException):  # from the meter
+                        exc = ApiError(exc.status_code, exc.detail, dict(exc.headers or {}))
                     reply = hot.error_reply(exc)
                     await send_reply(send, reply)
                     state.stats.observe(method, route, reply.status, 0.0)
@@ -198,18 +239,15 @@ class FastPath:
         await send_reply(send, reply)
         state.stats.observe(method, route, reply.status, time.perf_counter() - started)
 
-    async def _serve_app(self, scope: Scope, receive: Receive, send: Send, started: float) -> None:
+    async def _serve_app(self, scope: Scope, meter: BodyMeter, send: Send, started: float) -> None:
         method: str = scope["method"]
-        raw_path: bytes = scope.get("raw_path") or scope["path"].encode("utf-8")
-        limit = route_body_limit(self.state, method, raw_path)
         declared = declared_length(scope)
-        if declared is not None and declared > limit:
+        if declared is not None and declared > meter.limit:
             # Refused before the app reads a byte; uvicorn drops the body as it arrives.
-            reply = hot.too_large(limit)
+            reply = hot.too_large(meter.limit)
             await send_reply(send, reply)
             self.state.stats.observe(method, "too_large", reply.status, 0.0)
             return
-        receive = limited(receive, limit)
         status = 500
 
         async def recording_send(message: dict) -> None:
@@ -219,7 +257,7 @@ class FastPath:
             await send(message)
 
         try:
-            await self.app(scope, receive, recording_send)
+            await self.app(scope, meter, recording_send)
         finally:
             route = scope.get("route")
             label = getattr(route, "path", None) or "unmatched"

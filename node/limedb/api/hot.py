@@ -76,6 +76,14 @@ def too_large(limit: int) -> ops.Reply:
     return error_reply(ApiError(413, f"request body exceeds {limit} bytes"))
 
 
+BODIES_FULL = "the node holds too many request body bytes (max_buffered_body_bytes); retry later"
+
+
+def bodies_full() -> ops.Reply:
+    """The refusal of a body that would take the node past `max_buffered_body_bytes`."""
+    return error_reply(ApiError(503, BODIES_FULL, retry_after_header(1)))
+
+
 async def serve(
     state: NodeState, route: str, method: str, raw_path: bytes, query: bytes, body: bytes
 ) -> ops.Reply:

@@ -53,6 +53,7 @@ class HotCycle:
     __slots__ = (
         "body",
         "disconnected",
+        "held",
         "keep_alive",
         "limit",
         "message_event",
@@ -77,6 +78,7 @@ class HotCycle:
         self.keep_alive = keep_alive
         self.body: list[bytes] = []
         self.size = 0
+        self.held = 0  # body bytes counted against max_buffered_body_bytes
         self.limit = 0
         self.reply: ops.Reply | None = None
         self.received = False  # the whole request (body included) has been read
@@ -176,10 +178,16 @@ class WireProtocol(BoundedProtocol):
         cycle.size += len(body)
         if cycle.size > cycle.limit:
             cycle.reply = hot.too_large(cycle.limit)
-            cycle.body = []
             self._respond(cycle, cycle.reply)
             return
+        budget = self.node_state.connections
+        budget.http_buffered_bytes += len(body)
+        cycle.held += len(body)
         cycle.body.append(body)
+        if budget.http_buffered_bytes > self.node_state.config.max_buffered_body_bytes:
+            budget.http_buffer_refusals += 1
+            cycle.reply = hot.bodies_full()
+            self._respond(cycle, cycle.reply)
 
     def on_message_complete(self) -> None:
         cycle = self.cycle
@@ -237,7 +245,21 @@ class WireProtocol(BoundedProtocol):
         coro = hot.serve(state, cycle.route, cycle.method, cycle.raw_path, cycle.query, body)
         await self._finish(cycle, coro, None, stepped=False)
 
+    def connection_lost(self, exc: Exception | None) -> None:
+        if isinstance(self.cycle, HotCycle):
+            # (A request waiting for admission still runs, with its body: only the count goes.)
+            self._release(self.cycle)
+        super().connection_lost(exc)
+
+    def _release(self, cycle: HotCycle) -> None:
+        """The body stops counting against max_buffered_body_bytes."""
+        self.node_state.connections.http_buffered_bytes -= cycle.held
+        cycle.held = 0
+
     def _respond(self, cycle: HotCycle, reply: ops.Reply) -> None:
+        # Served or refused: the body is not needed any more.
+        self._release(cycle)
+        cycle.body = []
         cycle.response_complete = True
         self.node_state.stats.observe(
             cycle.method, cycle.route, reply.status, time.perf_counter() - cycle.started
