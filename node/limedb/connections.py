@@ -119,33 +119,43 @@ class ConnectionBudget:
         )
         for reason, count in sorted(self.closed.items()):
             closed.add_metric([reason], count)
-        capacity = GaugeMetricFamily(
-            "limedb_client_connection_capacity",
-            "client connections the descriptor limit leaves room for (RLIMIT_NOFILE - reserve)",
+        yield from (opened, refused, closed)
+        # (name, help, value) of the unlabelled ones.
+        gauges = (
+            (
+                "limedb_client_connection_capacity",
+                "client connections the descriptor limit leaves room for (RLIMIT_NOFILE - reserve)",
+                self.capacity(),
+            ),
+            (
+                "limedb_resp_buffered_bytes",
+                "bytes of RESP requests buffered, all clients",
+                self.resp_buffered_bytes,
+            ),
+            (
+                "limedb_http_buffered_body_bytes",
+                "bytes of HTTP request bodies held, all requests",
+                self.http_buffered_bytes,
+            ),
         )
-        capacity.add_metric([], self.capacity())
-        buffered = GaugeMetricFamily(
-            "limedb_resp_buffered_bytes", "bytes of RESP requests buffered, all clients"
+        counters = (
+            (
+                "limedb_resp_buffer_refusals",
+                "RESP clients disconnected because the node-wide request buffer cap was reached",
+                self.resp_buffer_refusals,
+            ),
+            (
+                "limedb_http_buffer_refusals",
+                "HTTP requests refused (503) because max_buffered_body_bytes was reached",
+                self.http_buffer_refusals,
+            ),
+            (
+                "limedb_descriptor_exhaustion",
+                "requests refused (503) because the node had no file descriptor left",
+                self.descriptor_errors,
+            ),
         )
-        buffered.add_metric([], self.resp_buffered_bytes)
-        buffer_refusals = CounterMetricFamily(
-            "limedb_resp_buffer_refusals",
-            "RESP clients disconnected because the node-wide request buffer cap was reached",
-        )
-        buffer_refusals.add_metric([], self.resp_buffer_refusals)
-        http_buffered = GaugeMetricFamily(
-            "limedb_http_buffered_body_bytes", "bytes of HTTP request bodies held, all requests"
-        )
-        http_buffered.add_metric([], self.http_buffered_bytes)
-        http_refusals = CounterMetricFamily(
-            "limedb_http_buffer_refusals",
-            "HTTP requests refused (503) because max_buffered_body_bytes was reached",
-        )
-        http_refusals.add_metric([], self.http_buffer_refusals)
-        descriptor_errors = CounterMetricFamily(
-            "limedb_descriptor_exhaustion",
-            "requests refused (503) because the node had no file descriptor left",
-        )
-        descriptor_errors.add_metric([], self.descriptor_errors)
-        yield from (opened, refused, closed, capacity, buffered, buffer_refusals)
-        yield from (descriptor_errors, http_buffered, http_refusals)
+        for name, text, value in gauges:
+            yield GaugeMetricFamily(name, text, value=value)
+        for name, text, value in counters:
+            yield CounterMetricFamily(name, text, value=value)
