@@ -30,7 +30,12 @@ def write_atomic(path: Path, data: bytes) -> None:
         while view:
             view = view[os.write(fd, view) :]
         os.fsync(fd)
-    finally:
+    except OSError:
+        # E.g. a full disk: the old record stays; the half-written copy gives its room back.
+        os.close(fd)
+        os.unlink(tmp)
+        raise
+    else:
         os.close(fd)
     os.replace(tmp, path)
     dir_fd = os.open(path.parent, os.O_RDONLY)

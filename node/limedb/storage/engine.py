@@ -1476,8 +1476,9 @@ class Engine:
                     loop.call_soon_threadsafe(_resolve, [fut], EngineClosedError("closed"))
                 except RuntimeError:
                     pass
-            for w in self._retired:
-                w.file.close()
+            for w in [*self._retired, *self._broken]:
+                if w.file is not None:
+                    w.file.close()
             if self._wal.file is not None:
                 self._wal.file.close()
             if self._manifest is not None:
