@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import errno
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,6 +19,7 @@ from support.wait import wait_for
 pytestmark = pytest.mark.faults
 
 DISK_BYTES = 32 << 20
+LIMEDB = str(Path(sys.executable).with_name("limedb"))
 
 
 @pytest.fixture
@@ -135,6 +138,10 @@ def test_single_node_refuses_writes_with_507_and_resumes_without_a_restart(
         assert health["disk"]["refusedWrites"] >= 6
         metrics = client.get(f"{node.url}/metrics").text
         assert "limedb_storage_disk_full 1.0" in metrics
+        status = subprocess.run(
+            [LIMEDB, "status", "--url", node.url], capture_output=True, text=True, timeout=60
+        )
+        assert "disk full, writes refused (507)" in status.stdout, status.stdout + status.stderr
 
         # Space freed: writes resume by themselves within 5 s, no restart.
         disk.free()
