@@ -407,7 +407,8 @@ class Engine:
     def _manifest_append(self, edit: VersionEdit) -> None:
         """Append one edit (caller holds `_install_lock`), first replacing a MANIFEST whose
         last append failed by a fresh one: its page cache is not to be trusted any more."""
-        assert self._manifest is not None
+        if self._manifest is None:  # opened on a full disk, not finished opening yet
+            raise DiskFullError("disk full: the engine opened read-only and has no MANIFEST yet")
         if self._manifest_broken:
             old = self._manifest
             self._manifest = self._create_manifest()
@@ -1017,11 +1018,14 @@ class Engine:
             return
         while self._imm is not None or len(self._levels[0]) >= self._opts.l0_stop_writes_trigger:
             self._check_open()
-            if self._flush_blocked is not None or self._compaction_blocked is not None:
+            blocked = self._flush_blocked if self._imm is not None else None
+            if len(self._levels[0]) >= self._opts.l0_stop_writes_trigger:
+                blocked = blocked or self._compaction_blocked
+            if blocked is not None:
                 # The flush or compaction it waits for found no room: this write stays
                 # unacknowledged (later ones are refused before they are applied).
                 self._stat_disk_full_refusals += 1
-                raise DiskFullError(f"disk full: {self._flush_blocked or self._compaction_blocked}")
+                raise DiskFullError(f"disk full: {blocked}")
             self._cv.wait(0.5)
         try:
             self._freeze_locked()

@@ -129,6 +129,8 @@ def test_open_on_a_full_disk_serves_reads_then_takes_writes() -> None:
     assert all(engine.get(k) == v for k, v in acked.items())
     with pytest.raises(DiskFullError):
         engine.put(b"new", b"value")
+    with pytest.raises(DiskFullError):
+        engine.purge_range(b"r000", b"r010")
     fs.free()
     _put_eventually(engine, b"new", b"value")
     acked[b"new"] = b"value"
