@@ -4,7 +4,9 @@ a file that a test rewrites while the node runs (a step, or a slow drift).
 Only the wall clock (CLOCK_REALTIME: `time.time_ns()`) is offset; CLOCK_MONOTONIC stays real, as
 it does on a machine whose NTP steps the clock. libfaketime re-reads the file on every clock call
 (FAKETIME_NO_CACHE, ~10 us each), so a change takes effect at once. A small preload built from
-`faketime_sleep.c` works around libfaketime 0.9.10 breaking Python 3.11's `time.sleep()`.
+`faketime_sleep.c` keeps waits on the monotonic clock away from libfaketime 0.9.10, which
+breaks Python 3.11's `time.sleep()` and slowed a node's writes tenfold through the GIL's
+condition variable (with it, a faked node serves about as fast as a plain one).
 
     clock = skew(node, -2.0)   # before node.start(); the node then runs 2 s behind
     clock.set(+60)             # a step while it runs
