@@ -298,7 +298,7 @@ class ClusterService:
         self._sweeper = asyncio.create_task(self._sweep_hints(), name="hint-sweeper")
         state = self.keeper.state
         if state is not None:
-            await self.driver.sync_from_peers(list(state.all_members()))
+            await self.driver.records.pull_from(list(state.all_members()))
         await self.driver.start()
         self.anti_entropy.start()
         self._ready = True

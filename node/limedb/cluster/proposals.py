@@ -9,7 +9,7 @@ changes asked at the same moment the second finds the first running and is refus
 Two nodes can still disagree about who the proposer is (liveness is each node's own view; the
 lowest one may have just died or come back). So before accepting, the proposer pushes the record
 it adopted to every node the record or gossip names and then pulls theirs, keeping the newest
-(`TransitionDriver.exchange_records`). Two rival proposals of the same epoch thus both reach
+(`RecordExchange.exchange` in limedb.cluster.ring_record). Two rival proposals of the same epoch thus both reach
 both proposers (whichever proposed second was either refused, having received the first, or
 holds its own when the first one's pull arrives), the record order picks the same winner on
 both, and only the proposer whose transition is still the current one answers 202; the other
@@ -146,7 +146,7 @@ class Proposals:
             # The same request again (a client retrying after a timeout, an operator's
             # reconcile loop): it is running, which is what was asked.
             t = running
-        await d.exchange_records()
+        await d.records.exchange()
         return self._verdict(t)
 
     def _verdict(self, t: Transition) -> Proposal:

@@ -6,13 +6,19 @@ acted on, then installed as the membership's ring when its committed ring change
 announced to listeners (the transition driver wakes up). `RecordGossip` is the gossip state
 machine with the whole record, transition included, in place of the bare ring: the SYN
 carries the record's rank, and whichever side holds the greater rank sends its record.
+`RecordExchange` copies the record to peers directly over the RPC (kind RING_RECORD), when a
+transition step cannot wait for gossip: push to every node, pull from them, or both.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 
+import orjson
+
+from limedb.cluster import rpc
 from limedb.cluster.gossip import GossipError, GossipState
 from limedb.cluster.membership import Membership
 from limedb.cluster.ring_state import RingState
@@ -23,6 +29,7 @@ from limedb.cluster.transitions import WriteSet
 log = logging.getLogger(__name__)
 
 StateListener = Callable[[RingState], object]
+PUSH_ATTEMPTS = 5
 
 
 class RingKeeper:
@@ -139,3 +146,107 @@ class RecordGossip(GossipState):
 
     def on_ack(self, msg: object) -> dict:
         return self._full(super().on_ack(msg))
+
+
+class RecordExchange:
+    """Copies this node's ring record to its peers and theirs to it (RPC kind RING_RECORD:
+    a body is a record to adopt if newer; an empty body asks for the peer's record)."""
+
+    def __init__(
+        self, node_id: str, keeper: RingKeeper, membership: Membership, call: rpc.Call
+    ) -> None:
+        self.node_id = node_id
+        self.keeper = keeper
+        self.membership = membership
+        self.call = call
+
+    def is_alive(self, node_id: str) -> bool:
+        return node_id == self.node_id or self.membership.is_alive(node_id)
+
+    def _record(self) -> bytes:
+        state = self.keeper.state
+        assert state is not None
+        return orjson.dumps(state.to_record())
+
+    async def push(self, node_id: str, record: bytes | None = None, timeout_s: float = 2.0) -> bool:
+        """Send our record (or `record`) to `node_id`; whether it took it in."""
+        try:
+            await self.call(node_id, rpc.RING_RECORD, record or self._record(), timeout_s)
+            return True
+        except (rpc.PeerUnavailable, rpc.RpcError) as exc:
+            log.debug("push of the ring record to %s failed: %s", node_id, exc)
+            return False
+
+    async def _pull(self, node_id: str, timeout_s: float) -> bool:
+        try:
+            reply = await self.call(node_id, rpc.RING_RECORD, b"", timeout_s)
+            if reply:
+                self.keeper.adopt_record(orjson.loads(reply))
+            return True
+        except (rpc.PeerUnavailable, rpc.RpcError, ValueError) as exc:
+            log.debug("ring record pull from %s failed: %s", node_id, exc)
+            return False
+
+    async def exchange(self, timeout_s: float = 2.0) -> None:
+        """Push our record to every node, then pull theirs and keep the newest (every node,
+        whatever its liveness here: a rival proposer is exactly a node we may disagree with
+        about liveness). Each push and pull is bounded by `timeout_s`, and a failed node is
+        retried once while it is alive here, so a dead one costs one refused connection and a
+        stalled one a few seconds at most."""
+        record = self._record()
+
+        async def exchange(node: str) -> bool:
+            return await self.push(node, record, timeout_s) and await self._pull(node, timeout_s)
+
+        if unconfirmed := await self._on_every_node(exchange, attempts=2):
+            log.warning("ring record exchange unconfirmed by %s", ", ".join(unconfirmed))
+
+    async def push_everywhere(self) -> None:
+        """Push the record to every node it names (and every node gossip knows); wait until
+        each live one has it, so that no coordinator routes by an older phase."""
+        record = self._record()
+        unconfirmed = await self._on_every_node(
+            lambda node: self.push(node, record), attempts=PUSH_ATTEMPTS
+        )
+        if unconfirmed:
+            log.warning(
+                "ring record not confirmed by %s; gossip will carry it", ", ".join(unconfirmed)
+            )
+
+    async def _on_every_node(
+        self, action: Callable[[str], Awaitable[bool]], attempts: int
+    ) -> list[str]:
+        """Run `action` on every node the record or gossip names but this one, in parallel; a
+        node it failed on is tried again (up to `attempts` in all, a little later each time)
+        while it is alive here. Returns the nodes it never succeeded on."""
+        state = self.keeper.state
+        assert state is not None
+        pending = sorted(
+            (set(state.all_members()) | set(self.membership.peer_ids())) - {self.node_id}
+        )
+        for attempt in range(attempts):
+            if attempt:
+                await asyncio.sleep(0.2 * attempt)
+            done = await asyncio.gather(*(action(n) for n in pending))
+            pending = [
+                n for n, ok in zip(pending, done, strict=True) if not ok and self.is_alive(n)
+            ]
+            if not pending:
+                break
+        return pending
+
+    async def pull_from(self, nodes: list[str], timeout_s: float = 1.0) -> None:
+        """Ask `nodes` for their ring record and keep the newest (a restarted node must not
+        route by the record it had before it went down)."""
+        await asyncio.gather(*(self._pull(n, timeout_s) for n in nodes if n != self.node_id))
+
+    def handle(self, body: bytes) -> bytes:
+        """RING_RECORD: adopt a pushed record if newer; an empty body asks for ours."""
+        if body:
+            try:
+                self.keeper.adopt_record(orjson.loads(body))
+            except (orjson.JSONDecodeError, ValueError) as exc:
+                raise rpc.RpcError(400, f"bad ring record: {exc}") from exc
+            return b""
+        state = self.keeper.state
+        return b"" if state is None else orjson.dumps(state.to_record())

@@ -63,6 +63,8 @@ FAILED = 500
 TIMESTAMP_REFUSED = 422  # a timestamp beyond the maximum clock offset (cluster.clock_offset)
 
 Handler = Callable[[bytes], "bytes | Awaitable[bytes]"]
+# Send one request to a node by id: (node, kind, payload, timeout_s) -> the reply body.
+Call = Callable[[str, int, bytes, float], Awaitable[bytes]]
 
 
 class RpcError(Exception):

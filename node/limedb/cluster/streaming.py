@@ -1,5 +1,5 @@
-"""Moving token ranges between nodes: the batch wire format, the source and sink sides, and
-the throttle.
+"""Moving token ranges between nodes: the batch wire format, the source and sink sides, the
+throttle, and the stream workers the transition driver runs.
 
 A range streams as a sequence of batches. The driver asks the source for the next batch from a
 cursor token (STREAM_READ) and hands the entries, unparsed, to the target (STREAM_APPLY), which
@@ -33,14 +33,17 @@ import asyncio
 import logging
 import struct
 import time
+from collections import deque
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Protocol
 
 from limedb.cluster import rpc
 from limedb.cluster.clock_offset import ClockOffsets, TimestampRefused
 from limedb.cluster.handed_off import HandedOff
 from limedb.cluster.keys import MAX_TOKEN, token_prefix
-from limedb.hlc import HLC
+from limedb.cluster.transitions import RangeMove, StreamProgress, Transition, TransitionError
+from limedb.hlc import HLC, wall_millis
 from limedb.storage.batch import WriteBatch
 
 log = logging.getLogger(__name__)
@@ -54,6 +57,7 @@ ITERATOR_IDLE_S = 30.0
 SNAPSHOT_MAX_AGE_S = 60.0
 HANDOFF, RELEASE = 1, 0
 ANY_SNAPSHOT = (1 << 64) - 1  # the floor age of a read that any snapshot serves
+RPC_TIMEOUT_S = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -396,3 +400,199 @@ class Throttle:
         elif ahead < -1.0:
             # Idle time (waiting on a dead peer) is not credit for a later burst.
             self._start = time.monotonic() - self._sent / self.bytes_per_s
+
+
+class StreamDriver(Protocol):
+    """What the stream workers need from the transition driver that runs them."""
+
+    def is_alive(self, node_id: str) -> bool: ...
+
+    def current(self, t: Transition) -> Transition:
+        """The newest copy of `t`; raises if the record moved on without it."""
+        ...
+
+    def step(self, t: Transition) -> None:
+        """Adopt `t` (a checkpoint) as the ring record's transition."""
+        ...
+
+    def stalled(self, t: Transition, what: str, since_key: str) -> None:
+        """`what` is unreachable; past the timeout this rolls the transition back (raises)."""
+        ...
+
+    def reachable(self, *since_keys: str) -> None: ...
+
+
+class RateMeter:
+    """Bytes per second streamed by this node over the last few seconds."""
+
+    def __init__(self, window_s: float = 5.0) -> None:
+        self.window_s = window_s
+        self._samples: deque[tuple[float, int]] = deque()
+
+    def add(self, nbytes: int) -> None:
+        self._samples.append((time.monotonic(), nbytes))
+        self._trim()
+
+    def _trim(self) -> None:
+        horizon = time.monotonic() - self.window_s
+        while self._samples and self._samples[0][0] < horizon:
+            self._samples.popleft()
+
+    def rate(self) -> float:
+        self._trim()
+        return sum(n for _, n in self._samples) / self.window_s
+
+
+@dataclass
+class _TargetRun:
+    """One target's streaming in this process: ranges done, cursors of ranges in flight."""
+
+    first: int
+    first_cursor: int | None
+    keys: int
+    nbytes: int
+    done: set[int] = field(default_factory=set)
+    cursors: dict[int, int | None] = field(default_factory=dict)
+    checkpointed: float = field(default_factory=time.monotonic)
+
+    def __post_init__(self) -> None:
+        if self.first_cursor is not None:
+            self.cursors[self.first] = self.first_cursor
+
+
+class RangeStreamer:
+    """The driver's stream workers: for each target, its ranges batch by batch from a live
+    source (STREAM_READ) to the target (STREAM_APPLY), throttled, with the position
+    checkpointed into the ring record about once a second."""
+
+    def __init__(
+        self,
+        node_id: str,
+        streams: RangeStreams,
+        call: rpc.Call,
+        driver: StreamDriver,
+        *,
+        batch_bytes: int,
+        checkpoint_s: float,
+        parallel_ranges: int,
+    ) -> None:
+        self.node_id = node_id
+        self.streams = streams
+        self.call = call
+        self.driver = driver
+        self.batch_bytes = batch_bytes
+        self.checkpoint_s = checkpoint_s
+        self.parallel_ranges = parallel_ranges
+        self.meter = RateMeter()
+
+    async def stream(
+        self,
+        t: Transition,
+        target: str,
+        progress: StreamProgress,
+        throttle: Throttle,
+        floor: float,
+    ) -> None:
+        """Stream `target`'s ranges from `progress` on, a few at a time (each round trip waits
+        behind client traffic on busy nodes); the checkpoint is the first range not yet
+        complete."""
+        indexes = t.streams()[target]
+        run = _TargetRun(progress.index, progress.cursor, progress.keys, progress.bytes)
+        queue = deque(range(progress.index, len(indexes)))
+
+        async def worker() -> None:
+            while queue:
+                position = queue.popleft()
+                move = t.moves[indexes[position]]
+                cursor = run.cursors.get(position)
+                run.cursors[position] = cursor
+                while True:
+                    batch = await self._next_batch(t, target, move, cursor, floor)
+                    run.keys += batch.count
+                    run.nbytes += batch.nbytes
+                    self.meter.add(batch.nbytes)
+                    if batch.done:
+                        run.done.add(position)
+                        run.cursors.pop(position, None)
+                    else:
+                        cursor = run.cursors[position] = batch.next_cursor
+                    if time.monotonic() - run.checkpointed >= self.checkpoint_s:
+                        self._checkpoint(t, target, run)
+                    await throttle.pace(batch.nbytes)
+                    if batch.done:
+                        break
+
+        workers = [worker() for _ in range(max(1, self.parallel_ranges))]
+        results = await asyncio.gather(*workers, return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+        self._checkpoint(t, target, run)
+
+    async def _next_batch(
+        self, t: Transition, target: str, move: RangeMove, cursor: int | None, floor: float
+    ) -> Batch:
+        """Read the next batch of `move` from a live source and apply it to `target`,
+        waiting out (and, past the timeout, rolling back on) unreachable peers."""
+        while True:
+            if not self.driver.is_alive(target):
+                self.driver.stalled(t, f"target {target}", target)
+                await asyncio.sleep(0.5)
+                continue
+            sources = [s for s in move.sources if self.driver.is_alive(s)]
+            if not sources:
+                self.driver.stalled(t, f"every source of range {move.start}..{move.end}", "sources")
+                await asyncio.sleep(0.5)
+                continue
+            # Sources in ring order (a leaving node first): the load spreads over the replicas.
+            try:
+                start = move.start if cursor is None else cursor
+                batch = await self._read(sources[0], start, move.end, floor)
+                if batch.count:
+                    await self._apply(target, batch.entries)
+            except (rpc.PeerUnavailable, rpc.RpcError) as exc:
+                log.info("streaming to %s paused: %s", target, exc)
+                await asyncio.sleep(0.5)
+                continue
+            self.driver.reachable(target, "sources")
+            return batch
+
+    def _checkpoint(self, t: Transition, target: str, run: _TargetRun) -> None:
+        run.checkpointed = time.monotonic()
+        index = run.first
+        while index in run.done:
+            index += 1
+        cursor = run.cursors.get(index)
+        current = self.driver.current(t)
+        before = current.progress_of(target)
+        try:
+            stepped = current.record_progress(
+                target,
+                index=index,
+                cursor=cursor,
+                keys=max(run.keys, before.keys),
+                nbytes=max(run.nbytes, before.bytes),
+                now_ms=wall_millis(),
+            )
+        except TransitionError as exc:
+            # Another driver got further (or the same) in the meantime; its record stands.
+            log.debug("checkpoint of %s not recorded: %s", target, exc)
+            return
+        self.driver.step(stepped)
+
+    async def _read(self, source: str, cursor: int, end: int, floor: float) -> Batch:
+        if source == self.node_id:
+            return await self.streams.read(cursor, end, self.batch_bytes, floor)
+        reply = await self.call(
+            source, rpc.STREAM_READ, encode_read(cursor, end, self.batch_bytes, floor),
+            RPC_TIMEOUT_S,
+        )  # fmt: skip
+        return decode_batch(reply)
+
+    async def _apply(self, target: str, entries: bytes) -> int:
+        if target == self.node_id:
+            return await self.streams.apply(entries)
+        (applied,) = APPLIED.unpack(
+            await self.call(target, rpc.STREAM_APPLY, entries, RPC_TIMEOUT_S)
+        )
+        return applied

@@ -29,90 +29,37 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import deque
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-
-import orjson
+from dataclasses import dataclass
 
 from limedb.cluster import rpc
 from limedb.cluster.handed_off import difference, merged
 from limedb.cluster.keys import MAX_TOKEN, split_wrapping
 from limedb.cluster.membership import Membership
 from limedb.cluster.proposals import Proposals
-from limedb.cluster.ring_record import RingKeeper
+from limedb.cluster.ring_record import RecordExchange, RingKeeper
 from limedb.cluster.ring_state import RingState
 from limedb.cluster.streaming import (
-    APPLIED,
     HANDOFF,
     RELEASE,
-    Batch,
+    RPC_TIMEOUT_S,
+    RangeStreamer,
     RangeStreams,
     Throttle,
-    decode_batch,
     encode_handoff,
-    encode_read,
     snapshot_floor,
 )
 from limedb.cluster.transitions import (
     Change,
     Kind,
     Phase,
-    RangeMove,
     Transition,
-    TransitionError,
     TransitionRefused,
     propose,
 )
 from limedb.config import Config
+from limedb.hlc import wall_millis as now_ms
 
 log = logging.getLogger(__name__)
-
-Call = Callable[[str, int, bytes, float], Awaitable[bytes]]
-RPC_TIMEOUT_S = 10.0
-PUSH_ATTEMPTS = 5
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
-class RateMeter:
-    """Bytes per second streamed by this node over the last few seconds."""
-
-    def __init__(self, window_s: float = 5.0) -> None:
-        self.window_s = window_s
-        self._samples: deque[tuple[float, int]] = deque()
-
-    def add(self, nbytes: int) -> None:
-        self._samples.append((time.monotonic(), nbytes))
-        self._trim()
-
-    def _trim(self) -> None:
-        horizon = time.monotonic() - self.window_s
-        while self._samples and self._samples[0][0] < horizon:
-            self._samples.popleft()
-
-    def rate(self) -> float:
-        self._trim()
-        return sum(n for _, n in self._samples) / self.window_s
-
-
-@dataclass
-class _TargetRun:
-    """One target's streaming in this process: ranges done, cursors of ranges in flight."""
-
-    first: int
-    first_cursor: int | None
-    keys: int
-    nbytes: int
-    done: set[int] = field(default_factory=set)
-    cursors: dict[int, int | None] = field(default_factory=dict)
-    checkpointed: float = field(default_factory=time.monotonic)
-
-    def __post_init__(self) -> None:
-        if self.first_cursor is not None:
-            self.cursors[self.first] = self.first_cursor
 
 
 class Superseded(Exception):
@@ -147,7 +94,7 @@ class TransitionDriver:
         keeper: RingKeeper,
         membership: Membership,
         streams: RangeStreams,
-        call: Call,
+        call: rpc.Call,
         settings: DriverSettings | None = None,
     ) -> None:
         self.node_id = node_id
@@ -163,7 +110,16 @@ class TransitionDriver:
         # from there, not from the record's wall-clock stamp, which another node's clock made.
         self._cleanup_seen: dict[str, float] = {}
         self._background: set[asyncio.Future] = set()
-        self.meter = RateMeter()
+        self.streamer = RangeStreamer(
+            node_id,
+            streams,
+            call,
+            self,
+            batch_bytes=self.settings.batch_bytes,
+            checkpoint_s=self.settings.checkpoint_s,
+            parallel_ranges=self.settings.parallel_ranges,
+        )
+        self.records = RecordExchange(node_id, keeper, membership, call)
         self.proposals = Proposals(self)
         keeper.add_listener(self._on_record)
         if keeper.state is not None:
@@ -234,7 +190,7 @@ class TransitionDriver:
         self.streams.resume_purges()  # purges pending from before a restart, or before the loop ran
 
     def register(self, server: rpc.RpcServer) -> None:
-        server.register(rpc.RING_RECORD, self.handle_record)
+        server.register(rpc.RING_RECORD, self.records.handle)
         server.register(rpc.PROPOSE, self.proposals.handle)
 
     async def stop(self) -> None:
@@ -285,7 +241,9 @@ class TransitionDriver:
     def transition_status(self, t: Transition) -> dict:
         now = now_ms()
         summary = t.summary(now)
-        bytes_per_s = self.meter.rate() if t.phase is Phase.STREAMING else summary.bytes_per_s
+        bytes_per_s = (
+            self.streamer.meter.rate() if t.phase is Phase.STREAMING else summary.bytes_per_s
+        )
         return {
             **t.status(now),
             # The node the change is about (the new one of a replace), for the operator.
@@ -378,7 +336,7 @@ class TransitionDriver:
             except TimeoutError:
                 pass
 
-    def _current(self, t: Transition) -> Transition:
+    def current(self, t: Transition) -> Transition:
         """The newest copy of `t`; Superseded if the record now holds something else."""
         state = self.keeper.state
         now = state.transition if state is not None else None
@@ -388,7 +346,7 @@ class TransitionDriver:
             raise Superseded(f"transition {t.id} moved to {now.phase.value}")
         return now
 
-    def _step(self, t: Transition) -> None:
+    def step(self, t: Transition) -> None:
         state = self.keeper.state
         assert state is not None
         self.keeper.adopt(state.with_transition(t))
@@ -399,103 +357,32 @@ class TransitionDriver:
         if t is None or self.driver_of(t) != self.node_id:
             return
         if t.phase is Phase.PROPOSED:
-            await self._push_everywhere()
+            await self.records.push_everywhere()
             # A rival proposal of the same epoch made elsewhere at the same moment wins or
             # loses here, before anything streams (Superseded if it won).
-            await self.exchange_records()
-            self._step(self._current(t).begin_streaming(now_ms()))
+            await self.records.exchange()
+            self.step(self.current(t).begin_streaming(now_ms()))
         elif t.phase is Phase.STREAMING:
             await self._stream_all(t)
-            t = self._current(t)
+            t = self.current(t)
             if not t.pending_streams():
-                self._step(t.commit(now_ms()))
-                await self._push_everywhere()
+                self.step(t.commit(now_ms()))
+                await self.records.push_everywhere()
         elif t.phase is Phase.COMMITTED:
-            await self._push_everywhere()
-            self._step(self._current(t).begin_cleanup(now_ms()))
-            await self._push_everywhere()
+            await self.records.push_everywhere()
+            self.step(self.current(t).begin_cleanup(now_ms()))
+            await self.records.push_everywhere()
         elif t.phase is Phase.CLEANUP:
-            await self._push_everywhere()
+            await self.records.push_everywhere()
             seen = self._cleanup_seen.setdefault(t.id, time.monotonic())
             wait_s = seen + self.settings.cleanup_grace_s - time.monotonic()
             if wait_s > 0:
                 await asyncio.sleep(wait_s)
-            await self._hand_off(self._current(t), lambda m: m.removed)
-            self._step(self._current(t).finish(now_ms()))
+            await self._hand_off(self.current(t), lambda m: m.removed)
+            self.step(self.current(t).finish(now_ms()))
             self._cleanup_seen.pop(t.id, None)
-            await self._push_everywhere()
+            await self.records.push_everywhere()
             log.info("transition %s done", t.id)
-
-    # ------------------------------------------------------------------ spreading the record
-
-    async def _push(self, node_id: str, record: bytes, timeout_s: float = 2.0) -> bool:
-        try:
-            await self.call(node_id, rpc.RING_RECORD, record, timeout_s)
-            return True
-        except (rpc.PeerUnavailable, rpc.RpcError) as exc:
-            log.debug("push of the ring record to %s failed: %s", node_id, exc)
-            return False
-
-    async def exchange_records(self, timeout_s: float = 2.0) -> None:
-        """Push our record to every node, then pull theirs and keep the newest (every node,
-        whatever its liveness here: a rival proposer is exactly a node we may disagree with
-        about liveness). Each push and pull is bounded by `timeout_s`, and a failed node is
-        retried once while it is alive here, so a dead one costs one refused connection and a
-        stalled one a few seconds at most."""
-        state = self.keeper.state
-        assert state is not None
-        record = orjson.dumps(state.to_record())
-
-        async def exchange(node: str) -> bool:
-            if not await self._push(node, record, timeout_s):
-                return False
-            try:
-                reply = await self.call(node, rpc.RING_RECORD, b"", timeout_s)
-                if reply:
-                    self.keeper.adopt_record(orjson.loads(reply))
-                return True
-            except (rpc.PeerUnavailable, rpc.RpcError, ValueError) as exc:
-                log.debug("ring record pull from %s failed: %s", node, exc)
-                return False
-
-        if unconfirmed := await self._on_every_node(exchange, attempts=2):
-            log.warning("ring record exchange unconfirmed by %s", ", ".join(unconfirmed))
-
-    async def _push_everywhere(self) -> None:
-        """Push the record to every node it names (and every node gossip knows); wait until
-        each live one has it, so that no coordinator routes by an older phase."""
-        state = self.keeper.state
-        assert state is not None
-        record = orjson.dumps(state.to_record())
-        unconfirmed = await self._on_every_node(
-            lambda node: self._push(node, record), attempts=PUSH_ATTEMPTS
-        )
-        if unconfirmed:
-            log.warning(
-                "ring record not confirmed by %s; gossip will carry it", ", ".join(unconfirmed)
-            )
-
-    async def _on_every_node(
-        self, action: Callable[[str], Awaitable[bool]], attempts: int
-    ) -> list[str]:
-        """Run `action` on every node the record or gossip names but this one, in parallel; a
-        node it failed on is tried again (up to `attempts` in all, a little later each time)
-        while it is alive here. Returns the nodes it never succeeded on."""
-        state = self.keeper.state
-        assert state is not None
-        pending = sorted(
-            (set(state.all_members()) | set(self.membership.peer_ids())) - {self.node_id}
-        )
-        for attempt in range(attempts):
-            if attempt:
-                await asyncio.sleep(0.2 * attempt)
-            done = await asyncio.gather(*(action(n) for n in pending))
-            pending = [
-                n for n, ok in zip(pending, done, strict=True) if not ok and self.is_alive(n)
-            ]
-            if not pending:
-                break
-        return pending
 
     # ------------------------------------------------------------------ streaming
 
@@ -506,12 +393,12 @@ class TransitionDriver:
         that would hide the ranges again, or hand them off as not its own."""
         while True:
             if not self.is_alive(target):
-                self._stalled(t, f"target {target}", target)
+                self.stalled(t, f"target {target}", target)
                 await asyncio.sleep(0.5)
                 continue
             state = self.keeper.state
             remote = bool(ranges) and target != self.node_id and state is not None
-            if remote and not await self._push(target, orjson.dumps(state.to_record())):
+            if remote and not await self.records.push(target):
                 await asyncio.sleep(0.5)
                 continue
             if await self._handoff_call(target, RELEASE, ranges, wait=False):
@@ -551,174 +438,50 @@ class TransitionDriver:
 
     async def _stream_all(self, t: Transition) -> None:
         throttle = Throttle(self.settings.bytes_per_s)
-        targets = t.pending_streams()
         # Every live node routes writes to old and new owners by now (the record was pushed
         # before streaming began), so a source snapshot taken from here on misses nothing.
         floor = snapshot_floor()
         results = await asyncio.gather(
-            *(self._stream_target(t, target, throttle, floor) for target in targets),
+            *(self._stream_to(t, target, throttle, floor) for target in t.pending_streams()),
             return_exceptions=True,
         )
         for result in results:
             if isinstance(result, BaseException):
                 raise result
 
-    async def _read(self, source: str, cursor: int, end: int, floor: float) -> Batch:
-        if source == self.node_id:
-            return await self.streams.read(cursor, end, self.settings.batch_bytes, floor)
-        reply = await self.call(
-            source, rpc.STREAM_READ, encode_read(cursor, end, self.settings.batch_bytes, floor),
-            RPC_TIMEOUT_S,
-        )  # fmt: skip
-        return decode_batch(reply)
+    async def _stream_to(self, t: Transition, target: str, throttle: Throttle, floor: float):
+        """Release what `target` once handed off of its ranges, then stream them from where
+        its checkpoint says."""
+        progress = self.current(t).progress_of(target)
+        indexes = t.streams()[target]
+        pending = [(t.moves[i].start, t.moves[i].end) for i in indexes[progress.index :]]
+        await self._release(t, target, pending)
+        await self.streamer.stream(t, target, progress, throttle, floor)
 
-    async def _apply(self, target: str, entries: bytes) -> int:
-        if target == self.node_id:
-            return await self.streams.apply(entries)
-        (applied,) = APPLIED.unpack(
-            await self.call(target, rpc.STREAM_APPLY, entries, RPC_TIMEOUT_S)
-        )
-        return applied
-
-    def _stalled(self, t: Transition, what: str, since_key: str) -> None:
+    def stalled(self, t: Transition, what: str, since_key: str) -> None:
         """Roll back when `what` has been unreachable for longer than the timeout."""
         since = self._unreachable_since.setdefault(since_key, time.monotonic())
         timeout = self.settings.timeout_s
         if timeout > 0 and time.monotonic() - since > timeout:
             reason = f"{what} unreachable for more than {timeout:.0f}s"
             log.warning("rolling back transition %s: %s", t.id, reason)
-            rolled = self._current(t).roll_back(reason, now_ms())
-            self._step(rolled)
+            rolled = self.current(t).roll_back(reason, now_ms())
+            self.step(rolled)
             task = asyncio.ensure_future(self._after_rollback(rolled))
             self._background.add(task)
             task.add_done_callback(self._background.discard)
             raise Superseded(f"rolled back: {reason}")
 
+    def reachable(self, *since_keys: str) -> None:
+        """Peers named by `since_keys` answered again: their stall clocks start over."""
+        for key in since_keys:
+            self._unreachable_since.pop(key, None)
+
     async def _after_rollback(self, t: Transition) -> None:
-        await self._push_everywhere()
+        await self.records.push_everywhere()
         # Targets drop what they received, except ranges they owned before (a replacement
         # keeping the dead node's id is such an owner).
         await self._hand_off(t, lambda m: [n for n in m.targets if n not in m.old_replicas])
-
-    async def _stream_target(
-        self, t: Transition, target: str, throttle: Throttle, floor: float
-    ) -> None:
-        """Stream `target`'s ranges, a few at a time (each round trip waits behind client
-        traffic on busy nodes); the checkpoint is the first range not yet complete."""
-        progress = self._current(t).progress_of(target)
-        indexes = t.streams()[target]
-        pending = [(t.moves[i].start, t.moves[i].end) for i in indexes[progress.index :]]
-        await self._release(t, target, pending)
-        run = _TargetRun(progress.index, progress.cursor, progress.keys, progress.bytes)
-        queue = deque(range(progress.index, len(indexes)))
-
-        async def worker() -> None:
-            while queue:
-                position = queue.popleft()
-                move = t.moves[indexes[position]]
-                cursor = run.cursors.get(position)
-                run.cursors[position] = cursor
-                while True:
-                    batch = await self._next_batch(t, target, move, cursor, floor)
-                    run.keys += batch.count
-                    run.nbytes += batch.nbytes
-                    self.meter.add(batch.nbytes)
-                    if batch.done:
-                        run.done.add(position)
-                        run.cursors.pop(position, None)
-                    else:
-                        cursor = run.cursors[position] = batch.next_cursor
-                    if time.monotonic() - run.checkpointed >= self.settings.checkpoint_s:
-                        self._checkpoint(t, target, run)
-                    await throttle.pace(batch.nbytes)
-                    if batch.done:
-                        break
-
-        workers = [worker() for _ in range(max(1, self.settings.parallel_ranges))]
-        results = await asyncio.gather(*workers, return_exceptions=True)
-        for result in results:
-            if isinstance(result, BaseException):
-                raise result
-        self._checkpoint(t, target, run)
-
-    async def _next_batch(
-        self, t: Transition, target: str, move: RangeMove, cursor: int | None, floor: float
-    ) -> Batch:
-        """Read the next batch of `move` from a live source and apply it to `target`,
-        waiting out (and, past the timeout, rolling back on) unreachable peers."""
-        while True:
-            if not self.is_alive(target):
-                self._stalled(t, f"target {target}", target)
-                await asyncio.sleep(0.5)
-                continue
-            sources = [s for s in move.sources if self.is_alive(s)]
-            if not sources:
-                self._stalled(t, f"every source of range {move.start}..{move.end}", "sources")
-                await asyncio.sleep(0.5)
-                continue
-            # Sources in ring order (a leaving node first): the load spreads over the replicas.
-            try:
-                start = move.start if cursor is None else cursor
-                batch = await self._read(sources[0], start, move.end, floor)
-                if batch.count:
-                    await self._apply(target, batch.entries)
-            except (rpc.PeerUnavailable, rpc.RpcError) as exc:
-                log.info("streaming to %s paused: %s", target, exc)
-                await asyncio.sleep(0.5)
-                continue
-            self._unreachable_since.pop(target, None)
-            self._unreachable_since.pop("sources", None)
-            return batch
-
-    def _checkpoint(self, t: Transition, target: str, run: _TargetRun) -> None:
-        run.checkpointed = time.monotonic()
-        index = run.first
-        while index in run.done:
-            index += 1
-        cursor = run.cursors.get(index)
-        current = self._current(t)
-        before = current.progress_of(target)
-        try:
-            stepped = current.record_progress(
-                target,
-                index=index,
-                cursor=cursor,
-                keys=max(run.keys, before.keys),
-                nbytes=max(run.nbytes, before.bytes),
-                now_ms=now_ms(),
-            )
-        except TransitionError as exc:
-            # Another driver got further (or the same) in the meantime; its record stands.
-            log.debug("checkpoint of %s not recorded: %s", target, exc)
-            return
-        self._step(stepped)
-
-    # ------------------------------------------------------------------ pulling at start
-
-    async def sync_from_peers(self, nodes: list[str], timeout_s: float = 1.0) -> None:
-        """Ask `nodes` for their ring record and keep the newest (a restarted node must not
-        route by the record it had before it went down)."""
-
-        async def pull(node: str) -> None:
-            try:
-                reply = await self.call(node, rpc.RING_RECORD, b"", timeout_s)
-                if reply:
-                    self.keeper.adopt_record(orjson.loads(reply))
-            except (rpc.PeerUnavailable, rpc.RpcError, ValueError) as exc:
-                log.debug("could not pull the ring record from %s: %s", node, exc)
-
-        await asyncio.gather(*(pull(n) for n in nodes if n != self.node_id))
-
-    def handle_record(self, body: bytes) -> bytes:
-        """RING_RECORD: adopt a pushed record if newer; an empty body asks for ours."""
-        if body:
-            try:
-                self.keeper.adopt_record(orjson.loads(body))
-            except (orjson.JSONDecodeError, ValueError) as exc:
-                raise rpc.RpcError(400, f"bad ring record: {exc}") from exc
-            return b""
-        state = self.keeper.state
-        return b"" if state is None else orjson.dumps(state.to_record())
 
 
 def unowned_ranges(state: RingState, node_id: str) -> list[tuple[int, int]]:
