@@ -94,7 +94,7 @@ class Cluster:
                 raise rpc.PeerUnavailable(f"{node}: connection refused")
             target = self.nodes[node].driver
             if kind == rpc.RING_RECORD:
-                return target.handle_record(payload)
+                return target.records.handle(payload)
             assert kind == rpc.PROPOSE, kind
             return await target.proposals.handle(payload)
 
