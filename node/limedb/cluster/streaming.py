@@ -11,11 +11,11 @@ storage scan rather than a seek and a snapshot per batch. Batches end on a token
 Every range of a stream is read from one storage snapshot, taken once the transition's writes
 already went to old and new owners (the driver says from when: its `floor`, a time on its own
 monotonic clock), so a snapshot per range (a copy of the memtable each) is not paid hundreds
-of times. The floor travels as an age, the milliseconds between it and the request's sending,
+of times. The floor travels as an age, the microseconds between it and the request's sending,
 which the source turns into a time on its monotonic clock: no wall clocks are compared, and
 the time in transit only makes the source ask for a newer snapshot than it needs.
 
-Wire format: a STREAM_READ request is `[u64 cursor][u64 end][u32 max bytes][u64 floor age ms,
+Wire format: a STREAM_READ request is `[u64 cursor][u64 end][u32 max bytes][u64 floor age µs,
 2^64-1 = any snapshot]`;
 the reply is
 `[u8 done][u64 next cursor][u32 count]` followed by `count` entries, each
@@ -81,13 +81,17 @@ def snapshot_floor() -> float:
 
 def encode_read(cursor: int, end: int, max_bytes: int, floor: float) -> bytes:
     """A STREAM_READ of cursor..end from a snapshot taken after `floor` (0: any snapshot)."""
-    age_ms = ANY_SNAPSHOT if floor <= 0 else max(0, int((time.monotonic() - floor) * 1000))
-    return READ_REQUEST.pack(cursor, end, max_bytes, age_ms)
+    age_us = ANY_SNAPSHOT if floor <= 0 else max(0, int((time.monotonic() - floor) * 1e6))
+    return READ_REQUEST.pack(cursor, end, max_bytes, age_us)
 
 
-def floor_of(age_ms: int) -> float:
-    """A received floor age as a time on this process's monotonic clock (rounded later)."""
-    return 0.0 if age_ms == ANY_SNAPSHOT else time.monotonic() - age_ms / 1000
+def floor_of(age_us: int) -> float:
+    """A received floor age as a time on this process's monotonic clock (rounded later).
+
+    The age is truncated, which moves the floor later by up to one unit: in milliseconds a
+    snapshot taken within a millisecond after the floor looked too old to serve it, and the
+    source took another; in microseconds that no longer happens."""
+    return 0.0 if age_us == ANY_SNAPSHOT else time.monotonic() - age_us / 1e6
 
 
 def decode_batch(reply: bytes) -> Batch:
@@ -256,8 +260,8 @@ class RangeStreams:
         return batch
 
     async def handle_read(self, body: bytes) -> bytes:
-        cursor, end, max_bytes, age_ms = READ_REQUEST.unpack(body)
-        batch = await self.read(cursor, end, max_bytes, floor_of(age_ms))
+        cursor, end, max_bytes, age_us = READ_REQUEST.unpack(body)
+        batch = await self.read(cursor, end, max_bytes, floor_of(age_us))
         return READ_HEAD.pack(batch.done, batch.next_cursor, batch.count) + batch.entries
 
     # ------------------------------------------------------------------ sink
