@@ -32,6 +32,7 @@ from limedb.api.state import NodeState
 from limedb.cluster.keys import MAX_TOKEN
 from limedb.cluster.proposals import ProposerUnavailable
 from limedb.cluster.repair import RepairRefused
+from limedb.cluster.service import NotClustered
 from limedb.cluster.transitions import Change
 from limedb.secret import node_proof, proof_matches
 
@@ -76,17 +77,9 @@ def build_router(state: NodeState) -> APIRouter:
         if not hmac.compare_digest(presented.encode(), secret.encode()):
             raise ApiError(401, "cluster secret required (X-Cluster-Secret header)")
 
-    def driver():  # noqa: ANN202 - limedb.cluster.transition_driver.TransitionDriver
-        found = getattr(state.require_service(), "driver", None)
-        if found is None:
-            raise ApiError(
-                409, "this node runs alone (started without seeds): it has no ring to change"
-            )
-        return found
-
     def resolve(node: str) -> str:
         """A member's id from its id or URL."""
-        record = driver().keeper.state
+        record = state.require_service().ring_record()
         members = record.all_members() if record is not None else {}
         if node in members:
             return node
@@ -132,7 +125,9 @@ def build_router(state: NodeState) -> APIRouter:
 
     async def propose(change: Change) -> Response:
         try:
-            outcome = await driver().proposals.submit(change)
+            outcome = await state.require_service().propose(change)
+        except NotClustered as exc:
+            raise ApiError(409, str(exc)) from exc
         except ProposerUnavailable as exc:
             raise ApiError(503, str(exc), retry_after_header(1.0)) from exc
         if outcome.accepted:
@@ -149,8 +144,7 @@ def build_router(state: NodeState) -> APIRouter:
         if challenge is not None and not 16 <= len(challenge) <= 128:
             raise ApiError(400, "challenge must be 16 to 128 characters")
         service = state.require_service()
-        d = getattr(service, "driver", None)
-        record = d.keeper.state if d is not None else None
+        record = service.ring_record()
         body: dict[str, Any] = {
             "node_id": service.node_id,
             "url": service.node_url,
@@ -177,26 +171,7 @@ def build_router(state: NodeState) -> APIRouter:
     @router.get("/status", summary="Ring epoch, members and the running transition's progress")
     async def status(request: Request) -> Response:
         authorize(request)
-        service = state.require_service()
-        d = getattr(service, "driver", None)
-        if d is not None:
-            body = d.status()
-            anti_entropy = getattr(service, "anti_entropy", None)
-            if anti_entropy is not None:
-                body["repair"] = anti_entropy.status()
-            return _json(body)
-        me = {"node_id": service.node_id, "url": service.node_url, "state": "Normal"}
-        return _json(
-            {
-                "epoch": 1,
-                "node_id": service.node_id,
-                "members": [{**me, "liveness": "alive"}],
-                "replication_factor": 1,
-                "vnodes": state.config.vnodes,
-                "transition": None,
-                "last_transition": None,
-            }
-        )
+        return _json(state.require_service().admin_status())
 
     @router.post("/join", status_code=202, summary="Add a running, empty node to the ring")
     async def join(body: JoinRequest, request: Request) -> Response:
@@ -226,9 +201,6 @@ def build_router(state: NodeState) -> APIRouter:
     @router.post("/repair", summary="Anti-entropy repair now (Merkle trees)")
     async def repair(request: Request, body: RepairRequest | None = None) -> Response:
         authorize(request)
-        run = getattr(state.require_service(), "repair", None)
-        if run is None:
-            raise ApiError(501, "anti-entropy repair is not available on this node yet")
         token_range = None
         if body is not None and (body.start is not None or body.end is not None):
             start = body.start or 0
@@ -237,8 +209,8 @@ def build_router(state: NodeState) -> APIRouter:
                 raise ApiError(400, f"token range {start}..{end} must be 0 <= start <= end < 2**64")
             token_range = (start, end)
         try:
-            return _json(await run(token_range))
-        except RepairRefused as exc:
+            return _json(await state.require_service().repair(token_range))
+        except (RepairRefused, NotClustered) as exc:
             raise ApiError(409, str(exc)) from exc
 
     return router

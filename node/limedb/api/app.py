@@ -23,7 +23,7 @@ from limedb.api.errors import install_handlers
 from limedb.api.fastpath import FastPath
 from limedb.api.state import NodeState
 from limedb.api.validation import Limits
-from limedb.cluster.service import KeyValueService
+from limedb.cluster.service import NodeService
 from limedb.config import Config
 
 DESCRIPTION = """\
@@ -34,7 +34,7 @@ JSON `{"error": "..."}`; 503 responses carry `Retry-After`.
 
 
 def create_app(
-    service: KeyValueService | None,
+    service: NodeService | None,
     config: Config,
     *,
     extra_routers: Iterable[APIRouter] = (),
@@ -60,10 +60,10 @@ def create_app(
     return FastPath(api, state)
 
 
-def attach_service(app: FastPath, service: KeyValueService) -> None:
+def attach_service(app: FastPath, service: NodeService) -> None:
     """Start serving keys from `service` (after storage recovery finished)."""
     app.state.service = service
-    budget = getattr(service, "background", None)
+    budget = service.background
     if budget is not None:
         # Background work (streaming, repair, hint replay) yields while clients queue.
         admission = app.state.admission

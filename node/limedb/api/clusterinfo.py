@@ -14,21 +14,9 @@ from limedb.api.responses import UNAVAILABLE
 from limedb.api.schemas import ClusterState, GossipInfo, RingInfo
 from limedb.api.state import NodeState
 from limedb.cluster.keys import MAX_TOKEN
-from limedb.cluster.local import ring_tokens
-from limedb.cluster.service import KeyValueService
-from limedb.cluster.view import ClusterView, MemberView
+from limedb.cluster.view import ClusterView
 
 RING_SIZE = 1 << 64
-
-
-def view_of(service: KeyValueService, vnodes: int) -> ClusterView:
-    """The service's own view; a service without one is reported as a lone node."""
-    cluster_view = getattr(service, "cluster_view", None)
-    if cluster_view is not None:
-        return cluster_view()
-    me = MemberView(service.node_id, service.node_url)
-    tokens = tuple(ring_tokens(service.node_id, service.node_url, vnodes))
-    return ClusterView(service.node_id, service.node_url, (me,), 1, vnodes, tokens, 0)
 
 
 def _degrees(position: int) -> float:
@@ -133,18 +121,17 @@ def _json(body: dict[str, Any]) -> Response:
 
 def build_router(state: NodeState) -> APIRouter:
     router = APIRouter(prefix="/api/v1/cluster", tags=["LimeDB-compatible"])
-    vnodes = state.config.vnodes
 
     @router.get("/state", responses={200: {"model": ClusterState}, **UNAVAILABLE})
     async def cluster_state() -> Response:
-        return _json(state_body(view_of(state.require_service(), vnodes)))
+        return _json(state_body(state.require_service().cluster_view()))
 
     @router.get("/ring", responses={200: {"model": RingInfo}, **UNAVAILABLE})
     async def cluster_ring() -> Response:
-        return _json(ring_body(view_of(state.require_service(), vnodes)))
+        return _json(ring_body(state.require_service().cluster_view()))
 
     @router.get("/gossip", responses={200: {"model": GossipInfo}, **UNAVAILABLE})
     async def cluster_gossip() -> Response:
-        return _json(gossip_body(view_of(state.require_service(), vnodes)))
+        return _json(gossip_body(state.require_service().cluster_view()))
 
     return router

@@ -12,7 +12,7 @@ from limedb.api.errors import not_ready
 from limedb.api.metrics import RouteStats
 from limedb.api.overload import Admission
 from limedb.api.validation import Limits
-from limedb.cluster.service import KeyValueService
+from limedb.cluster.service import NodeService
 from limedb.config import Config
 from limedb.connections import ConnectionBudget
 
@@ -22,7 +22,7 @@ class NodeState:
     config: Config
     limits: Limits
     stats: RouteStats = field(default_factory=RouteStats)
-    service: KeyValueService | None = None
+    service: NodeService | None = None
     admission: Admission = field(init=False)
     # Client connections of this node, HTTP and RESP (the RESP listener shares it).
     connections: ConnectionBudget = field(init=False)
@@ -36,7 +36,7 @@ class NodeState:
         """Client requests running now (admitted, not yet answered)."""
         return self.admission.running
 
-    def require_service(self) -> KeyValueService:
+    def require_service(self) -> NodeService:
         service = self.service
         if service is None:
             raise not_ready()

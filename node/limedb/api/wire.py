@@ -213,7 +213,7 @@ class WireProtocol(BoundedProtocol):
             return
         body = b"".join(cycle.body) if cycle.body else b""
         coro = hot.serve(state, cycle.route, cycle.method, cycle.raw_path, cycle.query, body)
-        if not getattr(state.service, "inline_safe", False):
+        if state.service is None or not state.service.inline_safe:
             task = self.loop.create_task(self._finish(cycle, coro, None, stepped=False))
             task.add_done_callback(self.tasks.discard)
             self.tasks.add(task)

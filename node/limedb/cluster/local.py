@@ -9,15 +9,28 @@ node has peers; the HTTP layer cannot tell the difference.
 from __future__ import annotations
 
 import time
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from limedb.cluster.atomic import AtomicOp, KeyLocks, Reply, apply_locally
 from limedb.cluster.keys import storage_key, user_key
 from limedb.cluster.ring import vnode_tokens
-from limedb.cluster.service import Consistency, InsufficientStorage, ReadResult, Unavailable
+from limedb.cluster.service import (
+    Consistency,
+    InsufficientStorage,
+    NotClustered,
+    ReadResult,
+    Unavailable,
+)
 from limedb.cluster.view import ClusterView, MemberView
 from limedb.hlc import HLC, millis_of
 from limedb.storage.errors import DiskFullError, StorageError
+
+if TYPE_CHECKING:
+    from limedb.cluster.proposals import Proposal
+    from limedb.cluster.ring_state import RingState
+    from limedb.cluster.transitions import Change
+
+ALONE = "this node runs alone (started without seeds): it has no ring to change"
 
 
 class StorageVersion(Protocol):
@@ -68,7 +81,9 @@ def ring_tokens(node_id: str, url: str, vnodes: int) -> list[tuple[int, str]]:
 
 
 class LocalService:
-    """A KeyValueService for one node: every key is owned here."""
+    """A NodeService for one node: every key is owned here, and there is no ring to change."""
+
+    background = None  # no streaming, repair or hint replay to hold back
 
     # Its coroutines await nothing but futures (no asyncio.timeout, no current_task), so the
     # HTTP layer may step them outside a task and answer a read in the same callback.
@@ -178,6 +193,29 @@ class LocalService:
     def stats(self) -> dict:
         stats = dict(self._engine.stats())
         return stats
+
+    # ------------------------------------------------------------------ AdminService
+
+    def ring_record(self) -> RingState | None:
+        return None
+
+    async def propose(self, change: Change) -> Proposal:
+        raise NotClustered(ALONE)
+
+    async def repair(self, token_range: tuple[int, int] | None = None) -> dict:
+        raise NotClustered("this node runs alone (started without seeds): it has no replicas")
+
+    def admin_status(self) -> dict:
+        me = {"node_id": self.node_id, "url": self.node_url, "state": "Normal"}
+        return {
+            "epoch": 1,
+            "node_id": self.node_id,
+            "members": [{**me, "liveness": "alive"}],
+            "replication_factor": 1,
+            "vnodes": self._vnodes,
+            "transition": None,
+            "last_transition": None,
+        }
 
     def cluster_view(self) -> ClusterView:
         """Self as the only member: what /api/v1/cluster/* report for a standalone node."""

@@ -29,6 +29,7 @@ from limedb.cluster.hints import HintStore
 from limedb.cluster.keys import token_of
 from limedb.cluster.local import LocalService
 from limedb.cluster.membership import GossipLoop, LivenessChange, Membership
+from limedb.cluster.proposals import Proposal
 from limedb.cluster.repair import AntiEntropy
 from limedb.cluster.replica import Mutation, Replica
 from limedb.cluster.ring import Ring
@@ -38,6 +39,7 @@ from limedb.cluster.ring_store import RingStore
 from limedb.cluster.service import Consistency, ReadResult, Unavailable
 from limedb.cluster.streaming import RangeStreams
 from limedb.cluster.transition_driver import DriverSettings, TransitionDriver
+from limedb.cluster.transitions import Change
 from limedb.cluster.view import ClusterView, MemberView
 from limedb.config import Config
 from limedb.hlc import HLC, millis_of, wall_millis
@@ -83,6 +85,9 @@ def initial_ring_state(config: Config, store: RingStore) -> RingState | None:
 
 class ClusterService:
     """A clustered node: any key, any node; replicated with quorums."""
+
+    # Its coroutines use asyncio.timeout and tasks: the HTTP layer runs them in a task.
+    inline_safe = False
 
     def __init__(self, config: Config, engine, hints_engine, *, internal_port: int) -> None:
         self.config = config
@@ -269,6 +274,17 @@ class ClusterService:
             (r.start, r.end, ring.replicas(r.end, rf))
             for r in ring.replica_ranges(self.node_id, rf)
         ]
+
+    # ------------------------------------------------------------------ AdminService
+
+    def ring_record(self) -> RingState | None:
+        return self.keeper.state
+
+    async def propose(self, change: Change) -> Proposal:
+        return await self.driver.proposals.submit(change)
+
+    def admin_status(self) -> dict:
+        return {**self.driver.status(), "repair": self.anti_entropy.status()}
 
     async def repair(self, token_range: tuple[int, int] | None = None) -> dict:
         """Anti-entropy repair of this node's ranges now (POST /admin/repair)."""

@@ -1,8 +1,10 @@
-"""The contract between the HTTP/RESP front ends and whatever serves keys behind them.
+"""The contracts between the HTTP/RESP front ends and the node behind them.
 
-`limedb.api` (and the RESP listener) call only this interface; a single node and a cluster
-coordinator both implement it, so the front ends never learn how many replicas there are.
-Keys here are the user's key bytes (not the token-prefixed storage key).
+`limedb.api` and the RESP listener call only these: `KeyValueService` for keys (the user's key
+bytes, not the token-prefixed storage key) and `AdminService` for the node and its cluster
+(ring, changes, status, repair: what Cassandra's StorageServiceMBean is to its tools). A single
+node (`LocalService`) and a cluster node (`ClusterService`) implement both (`NodeService`), so
+the front ends never learn how many replicas there are.
 """
 
 from __future__ import annotations
@@ -13,6 +15,11 @@ from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     from limedb.cluster.atomic import AtomicOp, Reply
+    from limedb.cluster.background import BackgroundBudget
+    from limedb.cluster.proposals import Proposal
+    from limedb.cluster.ring_state import RingState
+    from limedb.cluster.transitions import Change
+    from limedb.cluster.view import ClusterView
 
 
 class Consistency(enum.StrEnum):
@@ -58,9 +65,16 @@ class InvalidRequest(ServiceError):
     """The request is malformed in a way only the service can tell: HTTP 400."""
 
 
+class NotClustered(ServiceError):
+    """A ring operation asked of a node that runs alone (started without seeds): HTTP 409."""
+
+
 class KeyValueService(Protocol):
     node_id: str
     node_url: str
+    # Whether its coroutines await only futures (no asyncio.timeout, no current_task), so the
+    # HTTP layer may step them outside a task and answer in the parser's callback.
+    inline_safe: bool
 
     async def start(self) -> None: ...
 
@@ -102,3 +116,37 @@ class KeyValueService(Protocol):
     def local_count(self) -> int: ...
 
     def stats(self) -> dict: ...
+
+
+class AdminService(Protocol):
+    """The node and its cluster as `/admin/*`, `limedb admin` and RESP INFO see them."""
+
+    # Background work (streaming, repair, hint replay) that yields while clients queue; the
+    # HTTP layer sets its `pressure`. None where there is no such work.
+    background: BackgroundBudget | None
+
+    def ring_record(self) -> RingState | None:
+        """The newest ring record known here; None on a lone node or before it learned one."""
+        ...
+
+    async def propose(self, change: Change) -> Proposal:
+        """Hand `change` to the proposer (limedb.cluster.proposals) and return its verdict.
+        Raises NotClustered on a lone node, ProposerUnavailable when no member is alive."""
+        ...
+
+    def admin_status(self) -> dict:
+        """The object of `GET /admin/status`: epoch, members, RF, transitions (and repair)."""
+        ...
+
+    async def repair(self, token_range: tuple[int, int] | None = None) -> dict:
+        """Anti-entropy repair of this node's ranges now. Raises NotClustered on a lone node,
+        limedb.cluster.repair.RepairRefused when one already runs."""
+        ...
+
+    def cluster_view(self) -> ClusterView:
+        """Members, liveness and ring tokens for /api/v1/cluster/* and RESP INFO."""
+        ...
+
+
+class NodeService(KeyValueService, AdminService, Protocol):
+    """What a node serves to its front ends: keys and administration."""

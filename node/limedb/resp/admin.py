@@ -323,14 +323,12 @@ def _section_keyspace(session: Session) -> list[str]:
 def _section_cluster(session: Session) -> list[str]:
     # cluster_enabled:0 tells clients not to use Redis Cluster mode: any node serves any key.
     lines = ["cluster_enabled:0"]
-    view = getattr(session.server.service, "cluster_view", None)
-    if view is not None:
-        snapshot = view()
-        lines += [
-            f"limedb_members:{len(snapshot.members)}",
-            f"limedb_ring_epoch:{snapshot.ring_epoch}",
-        ]
-    return lines
+    snapshot = session.server.service.cluster_view()
+    return [
+        *lines,
+        f"limedb_members:{len(snapshot.members)}",
+        f"limedb_ring_epoch:{snapshot.ring_epoch}",
+    ]
 
 
 SECTIONS = {

@@ -31,7 +31,13 @@ from typing import Any
 import hiredis
 
 from limedb.cluster.atomic import CommandError
-from limedb.cluster.service import InsufficientStorage, InvalidRequest, ServiceError, Unavailable
+from limedb.cluster.service import (
+    InsufficientStorage,
+    InvalidRequest,
+    NodeService,
+    ServiceError,
+    Unavailable,
+)
 from limedb.connections import ConnectionBudget, out_of_descriptors
 from limedb.resp import admin, keyspace  # noqa: F401 - importing registers the commands
 from limedb.resp.commands import resolve
@@ -444,7 +450,10 @@ class RespServer:
     """The listener of one node: sessions, statistics, SCAN cursors, and the service."""
 
     def __init__(
-        self, service: Any, limits: Limits | None = None, budget: ConnectionBudget | None = None
+        self,
+        service: NodeService,
+        limits: Limits | None = None,
+        budget: ConnectionBudget | None = None,
     ) -> None:
         self.service = service
         self.limits = limits or Limits()
