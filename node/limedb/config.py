@@ -198,6 +198,13 @@ SETTINGS: tuple[Setting, ...] = (
         "HTTP client connections open at once; more get 503 with Retry-After and are closed",
     ),
     Setting(
+        "probe_connections",
+        _int(0, 1024),
+        8,
+        "connections beyond the caps kept for one probe, /metrics or /admin request each "
+        "(from the descriptor reserve), so a node full of clients can still be probed",
+    ),
+    Setting(
         "fd_reserve",
         _int(0),
         128,
@@ -308,6 +315,7 @@ class Config:
     max_queued: int = 1024
     request_timeout_ms: int = 5000
     max_connections: int = 4096
+    probe_connections: int = 8
     fd_reserve: int = 128
     http_idle_timeout_s: int = 15
     http_header_timeout_s: int = 10

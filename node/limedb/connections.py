@@ -53,8 +53,9 @@ class ConnectionBudget:
     the counters /metrics reports."""
 
     reserve: int
-    open: dict[str, int] = field(default_factory=lambda: {"http": 0, "resp": 0})
-    refused: dict[str, int] = field(default_factory=lambda: {"http": 0, "resp": 0})
+    # "probe": HTTP connections beyond the caps, for one probe request each.
+    open: dict[str, int] = field(default_factory=lambda: {"http": 0, "resp": 0, "probe": 0})
+    refused: dict[str, int] = field(default_factory=lambda: {"http": 0, "resp": 0, "probe": 0})
     # Connections the node closed: idle too long, or a request that did not arrive in time.
     closed: dict[str, int] = field(
         default_factory=lambda: {"http_idle": 0, "http_header": 0, "http_body": 0, "resp_idle": 0}
@@ -78,6 +79,15 @@ class ConnectionBudget:
             self.refused[kind] += 1
             return False
         self.open[kind] += 1
+        return True
+
+    def try_open_probe(self, slots: int) -> bool:
+        """Admit a connection beyond the caps for a probe (it takes a descriptor from the
+        reserve) if fewer than `slots` are open; else count a refusal."""
+        if self.open["probe"] >= slots:
+            self.refused["probe"] += 1
+            return False
+        self.open["probe"] += 1
         return True
 
     def release(self, kind: str) -> None:

@@ -221,11 +221,18 @@ def test_connections_beyond_max_connections_get_503_and_are_closed(make_node) ->
             "the node to hold 4 connections",
         )
         with socket.create_connection((node.host, node.port), timeout=10) as extra:
-            extra.sendall(b"GET /livez HTTP/1.1\r\nHost: x\r\n\r\n")
+            extra.sendall(b"GET /api/v1/keys HTTP/1.1\r\nHost: x\r\n\r\n")
             status, headers, body = read_response(extra)
             assert (status, headers["retry-after"], headers["connection"]) == (503, "1", "close")
             assert json.loads(body) == {"error": "too many open connections; retry later"}
             assert closed_by_peer(extra, 10)
+        # A probe still gets through (one request, then the connection closes): a kubelet
+        # must not restart a node for being full of clients.
+        with socket.create_connection((node.host, node.port), timeout=10) as probe:
+            probe.sendall(b"GET /livez HTTP/1.1\r\nHost: x\r\n\r\n")
+            status, headers, _ = read_response(probe)
+            assert (status, headers["connection"]) == (200, "close")
+            assert closed_by_peer(probe, 10)
         # The connections within the cap are served.
         held[1].sendall(b"GET /livez HTTP/1.1\r\nHost: x\r\n\r\n")
         assert read_response(held[1])[0] == 200

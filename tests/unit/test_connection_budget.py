@@ -27,7 +27,11 @@ def test_the_budget_follows_the_limit_and_both_caps(own_limit) -> None:
     assert not budget.try_open("resp", cap=1)  # the listener's own cap
     assert budget.try_open("http", cap=10)
     assert not budget.try_open("http", cap=10)  # the descriptor budget, HTTP and RESP together
-    assert budget.refused == {"http": 1, "resp": 1}
+    assert budget.refused == {"http": 1, "resp": 1, "probe": 0}
+    # Beyond the caps, a few places for probes (from the descriptor reserve).
+    assert budget.try_open_probe(slots=1) and not budget.try_open_probe(slots=1)
+    assert budget.refused["probe"] == 1
+    budget.release("probe")
     budget.release("resp")
     assert budget.try_open("http", cap=10)
     # A limit lowered at run time counts at the next accept.

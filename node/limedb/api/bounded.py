@@ -8,7 +8,10 @@ Every client connection holds a file descriptor and every request memory until i
   keep-alive timer, armed here for the first request too);
 - `sweep` answers 408 and closes a connection whose request headers or body take longer than
   `http_header_timeout_s` / `http_body_timeout_s`;
-- request headers larger than `max_header_bytes` are answered 431 and the connection closed.
+- request headers larger than `max_header_bytes` are answered 431 and the connection closed;
+- a connection beyond the caps may still take one of `probe_connections` places: it has a
+  second to send one request, which is served only if it is a probe, /metrics or /admin call
+  (a kubelet must not restart a node for being full of clients), and is then closed.
 Bodies are bounded per route by `fastpath` (ASGI routes) and `wire` (hot routes).
 """
 
@@ -17,14 +20,17 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import httptools
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from limedb.api import hot
 from limedb.api import operations as ops
 from limedb.api.errors import ApiError, retry_after_header
+from limedb.api.fastpath import admitted
 from limedb.api.state import NodeState
 
 HEADER, BODY = "http_header", "http_body"
+PROBE_WAIT_S = 1.0  # how long a connection beyond the caps may take to send its request
 
 
 def too_many_connections() -> ops.Reply:
@@ -39,7 +45,7 @@ class BoundedProtocol(HttpToolsProtocol):
     node_state: NodeState
     # Per connection: whether it holds a place in the connection budget, and the request being
     # read (HEADER or BODY, since when on the loop's clock) for `sweep`.
-    counted = False
+    counted: str | None = None  # the budget place this connection holds: "http" or "probe"
     reading: str | None = None
     reading_since = 0.0
     header_bytes = 0
@@ -47,23 +53,37 @@ class BoundedProtocol(HttpToolsProtocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         state = self.node_state
-        if not state.connections.try_open("http", state.config.max_connections):
+        budget = state.connections
+        wait = self.timeout_keep_alive
+        if budget.try_open("http", state.config.max_connections):
+            self.counted = "http"
+        elif budget.try_open_probe(state.config.probe_connections):
+            self.counted, wait = "probe", PROBE_WAIT_S
+        else:
             # Answered before the request is read: holding the descriptor any longer is what
             # the refusal is there to avoid.
             self.write_reply(too_many_connections(), keep_alive=False, head_only=False)
             transport.close()
             return
-        self.counted = True
         # uvicorn arms its keep-alive timer after each response; arm it for the first request
         # too, or a client that connects and sends nothing holds its descriptor forever.
-        self.timeout_keep_alive_task = self.loop.call_later(
-            self.timeout_keep_alive, self.timeout_keep_alive_handler
-        )
+        self.timeout_keep_alive_task = self.loop.call_later(wait, self.timeout_keep_alive_handler)
+
+    def admit_probe(self) -> bool:
+        """For a connection in a probe place, once its request's headers are in: whether it
+        is served (a probe, /metrics, /admin: then the connection closes after it); any other
+        request is refused with 503 and the connection closed."""
+        if admitted(httptools.parse_url(self.url).path):
+            self.reading = None
+            self.write_reply(too_many_connections(), keep_alive=False, head_only=False)
+            self.transport.close()
+            return False
+        return True
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self.counted:
-            self.counted = False
-            self.node_state.connections.release("http")
+        if self.counted is not None:
+            self.node_state.connections.release(self.counted)
+            self.counted = None
         self.reading = None
         super().connection_lost(exc)
 
@@ -94,6 +114,8 @@ class BoundedProtocol(HttpToolsProtocol):
         if phase is None or self.transport.is_closing():
             return
         limit = config.http_header_timeout_s if phase == HEADER else config.http_body_timeout_s
+        if phase == HEADER and self.counted == "probe":
+            limit = PROBE_WAIT_S
         if now - self.reading_since <= limit:
             return
         if self.flow.read_paused:

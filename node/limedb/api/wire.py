@@ -124,6 +124,11 @@ class WireProtocol(BoundedProtocol):
     serve_hot: bool = True
 
     def on_headers_complete(self) -> None:
+        if self.counted == "probe":
+            if self.admit_probe():
+                super().on_headers_complete()
+                self.cycle.keep_alive = False
+            return
         cycle = self.cycle
         if (
             not self.serve_hot
