@@ -127,6 +127,7 @@ def test_a_cluster_refuses_unauthenticated_admin_requests_and_internal_frames(
     health = http.get(f"{a.url}/api/v1/health").json()
     assert health["storage"]["cluster"]["rpc_rejected"] >= 2
     assert http.get(f"{c.url}/api/v1/health").json()["storage"]["cluster"]["rpc_oversized"] == 2
+    assert "limedb_storage_cluster_rpc_oversized 2.0" in http.get(f"{c.url}/metrics").text
     http.close()
 
 
