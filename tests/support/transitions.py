@@ -17,7 +17,7 @@ import httpx
 from limedb.client import Client, LimeDBError
 from limedb.cluster.ring import Ring
 
-from support.cluster import SECRET, SECRET_HEADERS, Node, free_port_pair, wait_for
+from support.cluster import SECRET, Node, free_port_pair, wait_for
 from support.history import OK, WRITE, History
 
 TRANSITION_TIMEOUT_S = 120.0
@@ -33,7 +33,9 @@ class Fleet:
         self.next_host = first_host
         self.nodes: list[Node] = []
         self.members: list[Node] = []
-        self.http = httpx.Client(timeout=10.0, headers=SECRET_HEADERS)
+        # The secret its nodes share (the support default unless `env` names another one).
+        self.secret = env.get("LIMEDB_CLUSTER_SECRET", SECRET)
+        self.http = httpx.Client(timeout=10.0, headers={"x-cluster-secret": self.secret})
 
     # ------------------------------------------------------------------ processes
 
@@ -80,7 +82,8 @@ class Fleet:
     # ------------------------------------------------------------------ admin
 
     def admin(self, node: Node | None = None) -> Client:
-        return Client((node or self.members[0]).url, timeout=20.0, retries=2, cluster_secret=SECRET)
+        url = (node or self.members[0]).url
+        return Client(url, timeout=20.0, retries=2, cluster_secret=self.secret)
 
     def status(self, node: Node | None = None) -> dict:
         with self.admin(node) as client:
