@@ -84,7 +84,7 @@ def run(seed: int, minutes: float, root: Path, lab: netns.NetLab) -> Result:
         except (AssertionError, httpx.HTTPError, LimeDBError, OSError) as exc:
             result.problems.append(f"campaign aborted: {type(exc).__name__}: {exc}")
         finally:
-            fleet.stop()
+            fleet.stop(keep_data=bool(result.problems))
     return result
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import secrets
+import shutil
 import threading
 from pathlib import Path
 
@@ -94,10 +95,14 @@ class NemesisFleet(NamespacedFleet):
         url = (node or self.members[0]).url
         return Client(url, timeout=5.0, retries=0, cluster_secret=self.secret)
 
-    def stop(self) -> None:
+    def stop(self, keep_data: bool = False) -> None:
+        """Stop every node and unmount its disk; `keep_data` copies each disk's files next to
+        it first (data-kept/), for the report of a failed campaign."""
         super().stop()
         for node in self.nodes:
             if diskfull.is_mounted(node.disk.path):
+                if keep_data:
+                    shutil.copytree(node.disk.path, node.data_dir / "data-kept", dirs_exist_ok=True)
                 node.disk.unmount()
 
     # ------------------------------------------------------------------ ring changes

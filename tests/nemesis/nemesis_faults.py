@@ -81,8 +81,13 @@ class Nemesis:
             self.note(f"{step.kind}: no running member to strike, skipped")
             return
         self.note(f"{step.kind} {node.url} {step.params} for {step.duration_s}s")
-        undo = getattr(self, f"_{step.kind}")(node, step)
-        undo()
+        try:
+            undo = getattr(self, f"_{step.kind}")(node, step)
+            undo()
+        except Exception as exc:  # noqa: BLE001 - a fault that cannot be played is reported
+            self.errors.append(f"{step.describe()} on {node.url}: {type(exc).__name__}: {exc}")
+            self.note(f"{step.kind} failed: {exc}")
+            return
         self.note(f"healed {step.kind} {node.url}")
 
     # ------------------------------------------------------------------ node faults
@@ -168,7 +173,8 @@ class Nemesis:
         return self._clock(node, step, step.params["rate"] * step.duration_s)
 
     def _disk_full(self, node: NemesisNode, step: Step):
-        node.disk.fill()
+        ballast = node.disk.fill()
+        self.note(f"  {node.url} disk filled with a {ballast >> 20} MiB ballast")
         time.sleep(step.duration_s)
         return node.disk.free
 

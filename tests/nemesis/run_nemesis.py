@@ -13,7 +13,7 @@ HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent), str(HERE)]
 
 from nemesis_campaign import run  # noqa: E402
-from support import netns  # noqa: E402
+from support import diskfull, netns  # noqa: E402
 
 
 def main() -> int:
@@ -27,6 +27,7 @@ def main() -> int:
         print(f"the nemesis needs network namespaces: {reason}", file=sys.stderr)
         return 2
     netns.sweep()
+    diskfull.sweep()
     root = Path(tempfile.mkdtemp(prefix=f"limedb-nemesis-{args.seed}-"))
     with netns.NetLab() as lab:
         result = run(args.seed, args.minutes, root, lab)

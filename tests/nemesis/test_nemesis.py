@@ -12,6 +12,7 @@ from nemesis_checks import ttl_problems
 from nemesis_faults import Skew
 from nemesis_plan import KINDS, MEMBERSHIP, plan
 from nemesis_workload import TtlWrite
+from support import diskfull
 from support.history import OK, READ, UNKNOWN, WRITE, History
 
 # Seeds found failing stay here as regression tests, with the bug they found:
@@ -42,6 +43,7 @@ def test_a_seed_replays_its_plan_exactly_and_other_seeds_differ():
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", CI_SEEDS)
 def test_campaign(seed, netlab, tmp_path):
+    diskfull.sweep()  # small disks a crashed run left behind
     result = run(seed, CI_MINUTES, tmp_path, netlab)
     print(result.report())
     assert not result.problems, result.report()

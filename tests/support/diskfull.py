@@ -4,8 +4,10 @@
 every free byte with a ballast file, `free()` deletes it, `unmount()` (also the context manager's
 exit) unmounts it, lazily if a process still has files open there. Mount it before the node
 starts (a node inside a network namespace then sees it too); fill and free any time after.
-Mounts are tagged with the source name `limedb-diskfull`, so `sweep()` can unmount the leftovers
-of a crashed run.
+Mounts are tagged with the source name `limedb-diskfull-<pid>` (the pid of the test process that
+made them), so `sweep()` can unmount the leftovers of a crashed run without touching the disks of
+a run still going on (whose nodes would then write to the directory underneath), and `fill()`
+refuses a disk that is not mounted (it would fill the real disk underneath).
 """
 
 from __future__ import annotations
@@ -42,14 +44,38 @@ def _mounts() -> list[tuple[str, str]]:
     return out
 
 
+def _owner(source: str) -> int | None:
+    """The pid of the process that mounted a small disk with this source, 0 for an untagged
+    one, None for a mount that is not a small disk."""
+    if source == SOURCE:
+        return 0
+    prefix, _, pid = source.rpartition("-")
+    return int(pid) if prefix == SOURCE and pid.isdigit() else None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def is_mounted(path: Path) -> bool:
     target = str(Path(path).resolve())
-    return any(point == target and source == SOURCE for point, source in _mounts())
+    return any(point == target and _owner(source) is not None for point, source in _mounts())
 
 
 def sweep() -> list[str]:
-    """Unmount every tmpfs a crashed run left behind; returns their mount points."""
-    points = [point for point, source in _mounts() if source == SOURCE]
+    """Unmount every tmpfs a crashed run left behind (its process is gone); returns their
+    mount points."""
+    points = [
+        point
+        for point, source in _mounts()
+        if (owner := _owner(source)) is not None and not (owner and _alive(owner))
+    ]
     for point in reversed(points):
         subprocess.run(["umount", "-l", point], check=False, capture_output=True)
     return points
@@ -73,7 +99,15 @@ class SmallDisk:
             raise RuntimeError(f"cannot mount a small disk: {reason}")
         self.path.mkdir(parents=True, exist_ok=True)
         subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", f"size={self.size_bytes},mode=0755", SOURCE, self.path],
+            [
+                "mount",
+                "-t",
+                "tmpfs",
+                "-o",
+                f"size={self.size_bytes},mode=0755",
+                f"{SOURCE}-{os.getpid()}",
+                self.path,
+            ],  # fmt: skip
             check=True,
             capture_output=True,
         )
@@ -88,6 +122,10 @@ class SmallDisk:
     def fill(self, leave_bytes: int = 0) -> int:
         """Grow the ballast until at most `leave_bytes` are free (0: until the disk refuses a
         single byte more); returns the ballast's size."""
+        if not is_mounted(self.path):
+            raise RuntimeError(
+                f"{self.path} is no longer a small disk: filling it would fill the disk underneath"
+            )
         fd = os.open(self.ballast, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         try:
             for chunk in _CHUNKS:
