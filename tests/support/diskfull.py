@@ -17,6 +17,8 @@ import os
 import subprocess
 from pathlib import Path
 
+from support.netns import pid_alive
+
 SOURCE = "limedb-diskfull"
 BALLAST = ".ballast"
 _CHUNKS = (1 << 20, 64 << 10, 4 << 10, 512)
@@ -53,16 +55,6 @@ def _owner(source: str) -> int | None:
     return int(pid) if prefix == SOURCE and pid.isdigit() else None
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def is_mounted(path: Path) -> bool:
     target = str(Path(path).resolve())
     return any(point == target and _owner(source) is not None for point, source in _mounts())
@@ -74,7 +66,7 @@ def sweep() -> list[str]:
     points = [
         point
         for point, source in _mounts()
-        if (owner := _owner(source)) is not None and not (owner and _alive(owner))
+        if (owner := _owner(source)) is not None and not (owner and pid_alive(owner))
     ]
     for point in reversed(points):
         subprocess.run(["umount", "-l", point], check=False, capture_output=True)

@@ -65,7 +65,8 @@ def available() -> str | None:
     return None
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists (a sweep keeps what a live run made)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -87,7 +88,7 @@ def sweep() -> list[str]:
     removed = []
     for name in namespaces():
         match = _NAME.match(name)
-        if match is None or _pid_alive(int(match.group(1))):
+        if match is None or pid_alive(int(match.group(1))):
             continue
         _kill_namespace_processes(name)
         _ip("netns", "del", name, check=False)
