@@ -106,6 +106,18 @@ class HLC:
             raise ClockOffsetError(remote, wall, self.max_offset_ms)
         return self.observe(remote)
 
+    def resume_after(self, own: int) -> int:
+        """Continue after this node's own history (the newest timestamp it stores, at
+        recovery), whatever the bound: a version stamped below one already stored would lose
+        to it, so an acknowledged write would silently not be the value read. A clock that
+        ends up ahead of the wall clock this way runs ahead until real time catches up (a
+        cluster node then refuses to stamp writes, limedb.cluster.clock_offset)."""
+        if not 0 <= own <= MAX_TIMESTAMP:
+            raise ValueError(f"timestamp {own} does not fit 64 bits")
+        with self._lock:
+            self._last = max(self._last, own)
+        return self.now()
+
     @property
     def last(self) -> int:
         return self._last

@@ -26,15 +26,22 @@ def service_over(engine: Engine) -> LocalService:
     return service
 
 
-def test_writes_are_stamped_after_everything_the_engine_has_seen(engine):
-    # Recovery advances the engine's clock past every stored version; a write stamped by any
-    # other clock could be ordered before an older version and silently lose.
-    future = pack(millis_of(engine.hlc.now()) + 3_600_000)
-    engine.hlc.observe(future)
-    service = service_over(engine)
-    ts = asyncio.run(service.put(b"k", b"v"))
-    assert ts > future
-    assert asyncio.run(service.get(b"k")).value == b"v"
+def test_writes_are_stamped_after_everything_the_engine_has_seen(tmp_path: Path):
+    # Recovery advances the engine's clock past every stored version, however far ahead of the
+    # wall clock (a clock stepped back since it was written): a write stamped by any other
+    # clock could be ordered before an older version and silently lose.
+    options = EngineOptions(durability="sync")
+    with Engine.open(tmp_path / "data", options) as before:
+        future = pack(millis_of(before.hlc.now()) + 3_600_000)
+        before.put(b"stored", b"old", ts=future)
+    engine = Engine.open(tmp_path / "data", options)
+    try:
+        service = service_over(engine)
+        ts = asyncio.run(service.put(b"k", b"v"))
+        assert ts > future
+        assert asyncio.run(service.get(b"k")).value == b"v"
+    finally:
+        engine.close()
 
 
 def test_delete_reports_whether_a_live_value_existed_and_hides_it(engine):

@@ -300,7 +300,7 @@ class Engine:
         self._seq = seq
         self._synced_seq = seq
         if max_ts:
-            self.hlc.observe(max_ts)
+            self.hlc.resume_after(max_ts)
 
         self._state = state
         state.last_seq = seq
