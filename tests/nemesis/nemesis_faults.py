@@ -65,12 +65,19 @@ class Nemesis:
         if ring.is_alive():
             self.errors.append("the ring changes did not finish within 10 minutes")
 
+    def _node(self, step: Step) -> NemesisNode | None:
+        """The node the plan names, if it was started."""
+        index = step.params.get("node")
+        nodes = self.fleet.nodes
+        return nodes[index] if index is not None and index < len(nodes) else None
+
     def _target(self, step: Step) -> NemesisNode | None:
+        """The planned node, if it runs as a member now (a ring change late or rolled back
+        can make the cluster differ from the plan)."""
+        node = self._node(step)
         with self.fleet.lock:
-            running = self.fleet.running_members()
-        if step.kind.startswith("clock"):
-            running = [n for n in running if n.clock is not None]
-        return running[step.pick % len(running)] if running else None
+            member = node is not None and node in self.fleet.members and node.running()
+        return node if member else None
 
     def _peers(self, node: NemesisNode) -> list[netns.Namespace]:
         return [n.ns for n in self.fleet.nodes if n is not node and n.running()]
@@ -78,7 +85,7 @@ class Nemesis:
     def _fault(self, step: Step) -> None:
         node = self._target(step)
         if node is None:
-            self.note(f"{step.kind}: no running member to strike, skipped")
+            self.note(f"{step.kind}: node {step.params.get('node')} is no running member, skipped")
             return
         self.note(f"{step.kind} {node.url} {step.params} for {step.duration_s}s")
         try:
@@ -199,6 +206,10 @@ class Nemesis:
         members = fleet.members
         if step.kind == "join" and len(members) < 4:
             node = fleet.start_joiner()
+            if node.index != step.params["node"]:
+                self.note(
+                    f"join: node {node.index} starts where the plan has {step.params['node']}"
+                )
             tid, _ = fleet.start_change(lambda c: c.join(node.url))
             self.note(f"join {node.url}: {tid}")
             last = fleet.wait_ended(tid)
@@ -207,8 +218,11 @@ class Nemesis:
                     fleet.members.append(node)
                 else:
                     node.stop()
-        elif step.kind == "leave" and len(members) > max(3, fleet.rf):
-            node = members[step.pick % len(members)]
+        elif (
+            step.kind == "leave"
+            and len(members) > max(3, fleet.rf)
+            and (node := self._node(step)) in members
+        ):
             tid, _ = fleet.start_change(lambda c: c.leave(node.url))
             self.note(f"leave {node.url}: {tid}")
             last = fleet.wait_ended(tid)

@@ -40,7 +40,9 @@ MIN_MEMBERS = 3
 @dataclass(frozen=True)
 class Step:
     """One fault: `kind` from `at_s` (seconds after the workload started) for `duration_s`.
-    `pick` chooses the target among the running members at that moment (pick % count)."""
+    `params["node"]` is the node it strikes (or the one that joins or leaves): its index in
+    the order nodes were started (0-2 the first members, 3 the first to join, ...), chosen
+    with `pick` among the members the plan expects at that moment."""
 
     at_s: float
     kind: str
@@ -132,12 +134,27 @@ def _bag(rng: random.Random, ring: _Ring) -> list[tuple[str, dict]]:
     return order
 
 
+def _target(kind: str, members: list[int], next_node: int, pick: int) -> int | None:
+    """The node a step strikes, and what it does to the planned members (in place)."""
+    if kind == "join":
+        members.append(next_node)
+        return next_node
+    if kind == "leave":
+        return members.pop(pick % len(members))
+    if kind == "rf":
+        return None
+    # Only odd nodes run on a fake clock (NemesisNode).
+    candidates = [m for m in members if m % 2] if kind.startswith("clock") else members
+    return candidates[pick % len(candidates)] if candidates else None
+
+
 def plan(seed: int, minutes: float) -> Plan:
     """The schedule of a campaign of about `minutes` of faults (at least one full bag)."""
     rng = random.Random(seed)
     ring = _Ring()
     budget_s = minutes * 60.0
     steps: list[Step] = []
+    members, next_node = list(range(INITIAL_MEMBERS)), INITIAL_MEMBERS
     now = rng.uniform(2.0, 3.0)  # the workload runs healthy first
     while not steps or now < budget_s:
         for kind, params in _bag(rng, ring):
@@ -147,6 +164,11 @@ def plan(seed: int, minutes: float) -> Plan:
             else:
                 duration = round(rng.uniform(2.0, 4.0), 1)
                 params = _params(kind, rng, duration)
-            steps.append(Step(round(now, 1), kind, duration, rng.randrange(1 << 16), params))
+            pick = rng.randrange(1 << 16)
+            node = _target(kind, members, next_node, pick)
+            next_node += kind == "join"
+            if node is not None:
+                params = {**params, "node": node}
+            steps.append(Step(round(now, 1), kind, duration, pick, params))
             now += duration + rng.uniform(0.5, 1.5)
     return Plan(seed, minutes, tuple(steps))
