@@ -90,3 +90,22 @@ def test_ttl_check_never_expects_an_unacknowledged_write_to_be_present():
     history = _ttl_history(UNKNOWN)
     _read(history, 12.0, None)
     assert ttl_problems(history, [TtlWrite("t0-1", 8.0)], [], {}, (40.0, 41.0)) == []
+
+
+def test_every_step_names_a_node_the_plan_expects_to_be_a_member():
+    for seed in (*CI_SEEDS, 7):
+        members, joined = {0, 1, 2}, 3
+        for step in plan(seed, 4).steps:
+            node = step.params.get("node")
+            if step.kind == "join":
+                assert node == joined and node not in members
+                members.add(node)
+                joined += 1
+            elif step.kind == "rf":
+                assert node is None
+            else:
+                assert node in members, (seed, step.describe())
+                if step.kind == "leave":
+                    members.remove(node)
+                elif step.kind.startswith("clock"):
+                    assert node % 2 == 1  # only odd nodes run on a fake clock

@@ -28,8 +28,11 @@ class EngineClosedError(StorageError):
     """The engine was closed (or failed) and accepts no more operations."""
 
 
-# ENOSPC, and EDQUOT (a quota is as full as a full disk, to a writer).
-DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+# ENOSPC, and EDQUOT (a quota is as full as a full disk, to a writer). EMFILE and ENFILE too:
+# out of file descriptors, the engine cannot open the log or table it must write, and like a
+# full disk that passes when descriptors are closed; treated as fatal, it left the engine dead
+# until a restart (found by the nemesis, seed 3: an fd_limit fault during a flush).
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EMFILE, errno.ENFILE})
 
 
 class DiskFullError(StorageError):
