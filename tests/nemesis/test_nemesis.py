@@ -18,6 +18,9 @@ from support.history import OK, READ, UNKNOWN, WRITE, History
 # Seeds found failing stay here as regression tests, with the bug they found:
 # 1: a node stepped 30 s ahead kept stamping writes on clock samples taken before the step
 #    (cluster/clock_offset.py now corrects them for the node's own steps at once).
+# 3: an fd_limit fault during a flush failed the storage engine for good (EMFILE), so the
+#    leaving node never handed off and the leave never ended (storage/errors.py: EMFILE and
+#    ENFILE are now handled like a full disk).
 # Longer seeds that found bugs, kept by a focused test (too long for CI):
 # 7 (MINUTES=4): a node restarted after kill -9 onto a full disk died in its start-up pull of
 #    the ring record (tests/unit/cluster/test_ring_record_disk_full.py).
