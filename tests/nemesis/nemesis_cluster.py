@@ -156,9 +156,10 @@ class NemesisFleet(NamespacedFleet):
             tolerate=(*TRANSIENT, LimeDBError),
         )
 
-    def hints_pending(self, node: Node) -> int:
+    def hints_pending(self, node: Node) -> dict[str, int]:
+        """`node`'s hints not yet replayed, by target (node id = URL here)."""
         health = self.http.get(f"{node.url}/api/v1/health", timeout=5.0).json()
-        return health["storage"]["cluster"]["hints"]["pending"]
+        return health["storage"]["cluster"]["hints"]["pending_by_target"]
 
     def serves(self, node: Node, key: str) -> bool:
         """Whether `node` answers a read and a write of `key` (ValueError says how not)."""
