@@ -5,7 +5,6 @@ they are buffered, and the keys page past the end reports the true total.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import re
 import resource
@@ -250,14 +249,17 @@ def held_metrics(sock: socket.socket) -> str:
 
 
 def test_descriptors_running_out_at_run_time_give_503_never_500(make_node) -> None:
-    """The limit lowered below what the node holds (no reserve can help): a write that needs a
-    descriptor (a new WAL when the memtable is full) is refused with 503, on the hot route
-    and on FastAPI's alike, and writes work again once the limit is raised."""
+    """The limit lowered below what the node holds (no reserve can help): no request gets a
+    500. A request that needs a descriptor is refused with 503, on the hot route and on
+    FastAPI's alike, or the storage engine absorbs it (a log it cannot rotate is kept on, a
+    file it cannot open is retried like a full disk: 507 for a write it must refuse); a new
+    client is not accepted meanwhile; writes work again once the limit is raised."""
     node = make_node({})
     assert node.proc is not None
     pid = node.proc.pid
     value = "v" * 100_000
     statuses: dict[int, int] = {}
+    new_client_refused = False
     with httpx.Client(base_url=node.url, timeout=30.0) as client:
         assert client.put("/v1/kv/first", content=b"v").status_code == 200
         old_limit = set_nofile(pid, open_descriptors(pid))
@@ -270,7 +272,7 @@ def test_descriptors_running_out_at_run_time_give_503_never_500(make_node) -> No
                         "/v1/batch", json={"put": [{"key": f"k{i}", "value": value}]}
                     )
                 statuses[response.status_code] = statuses.get(response.status_code, 0) + 1
-                assert response.status_code in (200, 503), response.text
+                assert response.status_code in (200, 503, 507), response.text
                 if response.status_code == 503:
                     assert response.headers["retry-after"] == "1"
                     assert "out of file descriptors" in response.json()["error"]
@@ -278,11 +280,13 @@ def test_descriptors_running_out_at_run_time_give_503_never_500(make_node) -> No
                     # A new client meanwhile: accept() fails; libuv then accepts and resets
                     # the connection (there is no descriptor to answer with). It must not
                     # take the listener down (checked below).
-                    with contextlib.suppress(httpx.HTTPError):
+                    try:
                         httpx.get(f"{node.url}/livez", timeout=5.0)
+                    except httpx.HTTPError:
+                        new_client_refused = True
         finally:
             set_nofile(pid, old_limit)
-        assert statuses.get(503), f"descriptors never ran out: {statuses}"
+        assert statuses.get(503) or new_client_refused, f"descriptors never ran out: {statuses}"
         wait_for(
             lambda: client.put("/v1/kv/after", content=b"v").status_code == 200,
             30,
@@ -292,7 +296,7 @@ def test_descriptors_running_out_at_run_time_give_503_never_500(make_node) -> No
     assert httpx.get(f"{node.url}/v1/kv/after", timeout=10.0).content == b"v"
     metrics = httpx.get(node.url + "/metrics", timeout=10.0).text
     counted = re.search(r"^limedb_descriptor_exhaustion_total (\S+)$", metrics, re.MULTILINE)
-    assert counted and float(counted.group(1)) == statuses[503]
+    assert counted and float(counted.group(1)) == statuses.get(503, 0)
 
 
 # ---------------------------------------------------------------------- slow and large requests
