@@ -3,6 +3,7 @@ plus the fixed behaviours (empty key 400, oversized value 413, keys with reserve
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote
@@ -56,7 +57,26 @@ def test_set_answers_text_ok_and_get_returns_value_with_owner_url(http, lime):
 
     response = http.get("/api/v1/get/user:1")
     assert response.status_code == 200
-    assert response.json() == {"value": "alice", "nodeUrl": lime.url}
+    body = response.json()
+    written_us = body.pop("timestamp_micros")
+    assert body == {"value": "alice", "nodeUrl": lime.url}
+    assert abs(written_us - time.time_ns() // 1000) < 60_000_000
+
+
+def test_replicas_of_a_key_on_a_single_node(http, lime):
+    http.post("/api/v1/set", json={"key": "where?", "value": "here"})
+    entry = {"node_url": lime.url, "is_primary": True, "is_local": True, "answered": True}
+    response = http.get(f"/api/v1/replicas/{path_of('where?')}")
+    assert response.status_code == 200
+    assert response.json() == {
+        "key": "where?",
+        "replication_factor": 1,
+        "quorum": 1,
+        "replicas": [{**entry, "has_value": True}],
+    }
+    missing = http.get("/api/v1/replicas/nowhere").json()
+    assert missing["replicas"] == [{**entry, "has_value": False}]
+    assert http.get("/api/v1/replicas/").status_code == 400
 
 
 def test_missing_key_is_404_key_not_found(http):
@@ -128,7 +148,8 @@ def test_oversized_value_is_413_and_a_value_at_the_limit_is_accepted(http):
 def test_unknown_query_parameters_are_ignored(http, lime):
     http.post("/api/v1/set?node=http://elsewhere:8484", json={"key": "q", "value": "1"})
     response = http.get("/api/v1/get/q", params={"node": "http://elsewhere:8484"})
-    assert response.json() == {"value": "1", "nodeUrl": lime.url}
+    assert response.json()["nodeUrl"] == lime.url
+    assert response.json()["value"] == "1"
     assert http.get("/api/v1/cluster/state", params={"node": "x"}).status_code == 200
 
 

@@ -13,6 +13,7 @@ import orjson
 from limedb.api.errors import ApiError
 from limedb.api.validation import Limits, check_value, key_from_text, value_from_text
 from limedb.cluster.service import Consistency, KeyValueService
+from limedb.hlc import millis_of
 
 TEXT = b"text/plain; charset=utf-8"
 JSON = b"application/json"
@@ -51,8 +52,36 @@ async def lime_get(service: KeyValueService, key: bytes) -> Reply:
     if result.value is None:
         return NOT_FOUND
     return Reply(
-        200, JSON, orjson.dumps({"value": _text(result.value), "nodeUrl": result.owner_url})
+        200,
+        JSON,
+        orjson.dumps(
+            {
+                "value": _text(result.value),
+                "nodeUrl": result.owner_url,
+                "timestamp_micros": millis_of(result.ts) * 1000,
+            }
+        ),
     )
+
+
+async def lime_replicas(service: KeyValueService, key: bytes) -> Reply:
+    report = await service.replica_report(key)
+    body = {
+        "key": _text(key),
+        "replication_factor": report.replication_factor,
+        "quorum": report.quorum,
+        "replicas": [
+            {
+                "node_url": r.node_url,
+                "is_primary": r.is_primary,
+                "is_local": r.is_local,
+                "has_value": r.has_value,
+                "answered": r.answered,
+            }
+            for r in report.replicas
+        ],
+    }
+    return Reply(200, JSON, orjson.dumps(body))
 
 
 async def lime_set(service: KeyValueService, body: bytes, limits: Limits) -> Reply:

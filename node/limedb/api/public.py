@@ -18,11 +18,12 @@ from limedb.api import operations as ops
 from limedb.api.fastpath import read_body
 from limedb.api.hot import DEL_PREFIX, GET_PREFIX
 from limedb.api.responses import BAD_REQUEST, NOT_FOUND, TOO_LARGE, UNAVAILABLE, text, to_response
-from limedb.api.schemas import GetResponse, Health, KeysPage
+from limedb.api.schemas import GetResponse, Health, KeysPage, ReplicasResponse
 from limedb.api.state import NodeState
 from limedb.api.validation import key_from_raw_path
 
 MAX_PAGE_SIZE = 100
+REPLICAS_PREFIX = b"/api/v1/replicas/"
 MAX_PAGE = 1_000_000_000
 
 
@@ -98,6 +99,20 @@ def build_router(state: NodeState) -> APIRouter:
         service = state.require_service()
         raw = key_from_raw_path(_raw_path(request), len(GET_PREFIX), limits)
         return to_response(await ops.lime_get(service, raw))
+
+    @router.get(
+        "/api/v1/replicas/{key:path}",
+        summary="Where a key lives: its replicas in ring order and which hold a value",
+        responses={
+            200: {"model": ReplicasResponse, "description": "the key's replicas"},
+            **BAD_REQUEST,
+            **UNAVAILABLE,
+        },
+    )
+    async def key_replicas(request: Request, key: Key) -> Response:
+        service = state.require_service()
+        raw = key_from_raw_path(_raw_path(request), len(REPLICAS_PREFIX), limits)
+        return to_response(await ops.lime_replicas(service, raw))
 
     @router.post(
         "/api/v1/set",

@@ -20,6 +20,25 @@ class ErrorBody(BaseModel):
 class GetResponse(BaseModel):
     value: str
     nodeUrl: str = Field(description="URL of the node that owns the key")
+    timestamp_micros: int = Field(
+        description="when the value was written: its version's wall-clock time, in "
+        "microseconds since the epoch (millisecond precision)"
+    )
+
+
+class ReplicaEntry(BaseModel):
+    node_url: str
+    is_primary: bool = Field(description="the first replica in ring order")
+    is_local: bool = Field(description="the replica is the node that answered")
+    has_value: bool = Field(description="the replica holds a live value (false if unreachable)")
+    answered: bool = Field(description="the replica answered the question (LimeDB extension)")
+
+
+class ReplicasResponse(BaseModel):
+    key: str
+    replication_factor: int
+    quorum: int
+    replicas: list[ReplicaEntry]
 
 
 class KeyEntry(BaseModel):

@@ -400,6 +400,25 @@ class Coordinator:
             return ReadResult(None, owner_url)
         return ReadResult(newest.value, owner_url, newest.ts, newest.expires_at_ms)
 
+    async def replica_values(self, key: bytes) -> list[tuple[str, bool | None]]:
+        """Each replica of `key` in ring order and whether it holds a live value (None: it
+        did not answer). Asks every replica directly, without repairing anything."""
+        replicas = self.replicas(key)
+        now = self.physical_ms()
+
+        async def ask(node: str) -> bool | None:
+            if node == self.node_id:
+                stored = self.replica.read(key)
+            else:
+                try:
+                    stored = decode_stored(await self.call(node, rpc.READ, key, self.timeout_s))
+                except (rpc.PeerUnavailable, rpc.RpcError):
+                    return None
+            return stored is not None and stored.live(now)
+
+        answers = await asyncio.gather(*(ask(node) for node in replicas))
+        return list(zip(replicas, answers, strict=True))
+
     def _repair(self, key: bytes, newest: Stored, stale: list[str]) -> None:
         mutation = newest.as_mutation(key)
         for node in stale:

@@ -19,6 +19,8 @@ from limedb.cluster.service import (
     InsufficientStorage,
     NotClustered,
     ReadResult,
+    ReplicaHolding,
+    ReplicaReport,
     Unavailable,
 )
 from limedb.cluster.view import ClusterView, MemberView
@@ -176,6 +178,13 @@ class LocalService:
         self._check_open()
         return await apply_locally(self._atomic_locks, key, fn, self.get, self._engine, self._clock)
 
+    async def replica_report(self, key: bytes) -> ReplicaReport:
+        """The only replica is this node."""
+        self._check_open()
+        live = _is_live(self._engine.get_version(storage_key(key)), _now_ms())
+        me = ReplicaHolding(self.node_url, is_primary=True, is_local=True, has_value=live)
+        return ReplicaReport(replication_factor=1, quorum=1, replicas=(me,))
+
     def local_items(self, after: bytes | None, limit: int) -> list[tuple[bytes, bytes]]:
         if limit <= 0:
             return []
@@ -220,7 +229,7 @@ class LocalService:
     def cluster_view(self) -> ClusterView:
         """Self as the only member: what /api/v1/cluster/* report for a standalone node."""
         heartbeat = int(time.time() - self._started_at)
-        me = MemberView(self.node_id, self.node_url, "Normal", "active", heartbeat, 0.0)
+        me = MemberView(self.node_id, self.node_url, "Normal", "active", heartbeat, 0)
         return ClusterView(
             node_id=self.node_id,
             node_url=self.node_url,

@@ -21,14 +21,19 @@ from limedb.cluster import rpc
 from limedb.cluster.atomic import AtomicOp, ClusterAtomic, Reply
 from limedb.cluster.background import BackgroundBudget
 from limedb.cluster.clock_offset import ClockOffsets
-from limedb.cluster.coordinator import Coordinator
+from limedb.cluster.coordinator import Coordinator, required_acks
 from limedb.cluster.failure import Liveness
 from limedb.cluster.gossip import GossipError
 from limedb.cluster.handed_off import HandedOff
 from limedb.cluster.hints import HintStore
 from limedb.cluster.keys import token_of
 from limedb.cluster.local import LocalService
-from limedb.cluster.membership import GossipLoop, LivenessChange, Membership
+from limedb.cluster.membership import (
+    GossipLoop,
+    LivenessChange,
+    Membership,
+    MembershipSnapshot,
+)
 from limedb.cluster.proposals import Proposal
 from limedb.cluster.repair import AntiEntropy
 from limedb.cluster.replica import Mutation, Replica
@@ -36,7 +41,13 @@ from limedb.cluster.ring import Ring
 from limedb.cluster.ring_record import RecordGossip, RingKeeper
 from limedb.cluster.ring_state import RingState
 from limedb.cluster.ring_store import RingStore
-from limedb.cluster.service import Consistency, ReadResult, Unavailable
+from limedb.cluster.service import (
+    Consistency,
+    ReadResult,
+    ReplicaHolding,
+    ReplicaReport,
+    Unavailable,
+)
 from limedb.cluster.streaming import RangeStreams
 from limedb.cluster.transition_driver import DriverSettings, TransitionDriver
 from limedb.cluster.transitions import Change
@@ -49,6 +60,34 @@ log = logging.getLogger(__name__)
 INTERNAL_PORT_OFFSET = 1000
 HINT_SWEEP_S = 5.0
 _GOSSIP_STATUS = {Liveness.ALIVE: "active", Liveness.SUSPECT: "stale", Liveness.DEAD: "dead"}
+
+
+def heartbeat_lag(silence_s: float, interval_s: float, own_heartbeat: int) -> int:
+    """How many heartbeats of a peer this node has missed (the original LimeDB's integer
+    lag): 0 for a peer heard within the last gossip interval. A peer never heard from has
+    missed every heartbeat of this node's life."""
+    if silence_s == float("inf"):
+        return own_heartbeat
+    return int(silence_s // interval_s) if interval_s > 0 else 0
+
+
+def member_view(entry: dict, snapshot: MembershipSnapshot) -> MemberView:
+    """One member of the ring record (TransitionDriver.member_states) as the views show it."""
+    node_id = entry["node_id"]
+    if node_id == snapshot.node_id:
+        return MemberView(node_id, entry["url"], entry["state"], "active", snapshot.heartbeat)
+    peer = snapshot.peer(node_id)
+    if peer is None:
+        return MemberView(node_id, entry["url"], entry["state"], "dead", 0, snapshot.heartbeat)
+    lag = heartbeat_lag(peer.silence_s, snapshot.gossip_interval_s, snapshot.heartbeat)
+    return MemberView(
+        node_id,
+        peer.url,
+        entry["state"],
+        _GOSSIP_STATUS[peer.liveness],
+        peer.version,
+        lag,
+    )
 
 
 def default_internal_port(url: str) -> int:
@@ -380,6 +419,23 @@ class ClusterService:
         self._check_open()
         return await self.atomic.atomic_update(key, fn, consistency)
 
+    async def replica_report(self, key: bytes) -> ReplicaReport:
+        self._check_open()
+        holdings = []
+        for i, (node, live) in enumerate(await self.coordinator.replica_values(key)):
+            holdings.append(
+                ReplicaHolding(
+                    node_url=self.membership.url_of(node) or node,
+                    is_primary=i == 0,
+                    is_local=node == self.node_id,
+                    has_value=bool(live),
+                    answered=live is not None,
+                )
+            )
+        rf = len(holdings)
+        quorum = required_acks(Consistency.QUORUM, rf) if rf else 0
+        return ReplicaReport(rf, quorum, tuple(holdings))
+
     def local_items(self, after: bytes | None, limit: int) -> list[tuple[bytes, bytes]]:
         if not self.handed_off:
             return self.local.local_items(after, limit)
@@ -427,21 +483,16 @@ class ClusterService:
         return stats
 
     def cluster_view(self) -> ClusterView:
-        """Members with failure-detector liveness and the ring's tokens, for /api/v1/cluster/*."""
+        """The ring record's members (not those that left) with their membership state and
+        failure-detector liveness, and the ring's tokens, for /api/v1/cluster/*."""
         snapshot = self.membership.snapshot()
         ring = snapshot.ring
-        members = [MemberView(self.node_id, self.node_url, "Normal", "active", snapshot.heartbeat)]
-        for peer in snapshot.peers:
-            lag = peer.silence_s if peer.silence_s != float("inf") else 0.0
+        record = self.keeper.state
+        listed = self.driver.member_states(record) if record is not None else []
+        members = [member_view(entry, snapshot) for entry in listed if entry["state"] != "Left"]
+        if record is None:  # nothing learned yet: only this node, not yet in any ring
             members.append(
-                MemberView(
-                    peer.node_id,
-                    peer.url,
-                    peer.status.capitalize(),
-                    _GOSSIP_STATUS[peer.liveness],
-                    peer.version,
-                    round(lag, 3),
-                )
+                MemberView(self.node_id, self.node_url, "Joining", "active", snapshot.heartbeat)
             )
         return ClusterView(
             node_id=self.node_id,

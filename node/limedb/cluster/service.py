@@ -40,6 +40,26 @@ class ReadResult:
     expires_at_ms: int | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class ReplicaHolding:
+    """One replica of a key and whether it holds a live value (False if it did not answer)."""
+
+    node_url: str
+    is_primary: bool
+    is_local: bool
+    has_value: bool
+    answered: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaReport:
+    """Where a key lives: GET /api/v1/replicas/{key}."""
+
+    replication_factor: int
+    quorum: int
+    replicas: tuple[ReplicaHolding, ...]
+
+
 class ServiceError(Exception):
     """Base of the errors a front end maps onto a status code."""
 
@@ -107,6 +127,11 @@ class KeyValueService(Protocol):
         """Read-modify-write `key` atomically: `fn(current, now_ms)` runs at the key's primary
         replica under a per-key lock and decides the write and the reply (limedb.cluster.atomic;
         the guarantee is stated in docs/redis.md)."""
+        ...
+
+    async def replica_report(self, key: bytes) -> ReplicaReport:
+        """The key's replicas in ring order (the first is its primary), each asked directly
+        whether it holds a live value."""
         ...
 
     def local_items(self, after: bytes | None, limit: int) -> list[tuple[bytes, bytes]]:

@@ -231,7 +231,7 @@ class TransitionDriver:
         return {
             "epoch": state.ring.epoch,
             "node_id": self.node_id,
-            "members": self._members(state),
+            "members": self.member_states(state),
             "replication_factor": state.rf,
             "vnodes": state.ring.vnodes,
             "transition": self.transition_status(t) if t is not None and t.active else None,
@@ -259,7 +259,9 @@ class TransitionDriver:
             "eta_s": summary.eta_s,
         }
 
-    def _members(self, state: RingState) -> list[dict]:
+    def member_states(self, state: RingState) -> list[dict]:
+        """Every member the record names with its state (Joining, Normal, Leaving; Left for
+        the nodes the last finished transition removed) and this node's liveness verdict."""
         t = state.transition
         active = t is not None and t.active
         entries = []

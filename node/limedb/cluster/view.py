@@ -14,7 +14,8 @@ class MemberView:
     """One ring member as this node sees it.
 
     `state` is the membership state (Joining / Normal / Leaving / Left); `status` is what the
-    failure detector says (active / stale / dead); `lag` is seconds since its last heartbeat.
+    failure detector says (active / stale / dead); `lag` is how many of its heartbeats this node
+    has missed (gossip intervals since it was last heard from), the original LimeDB's unit.
     """
 
     node_id: str
@@ -22,7 +23,7 @@ class MemberView:
     state: str = "Normal"
     status: str = "active"
     heartbeat: int = 0
-    lag: float = 0.0
+    lag: int = 0
 
 
 @dataclass(frozen=True, slots=True)
