@@ -1,8 +1,14 @@
 # One image for a LimeDB node (`limedb serve`) and the operator (`limedb-operator`).
 # Non-root (uid 10001), no shell needed at runtime beyond /bin/sh for the node entrypoint,
 # and a read-only root filesystem works: data lives in /data, scratch in /tmp (emptyDir).
+#
+# BASE_IMAGE: any Debian-like image with python3 (>= 3.11, with venv) as `python`, groupadd and
+# useradd. `make image` (scripts/image.sh) builds one from Debian's packages where no registry
+# is reachable; with Docker and a registry: docker build -t limedb:dev .
 
-FROM python:3.11-slim AS build
+ARG BASE_IMAGE=python:3.11-slim
+
+FROM ${BASE_IMAGE} AS build
 WORKDIR /src
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 COPY pyproject.toml README.md ./
@@ -12,7 +18,7 @@ RUN python -m venv /opt/limedb \
  && /opt/limedb/bin/pip install --upgrade pip \
  && /opt/limedb/bin/pip install .
 
-FROM python:3.11-slim
+FROM ${BASE_IMAGE}
 LABEL org.opencontainers.image.title="limedb" \
       org.opencontainers.image.description="LimeDB node and Kubernetes operator" \
       org.opencontainers.image.licenses="Apache-2.0"

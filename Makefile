@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 NODES  ?= 3
 PYTEST_ARGS ?=
 
-.PHONY: run test test-unit test-cluster test-k8s bench lint install system-deps k8s-tools clean nemesis
+.PHONY: run test test-unit test-cluster test-k8s bench lint install system-deps k8s-tools image clean nemesis
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,13 +20,18 @@ install: $(STAMP)
 run: $(STAMP)
 	$(BIN)/limedb cluster up --nodes $(NODES)
 
-## system-deps: Debian packages the tests drive (redis, etcd, nftables, wrk)
+## system-deps: Debian packages the tests drive (redis, nftables, wrk, buildah, ...)
 system-deps:
 	bash scripts/system-deps.sh
 
 ## k8s-tools: kube-apiserver, kube-controller-manager, helm, etcd built into .cache/
 k8s-tools:
 	bash scripts/k8s-tools.sh
+
+## image: the LimeDB image from Dockerfile with buildah, tagged localhost/limedb:dev and written
+## to .cache/image/limedb-dev.tar (cached by the hash of its inputs; prints its size)
+image: system-deps
+	bash scripts/image.sh
 
 ## test: install everything the tests need, then run the whole suite
 test: $(STAMP) system-deps k8s-tools

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the test suite and benchmarks drive as real peers:
 # redis-server / redis-tools (RESP differential tests), nftables + iproute2 (partition tests), wrk,
-# libfaketime + gcc (clock-skew tests: a node's wall clock offset at run time).
+# libfaketime + gcc (clock-skew tests: a node's wall clock offset at run time), buildah, runc and
+# mmdebstrap (make image).
 set -euo pipefail
 need=()
 command -v redis-server >/dev/null || need+=(redis-server)
@@ -11,6 +12,11 @@ command -v ip >/dev/null || need+=(iproute2)
 command -v wrk >/dev/null || need+=(wrk)
 ls /usr/lib/*/faketime/libfaketime.so.1 >/dev/null 2>&1 || need+=(libfaketime)
 command -v gcc >/dev/null || need+=(gcc libc6-dev)  # builds tests/support/faketime_sleep.c
+# make image (scripts/image.sh): buildah builds Dockerfile with runc (crun refuses hybrid
+# cgroups v1) on a Debian base made by mmdebstrap.
+command -v buildah >/dev/null || need+=(buildah)
+command -v runc >/dev/null || need+=(runc)
+command -v mmdebstrap >/dev/null || need+=(mmdebstrap)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then
     echo "system-deps: need root to apt-get install ${need[*]}" >&2
