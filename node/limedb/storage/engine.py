@@ -36,19 +36,13 @@ from .block_cache import BlockCache
 from .bloom import MASK_TABLE, GlobalFilter, key_hash, probe_mask
 from .errors import CorruptionError, DiskFullError, EngineClosedError, StorageError, is_disk_full
 from .fs import FileSystem, RealFS
-from .manifest import (
-    ManifestState,
-    ManifestWriter,
-    VersionEdit,
-    load,
-    manifest_name,
-    read_current,
-)
+from .manifest import ManifestState, VersionEdit, load, read_current
 from .memtable import Memtable
 from .options import EngineOptions
 from .record import EXPIRES, TOMBSTONE, Rec, Version, make_rec, newer, to_version
 from .snapshot import Snapshot, View
 from .sstable import MAX_KEY_BYTES, TableBuilder, TableMeta, TableReader, table_name
+from .version_set import VersionSet
 from .wal import WalWriter, encode_batch, encode_items, replay
 
 log = logging.getLogger("limedb.storage")
@@ -145,7 +139,6 @@ class Engine:
         self._lock = threading.Lock()
         self._cv = threading.Condition(self._lock)
         self._sync_lock = threading.Lock()  # taken before _lock, never after
-        self._install_lock = threading.Lock()  # manifest appends + file-set changes
         self._imm_lock = threading.Lock()
         self._flush_lock = threading.Lock()
         self._compaction_lock = threading.Lock()
@@ -175,11 +168,9 @@ class Engine:
         self._flush_blocked: BaseException | None = None
         self._compaction_blocked: BaseException | None = None
         self._degraded = False  # any of the three above: the write path looks closer
-        self._manifest_broken = False
         self._opened_full = False
         self._repair_flush = False
         self._repair_compact = False
-        self._old_manifest: str | None = None
         self._next_space_check = 0.0
         self._stat_disk_full_events = 0
         self._stat_disk_full_refusals = 0
@@ -259,7 +250,6 @@ class Engine:
         levels[0].sort(key=lambda t: t.file_no, reverse=True)
         for lvl in range(1, len(levels)):
             levels[lvl].sort(key=lambda t: t.smallest)
-        self._levels = levels
         max_ts = max((t.max_ts for files in levels for t in files), default=0)
 
         max_no = state.next_file
@@ -302,8 +292,10 @@ class Engine:
         if max_ts:
             self.hlc.resume_after(max_ts)
 
-        self._state = state
         state.last_seq = seq
+        self._vset = VersionSet(
+            fs, self._dir, opts, self._cache, self._lock, state, levels, current
+        )
         self._mem = mem
         self._imm: Memtable | None = None
         self._imm_cutoff = 0
@@ -333,12 +325,10 @@ class Engine:
                     fs.remove(self._path(n))
                 except FileNotFoundError:
                     pass
-        self._old_manifest = current
         # Make a repaired state self-contained: persist the memtable, and settle the order of
         # rebuilt tables by merging them (last-writer-wins on timestamps).
         self._repair_flush = bool(rebuilt or wal_damaged or dropped)
         self._repair_compact = rebuilt
-        self._manifest: ManifestWriter | None = None
         self._wal = WalWriter(None, 0)
         try:
             self._finish_open()
@@ -355,16 +345,9 @@ class Engine:
         fresh WAL holding the frames of `_redo`, and a repair's flush. Each step is skipped
         once done, so that a full disk can interrupt it and a retry carry on."""
         fs = self._fs
-        if self._manifest is None:
-            self._manifest = self._create_manifest()
-            old, self._old_manifest = self._old_manifest, None
-            if old is not None and old != self._manifest.name:
-                try:
-                    fs.remove(self._path(old))
-                except FileNotFoundError:
-                    pass
+        self._vset.open_manifest()
         if self._wal.file is None:
-            no = self._new_file_no()
+            no = self._vset.new_file_no()
             path = self._path(_log_name(no))
             f = fs.create(path)
             data = b"".join(self._redo)
@@ -391,50 +374,6 @@ class Engine:
             self._compact_full()
             self._repair_compact = False
 
-    def _create_manifest(self) -> ManifestWriter:
-        no = self._new_file_no()
-        try:
-            return ManifestWriter(self._fs, self._dir, no, self._state)
-        except BaseException:
-            # Half written: remove it unless CURRENT already names it (then it is the MANIFEST).
-            try:
-                if read_current(self._fs, self._dir) != manifest_name(no):
-                    self._fs.remove(self._path(manifest_name(no)))
-            except (OSError, CorruptionError):
-                pass
-            raise
-
-    def _manifest_append(self, edit: VersionEdit) -> None:
-        """Append one edit (caller holds `_install_lock`), first replacing a MANIFEST whose
-        last append failed by a fresh one: its page cache is not to be trusted any more."""
-        if self._manifest is None:  # opened on a full disk, not finished opening yet
-            raise DiskFullError("disk full: the engine opened read-only and has no MANIFEST yet")
-        if self._manifest_broken:
-            old = self._manifest
-            self._manifest = self._create_manifest()
-            self._manifest_broken = False
-            old.close()
-            try:
-                self._fs.remove(old.path)
-            except OSError:
-                pass
-        try:
-            self._manifest.append(edit)
-        except OSError:
-            self._manifest_broken = True
-            raise
-
-    def _discard_unlisted(self, paths: list[str]) -> None:
-        """Delete the tables of an edit whose append failed (their room is needed), unless
-        the failed edit might still be read back from the MANIFEST."""
-        if self._manifest is not None and self._manifest.torn:
-            return  # the next open removes them once a fresh MANIFEST does not list them
-        for path in paths:
-            try:
-                self._fs.remove(path)
-            except OSError:
-                pass
-
     def _rebuild_state(self, state: ManifestState, names: list[str]) -> None:
         """Repair: every readable table in the directory becomes an L0 file."""
         for n in names:
@@ -452,13 +391,7 @@ class Engine:
     # ------------------------------------------------------------------ views
 
     def _publish_locked(self) -> None:
-        self._view = View(self._mem, self._imm, self._levels, self._gfilter)
-
-    def _new_file_no(self) -> int:
-        with self._lock:
-            no = self._state.next_file
-            self._state.next_file += 1
-            return no
+        self._view = View(self._mem, self._imm, self._vset.levels, self._gfilter)
 
     # ------------------------------------------------------------------ reads
 
@@ -531,7 +464,7 @@ class Engine:
                 mem.snap_seq = self._seq
             frozen = mem.snap
             imm = self._imm
-            levels = [list(files) for files in self._levels]
+            levels = [list(files) for files in self._vset.levels]
             gfilter = self._gfilter
         frozen_imm = None
         if imm is not None:
@@ -898,7 +831,7 @@ class Engine:
             reason = f"disk full: memtable flush failed ({self._flush_blocked})"
         elif (
             self._compaction_blocked is not None
-            and len(self._levels[0]) >= self._opts.l0_stop_writes_trigger
+            and len(self._vset.levels[0]) >= self._opts.l0_stop_writes_trigger
         ):
             reason = f"disk full: compaction failed ({self._compaction_blocked})"
         if reason is not None:
@@ -1016,10 +949,11 @@ class Engine:
             if self._imm is None:
                 self._freeze_locked()
             return
-        while self._imm is not None or len(self._levels[0]) >= self._opts.l0_stop_writes_trigger:
+        stop = self._opts.l0_stop_writes_trigger
+        while self._imm is not None or len(self._vset.levels[0]) >= stop:
             self._check_open()
             blocked = self._flush_blocked if self._imm is not None else None
-            if len(self._levels[0]) >= self._opts.l0_stop_writes_trigger:
+            if len(self._vset.levels[0]) >= stop:
                 blocked = blocked or self._compaction_blocked
             if blocked is not None:
                 # The flush or compaction it waits for found no room: this write stays
@@ -1038,8 +972,7 @@ class Engine:
 
     def _freeze_locked(self) -> None:
         """Make the memtable immutable and start a new WAL; caller holds `_lock`."""
-        wal_no = self._state.next_file
-        self._state.next_file += 1
+        wal_no = self._vset.new_file_no_locked()
         f = self._fs.create(self._path(_log_name(wal_no)))
         try:
             self._fs.fsync_dir(self._dir)
@@ -1095,7 +1028,7 @@ class Engine:
         reader = None
         contrib = None  # the new table's key hashes as a filter, for the engine-wide filter
         if len(imm.data):
-            no = self._new_file_no()
+            no = self._vset.new_file_no()
             p = self._path(table_name(no))
             nwords = self._global_contrib_words(len(imm.data))
             meta, contrib = self._offloaded_flush(imm, no, nwords)
@@ -1115,39 +1048,26 @@ class Engine:
             try:
                 self._fs.fsync_dir(self._dir)
             except OSError:
-                self._discard_unlisted([p])
+                self._vset.discard_unlisted([p])
                 raise
             reader = TableReader(self._fs, p, no, self._cache)
-        with self._install_lock:
-            edit = VersionEdit(
-                log_number=cutoff,
-                next_file=self._state.next_file,
-                last_seq=last_seq,
-                added=[(0, meta)] if reader is not None else [],
-            )
-            try:
-                self._manifest_append(edit)
-            except OSError:
-                if reader is not None:
-                    self._discard_unlisted([reader.path])
-                raise
-            gfilter = self._gfilter
+        edit = VersionEdit(
+            log_number=cutoff, last_seq=last_seq, added=[(0, meta)] if reader is not None else []
+        )
+
+        def add_to_filter() -> None:
+            # Before the table becomes visible: the filter must vouch for its keys.
             if reader is not None and contrib is not None:
-                # Before the table becomes visible: the filter must vouch for its keys.
-                gfilter = gfilter.with_words(contrib, reader.entries)
-                if self._gfilter_pending is not None:
-                    self._gfilter_pending.append((contrib, reader.entries))
-                if gfilter.too_dense():
-                    self._gfilter_wanted = True
-            with self._lock:
-                self._state.apply(edit)
-                if reader is not None:
-                    self._levels = [[reader] + self._levels[0]] + self._levels[1:]
-                    self._gfilter = gfilter
-                self._imm = None
-                self._publish_locked()
-                self._stat_flushes += 1
-                self._cv.notify_all()
+                self._filter_add(contrib, reader.entries)
+
+        def flushed() -> None:
+            self._imm = None
+            self._publish_locked()
+            self._stat_flushes += 1
+            self._cv.notify_all()
+
+        added = [(0, reader)] if reader is not None else []
+        self._vset.log_and_apply(edit, added, before_visible=add_to_filter, on_applied=flushed)
         for name in self._fs.listdir(self._dir):
             if name.endswith(".log") and name[:-4].isdigit() and int(name[:-4]) < cutoff:
                 try:
@@ -1188,7 +1108,7 @@ class Engine:
             if self._closing:
                 raise EngineClosedError("flush abandoned: the engine is closing") from exc
             if is_disk_full(exc):
-                self._discard_unlisted([self._path(table_name(no))])
+                self._vset.discard_unlisted([self._path(table_name(no))])
                 raise DiskFullError(f"disk full: flush worker: {exc}") from exc
             self._offload_failed("flush", exc)
             return None, None
@@ -1210,15 +1130,25 @@ class Engine:
         g = self._gfilter
         if g.ready:
             return g.mask + 1
-        total = sum(t.entries for files in self._levels for t in files) + new_keys
+        total = sum(t.entries for files in self._vset.levels for t in files) + new_keys
         return GlobalFilter.size_for(total)
+
+    def _filter_add(self, contrib: array, keys: int) -> None:
+        """Add a new table's key hashes to the engine-wide filter (caller holds the version
+        set's install lock, and the table is not visible yet)."""
+        gfilter = self._gfilter.with_words(contrib, keys)
+        if self._gfilter_pending is not None:
+            self._gfilter_pending.append((contrib, keys))
+        if gfilter.too_dense():
+            self._gfilter_wanted = True
+        self._gfilter = gfilter
 
     def _rebuild_global(self) -> None:
         """Build the engine-wide filter from every table's key hashes (caller holds
         `_compaction_lock`, so no table disappears meanwhile); flushes that land during the
         build add their hashes afterwards."""
-        with self._install_lock:
-            tables = [t for files in self._levels for t in files]
+        with self._vset.install_lock:
+            tables = [t for files in self._vset.levels for t in files]
             total = sum(t.entries for t in tables)
             nwords = GlobalFilter.size_for(total)
             self._gfilter_pending = []
@@ -1238,10 +1168,10 @@ class Engine:
             if words is None:
                 words = offload.table_filter(tables, nwords)
         except BaseException:
-            with self._install_lock:
+            with self._vset.install_lock:
                 self._gfilter_pending = None
             raise
-        with self._install_lock:
+        with self._vset.install_lock:
             g = GlobalFilter(words, total, True)
             for contrib, keys in self._gfilter_pending or []:
                 g = g.with_words(contrib, keys)
@@ -1304,27 +1234,17 @@ class Engine:
         The background thread's body; tests without background threads call it directly.
         """
         done = 0
-        while not self._closing and self._error is None and self._manifest is not None:
+        while not self._closing and self._error is None and self._vset.has_manifest:
             with self._compaction_lock:
                 if self._gfilter_wanted:
                     self._rebuild_global()
                 with self._lock:
-                    c = compaction_mod.pick(self._levels, self._opts, self._pointers)
+                    c = compaction_mod.pick(self._vset.levels, self._opts, self._pointers)
                 if c is None:
                     break
                 self._run_compaction(c, rate=rate)
                 done += 1
         return done
-
-    def _make_builder(self) -> TableBuilder:
-        no = self._new_file_no()
-        return TableBuilder(
-            self._fs,
-            self._path(table_name(no)),
-            no,
-            self._opts.block_bytes,
-            self._opts.bloom_bits_per_key,
-        )
 
     def _run_compaction(self, c: compaction_mod.Compaction, *, rate: int | None = None) -> None:
         rate = self._opts.compaction_rate_bytes_per_s if rate is None else rate
@@ -1333,51 +1253,32 @@ class Engine:
             limiter = compaction_mod.RateLimiter(rate)
             try:
                 outputs = compaction_mod.run(
-                    c, self._make_builder, self._opts, limiter, self._stopping
+                    c, self._vset.new_builder, self._opts, limiter, self._stopping
                 )
             except OSError:
-                self._discard_unlisted([self._path(table_name(m.file_no)) for m in c.outputs])
+                self._vset.discard_unlisted([self._path(table_name(m.file_no)) for m in c.outputs])
                 raise
         paths = [self._path(table_name(m.file_no)) for m in outputs]
         if outputs:
             try:
                 self._fs.fsync_dir(self._dir)
             except OSError:
-                self._discard_unlisted(paths)
+                self._vset.discard_unlisted(paths)
                 raise
-        readers = [
-            TableReader(self._fs, self._path(table_name(m.file_no)), m.file_no, self._cache)
-            for m in outputs
-        ]
-        with self._install_lock:
-            edit = VersionEdit(
-                next_file=self._state.next_file,
-                added=[(c.output_level, m) for m in outputs],
-                removed=[(lvl, t.file_no) for lvl, t in c.inputs],
-            )
-            try:
-                self._manifest_append(edit)
-            except OSError:
-                self._discard_unlisted(paths)
-                raise
-            gone = {t.file_no for _, t in c.inputs}
-            with self._lock:
-                self._state.apply(edit)
-                levels = [[t for t in files if t.file_no not in gone] for files in self._levels]
-                levels[c.output_level] = sorted(
-                    levels[c.output_level] + readers, key=lambda t: t.smallest
-                )
-                self._levels = levels
-                # The engine-wide filter needs no change: output keys are input keys.
-                self._publish_locked()
-                self._stat_compactions += 1
-                self._stat_compacted_bytes += sum(m.size for m in outputs)
-                self._cv.notify_all()
-        for _, t in c.inputs:
-            try:
-                self._fs.remove(t.path)
-            except FileNotFoundError:
-                pass
+        readers = [(c.output_level, self._vset.open_table(m.file_no)) for m in outputs]
+        edit = VersionEdit(
+            added=[(c.output_level, m) for m in outputs],
+            removed=[(lvl, t.file_no) for lvl, t in c.inputs],
+        )
+
+        def compacted() -> None:
+            # The engine-wide filter needs no change: output keys are input keys.
+            self._publish_locked()
+            self._stat_compactions += 1
+            self._stat_compacted_bytes += sum(m.size for m in outputs)
+            self._cv.notify_all()
+
+        self._vset.log_and_apply(edit, readers, on_applied=compacted)
 
     def _offloaded_compaction(
         self, c: compaction_mod.Compaction, rate: int, min_bytes: int = _OFFLOAD_MIN_BYTES
@@ -1388,9 +1289,7 @@ class Engine:
         if pool is None:
             return None
         reserve = c.input_bytes // max(1, self._opts.target_file_bytes) + 4
-        with self._lock:
-            first = self._state.next_file
-            self._state.next_file += reserve
+        numbers = self._vset.reserve_file_nos(reserve)
         opts = dataclasses.replace(self._opts, compaction_rate_bytes_per_s=rate)
         try:
             return pool.call(
@@ -1400,7 +1299,7 @@ class Engine:
                 c.output_level,
                 c.bottom,
                 opts,
-                list(range(first, first + reserve)),
+                numbers,
                 c.purge,
             )
         except (offload.WorkerError, OSError) as exc:
@@ -1409,12 +1308,8 @@ class Engine:
             if is_disk_full(exc):
                 # The worker's finished outputs are unlisted: their room is needed.
                 names = set(self._fs.listdir(self._dir))
-                self._discard_unlisted(
-                    [
-                        self._path(table_name(no))
-                        for no in range(first, first + reserve)
-                        if table_name(no) in names
-                    ]
+                self._vset.discard_unlisted(
+                    [self._path(table_name(no)) for no in numbers if table_name(no) in names]
                 )
                 raise DiskFullError(f"disk full: compaction worker: {exc}") from exc
             self._offload_failed("compaction", exc)
@@ -1423,7 +1318,7 @@ class Engine:
     def _compact_full(self) -> None:
         with self._compaction_lock:
             with self._lock:
-                c = compaction_mod.full(self._levels)
+                c = compaction_mod.full(self._vset.levels)
             if c is not None:
                 self._run_compaction(c, rate=0)
 
@@ -1485,8 +1380,7 @@ class Engine:
                     w.file.close()
             if self._wal.file is not None:
                 self._wal.file.close()
-            if self._manifest is not None:
-                self._manifest.close()
+            self._vset.close()
             self._unlock()
 
     def __enter__(self) -> Engine:

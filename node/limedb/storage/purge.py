@@ -24,7 +24,7 @@ from .errors import EngineClosedError
 from .manifest import VersionEdit
 from .memtable import Memtable
 from .offload import OFFLOAD_MIN_BYTES
-from .sstable import TableReader, table_name
+from .sstable import TableReader
 
 if TYPE_CHECKING:
     from .engine import Engine
@@ -90,14 +90,14 @@ def _cut(engine: Engine, ranges: list[Range]) -> list[list[TableReader]]:
                 last = imm is None
                 if last:
                     if not _mem_holds(engine._mem, ranges):
-                        return [list(files) for files in engine._levels]
+                        return [list(files) for files in engine._vset.levels]
                     engine._freeze_locked()
                     imm, cutoff, seq = engine._imm, engine._imm_cutoff, engine._imm_seq
             # A memtable frozen before ours (by a writer) holds older writes: flush it too.
             engine._flush_table(imm, cutoff, seq)
             if last:
                 with engine._lock:
-                    return [list(files) for files in engine._levels]
+                    return [list(files) for files in engine._vset.levels]
 
 
 def plan(levels: list[list[TableReader]], ranges: list[Range]) -> list[compaction_mod.Compaction]:
@@ -153,7 +153,7 @@ def purge(engine: Engine, ranges: Iterable[Range]) -> int:
                 outputs = engine._offloaded_compaction(job, rate, 0) if big else None
                 if outputs is None:
                     compaction_mod.run(
-                        job, engine._make_builder, engine._opts, limiter, engine._stopping
+                        job, engine._vset.new_builder, engine._opts, limiter, engine._stopping
                     )
                 else:
                     job.outputs = outputs
@@ -164,38 +164,19 @@ def purge(engine: Engine, ranges: Iterable[Range]) -> int:
 
 
 def _install(engine: Engine, jobs: list[compaction_mod.Compaction]) -> None:
-    fs = engine._fs
+    vset = engine._vset
     if any(job.outputs for job in jobs):
-        fs.fsync_dir(engine._dir)
-    added = [
-        (job.output_level, TableReader(fs, engine._path(table_name(m.file_no)), m.file_no,
-                                       engine._cache), m)
-        for job in jobs
-        for m in job.outputs
-    ]  # fmt: skip
-    inputs = [(lvl, t) for job in jobs for lvl, t in job.inputs]
-    with engine._install_lock:
-        edit = VersionEdit(
-            next_file=engine._state.next_file,
-            added=[(lvl, m) for lvl, _, m in added],
-            removed=[(lvl, t.file_no) for lvl, t in inputs],
-        )
-        engine._manifest_append(edit)
-        gone = {t.file_no for _, t in inputs}
-        with engine._lock:
-            engine._state.apply(edit)
-            levels = [[t for t in files if t.file_no not in gone] for files in engine._levels]
-            for lvl, reader, _ in added:
-                levels[lvl].append(reader)
-            for lvl in range(1, len(levels)):
-                levels[lvl].sort(key=lambda t: t.smallest)
-            engine._levels = levels
-            # The engine-wide filter stays valid: the outputs' keys are a subset of the inputs'.
-            engine._publish_locked()
-            engine._cv.notify_all()
-    for _, t in inputs:
-        try:
-            fs.remove(t.path)
-        except FileNotFoundError:
-            pass
+        engine._fs.fsync_dir(engine._dir)
+    added = [(job.output_level, vset.open_table(m.file_no)) for job in jobs for m in job.outputs]
+    edit = VersionEdit(
+        added=[(job.output_level, m) for job in jobs for m in job.outputs],
+        removed=[(lvl, t.file_no) for job in jobs for lvl, t in job.inputs],
+    )
+
+    def purged() -> None:
+        # The engine-wide filter stays valid: the outputs' keys are a subset of the inputs'.
+        engine._publish_locked()
+        engine._cv.notify_all()
+
+    vset.log_and_apply(edit, added, on_applied=purged)
     engine._compact_event.set()
