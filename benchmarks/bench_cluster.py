@@ -23,7 +23,7 @@ import tempfile
 from pathlib import Path
 
 from _cluster import GET_LIST, MIXED, LocalCluster, run_wrk
-from limedb.cluster.ring import Ring
+from limedb.cluster.ring.placement import Ring
 
 GOAL_OPS = 10_000
 GOAL_P99_MS = 25.0

@@ -5,7 +5,7 @@ from __future__ import annotations
 from urllib.parse import quote
 
 import pytest
-from limedb.cluster.ring import Ring
+from limedb.cluster.ring.placement import Ring
 from support.cluster import Cluster
 
 pytestmark = pytest.mark.cluster

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from limedb.cluster.handed_off import HANDED_OFF_FILE, HandedOff
 from limedb.cluster.membership import Membership
-from limedb.cluster.ring import Ring
-from limedb.cluster.ring_record import RingKeeper
-from limedb.cluster.ring_state import RingState
+from limedb.cluster.ring.keeper import RingKeeper
+from limedb.cluster.ring.placement import Ring
+from limedb.cluster.ring.record import RingRecord
 from limedb.cluster.streaming import RangeStreams
 from limedb.cluster.transition_driver import TransitionDriver
 from limedb.cluster.transitions import Change, Transition, propose
@@ -107,7 +107,7 @@ def test_a_node_down_through_two_transitions_drops_the_ranges_both_took_from_it(
         fleet.stop()
 
 
-def _finished(state: RingState, change: Change, now_ms: int) -> RingState:
+def _finished(state: RingRecord, change: Change, now_ms: int) -> RingRecord:
     """`state` after `change` ran to the end (every target streamed)."""
     t: Transition = propose(state.ring, state.rf, change, now_ms=now_ms, running=state.transition)
     t = t.begin_streaming(now_ms + 1)
@@ -125,7 +125,7 @@ def test_a_member_hands_off_exactly_what_it_does_not_replicate_once_and_never_mi
     members = {f"n{i}": f"http://n{i}" for i in range(1, 4)}
     ring = Ring(members, vnodes=8)
     membership = Membership("n1", members["n1"], ring)
-    keeper = RingKeeper(membership, None, RingState(ring, 2))
+    keeper = RingKeeper(membership, None, RingRecord(ring, 2))
     engine = Engine.open(tmp_path / "db")
     try:
         streams = RangeStreams(engine, HLC(), HandedOff(tmp_path))

@@ -14,8 +14,8 @@ import orjson
 import pytest
 from limedb.client import AsyncClient, Refused
 from limedb.cluster import rpc
-from limedb.cluster.ring import Ring
-from limedb.cluster.ring_state import RingState
+from limedb.cluster.ring.placement import Ring
+from limedb.cluster.ring.record import RingRecord
 from limedb.cluster.transitions import Change, propose
 from support.cluster import SECRET, Node, wait_for
 from support.history import History
@@ -168,7 +168,7 @@ def test_a_change_proposed_after_a_rollback_outranks_the_rolled_back_transition(
     for attempt in range(32):
         start = 1_000 * attempt
         first = propose(ring, 3, Change.set_rf(2), now_ms=start)
-        rolled = RingState(ring, 3).with_transition(
+        rolled = RingRecord(ring, 3).with_transition(
             first.begin_streaming(start + 1).roll_back("target unreachable", start + 2)
         )
         again = propose(ring, 3, Change.set_rf(1), now_ms=start + 3, running=rolled.transition)

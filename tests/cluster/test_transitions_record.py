@@ -14,10 +14,11 @@ from limedb.api import create_app
 from limedb.cluster.handed_off import HandedOff
 from limedb.cluster.keys import MAX_TOKEN, storage_key, token_of
 from limedb.cluster.membership import Membership
-from limedb.cluster.ring import Ring
-from limedb.cluster.ring_record import RecordGossip, RingKeeper
-from limedb.cluster.ring_state import RingState
-from limedb.cluster.ring_store import RingStore
+from limedb.cluster.ring.exchange import RecordGossip
+from limedb.cluster.ring.keeper import RingKeeper
+from limedb.cluster.ring.placement import Ring
+from limedb.cluster.ring.record import RingRecord
+from limedb.cluster.ring.store import RingStore
 from limedb.cluster.streaming import (
     RangeStreams,
     Throttle,
@@ -34,16 +35,16 @@ from limedb.storage import Engine, EngineOptions
 RING = Ring({"n1": "http://n1", "n2": "http://n2", "n3": "http://n3"}, vnodes=8)
 
 
-def proposed_join() -> RingState:
+def proposed_join() -> RingRecord:
     t = propose(RING, 3, Change.join("n4", "http://n4"), now_ms=1000, transition_id="join-t")
-    return RingState(RING, 3).with_transition(t)
+    return RingRecord(RING, 3).with_transition(t)
 
 
 # ---------------------------------------------------------------------------- the record
 
 
 def test_a_transition_step_outranks_the_record_it_came_from():
-    base = RingState(RING, 3)
+    base = RingRecord(RING, 3)
     proposed = proposed_join()
     streaming = proposed.with_transition(proposed.transition.begin_streaming(2000))
     ranges = len(streaming.transition.streams()["n4"])
@@ -98,21 +99,21 @@ def test_an_unreadable_record_refuses_to_start_instead_of_using_the_static_ring(
 
 
 def test_gossip_carries_the_transition_to_a_node_that_has_an_older_record():
-    def node(node_id: str, state: RingState) -> tuple[Membership, RingKeeper]:
+    def node(node_id: str, state: RingRecord) -> tuple[Membership, RingKeeper]:
         membership = Membership(node_id, f"http://{node_id}", state.ring)
         keeper = RingKeeper(membership, None, state)
         membership.gossip = RecordGossip.replacing(membership.gossip, keeper)
         return membership, keeper
 
     a, a_keeper = node("n1", proposed_join())
-    b, b_keeper = node("n2", RingState(RING, 3))
+    b, b_keeper = node("n2", RingRecord(RING, 3))
     ack = b.gossip.on_syn(a.gossip.make_syn())
     b.gossip.on_ack2(a.gossip.on_ack(ack))
     assert b_keeper.state.transition is not None
     assert b_keeper.state.rank() == a_keeper.state.rank()
 
     # ... and the other way round: the newer side sends it in the ACK.
-    c, c_keeper = node("n3", RingState(RING, 3))
+    c, c_keeper = node("n3", RingRecord(RING, 3))
     c.gossip.on_ack(a.gossip.on_syn(c.gossip.make_syn()))
     assert c_keeper.state.rank() == a_keeper.state.rank()
 

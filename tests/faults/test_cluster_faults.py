@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from limedb.cluster.ring import Ring
+from limedb.cluster.ring.placement import Ring
 from support.cluster import Cluster, Node, Workload, wait_for
 from support.history import History
 from support.netns_nodes import NamespacedNode, replica_differences

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from limedb.cluster.ring import Ring
+from limedb.cluster.ring.placement import Ring
 from support.cluster import Workload, wait_for
 from support.history import History
 from support.netns_nodes import NamespacedFleet, replica_differences

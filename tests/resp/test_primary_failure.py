@@ -14,7 +14,7 @@ import asyncio
 import pytest
 import redis
 import redis.asyncio as aioredis
-from limedb.cluster.ring import Ring
+from limedb.cluster.ring.placement import Ring
 from respservers import limedb_cluster, wait_until
 
 pytestmark = pytest.mark.redis

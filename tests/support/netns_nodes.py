@@ -9,7 +9,7 @@ from pathlib import Path
 
 from limedb.cluster.keys import MAX_TOKEN, user_key
 from limedb.cluster.merkle import MerkleTree, diff, storage_bounds
-from limedb.cluster.ring import Ring
+from limedb.cluster.ring.placement import Ring
 from limedb.storage import Engine, EngineOptions
 
 from support import netns

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import httpx
 from limedb.client import Client, LimeDBError
-from limedb.cluster.ring import Ring
+from limedb.cluster.ring.placement import Ring
 
 from support.cluster import SECRET, Node, free_port_pair, wait_for
 from support.history import OK, WRITE, History

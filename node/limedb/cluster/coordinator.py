@@ -22,7 +22,7 @@ from limedb.cluster.clock_offset import ClockOffsets, ClockOffsetUnavailable, is
 from limedb.cluster.failure import Liveness
 from limedb.cluster.hints import HintStore
 from limedb.cluster.replica import Mutation, Replica, Stored, decode_applied, decode_stored
-from limedb.cluster.ring import Ring
+from limedb.cluster.ring.placement import Ring
 from limedb.cluster.service import Consistency, InsufficientStorage, ReadResult, Unavailable
 from limedb.cluster.transitions import WriteSet
 from limedb.hlc import HLC, ClockOffsetError
@@ -121,7 +121,7 @@ class _Quorum:
 
 
 class Routing(Protocol):
-    """Where a key's writes and reads go right now (limedb.cluster.ring_record.RingKeeper)."""
+    """Where a key's writes and reads go right now (limedb.cluster.ring.keeper.RingKeeper)."""
 
     def write_set(self, key: bytes) -> WriteSet: ...
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 
-from limedb.cluster.ring import Ring
+from limedb.cluster.ring.placement import Ring
 
 SYN, ACK, ACK2 = "syn", "ack", "ack2"
 # The cluster-level state of a node as the node itself announces it (liveness is not here:

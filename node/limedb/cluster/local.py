@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from limedb.cluster.atomic import AtomicOp, KeyLocks, Reply, apply_locally
 from limedb.cluster.keys import storage_key, user_key
-from limedb.cluster.ring import vnode_tokens
+from limedb.cluster.ring.placement import vnode_tokens
 from limedb.cluster.service import (
     Consistency,
     InsufficientStorage,
@@ -29,7 +29,7 @@ from limedb.storage.errors import DiskFullError, StorageError
 
 if TYPE_CHECKING:
     from limedb.cluster.proposals import Proposal
-    from limedb.cluster.ring_state import RingState
+    from limedb.cluster.ring.record import RingRecord
     from limedb.cluster.transitions import Change
 
 ALONE = "this node runs alone (started without seeds): it has no ring to change"
@@ -205,7 +205,7 @@ class LocalService:
 
     # ------------------------------------------------------------------ AdminService
 
-    def ring_record(self) -> RingState | None:
+    def ring_record(self) -> RingRecord | None:
         return None
 
     async def propose(self, change: Change) -> Proposal:

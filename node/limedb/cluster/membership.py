@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 from limedb.cluster.failure import DetectorConfig, FailureDetector, Liveness
 from limedb.cluster.gossip import ACK2, SYN, GossipError, GossipState, HeartbeatState
-from limedb.cluster.ring import Ring
+from limedb.cluster.ring.placement import Ring
 
 log = logging.getLogger(__name__)
 

@@ -37,10 +37,11 @@ from limedb.cluster.membership import (
 from limedb.cluster.proposals import Proposal
 from limedb.cluster.repair import AntiEntropy
 from limedb.cluster.replica import Mutation, Replica
-from limedb.cluster.ring import Ring
-from limedb.cluster.ring_record import RecordGossip, RingKeeper
-from limedb.cluster.ring_state import RingState
-from limedb.cluster.ring_store import RingStore
+from limedb.cluster.ring.exchange import RecordGossip
+from limedb.cluster.ring.keeper import RingKeeper
+from limedb.cluster.ring.placement import Ring
+from limedb.cluster.ring.record import RingRecord
+from limedb.cluster.ring.store import RingStore
 from limedb.cluster.service import (
     Consistency,
     ReadResult,
@@ -111,7 +112,7 @@ def static_ring(config: Config) -> Ring:
     return Ring(members, config.vnodes)
 
 
-def initial_ring_state(config: Config, store: RingStore) -> RingState | None:
+def initial_ring_record(config: Config, store: RingStore) -> RingRecord | None:
     """The persisted ring record; else none for a node started to be joined (it learns the
     ring from its seeds); else the static ring of a fresh cluster."""
     state = store.load()
@@ -119,7 +120,7 @@ def initial_ring_state(config: Config, store: RingStore) -> RingState | None:
         return state
     if config.await_join:
         return None
-    return RingState(static_ring(config), config.replication_factor)
+    return RingRecord(static_ring(config), config.replication_factor)
 
 
 class ClusterService:
@@ -141,7 +142,7 @@ class ClusterService:
         self.hlc.max_offset_ms = config.max_clock_offset_ms
         host = urlsplit(self.node_url).hostname or "127.0.0.1"
         self.ring_store = RingStore(config.data_dir)
-        state = initial_ring_state(config, self.ring_store)
+        state = initial_ring_record(config, self.ring_store)
         self.membership = Membership(
             self.node_id,
             self.node_url,
@@ -316,7 +317,7 @@ class ClusterService:
 
     # ------------------------------------------------------------------ AdminService
 
-    def ring_record(self) -> RingState | None:
+    def ring_record(self) -> RingRecord | None:
         return self.keeper.state
 
     async def propose(self, change: Change) -> Proposal:

@@ -9,7 +9,7 @@ changes asked at the same moment the second finds the first running and is refus
 Two nodes can still disagree about who the proposer is (liveness is each node's own view; the
 lowest one may have just died or come back). So before accepting, the proposer pushes the record
 it adopted to every node the record or gossip names and then pulls theirs, keeping the newest
-(`RecordExchange.exchange` in limedb.cluster.ring_record). Two rival proposals of the same epoch thus both reach
+(`RecordExchange.exchange` in limedb.cluster.ring.exchange). Two rival proposals of the same epoch thus both reach
 both proposers (whichever proposed second was either refused, having received the first, or
 holds its own when the first one's pull arrives), the record order picks the same winner on
 both, and only the proposer whose transition is still the current one answers 202; the other
@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 import orjson
 
 from limedb.cluster import rpc
-from limedb.cluster.ring_state import RingState
+from limedb.cluster.ring.record import RingRecord
 from limedb.cluster.transitions import Change, Transition, TransitionRefused
 
 if TYPE_CHECKING:
@@ -88,7 +88,7 @@ class Proposals:
     def __init__(self, driver: TransitionDriver) -> None:
         self.driver = driver
 
-    def proposer(self, state: RingState) -> str | None:
+    def proposer(self, state: RingRecord) -> str | None:
         """The node that proposes changes to `state`, as this node sees liveness."""
         d = self.driver
         running = state.active

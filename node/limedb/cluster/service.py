@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from limedb.cluster.atomic import AtomicOp, Reply
     from limedb.cluster.background import BackgroundBudget
     from limedb.cluster.proposals import Proposal
-    from limedb.cluster.ring_state import RingState
+    from limedb.cluster.ring.record import RingRecord
     from limedb.cluster.transitions import Change
     from limedb.cluster.view import ClusterView
 
@@ -150,7 +150,7 @@ class AdminService(Protocol):
     # HTTP layer sets its `pressure`. None where there is no such work.
     background: BackgroundBudget | None
 
-    def ring_record(self) -> RingState | None:
+    def ring_record(self) -> RingRecord | None:
         """The newest ring record known here; None on a lone node or before it learned one."""
         ...
 

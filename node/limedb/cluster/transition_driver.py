@@ -36,8 +36,9 @@ from limedb.cluster.handed_off import difference, merged
 from limedb.cluster.keys import MAX_TOKEN, split_wrapping
 from limedb.cluster.membership import Membership
 from limedb.cluster.proposals import Proposals
-from limedb.cluster.ring_record import RecordExchange, RingKeeper
-from limedb.cluster.ring_state import RingState
+from limedb.cluster.ring.exchange import RecordExchange
+from limedb.cluster.ring.keeper import RingKeeper
+from limedb.cluster.ring.record import RingRecord
 from limedb.cluster.streaming import (
     HANDOFF,
     RELEASE,
@@ -126,12 +127,12 @@ class TransitionDriver:
             self._hand_off_own(keeper.state)
             self._announce_own_status(keeper.state)
 
-    def _on_record(self, state: RingState) -> None:
+    def _on_record(self, state: RingRecord) -> None:
         self._wake.set()
         self._hand_off_own(state)
         self._announce_own_status(state)
 
-    def _announce_own_status(self, state: RingState) -> None:
+    def _announce_own_status(self, state: RingRecord) -> None:
         """Gossip this node's cluster state (joining, leaving, left, normal) for the views."""
         t, me = state.transition, self.node_id
         status = "normal"
@@ -149,7 +150,7 @@ class TransitionDriver:
         if gossip.own.status != status:
             gossip.set_status(status)
 
-    def _hand_off_own(self, state: RingState) -> None:
+    def _hand_off_own(self, state: RingRecord) -> None:
         """Hand off (record, hide and purge from storage) every range this node does not own
         once a transition has finished: the ranges the transition took from it (or, rolled
         back, gave it), and, for a ring member, everything outside the ranges it replicates in
@@ -259,7 +260,7 @@ class TransitionDriver:
             "eta_s": summary.eta_s,
         }
 
-    def member_states(self, state: RingState) -> list[dict]:
+    def member_states(self, state: RingRecord) -> list[dict]:
         """Every member the record names with its state (Joining, Normal, Leaving; Left for
         the nodes the last finished transition removed) and this node's liveness verdict."""
         t = state.transition
@@ -306,7 +307,7 @@ class TransitionDriver:
                     f"--seeds naming a ring member, and retry"
                 )
         # Later than the previous transition even on a clock that went back: a transition
-        # rolled back at the epoch this one proposes must not outrank it (ring_state.rank).
+        # rolled back at the epoch this one proposes must not outrank it (RingRecord.rank).
         started = now_ms()
         if state.transition is not None:
             started = max(started, state.transition.started_ms + 1)
@@ -486,7 +487,7 @@ class TransitionDriver:
         await self._hand_off(t, lambda m: [n for n in m.targets if n not in m.old_replicas])
 
 
-def unowned_ranges(state: RingState, node_id: str) -> list[tuple[int, int]]:
+def unowned_ranges(state: RingRecord, node_id: str) -> list[tuple[int, int]]:
     """The token ranges (inclusive, non-wrapping, merged) `node_id` does not replicate in the
     committed ring at the committed RF."""
     owned = [

@@ -26,7 +26,7 @@ import orjson
 import xxhash
 
 from limedb.cluster.keys import MAX_TOKEN
-from limedb.cluster.ring import Ring
+from limedb.cluster.ring.placement import Ring
 
 
 class Kind(StrEnum):
@@ -47,7 +47,7 @@ class Phase(StrEnum):
 
 FINISHED = frozenset({Phase.DONE, Phase.ROLLED_BACK})
 # How far a transition has got: orders two copies of one transition record with equal
-# versions, and is part of a ring record's rank (limedb.cluster.ring_state).
+# versions, and is part of a ring record's rank (limedb.cluster.ring.record).
 PHASE_RANK = {
     Phase.PROPOSED: 0,
     Phase.STREAMING: 1,

@@ -17,7 +17,7 @@ from limedb.cluster.coordinator import Coordinator, required_acks
 from limedb.cluster.failure import Liveness
 from limedb.cluster.hints import HintStore
 from limedb.cluster.replica import Mutation, Replica, Stored
-from limedb.cluster.ring import Ring
+from limedb.cluster.ring.placement import Ring
 from limedb.cluster.service import Consistency, Unavailable
 from limedb.cluster.transitions import WriteSet
 from limedb.hlc import HLC, millis_of

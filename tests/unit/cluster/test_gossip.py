@@ -5,7 +5,7 @@ import random
 import orjson
 import pytest
 from limedb.cluster.gossip import GossipError, GossipState, HeartbeatState
-from limedb.cluster.ring import Ring
+from limedb.cluster.ring.placement import Ring
 
 
 def wire(msg):

@@ -14,7 +14,7 @@ import pytest
 from limedb.cluster.failure import DetectorConfig, Liveness
 from limedb.cluster.gossip import GossipError
 from limedb.cluster.membership import GossipLoop, LivenessChange, Membership
-from limedb.cluster.ring import Ring
+from limedb.cluster.ring.placement import Ring
 from support.wait import wait_for_async
 
 INTERVAL = 0.1

@@ -17,10 +17,10 @@ from limedb.cluster import rpc
 from limedb.cluster.handed_off import HandedOff
 from limedb.cluster.membership import Membership
 from limedb.cluster.proposals import Proposal, ProposerUnavailable
-from limedb.cluster.ring import Ring
-from limedb.cluster.ring_record import RingKeeper
-from limedb.cluster.ring_state import RingState
-from limedb.cluster.ring_store import RingStore
+from limedb.cluster.ring.keeper import RingKeeper
+from limedb.cluster.ring.placement import Ring
+from limedb.cluster.ring.record import RingRecord
+from limedb.cluster.ring.store import RingStore
 from limedb.cluster.streaming import RangeStreams
 from limedb.cluster.transition_driver import TransitionDriver
 from limedb.cluster.transitions import Change
@@ -129,7 +129,9 @@ def ring_cluster(tmp_path: Path) -> Iterator[Callable[[], Cluster]]:
                 seeds=() if member else (url("n1"),),
                 clock=clock,
             )
-            keeper = RingKeeper(membership, RingStore(home), RingState(ring, 3) if member else None)
+            keeper = RingKeeper(
+                membership, RingStore(home), RingRecord(ring, 3) if member else None
+            )
             streams = RangeStreams(engine, HLC(), HandedOff(home))
             driver = TransitionDriver(node_id, keeper, membership, streams, cluster.caller(node_id))
             cluster.nodes[node_id] = Node(node_id, membership, clock, keeper, driver)

@@ -4,7 +4,7 @@ import random
 
 import pytest
 import xxhash
-from limedb.cluster.ring import TOKEN_SPACE, Ring, TokenRange, key_token, vnode_tokens
+from limedb.cluster.ring.placement import TOKEN_SPACE, Ring, TokenRange, key_token, vnode_tokens
 
 URLS = ["http://node1:8484", "http://node2:8484", "http://node3:8484"]
 

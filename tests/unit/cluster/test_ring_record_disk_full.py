@@ -8,20 +8,21 @@ import asyncio
 import errno
 
 import orjson
-from limedb.cluster.ring import Ring
-from limedb.cluster.ring_record import RecordExchange, RingKeeper
-from limedb.cluster.ring_state import RingState
-from limedb.cluster.ring_store import RingStore
+from limedb.cluster.ring.exchange import RecordExchange
+from limedb.cluster.ring.keeper import RingKeeper
+from limedb.cluster.ring.placement import Ring
+from limedb.cluster.ring.record import RingRecord
+from limedb.cluster.ring.store import RingStore
 
 
 class FullDiskStore(RingStore):
-    def save(self, state: RingState) -> None:
+    def save(self, state: RingRecord) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
 
 def test_a_record_that_cannot_be_persisted_is_not_adopted_and_the_pull_goes_on(tmp_path):
-    old = RingState(Ring(["http://a", "http://b"], vnodes=4), 2)
-    newer = RingState(Ring(["http://a", "http://b", "http://c"], vnodes=4, epoch=2), 2)
+    old = RingRecord(Ring(["http://a", "http://b"], vnodes=4), 2)
+    newer = RingRecord(Ring(["http://a", "http://b", "http://c"], vnodes=4, epoch=2), 2)
     assert newer.newer_than(old)
     keeper = RingKeeper(membership=None, store=FullDiskStore(tmp_path), state=old)
 

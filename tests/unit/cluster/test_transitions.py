@@ -6,7 +6,7 @@ import json
 import orjson
 import pytest
 from limedb.cluster.keys import MAX_TOKEN
-from limedb.cluster.ring import Ring
+from limedb.cluster.ring.placement import Ring
 from limedb.cluster.transitions import (
     Change,
     Kind,

@@ -8,7 +8,7 @@ import random
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from limedb.cluster.keys import MAX_TOKEN
-from limedb.cluster.ring import Ring
+from limedb.cluster.ring.placement import Ring
 from limedb.cluster.transitions import Change, Phase, Transition, TransitionRefused, propose
 
 POOL = [f"node-{i}" for i in range(8)]

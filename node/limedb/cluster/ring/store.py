@@ -14,7 +14,7 @@ from pathlib import Path
 
 import orjson
 
-from limedb.cluster.ring_state import RingState
+from limedb.cluster.ring.record import RingRecord
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ class RingStore:
     def __init__(self, data_dir: str | Path) -> None:
         self.path = Path(data_dir) / RING_FILE
 
-    def load(self) -> RingState | None:
+    def load(self) -> RingRecord | None:
         """The persisted record, or None on a fresh disk.
 
         A record that does not decode is an error, not a fresh start: starting from the static
@@ -62,10 +62,10 @@ class RingStore:
         except FileNotFoundError:
             return None
         try:
-            return RingState.from_record(orjson.loads(data))
+            return RingRecord.from_record(orjson.loads(data))
         except (orjson.JSONDecodeError, ValueError) as exc:
             raise ValueError(f"{self.path}: unreadable ring record: {exc}") from exc
 
-    def save(self, state: RingState) -> None:
+    def save(self, state: RingRecord) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(self.path, orjson.dumps(state.to_record()))

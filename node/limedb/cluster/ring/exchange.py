@@ -1,13 +1,10 @@
-"""This node's copy of the ring record: adopt newer copies, persist them, gossip them.
+"""Copying the ring record between nodes: by gossip, and directly when a step cannot wait.
 
-`RingKeeper` holds the newest `RingState` this node knows. Every newer copy, whether made
-here (a transition step) or brought in by gossip or a direct push, is persisted before it is
-acted on, then installed as the membership's ring when its committed ring changed, and then
-announced to listeners (the transition driver wakes up). `RecordGossip` is the gossip state
-machine with the whole record, transition included, in place of the bare ring: the SYN
-carries the record's rank, and whichever side holds the greater rank sends its record.
-`RecordExchange` copies the record to peers directly over the RPC (kind RING_RECORD), when a
-transition step cannot wait for gossip: push to every node, pull from them, or both.
+`RecordGossip` is the gossip state machine with the whole record, transition included, in
+place of the bare ring: the SYN carries the record's rank, and whichever side holds the
+greater rank sends its record. `RecordExchange` copies the record to peers directly over the
+RPC (kind RING_RECORD), when a transition step cannot wait for gossip: push to every node,
+pull from them, or both. Both hand what they receive to this node's `RingKeeper`.
 """
 
 from __future__ import annotations
@@ -21,78 +18,15 @@ import orjson
 from limedb.cluster import rpc
 from limedb.cluster.gossip import GossipError, GossipState
 from limedb.cluster.membership import Membership
-from limedb.cluster.ring_state import RingState
-from limedb.cluster.ring_store import RingStore
-from limedb.cluster.service import Unavailable
-from limedb.cluster.transitions import WriteSet
+from limedb.cluster.ring.keeper import RingKeeper
 
 log = logging.getLogger(__name__)
 
-StateListener = Callable[[RingState], object]
 PUSH_ATTEMPTS = 5
 
 
-class RingKeeper:
-    """The newest ring record known here; also the coordinator's routing."""
-
-    def __init__(
-        self, membership: Membership, store: RingStore | None, state: RingState | None
-    ) -> None:
-        self.membership = membership
-        self.store = store
-        self.state = state
-        self._listeners: list[StateListener] = []
-
-    def add_listener(self, listener: StateListener) -> None:
-        self._listeners.append(listener)
-
-    def rank(self) -> list[int]:
-        return [] if self.state is None else self.state.rank()
-
-    def adopt(self, state: RingState) -> bool:
-        """Take `state` if it is newer than ours; returns whether it was taken."""
-        if not state.newer_than(self.state):
-            return False
-        if self.store is not None:
-            self.store.save(state)
-        old = self.state
-        self.state = state
-        if old is None or state.ring != old.ring:
-            GossipState.adopt_ring(self.membership.gossip, state.ring)
-        t, before = state.transition, old.transition if old is not None else None
-        if t is not None and (before is None or before.id != t.id):
-            log.info("transition %s: %s (%s)", t.id, t.change.describe(), t.phase.value)
-        elif t is not None and before is not None and before.phase != t.phase:
-            log.info("transition %s is now %s", t.id, t.phase.value)
-        for listener in self._listeners:
-            try:
-                listener(state)
-            except Exception:
-                log.exception("ring record listener failed")
-        return True
-
-    def adopt_record(self, record: object) -> bool:
-        if not isinstance(record, Mapping):
-            raise ValueError("ring record must be an object")
-        return self.adopt(RingState.from_record(record))
-
-    # ------------------------------------------------------------------ routing
-
-    def _routing(self) -> RingState:
-        state = self.state
-        if state is None:
-            raise Unavailable("this node has not learned the ring yet", retry_after=1.0)
-        return state
-
-    def write_set(self, key: bytes) -> WriteSet:
-        return self._routing().write_set(key)
-
-    def read_replicas(self, key: bytes) -> tuple[str, ...]:
-        return self._routing().read_replicas(key)
-
-
 class RecordGossip(GossipState):
-    """Gossip whose ring record is the whole RingState (ring, RF and transition)."""
+    """Gossip whose ring record is the whole RingRecord (ring, RF and transition)."""
 
     keeper: RingKeeper
 

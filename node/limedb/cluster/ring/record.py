@@ -1,6 +1,6 @@
 """The cluster's ring record: the committed ring, its replication factor and the transition.
 
-This is the value every node persists (`ring_store`) and gossips (`ring_record`), and the one
+This is the value every node persists (`store`) and copies to the others (`exchange`), and the one
 the coordinator routes by: while a transition runs, writes go to the union of old and new
 owners and reads to the owners the transition's phase says (limedb.cluster.transitions).
 Two copies of the record are ordered the same way on every node (`rank`), so gossip converges
@@ -18,12 +18,12 @@ from dataclasses import dataclass
 import orjson
 import xxhash
 
-from limedb.cluster.ring import Ring
+from limedb.cluster.ring.placement import Ring
 from limedb.cluster.transitions import PHASE_RANK, Phase, Transition, TransitionError, WriteSet
 
 
 @dataclass(frozen=True)
-class RingState:
+class RingRecord:
     """Committed `ring` and `rf`, and the latest `transition` (running or finished), if any."""
 
     ring: Ring
@@ -70,12 +70,12 @@ class RingState:
 
     # ------------------------------------------------------------------ steps
 
-    def with_transition(self, transition: Transition) -> RingState:
+    def with_transition(self, transition: Transition) -> RingRecord:
         """This record with `transition` stepped; a commit moves the committed ring and RF."""
         ring, rf = self.ring, self.rf
         if transition.phase in (Phase.COMMITTED, Phase.CLEANUP, Phase.DONE):
             ring, rf = transition.new_ring, transition.new_rf
-        return RingState(ring, rf, transition)
+        return RingRecord(ring, rf, transition)
 
     # ------------------------------------------------------------------ order
 
@@ -101,7 +101,7 @@ class RingState:
             ]
         return [epoch, members, digest, self.rf, *tail, self._hash]
 
-    def newer_than(self, other: RingState | None) -> bool:
+    def newer_than(self, other: RingRecord | None) -> bool:
         return other is None or self.rank() > other.rank()
 
     # ------------------------------------------------------------------ records
@@ -114,7 +114,7 @@ class RingState:
         }
 
     @classmethod
-    def from_record(cls, record: Mapping) -> RingState:
+    def from_record(cls, record: Mapping) -> RingRecord:
         """Raises ValueError for a record that does not decode (TransitionError included)."""
         ring = Ring.from_record(record)
         try:
