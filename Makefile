@@ -20,7 +20,7 @@ install: $(STAMP)
 run: $(STAMP)
 	$(BIN)/limedb cluster up --nodes $(NODES)
 
-## system-deps: Debian packages the tests drive (redis, nftables, wrk, buildah, ...)
+## system-deps: Debian packages the tests drive (redis, nftables, wrk, buildah, chromium, ...)
 system-deps:
 	bash scripts/system-deps.sh
 
@@ -40,7 +40,7 @@ test: $(STAMP) system-deps k8s-tools
 
 # The suite in tiers, by marker (tests/conftest.py makes every test that starts a process
 # carry one): in-process only; real node processes, namespaces, redis; the control plane.
-UNIT_TESTS := not (process or cluster or faults or faketime or redis or nemesis or k8s)
+UNIT_TESTS := not (process or cluster or faults or faketime or redis or nemesis or k8s or browser)
 
 ## test-unit: the in-process tests only (no process, no root), seconds to a few minutes
 test-unit: $(STAMP)

@@ -2,7 +2,8 @@
 # Installs the Debian packages the test suite and benchmarks drive as real peers:
 # redis-server / redis-tools (RESP differential tests), nftables + iproute2 (partition tests), wrk,
 # libfaketime + gcc (clock-skew tests: a node's wall clock offset at run time), buildah, runc and
-# mmdebstrap (make image).
+# mmdebstrap (make image), chromium (the dashboard test drives it headless through playwright;
+# playwright's own browsers are not used).
 set -euo pipefail
 need=()
 command -v redis-server >/dev/null || need+=(redis-server)
@@ -17,6 +18,7 @@ command -v gcc >/dev/null || need+=(gcc libc6-dev)  # builds tests/support/faket
 command -v buildah >/dev/null || need+=(buildah)
 command -v runc >/dev/null || need+=(runc)
 command -v mmdebstrap >/dev/null || need+=(mmdebstrap)
+command -v chromium >/dev/null || need+=(chromium)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then
     echo "system-deps: need root to apt-get install ${need[*]}" >&2

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import pytest
 
-PROCESS_MARKERS = ("process", "cluster", "faults", "faketime", "redis", "k8s", "nemesis")
+PROCESS_MARKERS = (
+    "process", "cluster", "faults", "faketime", "redis", "k8s", "nemesis", "browser",
+)  # fmt: skip
 PROCESS_FIXTURES = frozenset(
     {
         "node_factory", "node", "module_node", "wire_node", "lime",  # tests/node
@@ -18,6 +20,7 @@ PROCESS_FIXTURES = frozenset(
         "netlab", "small_disk", "disks",  # network namespaces, tmpfs data dirs
         "redis_reference", "limedb_single", "limedb_three", "limited",  # tests/resp
         "control_plane", "operator", "runner",  # tests/k8s
+        "browser",  # tests/ui: a headless Chromium
     }
 )  # fmt: skip
 

@@ -66,16 +66,21 @@ def _json(body: Any, status: int = 200) -> Response:
     return Response(orjson.dumps(body), status, media_type="application/json")
 
 
+def require_secret(secret: str | None, request: Request) -> None:
+    """401 unless the request presents the cluster secret (every route when one is set)."""
+    if secret is None:
+        return
+    presented = request.headers.get(SECRET_HEADER, "")
+    if not hmac.compare_digest(presented.encode(), secret.encode()):
+        raise ApiError(401, "cluster secret required (X-Cluster-Secret header)")
+
+
 def build_router(state: NodeState) -> APIRouter:
     router = APIRouter(prefix="/admin", tags=["admin"])
     secret = state.config.cluster_secret
 
     def authorize(request: Request) -> None:
-        if secret is None:
-            return
-        presented = request.headers.get(SECRET_HEADER, "")
-        if not hmac.compare_digest(presented.encode(), secret.encode()):
-            raise ApiError(401, "cluster secret required (X-Cluster-Secret header)")
+        require_secret(secret, request)
 
     def resolve(node: str) -> str:
         """A member's id from its id or URL."""

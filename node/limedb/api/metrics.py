@@ -44,6 +44,10 @@ class RouteStats:
         hist.sum += seconds
         hist.statuses[status] = hist.statuses.get(status, 0) + 1
 
+    def routes(self) -> list[tuple[tuple[str, str], RouteHistogram]]:
+        """((method, route), histogram) of every route served so far."""
+        return list(self._routes.items())
+
     def collect(self) -> Iterator[Metric]:
         requests = CounterMetricFamily(
             "limedb_http_requests", "HTTP requests served", labels=["method", "route", "status"]

@@ -164,8 +164,14 @@ class AntiEntropy:
         self.tombstone_grace_ms = tombstone_grace_ms
         self.budget = budget or BackgroundBudget()
         self.current: RepairRun | None = None
+        # The last run (a verification: replicas compared, whatever it found) and the last
+        # one that found differences and repaired them.
         self.last: RepairRun | None = None
+        self.last_repaired: RepairRun | None = None
         self.runs = 0
+        self.failed_runs = 0
+        self.ranges_differing_total = 0
+        self.keys_repaired_total = 0
         self.trees_served = 0
         self._lock = asyncio.Lock()
         self._timer: asyncio.Task | None = None
@@ -214,9 +220,17 @@ class AntiEntropy:
             finally:
                 run.finished_ms = _now_ms()
                 self.current = None
-                self.last = run
-                self.runs += 1
+                self._finished(run)
             return run.to_dict()
+
+    def _finished(self, run: RepairRun) -> None:
+        self.last = run
+        self.runs += 1
+        self.failed_runs += run.error is not None
+        self.ranges_differing_total += run.ranges_differing
+        self.keys_repaired_total += run.keys_repaired
+        if run.keys_repaired or run.ranges_differing:
+            self.last_repaired = run
 
     async def _run(self, run: RepairRun, ranges: list[tuple[int, int, tuple[str, ...]]]) -> None:
         pieces: list[tuple[int, int, tuple[str, ...]]] = []
@@ -361,6 +375,12 @@ class AntiEntropy:
             "trees_served": self.trees_served,
             "current": self.current.to_dict() if self.current is not None else None,
             "last": self.last.to_dict() if self.last is not None else None,
+            "last_repaired": (
+                self.last_repaired.to_dict() if self.last_repaired is not None else None
+            ),
+            "failed_runs": self.failed_runs,
+            "ranges_differing_total": self.ranges_differing_total,
+            "keys_repaired_total": self.keys_repaired_total,
         }
 
 
