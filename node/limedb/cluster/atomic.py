@@ -181,6 +181,31 @@ def _op_persist(current: ReadResult, args: tuple[bytes, ...], now_ms: int) -> Ou
     return Outcome(Action.SET, 1, current.value, None)
 
 
+# Reads, for transactions: they run at the primary in the transaction's order.
+def _op_get(current: ReadResult, args: tuple[bytes, ...], now_ms: int) -> Outcome:
+    return _keep(current.value)
+
+
+def _op_strlen(current: ReadResult, args: tuple[bytes, ...], now_ms: int) -> Outcome:
+    return _keep(0 if current.value is None else len(current.value))
+
+
+def _op_exists(current: ReadResult, args: tuple[bytes, ...], now_ms: int) -> Outcome:
+    return _keep(0 if current.value is None else 1)
+
+
+def _op_pttl(current: ReadResult, args: tuple[bytes, ...], now_ms: int) -> Outcome:
+    if current.value is None:
+        return _keep(-2)
+    if current.expires_at_ms is None:
+        return _keep(-1)
+    return _keep(max(current.expires_at_ms - now_ms, 0))
+
+
+def _op_type(current: ReadResult, args: tuple[bytes, ...], now_ms: int) -> Outcome:
+    return _keep(Status("none") if current.value is None else Status("string"))
+
+
 Operation = Callable[[ReadResult, tuple[bytes, ...], int], Outcome]
 OPERATIONS: dict[str, tuple[int, Operation]] = {
     "incrby": (1, _op_incrby),
@@ -190,6 +215,11 @@ OPERATIONS: dict[str, tuple[int, Operation]] = {
     "append": (2, _op_append),
     "expire": (3, _op_expire),
     "persist": (0, _op_persist),
+    "get": (0, _op_get),
+    "strlen": (0, _op_strlen),
+    "exists": (0, _op_exists),
+    "pttl": (0, _op_pttl),
+    "type": (0, _op_type),
 }
 
 
@@ -305,6 +335,14 @@ _CONSISTENCY_OF = {code: level for level, code in _CONSISTENCY_CODES.items()}
 _LEN = struct.Struct("!I")
 _INT = struct.Struct("!q")
 _REPLY_NONE, _REPLY_INT, _REPLY_BYTES, _REPLY_STATUS = b"\x00", b"\x01", b"\x02", b"\x03"
+
+
+def consistency_code(consistency: Consistency | None) -> int:
+    return _CONSISTENCY_CODES[consistency]
+
+
+def consistency_of(code: int) -> Consistency | None:
+    return _CONSISTENCY_OF[code]
 
 
 def encode_request(key: bytes, op: AtomicOp, consistency: Consistency | None) -> bytes:

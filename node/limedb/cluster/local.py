@@ -9,9 +9,10 @@ node has peers; the HTTP layer cannot tell the difference.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
-from limedb.cluster.atomic import AtomicOp, KeyLocks, Reply, apply_locally
+from limedb.cluster.atomic import Action, AtomicOp, KeyLocks, Outcome, Reply, apply_locally
 from limedb.cluster.keys import storage_key, user_key
 from limedb.cluster.ring.placement import vnode_tokens
 from limedb.cluster.service import (
@@ -23,6 +24,7 @@ from limedb.cluster.service import (
     ReplicaReport,
     Unavailable,
 )
+from limedb.cluster.transaction import Step, StepResult, Watch, run_batch
 from limedb.cluster.view import ClusterView, MemberView
 from limedb.hlc import HLC, millis_of
 from limedb.storage.errors import DiskFullError, StorageError
@@ -177,6 +179,44 @@ class LocalService:
         """Read-modify-write under a per-key lock: every key's primary is this node."""
         self._check_open()
         return await apply_locally(self._atomic_locks, key, fn, self.get, self._engine, self._clock)
+
+    async def atomic_batch(
+        self, steps: list[Step], watches: list[Watch], consistency: Consistency | None = None
+    ) -> list[StepResult] | None:
+        """A transaction: every key's primary is this node."""
+        self._check_open()
+        if not steps and not watches:
+            return []
+        return await run_batch(
+            self._atomic_locks, steps, watches, self.get, self._apply_outcome, _now_ms
+        )
+
+    async def _apply_outcome(self, key: bytes, outcome: Outcome, current: ReadResult) -> int:
+        ts = self._clock.now()
+        try:
+            if outcome.action is Action.SET:
+                await self._engine.put_async(
+                    storage_key(key), outcome.value, ts=ts, expires_at_ms=outcome.expires_at_ms
+                )
+            else:
+                await self._engine.delete_async(storage_key(key), ts=ts)
+        except DiskFullError as exc:
+            raise InsufficientStorage(str(exc), exc.retry_after_s) from exc
+        except StorageError as exc:
+            raise Unavailable(f"storage refused the write: {exc}") from exc
+        return ts
+
+    async def cluster_keys(self, match: Callable[[bytes], bool]) -> list[bytes]:
+        """This node holds every key."""
+        self._check_open()
+        keys: list[bytes] = []
+        after: bytes | None = None
+        while True:
+            page = self.local_items(after, 10_000)
+            keys.extend(k for k, _ in page if match(k))
+            if len(page) < 10_000:
+                return keys
+            after = page[-1][0]
 
     async def replica_report(self, key: bytes) -> ReplicaReport:
         """The only replica is this node."""

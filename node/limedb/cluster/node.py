@@ -12,6 +12,8 @@ import asyncio
 import functools
 import logging
 import os
+import struct
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -50,6 +52,7 @@ from limedb.cluster.service import (
     Unavailable,
 )
 from limedb.cluster.streaming import RangeStreams
+from limedb.cluster.transaction import ClusterTransactions, Step, StepResult, Watch
 from limedb.cluster.transition_driver import DriverSettings, TransitionDriver
 from limedb.cluster.transitions import Change
 from limedb.cluster.view import ClusterView, MemberView
@@ -61,6 +64,38 @@ log = logging.getLogger(__name__)
 INTERNAL_PORT_OFFSET = 1000
 HINT_SWEEP_S = 5.0
 _GOSSIP_STATUS = {Liveness.ALIVE: "active", Liveness.SUSPECT: "stale", Liveness.DEAD: "dead"}
+
+
+KEYS_PAGE = 10_000
+KEYS_READ_BATCH = 256
+_U32 = struct.Struct("!I")
+
+
+def encode_keys_request(after: bytes | None, limit: int) -> bytes:
+    if after is None:
+        return _U32.pack(limit)
+    return _U32.pack(limit) + b"\x01" + after
+
+
+def decode_keys_request(body: bytes) -> tuple[bytes | None, int]:
+    (limit,) = _U32.unpack_from(body)
+    rest = body[_U32.size :]
+    return (rest[1:] if rest else None), limit
+
+
+def encode_keys(keys: list[bytes]) -> bytes:
+    return b"".join(_U32.pack(len(k)) + k for k in keys)
+
+
+def decode_keys(body: bytes) -> list[bytes]:
+    keys = []
+    offset = 0
+    while offset < len(body):
+        (length,) = _U32.unpack_from(body, offset)
+        offset += _U32.size
+        keys.append(body[offset : offset + length])
+        offset += length
+    return keys
 
 
 def heartbeat_lag(silence_s: float, interval_s: float, own_heartbeat: int) -> int:
@@ -189,6 +224,7 @@ class ClusterService:
             clock=self.clock,
         )
         self.atomic = ClusterAtomic(self.coordinator, self.coordinator.call, Mutation)
+        self.transactions = ClusterTransactions(self.atomic)
         self.coordinator.routing = self.keeper
         self.handed_off = HandedOff(config.data_dir)
         self.streams = RangeStreams(engine, self.hlc, self.handed_off, self.clock)
@@ -345,6 +381,8 @@ class ClusterService:
         self.server.register(rpc.STREAM_APPLY, budget.wrap(self.streams.handle_apply))
         self.server.register(rpc.MERKLE, budget.wrap(self.anti_entropy.handle_tree))
         self.atomic.register(self.server)
+        self.transactions.register(self.server)
+        self.server.register(rpc.LOCAL_KEYS, self._handle_local_keys)
         self.clock.register(self.server)  # PING replies carry this node's clock
         bind = self.config.host
         await self.server.start(bind, self.internal_port)
@@ -419,6 +457,52 @@ class ClusterService:
     ) -> Reply:
         self._check_open()
         return await self.atomic.atomic_update(key, fn, consistency)
+
+    async def atomic_batch(
+        self, steps: list[Step], watches: list[Watch], consistency: Consistency | None = None
+    ) -> list[StepResult] | None:
+        self._check_open()
+        return await self.transactions.run(steps, watches, consistency)
+
+    async def cluster_keys(self, match: Callable[[bytes], bool]) -> list[bytes]:
+        """Every live key of the cluster that `match`es: the union of every member's own keys
+        (a member that does not answer is skipped: its keys have other replicas), each then
+        read at the default consistency so that a replica's leftover is not reported."""
+        self._check_open()
+        record = self.keeper.state
+        members = list(record.all_members()) if record is not None else [self.node_id]
+        candidates: set[bytes] = set()
+        for node in members:
+            try:
+                candidates.update(k for k in await self._keys_of(node) if match(k))
+            except (rpc.PeerUnavailable, rpc.RpcError) as exc:
+                log.warning("KEYS: member %s did not list its keys: %s", node, exc)
+        ordered = sorted(candidates)
+        live: list[bytes] = []
+        for i in range(0, len(ordered), KEYS_READ_BATCH):
+            chunk = ordered[i : i + KEYS_READ_BATCH]
+            results = await asyncio.gather(*(self.coordinator.get(k) for k in chunk))
+            live.extend(k for k, r in zip(chunk, results, strict=True) if r.value is not None)
+        return live
+
+    async def _keys_of(self, node: str) -> list[bytes]:
+        keys: list[bytes] = []
+        after: bytes | None = None
+        while True:
+            if node == self.node_id:
+                page = [k for k, _ in self.local_items(after, KEYS_PAGE)]
+            else:
+                request = encode_keys_request(after, KEYS_PAGE)
+                reply = await self.coordinator.call(node, rpc.LOCAL_KEYS, request, 10.0)
+                page = decode_keys(reply)
+            keys.extend(page)
+            if len(page) < KEYS_PAGE:
+                return keys
+            after = page[-1]
+
+    def _handle_local_keys(self, body: bytes) -> bytes:
+        after, limit = decode_keys_request(body)
+        return encode_keys([k for k, _ in self.local_items(after, min(limit, KEYS_PAGE))])
 
     async def replica_report(self, key: bytes) -> ReplicaReport:
         self._check_open()

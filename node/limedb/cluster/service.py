@@ -10,6 +10,7 @@ the front ends never learn how many replicas there are.
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
@@ -18,6 +19,7 @@ if TYPE_CHECKING:
     from limedb.cluster.background import BackgroundBudget
     from limedb.cluster.proposals import Proposal
     from limedb.cluster.ring.record import RingRecord
+    from limedb.cluster.transaction import Step, StepResult, Watch
     from limedb.cluster.transitions import Change
     from limedb.cluster.view import ClusterView
 
@@ -127,6 +129,20 @@ class KeyValueService(Protocol):
         """Read-modify-write `key` atomically: `fn(current, now_ms)` runs at the key's primary
         replica under a per-key lock and decides the write and the reply (limedb.cluster.atomic;
         the guarantee is stated in docs/redis.md)."""
+        ...
+
+    async def atomic_batch(
+        self, steps: list[Step], watches: list[Watch], consistency: Consistency | None = None
+    ) -> list[StepResult] | None:
+        """A transaction (limedb.cluster.transaction): every step `(key, AtomicOp)` in order,
+        atomically at the one primary of all its keys, or None if a watched key's version
+        (`(key, ts seen)`) moved. Keys with different primaries raise a CROSSSLOT
+        CommandError; a step whose operation refuses answers its CommandError in place."""
+        ...
+
+    async def cluster_keys(self, match: Callable[[bytes], bool]) -> list[bytes]:
+        """Every live key of the whole cluster that `match`es (RESP KEYS): asks every member,
+        so it costs a scan of every node."""
         ...
 
     async def replica_report(self, key: bytes) -> ReplicaReport:

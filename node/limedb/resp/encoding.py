@@ -23,6 +23,14 @@ class Verbatim(bytes):
     """Human-readable text (INFO): RESP3 verbatim string `txt`, RESP2 bulk string."""
 
 
+class _NullArray:
+    """A null array (`*-1` in RESP2, `_` in RESP3): EXEC's reply to an aborted transaction."""
+
+    __slots__ = ()
+
+
+NULL_ARRAY = _NullArray()
+
 OK_REPLY = b"+OK\r\n"
 NULL2 = b"$-1\r\n"
 NULL3 = b"_\r\n"
@@ -47,6 +55,8 @@ def encode(value: object, proto: int, out: list[bytes]) -> None:
         out.append(b"$%d\r\n%s\r\n" % (len(value), value))
     elif value is None:
         out.append(NULL3 if proto == 3 else NULL2)
+    elif value is NULL_ARRAY:
+        out.append(NULL3 if proto == 3 else b"*-1\r\n")
     elif isinstance(value, Status):
         out.append(OK_REPLY if value == "OK" else b"+%s\r\n" % value.encode())
     elif isinstance(value, bool):

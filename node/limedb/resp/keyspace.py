@@ -14,7 +14,7 @@ import asyncio
 import re
 from typing import Any
 
-from limedb.cluster.atomic import INT64_MAX, OK, AtomicOp, wall_ms
+from limedb.cluster.atomic import INT64_MAX, OK, AtomicOp, Status, wall_ms
 from limedb.resp.commands import SYNTAX_ERROR, command, int_arg
 from limedb.resp.encoding import RespError
 from limedb.resp.session import Session
@@ -178,6 +178,16 @@ class SetOptions:
         return b"pxat", amount
 
 
+def set_op(session: Session, argv: list[bytes]) -> tuple[bytes, AtomicOp]:
+    """SET with its options as the key and the operation to run on it."""
+    key = _check_key(session, argv[1])
+    value = _check_value(session, argv[2])
+    if len(argv) == 3:
+        return key, AtomicOp("set", (value, *_PLAIN[1:]))
+    opts = SetOptions.parse(argv)
+    return key, _set_op(value, opts, opts.expiry_ms(wall_ms()))
+
+
 def _set_op(value: bytes, opts: SetOptions | None, expiry: tuple[bytes, int] | None) -> AtomicOp:
     kind, amount = expiry if expiry else (b"keep" if opts and opts.keepttl else b"none", 0)
     condition = opts.condition if opts else b""
@@ -201,6 +211,13 @@ async def set_(session: Session, argv: list[bytes]) -> Any:
 
 
 async def _setex(session: Session, argv: list[bytes], name: str, unit_ms: int) -> Any:
+    return await session.server.service.atomic_update(*setex_op(session, argv, name, unit_ms))
+
+
+def setex_op(
+    session: Session, argv: list[bytes], name: str, unit_ms: int
+) -> tuple[bytes, AtomicOp]:
+    """SETEX / PSETEX as the key and the operation to run on it."""
     key = _check_key(session, argv[1])
     value = _check_value(session, argv[3])
     amount = int_arg(argv[2])
@@ -209,8 +226,7 @@ async def _setex(session: Session, argv: list[bytes], name: str, unit_ms: int) -
     amount *= unit_ms
     if amount > INT64_MAX - wall_ms():
         raise _expire_time_error(name)
-    op = AtomicOp("set", (value, b"", b"0", b"px", str(amount).encode()))
-    return await session.server.service.atomic_update(key, op)
+    return key, AtomicOp("set", (value, b"", b"0", b"px", str(amount).encode()))
 
 
 @command("setex", 4, flags=("write", "denyoom"), keys=(1, 1, 1))
@@ -325,10 +341,15 @@ async def incrby(session: Session, argv: list[bytes]) -> Any:
 @command("decrby", 3, flags=("write", "denyoom", "fast"), keys=(1, 1, 1))
 async def decrby(session: Session, argv: list[bytes]) -> Any:
     """Decrement the integer value of a key by a number"""
-    delta = int_arg(argv[2])
+    return await _incr(session, argv[1], decrement(argv[2]))
+
+
+def decrement(raw: bytes) -> int:
+    """DECRBY's argument as the delta to add, with Redis's error for the one it cannot negate."""
+    delta = int_arg(raw)
     if delta == -INT64_MAX - 1:
         raise RespError("ERR decrement would overflow")
-    return await _incr(session, argv[1], -delta)
+    return -delta
 
 
 @command("append", 3, flags=("write", "denyoom", "fast"), keys=(1, 1, 1))
@@ -359,6 +380,14 @@ def _expire_condition(argv: list[bytes]) -> bytes:
 
 
 async def _expire(session: Session, argv: list[bytes], name: str, unit_ms: int, absolute: bool):
+    key, op = expire_op(session, argv, name, unit_ms, absolute)
+    return await session.server.service.atomic_update(key, op)
+
+
+def expire_op(
+    session: Session, argv: list[bytes], name: str, unit_ms: int, absolute: bool
+) -> tuple[bytes, AtomicOp]:
+    """EXPIRE and its variants as the key and the operation to run on it."""
     condition = _expire_condition(argv)
     when = int_arg(argv[2])
     if unit_ms == 1000:
@@ -368,7 +397,7 @@ async def _expire(session: Session, argv: list[bytes], name: str, unit_ms: int, 
     if not absolute and when > INT64_MAX - wall_ms():
         raise _expire_time_error(name)
     op = AtomicOp("expire", (b"abs" if absolute else b"rel", str(when).encode(), condition))
-    return await session.server.service.atomic_update(_check_key(session, argv[1]), op)
+    return _check_key(session, argv[1]), op
 
 
 @command("expire", -3, flags=("write", "fast"), group="generic", keys=(1, 1, 1))
@@ -480,3 +509,18 @@ async def scan(session: Session, argv: list[bytes]) -> Any:
     next_cursor = server.cursors.add(items[-1][0]) if len(items) == count else 0
     keys = [key for key, _ in items if match is None or match.match(key)] if type_ok else []
     return [str(next_cursor).encode(), keys]
+
+
+@command("type", 2, flags=("readonly", "fast"), group="generic", keys=(1, 1, 1))
+async def type_(session: Session, argv: list[bytes]) -> Any:
+    """The type of a key's value: string (the only type LimeDB has), or none"""
+    result = await session.server.service.get(_check_key(session, argv[1]))
+    return Status("none") if result.value is None else Status("string")
+
+
+@command("keys", 2, flags=("readonly",), group="generic")
+async def keys(session: Session, argv: list[bytes]) -> Any:
+    """Every key of the whole cluster that matches a pattern (expensive: scans every node)"""
+    pattern = glob_to_regex(argv[1])
+    found = await session.server.service.cluster_keys(lambda key: pattern.match(key) is not None)
+    return sorted(found)

@@ -39,7 +39,7 @@ from limedb.cluster.service import (
     Unavailable,
 )
 from limedb.connections import ConnectionBudget, out_of_descriptors
-from limedb.resp import admin, keyspace  # noqa: F401 - importing registers the commands
+from limedb.resp import admin, keyspace, transaction  # noqa: F401 - importing registers the commands
 from limedb.resp.commands import resolve
 from limedb.resp.cursors import ScanCursors
 from limedb.resp.encoding import RespError, encode_reply
@@ -362,7 +362,11 @@ class RespConnection(asyncio.Protocol):
         stats = self.server.stats
         if isinstance(cmd, RespError):
             stats.total_error_replies += 1
+            if session.multi is not None:
+                session.multi_dirty = True  # EXEC answers EXECABORT, as Redis does
             return encode_reply(cmd, session.proto)
+        if session.multi is not None and request[0].lower() not in transaction.CONTROL:
+            return encode_reply(transaction.queue(session, request), session.proto)
         stats.total_commands_processed += 1
         session.last_command = request[0]
         try:

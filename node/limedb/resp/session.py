@@ -25,3 +25,8 @@ class Session:
     last_active: float = field(default_factory=time.monotonic)
     last_command: bytes = b"NULL"
     closing: bool = False
+    # Between MULTI and EXEC: the queued requests, and whether one was refused (EXECABORT).
+    multi: list[list[bytes]] | None = None
+    multi_dirty: bool = False
+    # WATCHed keys and the version timestamp each had then (0: absent).
+    watched: dict[bytes, int] = field(default_factory=dict)
