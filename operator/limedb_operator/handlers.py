@@ -29,6 +29,10 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     # (anything else would be pruned), and our decisions never read these annotations.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="limedb.io")
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="limedb.io")
+    # No deletion handler, so kopf puts no finalizer on a LimeCluster: deleting one never waits
+    # for the operator (helm uninstall deletes the operator with it). pvcRetention.whenDeleted
+    # is the StatefulSet's persistentVolumeClaimRetentionPolicy, carried out by the garbage
+    # collector. The name is kept so kopf releases the finalizer of older releases.
     settings.persistence.finalizer = manifests.FINALIZER
     # No CRD scanning: that needs cluster-wide list/watch on CRDs, which a namespaced operator
     # is not granted; the LimeCluster resource is known in advance.
@@ -53,15 +57,3 @@ def converge(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
     tick runs as soon as a LimeCluster appears, so no separate create handler is needed (it
     would race this one)."""
     _step(body, patch)
-
-
-@kopf.on.delete(*RESOURCE)
-def deleted(body: kopf.Body, **_: Any) -> None:
-    removed = reconcile.delete_volumes(_client(), body)
-    if removed:
-        kopf.event(
-            body,
-            type="Normal",
-            reason="VolumesDeleted",
-            message=f"pvcRetention.whenDeleted=Delete: {', '.join(sorted(removed))}",
-        )

@@ -121,9 +121,6 @@ class Kube:
             )
         return tuple(sorted(out, key=lambda p: p.ordinal))
 
-    def pvc_names(self, name: str, namespace: str) -> list[str]:
-        return [c.name for c in self.claims(name, namespace)]
-
     def claims(self, name: str, namespace: str) -> list[ClaimView]:
         listed = self.core.list_namespaced_persistent_volume_claim(
             namespace, label_selector=manifests.selector_string(name)

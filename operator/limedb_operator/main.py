@@ -8,6 +8,8 @@ import os
 
 import kopf
 
+from limedb_operator import logs
+
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="limedb-operator", description=__doc__)
@@ -31,6 +33,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("give --namespace, set WATCH_NAMESPACE, or pass --all-namespaces")
 
     kopf.configure(verbose=args.verbose)
+    logs.quiet_at_rest(verbose=args.verbose)
     from limedb_operator import handlers  # noqa: F401  (registers the handlers)
 
     asyncio.run(

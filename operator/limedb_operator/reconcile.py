@@ -39,6 +39,17 @@ class Outcome:
         return self.decision.step.kind == "done"
 
 
+_last_step: dict[tuple[str, str], tuple[str, str, str]] = {}
+
+
+def _log_step(namespace: str, name: str, step: Step) -> None:
+    """INFO when a cluster's step changes, DEBUG when a tick only repeats it (every 2 s)."""
+    seen = (step.kind, step.reason, step.message)
+    level = logging.DEBUG if _last_step.get((namespace, name)) == seen else logging.INFO
+    _last_step[(namespace, name)] = seen
+    log.log(level, "%s/%s: %s %s: %s", namespace, name, step.kind, step.reason, step.message)
+
+
 def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -149,7 +160,7 @@ def reconcile(kube: Kube, body: Mapping[str, Any]) -> Outcome:
     decision = decide(obs)
     step = decision.step
     events: list[tuple[str, str, str]] = []
-    log.info("%s/%s: %s %s: %s", namespace, name, step.kind, step.reason, step.message)
+    _log_step(namespace, name, step)
 
     # Children are re-applied every step so drift is repaired; the replica count is the
     # decision's, never spec.nodes directly.
@@ -213,15 +224,3 @@ def reconcile(kube: Kube, body: Mapping[str, Any]) -> Outcome:
         obs, decision, old_status, _now(), meta.get("generation"), extra_conditions
     )
     return Outcome(status, decision, events)
-
-
-def delete_volumes(kube: Kube, body: Mapping[str, Any]) -> list[str]:
-    """Finalizer: apply pvcRetention.whenDeleted. Returns the PVCs deleted."""
-    meta = body["metadata"]
-    spec = manifests.with_defaults(body.get("spec") or {})
-    if spec["pvcRetention"]["whenDeleted"] != "Delete":
-        return []
-    names = kube.pvc_names(meta["name"], meta["namespace"])
-    for pvc in names:
-        kube.delete_pvc(pvc, meta["namespace"])
-    return names

@@ -7,6 +7,7 @@ import json
 import pytest
 from controlplane import ROOT
 from helm import CHART, KUBE_VERSION, helm, template
+from limedb_operator import manifests
 from limedb_operator.kube import request
 
 pytestmark = pytest.mark.k8s
@@ -50,10 +51,25 @@ def test_values_schema_rejects_a_misspelt_or_mistyped_value():
     assert typo.returncode != 0 and "operater" in typo.stderr
 
 
+def test_image_pull_policy_reaches_the_limecluster_pods():
+    docs = template("limedb", "limeCluster.create=true", "image.pullPolicy=Never")
+    lime = next(d for d in docs if d["kind"] == "LimeCluster")
+    assert lime["spec"]["imagePullPolicy"] == "Never"
+    deploy = next(d for d in docs if d["kind"] == "Deployment")
+    assert deploy["spec"]["template"]["spec"]["containers"][0]["imagePullPolicy"] == "Never"
+    # The operator copies spec.imagePullPolicy into the StatefulSet's node container.
+    sts = manifests.statefulset("lime", "limedb", lime["spec"], replicas=3)
+    assert sts["spec"]["template"]["spec"]["containers"][0]["imagePullPolicy"] == "Never"
+    # The LimeCluster's own value wins over the chart's.
+    docs = template("limedb", "limeCluster.create=true", "limeCluster.spec.imagePullPolicy=Always")
+    lime = next(d for d in docs if d["kind"] == "LimeCluster")
+    assert lime["spec"]["imagePullPolicy"] == "Always"
+
+
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
 def test_rbac_is_within_the_allowlist(variant):
     docs = template("limedb", *VARIANTS[variant])
-    roles = [d for d in docs if d["kind"] in ("Role", "ClusterRole")]
+    roles = [d for d in docs if d["kind"] in ("Role", "ClusterRole") and not _hook(d)]
     assert roles, "the chart must grant the operator its permissions"
     granted: dict[tuple[str, str], set[str]] = {}
     for role in roles:
@@ -69,11 +85,21 @@ def test_rbac_is_within_the_allowlist(variant):
         assert verbs <= ALLOWED[key], f"{key}: {verbs - ALLOWED[key]} exceed the allowlist"
     assert not {"list", "watch"} & granted.get(("", "secrets"), set())
     assert ("", "pods/exec") not in granted
-    kinds = {d["kind"] for d in docs}
+    # The uninstall hook's own account may only find and delete the chart's LimeCluster.
+    for role in [d for d in docs if d["kind"] in ("Role", "ClusterRole") and _hook(d)]:
+        assert role["kind"] == "Role" and _hook(role) == "pre-delete"
+        assert role["rules"] == [
+            {"apiGroups": ["limedb.io"], "resources": ["limeclusters"], "verbs": ["get", "delete"]}
+        ]
+    kinds = {d["kind"] for d in docs if not _hook(d)}
     if variant == "cluster-wide":
         assert {"ClusterRole", "ClusterRoleBinding"} <= kinds and "Role" not in kinds
     else:
         assert {"Role", "RoleBinding"} <= kinds and "ClusterRole" not in kinds
+
+
+def _hook(doc: dict) -> str | None:
+    return (doc["metadata"].get("annotations") or {}).get("helm.sh/hook")
 
 
 def _restricted(pod_spec: dict, where: str) -> None:
@@ -98,9 +124,10 @@ def test_pods_meet_the_restricted_security_profile():
     assert deploy["spec"]["replicas"] == 1
     assert deploy["spec"]["strategy"]["type"] == "Recreate"
     _restricted(deploy["spec"]["template"]["spec"], "operator Deployment")
-    (test_pod,) = [d for d in docs if d["kind"] == "Pod"]
-    assert test_pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
-    _restricted(test_pod["spec"], "helm test pod")
+    pods = {_hook(d): d for d in docs if d["kind"] == "Pod"}
+    assert sorted(pods) == ["pre-delete", "test"]
+    _restricted(pods["test"]["spec"], "helm test pod")
+    _restricted(pods["pre-delete"]["spec"], "uninstall hook pod")
 
 
 def test_restricted_profile_is_enforced_by_the_api_server(api, crd, namespace):
@@ -116,9 +143,9 @@ def test_restricted_profile_is_enforced_by_the_api_server(api, crd, namespace):
     )
     docs = template(namespace, "limeCluster.create=true")
     (deploy,) = [d for d in docs if d["kind"] == "Deployment"]
-    (account,) = [d for d in docs if d["kind"] == "ServiceAccount"]
-    CoreV1Api(api).create_namespaced_service_account(namespace, account)
-    (test_pod,) = [d for d in docs if d["kind"] == "Pod"]
+    for account in [d for d in docs if d["kind"] == "ServiceAccount"]:  # operator's and hook's
+        CoreV1Api(api).create_namespaced_service_account(namespace, account)
+    hook_pods = {_hook(d): d for d in docs if d["kind"] == "Pod"}
     sts = manifests.statefulset("lime", namespace, manifests.with_defaults({}), 3)
     node_spec = dict(sts["spec"]["template"]["spec"])
     # The StatefulSet controller adds the claim volume; a pod alone needs it spelled out.
@@ -129,7 +156,8 @@ def test_restricted_profile_is_enforced_by_the_api_server(api, crd, namespace):
 
     for doc in (
         pod("operator", deploy["spec"]["template"]["spec"]),
-        test_pod,
+        hook_pods["test"],
+        hook_pods["pre-delete"],
         pod("node", node_spec),
     ):
         _dry_run_apply(api, doc, namespace)
@@ -173,7 +201,13 @@ def _dry_run_apply(api, doc: dict, namespace: str) -> dict:
 
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
 def test_template_output_is_accepted_by_server_side_dry_run(api, crd, namespace, variant):
+    from kubernetes.client import CoreV1Api
+
     docs = template(namespace, *VARIANTS[variant], include_crds=True)
+    # A pod is admitted only if its ServiceAccount exists (a dry run creates nothing): the
+    # uninstall hook's pod runs as the hook's own account.
+    for account in [d for d in docs if d["kind"] == "ServiceAccount"]:
+        CoreV1Api(api).create_namespaced_service_account(namespace, account)
     kinds = []
     for doc in docs:
         accepted = _dry_run_apply(api, doc, namespace)

@@ -156,3 +156,21 @@ def test_deleting_the_cluster_applies_the_pvc_policy(api, namespace, operator, p
             "data-lime-2",
         ]
         assert not any(p.metadata.deletion_timestamp for p in claims())
+
+
+def test_uninstall_hook_deletes_the_cluster_while_the_operator_runs(api, namespace, operator):
+    """The chart's pre-delete hook (limedb_operator.uninstall) returns once the operator has let
+    the LimeCluster go, and says so when no operator is there to do it."""
+    from limedb_operator.uninstall import delete_and_wait
+
+    objects = kubernetes.client.CustomObjectsApi(api)
+    create(api, namespace, nodes=3)
+    wait_for(lambda: get(api, namespace)["metadata"].get("finalizers"), timeout=30,
+             what="the operator to take the LimeCluster")  # fmt: skip
+    operator.stop()
+    assert not delete_and_wait(objects, namespace, "lime", timeout_s=3)
+    assert get(api, namespace)["metadata"]["deletionTimestamp"]
+    operator.start()
+    assert delete_and_wait(objects, namespace, "lime", timeout_s=60)
+    # Gone already is not an error: a retried hook succeeds.
+    assert delete_and_wait(objects, namespace, "lime", timeout_s=1)
