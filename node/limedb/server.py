@@ -47,8 +47,10 @@ def build_service(config: Config, engine: Any) -> KeyValueService:
     """
     if any(seed != config.advertise_url for seed in config.seeds):
         from limedb.cluster.node import ClusterService
+        from limedb.resp.string_ops import StringOp
 
-        return ClusterService.open(config, engine)
+        # A peer may forward a RESP write here whether or not this node listens for RESP.
+        return ClusterService.open(config, engine, StringOp)
     return LocalService(
         engine, node_id=config.node_id, node_url=config.advertise_url, vnodes=config.vnodes
     )

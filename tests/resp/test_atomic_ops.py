@@ -5,19 +5,19 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from limedb.cluster import rpc
 from limedb.cluster.atomic import (
-    OK,
     Action,
-    AtomicOp,
-    CommandError,
+    ClusterAtomic,
     KeyLocks,
-    decode_reply,
+    OperationRefused,
     decode_request,
-    encode_reply,
     encode_request,
-    parse_int64,
 )
 from limedb.cluster.service import Consistency, ReadResult
+from limedb.resp.encoding import OK
+from limedb.resp.server import error_reply
+from limedb.resp.string_ops import CommandError, StringOp, parse_int64
 from support.wait import wait_for_async
 
 NOW = 1_700_000_000_000
@@ -49,21 +49,21 @@ def test_redis_integer_syntax_rejects_what_redis_rejects(raw: bytes) -> None:
 
 
 def test_incr_keeps_the_time_to_live_and_refuses_overflow() -> None:
-    outcome = AtomicOp("incrby", (b"5",))(value(b"10", NOW + 5000), NOW)
+    outcome = StringOp("incrby", (b"5",))(value(b"10", NOW + 5000), NOW)
     assert (outcome.action, outcome.reply, outcome.value) == (Action.SET, 15, b"15")
     assert outcome.expires_at_ms == NOW + 5000
     with pytest.raises(CommandError, match="overflow"):
-        AtomicOp("incrby", (b"1",))(value(b"9223372036854775807"), NOW)
+        StringOp("incrby", (b"1",))(value(b"9223372036854775807"), NOW)
     with pytest.raises(CommandError, match="not an integer"):
-        AtomicOp("incrby", (b"1",))(value(b"abc"), NOW)
+        StringOp("incrby", (b"1",))(value(b"abc"), NOW)
 
 
 def test_set_conditions_and_get_reply() -> None:
-    nx = AtomicOp("set", (b"v", b"nx", b"0", b"none", b"0"))
+    nx = StringOp("set", (b"v", b"nx", b"0", b"none", b"0"))
     assert nx(value(b"old"), NOW).action is Action.KEEP
     assert nx(value(b"old"), NOW).reply is None
     assert nx(ABSENT, NOW).reply == OK
-    xx_get = AtomicOp("set", (b"v", b"xx", b"1", b"keep", b"0"))
+    xx_get = StringOp("set", (b"v", b"xx", b"1", b"keep", b"0"))
     outcome = xx_get(value(b"old", NOW + 10), NOW)
     assert (outcome.reply, outcome.value, outcome.expires_at_ms) == (b"old", b"v", NOW + 10)
     assert xx_get(ABSENT, NOW).action is Action.KEEP
@@ -71,7 +71,7 @@ def test_set_conditions_and_get_reply() -> None:
 
 def test_expire_conditions_follow_redis_infinite_ttl_rule() -> None:
     def expire(condition: bytes, current: ReadResult, ms: int = 1000) -> int:
-        return AtomicOp("expire", (b"rel", str(ms).encode(), condition))(current, NOW).reply
+        return StringOp("expire", (b"rel", str(ms).encode(), condition))(current, NOW).reply
 
     persistent, expiring = value(b"v"), value(b"v", NOW + 500)
     assert expire(b"gt", persistent) == 0
@@ -80,19 +80,82 @@ def test_expire_conditions_follow_redis_infinite_ttl_rule() -> None:
     assert expire(b"nx", expiring) == 0
     assert expire(b"xx", persistent) == 0
     assert expire(b"", ABSENT) == 0
-    assert AtomicOp("expire", (b"rel", b"-1", b""))(persistent, NOW).action is Action.DELETE
+    assert StringOp("expire", (b"rel", b"-1", b""))(persistent, NOW).action is Action.DELETE
 
 
 def test_request_and_reply_survive_the_wire() -> None:
-    op = AtomicOp("set", (b"\x00\xff", b"nx", b"1", b"px", b"100"))
-    assert decode_request(encode_request(b"k\r\n", op, Consistency.ALL)) == (
+    op = StringOp("set", (b"\x00\xff", b"nx", b"1", b"px", b"100"))
+    assert decode_request(encode_request(b"k\r\n", op, Consistency.ALL), StringOp) == (
         b"k\r\n",
         op,
         Consistency.ALL,
     )
     for reply in (None, 0, -(2**63), b"", b"bytes", OK):
-        decoded = decode_reply(encode_reply(reply))
+        decoded = op.decode_reply(op.encode_reply(reply))
         assert decoded == reply and type(decoded) is type(reply)
+
+
+class OneCopy:
+    """The coordinator's part a primary uses (limedb.cluster.atomic.Writer), over one dict:
+    enough to run the real lock, forwarding and wire code of two nodes in one process."""
+
+    timeout_s = 1.0
+
+    def __init__(self, node_id: str, store: dict[bytes, tuple[bytes, int]]) -> None:
+        self.node_id = node_id
+        self.store = store
+
+    def replicas(self, key: bytes) -> tuple[str, ...]:
+        return ("primary", "other")
+
+    def reachable(self, node_id: str) -> bool:
+        return True
+
+    async def get(self, key: bytes, consistency: Consistency | None = None) -> ReadResult:
+        found = self.store.get(key)
+        return ABSENT if found is None else ReadResult(found[0], "primary", found[1])
+
+    async def write(self, mutation: tuple, consistency: Consistency | None = None) -> bool:
+        key, data, ts, tombstone = mutation[:4]
+        if tombstone:
+            self.store.pop(key, None)
+        else:
+            self.store[key] = (data, ts)
+        return True
+
+    def stamp_after(self, ts: int) -> int:
+        return ts + 1
+
+    def physical_ms(self) -> int:
+        return NOW
+
+
+def test_a_forwarded_operation_answers_as_if_run_where_the_client_asked() -> None:
+    store: dict[bytes, tuple[bytes, int]] = {}
+
+    def mutation(key: bytes, data: bytes, ts: int, tombstone: bool, expires=None) -> tuple:
+        return (key, data, ts, tombstone, expires)
+
+    async def call(node_id: str, kind: int, payload: bytes, timeout_s: float) -> bytes:
+        assert (node_id, kind) == ("primary", rpc.ATOMIC)
+        return await primary.handle(payload)
+
+    primary = ClusterAtomic(OneCopy("primary", store), call, mutation, StringOp)
+    other = ClusterAtomic(OneCopy("other", store), call, mutation, StringOp)
+
+    async def main() -> None:
+        reply = await other.atomic_update(b"k", StringOp("set", (b"41", b"", b"0", b"none", b"0")))
+        assert reply == OK and type(reply) is type(OK)
+        assert await other.atomic_update(b"k", StringOp("incrby", (b"1",))) == 42
+        await other.atomic_update(b"k", StringOp("set", (b"abc", b"", b"0", b"none", b"0")))
+        with pytest.raises(OperationRefused) as refused:
+            await other.atomic_update(b"k", StringOp("incrby", (b"1",)))
+        # The client sees Redis's own line, not one wrapped by the forwarding.
+        assert error_reply(refused.value).line == "ERR value is not an integer or out of range"
+
+    asyncio.run(main())
+    assert store[b"k"][0] == b"abc"
+    assert (other.counters["atomic_forwarded"], primary.counters["atomic_served"]) == (4, 4)
 
 
 def test_key_locks_serialize_holders_and_forget_idle_keys() -> None:
@@ -168,8 +231,8 @@ def test_a_cancelled_waiter_does_not_keep_the_key_locked() -> None:
 
 def test_expire_xx_combined_with_gt_needs_both() -> None:
     expiring = value(b"v", NOW + 200_000)
-    shorter = AtomicOp("expire", (b"rel", b"101000", b"gt,xx"))
-    longer = AtomicOp("expire", (b"rel", b"300000", b"gt,xx"))
+    shorter = StringOp("expire", (b"rel", b"101000", b"gt,xx"))
+    longer = StringOp("expire", (b"rel", b"300000", b"gt,xx"))
     assert shorter(expiring, NOW).reply == 0
     assert longer(expiring, NOW).reply == 1
     assert longer(value(b"v"), NOW).reply == 0

@@ -1,11 +1,13 @@
-"""Atomic read-modify-write of one key: Redis string operations serialized at the key's primary.
+"""Atomic read-modify-write of one key at its primary replica: the per-key lock and forwarding.
 
-An `AtomicOp` is a named operation with byte arguments (`incrby`, `set` with NX/XX/GET/KEEPTTL,
-`getdel`, `append`, `expire`, `persist`): a pure function of the key's current value and the
-clock that decides what to write and what to answer. Because it is data, not a Python callable,
-a node that is not the key's primary forwards it over the internal RPC (kind `ATOMIC`) and the
-primary runs it under a per-key lock: read (quorum), compute, write (quorum) with a timestamp
-newer than the version it read. docs/redis.md states exactly what that guarantees.
+A `ReadModifyWrite` is an operation on one key's value that a front end defines (the Redis
+string commands: limedb.resp.string_ops): a pure decision, from the key's current value and
+the clock, of what to write and what to answer. Because it is data (a name and byte
+arguments), a node that is not the key's primary forwards it over the internal RPC (kind
+`ATOMIC`); the primary rebuilds it with the front end's `OperationDecoder` and runs it under a
+per-key lock: read (quorum), decide, write (quorum) with a timestamp newer than the version it
+read. docs/redis.md states exactly what that guarantees. What an operation means, and how its
+reply is encoded, is the operation's business: this module only locks, forwards and writes.
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ import asyncio
 import contextlib
 import enum
 import struct
-import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -29,28 +30,13 @@ from limedb.cluster.service import (
     ReadResult,
     Unavailable,
 )
+from limedb.hlc import wall_millis
 from limedb.storage.errors import DiskFullError
 
-INT64_MIN = -(1 << 63)
-INT64_MAX = (1 << 63) - 1
-# Expiry times are stored as unsigned milliseconds; Redis refuses anything beyond int64 ms.
-MAX_EXPIRES_MS = INT64_MAX
 
-NOT_AN_INTEGER = "ERR value is not an integer or out of range"
-OVERFLOW = "ERR increment or decrement would overflow"
-
-
-class CommandError(InvalidRequest):
-    """A Redis-visible error; the message is the whole error line, prefix included."""
-
-
-class Status(str):
-    """A simple-string reply such as OK (as opposed to a bulk string)."""
-
-
-OK = Status("OK")
-
-Reply = int | bytes | Status | None
+class OperationRefused(InvalidRequest):
+    """An operation refused the value it found (e.g. not an integer); the message is the whole
+    error the client sees. A forwarded refusal comes back as this too."""
 
 
 class Action(enum.Enum):
@@ -64,192 +50,37 @@ class Outcome:
     """What an operation decided: the write to make (if any) and the reply to the client."""
 
     action: Action
-    reply: Reply
+    reply: object
     value: bytes = b""
     expires_at_ms: int | None = None
 
 
-def _keep(reply: Reply) -> Outcome:
-    return Outcome(Action.KEEP, reply)
+class ReadModifyWrite(Protocol):
+    """One read-modify-write of a key, as data a peer can rebuild (`name`, `args`)."""
 
+    @property
+    def name(self) -> str: ...
 
-def parse_int64(raw: bytes) -> int | None:
-    """Redis's strict integer syntax: optional '-', no '+', no leading zeros, no spaces."""
-    if not raw or len(raw) > 20:
-        return None
-    digits = raw[1:] if raw[:1] == b"-" else raw
-    if not digits.isdigit() or not digits.isascii():
-        return None
-    if digits[:1] == b"0" and (len(digits) > 1 or raw[:1] == b"-"):
-        return None
-    value = int(raw)
-    return value if INT64_MIN <= value <= INT64_MAX else None
-
-
-def int_arg(raw: bytes) -> int:
-    value = parse_int64(raw)
-    if value is None:
-        raise CommandError(NOT_AN_INTEGER)
-    return value
-
-
-def _op_incrby(current: ReadResult, args: tuple[bytes, ...], now_ms: int) -> Outcome:
-    delta = int_arg(args[0])
-    if current.value is None:
-        old = 0
-    else:
-        parsed = parse_int64(current.value)
-        if parsed is None:
-            raise CommandError(NOT_AN_INTEGER)
-        old = parsed
-    new = old + delta
-    if not INT64_MIN <= new <= INT64_MAX:
-        raise CommandError(OVERFLOW)
-    # Like Redis, INCR keeps the key's time to live.
-    return Outcome(Action.SET, new, str(new).encode(), current.expires_at_ms)
-
-
-def _op_set(current: ReadResult, args: tuple[bytes, ...], now_ms: int) -> Outcome:
-    """args: value, condition (b"" | b"nx" | b"xx"), get (b"0" | b"1"), expiry kind
-    (b"none" | b"keep" | b"px" relative | b"pxat" absolute), expiry milliseconds."""
-    value, condition, get, kind, amount = args
-    old = current.value
-    reply: Reply = old if get == b"1" else OK
-    if (condition == b"nx" and old is not None) or (condition == b"xx" and old is None):
-        return _keep(old if get == b"1" else None)
-    if kind == b"keep":
-        expires = current.expires_at_ms
-    elif kind == b"px":
-        expires = now_ms + int(amount)
-    elif kind == b"pxat":
-        expires = int(amount)
-    else:
-        expires = None
-    if expires is not None and expires <= now_ms:
-        # An expiry already in the past leaves no live value; a tombstone says so plainly
-        # (also when a blind write did not read whether there was one).
-        return Outcome(Action.DELETE, reply)
-    return Outcome(Action.SET, reply, value, expires)
-
-
-def _op_del(current: ReadResult, args: tuple[bytes, ...], now_ms: int) -> Outcome:
-    if current.value is None:
-        return _keep(0)
-    return Outcome(Action.DELETE, 1)
-
-
-def _op_getdel(current: ReadResult, args: tuple[bytes, ...], now_ms: int) -> Outcome:
-    if current.value is None:
-        return _keep(None)
-    return Outcome(Action.DELETE, current.value)
-
-
-def _op_append(current: ReadResult, args: tuple[bytes, ...], now_ms: int) -> Outcome:
-    """args: suffix, the largest value allowed (decimal)."""
-    value = (current.value or b"") + args[0]
-    if len(value) > int(args[1]):
-        raise CommandError(
-            f"ERR string exceeds maximum allowed size (max_value_bytes is {int(args[1])})"
-        )
-    return Outcome(Action.SET, len(value), value, current.expires_at_ms)
-
-
-def _op_expire(current: ReadResult, args: tuple[bytes, ...], now_ms: int) -> Outcome:
-    """args: b"rel" | b"abs", milliseconds, conditions (comma-separated nx, xx, gt, lt)."""
-    mode, amount, condition = args
-    if current.value is None:
-        return _keep(0)
-    when = int(amount) + (now_ms if mode == b"rel" else 0)
-    expires = current.expires_at_ms
-    conditions = condition.split(b",") if condition else ()
-    # No expiry counts as an infinite one for GT and LT, as in Redis.
-    if (
-        (b"nx" in conditions and expires is not None)
-        or (b"xx" in conditions and expires is None)
-        or (b"gt" in conditions and (expires is None or when <= expires))
-        or (b"lt" in conditions and expires is not None and when >= expires)
-    ):
-        return _keep(0)
-    if when <= now_ms:
-        return Outcome(Action.DELETE, 1)
-    return Outcome(Action.SET, 1, current.value, when)
-
-
-def _op_persist(current: ReadResult, args: tuple[bytes, ...], now_ms: int) -> Outcome:
-    if current.value is None or current.expires_at_ms is None:
-        return _keep(0)
-    return Outcome(Action.SET, 1, current.value, None)
-
-
-# Reads, for transactions: they run at the primary in the transaction's order.
-def _op_get(current: ReadResult, args: tuple[bytes, ...], now_ms: int) -> Outcome:
-    return _keep(current.value)
-
-
-def _op_strlen(current: ReadResult, args: tuple[bytes, ...], now_ms: int) -> Outcome:
-    return _keep(0 if current.value is None else len(current.value))
-
-
-def _op_exists(current: ReadResult, args: tuple[bytes, ...], now_ms: int) -> Outcome:
-    return _keep(0 if current.value is None else 1)
-
-
-def _op_pttl(current: ReadResult, args: tuple[bytes, ...], now_ms: int) -> Outcome:
-    if current.value is None:
-        return _keep(-2)
-    if current.expires_at_ms is None:
-        return _keep(-1)
-    return _keep(max(current.expires_at_ms - now_ms, 0))
-
-
-def _op_type(current: ReadResult, args: tuple[bytes, ...], now_ms: int) -> Outcome:
-    return _keep(Status("none") if current.value is None else Status("string"))
-
-
-Operation = Callable[[ReadResult, tuple[bytes, ...], int], Outcome]
-OPERATIONS: dict[str, tuple[int, Operation]] = {
-    "incrby": (1, _op_incrby),
-    "set": (5, _op_set),
-    "getdel": (0, _op_getdel),
-    "del": (0, _op_del),
-    "append": (2, _op_append),
-    "expire": (3, _op_expire),
-    "persist": (0, _op_persist),
-    "get": (0, _op_get),
-    "strlen": (0, _op_strlen),
-    "exists": (0, _op_exists),
-    "pttl": (0, _op_pttl),
-    "type": (0, _op_type),
-}
-
-
-@dataclass(frozen=True, slots=True)
-class AtomicOp:
-    """A named operation with its arguments; calling it decides the outcome for one value."""
-
-    name: str
-    args: tuple[bytes, ...] = ()
-
-    def __post_init__(self) -> None:
-        entry = OPERATIONS.get(self.name)
-        if entry is None or entry[0] != len(self.args):
-            raise InvalidRequest(f"unknown atomic operation {self.name}/{len(self.args)}")
-
-    def __call__(self, current: ReadResult, now_ms: int) -> Outcome:
-        return OPERATIONS[self.name][1](current, self.args, now_ms)
+    @property
+    def args(self) -> tuple[bytes, ...]: ...
 
     @property
     def blind(self) -> bool:
-        """A plain SET: its outcome does not depend on the current value, so skip the read."""
-        args = self.args
-        return self.name == "set" and args[1] == b"" and args[2] == b"0" and args[3] != b"keep"
+        """Whether the outcome does not depend on the current value (no read needed)."""
+        ...
 
+    def __call__(self, current: ReadResult, now_ms: int) -> Outcome: ...
+
+    def encode_reply(self, reply: object) -> bytes: ...
+
+    def decode_reply(self, data: bytes) -> object: ...
+
+
+# Rebuilds a forwarded operation from its name and arguments; raises InvalidRequest when
+# there is no such operation.
+OperationDecoder = Callable[[str, tuple[bytes, ...]], ReadModifyWrite]
 
 _NOTHING = ReadResult(None, "")
-
-
-def wall_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 class _KeyState:
@@ -333,8 +164,6 @@ class KeyLocks:
 _CONSISTENCY_CODES = {None: 0, Consistency.ONE: 1, Consistency.QUORUM: 2, Consistency.ALL: 3}
 _CONSISTENCY_OF = {code: level for level, code in _CONSISTENCY_CODES.items()}
 _LEN = struct.Struct("!I")
-_INT = struct.Struct("!q")
-_REPLY_NONE, _REPLY_INT, _REPLY_BYTES, _REPLY_STATUS = b"\x00", b"\x01", b"\x02", b"\x03"
 
 
 def consistency_code(consistency: Consistency | None) -> int:
@@ -345,7 +174,7 @@ def consistency_of(code: int) -> Consistency | None:
     return _CONSISTENCY_OF[code]
 
 
-def encode_request(key: bytes, op: AtomicOp, consistency: Consistency | None) -> bytes:
+def encode_request(key: bytes, op: ReadModifyWrite, consistency: Consistency | None) -> bytes:
     parts = [
         bytes((_CONSISTENCY_CODES[consistency], len(op.name), len(op.args))),
         op.name.encode(),
@@ -357,7 +186,9 @@ def encode_request(key: bytes, op: AtomicOp, consistency: Consistency | None) ->
     return b"".join(parts)
 
 
-def decode_request(data: bytes) -> tuple[bytes, AtomicOp, Consistency | None]:
+def decode_request(
+    data: bytes, decode_op: OperationDecoder
+) -> tuple[bytes, ReadModifyWrite, Consistency | None]:
     code, name_len, nargs = data[0], data[1], data[2]
     offset = 3 + name_len
     name = data[3:offset].decode()
@@ -367,28 +198,7 @@ def decode_request(data: bytes) -> tuple[bytes, AtomicOp, Consistency | None]:
         offset += _LEN.size
         fields.append(data[offset : offset + length])
         offset += length
-    return fields[0], AtomicOp(name, tuple(fields[1:])), _CONSISTENCY_OF[code]
-
-
-def encode_reply(reply: Reply) -> bytes:
-    if reply is None:
-        return _REPLY_NONE
-    if isinstance(reply, Status):
-        return _REPLY_STATUS + reply.encode()
-    if isinstance(reply, int):
-        return _REPLY_INT + _INT.pack(reply)
-    return _REPLY_BYTES + reply
-
-
-def decode_reply(data: bytes) -> Reply:
-    tag, body = data[:1], data[1:]
-    if tag == _REPLY_INT:
-        return _INT.unpack(body)[0]
-    if tag == _REPLY_BYTES:
-        return body
-    if tag == _REPLY_STATUS:
-        return Status(body.decode())
-    return None
+    return fields[0], decode_op(name, tuple(fields[1:])), _CONSISTENCY_OF[code]
 
 
 # ---------------------------------------------------------------------------- the cluster side
@@ -405,7 +215,7 @@ class Writer(Protocol):
 
     def replicas(self, key: bytes) -> tuple[str, ...]: ...
 
-    def _alive(self, node_id: str) -> bool: ...
+    def reachable(self, node_id: str) -> bool: ...
 
     async def get(self, key: bytes, consistency: Consistency | None = None) -> ReadResult: ...
 
@@ -421,7 +231,7 @@ class ClusterAtomic:
 
     `call(node_id, kind, payload, timeout_s)` reaches a peer's RPC server; `mutation_of`
     builds the replicated write (limedb.cluster.replica.Mutation) so that this module does
-    not depend on the replica wire format.
+    not depend on the replica wire format; `decode_op` rebuilds the operations peers forward.
     """
 
     def __init__(
@@ -429,10 +239,12 @@ class ClusterAtomic:
         coordinator: Writer,
         call: Callable[[str, int, bytes, float], Awaitable[bytes]],
         mutation_of: Callable[..., object],
+        decode_op: OperationDecoder,
     ) -> None:
         self.coordinator = coordinator
         self.call = call
         self.mutation_of = mutation_of
+        self.decode_op = decode_op
         self.locks = KeyLocks()
         self.counters = {
             "atomic_local": 0,
@@ -444,13 +256,13 @@ class ClusterAtomic:
     def primary_of(self, key: bytes) -> str:
         replicas = self.coordinator.replicas(key)
         for node in replicas:
-            if self.coordinator._alive(node):
+            if self.coordinator.reachable(node):
                 return node
         raise Unavailable(f"none of the {len(replicas)} replicas of the key is alive")
 
     async def atomic_update(
-        self, key: bytes, fn: AtomicOp, consistency: Consistency | None = None
-    ) -> Reply:
+        self, key: bytes, fn: ReadModifyWrite, consistency: Consistency | None = None
+    ) -> object:
         primary = self.primary_of(key)
         if primary == self.coordinator.node_id:
             self.counters["atomic_local"] += 1
@@ -461,7 +273,7 @@ class ClusterAtomic:
             reply = await self.call(primary, rpc.ATOMIC, payload, self.coordinator.timeout_s)
         except rpc.RpcError as exc:
             if exc.code == _INVALID:
-                raise CommandError(exc.message) from None
+                raise OperationRefused(exc.message) from None
             if exc.code == rpc.INSUFFICIENT_STORAGE:
                 raise InsufficientStorage(f"primary replica {primary}: {exc.message}") from None
             raise Unavailable(f"primary replica {primary}: {exc.message}") from None
@@ -474,11 +286,11 @@ class ClusterAtomic:
                 return await self.apply_here(key, fn, consistency)
             # Not retried elsewhere: the primary may have applied it, and INCR is not idempotent.
             raise Unavailable(f"primary replica {primary} did not answer: {exc}") from None
-        return decode_reply(reply)
+        return fn.decode_reply(reply)
 
     async def apply_here(
-        self, key: bytes, fn: AtomicOp, consistency: Consistency | None = None
-    ) -> Reply:
+        self, key: bytes, fn: ReadModifyWrite, consistency: Consistency | None = None
+    ) -> object:
         # Read and write at least at quorum so that R + W > RF: the next operation under this
         # lock sees this one's write even if the local replica missed it.
         level = consistency if consistency is Consistency.ALL else Consistency.QUORUM
@@ -501,9 +313,9 @@ class ClusterAtomic:
     async def handle(self, body: bytes) -> bytes:
         """RPC handler of ATOMIC: run a forwarded operation here, as its primary."""
         self.counters["atomic_served"] += 1
-        key, op, consistency = decode_request(body)
+        key, op, consistency = decode_request(body, self.decode_op)
         try:
-            return encode_reply(await self.apply_here(key, op, consistency))
+            return op.encode_reply(await self.apply_here(key, op, consistency))
         except InvalidRequest as exc:
             raise rpc.RpcError(_INVALID, str(exc)) from None
         except Unavailable as exc:
@@ -518,17 +330,17 @@ class ClusterAtomic:
 async def apply_locally(
     locks: KeyLocks,
     key: bytes,
-    fn: AtomicOp,
+    fn: ReadModifyWrite,
     read: Callable[[bytes], Awaitable[ReadResult]],
     engine,
     clock,
-) -> Reply:
+) -> object:
     """The single-node form: the same operation under a per-key lock, written to `engine`."""
     blind = fn.blind
     await locks.acquire(key, not blind)
     try:
         current = _NOTHING if blind else await read(key)
-        outcome = fn(current, wall_ms())
+        outcome = fn(current, wall_millis())
         try:
             if outcome.action is Action.SET:
                 await engine.put_async(

@@ -185,13 +185,11 @@ class Coordinator:
             return self.routing.read_replicas(key)
         return self.membership.ring.replicas(key, self.rf)
 
-    def _reachable(self, node_id: str) -> bool:
+    def reachable(self, node_id: str) -> bool:
+        """Whether `node_id` is not dead here (this node always is reachable): writes go to it,
+        and the primary of an atomic operation (limedb.cluster.atomic) is the first such one."""
         # Suspect peers still get writes (a slow peer is not a dead one); dead ones get hints.
         return node_id == self.node_id or self.membership.liveness(node_id) is not Liveness.DEAD
-
-    def _alive(self, node_id: str) -> bool:
-        # The atomic-operation primary (limedb.cluster.atomic) is the first replica not dead.
-        return self._reachable(node_id)
 
     def _read_rank(self, node_id: str) -> tuple[bool, int]:
         # Local first (no network), then peers the failure detector trusts, then the rest.
@@ -257,7 +255,7 @@ class Coordinator:
         groups = (plan.old,) if plan.old == plan.new else (plan.old, plan.new)
         needs = tuple(required_acks(level, len(group)) for group in groups)
         targets = plan.all
-        reachable = [self._reachable(node) for node in targets]
+        reachable = [self.reachable(node) for node in targets]
         for group, need in zip(groups, needs, strict=True):
             alive = sum(ok for node, ok in zip(targets, reachable, strict=True) if node in group)
             if alive < need:

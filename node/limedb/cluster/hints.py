@@ -19,7 +19,8 @@ import struct
 from collections.abc import Awaitable, Callable, Iterator
 
 from limedb.cluster.clock_offset import is_refusal
-from limedb.cluster.replica import Mutation, wall_ms
+from limedb.cluster.replica import Mutation
+from limedb.hlc import wall_millis
 from limedb.storage.errors import DiskFullError
 
 log = logging.getLogger(__name__)
@@ -68,7 +69,7 @@ class HintStore:
         *,
         window_ms: int = DEFAULT_WINDOW_MS,
         replay_concurrency: int = 32,
-        clock_ms: Callable[[], int] = wall_ms,
+        clock_ms: Callable[[], int] = wall_millis,
     ) -> None:
         self.engine = engine
         self._deliver = deliver

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
-from limedb.cluster.atomic import Action, AtomicOp, KeyLocks, Outcome, Reply, apply_locally
+from limedb.cluster.atomic import Action, KeyLocks, Outcome, ReadModifyWrite, apply_locally
 from limedb.cluster.keys import storage_key, user_key
 from limedb.cluster.ring.placement import vnode_tokens
 from limedb.cluster.service import (
@@ -174,8 +174,8 @@ class LocalService:
         return existed
 
     async def atomic_update(
-        self, key: bytes, fn: AtomicOp, consistency: Consistency | None = None
-    ) -> Reply:
+        self, key: bytes, fn: ReadModifyWrite, consistency: Consistency | None = None
+    ) -> object:
         """Read-modify-write under a per-key lock: every key's primary is this node."""
         self._check_open()
         return await apply_locally(self._atomic_locks, key, fn, self.get, self._engine, self._clock)

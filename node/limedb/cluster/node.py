@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 import orjson
 
 from limedb.cluster import rpc
-from limedb.cluster.atomic import AtomicOp, ClusterAtomic, Reply
+from limedb.cluster.atomic import ClusterAtomic, OperationDecoder, ReadModifyWrite
 from limedb.cluster.background import BackgroundBudget
 from limedb.cluster.clock_offset import ClockOffsets
 from limedb.cluster.coordinator import Coordinator, required_acks
@@ -164,7 +164,15 @@ class ClusterService:
     # Its coroutines use asyncio.timeout and tasks: the HTTP layer runs them in a task.
     inline_safe = False
 
-    def __init__(self, config: Config, engine, hints_engine, *, internal_port: int) -> None:
+    def __init__(
+        self,
+        config: Config,
+        engine,
+        hints_engine,
+        *,
+        internal_port: int,
+        operations: OperationDecoder,
+    ) -> None:
         self.config = config
         self.node_id: str = config.node_id
         self.node_url: str = config.advertise_url
@@ -223,7 +231,7 @@ class ClusterService:
             timeout_s=config.request_timeout_ms / 1000,
             clock=self.clock,
         )
-        self.atomic = ClusterAtomic(self.coordinator, self.coordinator.call, Mutation)
+        self.atomic = ClusterAtomic(self.coordinator, self.coordinator.call, Mutation, operations)
         self.transactions = ClusterTransactions(self.atomic)
         self.coordinator.routing = self.keeper
         self.handed_off = HandedOff(config.data_dir)
@@ -256,15 +264,16 @@ class ClusterService:
         self._view_cache: tuple[Ring, tuple[tuple[int, str], ...]] | None = None
 
     @classmethod
-    def open(cls, config: Config, engine) -> ClusterService:
-        """Open the hint store next to the data and build the service (not yet started)."""
+    def open(cls, config: Config, engine, operations: OperationDecoder) -> ClusterService:
+        """Open the hint store next to the data and build the service (not yet started);
+        `operations` rebuilds the atomic operations peers forward (limedb.cluster.atomic)."""
         from limedb.storage import Engine, EngineOptions
 
         hints_dir = Path(config.data_dir) / "hints"
         os.makedirs(hints_dir, exist_ok=True)
         hints_engine = Engine.open(hints_dir, EngineOptions(durability=config.durability))
         internal_port = config.internal_port or default_internal_port(config.advertise_url)
-        return cls(config, engine, hints_engine, internal_port=internal_port)
+        return cls(config, engine, hints_engine, internal_port=internal_port, operations=operations)
 
     # ------------------------------------------------------------------ addressing
 
@@ -453,8 +462,8 @@ class ClusterService:
         return await self.coordinator.delete(key, consistency)
 
     async def atomic_update(
-        self, key: bytes, fn: AtomicOp, consistency: Consistency | None = None
-    ) -> Reply:
+        self, key: bytes, fn: ReadModifyWrite, consistency: Consistency | None = None
+    ) -> object:
         self._check_open()
         return await self.atomic.atomic_update(key, fn, consistency)
 

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import struct
-import time
 from dataclasses import dataclass
 
 from limedb.cluster import rpc
 from limedb.cluster.clock_offset import ClockOffsets, TimestampRefused
 from limedb.cluster.keys import storage_key
-from limedb.hlc import HLC
+from limedb.hlc import HLC, wall_millis
 from limedb.storage import WriteBatch
 from limedb.storage.errors import DiskFullError
 from limedb.storage.record import Rec, make_rec, newer
@@ -98,10 +97,6 @@ def decode_applied(data: bytes) -> tuple[bool, bool]:
     return bool(applied), bool(existed)
 
 
-def wall_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
 class Replica:
     """Applies mutations and answers reads against this node's engine.
 
@@ -156,7 +151,7 @@ class Replica:
 
     def now_ms(self) -> int:
         """The physical time a value's expiry is judged against."""
-        return self.clock.physical_ms() if self.clock is not None else wall_ms()
+        return self.clock.physical_ms() if self.clock is not None else wall_millis()
 
     def _write_queued(self) -> None:
         queued, self._queue = self._queue, []

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
-    from limedb.cluster.atomic import AtomicOp, Reply
+    from limedb.cluster.atomic import ReadModifyWrite
     from limedb.cluster.background import BackgroundBudget
     from limedb.cluster.proposals import Proposal
     from limedb.cluster.ring.record import RingRecord
@@ -124,8 +124,8 @@ class KeyValueService(Protocol):
         ...
 
     async def atomic_update(
-        self, key: bytes, fn: AtomicOp, consistency: Consistency | None = None
-    ) -> Reply:
+        self, key: bytes, fn: ReadModifyWrite, consistency: Consistency | None = None
+    ) -> object:
         """Read-modify-write `key` atomically: `fn(current, now_ms)` runs at the key's primary
         replica under a per-key lock and decides the write and the reply (limedb.cluster.atomic;
         the guarantee is stated in docs/redis.md)."""
@@ -134,10 +134,10 @@ class KeyValueService(Protocol):
     async def atomic_batch(
         self, steps: list[Step], watches: list[Watch], consistency: Consistency | None = None
     ) -> list[StepResult] | None:
-        """A transaction (limedb.cluster.transaction): every step `(key, AtomicOp)` in order,
-        atomically at the one primary of all its keys, or None if a watched key's version
-        (`(key, ts seen)`) moved. Keys with different primaries raise a CROSSSLOT
-        CommandError; a step whose operation refuses answers its CommandError in place."""
+        """A transaction (limedb.cluster.transaction): every step `(key, ReadModifyWrite)` in
+        order, atomically at the one primary of all its keys, or None if a watched key's
+        version (`(key, ts seen)`) moved. Keys with different primaries raise ManyPrimaries;
+        a step whose operation refuses answers its OperationRefused in place."""
         ...
 
     async def cluster_keys(self, match: Callable[[bytes], bool]) -> list[bytes]:

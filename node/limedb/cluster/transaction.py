@@ -1,7 +1,8 @@
 """Transactions (RESP MULTI/EXEC): atomic operations on keys that share one primary, run there
 in order while holding every one of their keys' locks, after checking the watched versions.
 
-A transaction is data: a list of steps `(key, AtomicOp)` and a list of watches `(key, version
+A transaction is data: a list of steps `(key, ReadModifyWrite)` (limedb.cluster.atomic; the
+front end defines what each operation means and how its reply is encoded) and a list of watches `(key, version
 timestamp seen at WATCH, 0 = absent)`. The primary of all its keys takes their locks
 exclusively (in key order, so two transactions never wait for each other in a cycle; a single
 operation holds one lock at a time), aborts if a watched key's version moved, then runs each
@@ -19,17 +20,15 @@ from collections.abc import Awaitable, Callable
 from limedb.cluster import rpc
 from limedb.cluster.atomic import (
     Action,
-    AtomicOp,
     ClusterAtomic,
-    CommandError,
     KeyLocks,
+    OperationDecoder,
+    OperationRefused,
     Outcome,
-    Reply,
+    ReadModifyWrite,
     consistency_code,
     consistency_of,
-    decode_reply,
     decode_request,
-    encode_reply,
     encode_request,
 )
 from limedb.cluster.service import (
@@ -40,11 +39,14 @@ from limedb.cluster.service import (
     Unavailable,
 )
 
-Step = tuple[bytes, AtomicOp]
+Step = tuple[bytes, ReadModifyWrite]
 Watch = tuple[bytes, int]
-StepResult = Reply | CommandError
+StepResult = object  # the operation's reply, or the OperationRefused it raised
 
-CROSSSLOT = "CROSSSLOT Keys in request don't hash to the same primary replica"
+
+class ManyPrimaries(InvalidRequest):
+    """A transaction's keys have different primaries, so no one node can run it atomically."""
+
 
 _U32 = struct.Struct("!I")
 _U64 = struct.Struct("!Q")
@@ -85,7 +87,7 @@ async def run_batch(
                 current = await read(key)
             try:
                 outcome = op(current, now_ms())
-            except CommandError as exc:
+            except OperationRefused as exc:
                 results.append(exc)
                 known[key] = current
                 continue
@@ -117,7 +119,7 @@ def encode_batch(steps: list[Step], watches: list[Watch], consistency_code: int)
     return b"".join(parts)
 
 
-def decode_batch(data: bytes) -> tuple[list[Step], list[Watch], int]:
+def decode_batch(data: bytes, decode_op: OperationDecoder) -> tuple[list[Step], list[Watch], int]:
     code = data[0]
     offset = 1
     watches: list[Watch] = []
@@ -137,41 +139,42 @@ def decode_batch(data: bytes) -> tuple[list[Step], list[Watch], int]:
     for _ in range(count):
         (length,) = _U32.unpack_from(data, offset)
         offset += _U32.size
-        key, op, _ = decode_request(data[offset : offset + length])
+        key, op, _ = decode_request(data[offset : offset + length], decode_op)
         offset += length
         steps.append((key, op))
     return steps, watches, code
 
 
-def encode_results(results: list[StepResult] | None) -> bytes:
+def encode_results(results: list[StepResult] | None, steps: list[Step]) -> bytes:
+    """Each step's reply in its operation's own encoding, or the refusal it raised."""
     if results is None:
         return _ABORTED
     parts = [_RAN, _U32.pack(len(results))]
-    for result in results:
+    for result, (_, op) in zip(results, steps, strict=True):
         item = (
             _ERROR_TAG + str(result).encode()
-            if isinstance(result, CommandError)
-            else encode_reply(result)
+            if isinstance(result, OperationRefused)
+            else op.encode_reply(result)
         )
         parts += (_U32.pack(len(item)), item)
     return b"".join(parts)
 
 
-def decode_results(data: bytes) -> list[StepResult] | None:
+def decode_results(data: bytes, steps: list[Step]) -> list[StepResult] | None:
     if data[:1] == _ABORTED:
         return None
     (count,) = _U32.unpack_from(data, 1)
     offset = 1 + _U32.size
     results: list[StepResult] = []
-    for _ in range(count):
+    for _, op in steps[:count]:
         (length,) = _U32.unpack_from(data, offset)
         offset += _U32.size
         item = data[offset : offset + length]
         offset += length
         if item[:1] == _ERROR_TAG:
-            results.append(CommandError(item[1:].decode(errors="replace")))
+            results.append(OperationRefused(item[1:].decode(errors="replace")))
         else:
-            results.append(decode_reply(item))
+            results.append(op.decode_reply(item))
     return results
 
 
@@ -183,7 +186,7 @@ _UNAVAILABLE = 503
 
 class ClusterTransactions:
     """Routes a transaction to the one primary of all its keys (ClusterAtomic's), or refuses
-    it with CROSSSLOT when its keys have different primaries; serves forwarded ones."""
+    it (ManyPrimaries) when its keys have different primaries; serves forwarded ones."""
 
     def __init__(self, atomic: ClusterAtomic) -> None:
         self.atomic = atomic
@@ -193,9 +196,9 @@ class ClusterTransactions:
         primaries = {key: self.atomic.primary_of(key) for key in keys}
         distinct = set(primaries.values())
         if len(distinct) > 1:
-            raise CommandError(
-                f"{CROSSSLOT} (its {len(keys)} keys have {len(distinct)} different primaries; "
-                "keep a transaction's keys on one primary, see docs/redis.md)"
+            raise ManyPrimaries(
+                f"its {len(keys)} keys have {len(distinct)} different primaries; "
+                "keep a transaction's keys on one primary, see docs/redis.md"
             )
         return distinct.pop()
 
@@ -218,14 +221,14 @@ class ClusterTransactions:
                 )
             except rpc.RpcError as exc:
                 if exc.code == _INVALID:
-                    raise CommandError(exc.message) from None
+                    raise OperationRefused(exc.message) from None
                 if exc.code == rpc.INSUFFICIENT_STORAGE:
                     raise InsufficientStorage(f"primary replica {primary}: {exc.message}") from None
                 raise Unavailable(f"primary replica {primary}: {exc.message}") from None
             except rpc.PeerUnavailable as exc:
                 # Not retried: the primary may have applied part of it.
                 raise Unavailable(f"primary replica {primary} did not answer: {exc}") from None
-            results = decode_results(reply)
+            results = decode_results(reply, steps)
         if results is None:
             self.counters["transactions_aborted"] += 1
         return results
@@ -256,9 +259,10 @@ class ClusterTransactions:
     async def handle(self, body: bytes) -> bytes:
         """RPC handler of ATOMIC_BATCH: run a forwarded transaction here, as its primary."""
         self.counters["transactions_served"] += 1
-        steps, watches, code = decode_batch(body)
+        steps, watches, code = decode_batch(body, self.atomic.decode_op)
         try:
-            return encode_results(await self.run_here(steps, watches, consistency_of(code)))
+            results = await self.run_here(steps, watches, consistency_of(code))
+            return encode_results(results, steps)
         except InvalidRequest as exc:
             raise rpc.RpcError(_INVALID, str(exc)) from None
         except Unavailable as exc:

@@ -13,14 +13,13 @@ import time
 from typing import Any
 
 from limedb import __version__
-from limedb.cluster.atomic import OK, Status
 from limedb.resp.commands import (
     COMMANDS,
     SYNTAX_ERROR,
     command,
     unknown_subcommand,
 )
-from limedb.resp.encoding import RespError, Verbatim
+from limedb.resp.encoding import OK, RespError, Status, Verbatim
 from limedb.resp.session import Session
 
 REDIS_VERSION = "7.0.0"  # the Redis release whose command set and replies this listener follows

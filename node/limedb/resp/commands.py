@@ -11,8 +11,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from limedb.cluster.atomic import Status, parse_int64
-from limedb.resp.encoding import RespError
+from limedb.resp.encoding import RespError, Status
+from limedb.resp.string_ops import parse_int64
 
 if TYPE_CHECKING:
     from limedb.resp.session import Session

@@ -7,7 +7,12 @@ in RESP2). The protocol version is per connection (HELLO 3 switches it).
 
 from __future__ import annotations
 
-from limedb.cluster.atomic import Status
+
+class Status(str):
+    """A simple-string reply such as OK (as opposed to a bulk string)."""
+
+
+OK = Status("OK")
 
 
 class RespError(Exception):

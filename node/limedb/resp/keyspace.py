@@ -2,10 +2,10 @@
 
 Reads (GET, MGET, EXISTS, STRLEN, TTL, PTTL) call `get` on the node the client is connected to,
 at the service's default consistency. Every write (SET in all its forms, MSET, DEL, INCR, ...)
-is an `AtomicOp` run by `atomic_update` at the key's primary replica under that key's lock, so
-the writes of one key are stamped by one clock in the order the primary receives them, and the
-ones that read first (INCR family, SET NX/XX/GET/KEEPTTL, GETDEL, APPEND, EXPIRE, PERSIST) read
-and write atomically. SCAN and DBSIZE see this node's local keys only (docs/redis.md).
+is a `StringOp` (limedb.resp.string_ops) run by `atomic_update` at the key's primary replica
+under that key's lock, so the writes of one key are stamped by one clock in the order the
+primary receives them, and the ones that read first (INCR family, SET NX/XX/GET/KEEPTTL,
+GETDEL, APPEND, EXPIRE, PERSIST) read and write atomically. SCAN and DBSIZE see this node's local keys only (docs/redis.md).
 """
 
 from __future__ import annotations
@@ -14,10 +14,11 @@ import asyncio
 import re
 from typing import Any
 
-from limedb.cluster.atomic import INT64_MAX, OK, AtomicOp, Status, wall_ms
+from limedb.hlc import wall_millis
 from limedb.resp.commands import SYNTAX_ERROR, command, int_arg
-from limedb.resp.encoding import RespError
+from limedb.resp.encoding import OK, RespError, Status
 from limedb.resp.session import Session
+from limedb.resp.string_ops import INT64_MAX, StringOp
 
 SCAN_COUNT_MAX = 100_000
 EMPTY_KEY = RespError("ERR empty keys are not supported by LimeDB")
@@ -102,7 +103,7 @@ async def _ttl_ms(session: Session, key: bytes) -> int:
         return -2
     if result.expires_at_ms is None:
         return -1
-    return max(result.expires_at_ms - wall_ms(), 0)
+    return max(result.expires_at_ms - wall_millis(), 0)
 
 
 @command("ttl", 2, flags=("readonly", "fast"), group="generic", keys=(1, 1, 1))
@@ -178,21 +179,21 @@ class SetOptions:
         return b"pxat", amount
 
 
-def set_op(session: Session, argv: list[bytes]) -> tuple[bytes, AtomicOp]:
+def set_op(session: Session, argv: list[bytes]) -> tuple[bytes, StringOp]:
     """SET with its options as the key and the operation to run on it."""
     key = _check_key(session, argv[1])
     value = _check_value(session, argv[2])
     if len(argv) == 3:
-        return key, AtomicOp("set", (value, *_PLAIN[1:]))
+        return key, StringOp("set", (value, *_PLAIN[1:]))
     opts = SetOptions.parse(argv)
-    return key, _set_op(value, opts, opts.expiry_ms(wall_ms()))
+    return key, _set_op(value, opts, opts.expiry_ms(wall_millis()))
 
 
-def _set_op(value: bytes, opts: SetOptions | None, expiry: tuple[bytes, int] | None) -> AtomicOp:
+def _set_op(value: bytes, opts: SetOptions | None, expiry: tuple[bytes, int] | None) -> StringOp:
     kind, amount = expiry if expiry else (b"keep" if opts and opts.keepttl else b"none", 0)
     condition = opts.condition if opts else b""
     get = b"1" if opts and opts.get else b"0"
-    return AtomicOp("set", (value, condition, get, kind, str(amount).encode()))
+    return StringOp("set", (value, condition, get, kind, str(amount).encode()))
 
 
 _PLAIN = (b"", b"", b"0", b"none", b"0")
@@ -203,10 +204,10 @@ async def set_(session: Session, argv: list[bytes]) -> Any:
     key = _check_key(session, argv[1])
     value = _check_value(session, argv[2])
     if len(argv) == 3:
-        op = AtomicOp("set", (value, *_PLAIN[1:]))
+        op = StringOp("set", (value, *_PLAIN[1:]))
     else:
         opts = SetOptions.parse(argv)
-        op = _set_op(value, opts, opts.expiry_ms(wall_ms()))
+        op = _set_op(value, opts, opts.expiry_ms(wall_millis()))
     return await session.server.service.atomic_update(key, op)
 
 
@@ -216,7 +217,7 @@ async def _setex(session: Session, argv: list[bytes], name: str, unit_ms: int) -
 
 def setex_op(
     session: Session, argv: list[bytes], name: str, unit_ms: int
-) -> tuple[bytes, AtomicOp]:
+) -> tuple[bytes, StringOp]:
     """SETEX / PSETEX as the key and the operation to run on it."""
     key = _check_key(session, argv[1])
     value = _check_value(session, argv[3])
@@ -224,9 +225,9 @@ def setex_op(
     if amount <= 0 or amount > INT64_MAX // unit_ms:
         raise _expire_time_error(name)
     amount *= unit_ms
-    if amount > INT64_MAX - wall_ms():
+    if amount > INT64_MAX - wall_millis():
         raise _expire_time_error(name)
-    return key, AtomicOp("set", (value, b"", b"0", b"px", str(amount).encode()))
+    return key, StringOp("set", (value, b"", b"0", b"px", str(amount).encode()))
 
 
 @command("setex", 4, flags=("write", "denyoom"), keys=(1, 1, 1))
@@ -246,7 +247,7 @@ async def getset(session: Session, argv: list[bytes]) -> Any:
     """Set a key's value and return the old one (the time to live is dropped)"""
     key = _check_key(session, argv[1])
     value = _check_value(session, argv[2])
-    op = AtomicOp("set", (value, b"", b"1", b"none", b"0"))
+    op = StringOp("set", (value, b"", b"1", b"none", b"0"))
     return await session.server.service.atomic_update(key, op)
 
 
@@ -255,7 +256,7 @@ async def setnx(session: Session, argv: list[bytes]) -> Any:
     """Set a key's value only if it does not exist"""
     key = _check_key(session, argv[1])
     value = _check_value(session, argv[2])
-    op = AtomicOp("set", (value, b"nx", b"0", b"none", b"0"))
+    op = StringOp("set", (value, b"nx", b"0", b"none", b"0"))
     return 1 if await session.server.service.atomic_update(key, op) == OK else 0
 
 
@@ -263,7 +264,7 @@ async def setnx(session: Session, argv: list[bytes]) -> Any:
 async def getdel(session: Session, argv: list[bytes]) -> Any:
     """Get a key's value and delete the key"""
     key = _check_key(session, argv[1])
-    return await session.server.service.atomic_update(key, AtomicOp("getdel"))
+    return await session.server.service.atomic_update(key, StringOp("getdel"))
 
 
 @command("mset", -3, flags=("write", "denyoom"), keys=(1, -1, 2), summary="Set several keys")
@@ -278,18 +279,18 @@ async def mset(session: Session, argv: list[bytes]) -> Any:
     service = session.server.service
     if len(pairs) == 1:
         ((key, value),) = pairs.items()
-        await service.atomic_update(key, AtomicOp("set", (value, *_PLAIN[1:])))
+        await service.atomic_update(key, StringOp("set", (value, *_PLAIN[1:])))
     else:
         await asyncio.gather(
             *(
-                service.atomic_update(key, AtomicOp("set", (value, *_PLAIN[1:])))
+                service.atomic_update(key, StringOp("set", (value, *_PLAIN[1:])))
                 for key, value in pairs.items()
             )
         )
     return OK
 
 
-_DEL = AtomicOp("del")
+_DEL = StringOp("del")
 
 
 async def _delete(session: Session, argv: list[bytes]) -> int:
@@ -316,7 +317,7 @@ async def unlink(session: Session, argv: list[bytes]) -> Any:
 
 
 async def _incr(session: Session, key: bytes, delta: int) -> Any:
-    op = AtomicOp("incrby", (str(delta).encode(),))
+    op = StringOp("incrby", (str(delta).encode(),))
     return await session.server.service.atomic_update(_check_key(session, key), op)
 
 
@@ -358,7 +359,7 @@ async def append(session: Session, argv: list[bytes]) -> Any:
     key = _check_key(session, argv[1])
     suffix = _check_value(session, argv[2])
     limit = str(session.server.limits.max_value_bytes).encode()
-    return await session.server.service.atomic_update(key, AtomicOp("append", (suffix, limit)))
+    return await session.server.service.atomic_update(key, StringOp("append", (suffix, limit)))
 
 
 _EXPIRE_CONDITIONS = (b"nx", b"xx", b"gt", b"lt")
@@ -386,7 +387,7 @@ async def _expire(session: Session, argv: list[bytes], name: str, unit_ms: int, 
 
 def expire_op(
     session: Session, argv: list[bytes], name: str, unit_ms: int, absolute: bool
-) -> tuple[bytes, AtomicOp]:
+) -> tuple[bytes, StringOp]:
     """EXPIRE and its variants as the key and the operation to run on it."""
     condition = _expire_condition(argv)
     when = int_arg(argv[2])
@@ -394,9 +395,9 @@ def expire_op(
         if when > INT64_MAX // 1000 or when < (-INT64_MAX - 1) // 1000:
             raise _expire_time_error(name)
         when *= 1000
-    if not absolute and when > INT64_MAX - wall_ms():
+    if not absolute and when > INT64_MAX - wall_millis():
         raise _expire_time_error(name)
-    op = AtomicOp("expire", (b"abs" if absolute else b"rel", str(when).encode(), condition))
+    op = StringOp("expire", (b"abs" if absolute else b"rel", str(when).encode(), condition))
     return _check_key(session, argv[1]), op
 
 
@@ -428,7 +429,7 @@ async def pexpireat(session: Session, argv: list[bytes]) -> Any:
 async def persist(session: Session, argv: list[bytes]) -> Any:
     """Remove a key's time to live"""
     key = _check_key(session, argv[1])
-    return await session.server.service.atomic_update(key, AtomicOp("persist"))
+    return await session.server.service.atomic_update(key, StringOp("persist"))
 
 
 # ---------------------------------------------------------------------------- local keyspace

@@ -30,7 +30,7 @@ from typing import Any
 
 import hiredis
 
-from limedb.cluster.atomic import CommandError
+from limedb.cluster.atomic import OperationRefused
 from limedb.cluster.service import (
     InsufficientStorage,
     InvalidRequest,
@@ -108,7 +108,7 @@ def error_reply(exc: BaseException) -> RespError:
     """The Redis error line for an exception raised while serving a command."""
     if isinstance(exc, RespError):
         return exc
-    if isinstance(exc, CommandError):
+    if isinstance(exc, OperationRefused):
         return RespError(str(exc))
     if isinstance(exc, Unavailable):
         return RespError(f"UNAVAILABLE {exc}")

@@ -2,7 +2,7 @@
 
 Between MULTI and EXEC the listener queues commands (answering QUEUED; an unknown command or a
 wrong arity answers its error and makes EXEC answer EXECABORT, as in Redis). EXEC turns every
-queued keyed command into operations on its keys (`Plan`: steps `(key, AtomicOp)` and how to
+queued keyed command into operations on its keys (`Plan`: steps `(key, StringOp)` and how to
 combine their replies into the command's reply) and hands them, with the watched versions, to
 `KeyValueService.atomic_batch`, which runs them in order at the one primary of all the keys
 under all their locks (limedb.cluster.transaction), or refuses with CROSSSLOT when the keys
@@ -18,9 +18,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from limedb.cluster.atomic import OK, AtomicOp, CommandError, Reply, Status
+from limedb.cluster.atomic import OperationRefused
+from limedb.cluster.transaction import ManyPrimaries
 from limedb.resp.commands import COMMANDS, command, int_arg
-from limedb.resp.encoding import NULL_ARRAY, RespError
+from limedb.resp.encoding import NULL_ARRAY, OK, RespError, Status
 from limedb.resp.keyspace import (
     _PLAIN,
     _check_key,
@@ -31,18 +32,20 @@ from limedb.resp.keyspace import (
     setex_op,
 )
 from limedb.resp.session import Session
+from limedb.resp.string_ops import Reply, StringOp
 
 # Commands the listener runs at once, also between MULTI and EXEC.
 CONTROL = frozenset((b"multi", b"exec", b"discard", b"watch", b"quit"))
 QUEUED = Status("QUEUED")
 EXECABORT = "EXECABORT Transaction discarded because of previous errors."
+CROSSSLOT = "CROSSSLOT Keys in request don't hash to the same primary replica"
 
 
 @dataclass(frozen=True, slots=True)
 class Plan:
     """A keyed command as operations: its steps, and its reply from theirs (in order)."""
 
-    steps: tuple[tuple[bytes, AtomicOp], ...]
+    steps: tuple[tuple[bytes, StringOp], ...]
     combine: Callable[[list[Reply]], Any]
 
 
@@ -50,12 +53,12 @@ def _first(replies: list[Reply]) -> Any:
     return replies[0]
 
 
-def _one(key: bytes, op: AtomicOp, combine: Callable[[list[Reply]], Any] = _first) -> Plan:
+def _one(key: bytes, op: StringOp, combine: Callable[[list[Reply]], Any] = _first) -> Plan:
     return Plan(((key, op),), combine)
 
 
 def _each(
-    session: Session, keys: list[bytes], op: AtomicOp, combine: Callable[[list[Reply]], Any]
+    session: Session, keys: list[bytes], op: StringOp, combine: Callable[[list[Reply]], Any]
 ) -> Plan:
     return Plan(tuple((_check_key(session, key), op) for key in keys), combine)
 
@@ -67,12 +70,12 @@ def _ttl_seconds(replies: list[Reply]) -> int:
 
 
 def _incr(session: Session, key: bytes, delta: int) -> Plan:
-    return _one(_check_key(session, key), AtomicOp("incrby", (str(delta).encode(),)))
+    return _one(_check_key(session, key), StringOp("incrby", (str(delta).encode(),)))
 
 
 def _set_fixed(session: Session, argv: list[bytes], condition: bytes, get: bytes) -> Plan:
     value = _check_value(session, argv[2])
-    op = AtomicOp("set", (value, condition, get, b"none", b"0"))
+    op = StringOp("set", (value, condition, get, b"none", b"0"))
     combine = (lambda r: 1 if r[0] == OK else 0) if condition == b"nx" else _first
     return _one(_check_key(session, argv[1]), op, combine)
 
@@ -84,18 +87,18 @@ def _mset(session: Session, argv: list[bytes]) -> Plan:
         _check_key(session, argv[i]): _check_value(session, argv[i + 1])
         for i in range(1, len(argv), 2)
     }
-    steps = tuple((k, AtomicOp("set", (v, *_PLAIN[1:]))) for k, v in pairs.items())
+    steps = tuple((k, StringOp("set", (v, *_PLAIN[1:]))) for k, v in pairs.items())
     return Plan(steps, lambda _: OK)
 
 
 def _append(session: Session, argv: list[bytes]) -> Plan:
     suffix = _check_value(session, argv[2])
     limit = str(session.server.limits.max_value_bytes).encode()
-    return _one(_check_key(session, argv[1]), AtomicOp("append", (suffix, limit)))
+    return _one(_check_key(session, argv[1]), StringOp("append", (suffix, limit)))
 
 
-_GET, _STRLEN, _EXISTS = AtomicOp("get"), AtomicOp("strlen"), AtomicOp("exists")
-_PTTL, _TYPE, _DEL = AtomicOp("pttl"), AtomicOp("type"), AtomicOp("del")
+_GET, _STRLEN, _EXISTS = StringOp("get"), StringOp("strlen"), StringOp("exists")
+_PTTL, _TYPE, _DEL = StringOp("pttl"), StringOp("type"), StringOp("del")
 
 PLANNERS: dict[bytes, Callable[[Session, list[bytes]], Plan]] = {
     b"get": lambda s, a: _one(_check_key(s, a[1]), _GET),
@@ -110,7 +113,7 @@ PLANNERS: dict[bytes, Callable[[Session, list[bytes]], Plan]] = {
     b"psetex": lambda s, a: _one(*setex_op(s, a, "psetex", 1)),
     b"getset": lambda s, a: _set_fixed(s, a, b"", b"1"),
     b"setnx": lambda s, a: _set_fixed(s, a, b"nx", b"0"),
-    b"getdel": lambda s, a: _one(_check_key(s, a[1]), AtomicOp("getdel")),
+    b"getdel": lambda s, a: _one(_check_key(s, a[1]), StringOp("getdel")),
     b"mset": _mset,
     b"del": lambda s, a: _each(s, a[1:], _DEL, sum),
     b"unlink": lambda s, a: _each(s, a[1:], _DEL, sum),
@@ -123,7 +126,7 @@ PLANNERS: dict[bytes, Callable[[Session, list[bytes]], Plan]] = {
     b"pexpire": lambda s, a: _one(*expire_op(s, a, "pexpire", 1, absolute=False)),
     b"expireat": lambda s, a: _one(*expire_op(s, a, "expireat", 1000, absolute=True)),
     b"pexpireat": lambda s, a: _one(*expire_op(s, a, "pexpireat", 1, absolute=True)),
-    b"persist": lambda s, a: _one(_check_key(s, a[1]), AtomicOp("persist")),
+    b"persist": lambda s, a: _one(_check_key(s, a[1]), StringOp("persist")),
 }
 
 
@@ -140,7 +143,7 @@ def plan_of(session: Session, argv: list[bytes]) -> Plan | RespError | None:
         return planner(session, argv)
     except RespError as exc:
         return exc
-    except CommandError as exc:
+    except OperationRefused as exc:
         return RespError(str(exc))
 
 
@@ -153,7 +156,7 @@ async def _run_here(session: Session, argv: list[bytes]) -> Any:
         return result
     except RespError as exc:
         return exc
-    except CommandError as exc:
+    except OperationRefused as exc:
         return RespError(str(exc))
 
 
@@ -215,7 +218,10 @@ async def exec_(session: Session, argv: list[bytes]) -> Any:
         raise RespError(EXECABORT)
     plans = [plan_of(session, request) for request in queued]
     steps = [step for plan in plans if isinstance(plan, Plan) for step in plan.steps]
-    results = await session.server.service.atomic_batch(steps, list(watched.items()))
+    try:
+        results = await session.server.service.atomic_batch(steps, list(watched.items()))
+    except ManyPrimaries as exc:
+        raise RespError(f"{CROSSSLOT} ({exc})") from None
     if results is None:
         return NULL_ARRAY
     replies: list[Any] = []
@@ -228,6 +234,6 @@ async def exec_(session: Session, argv: list[bytes]) -> Any:
         else:
             part = results[done : done + len(plan.steps)]
             done += len(plan.steps)
-            error = next((r for r in part if isinstance(r, CommandError)), None)
+            error = next((r for r in part if isinstance(r, OperationRefused)), None)
             replies.append(RespError(str(error)) if error is not None else plan.combine(part))
     return replies
