@@ -118,6 +118,7 @@ class NodeRuntime:
                 self.server.should_exit = True
             return False
         self.resp = resp
+        self.app.state.collectors.append(resp.commands)  # RESP commands in /metrics
         return True
 
     @contextlib.asynccontextmanager

@@ -142,6 +142,17 @@ def _flatten(stats: dict, prefix: str = "") -> Iterator[tuple[str, float]]:
                     yield f"{name}_{i}", item
 
 
+class AttachedCollectors:
+    """The collectors in `collectors` at scrape time (attached after the registry was built)."""
+
+    def __init__(self, collectors: list) -> None:
+        self._collectors = collectors
+
+    def collect(self) -> Iterator[Metric]:
+        for collector in list(self._collectors):
+            yield from collector.collect()
+
+
 def build_registry(
     stats: RouteStats, storage_stats: Callable[[], dict | None], *collectors: object
 ) -> CollectorRegistry:

@@ -5,8 +5,9 @@ from __future__ import annotations
 from fastapi import APIRouter
 from starlette.responses import Response
 
+from limedb.api.cluster_metrics import ClusterCollector
 from limedb.api.errors import ApiError, error_response, retry_after_header
-from limedb.api.metrics import build_registry, render
+from limedb.api.metrics import AttachedCollectors, build_registry, render
 from limedb.api.responses import error
 from limedb.api.schemas import Probe
 from limedb.api.state import NodeState
@@ -21,6 +22,8 @@ def build_router(state: NodeState) -> APIRouter:
         state.stats,
         lambda: state.service.stats() if state.service is not None else None,
         state.connections,
+        ClusterCollector(state),
+        AttachedCollectors(state.collectors),
     )
 
     @router.get("/livez", summary="The process is serving HTTP", responses={200: {"model": Probe}})

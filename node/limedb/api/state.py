@@ -26,6 +26,9 @@ class NodeState:
     admission: Admission = field(init=False)
     # Client connections of this node, HTTP and RESP (the RESP listener shares it).
     connections: ConnectionBudget = field(init=False)
+    # More Prometheus collectors (objects with `collect()`) attached after start-up, such as
+    # the RESP listener's command statistics; /metrics reads them at every scrape.
+    collectors: list = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.admission = Admission(self.config.max_inflight, self.config.max_queued)

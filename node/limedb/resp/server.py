@@ -40,6 +40,7 @@ from limedb.cluster.service import (
 )
 from limedb.connections import ConnectionBudget, out_of_descriptors
 from limedb.resp import admin, keyspace, transaction  # noqa: F401 - importing registers the commands
+from limedb.resp.command_stats import CommandStats
 from limedb.resp.commands import resolve
 from limedb.resp.cursors import ScanCursors
 from limedb.resp.encoding import RespError, encode_reply
@@ -151,6 +152,8 @@ class RespConnection(asyncio.Protocol):
         # per read that completed requests, [requests of it still queued, bytes it brought].
         self.partial = 0
         self.batches: deque[list[int]] = deque()
+        # (name, perf_counter at its start) of the command `task` finishes, for its latency.
+        self.waiting_command: tuple[str, float] = ("", 0.0)
 
     # ------------------------------------------------------------------ transport events
 
@@ -369,6 +372,7 @@ class RespConnection(asyncio.Protocol):
             return encode_reply(transaction.queue(session, request), session.proto)
         stats.total_commands_processed += 1
         session.last_command = request[0]
+        started = time.perf_counter()
         try:
             result = cmd.handler(session, request)
             if type(result) is _COROUTINE:
@@ -377,9 +381,13 @@ class RespConnection(asyncio.Protocol):
                 except StopIteration as done:
                     result = done.value
                 else:
+                    self.waiting_command = (cmd.name, started)
                     return result, waiting
         except Exception as exc:  # every failure of a command becomes its error reply
             result = self._error(exc)
+        self.server.commands.observe(
+            cmd.name, time.perf_counter() - started, isinstance(result, RespError)
+        )
         return encode_reply(result, session.proto)
 
     def _error(self, exc: Exception) -> RespError:
@@ -429,6 +437,10 @@ class RespConnection(asyncio.Protocol):
             raise
         except Exception as exc:
             result = self._error(exc)
+        name, started = self.waiting_command
+        self.server.commands.observe(
+            name, time.perf_counter() - started, isinstance(result, RespError)
+        )
         self.out.append(encode_reply(result, session.proto))
         self.task = None
         if not self.closed:
@@ -464,6 +476,7 @@ class RespServer:
         # The node's budget of client connections, shared with its HTTP listener.
         self.budget = budget if budget is not None else ConnectionBudget(reserve=0)
         self.stats = Stats()
+        self.commands = CommandStats()  # in /metrics (limedb.resp.command_stats)
         self.sessions: dict[int, Session] = {}
         self.connections: set[RespConnection] = set()
         self.cursors = ScanCursors()
