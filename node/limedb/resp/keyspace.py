@@ -18,13 +18,13 @@ from limedb.hlc import wall_millis
 from limedb.resp.commands import SYNTAX_ERROR, command, int_arg
 from limedb.resp.encoding import OK, RespError, Status
 from limedb.resp.session import Session
-from limedb.resp.string_ops import INT64_MAX, StringOp
+from limedb.resp.string_ops import INT64_MAX, StringOp, plain_set
 
 SCAN_COUNT_MAX = 100_000
 EMPTY_KEY = RespError("ERR empty keys are not supported by LimeDB")
 
 
-def _check_key(session: Session, key: bytes) -> bytes:
+def check_key(session: Session, key: bytes) -> bytes:
     if not key:
         raise EMPTY_KEY
     limit = session.server.limits.max_key_bytes
@@ -33,7 +33,7 @@ def _check_key(session: Session, key: bytes) -> bytes:
     return key
 
 
-def _check_value(session: Session, value: bytes) -> bytes:
+def check_value(session: Session, value: bytes) -> bytes:
     limit = session.server.limits.max_value_bytes
     if len(value) > limit:
         raise RespError(
@@ -53,7 +53,7 @@ def _expire_time_error(name: str) -> RespError:
 @command("get", 2, flags=("readonly", "fast"), keys=(1, 1, 1), summary="Get the value of a key")
 async def get(session: Session, argv: list[bytes]) -> Any:
     server = session.server
-    result = await server.service.get(_check_key(session, argv[1]))
+    result = await server.service.get(check_key(session, argv[1]))
     if result.value is None:
         server.stats.keyspace_misses += 1
     else:
@@ -64,7 +64,7 @@ async def get(session: Session, argv: list[bytes]) -> Any:
 async def _gather_reads(session: Session, keys: list[bytes]) -> list[Any]:
     service = session.server.service
     for key in keys:
-        _check_key(session, key)
+        check_key(session, key)
     if len(keys) == 1:
         return [await service.get(keys[0])]
     # Concurrent: in a cluster each read may wait on other replicas.
@@ -93,12 +93,12 @@ async def exists(session: Session, argv: list[bytes]) -> Any:
 @command("strlen", 2, flags=("readonly", "fast"), keys=(1, 1, 1))
 async def strlen(session: Session, argv: list[bytes]) -> Any:
     """Get the length of a value"""
-    result = await session.server.service.get(_check_key(session, argv[1]))
+    result = await session.server.service.get(check_key(session, argv[1]))
     return 0 if result.value is None else len(result.value)
 
 
 async def _ttl_ms(session: Session, key: bytes) -> int:
-    result = await session.server.service.get(_check_key(session, key))
+    result = await session.server.service.get(check_key(session, key))
     if result.value is None:
         return -2
     if result.expires_at_ms is None:
@@ -181,10 +181,10 @@ class SetOptions:
 
 def set_op(session: Session, argv: list[bytes]) -> tuple[bytes, StringOp]:
     """SET with its options as the key and the operation to run on it."""
-    key = _check_key(session, argv[1])
-    value = _check_value(session, argv[2])
+    key = check_key(session, argv[1])
+    value = check_value(session, argv[2])
     if len(argv) == 3:
-        return key, StringOp("set", (value, *_PLAIN[1:]))
+        return key, plain_set(value)
     opts = SetOptions.parse(argv)
     return key, _set_op(value, opts, opts.expiry_ms(wall_millis()))
 
@@ -196,15 +196,12 @@ def _set_op(value: bytes, opts: SetOptions | None, expiry: tuple[bytes, int] | N
     return StringOp("set", (value, condition, get, kind, str(amount).encode()))
 
 
-_PLAIN = (b"", b"", b"0", b"none", b"0")
-
-
 @command("set", -3, flags=("write", "denyoom"), keys=(1, 1, 1), summary="Set a key's value")
 async def set_(session: Session, argv: list[bytes]) -> Any:
-    key = _check_key(session, argv[1])
-    value = _check_value(session, argv[2])
+    key = check_key(session, argv[1])
+    value = check_value(session, argv[2])
     if len(argv) == 3:
-        op = StringOp("set", (value, *_PLAIN[1:]))
+        op = plain_set(value)
     else:
         opts = SetOptions.parse(argv)
         op = _set_op(value, opts, opts.expiry_ms(wall_millis()))
@@ -219,8 +216,8 @@ def setex_op(
     session: Session, argv: list[bytes], name: str, unit_ms: int
 ) -> tuple[bytes, StringOp]:
     """SETEX / PSETEX as the key and the operation to run on it."""
-    key = _check_key(session, argv[1])
-    value = _check_value(session, argv[3])
+    key = check_key(session, argv[1])
+    value = check_value(session, argv[3])
     amount = int_arg(argv[2])
     if amount <= 0 or amount > INT64_MAX // unit_ms:
         raise _expire_time_error(name)
@@ -245,8 +242,8 @@ async def psetex(session: Session, argv: list[bytes]) -> Any:
 @command("getset", 3, flags=("write", "denyoom", "fast"), keys=(1, 1, 1))
 async def getset(session: Session, argv: list[bytes]) -> Any:
     """Set a key's value and return the old one (the time to live is dropped)"""
-    key = _check_key(session, argv[1])
-    value = _check_value(session, argv[2])
+    key = check_key(session, argv[1])
+    value = check_value(session, argv[2])
     op = StringOp("set", (value, b"", b"1", b"none", b"0"))
     return await session.server.service.atomic_update(key, op)
 
@@ -254,8 +251,8 @@ async def getset(session: Session, argv: list[bytes]) -> Any:
 @command("setnx", 3, flags=("write", "denyoom", "fast"), keys=(1, 1, 1))
 async def setnx(session: Session, argv: list[bytes]) -> Any:
     """Set a key's value only if it does not exist"""
-    key = _check_key(session, argv[1])
-    value = _check_value(session, argv[2])
+    key = check_key(session, argv[1])
+    value = check_value(session, argv[2])
     op = StringOp("set", (value, b"nx", b"0", b"none", b"0"))
     return 1 if await session.server.service.atomic_update(key, op) == OK else 0
 
@@ -263,7 +260,7 @@ async def setnx(session: Session, argv: list[bytes]) -> Any:
 @command("getdel", 2, flags=("write", "fast"), keys=(1, 1, 1))
 async def getdel(session: Session, argv: list[bytes]) -> Any:
     """Get a key's value and delete the key"""
-    key = _check_key(session, argv[1])
+    key = check_key(session, argv[1])
     return await session.server.service.atomic_update(key, StringOp("getdel"))
 
 
@@ -273,19 +270,16 @@ async def mset(session: Session, argv: list[bytes]) -> Any:
         raise RespError("ERR wrong number of arguments for 'mset' command")
     # The last value of a key repeated in one MSET wins, as in Redis.
     pairs = {
-        _check_key(session, argv[i]): _check_value(session, argv[i + 1])
+        check_key(session, argv[i]): check_value(session, argv[i + 1])
         for i in range(1, len(argv), 2)
     }
     service = session.server.service
     if len(pairs) == 1:
         ((key, value),) = pairs.items()
-        await service.atomic_update(key, StringOp("set", (value, *_PLAIN[1:])))
+        await service.atomic_update(key, plain_set(value))
     else:
         await asyncio.gather(
-            *(
-                service.atomic_update(key, StringOp("set", (value, *_PLAIN[1:])))
-                for key, value in pairs.items()
-            )
+            *(service.atomic_update(key, plain_set(value)) for key, value in pairs.items())
         )
     return OK
 
@@ -297,7 +291,7 @@ async def _delete(session: Session, argv: list[bytes]) -> int:
     service = session.server.service
     deleted = 0
     for key in argv[1:]:
-        deleted += await service.atomic_update(_check_key(session, key), _DEL)
+        deleted += await service.atomic_update(check_key(session, key), _DEL)
     return deleted
 
 
@@ -318,7 +312,7 @@ async def unlink(session: Session, argv: list[bytes]) -> Any:
 
 async def _incr(session: Session, key: bytes, delta: int) -> Any:
     op = StringOp("incrby", (str(delta).encode(),))
-    return await session.server.service.atomic_update(_check_key(session, key), op)
+    return await session.server.service.atomic_update(check_key(session, key), op)
 
 
 @command("incr", 2, flags=("write", "denyoom", "fast"), keys=(1, 1, 1))
@@ -356,8 +350,8 @@ def decrement(raw: bytes) -> int:
 @command("append", 3, flags=("write", "denyoom", "fast"), keys=(1, 1, 1))
 async def append(session: Session, argv: list[bytes]) -> Any:
     """Append a value to a key"""
-    key = _check_key(session, argv[1])
-    suffix = _check_value(session, argv[2])
+    key = check_key(session, argv[1])
+    suffix = check_value(session, argv[2])
     limit = str(session.server.limits.max_value_bytes).encode()
     return await session.server.service.atomic_update(key, StringOp("append", (suffix, limit)))
 
@@ -398,7 +392,7 @@ def expire_op(
     if not absolute and when > INT64_MAX - wall_millis():
         raise _expire_time_error(name)
     op = StringOp("expire", (b"abs" if absolute else b"rel", str(when).encode(), condition))
-    return _check_key(session, argv[1]), op
+    return check_key(session, argv[1]), op
 
 
 @command("expire", -3, flags=("write", "fast"), group="generic", keys=(1, 1, 1))
@@ -428,7 +422,7 @@ async def pexpireat(session: Session, argv: list[bytes]) -> Any:
 @command("persist", 2, flags=("write", "fast"), group="generic", keys=(1, 1, 1))
 async def persist(session: Session, argv: list[bytes]) -> Any:
     """Remove a key's time to live"""
-    key = _check_key(session, argv[1])
+    key = check_key(session, argv[1])
     return await session.server.service.atomic_update(key, StringOp("persist"))
 
 
@@ -515,7 +509,7 @@ async def scan(session: Session, argv: list[bytes]) -> Any:
 @command("type", 2, flags=("readonly", "fast"), group="generic", keys=(1, 1, 1))
 async def type_(session: Session, argv: list[bytes]) -> Any:
     """The type of a key's value: string (the only type LimeDB has), or none"""
-    result = await session.server.service.get(_check_key(session, argv[1]))
+    result = await session.server.service.get(check_key(session, argv[1]))
     return Status("none") if result.value is None else Status("string")
 
 

@@ -215,6 +215,11 @@ class StringOp:
         return decode_reply(data)
 
 
+def plain_set(value: bytes) -> StringOp:
+    """SET with no option: a blind write (no read at the primary, `StringOp.blind`)."""
+    return StringOp("set", (value, b"", b"0", b"none", b"0"))
+
+
 # ---------------------------------------------------------------------------- reply wire format
 
 _INT = struct.Struct("!q")

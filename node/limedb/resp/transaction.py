@@ -23,16 +23,15 @@ from limedb.cluster.transaction import ManyPrimaries
 from limedb.resp.commands import COMMANDS, command, int_arg
 from limedb.resp.encoding import NULL_ARRAY, OK, RespError, Status
 from limedb.resp.keyspace import (
-    _PLAIN,
-    _check_key,
-    _check_value,
+    check_key,
+    check_value,
     decrement,
     expire_op,
     set_op,
     setex_op,
 )
 from limedb.resp.session import Session
-from limedb.resp.string_ops import Reply, StringOp
+from limedb.resp.string_ops import Reply, StringOp, plain_set
 
 # Commands the listener runs at once, also between MULTI and EXEC.
 CONTROL = frozenset((b"multi", b"exec", b"discard", b"watch", b"quit"))
@@ -60,7 +59,7 @@ def _one(key: bytes, op: StringOp, combine: Callable[[list[Reply]], Any] = _firs
 def _each(
     session: Session, keys: list[bytes], op: StringOp, combine: Callable[[list[Reply]], Any]
 ) -> Plan:
-    return Plan(tuple((_check_key(session, key), op) for key in keys), combine)
+    return Plan(tuple((check_key(session, key), op) for key in keys), combine)
 
 
 def _ttl_seconds(replies: list[Reply]) -> int:
@@ -70,50 +69,50 @@ def _ttl_seconds(replies: list[Reply]) -> int:
 
 
 def _incr(session: Session, key: bytes, delta: int) -> Plan:
-    return _one(_check_key(session, key), StringOp("incrby", (str(delta).encode(),)))
+    return _one(check_key(session, key), StringOp("incrby", (str(delta).encode(),)))
 
 
 def _set_fixed(session: Session, argv: list[bytes], condition: bytes, get: bytes) -> Plan:
-    value = _check_value(session, argv[2])
+    value = check_value(session, argv[2])
     op = StringOp("set", (value, condition, get, b"none", b"0"))
     combine = (lambda r: 1 if r[0] == OK else 0) if condition == b"nx" else _first
-    return _one(_check_key(session, argv[1]), op, combine)
+    return _one(check_key(session, argv[1]), op, combine)
 
 
 def _mset(session: Session, argv: list[bytes]) -> Plan:
     if len(argv) % 2 == 0:
         raise RespError("ERR wrong number of arguments for 'mset' command")
     pairs = {
-        _check_key(session, argv[i]): _check_value(session, argv[i + 1])
+        check_key(session, argv[i]): check_value(session, argv[i + 1])
         for i in range(1, len(argv), 2)
     }
-    steps = tuple((k, StringOp("set", (v, *_PLAIN[1:]))) for k, v in pairs.items())
+    steps = tuple((k, plain_set(v)) for k, v in pairs.items())
     return Plan(steps, lambda _: OK)
 
 
 def _append(session: Session, argv: list[bytes]) -> Plan:
-    suffix = _check_value(session, argv[2])
+    suffix = check_value(session, argv[2])
     limit = str(session.server.limits.max_value_bytes).encode()
-    return _one(_check_key(session, argv[1]), StringOp("append", (suffix, limit)))
+    return _one(check_key(session, argv[1]), StringOp("append", (suffix, limit)))
 
 
 _GET, _STRLEN, _EXISTS = StringOp("get"), StringOp("strlen"), StringOp("exists")
 _PTTL, _TYPE, _DEL = StringOp("pttl"), StringOp("type"), StringOp("del")
 
 PLANNERS: dict[bytes, Callable[[Session, list[bytes]], Plan]] = {
-    b"get": lambda s, a: _one(_check_key(s, a[1]), _GET),
+    b"get": lambda s, a: _one(check_key(s, a[1]), _GET),
     b"mget": lambda s, a: _each(s, a[1:], _GET, list),
     b"exists": lambda s, a: _each(s, a[1:], _EXISTS, sum),
-    b"strlen": lambda s, a: _one(_check_key(s, a[1]), _STRLEN),
-    b"pttl": lambda s, a: _one(_check_key(s, a[1]), _PTTL),
-    b"ttl": lambda s, a: _one(_check_key(s, a[1]), _PTTL, _ttl_seconds),
-    b"type": lambda s, a: _one(_check_key(s, a[1]), _TYPE),
+    b"strlen": lambda s, a: _one(check_key(s, a[1]), _STRLEN),
+    b"pttl": lambda s, a: _one(check_key(s, a[1]), _PTTL),
+    b"ttl": lambda s, a: _one(check_key(s, a[1]), _PTTL, _ttl_seconds),
+    b"type": lambda s, a: _one(check_key(s, a[1]), _TYPE),
     b"set": lambda s, a: _one(*set_op(s, a)),
     b"setex": lambda s, a: _one(*setex_op(s, a, "setex", 1000)),
     b"psetex": lambda s, a: _one(*setex_op(s, a, "psetex", 1)),
     b"getset": lambda s, a: _set_fixed(s, a, b"", b"1"),
     b"setnx": lambda s, a: _set_fixed(s, a, b"nx", b"0"),
-    b"getdel": lambda s, a: _one(_check_key(s, a[1]), StringOp("getdel")),
+    b"getdel": lambda s, a: _one(check_key(s, a[1]), StringOp("getdel")),
     b"mset": _mset,
     b"del": lambda s, a: _each(s, a[1:], _DEL, sum),
     b"unlink": lambda s, a: _each(s, a[1:], _DEL, sum),
@@ -126,7 +125,7 @@ PLANNERS: dict[bytes, Callable[[Session, list[bytes]], Plan]] = {
     b"pexpire": lambda s, a: _one(*expire_op(s, a, "pexpire", 1, absolute=False)),
     b"expireat": lambda s, a: _one(*expire_op(s, a, "expireat", 1000, absolute=True)),
     b"pexpireat": lambda s, a: _one(*expire_op(s, a, "pexpireat", 1, absolute=True)),
-    b"persist": lambda s, a: _one(_check_key(s, a[1]), StringOp("persist")),
+    b"persist": lambda s, a: _one(check_key(s, a[1]), StringOp("persist")),
 }
 
 
@@ -194,7 +193,7 @@ async def watch(session: Session, argv: list[bytes]) -> Any:
         raise RespError("ERR WATCH inside MULTI is not allowed")
     service = session.server.service
     for key in argv[1:]:
-        key = _check_key(session, key)
+        key = check_key(session, key)
         if key not in session.watched:
             session.watched[key] = (await service.get(key)).ts
     return OK
