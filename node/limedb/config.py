@@ -282,59 +282,66 @@ SETTINGS: tuple[Setting, ...] = (
 _BY_NAME = {s.name: s for s in SETTINGS}
 
 
+def default(name: str) -> Any:
+    """The default of setting `name`, for code that runs without a loaded Config (a library
+    caller, a test): the one place a default is written is its entry in SETTINGS."""
+    return _BY_NAME[name].default
+
+
 @dataclass(frozen=True)
 class Config:
-    """The resolved settings of one node process."""
+    """The resolved settings of one node process (`load_config` gives every field; the
+    defaults live in SETTINGS only, `default(name)` reads one)."""
 
-    host: str = "127.0.0.1"
-    port: int = 8484
-    data_dir: str = "./limedb-data"
-    node_id: str = ""
-    advertise_url: str = ""
-    seeds: tuple[str, ...] = ()
-    vnodes: int = 256
-    replication_factor: int = 3
-    read_consistency: str = "quorum"
-    write_consistency: str = "quorum"
-    cluster_secret: str | None = None
-    insecure: bool = False
-    internal_port: int = 0
-    await_join: bool = False
-    stream_mb_per_s: int = 4
-    cleanup_grace_ms: int = 2000
-    repair_interval_s: int = 86400
-    repair_mb_per_s: int = 8
-    hint_window_ms: int = 3 * 3600 * 1000
-    transition_timeout_s: int = 300
-    durability: str = "sync"
-    sync_interval_ms: int = 50
-    max_key_bytes: int = 1024
-    max_value_bytes: int = MIB
-    max_batch_items: int = 1000
-    max_inflight: int = 256
-    max_queued: int = 1024
-    request_timeout_ms: int = 5000
-    max_connections: int = 4096
-    probe_connections: int = 8
-    fd_reserve: int = 128
-    http_idle_timeout_s: int = 15
-    http_header_timeout_s: int = 10
-    http_body_timeout_s: int = 30
-    max_header_bytes: int = 64 * 1024
-    max_body_bytes: int = 64 * 1024
-    max_batch_bytes: int = 16 * MIB
-    max_buffered_body_bytes: int = 256 * MIB
-    max_clock_offset_ms: int = 5000
-    resp_port: int = 6379
-    resp_password: str | None = None
-    resp_protected_mode: bool = True
-    resp_max_clients: int = 10_000
-    resp_max_bulk_bytes: int = 64 * MIB
-    resp_idle_timeout_s: int = 300
-    resp_max_buffered_bytes: int = 256 * MIB
-    shutdown_timeout_s: int = 8
-    log_level: str = "info"
-    fast_path: bool = True
+    host: str
+    port: int
+    data_dir: str
+    node_id: str
+    advertise_url: str
+    seeds: tuple[str, ...]
+    vnodes: int
+    replication_factor: int
+    read_consistency: str
+    write_consistency: str
+    cluster_secret: str | None
+    insecure: bool
+    internal_port: int
+    await_join: bool
+    stream_mb_per_s: int
+    cleanup_grace_ms: int
+    repair_interval_s: int
+    repair_mb_per_s: int
+    hint_window_ms: int
+    transition_timeout_s: int
+    durability: str
+    sync_interval_ms: int
+    max_key_bytes: int
+    max_value_bytes: int
+    max_batch_items: int
+    max_inflight: int
+    max_queued: int
+    request_timeout_ms: int
+    max_connections: int
+    probe_connections: int
+    fd_reserve: int
+    http_idle_timeout_s: int
+    http_header_timeout_s: int
+    http_body_timeout_s: int
+    max_header_bytes: int
+    max_body_bytes: int
+    max_batch_bytes: int
+    max_buffered_body_bytes: int
+    max_clock_offset_ms: int
+    resp_port: int
+    resp_password: str | None
+    resp_protected_mode: bool
+    resp_max_clients: int
+    resp_max_bulk_bytes: int
+    resp_idle_timeout_s: int
+    resp_max_buffered_bytes: int
+    shutdown_timeout_s: int
+    log_level: str
+    fast_path: bool
     sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     def replace(self, **changes: Any) -> Config:

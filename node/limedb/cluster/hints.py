@@ -20,12 +20,13 @@ from collections.abc import Awaitable, Callable, Iterator
 
 from limedb.cluster.clock_offset import is_refusal
 from limedb.cluster.replica import Mutation
+from limedb.config import default
 from limedb.hlc import wall_millis
 from limedb.storage.errors import DiskFullError
 
 log = logging.getLogger(__name__)
 
-DEFAULT_WINDOW_MS = 3 * 3600 * 1000
+DEFAULT_WINDOW_MS: int = default("hint_window_ms")
 _STAMP = struct.Struct("!QQ")
 _LEN = struct.Struct("!H")
 _PAGE = 1000

@@ -26,6 +26,7 @@ from limedb.cluster.service import (
 )
 from limedb.cluster.transaction import Step, StepResult, Watch, run_batch
 from limedb.cluster.view import ClusterView, MemberView
+from limedb.config import default
 from limedb.hlc import HLC, millis_of
 from limedb.storage.errors import DiskFullError, StorageError
 
@@ -99,7 +100,7 @@ class LocalService:
         *,
         node_id: str,
         node_url: str,
-        vnodes: int = 256,
+        vnodes: int = default("vnodes"),
         clock: HLC | None = None,
     ) -> None:
         self.node_id = node_id

@@ -42,6 +42,7 @@ from limedb.cluster.streaming import (
     encode_read,
     snapshot_floor,
 )
+from limedb.config import default
 from limedb.hlc import pack
 
 log = logging.getLogger(__name__)
@@ -149,7 +150,7 @@ class AntiEntropy:
         call_node: CallNode,
         replica_ranges: Callable[[], list[tuple[int, int, tuple[str, ...]]] | None],
         *,
-        interval_s: float = 86400.0,
+        interval_s: float = default("repair_interval_s"),
         bytes_per_s: float = 8 << 20,
         tombstone_grace_ms: int = DEFAULT_TOMBSTONE_GRACE_MS,
         budget: BackgroundBudget | None = None,

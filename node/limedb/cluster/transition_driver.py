@@ -57,7 +57,7 @@ from limedb.cluster.transitions import (
     TransitionRefused,
     propose,
 )
-from limedb.config import Config
+from limedb.config import Config, default
 from limedb.hlc import wall_millis as now_ms
 
 log = logging.getLogger(__name__)
@@ -70,9 +70,9 @@ class Superseded(Exception):
 @dataclass(frozen=True)
 class DriverSettings:
     batch_bytes: int = 512 * 1024
-    bytes_per_s: float = 4e6
-    cleanup_grace_s: float = 2.0
-    timeout_s: float = 300.0
+    bytes_per_s: float = default("stream_mb_per_s") * 1e6
+    cleanup_grace_s: float = default("cleanup_grace_ms") / 1000
+    timeout_s: float = float(default("transition_timeout_s"))
     checkpoint_s: float = 1.0
     parallel_ranges: int = 4
     poll_s: float = 0.5
