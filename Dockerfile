@@ -12,11 +12,14 @@ FROM ${BASE_IMAGE} AS build
 WORKDIR /src
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 COPY pyproject.toml README.md ./
-COPY node ./node
-COPY operator ./operator
+# The dependencies first, in a layer of their own: a change to the code alone reuses it.
 RUN python -m venv /opt/limedb \
  && /opt/limedb/bin/pip install --upgrade pip \
- && /opt/limedb/bin/pip install .
+ && /opt/limedb/bin/python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" > /tmp/requirements.txt \
+ && /opt/limedb/bin/pip install -r /tmp/requirements.txt
+COPY node ./node
+COPY operator ./operator
+RUN /opt/limedb/bin/pip install --no-deps .
 
 FROM ${BASE_IMAGE}
 LABEL org.opencontainers.image.title="limedb" \

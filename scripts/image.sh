@@ -80,10 +80,11 @@ if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$want" && -f "$ARCHIVE" ]] && have_im
     log "up to date: $IMAGE ($ARCHIVE)"
 else
     rm -f "$STAMP"
+    old_id=$(buildah inspect --type image --format '{{.FromImageID}}' "$IMAGE" 2>/dev/null || true)
     log "building $IMAGE from Dockerfile on $base ..."
     t0=$SECONDS
     # --network host: pip reaches the package registry without a CNI network for the build.
-    buildah bud --quiet --runtime "$RUNTIME" --pull=never --network host --layers=false \
+    buildah bud --quiet --runtime "$RUNTIME" --pull=never --network host --layers \
         --build-arg BASE_IMAGE="$base" -t "$IMAGE" -f "$ROOT/Dockerfile" "$ROOT" >/dev/null \
         || die "buildah bud failed"
     log "built in $((SECONDS - t0))s; writing $ARCHIVE ..."
@@ -91,8 +92,12 @@ else
     buildah push --quiet "$IMAGE" "docker-archive:$ARCHIVE.tmp:$IMAGE" >/dev/null \
         || die "buildah push to the archive failed"
     mv -f "$ARCHIVE.tmp" "$ARCHIVE"
-    # Older images of the same tag are dangling now: drop them so the storage does not grow.
-    buildah rmi --prune >/dev/null 2>&1 || true
+    # The image this build replaced is untagged now: drop it so the storage does not grow (the
+    # build's cached layers stay, for the next build).
+    new_id=$(buildah inspect --type image --format '{{.FromImageID}}' "$IMAGE")
+    if [[ -n "$old_id" && "$old_id" != "$new_id" ]]; then
+        buildah rmi "$old_id" >/dev/null 2>&1 || true
+    fi
     echo "$want" >"$STAMP"
 fi
 size=$(buildah inspect --type image --format '{{.Size}}' "$IMAGE" 2>/dev/null || echo "")
