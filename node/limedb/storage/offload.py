@@ -15,6 +15,7 @@ dies, and a watchdog thread also exits it within 0.1 s if it is orphaned in the 
 
 from __future__ import annotations
 
+import logging
 import os
 import pickle
 import posixpath
@@ -37,6 +38,7 @@ from .options import EngineOptions
 from .record import Rec
 from .sstable import TableBuilder, TableMeta, TableReader, table_name
 
+log = logging.getLogger("limedb.storage")
 _LEN = struct.Struct("<I")
 # Smaller flushes, compactions and purges run in-process: cheaper than a worker round trip, and
 # small databases (and tests) never start worker processes at all.
@@ -249,6 +251,38 @@ class WorkerPool:
         for w in busy:
             if kill_running:
                 w.kill()
+
+
+class Offloader:
+    """The engine's side: its pool, started on first use, and whether offloading is still on
+    (a worker failing for another reason than a full disk turns it off for good)."""
+
+    def __init__(self, enabled: bool, size: int) -> None:
+        self.enabled = enabled
+        self.size = size
+        self.pool: WorkerPool | None = None
+        self.closing = False
+
+    def get(self) -> WorkerPool | None:
+        """The pool, or None: do the work in-process."""
+        if not self.enabled or self.closing:
+            return None
+        if self.pool is None:
+            self.pool = WorkerPool(self.size)
+        return self.pool
+
+    def failed(self, what: str, exc: BaseException) -> None:
+        if self.closing:
+            return
+        log.warning("offloaded %s failed (%r); running it in-process from now on", what, exc)
+        self.enabled = False
+
+    def close(self) -> None:
+        """A running compaction is abandoned (its outputs are unreferenced garbage, removed at
+        the next open); a running flush is also killed: its data is still in the WAL."""
+        self.closing = True
+        if self.pool is not None:
+            self.pool.close(kill_running=True)
 
 
 def _exit_when_orphaned(parent: int) -> None:

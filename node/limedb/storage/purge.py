@@ -17,17 +17,18 @@ from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
 
 from . import compaction as compaction_mod
+from .compactor import Compactor
+from .context import EngineContext
 from .errors import EngineClosedError
+from .flush import Flusher
+from .group_commit import LogSyncer
 from .manifest import VersionEdit
 from .memtable import Memtable
 from .offload import OFFLOAD_MIN_BYTES
 from .sstable import TableReader
-
-if TYPE_CHECKING:
-    from .engine import Engine
+from .version_set import VersionSet
 
 Range = tuple[bytes, bytes | None]  # [start, end), end None: to the last key
 
@@ -56,7 +57,7 @@ def _first_after(ranges: list[Range], key: bytes) -> int:
 
 
 def _mem_holds(mem: Memtable, ranges: list[Range]) -> bool:
-    """Whether the memtable has a key in a range (caller holds the engine's write lock)."""
+    """Whether the memtable has a key in a range (caller holds the engine's mutex)."""
     if not len(mem):
         return False
     keys = mem.sorted_keys()
@@ -78,26 +79,6 @@ def table_holds(t: TableReader, ranges: list[Range]) -> bool:
             return True
         i += 1
     return False
-
-
-def _cut(engine: Engine, ranges: list[Range]) -> list[list[TableReader]]:
-    """Make every version written before now that lies in a range part of a table; returns the
-    file set at that instant (flushes are held off meanwhile, so it has no later data)."""
-    with engine._flush_lock:
-        while True:
-            with engine._lock:
-                imm, cutoff, seq = engine._imm, engine._imm_cutoff, engine._imm_seq
-                last = imm is None
-                if last:
-                    if not _mem_holds(engine._mem, ranges):
-                        return [list(files) for files in engine._vset.levels]
-                    engine._freeze_locked()
-                    imm, cutoff, seq = engine._imm, engine._imm_cutoff, engine._imm_seq
-            # A memtable frozen before ours (by a writer) holds older writes: flush it too.
-            engine._flush_table(imm, cutoff, seq)
-            if last:
-                with engine._lock:
-                    return [list(files) for files in engine._vset.levels]
 
 
 def plan(levels: list[list[TableReader]], ranges: list[Range]) -> list[compaction_mod.Compaction]:
@@ -125,24 +106,46 @@ def plan(levels: list[list[TableReader]], ranges: list[Range]) -> list[compactio
     return jobs
 
 
-def purge(engine: Engine, ranges: Iterable[Range]) -> int:
-    """Remove the ranges' versions written before this call; returns the tables rewritten
-    (0: nothing of the ranges was stored). Returns once the result, and every write made
-    before the call, is durable."""
-    wanted = normalize(ranges)
-    with engine._compaction_lock:  # no compaction changes the file set under the rewrite
-        engine._check_open()
-        # Every earlier write becomes durable first (also for an empty range: the contract
-        # holds whatever the ranges): a crash never keeps the purge but loses a write before it.
-        with engine._sync_lock:
-            engine._do_sync(fsync=engine._durability != "none")
-        if not wanted:
-            return 0
-        jobs = plan(_cut(engine, wanted), wanted)
-        if not jobs:
-            return 0
+class Purger:
+    """Runs range purges with the engine's parts: its syncer, flusher, compactor, version set."""
+
+    def __init__(
+        self,
+        ctx: EngineContext,
+        versions: VersionSet,
+        syncer: LogSyncer,
+        flusher: Flusher,
+        compactor: Compactor,
+    ) -> None:
+        self._ctx = ctx
+        self._versions = versions
+        self._syncer = syncer
+        self._flusher = flusher
+        self._compactor = compactor
+
+    def purge(self, ranges: Iterable[Range]) -> int:
+        """Remove the ranges' versions written before this call; returns the tables rewritten
+        (0: nothing of the ranges was stored). Returns once the result, and every write made
+        before the call, is durable."""
+        wanted = normalize(ranges)
+        with self._compactor.lock:  # no compaction changes the file set under the rewrite
+            self._ctx.check_open()
+            # Every earlier write becomes durable first (also for an empty range: the contract
+            # holds whatever the ranges): a crash never keeps the purge but loses a write before.
+            self._syncer.sync()
+            if not wanted:
+                return 0
+            cut = self._flusher.flush_through(lambda mem: _mem_holds(mem, wanted))
+            jobs = plan(cut, wanted)
+            if not jobs:
+                return 0
+            self._rewrite(jobs)
+            self._install(jobs)
+        return sum(len(job.inputs) for job in jobs)
+
+    def _rewrite(self, jobs: list[compaction_mod.Compaction]) -> None:
         # Background work like a compaction, so held to compaction's output rate.
-        rate = engine._opts.compaction_rate_bytes_per_s
+        rate = self._ctx.opts.compaction_rate_bytes_per_s
         limiter = compaction_mod.RateLimiter(rate)
         # A big purge rewrites in a worker process, like a compaction, so that purging a
         # handed-off range does not hold this process's GIL (and event loop) for seconds; its
@@ -150,33 +153,28 @@ def purge(engine: Engine, ranges: Iterable[Range]) -> int:
         big = sum(job.input_bytes for job in jobs) >= OFFLOAD_MIN_BYTES
         try:
             for job in jobs:
-                outputs = engine._offloaded_compaction(job, rate, 0) if big else None
+                outputs = self._compactor.run_offloaded(job, rate, 0) if big else None
                 if outputs is None:
-                    compaction_mod.run(
-                        job, engine._vset.new_builder, engine._opts, limiter, engine._stopping
-                    )
+                    self._compactor.run_job(job, limiter)
                 else:
                     job.outputs = outputs
         except compaction_mod.CompactionAborted:
             raise EngineClosedError("purge abandoned: the engine is closing") from None
-        _install(engine, jobs)
-    return sum(len(job.inputs) for job in jobs)
 
+    def _install(self, jobs: list[compaction_mod.Compaction]) -> None:
+        ctx, versions = self._ctx, self._versions
+        if any(job.outputs for job in jobs):
+            ctx.fs.fsync_dir(ctx.dir)
+        outputs = [(job.output_level, m) for job in jobs for m in job.outputs]
+        edit = VersionEdit(
+            added=outputs, removed=[(lvl, t.file_no) for job in jobs for lvl, t in job.inputs]
+        )
 
-def _install(engine: Engine, jobs: list[compaction_mod.Compaction]) -> None:
-    vset = engine._vset
-    if any(job.outputs for job in jobs):
-        engine._fs.fsync_dir(engine._dir)
-    added = [(job.output_level, vset.open_table(m.file_no)) for job in jobs for m in job.outputs]
-    edit = VersionEdit(
-        added=[(job.output_level, m) for job in jobs for m in job.outputs],
-        removed=[(lvl, t.file_no) for job in jobs for lvl, t in job.inputs],
-    )
+        def purged() -> None:
+            # The engine-wide filter stays valid: the outputs' keys are a subset of the inputs'.
+            ctx.publish()
+            ctx.cv.notify_all()
 
-    def purged() -> None:
-        # The engine-wide filter stays valid: the outputs' keys are a subset of the inputs'.
-        engine._publish_locked()
-        engine._cv.notify_all()
-
-    vset.log_and_apply(edit, added, on_applied=purged)
-    engine._compact_event.set()
+        added = [(lvl, versions.open_table(m.file_no)) for lvl, m in outputs]
+        versions.log_and_apply(edit, added, on_applied=purged)
+        ctx.compact_wake.set()

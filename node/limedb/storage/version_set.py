@@ -14,11 +14,9 @@ import posixpath
 import threading
 from collections.abc import Callable
 
-from .block_cache import BlockCache
+from .context import EngineContext
 from .errors import CorruptionError, DiskFullError
-from .fs import FileSystem
 from .manifest import ManifestState, ManifestWriter, VersionEdit, manifest_name, read_current
-from .options import EngineOptions
 from .sstable import TableBuilder, TableReader, table_name
 
 Levels = list[list[TableReader]]
@@ -33,21 +31,12 @@ class VersionSet:
     """
 
     def __init__(
-        self,
-        fs: FileSystem,
-        dirpath: str,
-        opts: EngineOptions,
-        cache: BlockCache,
-        mutex: threading.Lock,
-        state: ManifestState,
-        levels: Levels,
-        old_manifest: str | None,
+        self, ctx: EngineContext, state: ManifestState, levels: Levels, old_manifest: str | None
     ) -> None:
-        self._fs = fs
-        self._dir = dirpath
-        self._opts = opts
-        self._cache = cache
-        self._mutex = mutex
+        self._ctx = ctx
+        self._fs = ctx.fs
+        self._dir = ctx.dir
+        self.mutex = ctx.mutex
         self.state = state
         self.levels = levels
         self.install_lock = threading.Lock()
@@ -61,7 +50,7 @@ class VersionSet:
         return posixpath.join(self._dir, name)
 
     def new_file_no(self) -> int:
-        with self._mutex:
+        with self.mutex:
             return self.new_file_no_locked()
 
     def new_file_no_locked(self) -> int:
@@ -72,7 +61,7 @@ class VersionSet:
 
     def reserve_file_nos(self, count: int) -> list[int]:
         """`count` consecutive file numbers, e.g. for the outputs of a worker process."""
-        with self._mutex:
+        with self.mutex:
             first = self.state.next_file
             self.state.next_file += count
         return list(range(first, first + count))
@@ -84,12 +73,12 @@ class VersionSet:
             self._fs,
             self.path(table_name(no)),
             no,
-            self._opts.block_bytes,
-            self._opts.bloom_bits_per_key,
+            self._ctx.opts.block_bytes,
+            self._ctx.opts.bloom_bits_per_key,
         )
 
     def open_table(self, file_no: int) -> TableReader:
-        return TableReader(self._fs, self.path(table_name(file_no)), file_no, self._cache)
+        return TableReader(self._fs, self.path(table_name(file_no)), file_no, self._ctx.cache)
 
     def discard_unlisted(self, paths: list[str]) -> None:
         """Delete the tables of an edit that was not logged (their room is needed), unless the
@@ -181,7 +170,7 @@ class VersionSet:
             if before_visible is not None:
                 before_visible()
             gone = {no for _, no in edit.removed}
-            with self._mutex:
+            with self.mutex:
                 self.state.apply(edit)
                 removed = [t for files in self.levels for t in files if t.file_no in gone]
                 self.levels = _installed(self.levels, gone, added)
