@@ -6,20 +6,20 @@ import binascii
 from typing import Annotated
 
 import orjson
-from fastapi import APIRouter, Path, Query, Request
+from fastapi import APIRouter, Query, Request
 from starlette.responses import Response
 
 from limedb.api import operations as ops
 from limedb.api.errors import ApiError
 from limedb.api.fastpath import read_body
 from limedb.api.hot import KV_PREFIX
+from limedb.api.params import key_param, raw_key
 from limedb.api.responses import BAD_REQUEST, NOT_FOUND, TOO_LARGE, UNAVAILABLE, to_response
 from limedb.api.schemas import BatchPutBinary, BatchRequest, BatchResponse, DeleteResult, PutResult
 from limedb.api.state import NodeState
 from limedb.api.validation import (
     MAX_TTL_SECONDS,
     check_value,
-    key_from_raw_path,
     key_from_text,
     parse_consistency,
     parse_ttl,
@@ -36,18 +36,7 @@ Level = Annotated[
 def build_router(state: NodeState) -> APIRouter:
     router = APIRouter(prefix="/v1", tags=["native"])
     limits = state.limits
-    Key = Annotated[
-        str,
-        Path(
-            min_length=1,
-            max_length=limits.max_key_bytes,
-            description=f"the key, percent-encoded; 1..{limits.max_key_bytes} bytes of UTF-8",
-        ),
-    ]
-
-    def raw_key(request: Request) -> bytes:
-        raw_path = request.scope.get("raw_path") or request.url.path.encode("utf-8")
-        return key_from_raw_path(raw_path, len(KV_PREFIX), limits)
+    Key = key_param(limits)
 
     @router.get(
         "/kv/{key:path}",
@@ -83,7 +72,7 @@ def build_router(state: NodeState) -> APIRouter:
     async def kv_get(request: Request, key: Key, consistency: Level = None) -> Response:
         service = state.require_service()
         level = parse_consistency(request.scope.get("query_string", b""))
-        return to_response(await ops.kv_get(service, raw_key(request), level))
+        return to_response(await ops.kv_get(service, raw_key(request, KV_PREFIX, limits), level))
 
     @router.put(
         "/kv/{key:path}",
@@ -111,7 +100,12 @@ def build_router(state: NodeState) -> APIRouter:
         qs = request.scope.get("query_string", b"")
         body = await read_body(request.scope, request.receive, limits.max_value_bytes)
         reply = await ops.kv_put(
-            service, raw_key(request), body, parse_ttl(qs), parse_consistency(qs), limits
+            service,
+            raw_key(request, KV_PREFIX, limits),
+            body,
+            parse_ttl(qs),
+            parse_consistency(qs),
+            limits,
         )
         return to_response(reply)
 
@@ -123,7 +117,7 @@ def build_router(state: NodeState) -> APIRouter:
     async def kv_delete(request: Request, key: Key, consistency: Level = None) -> Response:
         service = state.require_service()
         level = parse_consistency(request.scope.get("query_string", b""))
-        return to_response(await ops.kv_delete(service, raw_key(request), level))
+        return to_response(await ops.kv_delete(service, raw_key(request, KV_PREFIX, limits), level))
 
     @router.post(
         "/batch",

@@ -10,17 +10,17 @@ import time
 from typing import Annotated
 
 import orjson
-from fastapi import APIRouter, Path, Query, Request
+from fastapi import APIRouter, Query, Request
 from starlette.responses import Response
 
 import limedb
 from limedb.api import operations as ops
 from limedb.api.fastpath import read_body
 from limedb.api.hot import DEL_PREFIX, GET_PREFIX
+from limedb.api.params import key_param, raw_key
 from limedb.api.responses import BAD_REQUEST, NOT_FOUND, TOO_LARGE, UNAVAILABLE, text, to_response
 from limedb.api.schemas import GetResponse, Health, KeysPage, ReplicasResponse
 from limedb.api.state import NodeState
-from limedb.api.validation import key_from_raw_path
 
 MAX_PAGE_SIZE = 100
 REPLICAS_PREFIX = b"/api/v1/replicas/"
@@ -50,21 +50,10 @@ def page_total(counted: int, asked: int, listed: int | None) -> int:
     return max(counted, listed)
 
 
-def _raw_path(request: Request) -> bytes:
-    return request.scope.get("raw_path") or request.url.path.encode("utf-8")
-
-
 def build_router(state: NodeState) -> APIRouter:
     router = APIRouter(tags=["LimeDB-compatible"])
     limits = state.limits
-    Key = Annotated[
-        str,
-        Path(
-            min_length=1,
-            max_length=limits.max_key_bytes,
-            description=f"the key, percent-encoded; 1..{limits.max_key_bytes} bytes of UTF-8",
-        ),
-    ]
+    Key = key_param(limits)
     set_body = {
         "required": True,
         "content": {
@@ -97,7 +86,7 @@ def build_router(state: NodeState) -> APIRouter:
     )
     async def get_key(request: Request, key: Key) -> Response:
         service = state.require_service()
-        raw = key_from_raw_path(_raw_path(request), len(GET_PREFIX), limits)
+        raw = raw_key(request, GET_PREFIX, limits)
         return to_response(await ops.lime_get(service, raw))
 
     @router.get(
@@ -111,7 +100,7 @@ def build_router(state: NodeState) -> APIRouter:
     )
     async def key_replicas(request: Request, key: Key) -> Response:
         service = state.require_service()
-        raw = key_from_raw_path(_raw_path(request), len(REPLICAS_PREFIX), limits)
+        raw = raw_key(request, REPLICAS_PREFIX, limits)
         return to_response(await ops.lime_replicas(service, raw))
 
     @router.post(
@@ -141,7 +130,7 @@ def build_router(state: NodeState) -> APIRouter:
     )
     async def delete_key(request: Request, key: Key) -> Response:
         service = state.require_service()
-        raw = key_from_raw_path(_raw_path(request), len(DEL_PREFIX), limits)
+        raw = raw_key(request, DEL_PREFIX, limits)
         return to_response(await ops.lime_del(service, raw))
 
     @router.get(

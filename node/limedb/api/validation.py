@@ -11,15 +11,16 @@ from urllib.parse import unquote_to_bytes
 
 from limedb.api.errors import ApiError
 from limedb.cluster.service import Consistency
+from limedb.config import default
 
 MAX_TTL_SECONDS = 10 * 365 * 86400
 
 
 @dataclass(frozen=True, slots=True)
 class Limits:
-    max_key_bytes: int = 1024
-    max_value_bytes: int = 1024 * 1024
-    max_batch_items: int = 1000
+    max_key_bytes: int = default("max_key_bytes")
+    max_value_bytes: int = default("max_value_bytes")
+    max_batch_items: int = default("max_batch_items")
 
     @property
     def max_json_body(self) -> int:

@@ -17,7 +17,7 @@ import contextlib
 import enum
 import struct
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -207,6 +207,30 @@ _INVALID = 400
 _UNAVAILABLE = 503
 
 
+@contextlib.contextmanager
+def answering_peer() -> Iterator[None]:
+    """At the primary, serving a forwarded request: what the run raises becomes the RpcError
+    that `primary_refused` turns back into the same kind of error at the forwarder."""
+    try:
+        yield
+    except InvalidRequest as exc:
+        raise rpc.RpcError(_INVALID, str(exc)) from None
+    except Unavailable as exc:
+        raise rpc.RpcError(_UNAVAILABLE, str(exc)) from None
+    except InsufficientStorage as exc:
+        raise rpc.RpcError(rpc.INSUFFICIENT_STORAGE, str(exc)) from None
+
+
+def primary_refused(primary: str, exc: rpc.RpcError) -> Exception:
+    """At the forwarder: the error the primary answered, as the service error it was there (an
+    operation's refusal keeps its message whole: it is what the client sees)."""
+    if exc.code == _INVALID:
+        return OperationRefused(exc.message)
+    if exc.code == rpc.INSUFFICIENT_STORAGE:
+        return InsufficientStorage(f"primary replica {primary}: {exc.message}")
+    return Unavailable(f"primary replica {primary}: {exc.message}")
+
+
 class Writer(Protocol):
     """What the primary needs of the cluster coordinator."""
 
@@ -272,11 +296,7 @@ class ClusterAtomic:
         try:
             reply = await self.call(primary, rpc.ATOMIC, payload, self.coordinator.timeout_s)
         except rpc.RpcError as exc:
-            if exc.code == _INVALID:
-                raise OperationRefused(exc.message) from None
-            if exc.code == rpc.INSUFFICIENT_STORAGE:
-                raise InsufficientStorage(f"primary replica {primary}: {exc.message}") from None
-            raise Unavailable(f"primary replica {primary}: {exc.message}") from None
+            raise primary_refused(primary, exc) from None
         except rpc.PeerUnavailable as exc:
             if fn.blind:
                 # A plain SET does not need the primary's read, and applying it twice leaves
@@ -314,14 +334,8 @@ class ClusterAtomic:
         """RPC handler of ATOMIC: run a forwarded operation here, as its primary."""
         self.counters["atomic_served"] += 1
         key, op, consistency = decode_request(body, self.decode_op)
-        try:
+        with answering_peer():
             return op.encode_reply(await self.apply_here(key, op, consistency))
-        except InvalidRequest as exc:
-            raise rpc.RpcError(_INVALID, str(exc)) from None
-        except Unavailable as exc:
-            raise rpc.RpcError(_UNAVAILABLE, str(exc)) from None
-        except InsufficientStorage as exc:
-            raise rpc.RpcError(rpc.INSUFFICIENT_STORAGE, str(exc)) from None
 
     def register(self, server: rpc.RpcServer) -> None:
         server.register(rpc.ATOMIC, self.handle)

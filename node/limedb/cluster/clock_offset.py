@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from limedb.cluster import rpc
 from limedb.cluster.service import Unavailable
 from limedb.hlc import MAX_TIMESTAMP, ahead_ms, millis_of
+from limedb.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -237,13 +238,8 @@ class ClockOffsets:
         self._task = asyncio.ensure_future(self._run())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        task, self._task = self._task, None
+        await cancel_and_wait(task)
 
     # ------------------------------------------------------------------ deciding
 

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from limedb.cluster.failure import DetectorConfig, FailureDetector, Liveness
 from limedb.cluster.gossip import ACK2, SYN, GossipError, GossipState, HeartbeatState
 from limedb.cluster.ring.placement import Ring
+from limedb.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -323,12 +324,7 @@ class GossipLoop:
 
     async def stop(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            try:
-                await task
-            except asyncio.CancelledError:
-                pass
+        await cancel_and_wait(task)
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()

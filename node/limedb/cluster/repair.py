@@ -44,6 +44,7 @@ from limedb.cluster.streaming import (
 )
 from limedb.config import default
 from limedb.hlc import pack
+from limedb.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -349,13 +350,8 @@ class AntiEntropy:
             self._timer = asyncio.create_task(self._every_interval(), name="anti-entropy")
 
     async def stop(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            try:
-                await self._timer
-            except asyncio.CancelledError:
-                pass
-            self._timer = None
+        timer, self._timer = self._timer, None
+        await cancel_and_wait(timer)
 
     async def _every_interval(self) -> None:
         # Jittered (0.5x to 1.5x) so that nodes started together do not repair together.

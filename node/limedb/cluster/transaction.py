@@ -26,14 +26,15 @@ from limedb.cluster.atomic import (
     OperationRefused,
     Outcome,
     ReadModifyWrite,
+    answering_peer,
     consistency_code,
     consistency_of,
     decode_request,
     encode_request,
+    primary_refused,
 )
 from limedb.cluster.service import (
     Consistency,
-    InsufficientStorage,
     InvalidRequest,
     ReadResult,
     Unavailable,
@@ -180,9 +181,6 @@ def decode_results(data: bytes, steps: list[Step]) -> list[StepResult] | None:
 
 # ---------------------------------------------------------------------------- the cluster side
 
-_INVALID = 400
-_UNAVAILABLE = 503
-
 
 class ClusterTransactions:
     """Routes a transaction to the one primary of all its keys (ClusterAtomic's), or refuses
@@ -220,11 +218,7 @@ class ClusterTransactions:
                     primary, rpc.ATOMIC_BATCH, payload, coordinator.timeout_s
                 )
             except rpc.RpcError as exc:
-                if exc.code == _INVALID:
-                    raise OperationRefused(exc.message) from None
-                if exc.code == rpc.INSUFFICIENT_STORAGE:
-                    raise InsufficientStorage(f"primary replica {primary}: {exc.message}") from None
-                raise Unavailable(f"primary replica {primary}: {exc.message}") from None
+                raise primary_refused(primary, exc) from None
             except rpc.PeerUnavailable as exc:
                 # Not retried: the primary may have applied part of it.
                 raise Unavailable(f"primary replica {primary} did not answer: {exc}") from None
@@ -260,15 +254,9 @@ class ClusterTransactions:
         """RPC handler of ATOMIC_BATCH: run a forwarded transaction here, as its primary."""
         self.counters["transactions_served"] += 1
         steps, watches, code = decode_batch(body, self.atomic.decode_op)
-        try:
+        with answering_peer():
             results = await self.run_here(steps, watches, consistency_of(code))
             return encode_results(results, steps)
-        except InvalidRequest as exc:
-            raise rpc.RpcError(_INVALID, str(exc)) from None
-        except Unavailable as exc:
-            raise rpc.RpcError(_UNAVAILABLE, str(exc)) from None
-        except InsufficientStorage as exc:
-            raise rpc.RpcError(rpc.INSUFFICIENT_STORAGE, str(exc)) from None
 
     def register(self, server: rpc.RpcServer) -> None:
         server.register(rpc.ATOMIC_BATCH, self.handle)

@@ -59,6 +59,7 @@ from limedb.cluster.transitions import (
 )
 from limedb.config import Config, default
 from limedb.hlc import wall_millis as now_ms
+from limedb.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -196,12 +197,7 @@ class TransitionDriver:
 
     async def stop(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            try:
-                await task
-            except asyncio.CancelledError:
-                pass
+        await cancel_and_wait(task)
         await self.streams.stop_purges()
 
     # ------------------------------------------------------------------ queries

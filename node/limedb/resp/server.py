@@ -38,6 +38,7 @@ from limedb.cluster.service import (
     ServiceError,
     Unavailable,
 )
+from limedb.config import default
 from limedb.connections import ConnectionBudget, out_of_descriptors
 from limedb.resp import admin, keyspace, transaction  # noqa: F401 - importing registers the commands
 from limedb.resp.command_stats import CommandStats
@@ -46,6 +47,7 @@ from limedb.resp.cursors import ScanCursors
 from limedb.resp.encoding import RespError, encode_reply
 from limedb.resp.protected import denies, refuse
 from limedb.resp.session import Session
+from limedb.tasks import cancel_and_wait
 
 log = logging.getLogger("limedb.resp")
 
@@ -58,19 +60,20 @@ _COROUTINE = types.CoroutineType
 
 @dataclass(frozen=True)
 class Limits:
-    """The listener's settings (from limedb.config; defaults match Redis where it has one)."""
+    """The listener's settings (from limedb.config, whose defaults match Redis where it has
+    one; a Limits made without a Config gets the same defaults)."""
 
     host: str = "0.0.0.0"
-    max_clients: int = 10_000
-    max_bulk_bytes: int = 64 * MIB
-    max_buffered_bytes: int = 256 * MIB
-    idle_timeout_s: int = 300
+    max_clients: int = default("resp_max_clients")
+    max_bulk_bytes: int = default("resp_max_bulk_bytes")
+    max_buffered_bytes: int = default("resp_max_buffered_bytes")
+    idle_timeout_s: int = default("resp_idle_timeout_s")
     max_pipeline: int = 4096
-    password: str | None = None
-    protected_mode: bool = True
-    max_key_bytes: int = 1024
-    max_value_bytes: int = MIB
-    durability: str = "sync"
+    password: str | None = default("resp_password")
+    protected_mode: bool = default("resp_protected_mode")
+    max_key_bytes: int = default("max_key_bytes")
+    max_value_bytes: int = default("max_value_bytes")
+    durability: str = default("durability")
 
     @classmethod
     def from_config(cls, config: Any) -> Limits:
@@ -513,10 +516,7 @@ class RespServer:
 
     async def stop(self, timeout_s: float = 5.0) -> None:
         """Stop accepting, let commands in flight finish (up to `timeout_s`), close clients."""
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sweeper
+        await cancel_and_wait(self._sweeper)
         if self._server is not None:
             self._server.close()
         busy = [c.task for c in self.connections if c.task is not None]
