@@ -22,9 +22,6 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("node/limedb", "operator/limedb_operator")
 
-_STORAGE_SPLIT = "being removed by the storage split"
-_PURGE = "node/limedb/storage/purge.py"
-
 # (module path, the expression as ast.unparse writes it) -> why it stays.
 ALLOWED: dict[tuple[str, str], str] = {
     ("node/limedb/api/wire.py", "waiting._asyncio_future_blocking"): (
@@ -37,34 +34,6 @@ ALLOWED: dict[tuple[str, str], str] = {
     ("node/limedb/storage/offload.py", "os._exit"): (
         "documented os API: a forked worker exits without running the parent's cleanup"
     ),
-    ("node/limedb/storage/engine.py", "mem._unsorted"): _STORAGE_SPLIT,
-    **{
-        (_PURGE, f"engine.{name}"): _STORAGE_SPLIT
-        for name in (
-            "_vset",
-            "_flush_lock",
-            "_compaction_lock",
-            "_check_open",
-            "_sync_lock",
-            "_opts",
-            "_dir",
-            "_publish_locked",
-            "_compact_event",
-            "_lock",
-            "_flush_table",
-            "_do_sync",
-            "_fs",
-            "_cv",
-            "_imm",
-            "_imm_cutoff",
-            "_imm_seq",
-            "_freeze_locked",
-            "_durability",
-            "_offloaded_compaction",
-            "_stopping",
-            "_mem",
-        )
-    },
 }
 
 
