@@ -166,11 +166,22 @@ def _meta(name: str, namespace: str, obj_name: str) -> Obj:
     return {"name": obj_name, "namespace": namespace, "labels": labels(name)}
 
 
+# Which of a cluster's two Services an object is; the chart's ServiceMonitor scrapes every pod
+# once, through the headless one (it lists every pod, ready or not).
+SERVICE_ROLE_LABEL = "limedb.io/service"
+
+
+def _service_meta(name: str, namespace: str, obj_name: str, role: str) -> Obj:
+    meta = _meta(name, namespace, obj_name)
+    meta["labels"][SERVICE_ROLE_LABEL] = role
+    return meta
+
+
 def headless_service(name: str, namespace: str) -> Obj:
     return {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": _meta(name, namespace, headless_service_name(name)),
+        "metadata": _service_meta(name, namespace, headless_service_name(name), "headless"),
         "spec": {
             "clusterIP": "None",
             # Seeds must resolve while the cluster is still forming, before any pod is Ready.
@@ -188,7 +199,7 @@ def client_service(name: str, namespace: str) -> Obj:
     return {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": _meta(name, namespace, name),
+        "metadata": _service_meta(name, namespace, name, "client"),
         "spec": {
             "type": "ClusterIP",
             "selector": selector_labels(name),

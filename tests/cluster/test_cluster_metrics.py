@@ -4,6 +4,7 @@ repair runs, overload refusals and disk space."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +17,8 @@ from support.wait import wait_for
 
 pytestmark = pytest.mark.cluster
 
+CHART = Path(__file__).resolve().parents[2] / "charts" / "limedb"
+KIT = (CHART / "templates" / "monitoring-prometheusrule.yaml", CHART / "dashboards" / "limedb.json")
 ENV = {"LIMEDB_VNODES": "16", "LIMEDB_REPLICATION_FACTOR": "3", "LIMEDB_CLEANUP_GRACE_MS": "300"}
 
 
@@ -90,3 +93,12 @@ def test_ring_transition_hints_and_repair_metrics(fleet: Fleet):
     assert value(m, "limedb_hints_stored_total") > 0
     assert value(m, "limedb_hints_pending") > 0
     assert value(m, "limedb_hints_pending_by_target", target=c.url) > 0
+
+    # Every series the chart's alerts and Grafana dashboard read is one a node exports (the
+    # RESP families only once a RESP command ran: tests/resp/test_resp_metrics.py).
+    exported = {name for name, _ in m}
+    used = set()
+    for path in KIT:
+        used.update(re.findall(r"\blimedb_[a-z_]+", path.read_text()))
+    missing = {n for n in used - exported if not n.startswith("limedb_resp_")}
+    assert not missing, f"the monitoring kit reads series no node exports: {sorted(missing)}"

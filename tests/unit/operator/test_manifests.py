@@ -235,6 +235,15 @@ def test_headless_service_publishes_not_ready_addresses():
     assert svc["spec"]["publishNotReadyAddresses"] is True
 
 
+def test_the_two_services_say_which_is_which_for_the_service_monitor():
+    headless = manifests.headless_service(NAME, NS)["metadata"]["labels"]
+    client = manifests.client_service(NAME, NS)["metadata"]["labels"]
+    assert headless[manifests.SERVICE_ROLE_LABEL] == "headless"
+    assert client[manifests.SERVICE_ROLE_LABEL] == "client"
+    # The pods' own labels are untouched (the selectors do not change).
+    assert manifests.SERVICE_ROLE_LABEL not in manifests.labels(NAME)
+
+
 def test_client_service_and_pdb_select_the_node_pods():
     svc = manifests.client_service(NAME, NS)
     pdb = manifests.pod_disruption_budget(NAME, NS)

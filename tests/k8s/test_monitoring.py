@@ -1,0 +1,174 @@
+"""The chart's monitoring kit (issue 17, acceptance 4): off by default; with
+`monitoring.enabled=true` it renders a ServiceMonitor, a PrometheusRule with LimeDB's alerts and
+the Grafana dashboard ConfigMap, every PromQL expression in them parses, and the real API server
+accepts the three objects in a server-side dry run against the prometheus-operator CRDs carried
+in crds/monitoring/ (v0.85.0, crds/monitoring/README.md)."""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+
+import kubernetes
+import promql_parser
+import pytest
+import yaml
+from controlplane import ROOT
+from helm import CHART, KUBE_VERSION, helm, template
+from k8swait import wait_for
+from kubernetes.client.rest import ApiException
+from limedb_operator.kube import request
+
+pytestmark = pytest.mark.k8s
+
+MONITORING_CRDS = sorted((ROOT / "crds" / "monitoring").glob("monitoring.coreos.com_*.yaml"))
+ALERTS = {
+    "LimeDBNodeDown",
+    "LimeDBNodeNotScraped",
+    "LimeDBQuorumAtRisk",
+    "LimeDBTransitionStuck",
+    "LimeDBDiskNearlyFull",
+    "LimeDBDiskFull",
+    "LimeDBClockOffset",
+    "LimeDBClockRefusesWrites",
+    "LimeDBHintsPilingUp",
+    "LimeDBOverloaded",
+}
+PLURALS = {
+    "ServiceMonitor": "servicemonitors",
+    "PrometheusRule": "prometheusrules",
+    "ConfigMap": "configmaps",
+}
+
+
+@pytest.fixture(scope="session")
+def monitoring_crds(api: kubernetes.client.ApiClient) -> list[str]:
+    ext = kubernetes.client.ApiextensionsV1Api(api)
+    names = []
+    for path in MONITORING_CRDS:
+        body = yaml.safe_load(path.read_text())
+        try:
+            ext.create_custom_resource_definition(body)
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
+        names.append(body["metadata"]["name"])
+
+    def established(name: str) -> bool:
+        got = ext.read_custom_resource_definition(name)
+        return any(
+            c.type == "Established" and c.status == "True" for c in got.status.conditions or []
+        )
+
+    for name in names:
+        wait_for(lambda name=name: established(name), what=f"the {name} CRD to be Established")
+    return names
+
+
+def monitoring_docs(namespace: str, *sets: str, json_sets: tuple[str, ...] = ()) -> dict[str, dict]:
+    if json_sets:
+        args = ["template", "r", str(CHART), "-n", namespace, "--kube-version", KUBE_VERSION]
+        args += ["--set", "monitoring.enabled=true"]
+        for s in sets:
+            args += ["--set", s]
+        for s in json_sets:
+            args += ["--set-json", s]  # (--set keeps 0.2 a string)
+        docs = [d for d in yaml.safe_load_all(helm(*args).stdout) if d]
+    else:
+        docs = template(namespace, "monitoring.enabled=true", *sets)
+    kit = {d["kind"]: d for d in docs if d["kind"] in ("ServiceMonitor", "PrometheusRule")}
+    for d in docs:
+        if d["kind"] == "ConfigMap" and "limedb.json" in d.get("data", {}):
+            kit["ConfigMap"] = d
+    return kit
+
+
+def dry_run(api, doc: dict, namespace: str) -> dict:
+    group_version = doc["apiVersion"]
+    base = "/api/v1" if group_version == "v1" else f"/apis/{group_version}"
+    path = f"{base}/namespaces/{namespace}/{PLURALS[doc['kind']]}/{doc['metadata']['name']}"
+    return request(
+        api,
+        "PATCH",
+        path,
+        body=json.dumps(doc),
+        query=[("dryRun", "All"), ("fieldManager", "limedb-test"), ("force", "true")],
+        headers={"Content-Type": "application/apply-patch+yaml"},
+    )
+
+
+def test_the_monitoring_kit_is_off_by_default():
+    kinds = {(d["kind"], d["metadata"]["name"]) for d in template("limedb")}
+    assert not {k for k, _ in kinds} & {"ServiceMonitor", "PrometheusRule"}
+    assert not any(kind == "ConfigMap" and "dashboard" in name for kind, name in kinds)
+
+
+def test_alert_rules_name_every_alert_and_their_promql_parses():
+    rule = monitoring_docs("limedb")["PrometheusRule"]
+    rules = [r for group in rule["spec"]["groups"] for r in group["rules"]]
+    assert {r["alert"] for r in rules} == ALERTS
+    for r in rules:
+        promql_parser.parse(r["expr"])  # raises ValueError on a syntax error
+        assert r["labels"]["severity"] in ("warning", "critical"), r["alert"]
+        assert "{{ $labels." in r["annotations"]["summary"], r["alert"]
+    thresholds = monitoring_docs(
+        "limedb",
+        "monitoring.rules.hintsPending=5",
+        "monitoring.rules.transitionStuckMinutes=3",
+        json_sets=("monitoring.rules.diskFreeRatio=0.2",),
+    )["PrometheusRule"]
+    exprs = {r["alert"]: r["expr"] for g in thresholds["spec"]["groups"] for r in g["rules"]}
+    assert exprs["LimeDBDiskNearlyFull"].endswith("< 0.2")
+    assert exprs["LimeDBHintsPilingUp"].endswith("> 5")
+    assert "> 180" in exprs["LimeDBTransitionStuck"]
+
+
+def test_the_grafana_dashboard_is_json_whose_queries_parse():
+    config_map = monitoring_docs("limedb")["ConfigMap"]
+    assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1"
+    dashboard = json.loads(config_map["data"]["limedb.json"])
+    assert dashboard["uid"] == "limedb-overview"
+    targets = [t for p in dashboard["panels"] for t in p.get("targets", [])]
+    assert len(targets) >= 20
+    metrics = set()
+    for target in targets:
+        expr = target["expr"].replace("$namespace", "ns").replace("$limecluster", "lime")
+        promql_parser.parse(expr)
+        metrics.update(re.findall(r"\blimedb_[a-z_]+", expr))
+    # The panels the issue names: transitions, RESP, overload, hints, repair, clock offset.
+    for wanted in (
+        "limedb_transition_progress_ratio",
+        "limedb_transition_bytes_streamed",
+        "limedb_resp_commands_total",
+        "limedb_resp_command_duration_seconds_bucket",
+        "limedb_overload_refusals_total",
+        "limedb_hints_pending",
+        "limedb_hints_replayed_total",
+        "limedb_repair_ranges_differing_total",
+        "limedb_clock_offset_seconds",
+    ):
+        assert wanted in metrics, wanted
+
+
+@pytest.mark.parametrize("variant", [(), ("operator.clusterWide=true",)], ids=["ns", "cluster"])
+def test_the_api_server_accepts_the_monitoring_kit(api, monitoring_crds, namespace, variant):
+    kit = monitoring_docs(namespace, *variant)
+    assert set(kit) == {"ServiceMonitor", "PrometheusRule", "ConfigMap"}
+    monitor = kit["ServiceMonitor"]["spec"]
+    assert monitor["selector"]["matchLabels"]["limedb.io/service"] == "headless"
+    if variant:
+        assert monitor["namespaceSelector"] == {"any": True}
+    else:
+        assert monitor["namespaceSelector"] == {"matchNames": [namespace]}
+    for doc in kit.values():
+        accepted = dry_run(api, doc, namespace)
+        assert accepted["kind"] == doc["kind"]
+        assert accepted["metadata"]["name"] == doc["metadata"]["name"]
+
+    # The CRDs' schemas are really checked: a rule with a malformed duration is refused.
+    broken = copy.deepcopy(kit["PrometheusRule"])
+    broken["spec"]["groups"][0]["rules"][0]["for"] = "one minute"
+    with pytest.raises(ApiException) as refused:
+        dry_run(api, broken, namespace)
+    assert refused.value.status == 422 and "for" in refused.value.body
