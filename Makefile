@@ -4,6 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 NODES  ?= 3
+RESP_BASE_PORT ?= 6379
 PYTEST_ARGS ?=
 
 .PHONY: run test test-unit test-cluster test-k8s bench lint install system-deps k8s-tools image clean nemesis
@@ -16,9 +17,10 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-## run: start a local cluster of $(NODES) real node processes (Ctrl-C stops it)
+## run: start a local cluster of $(NODES) real node processes (Ctrl-C stops it); HTTP on
+## 8484.., RESP on $(RESP_BASE_PORT).. (RESP_BASE_PORT=0: none), internal RPC on HTTP + 1000
 run: $(STAMP)
-	$(BIN)/limedb cluster up --nodes $(NODES)
+	$(BIN)/limedb cluster up --nodes $(NODES) --resp-base-port $(RESP_BASE_PORT)
 
 ## system-deps: Debian packages the tests drive (redis, nftables, wrk, buildah, chromium, ...)
 system-deps:

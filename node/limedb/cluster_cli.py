@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -46,6 +47,40 @@ def node_urls(host: str, base_port: int, nodes: int) -> list[str]:
     return [f"http://{host}:{base_port + i}" for i in range(nodes)]
 
 
+INTERNAL_OFFSET = 1000  # a node's internal RPC port is its HTTP port + 1000
+
+
+def node_ports(base_port: int, resp_base_port: int, nodes: int) -> list[tuple[int, int, int]]:
+    """(HTTP, internal, RESP) ports of each node; RESP 0 = its listener off."""
+    return [
+        (
+            base_port + i,
+            base_port + i + INTERNAL_OFFSET,
+            resp_base_port + i if resp_base_port else 0,
+        )
+        for i in range(nodes)
+    ]
+
+
+def busy_ports(host: str, ports: list[tuple[int, int, int]]) -> list[str]:
+    """Which of the nodes' ports cannot be bound on `host` (in use, or out of range), named."""
+    problems = []
+    for i, (http, internal, resp) in enumerate(ports):
+        for port, what in ((http, "HTTP"), (internal, "internal (HTTP + 1000)"), (resp, "RESP")):
+            if what == "RESP" and not port:
+                continue
+            if not 0 < port <= 65535:
+                problems.append(f"node {i}'s {what} port {port} is out of range")
+                continue
+            with socket.socket() as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                try:
+                    probe.bind((host, port))
+                except OSError as exc:
+                    problems.append(f"node {i}'s {what} port {port}: {exc.strerror}")
+    return problems
+
+
 def start_node(
     url: str,
     host: str,
@@ -54,11 +89,12 @@ def start_node(
     seeds: list[str],
     extra: tuple[str, ...],
     secret: str | None = None,
+    resp_port: int = 0,
 ) -> subprocess.Popen:
     data_dir.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
-    # Several nodes share this machine: the RESP listener would collide on 6379.
-    env.setdefault("LIMEDB_RESP_PORT", "0")
+    # Several nodes share this machine: each gets its own RESP port, or none (not 6379 each).
+    env["LIMEDB_RESP_PORT"] = str(resp_port)
     if secret is not None:
         # In the environment, not on the command line that every local user can read.
         env.setdefault("LIMEDB_CLUSTER_SECRET", secret)
@@ -127,7 +163,22 @@ def cluster() -> None:
 
 @cluster.command("up")
 @click.option("--nodes", default=3, show_default=True, type=click.IntRange(1, 64))
-@click.option("--base-port", default=8484, show_default=True, type=click.IntRange(1, 65535))
+@click.option(
+    "--base-port",
+    default=8484,
+    show_default=True,
+    type=click.IntRange(1, 65535),
+    help="node i serves HTTP on BASE_PORT + i and its internal node-to-node RPC on "
+    "BASE_PORT + i + 1000 (its internal port = HTTP + 1000): both must be free",
+)
+@click.option(
+    "--resp-base-port",
+    default=0,
+    show_default=True,
+    type=click.IntRange(0, 65535),
+    help="node i serves the Redis protocol (RESP) on RESP_BASE_PORT + i; 0 = no RESP "
+    "listener (`make run` gives 6379)",
+)
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option(
     "--data-dir",
@@ -143,11 +194,26 @@ def cluster() -> None:
     help="extra argument passed to every `limedb serve` (repeatable)",
 )
 def cluster_up(
-    nodes: int, base_port: int, host: str, data_dir: Path, serve_args: tuple[str, ...]
+    nodes: int,
+    base_port: int,
+    resp_base_port: int,
+    host: str,
+    data_dir: Path,
+    serve_args: tuple[str, ...],
 ) -> None:
-    """Start NODES `limedb serve` processes in the foreground; Ctrl-C stops them all."""
+    """Start NODES `limedb serve` processes in the foreground; Ctrl-C stops them all.
+
+    Each node uses three ports: HTTP (BASE_PORT + i), its internal RPC port (HTTP + 1000,
+    node to node) and, with --resp-base-port, RESP (RESP_BASE_PORT + i)."""
     console = Console()
     urls = node_urls(host, base_port, nodes)
+    ports = node_ports(base_port, resp_base_port, nodes)
+    problems = busy_ports(host, ports)
+    if problems:
+        raise click.UsageError(
+            "cannot start the cluster: " + "; ".join(problems) + " (choose other "
+            "--base-port / --resp-base-port; each node also needs its HTTP port + 1000)"
+        )
     procs: list[subprocess.Popen] = []
     # Ctrl-C and SIGTERM (e.g. from a supervisor) only set a flag that the loop checks: an
     # exception raised from a signal handler can land inside library code that swallows it.
@@ -159,13 +225,21 @@ def cluster_up(
     try:
         for i, url in enumerate(urls):
             node_dir = data_dir / f"node-{i}"
-            procs.append(start_node(url, host, base_port + i, node_dir, urls, serve_args, secret))
+            http_port, _, resp_port = ports[i]
+            procs.append(
+                start_node(url, host, http_port, node_dir, urls, serve_args, secret, resp_port)
+            )
         console.print(
             f"[bold]LimeDB cluster of {nodes} node(s)[/bold] (logs in {data_dir}/node-*.log, "
             f"cluster secret in {secret_file})"
         )
-        for url in urls:
-            console.print(f"  {url}")
+        for url, (_, internal, resp_port) in zip(urls, ports, strict=True):
+            resp = (
+                f"  RESP {host}:{resp_port} (redis-cli -h {host} -p {resp_port})"
+                if resp_port
+                else ""
+            )
+            console.print(f"  {url}{resp}  (internal port {internal})")
         console.print("Ctrl-C stops every node.")
         with httpx.Client() as client, Live(console=console, auto_refresh=False) as live:
             while not stop.is_set():

@@ -20,13 +20,14 @@ LIMEDB = str(Path(sys.executable).with_name("limedb"))
 HOST = "127.0.0.60"
 
 
-def _free_base_port(nodes: int) -> int:
-    """A base port whose next `nodes` ports and their internal ports (+1000) are free."""
+def _free_base_port(nodes: int, offsets: tuple[int, ...] = (0, 1000)) -> int:
+    """A base port whose next `nodes` ports are free at each of `offsets` (by default the
+    HTTP ports and their internal ports, +1000)."""
     for _ in range(100):
         with socket.socket() as probe:
             probe.bind((HOST, 0))
             base = probe.getsockname()[1]
-        ports = [base + i for i in range(nodes)] + [base + 1000 + i for i in range(nodes)]
+        ports = [base + offset + i for offset in offsets for i in range(nodes)]
         if max(ports) > 65535:
             continue
         try:
@@ -48,13 +49,15 @@ def _refuses(url: str) -> bool:
 
 
 def test_cluster_up_serves_status_and_ctrl_c_stops_every_node(tmp_path: Path) -> None:
-    base = _free_base_port(3)
+    # HTTP at base + i, internal at base + 1000 + i, RESP at base + 2000 + i.
+    base = _free_base_port(3, (0, 1000, 2000))
+    resp_base = base + 2000
     urls = [f"http://{HOST}:{base + i}" for i in range(3)]
     # No secret in the environment: `cluster up` generates one (as `make run` does).
     clean_env = {k: v for k, v in os.environ.items() if not k.startswith("LIMEDB_")}
     up = subprocess.Popen(
         [LIMEDB, "cluster", "up", "--nodes", "3", "--base-port", str(base), "--host", HOST,
-         "--data-dir", str(tmp_path / "data")],
+         "--resp-base-port", str(resp_base), "--data-dir", str(tmp_path / "data")],
         env=clean_env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -73,6 +76,16 @@ def test_cluster_up_serves_status_and_ctrl_c_stops_every_node(tmp_path: Path) ->
             wait_for(all_see_each_other, 40, "three nodes that see each other")
             assert client.put(f"{urls[0]}/v1/kv/hello", content=b"world").status_code < 300
             assert client.get(f"{urls[2]}/v1/kv/hello").content == b"world"
+
+        # Each node has its own RESP port, and any of them serves any key.
+        for i in range(3):
+            cli = ["redis-cli", "-h", HOST, "-p", str(resp_base + i)]
+            written = subprocess.run([*cli, "set", f"r{i}", f"v{i}"], capture_output=True,
+                                     text=True, timeout=30)  # fmt: skip
+            assert written.stdout.strip() == "OK", written.stdout + written.stderr
+        read = subprocess.run(["redis-cli", "-h", HOST, "-p", str(resp_base), "get", "r2"],
+                              capture_output=True, text=True, timeout=30)  # fmt: skip
+        assert read.stdout.strip() == "v2"
 
         status = subprocess.run(
             [LIMEDB, "status", "--url", urls[1]],
@@ -108,8 +121,10 @@ def test_cluster_up_serves_status_and_ctrl_c_stops_every_node(tmp_path: Path) ->
         up.send_signal(signal.SIGINT)  # Ctrl-C
         output, _ = up.communicate(timeout=30)
         assert up.returncode == 0, output
-        for url in urls:
-            assert url in output  # the URLs were printed
+        for i, url in enumerate(urls):
+            assert url in output  # the URLs were printed, with their RESP and internal ports
+            assert f"RESP {HOST}:{resp_base + i}" in output
+            assert f"internal port {base + 1000 + i}" in output
             assert _refuses(url)
         assert "stopped" in output
     finally:
@@ -121,3 +136,27 @@ def test_cluster_up_serves_status_and_ctrl_c_stops_every_node(tmp_path: Path) ->
                 os.killpg(up.pid, signal.SIGKILL)  # any node left behind
             except ProcessLookupError:
                 pass
+
+
+def test_cluster_up_names_a_busy_internal_port_before_starting(tmp_path: Path) -> None:
+    base = _free_base_port(2)
+    with socket.socket() as squatter:  # something else holds node 1's internal port
+        squatter.bind((HOST, base + 1001))
+        squatter.listen()
+        done = subprocess.run(
+            [LIMEDB, "cluster", "up", "--nodes", "2", "--base-port", str(base), "--host", HOST,
+             "--data-dir", str(tmp_path / "data")],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+    assert done.returncode == 2
+    assert f"node 1's internal (HTTP + 1000) port {base + 1001}" in done.stderr
+    assert not (tmp_path / "data" / "node-0").exists()  # nothing was started
+
+
+def test_cluster_up_help_names_each_port_a_node_uses() -> None:
+    shown = subprocess.run(
+        [LIMEDB, "cluster", "up", "--help"], capture_output=True, text=True, timeout=30,
+        env={**os.environ, "COLUMNS": "200"},
+    ).stdout  # fmt: skip
+    assert "HTTP + 1000" in shown
+    assert "--resp-base-port" in shown

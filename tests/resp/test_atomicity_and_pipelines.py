@@ -11,6 +11,7 @@ import asyncio
 
 import pytest
 import redis.asyncio as aioredis
+from respservers import limedb_cluster
 
 pytestmark = pytest.mark.redis
 
@@ -91,3 +92,45 @@ def test_pipeline_of_10k_commands_returns_every_reply_in_order(
     for i in range(2500):
         assert replies[4 * i : 4 * i + 4] == [True, str(i).encode(), i + 1, f"m{i}".encode()]
     client.close()
+
+
+@pytest.fixture(scope="module")
+def limedb_sync(tmp_path_factory: pytest.TempPathFactory):
+    """One node with the default durability (fsync before acknowledging): every SET waits."""
+    env = {"LIMEDB_DURABILITY": "sync"}
+    with limedb_cluster(tmp_path_factory.mktemp("limedb-sync"), 1, 95, env) as (_, endpoints):
+        yield endpoints[0]
+
+
+@pytest.mark.parametrize("where", ["sync-node", "cluster"])
+def test_pipelined_writes_started_together_keep_pipeline_order(
+    where: str, limedb_sync, limedb_three
+) -> None:
+    """Independent commands of a pipeline start together (docs/redis.md, Pipelining): plain
+    SETs of one key still end with the last value, other clients and later commands see the
+    pipeline's writes in order, and every reply comes back in place."""
+    endpoint = limedb_sync if where == "sync-node" else limedb_three[1][2]
+    client, reader = endpoint.client(), endpoint.client()
+    try:
+        pipe = client.pipeline(transaction=False)
+        for i in range(400):
+            pipe.set(f"batch:{where}:{i % 7}", i)  # the same 7 keys over and over
+            pipe.set(f"batch:{where}:distinct:{i}", i)
+        pipe.get(f"batch:{where}:3")  # after SETs of that key: sees the last one
+        pipe.incr(f"batch:{where}:counter")
+        pipe.incr(f"batch:{where}:counter")
+        pipe.set(f"batch:{where}:nx", "first", nx=True)
+        pipe.set(f"batch:{where}:nx", "second", nx=True)
+        replies = pipe.execute()
+        assert replies[:800] == [True] * 800
+        last_of_3 = max(i for i in range(400) if i % 7 == 3)
+        assert replies[800:] == [str(last_of_3).encode(), 1, 2, True, None]
+        for k in range(7):
+            last = max(i for i in range(400) if i % 7 == k)
+            assert reader.get(f"batch:{where}:{k}") == str(last).encode()
+        assert reader.mget([f"batch:{where}:distinct:{i}" for i in range(400)]) == [
+            str(i).encode() for i in range(400)
+        ]
+    finally:
+        client.close()
+        reader.close()

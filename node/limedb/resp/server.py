@@ -55,6 +55,53 @@ MIB = 1024 * 1024
 INLINE_MAX = 64 * 1024
 OUTPUT_HIGH_WATER = 64 * MIB
 _FLUSH_EVERY = 256
+# Most commands of one pipeline started together (see RespConnection._batch_after).
+_BATCH_MAX = 256
+# Single-key data commands: on distinct keys they are independent of each other.
+_BATCHABLE = frozenset(
+    name.encode()
+    for name in [
+        "get",
+        "set",
+        "setex",
+        "psetex",
+        "setnx",
+        "getset",
+        "getdel",
+        "incr",
+        "decr",
+        "incrby",
+        "decrby",
+        "append",
+        "strlen",
+        "ttl",
+        "pttl",
+        "type",
+        "expire",
+        "pexpire",
+        "expireat",
+        "pexpireat",
+        "persist",
+    ]
+)
+
+
+def _plain_set(request: list[bytes]) -> bool:
+    """SET key value without options: a blind write, stamped when it starts."""
+    return len(request) == 3 and request[0].lower() == b"set"
+
+
+def batch_key(request: Any, session: Session) -> bytes | None:
+    """The key of a request that may run concurrently with others on other keys, else None."""
+    if type(request) is not list or len(request) < 2 or session.multi is not None:
+        return None
+    name = request[0]
+    if type(name) is not bytes or name.lower() not in _BATCHABLE:
+        return None
+    key = request[1]
+    return key if type(key) is bytes else None
+
+
 _COROUTINE = types.CoroutineType
 
 
@@ -125,6 +172,10 @@ def error_reply(exc: BaseException) -> RespError:
     return RespError(f"ERR internal error: {type(exc).__name__}: {exc}")
 
 
+# A command that has to wait: its coroutine, what it waits on, its name and start time.
+Waiting = tuple[Coroutine, Any, str, float]
+
+
 class _Fatal:
     """Queued after the last good command of a stream that cannot be parsed any further."""
 
@@ -155,8 +206,6 @@ class RespConnection(asyncio.Protocol):
         # per read that completed requests, [requests of it still queued, bytes it brought].
         self.partial = 0
         self.batches: deque[list[int]] = deque()
-        # (name, perf_counter at its start) of the command `task` finishes, for its latency.
-        self.waiting_command: tuple[str, float] = ("", 0.0)
 
     # ------------------------------------------------------------------ transport events
 
@@ -328,7 +377,8 @@ class RespConnection(asyncio.Protocol):
             if reply is None:
                 continue
             if type(reply) is not bytes:
-                self.task = asyncio.get_running_loop().create_task(self._wait(*reply))
+                slots = [reply, *self._batch_after(request)]
+                self.task = asyncio.get_running_loop().create_task(self._wait(slots))
                 self._flush()
                 return
             out.append(reply)
@@ -353,7 +403,7 @@ class RespConnection(asyncio.Protocol):
             self.read_paused = False
             transport.resume_reading()
 
-    def execute(self, request: Any) -> bytes | tuple[Coroutine, Any] | None:
+    def execute(self, request: Any) -> bytes | Waiting | None:
         """Encoded reply bytes, or (coroutine, what it waits on) when it has to wait."""
         session = self.session
         assert session is not None
@@ -384,8 +434,7 @@ class RespConnection(asyncio.Protocol):
                 except StopIteration as done:
                     result = done.value
                 else:
-                    self.waiting_command = (cmd.name, started)
-                    return result, waiting
+                    return result, waiting, cmd.name, started
         except Exception as exc:  # every failure of a command becomes its error reply
             result = self._error(exc)
         self.server.commands.observe(
@@ -413,10 +462,66 @@ class RespConnection(asyncio.Protocol):
         self.session.closing = True
         return None
 
-    async def _wait(self, coro: Coroutine, waiting: Any) -> None:
-        """Finish a command that had to wait (driving it as a Task would), then the queue."""
+    def _batch_after(self, request: list[bytes]) -> list[bytes | Waiting]:
+        """Start the queued commands that follow a waiting one while they are independent of
+        it and of each other (single-key data commands on distinct keys, outside MULTI), so
+        that a pipeline's writes wait for replication and fsync together, not one after the
+        other. Plain SETs of one key also start together: each is stamped when it starts, in
+        order, so the last one still wins. Replies go out in order."""
         session = self.session
         assert session is not None
+        key = batch_key(request, session)
+        if key is None:
+            return []
+        # Each key of the batch, and whether every command on it so far is a plain SET.
+        keys = {key: _plain_set(request)}
+        started: list[bytes | Waiting] = []
+        queue = self.queue
+        while queue and len(started) < _BATCH_MAX:
+            following = queue[0]
+            key = batch_key(following, session)
+            if key is None:
+                break
+            plain = _plain_set(following)
+            if key in keys and not (plain and keys[key]):
+                break
+            keys[key] = plain
+            queue.popleft()
+            self._done_with_request()
+            reply = self.execute(following)
+            if reply is None:
+                break
+            started.append(reply)
+        return started
+
+    async def _wait(self, slots: list[bytes | Waiting]) -> None:
+        """Finish the commands that had to wait, in order, appending every reply in order,
+        then go on with the queue. Every command of a batch has already started, so what each
+        waits on (a group commit, replica answers) is in flight at once; finishing them in
+        order costs no task per command."""
+        session = self.session
+        assert session is not None
+        for slot in slots:
+            if type(slot) is bytes:
+                self.out.append(slot)
+                continue
+            coro, waiting, name, started = slot
+            try:
+                result = await self._drive(coro, waiting)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                result = self._error(exc)
+            self.server.commands.observe(
+                name, time.perf_counter() - started, isinstance(result, RespError)
+            )
+            self.out.append(encode_reply(result, session.proto))
+        self.task = None
+        if not self.closed:
+            self.process()
+
+    async def _drive(self, coro: Coroutine, waiting: Any) -> Any:
+        """Run a command's coroutine that yielded `waiting` to completion, as a Task would."""
         try:
             while True:
                 if waiting is None:
@@ -435,19 +540,7 @@ class RespConnection(asyncio.Protocol):
                         pass
                 waiting = coro.send(None)
         except StopIteration as done:
-            result = done.value
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            result = self._error(exc)
-        name, started = self.waiting_command
-        self.server.commands.observe(
-            name, time.perf_counter() - started, isinstance(result, RespError)
-        )
-        self.out.append(encode_reply(result, session.proto))
-        self.task = None
-        if not self.closed:
-            self.process()
+            return done.value
 
     def _flush(self) -> None:
         out = self.out
