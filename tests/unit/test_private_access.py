@@ -31,9 +31,6 @@ ALLOWED: dict[tuple[str, str], str] = {
     ("node/limedb/resp/server.py", "waiting._asyncio_future_blocking"): (
         "asyncio's future protocol, as in api/wire.py"
     ),
-    ("node/limedb/storage/offload.py", "os._exit"): (
-        "documented os API: a forked worker exits without running the parent's cleanup"
-    ),
 }
 
 

@@ -19,6 +19,7 @@ import logging
 import os
 import pickle
 import posixpath
+import signal
 import struct
 import subprocess
 import sys
@@ -289,7 +290,8 @@ def _exit_when_orphaned(parent: int) -> None:
     # Poll often: an orphan must not keep writing into a directory a restarted engine now owns.
     while os.getppid() == parent:
         time.sleep(0.1)
-    os._exit(0)
+    # Gone now, without the cleanup of a normal exit (the main thread may be mid-write).
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 def serve() -> None:
