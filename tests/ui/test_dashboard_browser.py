@@ -153,3 +153,12 @@ def follow_the_cluster(fleet: Fleet, page, a, b, c) -> None:
     others = {url: r["liveness"] for url, r in member_rows(page).items() if url != c.url}
     assert others == {a.url: "up", b.url: "up"}
     page.screenshot(path=str(shots / "5-node-killed.png"), full_page=True)
+
+    # Any node serves it: b's page (another origin, so the secret is asked again) agrees.
+    page.goto(f"{b.url}/ui")
+    page.fill("#secret", fleet.secret)
+    page.click("#login-submit")
+    page.wait_for_selector(f'#members tr[data-url="{c.url}"][data-liveness="down"]')
+    assert set(member_rows(page)) == three and owners(page) == three
+    assert page.inner_text("#served-by") == f"via {b.url.removeprefix('http://')}"
+    page.screenshot(path=str(shots / "6-via-another-node.png"), full_page=True)
