@@ -15,7 +15,6 @@ from array import array
 from . import compaction as compaction_mod
 from . import offload
 from .context import EngineContext
-from .disk_full import DiskFullState
 from .engine_filter import EngineFilter
 from .errors import DiskFullError, is_disk_full
 from .flush import MAX_BACKOFF_S, MIN_BACKOFF_S
@@ -36,13 +35,12 @@ class Compactor:
         versions: VersionSet,
         gfilter: EngineFilter,
         workers: offload.Offloader,
-        space: DiskFullState,
     ) -> None:
         self._ctx = ctx
         self._versions = versions
         self._filter = gfilter
         self._workers = workers
-        self._space = space
+        self._space = ctx.space
         self.lock = threading.Lock()
         self._pointers: dict[int, bytes] = {}
         self.compactions = 0

@@ -1,6 +1,6 @@
 """What the parts of one open engine share: its directory, filesystem, options and block cache,
 the one mutex guarding its in-memory state, the events that wake its background threads, and
-whether it is closing or has failed."""
+whether it is closing, has failed or is short of space."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import threading
 from collections.abc import Callable
 
 from .block_cache import BlockCache
+from .disk_full import DiskFullState
 from .errors import EngineClosedError
 from .fs import FileSystem, RealFS
 from .options import EngineOptions
@@ -38,6 +39,7 @@ class EngineContext:
         self.threaded = False  # background threads run the flushes, compactions and syncs
         self.closing = False
         self.error: BaseException | None = None
+        self.space = DiskFullState(dirpath, self.mutex, self.sync_wake)  # refused for lack of room
         # Swaps in a new read view of the memtables, tables and filter (caller holds the mutex).
         self.publish: Callable[[], None] = _unset
 

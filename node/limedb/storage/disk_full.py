@@ -9,18 +9,20 @@ they retry with backoff; writes are refused only once they would have to wait fo
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from typing import Any
 
-from .context import EngineContext
 from .errors import DiskFullError
 
 log = logging.getLogger("limedb.storage")
 
 
 class DiskFullState:
-    def __init__(self, ctx: EngineContext) -> None:
-        self._ctx = ctx
+    def __init__(self, dirpath: str, mutex: threading.Lock, sync_wake: threading.Event) -> None:
+        self._dir = dirpath
+        self._mutex = mutex
+        self._sync_wake = sync_wake  # the syncer retries while the disk is full
         self.full: DiskFullError | None = None
         self.full_since = 0.0
         self.opened_full = False  # opened read-only: the MANIFEST or WAL could not be written
@@ -37,8 +39,8 @@ class DiskFullState:
             self.full_since = time.time()
             self.events += 1
             self._update_locked()
-            self._ctx.sync_wake.set()  # the syncer retries from now on
-            log.error("storage in %s is out of space: %s", self._ctx.dir, reason)
+            self._sync_wake.set()
+            log.error("storage in %s is out of space: %s", self._dir, reason)
         return DiskFullError(str(self.full))
 
     def leave_locked(self) -> None:
@@ -49,7 +51,7 @@ class DiskFullState:
 
     def note_blocked(self, job: str, exc: BaseException | None) -> None:
         """The flush or compaction thread found the disk full (`exc`), or has room again."""
-        with self._ctx.mutex:
+        with self._mutex:
             if job == "flush":
                 was, self.flush_blocked = self.flush_blocked, exc
             else:

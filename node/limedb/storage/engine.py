@@ -31,7 +31,6 @@ from .batch import WriteBatch
 from .bloom import MASK_TABLE, key_hash, probe_mask
 from .compactor import Compactor
 from .context import EngineContext
-from .disk_full import DiskFullState
 from .engine_filter import EngineFilter
 from .errors import DiskFullError, EngineClosedError, StorageError, is_disk_full
 from .flush import Flusher
@@ -118,20 +117,17 @@ class Engine:
             self.hlc.resume_after(found.max_ts)
         self._versions = VersionSet(ctx, found.state, found.levels, found.manifest)
         self._filter = EngineFilter(ctx, self._versions)
-        self._space = DiskFullState(ctx)
+        self._space = ctx.space
         opts = self._opts
         offloading = opts.offload_workers > 0 and opts.background_threads and ctx.real_fs
         self._workers = offload.Offloader(offloading, opts.offload_workers)
         ctx.publish = self._publish_locked
         self._writer = WritePath(
-            ctx, self._versions, self._space, self.hlc, found.mem, found.seq,
-            self._current_rec,
-        )  # fmt: skip
-        self._syncer = LogSyncer(ctx, self._writer, self._space, self._finish_open)
-        self._flusher = Flusher(
-            ctx, self._versions, self._writer, self._filter, self._workers, self._space
+            ctx, self._versions, self.hlc, found.mem, found.seq, self._current_rec
         )
-        self._compactor = Compactor(ctx, self._versions, self._filter, self._workers, self._space)
+        self._syncer = LogSyncer(ctx, self._writer, self._finish_open)
+        self._flusher = Flusher(ctx, self._versions, self._writer, self._filter, self._workers)
+        self._compactor = Compactor(ctx, self._versions, self._filter, self._workers)
         self._purger = Purger(ctx, self._versions, self._syncer, self._flusher, self._compactor)
         with ctx.mutex:
             self._publish_locked()

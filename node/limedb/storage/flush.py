@@ -14,7 +14,6 @@ from itertools import islice
 
 from . import offload
 from .context import EngineContext
-from .disk_full import DiskFullState
 from .engine_filter import EngineFilter
 from .errors import DiskFullError, EngineClosedError, StorageError, is_disk_full
 from .manifest import VersionEdit
@@ -40,14 +39,13 @@ class Flusher:
         writer: WritePath,
         gfilter: EngineFilter,
         workers: offload.Offloader,
-        space: DiskFullState,
     ) -> None:
         self._ctx = ctx
         self._versions = versions
         self._writer = writer
         self._filter = gfilter
         self._workers = workers
-        self._space = space
+        self._space = ctx.space
         self.lock = threading.Lock()
         self.flushes = 0
 

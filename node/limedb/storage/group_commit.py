@@ -16,7 +16,6 @@ import time
 from collections.abc import Callable
 
 from .context import EngineContext
-from .disk_full import DiskFullState
 from .errors import DiskFullError, StorageError, is_disk_full
 from .wal import WalWriter, encode_items
 from .write_path import WritePath, log_name
@@ -43,12 +42,11 @@ class LogSyncer:
         self,
         ctx: EngineContext,
         writer: WritePath,
-        space: DiskFullState,
         finish_open: Callable[[], None],
     ) -> None:
         self._ctx = ctx
         self._writer = writer
-        self._space = space
+        self._space = ctx.space
         self._finish_open = finish_open  # what an open still has to write (retried when full)
         self.lock = threading.Lock()
         self._durability = ctx.opts.durability

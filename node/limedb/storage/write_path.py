@@ -16,7 +16,6 @@ from limedb.hlc import HLC
 
 from .batch import WriteBatch
 from .context import EngineContext
-from .disk_full import DiskFullState
 from .errors import is_disk_full
 from .memtable import FrozenMemtable, Memtable
 from .record import EXPIRES, Rec, make_rec, newer
@@ -60,7 +59,6 @@ class WritePath:
         self,
         ctx: EngineContext,
         versions: VersionSet,
-        space: DiskFullState,
         hlc: HLC,
         mem: Memtable,
         seq: int,
@@ -68,7 +66,7 @@ class WritePath:
     ) -> None:
         self._ctx = ctx
         self._versions = versions
-        self._space = space
+        self._space = ctx.space
         self._hlc = hlc
         self._lookup = lookup  # the newest stored version of a key
         self._mem_limit = ctx.opts.memtable_bytes
