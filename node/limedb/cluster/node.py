@@ -51,6 +51,7 @@ from limedb.cluster.service import (
     ReplicaReport,
     Unavailable,
 )
+from limedb.cluster.status import member_states, ring_status
 from limedb.cluster.streaming import RangeStreams
 from limedb.cluster.transaction import ClusterTransactions, Step, StepResult, Watch
 from limedb.cluster.transition_driver import DriverSettings, TransitionDriver
@@ -108,7 +109,7 @@ def heartbeat_lag(silence_s: float, interval_s: float, own_heartbeat: int) -> in
 
 
 def member_view(entry: dict, snapshot: MembershipSnapshot) -> MemberView:
-    """One member of the ring record (TransitionDriver.member_states) as the views show it."""
+    """One member of the ring record (limedb.cluster.status.member_states) as the views show it."""
     node_id = entry["node_id"]
     if node_id == snapshot.node_id:
         return MemberView(node_id, entry["url"], entry["state"], "active", snapshot.heartbeat)
@@ -369,7 +370,11 @@ class ClusterService:
         return await self.driver.proposals.submit(change)
 
     def admin_status(self) -> dict:
-        return {**self.driver.status(), "repair": self.anti_entropy.status()}
+        driver = self.driver
+        ring = ring_status(
+            self.keeper.state, self.node_id, driver.liveness, driver.transition_status
+        )
+        return {**ring, "repair": self.anti_entropy.status()}
 
     async def repair(self, token_range: tuple[int, int] | None = None) -> dict:
         """Anti-entropy repair of this node's ranges now (POST /admin/repair)."""
@@ -582,7 +587,7 @@ class ClusterService:
         snapshot = self.membership.snapshot()
         ring = snapshot.ring
         record = self.keeper.state
-        listed = self.driver.member_states(record) if record is not None else []
+        listed = member_states(record, self.driver.liveness) if record is not None else []
         members = [member_view(entry, snapshot) for entry in listed if entry["state"] != "Left"]
         if record is None:  # nothing learned yet: only this node, not yet in any ring
             members.append(

@@ -9,10 +9,10 @@ changes asked at the same moment the second finds the first running and is refus
 Two nodes can still disagree about who the proposer is (liveness is each node's own view; the
 lowest one may have just died or come back). So before accepting, the proposer pushes the record
 it adopted to every node the record or gossip names and then pulls theirs, keeping the newest
-(`RecordExchange.exchange` in limedb.cluster.ring.exchange). Two rival proposals of the same epoch thus both reach
-both proposers (whichever proposed second was either refused, having received the first, or
-holds its own when the first one's pull arrives), the record order picks the same winner on
-both, and only the proposer whose transition is still the current one answers 202; the other
+(`RecordExchange.exchange` in limedb.cluster.ring.exchange). Two rival proposals of the same
+epoch thus both reach both proposers (whichever proposed second was either refused, having
+received the first, or holds its own when the first one's pull arrives), the record order
+picks the same winner on both, and only the proposer whose transition is still the current one answers 202; the other
 answers 409 naming the winner. Only proposers that cannot reach each other within the exchange
 (a partition, or a node stalled for seconds yet alive) can both answer 202; the record order
 still makes one transition win everywhere once they do (the driver exchanges records again

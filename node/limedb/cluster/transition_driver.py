@@ -15,8 +15,8 @@ adopted (persisted) here first and then pushed to every live node:
   second, so a restart of anyone resumes there (a re-sent batch is harmless: LWW);
 - committed: reads move to the new owners once every target has every range;
 - cleanup: writes go to the new owners only; after a grace for writes already in flight,
-  old owners hand off the ranges they lost (recorded and hidden, then purged from their storage in the
-  background, see streaming.RangeStreams.hand_off); then done.
+  old owners hand off the ranges they lost (recorded and hidden, then purged from their storage
+  in the background, see streaming.RangeStreams.hand_off); then done.
 
 A target or every source of a range unreachable for longer than `timeout_s` rolls the
 transition back (only possible before commit); the targets then hand off what they received.
@@ -39,6 +39,7 @@ from limedb.cluster.proposals import Proposals
 from limedb.cluster.ring.exchange import RecordExchange
 from limedb.cluster.ring.keeper import RingKeeper
 from limedb.cluster.ring.record import RingRecord
+from limedb.cluster.status import transition_status
 from limedb.cluster.streaming import (
     HANDOFF,
     RELEASE,
@@ -88,7 +89,8 @@ class DriverSettings:
 
 
 class TransitionDriver:
-    """One node's part in transitions: proposing, driving when elected, answering status."""
+    """One node's part in transitions: proposing, and driving when elected (what status shows
+    of them is shaped by limedb.cluster.status)."""
 
     def __init__(
         self,
@@ -211,77 +213,13 @@ class TransitionDriver:
         both = sorted((set(t.old_ring.members) & set(t.new_ring.members)) - excluded)
         return next((n for n in both if self.is_alive(n)), None)
 
-    def status(self) -> dict:
-        """The object of `GET /admin/status` (and `limedb admin status --json`)."""
-        state = self.keeper.state
-        if state is None:
-            return {
-                "epoch": 0,
-                "node_id": self.node_id,
-                "members": [],
-                "replication_factor": None,
-                "vnodes": None,
-                "transition": None,
-                "last_transition": None,
-            }
-        t = state.transition
-        return {
-            "epoch": state.ring.epoch,
-            "node_id": self.node_id,
-            "members": self.member_states(state),
-            "replication_factor": state.rf,
-            "vnodes": state.ring.vnodes,
-            "transition": self.transition_status(t) if t is not None and t.active else None,
-            "last_transition": self.transition_status(t) if t is not None else None,
-        }
+    def liveness(self, node_id: str) -> str:
+        """This node's verdict on `node_id` ("alive" for itself), as status reports it."""
+        return "alive" if node_id == self.node_id else self.membership.liveness(node_id).value
 
     def transition_status(self, t: Transition) -> dict:
-        now = now_ms()
-        summary = t.summary(now)
-        bytes_per_s = (
-            self.streamer.meter.rate() if t.phase is Phase.STREAMING else summary.bytes_per_s
-        )
-        return {
-            **t.status(now),
-            # The node the change is about (the new one of a replace), for the operator.
-            "node": t.change.new_node_id or t.change.node_id or None,
-            "driver": self.driver_of(t),
-            "ranges_moved": summary.ranges_done,
-            "ranges_total": summary.ranges_total,
-            "keys_streamed": summary.keys,
-            "bytes_streamed": summary.bytes,
-            "rate": round(bytes_per_s, 1),
-            "keys_per_s": round(summary.keys_per_s, 1),
-            "fraction": round(summary.fraction, 4),
-            "eta_s": summary.eta_s,
-        }
-
-    def member_states(self, state: RingRecord) -> list[dict]:
-        """Every member the record names with its state (Joining, Normal, Leaving; Left for
-        the nodes the last finished transition removed) and this node's liveness verdict."""
-        t = state.transition
-        active = t is not None and t.active
-        entries = []
-        for node_id, url in sorted(state.all_members().items()):
-            member_state = "Normal"
-            if active and t is not None:
-                joining = node_id not in t.old_ring or node_id in t.change.fresh
-                leaving = node_id not in t.new_ring
-                before_commit = t.phase in (Phase.PROPOSED, Phase.STREAMING)
-                if joining and before_commit:
-                    member_state = "Joining"
-                elif leaving:
-                    member_state = "Leaving"
-            entries.append(self._member(node_id, url, member_state))
-        if t is not None and t.phase is Phase.DONE:
-            for node_id, url in sorted(t.old_ring.members.items()):
-                if node_id not in t.new_ring:
-                    entries.append(self._member(node_id, url, "Left"))
-        return entries
-
-    def _member(self, node_id: str, url: str, member_state: str) -> dict:
-        liveness = "alive" if node_id == self.node_id else self.membership.liveness(node_id).value
-        return {"node_id": node_id, "url": url, "state": member_state, "liveness": liveness}
+        """`t` as status and the proposer's answer show it (limedb.cluster.status)."""
+        return transition_status(t, now_ms(), self.driver_of(t), self.streamer.meter.rate())
 
     # ------------------------------------------------------------------ proposing
 
