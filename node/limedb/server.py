@@ -119,6 +119,7 @@ class NodeRuntime:
             return False
         self.resp = resp
         self.app.state.collectors.append(resp.commands)  # RESP commands in /metrics
+        self.app.state.resp_totals = resp.commands.totals  # and in /admin/stats
         return True
 
     @contextlib.asynccontextmanager

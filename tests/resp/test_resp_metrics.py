@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import redis
 from prometheus_client.parser import text_string_to_metric_families
+from support.cluster import SECRET_HEADERS
 
 pytestmark = pytest.mark.redis
 
@@ -42,3 +43,7 @@ def test_resp_commands_are_counted_with_errors_and_latency(limedb_three):
     assert grew("limedb_resp_command_duration_seconds_count", "set") == 5
     assert grew("limedb_resp_command_duration_seconds_bucket", "set", (("le", "+Inf"),)) == 5
     assert grew("limedb_resp_command_duration_seconds_sum", "set") > 0
+    # The dashboard's numbers (/admin/stats) count them too.
+    resp = cluster.client.get(f"{url}/admin/stats", headers=SECRET_HEADERS).json()["resp"]
+    assert resp["total"] >= 7 and resp["errors"] >= 1
+    assert sum(resp["latency"]["counts"]) == resp["total"]

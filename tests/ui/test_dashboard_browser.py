@@ -103,7 +103,8 @@ def follow_the_cluster(fleet: Fleet, page, a, b, c) -> None:
     wait_for(lambda: all(r["liveness"] == "up" for r in member_rows(page).values()), 30, "all up")
     wait_for(lambda: page.locator("#nodes tbody tr.up").count() == 3, 30, "three nodes' stats")
     wait_for(lambda: float(cell(page, a, 2)) > 0, 30, "a request rate for a")
-    wait_for(lambda: cell(page, a, 5).endswith("ms"), 30, "a p99 latency for a")
+    wait_for(lambda: cell(page, a, 6).endswith("ms"), 30, "a p99 latency for a")
+    assert cell(page, a, 3) == "off"  # the test nodes run without RESP
     page.screenshot(path=str(shots / "1-three-nodes.png"), full_page=True)
 
     # A join: the progress bar advances while ranges stream, then the new member appears.

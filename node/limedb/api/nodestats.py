@@ -79,6 +79,8 @@ def node_stats(state: NodeState) -> dict[str, Any]:
         "url": service.node_url,
         "time_ms": time.time_ns() // 1_000_000,
         "requests": client_requests(state.stats),
+        # RESP commands (None when the node runs no RESP listener).
+        "resp": state.resp_totals() if state.resp_totals is not None else None,
         "inflight": admission.running,
         "overload": {"refused": admission.rejected, "queued": admission.queued},
         "storage": {

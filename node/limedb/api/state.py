@@ -6,6 +6,7 @@ answers 503 and /readyz says not ready, while /livez already answers.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from limedb.api.errors import not_ready
@@ -29,6 +30,8 @@ class NodeState:
     # More Prometheus collectors (objects with `collect()`) attached after start-up, such as
     # the RESP listener's command statistics; /metrics reads them at every scrape.
     collectors: list = field(default_factory=list)
+    # The RESP listener's command totals (count, errors, latency buckets), when it runs.
+    resp_totals: Callable[[], dict] | None = None
 
     def __post_init__(self) -> None:
         self.admission = Admission(self.config.max_inflight, self.config.max_queued)

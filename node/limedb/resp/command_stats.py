@@ -33,6 +33,22 @@ class CommandStats:
         if error:
             self._errors[name] += 1
 
+    def totals(self) -> dict:
+        """All commands together: count, errors and latency buckets (for /admin/stats)."""
+        counts = [0] * (len(BUCKETS) + 1)
+        for per_command in self._counts.values():
+            for i, count in enumerate(per_command):
+                counts[i] += count
+        return {
+            "total": sum(counts),
+            "errors": sum(self._errors.values()),
+            "latency": {
+                "bounds_s": list(BUCKETS),
+                "counts": counts,
+                "sum_s": round(sum(self._seconds.values()), 6),
+            },
+        }
+
     def collect(self) -> Iterator[Metric]:
         served = CounterMetricFamily(
             "limedb_resp_commands", "RESP commands run, by command", labels=["command"]

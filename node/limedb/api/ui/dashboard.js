@@ -101,16 +101,21 @@ function quantile(q, bounds, counts) {
 
 function interval(nodeId, stats) {
   const now = stats.requests;
+  const resp = stats.resp ? stats.resp.total : null;
   const before = view.previous.get(nodeId);
-  view.previous.set(nodeId, { time: stats.time_ms, requests: now });
+  view.previous.set(nodeId, { time: stats.time_ms, requests: now, resp });
   const latency = now.latency;
   if (!before || stats.time_ms <= before.time || now.total < before.requests.total) {
     // First reading (or a restart): totals since the node started.
-    return { rate: null, counts: latency.counts, bounds: latency.bounds_s };
+    return { rate: null, respRate: null, counts: latency.counts, bounds: latency.bounds_s };
   }
   const seconds = (stats.time_ms - before.time) / 1000;
   const counts = latency.counts.map((c, i) => c - (before.requests.latency.counts[i] || 0));
-  return { rate: (now.total - before.requests.total) / seconds, counts, bounds: latency.bounds_s };
+  const respRate = resp === null || before.resp === null || resp < before.resp ? null :
+    (resp - before.resp) / seconds;
+  return {
+    rate: (now.total - before.requests.total) / seconds, respRate, counts, bounds: latency.bounds_s,
+  };
 }
 
 // ---------------------------------------------------------------- ring
@@ -232,9 +237,9 @@ function renderNodes(nodes) {
     if (!s) {
       view.previous.delete(n.node_id);
       return el("tr", { class: "down", "data-node-id": n.node_id },
-        el("td", {}, shortName(n.url)), el("td", { colSpan: 10 }, n.error || "unreachable"));
+        el("td", {}, shortName(n.url)), el("td", { colSpan: 11 }, n.error || "unreachable"));
     }
-    const { rate, counts, bounds } = interval(n.node_id, s);
+    const { rate, respRate, counts, bounds } = interval(n.node_id, s);
     const p = (q) => millis(quantile(q, bounds, counts));
     const disk = s.disk.used_fraction === undefined ? "–" :
       `${(s.disk.used_fraction * 100).toFixed(1)}% of ${bytes(s.disk.total_bytes)}`;
@@ -242,7 +247,9 @@ function renderNodes(nodes) {
     const num = (text) => el("td", { class: "num" }, text);
     return el("tr", { class: "up", "data-node-id": n.node_id },
       el("td", {}, shortName(n.url)),
-      num(rate === null ? "–" : rate.toFixed(1)), num(p(0.5)), num(p(0.95)), num(p(0.99)),
+      num(rate === null ? "–" : rate.toFixed(1)),
+      num(s.resp === null ? "off" : respRate === null ? "–" : respRate.toFixed(1)),
+      num(p(0.5)), num(p(0.95)), num(p(0.99)),
       num(bytes(s.storage.bytes)), num(disk), num(String(s.hints.pending)),
       num(`${s.clock.offset_ms} ms`),
       el("td", {}, repairText(repair.last_repaired)), el("td", {}, verificationText(repair.last)));
