@@ -240,6 +240,9 @@ def cluster_up(
                 else ""
             )
             console.print(f"  {url}{resp}  (internal port {internal})")
+        console.print(
+            f"Dashboard: {urls[0]}/ui (on any node; it asks for the cluster secret above)"
+        )
         console.print("Ctrl-C stops every node.")
         with httpx.Client() as client, Live(console=console, auto_refresh=False) as live:
             while not stop.is_set():

@@ -126,6 +126,7 @@ def test_cluster_up_serves_status_and_ctrl_c_stops_every_node(tmp_path: Path) ->
             assert f"RESP {HOST}:{resp_base + i}" in output
             assert f"internal port {base + 1000 + i}" in output
             assert _refuses(url)
+        assert f"Dashboard: {urls[0]}/ui" in output
         assert "stopped" in output
     finally:
         if up.poll() is None:
