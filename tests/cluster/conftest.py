@@ -10,6 +10,7 @@ import httpx
 import pytest
 import uvloop
 from support.cluster import SECRET_HEADERS, Cluster, loopback_nodes
+from support.transitions import Fleet
 
 # Nodes run on uvloop; in-process transport tests also run on the standard loop (embedding).
 LOOPS = {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
@@ -48,3 +49,14 @@ def make_cluster(tmp_path: Path) -> Iterator[Callable[..., Cluster]]:
         for cluster in clusters:
             cluster.stop()
         client.close()
+
+
+@pytest.fixture
+def fleet(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Fleet]:
+    """A growing and shrinking cluster (support.transitions.Fleet) whose nodes run with the
+    requesting module's `ENV`; every process is stopped at teardown."""
+    fleet = Fleet(tmp_path, request.module.ENV, first_host=170)
+    try:
+        yield fleet
+    finally:
+        fleet.stop()

@@ -5,7 +5,6 @@ repair runs, overload refusals and disk space."""
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -20,15 +19,6 @@ pytestmark = pytest.mark.cluster
 CHART = Path(__file__).resolve().parents[2] / "charts" / "limedb"
 KIT = (CHART / "templates" / "monitoring-prometheusrule.yaml", CHART / "dashboards" / "limedb.json")
 ENV = {"LIMEDB_VNODES": "16", "LIMEDB_REPLICATION_FACTOR": "3", "LIMEDB_CLEANUP_GRACE_MS": "300"}
-
-
-@pytest.fixture
-def fleet(tmp_path: Path) -> Iterator[Fleet]:
-    fleet = Fleet(tmp_path, ENV, first_host=170)
-    try:
-        yield fleet
-    finally:
-        fleet.stop()
 
 
 def metrics(fleet: Fleet, node) -> dict[tuple[str, tuple], float]:

@@ -6,9 +6,7 @@ a node leaves it is no longer listed, and a killed node is listed as down."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from urllib.parse import quote
 
 import httpx
@@ -60,15 +58,6 @@ class LimeSDK:
 
     def close(self) -> None:
         self.http.close()
-
-
-@pytest.fixture
-def fleet(tmp_path: Path) -> Iterator[Fleet]:
-    fleet = Fleet(tmp_path, ENV, first_host=170)
-    try:
-        yield fleet
-    finally:
-        fleet.stop()
 
 
 def test_sdk_calls_follow_the_ring_through_a_leave_and_a_killed_node(fleet: Fleet):

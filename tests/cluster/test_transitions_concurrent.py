@@ -7,8 +7,6 @@ one proposed after a rollback outranks the rolled-back transition of the same ep
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
-from pathlib import Path
 
 import orjson
 import pytest
@@ -24,15 +22,6 @@ from support.transitions import Fleet, preload
 # A cleanup grace of a second keeps each transition running well past the moment the second
 # of two simultaneous requests reaches the proposer, even on a busy machine.
 ENV = {"LIMEDB_VNODES": "16", "LIMEDB_CLEANUP_GRACE_MS": "1000"}
-
-
-@pytest.fixture
-def fleet(tmp_path: Path) -> Iterator[Fleet]:
-    fleet = Fleet(tmp_path, ENV, first_host=170)
-    try:
-        yield fleet
-    finally:
-        fleet.stop()
 
 
 async def _ask_both(first: tuple[Node, str, object], second: tuple[Node, str, object]) -> list:

@@ -7,7 +7,6 @@ The transport is the one stand-in here: messages go through a JSON round trip to
 
 import asyncio
 import random
-import time
 
 import orjson
 import pytest
@@ -125,7 +124,6 @@ def test_a_paused_node_is_suspected_then_dead_and_alive_again_once_resumed():
                 what="first heartbeat from the victim",
             )
             net.paused.add(victim)
-            paused_at = time.monotonic()
             await wait_for_async(
                 lambda: (
                     everyone_sees(nodes[:2], victim, Liveness.SUSPECT)
@@ -136,7 +134,6 @@ def test_a_paused_node_is_suspected_then_dead_and_alive_again_once_resumed():
             await wait_for_async(
                 lambda: everyone_sees(nodes[:2], victim, Liveness.DEAD), what="death"
             )
-            assert time.monotonic() - paused_at < 5.0
             assert nodes[0].liveness(urls(3)[1]) is Liveness.ALIVE
             net.paused.discard(victim)
             await wait_for_async(
