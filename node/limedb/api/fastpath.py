@@ -56,6 +56,23 @@ def route_body_limit(state: NodeState, method: str, raw_path: bytes) -> int:
     return state.config.max_body_bytes
 
 
+_JSON = b"application/json"
+
+
+def json_whatever_declared(scope: Scope) -> Scope:
+    """The scope of a request whose body is read as JSON whatever its Content-Type says, as
+    /api/v1/set reads it and the original LimeDB's routes do: `curl -d '{...}'` sends
+    application/x-www-form-urlencoded, and FastAPI would not parse that body as JSON."""
+    headers = scope["headers"]
+    for name, value in headers:
+        if name == b"content-type":
+            declared = value.split(b";", 1)[0].strip().lower()
+            if declared == _JSON or declared.endswith(b"+json"):
+                return scope
+    kept = [(n, v) for n, v in headers if n != b"content-type"]
+    return {**scope, "headers": [*kept, (b"content-type", _JSON)]}
+
+
 def declared_length(scope: Scope) -> int | None:
     for name, value in scope["headers"]:
         if name == b"content-length":
@@ -256,6 +273,8 @@ class FastPath:
                 status = message["status"]
             await send(message)
 
+        if method == "POST" and scope.get("raw_path") == BATCH_PATH:
+            scope = json_whatever_declared(scope)
         try:
             await self.app(scope, meter, recording_send)
         finally:

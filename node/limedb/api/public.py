@@ -11,6 +11,7 @@ from typing import Annotated
 
 import orjson
 from fastapi import APIRouter, Query, Request
+from starlette.convertors import Convertor, register_url_convertor
 from starlette.responses import Response
 
 import limedb
@@ -23,6 +24,22 @@ from limedb.api.schemas import GetResponse, Health, KeysPage, ReplicasResponse
 from limedb.api.state import NodeState
 
 MAX_PAGE_SIZE = 100
+
+
+class AnyKey(Convertor):
+    """A key path segment that may hold any character, newlines included (Starlette's `path`
+    stops at a newline, which made such keys 404 on the routes FastAPI serves)."""
+
+    regex = "(?s:.*)"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("anykey", AnyKey())
 REPLICAS_PREFIX = b"/api/v1/replicas/"
 MAX_PAGE = 1_000_000_000
 
@@ -90,7 +107,7 @@ def build_router(state: NodeState) -> APIRouter:
         return to_response(await ops.lime_get(service, raw))
 
     @router.get(
-        "/api/v1/replicas/{key:path}",
+        "/api/v1/replicas/{key:anykey}",
         summary="Where a key lives: its replicas in ring order and which hold a value",
         responses={
             200: {"model": ReplicasResponse, "description": "the key's replicas"},
