@@ -92,6 +92,15 @@ def follow_the_cluster(fleet: Fleet, page, a, b, c) -> None:
     page.fill("#secret", fleet.secret)
     page.click("#login-submit")
 
+    # The page's percentiles: linear within the bucket that holds the rank (Prometheus'
+    # histogram_quantile), none for an interval without requests.
+    bounds, counts = [0.001, 0.01, 0.1], [0, 10, 10, 0]
+    assert page.evaluate(f"quantile(0.5, {bounds}, {counts})") == pytest.approx(0.01)
+    assert page.evaluate(f"quantile(0.75, {bounds}, {counts})") == pytest.approx(0.055)
+    assert page.evaluate(f"quantile(0.25, {bounds}, {counts})") == pytest.approx(0.0055)
+    assert page.evaluate(f"quantile(0.99, {bounds}, [0, 0, 0, 3])") == 0.1  # beyond the last
+    assert page.evaluate(f"quantile(0.5, {bounds}, [0, 0, 0, 0])") is None
+
     # Ring, members and epoch.
     three = {a.url, b.url, c.url}
     wait_for(lambda: set(member_rows(page)) == three, 30, "three members on the page")

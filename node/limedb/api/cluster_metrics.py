@@ -14,6 +14,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 
 from limedb.api.nodestats import disk_usage
 from limedb.api.state import NodeState
+from limedb.cluster.ring.record import RingRecord
 
 PHASES = ("proposed", "streaming", "committed", "cleanup", "done", "rolled_back")
 
@@ -42,11 +43,11 @@ class ClusterCollector:
         if service is None:
             return
         status = service.admin_status()
-        yield from _ring(status)
-        yield from _transition(status, service.ring_record())
+        yield from ring_families(status)
+        yield from transition_families(status, service.ring_record())
         stats = service.stats()
-        yield from _hints((stats.get("cluster") or {}).get("hints"))
-        yield from _repair(status.get("repair"))
+        yield from hint_families((stats.get("cluster") or {}).get("hints"))
+        yield from repair_families(status.get("repair"))
 
     def _overload(self) -> Iterator[Metric]:
         admission = self._state.admission
@@ -77,7 +78,7 @@ class ClusterCollector:
         )
 
 
-def _ring(status: dict) -> Iterator[Metric]:
+def ring_families(status: dict) -> Iterator[Metric]:
     yield _gauge("limedb_ring_epoch", "epoch of the committed ring", status.get("epoch") or 0)
     rf = status.get("replication_factor")
     if rf is not None:
@@ -96,7 +97,7 @@ def _ring(status: dict) -> Iterator[Metric]:
     yield up
 
 
-def _transition(status: dict, record) -> Iterator[Metric]:  # noqa: ANN001 - RingRecord | None
+def transition_families(status: dict, record: RingRecord | None) -> Iterator[Metric]:
     running = status.get("transition")
     last = running or status.get("last_transition")
     yield _gauge("limedb_transition_running", "1 while a ring transition runs", 1 if running else 0)
@@ -133,7 +134,7 @@ def _transition(status: dict, record) -> Iterator[Metric]:  # noqa: ANN001 - Rin
         )
 
 
-def _hints(hints: dict | None) -> Iterator[Metric]:
+def hint_families(hints: dict | None) -> Iterator[Metric]:
     if not hints:
         return
     yield _gauge("limedb_hints_pending", "hints waiting for their target", hints["pending"])
@@ -148,7 +149,7 @@ def _hints(hints: dict | None) -> Iterator[Metric]:
     yield by_target
 
 
-def _repair(repair: dict | None) -> Iterator[Metric]:
+def repair_families(repair: dict | None) -> Iterator[Metric]:
     if not repair:
         return
     yield _gauge("limedb_repair_running", "1 while an anti-entropy repair runs", repair["running"])
