@@ -76,7 +76,7 @@ def ring_body(view: ClusterView) -> dict[str, Any]:
 
 
 def gossip_body(view: ClusterView) -> dict[str, Any]:
-    peers = view.peers
+    peers = view.gossip_peers
     if not peers:
         return {
             "status": "standalone",

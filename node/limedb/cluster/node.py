@@ -127,6 +127,20 @@ def member_view(entry: dict, snapshot: MembershipSnapshot) -> MemberView:
     )
 
 
+def outsiders(snapshot: MembershipSnapshot, known: set[str]) -> tuple[MemberView, ...]:
+    """Peers heard through gossip that the ring record does not name (e.g. a node started
+    to be joined, before its join): listed by /api/v1/cluster/gossip while they are not dead,
+    unless they announce that they left."""
+    views = []
+    for peer in snapshot.peers:
+        if peer.node_id in known or peer.status == "left" or peer.liveness is Liveness.DEAD:
+            continue
+        lag = heartbeat_lag(peer.silence_s, snapshot.gossip_interval_s, snapshot.heartbeat)
+        status = _GOSSIP_STATUS[peer.liveness]
+        views.append(MemberView(peer.node_id, peer.url, "None", status, peer.version, lag))
+    return tuple(views)
+
+
 def default_internal_port(url: str) -> int:
     """Where a peer's internal RPC listens unless gossip says otherwise: public port + 1000."""
     parts = urlsplit(url)
@@ -593,6 +607,8 @@ class ClusterService:
             members.append(
                 MemberView(self.node_id, self.node_url, "Joining", "active", snapshot.heartbeat)
             )
+        left = {entry["node_id"] for entry in listed if entry["state"] == "Left"}
+        known = {m.node_id for m in members} | left
         return ClusterView(
             node_id=self.node_id,
             node_url=self.node_url,
@@ -601,6 +617,7 @@ class ClusterService:
             vnodes_per_node=ring.vnodes if ring is not None else self.config.vnodes,
             tokens=self._tokens(ring),
             heartbeat=snapshot.heartbeat,
+            outsiders=outsiders(snapshot, known),
         )
 
     def _tokens(self, ring: Ring | None) -> tuple[tuple[int, str], ...]:

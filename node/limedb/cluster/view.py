@@ -37,8 +37,16 @@ class ClusterView:
     tokens: tuple[tuple[int, str], ...]
     heartbeat: int
     extra: dict = field(default_factory=dict)
+    # Live peers heard through gossip that the ring record does not name (not yet joined):
+    # gossip peers, not ring members.
+    outsiders: tuple[MemberView, ...] = ()
 
     @property
     def peers(self) -> tuple[MemberView, ...]:
         """Members other than this node."""
         return tuple(m for m in self.members if m.url != self.node_url)
+
+    @property
+    def gossip_peers(self) -> tuple[MemberView, ...]:
+        """Who this node gossips with: the other members, and the outsiders."""
+        return self.peers + self.outsiders
