@@ -251,3 +251,76 @@ def test_keys_lists_matching_keys_of_the_whole_cluster_and_type_says_string(rf1_
             assert client.type("user:7") == b"none"
         finally:
             client.close()
+
+
+# Each scenario: commands on one connection; every reply (errors as their text) must be the
+# same from a real redis-server and from LimeDB. Keys are prefixed per scenario.
+SCENARIOS = {
+    "queued-and-run": [
+        ["MULTI"], ["SET", "k", "1"], ["INCR", "k"], ["INCRBY", "k", "10"], ["GET", "k"],
+        ["TYPE", "k"], ["TYPE", "none"], ["EXISTS", "k", "none"], ["STRLEN", "k"],
+        ["APPEND", "k", "x"], ["GETSET", "k", "v"], ["SETNX", "k", "w"], ["MGET", "k", "none"],
+        ["DEL", "k", "none"], ["PING"], ["ECHO", "hi"], ["EXEC"],
+    ],
+    "runtime-errors-do-not-roll-back": [
+        ["SET", "t", "text"], ["MULTI"], ["INCR", "t"], ["SET", "u", "1"],
+        ["SET", "u", "2", "BADOPT"], ["EXPIRE", "u", "x"], ["GET", "u"], ["EXEC"], ["GET", "u"],
+    ],
+    "queue-errors-abort": [
+        ["MULTI"], ["SET", "a", "1"], ["GET"], ["NOSUCH"], ["EXEC"], ["GET", "a"],
+    ],
+    "misuse": [
+        ["EXEC"], ["DISCARD"], ["MULTI"], ["MULTI"], ["WATCH", "a"], ["SET", "a", "1"],
+        ["DISCARD"], ["GET", "a"], ["UNWATCH"], ["WATCH"],
+    ],
+    "watch-untouched": [
+        ["SET", "w", "1"], ["WATCH", "w", "other"], ["GET", "w"], ["MULTI"], ["INCR", "w"],
+        ["EXEC"], ["MULTI"], ["EXEC"],
+    ],
+    "expiry-in-transaction": [
+        ["MULTI"], ["SET", "e", "1", "EX", "100"], ["TTL", "e"], ["PERSIST", "e"], ["TTL", "e"],
+        ["PEXPIRE", "e", "100000", "NX"], ["SETEX", "f", "50", "v"], ["GETDEL", "f"],
+        ["MSET", "g", "1", "h", "2"], ["EXEC"],
+    ],
+}  # fmt: skip
+
+
+def _prefixed(command: list[str], prefix: str) -> list[str]:
+    """Prefix the key arguments (every argument that names a key in these scenarios)."""
+    name = command[0].upper()
+    keyed = {"SET", "INCR", "INCRBY", "GET", "TYPE", "STRLEN", "APPEND", "GETSET", "SETNX",
+             "EXPIRE", "PERSIST", "TTL", "PEXPIRE", "SETEX", "GETDEL"}  # fmt: skip
+    if name in keyed and len(command) > 1:
+        return [command[0], prefix + command[1], *command[2:]]
+    if name in ("EXISTS", "MGET", "DEL", "WATCH"):
+        return [command[0], *(prefix + k for k in command[1:])]
+    if name == "MSET":
+        return [command[0], *(prefix + a if i % 2 == 0 else a for i, a in enumerate(command[1:]))]
+    return command
+
+
+def _plain(reply):
+    """Errors as their text, also inside EXEC's array, so replies compare by value."""
+    if isinstance(reply, Exception):
+        return f"{type(reply).__name__}: {reply}"
+    if isinstance(reply, list):
+        return [_plain(item) for item in reply]
+    return reply
+
+
+def _replies(endpoint: RespEndpoint, prefix: str, commands: list[list[str]]) -> list:
+    raw = Raw(endpoint)
+    try:
+        replies = []
+        for command in commands:
+            replies.append(_plain(raw(*_prefixed(command, prefix))))
+        return replies
+    finally:
+        raw.close()
+
+
+@pytest.mark.parametrize("name", sorted(SCENARIOS))
+def test_transactions_answer_as_redis_does(name, redis_reference, limedb_single) -> None:
+    prefix = f"txdiff:{name}:"
+    expected = _replies(redis_reference, prefix, SCENARIOS[name])
+    assert _replies(limedb_single, prefix, SCENARIOS[name]) == expected
