@@ -1,0 +1,89 @@
+"""Imports flow one way (docs/architecture.md): front ends -> cluster -> storage.
+
+Every import statement of every module counts, also those inside functions and under
+TYPE_CHECKING, since a cycle that only type checkers see still tangles the design.
+"""
+
+from __future__ import annotations
+
+import ast
+import functools
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+NODE = ROOT / "node" / "limedb"
+OPERATOR = ROOT / "operator" / "limedb_operator"
+WEB = {"fastapi", "starlette", "uvicorn", "httptools", "httpx", "hiredis"}
+
+
+def _imported(path: Path) -> set[str]:
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+    return names
+
+
+@functools.cache
+def imports_of(part: str) -> dict[str, set[str]]:
+    """module path -> the modules it imports, for `part` (a package or a module of limedb)."""
+    paths = sorted((NODE / part).rglob("*.py")) if (NODE / part).is_dir() else [NODE / part]
+    return {path.relative_to(ROOT).as_posix(): _imported(path) for path in paths}
+
+
+def _violations(part: str, allowed: Callable[[str], bool]) -> list[str]:
+    return [
+        f"{module} imports {name}"
+        for module, names in imports_of(part).items()
+        for name in sorted(names)
+        if not allowed(name)
+    ]
+
+
+def _limedb_part(name: str) -> str | None:
+    parts = name.split(".")
+    return parts[1] if parts[0] == "limedb" and len(parts) > 1 else None
+
+
+def test_storage_imports_nothing_of_limedb_but_the_clock() -> None:
+    def allowed(name: str) -> bool:
+        return name.split(".")[0] != "limedb" or _limedb_part(name) in ("storage", "hlc")
+
+    assert _violations("storage", allowed) == []
+
+
+def test_cluster_knows_no_front_end_and_no_web_framework() -> None:
+    front = {"api", "resp", "server", "cli", "cluster_cli", "admin_cli", "client"}
+
+    def allowed(name: str) -> bool:
+        return _limedb_part(name) not in front and name.split(".")[0] not in WEB
+
+    assert _violations("cluster", allowed) == []
+
+
+def test_the_two_front_ends_do_not_import_each_other() -> None:
+    assert _violations("api", lambda name: _limedb_part(name) != "resp") == []
+    assert _violations("resp", lambda name: _limedb_part(name) != "api") == []
+
+
+def test_the_leaves_import_nothing_of_limedb() -> None:
+    for leaf in ("hlc.py", "config.py", "tasks.py"):
+        assert _violations(leaf, lambda name: name.split(".")[0] != "limedb") == []
+
+
+def test_the_client_depends_only_on_httpx() -> None:
+    assert _violations("client.py", lambda name: name.split(".")[0] != "limedb") == []
+
+
+def test_the_operator_reaches_the_database_only_through_the_client() -> None:
+    paths = sorted(OPERATOR.rglob("*.py"))
+    reached = {
+        f"{path.name} imports {name}"
+        for path in paths
+        for name in _imported(path)
+        if name.split(".")[0] == "limedb" and name != "limedb.client"
+    }
+    assert reached == set()
