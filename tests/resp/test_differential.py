@@ -115,6 +115,7 @@ command = st.one_of(
     st.tuples(st.sampled_from(["INCRBY", "DECRBY"]), key, int_text),
     st.tuples(st.just("APPEND"), key, value),
     st.tuples(st.just("STRLEN"), key),
+    st.tuples(st.just("TYPE"), key),
     st.tuples(st.just("ECHO"), value),
     st.sampled_from(
         [
