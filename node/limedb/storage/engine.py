@@ -83,6 +83,8 @@ class Engine:
         self.hlc = hlc or HLC()
         self._ctx = ctx = EngineContext(path, fs, opts)
         self._durability = opts.durability
+        self._sync_mode = opts.durability == "sync"
+        self._wal_buffer_bytes = opts.wal_buffer_bytes
         self._closed = False
         self._threads: list[threading.Thread] = []
         self._stat_bloom_checks = 0
@@ -258,7 +260,13 @@ class Engine:
             return self.write(WriteBatch().put(key, value, ts, expires_at_ms))[0]
         if self._space.degraded and not self._ctx.threaded:
             self._syncer.retry_space()
-        self._syncer.settle(self._writer.put_stamped(key, value, expires_at_ms))
+        seq = self._writer.put_stamped(key, value, expires_at_ms)
+        # `LogSyncer.settle`, inlined: this is the hot path.
+        if self._sync_mode:
+            if self._syncer.synced_seq < seq:
+                self._syncer.wait_durable(seq)
+        elif self._writer.wal.pending_bytes >= self._wal_buffer_bytes:
+            self._syncer.write_out()
         return True
 
     def delete(self, key: bytes, *, ts: int | None = None) -> bool:

@@ -28,6 +28,8 @@ log = logging.getLogger("limedb.storage")
 # Timestamps reserved from the HLC at a time (valid within one wall millisecond).
 _STAMP_BLOCK = 64
 _time_ns = time.time_ns
+# WAL bytes a queued single put adds besides its key and value (its batch and op headers).
+_PUT_HEADER_BYTES = SINGLE.size
 
 
 def log_name(file_no: int) -> str:
@@ -111,7 +113,7 @@ class WritePath:
             seq = self.seq = self.seq + 1
             wal = self.wal
             wal.pending.append((seq, flags, ts, exp, key, value))
-            wal.pending_bytes += SINGLE.size + len(key) + len(value)
+            wal.pending_bytes += _PUT_HEADER_BYTES + len(key) + len(value)
             mem = self.mem
             mem.apply(key, (ts, value, flags, exp))
             if mem.size >= self._mem_limit:
