@@ -15,7 +15,8 @@ from limedb.cluster.atomic import (
     encode_request,
 )
 from limedb.cluster.service import Consistency, ReadResult
-from limedb.resp.encoding import OK
+from limedb.cluster.transaction import decode_batch, decode_results, encode_batch, encode_results
+from limedb.resp.encoding import OK, Status
 from limedb.resp.server import error_reply
 from limedb.resp.string_ops import CommandError, StringOp, parse_int64
 from support.wait import wait_for_async
@@ -236,3 +237,19 @@ def test_expire_xx_combined_with_gt_needs_both() -> None:
     assert shorter(expiring, NOW).reply == 0
     assert longer(expiring, NOW).reply == 1
     assert longer(value(b"v"), NOW).reply == 0
+
+
+def test_a_transaction_and_its_results_survive_the_wire() -> None:
+    steps = [
+        (b"k1", StringOp("incrby", (b"2",))),
+        (b"\x00k2", StringOp("set", (b"v", b"nx", b"1", b"px", b"100"))),
+        (b"k1", StringOp("type")),
+    ]
+    watches = [(b"k1", 7), (b"", 0)]
+    assert decode_batch(encode_batch(steps, watches, 3), StringOp) == (steps, watches, 3)
+    results = [42, OperationRefused("ERR value is not an integer or out of range"), Status("none")]
+    decoded = decode_results(encode_results(results, steps), steps)
+    assert decoded is not None
+    assert decoded[0] == 42 and decoded[2] == "none" and type(decoded[2]) is Status
+    assert isinstance(decoded[1], OperationRefused) and str(decoded[1]) == str(results[1])
+    assert decode_results(encode_results(None, steps), steps) is None

@@ -109,41 +109,53 @@ async def run_batch(
 # ---------------------------------------------------------------------------- wire format
 
 
+def _field(data: bytes) -> bytes:
+    return _U32.pack(len(data)) + data
+
+
+class _Reader:
+    """Reads a wire message front to back: counts, u64s and length-prefixed fields."""
+
+    def __init__(self, data: bytes, offset: int) -> None:
+        self.data = data
+        self.offset = offset
+
+    def u32(self) -> int:
+        (value,) = _U32.unpack_from(self.data, self.offset)
+        self.offset += _U32.size
+        return value
+
+    def u64(self) -> int:
+        (value,) = _U64.unpack_from(self.data, self.offset)
+        self.offset += _U64.size
+        return value
+
+    def field(self) -> bytes:
+        length = self.u32()
+        start, self.offset = self.offset, self.offset + length
+        return self.data[start : self.offset]
+
+
 def encode_batch(steps: list[Step], watches: list[Watch], consistency_code: int) -> bytes:
     parts = [bytes((consistency_code,)), _U32.pack(len(watches))]
     for key, ts in watches:
-        parts += (_U32.pack(len(key)), key, _U64.pack(ts))
+        parts += (_field(key), _U64.pack(ts))
     parts.append(_U32.pack(len(steps)))
-    for key, op in steps:
-        request = encode_request(key, op, None)
-        parts += (_U32.pack(len(request)), request)
+    parts += (_field(encode_request(key, op, None)) for key, op in steps)
     return b"".join(parts)
 
 
 def decode_batch(data: bytes, decode_op: OperationDecoder) -> tuple[list[Step], list[Watch], int]:
-    code = data[0]
-    offset = 1
+    reader = _Reader(data, 1)
     watches: list[Watch] = []
-    (count,) = _U32.unpack_from(data, offset)
-    offset += _U32.size
-    for _ in range(count):
-        (length,) = _U32.unpack_from(data, offset)
-        offset += _U32.size
-        key = data[offset : offset + length]
-        offset += length
-        (ts,) = _U64.unpack_from(data, offset)
-        offset += _U64.size
-        watches.append((key, ts))
+    for _ in range(reader.u32()):
+        key = reader.field()
+        watches.append((key, reader.u64()))
     steps: list[Step] = []
-    (count,) = _U32.unpack_from(data, offset)
-    offset += _U32.size
-    for _ in range(count):
-        (length,) = _U32.unpack_from(data, offset)
-        offset += _U32.size
-        key, op, _ = decode_request(data[offset : offset + length], decode_op)
-        offset += length
+    for _ in range(reader.u32()):
+        key, op, _ = decode_request(reader.field(), decode_op)
         steps.append((key, op))
-    return steps, watches, code
+    return steps, watches, data[0]
 
 
 def encode_results(results: list[StepResult] | None, steps: list[Step]) -> bytes:
@@ -152,26 +164,20 @@ def encode_results(results: list[StepResult] | None, steps: list[Step]) -> bytes
         return _ABORTED
     parts = [_RAN, _U32.pack(len(results))]
     for result, (_, op) in zip(results, steps, strict=True):
-        item = (
-            _ERROR_TAG + str(result).encode()
-            if isinstance(result, OperationRefused)
-            else op.encode_reply(result)
+        refused = isinstance(result, OperationRefused)
+        parts.append(
+            _field(_ERROR_TAG + str(result).encode() if refused else op.encode_reply(result))
         )
-        parts += (_U32.pack(len(item)), item)
     return b"".join(parts)
 
 
 def decode_results(data: bytes, steps: list[Step]) -> list[StepResult] | None:
     if data[:1] == _ABORTED:
         return None
-    (count,) = _U32.unpack_from(data, 1)
-    offset = 1 + _U32.size
+    reader = _Reader(data, 1)
     results: list[StepResult] = []
-    for _, op in steps[:count]:
-        (length,) = _U32.unpack_from(data, offset)
-        offset += _U32.size
-        item = data[offset : offset + length]
-        offset += length
+    for _, op in steps[: reader.u32()]:
+        item = reader.field()
         if item[:1] == _ERROR_TAG:
             results.append(OperationRefused(item[1:].decode(errors="replace")))
         else:
