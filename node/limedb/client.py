@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import itertools
 import random
 import time
 from collections.abc import Iterable, Mapping
@@ -139,6 +140,19 @@ class _Retry:
                 pass
         return min(wait, 5.0)
 
+    def next_step(
+        self, attempt: int, response: httpx.Response | None, error: Exception | None, url: str
+    ) -> httpx.Response | float:
+        """After try `attempt` got `response` (or `error`): the response to return, else how
+        long to wait before trying again; raises Unavailable when `url` stayed unreachable."""
+        if response is not None and response.status_code not in (429, 503):
+            return response
+        if attempt < self.retries:
+            return self.delay(attempt, response)
+        if response is None:
+            raise Unavailable(f"{url} unreachable: {error}") from error
+        return response
+
 
 class Client:
     """A synchronous client of one node (any node of a cluster can serve any key)."""
@@ -172,21 +186,17 @@ class Client:
         self._http.close()
 
     def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        attempt = 0
-        while True:
-            response: httpx.Response | None = None
+        for attempt in itertools.count():
+            response, error = None, None
             try:
                 response = self._http.request(method, path, **kwargs)
-                if response.status_code not in (429, 503):
-                    return response
             except httpx.TransportError as exc:
-                if attempt >= self._retry.retries:
-                    raise Unavailable(f"{self.url} unreachable: {exc}") from exc
-            if attempt >= self._retry.retries:
-                assert response is not None
-                return response
-            time.sleep(self._retry.delay(attempt, response))
-            attempt += 1
+                error = exc
+            step = self._retry.next_step(attempt, response, error, self.url)
+            if isinstance(step, httpx.Response):
+                return step
+            time.sleep(step)
+        raise AssertionError("unreachable")
 
     def get(self, key: str | bytes, *, consistency: str | None = None) -> bytes:
         response = self._request("GET", _key_path(key), params=_params(consistency=consistency))
@@ -297,21 +307,17 @@ class AsyncClient:
         await self._http.aclose()
 
     async def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        attempt = 0
-        while True:
-            response: httpx.Response | None = None
+        for attempt in itertools.count():
+            response, error = None, None
             try:
                 response = await self._http.request(method, path, **kwargs)
-                if response.status_code not in (429, 503):
-                    return response
             except httpx.TransportError as exc:
-                if attempt >= self._retry.retries:
-                    raise Unavailable(f"{self.url} unreachable: {exc}") from exc
-            if attempt >= self._retry.retries:
-                assert response is not None
-                return response
-            await asyncio.sleep(self._retry.delay(attempt, response))
-            attempt += 1
+                error = exc
+            step = self._retry.next_step(attempt, response, error, self.url)
+            if isinstance(step, httpx.Response):
+                return step
+            await asyncio.sleep(step)
+        raise AssertionError("unreachable")
 
     async def get(self, key: str | bytes, *, consistency: str | None = None) -> bytes:
         response = await self._request(
