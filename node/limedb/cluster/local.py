@@ -27,7 +27,7 @@ from limedb.cluster.service import (
 from limedb.cluster.transaction import Step, StepResult, Watch, run_batch
 from limedb.cluster.view import ClusterView, MemberView
 from limedb.config import default
-from limedb.hlc import HLC, millis_of
+from limedb.hlc import HLC, millis_of, wall_millis
 from limedb.storage.errors import DiskFullError, StorageError
 
 if TYPE_CHECKING:
@@ -48,6 +48,10 @@ class StorageVersion(Protocol):
 class StorageEngine(Protocol):
     """The part of `limedb.storage.Engine` this service relies on."""
 
+    # The engine's clock: it observed every stored timestamp at recovery, so the versions this
+    # service stamps with it order after everything the engine holds.
+    hlc: HLC
+
     def get_version(self, key: bytes) -> StorageVersion | None: ...
 
     async def put_async(
@@ -67,10 +71,6 @@ class StorageEngine(Protocol):
 
 # Counting live keys exactly means scanning them; above this many the engine's estimate is used.
 EXACT_COUNT_LIMIT = 100_000
-
-
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 def _is_live(version: StorageVersion | None, now_ms: int) -> bool:
@@ -108,7 +108,7 @@ class LocalService:
         self._engine = engine
         # The engine's clock has observed every stored timestamp during recovery; stamping with
         # any other clock could order a new write before an old one (and lose it).
-        self._clock = clock or getattr(engine, "hlc", None) or HLC()
+        self._clock = clock or engine.hlc
         self._vnodes = vnodes
         self._tokens = tuple(ring_tokens(node_id, node_url, vnodes))
         self._started_at = time.time()
@@ -137,7 +137,7 @@ class LocalService:
     async def get(self, key: bytes, consistency: Consistency | None = None) -> ReadResult:
         self._check_open()
         version = self._engine.get_version(storage_key(key))
-        if not _is_live(version, _now_ms()):
+        if not _is_live(version, wall_millis()):
             return ReadResult(None, self.node_url)
         assert version is not None
         return ReadResult(version.value, self.node_url, version.ts, version.expires_at_ms)
@@ -165,7 +165,7 @@ class LocalService:
     async def delete(self, key: bytes, consistency: Consistency | None = None) -> bool:
         self._check_open()
         skey = storage_key(key)
-        existed = _is_live(self._engine.get_version(skey), _now_ms())
+        existed = _is_live(self._engine.get_version(skey), wall_millis())
         try:
             await self._engine.delete_async(skey, ts=self._clock.now())
         except DiskFullError as exc:
@@ -189,7 +189,7 @@ class LocalService:
         if not steps and not watches:
             return []
         return await run_batch(
-            self._atomic_locks, steps, watches, self.get, self._apply_outcome, _now_ms
+            self._atomic_locks, steps, watches, self.get, self._apply_outcome, wall_millis
         )
 
     async def _apply_outcome(self, key: bytes, outcome: Outcome, current: ReadResult) -> int:
@@ -222,7 +222,7 @@ class LocalService:
     async def replica_report(self, key: bytes) -> ReplicaReport:
         """The only replica is this node."""
         self._check_open()
-        live = _is_live(self._engine.get_version(storage_key(key)), _now_ms())
+        live = _is_live(self._engine.get_version(storage_key(key)), wall_millis())
         me = ReplicaHolding(self.node_url, is_primary=True, is_local=True, has_value=live)
         return ReplicaReport(replication_factor=1, quorum=1, replicas=(me,))
 

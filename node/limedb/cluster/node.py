@@ -196,7 +196,7 @@ class ClusterService:
         self.internal_port = internal_port
         # One clock per process: the engine's observes every stored timestamp (also at
         # recovery), so versions stamped here always order after what this node holds.
-        self.hlc: HLC = getattr(engine, "hlc", None) or HLC()
+        self.hlc: HLC = engine.hlc
         self.hlc.max_offset_ms = config.max_clock_offset_ms
         host = urlsplit(self.node_url).hostname or "127.0.0.1"
         self.ring_store = RingStore(config.data_dir)

@@ -112,7 +112,7 @@ class Replica:
         self.clock = clock
         # The engine's own clock observes every timestamp it applies; only a separate clock
         # needs to be told here.
-        self._observe = hlc is not getattr(engine, "hlc", None)
+        self._observe = hlc is not engine.hlc
         self._queue: list[tuple[Mutation, asyncio.Future, bool, bool]] = []
         self.batches = 0
         self.applied = 0
