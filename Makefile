@@ -7,7 +7,8 @@ NODES  ?= 3
 RESP_BASE_PORT ?= 6379
 PYTEST_ARGS ?=
 
-.PHONY: run test test-unit test-cluster test-k8s bench lint install system-deps k8s-tools image clean nemesis
+.PHONY: run test test-unit test-cluster test-k8s bench lint install system-deps k8s-tools image clean \
+	nemesis kube-up kube-down
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,11 +23,13 @@ install: $(STAMP)
 run: $(STAMP)
 	$(BIN)/limedb cluster up --nodes $(NODES) --resp-base-port $(RESP_BASE_PORT)
 
-## system-deps: Debian packages the tests drive (redis, nftables, wrk, buildah, chromium, ...)
+## system-deps: Debian packages the tests drive (redis, nftables, wrk, buildah, chromium,
+## containerd, runc, ...)
 system-deps:
 	bash scripts/system-deps.sh
 
-## k8s-tools: kube-apiserver, kube-controller-manager, helm, etcd built into .cache/
+## k8s-tools: Kubernetes (control plane, kubelet, kube-proxy, kubectl), CoreDNS, etcd, helm
+## built into .cache/k8s/bin, and the images of the node's own pods (pause, CoreDNS, busybox)
 k8s-tools:
 	bash scripts/k8s-tools.sh
 
@@ -34,6 +37,14 @@ k8s-tools:
 ## to .cache/image/limedb-dev.tar (cached by the hash of its inputs; prints its size)
 image: system-deps
 	bash scripts/image.sh
+
+## kube-up: a real one-node Kubernetes on this machine (reuses a running one); prints
+## KUBECONFIG=<path> last. kube-down stops it and puts the machine back (docs/kubernetes.md)
+kube-up: system-deps k8s-tools
+	bash scripts/kube-up.sh
+
+kube-down:
+	bash scripts/kube-down.sh
 
 ## test: install everything the tests need, then run the whole suite
 test: $(STAMP) system-deps k8s-tools

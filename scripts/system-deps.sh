@@ -3,7 +3,9 @@
 # redis-server / redis-tools (RESP differential tests), nftables + iproute2 (partition tests), wrk,
 # libfaketime + gcc (clock-skew tests: a node's wall clock offset at run time), buildah, runc and
 # mmdebstrap (make image), chromium (the dashboard test drives it headless through playwright;
-# playwright's own browsers are not used).
+# playwright's own browsers are not used); the node of the one-node Kubernetes
+# (scripts/kube-up.sh): containerd, runc, the CNI plugins, conntrack, iptables (kube-proxy
+# probes it), openssl (its certificates), busybox-static (the image of its own tests).
 set -euo pipefail
 need=()
 command -v redis-server >/dev/null || need+=(redis-server)
@@ -19,6 +21,12 @@ command -v buildah >/dev/null || need+=(buildah)
 command -v runc >/dev/null || need+=(runc)
 command -v mmdebstrap >/dev/null || need+=(mmdebstrap)
 command -v chromium >/dev/null || need+=(chromium)
+command -v containerd >/dev/null || need+=(containerd)
+[ -x /usr/lib/cni/bridge ] || need+=(containernetworking-plugins)
+command -v conntrack >/dev/null || need+=(conntrack)
+command -v iptables >/dev/null || need+=(iptables)
+command -v openssl >/dev/null || need+=(openssl)
+[ -x /bin/busybox ] && ! ldd /bin/busybox >/dev/null 2>&1 || need+=(busybox-static)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then
     echo "system-deps: need root to apt-get install ${need[*]}" >&2

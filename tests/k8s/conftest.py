@@ -13,6 +13,7 @@ import pytest
 import yaml
 from controlplane import ROOT, ControlPlane
 from k8swait import wait_for
+from realkube import RealKube, kube_release, kube_up
 
 CRD_PATH = ROOT / "crds" / "limecluster.yaml"
 
@@ -30,6 +31,17 @@ def control_plane(request: pytest.FixtureRequest) -> Iterator[ControlPlane]:
         print(f"\nk8s control plane logs kept in {workdir}")
     else:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def kube() -> Iterator[RealKube]:
+    """The real one-node Kubernetes (scripts/kube-up.sh: kubelet, containerd, kube-proxy,
+    CoreDNS, local PVs), started for the session or reused; see realkube.py for who stops it."""
+    cluster = kube_up()
+    try:
+        yield cluster
+    finally:
+        kube_release()
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,188 @@
+"""The one-node Kubernetes of scripts/kube-up.sh does what LimeDB's pods rely on: pods run under
+the `restricted` Pod Security Standard as the real admission enforces it, CoreDNS resolves
+Service names, kube-proxy carries a ClusterIP Service to its pod, a local PersistentVolume
+binds and is writable through fsGroup, and `kubectl logs` / `kubectl exec` reach the kubelet.
+
+The pods run the busybox image scripts/node-images.sh builds from Debian's busybox-static, so
+these tests need nothing of `make image`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import pytest
+from k8swait import wait_for
+from realkube import KubeError, RealKube, node_image
+
+pytestmark = pytest.mark.k8s
+
+RESTRICTED_CONTAINER = {
+    "allowPrivilegeEscalation": False,
+    "readOnlyRootFilesystem": True,
+    "capabilities": {"drop": ["ALL"]},
+}
+RESTRICTED_POD = {
+    "runAsNonRoot": True,
+    "runAsUser": 10001,
+    "runAsGroup": 10001,
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+
+
+def pod(name: str, command: str, labels: dict | None = None, **spec) -> str:
+    body = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "labels": labels or {"app": name}},
+        "spec": {
+            "securityContext": dict(RESTRICTED_POD),
+            "terminationGracePeriodSeconds": 1,
+            "containers": [
+                {
+                    "name": "main",
+                    "image": node_image("busybox"),
+                    "imagePullPolicy": "Never",
+                    "command": ["/bin/sh", "-c", command],
+                    "securityContext": RESTRICTED_CONTAINER,
+                    "volumeMounts": spec.pop("mounts", []),
+                }
+            ],
+            **spec,
+        },
+    }
+    return json.dumps(body)
+
+
+def wait_ready(kube: RealKube, ns: str, name: str) -> None:
+    result = kube.kubectl(
+        "-n", ns, "wait", "--for=condition=Ready", f"pod/{name}", "--timeout=120s", check=False
+    )
+    if result.returncode != 0:
+        described = kube.kubectl("-n", ns, "describe", "pod", name, check=False).stdout
+        raise AssertionError(f"pod {name} not Ready: {result.stderr}\n{described[-3000:]}")
+
+
+@pytest.fixture(scope="module")
+def ns(kube: RealKube) -> Iterator[str]:
+    name = kube.namespace("smoke")
+    yield name
+    kube.delete_namespace(name, wait=True)
+
+
+@pytest.fixture(scope="module")
+def web(kube: RealKube, ns: str) -> str:
+    """A pod serving HTTP on 8080 behind the ClusterIP Service `web`; returns its pod name."""
+    kube.apply(
+        pod(
+            "web",
+            "echo serving-from-$(hostname) > /www/index.html && echo web-started"
+            " && exec httpd -f -v -p 8080 -h /www",
+            mounts=[{"name": "www", "mountPath": "/www"}],
+            volumes=[{"name": "www", "emptyDir": {}}],
+        ),
+        ns,
+    )
+    service = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "web"},
+        "spec": {"selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": 8080}]},
+    }
+    kube.apply(json.dumps(service), ns)
+    wait_ready(kube, ns, "web")
+    return "web"
+
+
+@pytest.fixture(scope="module")
+def client(kube: RealKube, ns: str) -> str:
+    kube.apply(pod("client", "exec sleep 3600"), ns)
+    wait_ready(kube, ns, "client")
+    return "client"
+
+
+def test_restricted_namespace_admits_a_compliant_pod_and_refuses_a_root_one(
+    kube: RealKube, ns: str, client: str
+):
+    got = kube.kubectl_json("-n", ns, "get", "pod", client)
+    assert got["status"]["phase"] == "Running"
+    uid = kube.kubectl("-n", ns, "exec", client, "--", "id", "-u").stdout.strip()
+    assert uid == "10001"
+    root = json.loads(pod("as-root", "sleep 1"))
+    root["spec"]["securityContext"] = {"runAsUser": 0}
+    with pytest.raises(KubeError, match='violates PodSecurity "restricted'):
+        kube.apply(json.dumps(root), ns)
+
+
+def test_a_service_name_resolves_through_coredns(kube: RealKube, ns: str, web: str, client: str):
+    cluster_ip = kube.kubectl_json("-n", ns, "get", "service", "web")["spec"]["clusterIP"]
+    fqdn = f"web.{ns}.svc.cluster.local"
+    out = kube.kubectl("-n", ns, "exec", client, "--", "nslookup", fqdn).stdout
+    assert cluster_ip in out, out
+    # The search path of the pod's resolv.conf (the kubelet's clusterDNS) finds the short name.
+    resolv = kube.kubectl("-n", ns, "exec", client, "--", "cat", "/etc/resolv.conf").stdout
+    assert f"search {ns}.svc.cluster.local" in resolv, resolv
+
+
+def http_get(kube: RealKube, ns: str, client: str, host: str) -> str:
+    """The body of GET / from `host`:80, sent from the client pod ("" if it failed). busybox's
+    nc, as its wget crashes on an address literal in this static build."""
+    request = "printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 3 " + host + " 80"
+    result = kube.kubectl("-n", ns, "exec", client, "--", "sh", "-c", request, check=False)
+    if result.returncode != 0 or "200 OK" not in result.stdout:
+        return ""
+    return result.stdout.split("\n\n", 1)[-1].strip()  # text mode turned CRLF into LF
+
+
+def test_a_cluster_ip_service_reaches_its_pod_through_kube_proxy(
+    kube: RealKube, ns: str, web: str, client: str
+):
+    cluster_ip = kube.kubectl_json("-n", ns, "get", "service", "web")["spec"]["clusterIP"]
+    # kube-proxy programs the Service's rules moments after its endpoints appear.
+    body = wait_for(
+        lambda: http_get(kube, ns, client, cluster_ip),
+        timeout=60,
+        what=f"an answer from web at {cluster_ip}:80",
+    )
+    assert body == "serving-from-web"
+    # By its short name too: the pod's search path, CoreDNS, then kube-proxy.
+    assert http_get(kube, ns, client, "web") == "serving-from-web"
+
+
+def test_kubectl_logs_shows_what_the_container_printed(kube: RealKube, ns: str, web: str):
+    logs = kube.kubectl("-n", ns, "logs", web).stdout
+    assert "web-started" in logs
+
+
+def test_a_local_volume_binds_and_fs_group_makes_it_writable(kube: RealKube, ns: str):
+    claim = {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": {"name": "data"},
+        "spec": {
+            "accessModes": ["ReadWriteOnce"],
+            "storageClassName": "local",
+            "resources": {"requests": {"storage": "1Gi"}},
+        },
+    }
+    kube.apply(json.dumps(claim), ns)
+    spec = {
+        "mounts": [{"name": "data", "mountPath": "/data"}],
+        "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "data"}}],
+    }
+    writer = json.loads(
+        pod("writer", "echo kept > /data/file && stat -c '%g %a' /data && exec sleep 3600", **spec)
+    )
+    writer["spec"]["securityContext"]["fsGroup"] = 2000
+    kube.apply(json.dumps(writer), ns)
+    wait_ready(kube, ns, "writer")
+    got = kube.kubectl_json("-n", ns, "get", "pvc", "data")
+    assert got["status"]["phase"] == "Bound"
+    volume = kube.kubectl_json("get", "pv", got["spec"]["volumeName"])
+    assert "local" in volume["spec"], volume["spec"]
+    # The directory belongs to the pod's fsGroup, group-writable: uid 10001 could write.
+    assert kube.kubectl("-n", ns, "exec", "writer", "--", "cat", "/data/file").stdout == "kept\n"
+    group, mode = kube.kubectl("-n", ns, "logs", "writer").stdout.split()
+    assert group == "2000"
+    assert int(mode[-2]) & 0o2, mode
