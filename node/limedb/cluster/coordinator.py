@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Callable
 from functools import partial
 from typing import Protocol
@@ -25,7 +24,7 @@ from limedb.cluster.replica import Mutation, Replica, Stored, decode_applied, de
 from limedb.cluster.ring.placement import Ring
 from limedb.cluster.service import Consistency, InsufficientStorage, ReadResult, Unavailable
 from limedb.cluster.transitions import WriteSet
-from limedb.hlc import HLC, ClockOffsetError
+from limedb.hlc import HLC, ClockOffsetError, wall_millis
 from limedb.storage.errors import DiskFullError
 
 log = logging.getLogger(__name__)
@@ -60,10 +59,6 @@ def _disk_full_reason(node: str, error: BaseException) -> str | None:
 
 
 _LIVENESS_RANK = {Liveness.ALIVE: 0, Liveness.SUSPECT: 1, Liveness.DEAD: 2}
-
-
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 class _Quorum:
@@ -201,7 +196,7 @@ class Coordinator:
 
     def physical_ms(self) -> int:
         """The physical time expiry counts from (never the HLC, which peers can push)."""
-        return self.clock.physical_ms() if self.clock is not None else _now_ms()
+        return self.clock.physical_ms() if self.clock is not None else wall_millis()
 
     def stamp(self) -> int:
         """A timestamp for a new write; ClockOffsetUnavailable when this node's clock is too

@@ -25,7 +25,6 @@ import asyncio
 import logging
 import random
 import struct
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -43,7 +42,7 @@ from limedb.cluster.streaming import (
     snapshot_floor,
 )
 from limedb.config import default
-from limedb.hlc import pack
+from limedb.hlc import pack, wall_millis
 from limedb.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
@@ -132,10 +131,6 @@ class RepairRun:
         }
 
 
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
 class AntiEntropy:
     """Serves MERKLE requests and runs repairs of this node's ranges, on demand and on a timer.
 
@@ -213,14 +208,14 @@ class AntiEntropy:
             ranges = self.replica_ranges()
             if ranges is None:
                 raise RepairRefused("a ring transition is running; repair after it finishes")
-            run = self.current = RepairRun(_now_ms(), token_range)
+            run = self.current = RepairRun(wall_millis(), token_range)
             try:
                 await self._run(run, ranges)
             except Exception as exc:
                 run.error = f"{type(exc).__name__}: {exc}"
                 log.exception("repair failed")
             finally:
-                run.finished_ms = _now_ms()
+                run.finished_ms = wall_millis()
                 self.current = None
                 self._finished(run)
             return run.to_dict()
