@@ -87,3 +87,45 @@ def test_the_operator_reaches_the_database_only_through_the_client() -> None:
         if name.split(".")[0] == "limedb" and name != "limedb.client"
     }
     assert reached == set()
+
+
+def _protocol_members() -> set[str]:
+    tree = ast.parse((NODE / "cluster" / "service.py").read_text())
+    members: set[str] = set()
+    for cls in tree.body:
+        if isinstance(cls, ast.ClassDef) and cls.name in ("KeyValueService", "AdminService"):
+            for node in cls.body:
+                if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                    members.add(node.name)
+                elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+                    members.add(node.target.id)
+    return members
+
+
+def test_the_front_ends_use_only_the_service_protocols() -> None:
+    """What `api` and `resp` ask of the service (`...service.x`, `require_service().x`) is a
+    member of KeyValueService or AdminService, and they never ask by getattr or hasattr."""
+    members = _protocol_members()
+    asked = {
+        (path.name, name)
+        for part in ("api", "resp")
+        for path in sorted((NODE / part).rglob("*.py"))
+        for node in ast.walk(ast.parse(path.read_text()))
+        if (name := _asked_of_service(node)) is not None
+    }
+    assert asked, "the front ends must ask the service something"
+    assert {(module, name) for module, name in asked if name not in members} == set()
+
+
+def _asked_of_service(node: ast.AST) -> str | None:
+    """`x` for `...service.x` or `require_service().x`; "getattr" / "hasattr" for a reflective
+    call on a service; None for anything else."""
+    if isinstance(node, ast.Attribute):
+        return node.attr if ast.unparse(node.value).endswith(_SERVICE) else None
+    reflective = isinstance(node, ast.Call) and ast.unparse(node.func) in ("getattr", "hasattr")
+    if reflective and node.args and ast.unparse(node.args[0]).endswith(_SERVICE):
+        return ast.unparse(node.func)
+    return None
+
+
+_SERVICE = ("service", "require_service()")
