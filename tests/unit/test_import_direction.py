@@ -129,3 +129,17 @@ def _asked_of_service(node: ast.AST) -> str | None:
 
 
 _SERVICE = ("service", "require_service()")
+
+
+def test_no_setting_default_is_repeated_by_getattr() -> None:
+    """Defaults live once, in config.py's SETTINGS: no `getattr(config, name, default)`."""
+    repeated = {
+        f"{path.relative_to(NODE)}: {ast.unparse(node)}"
+        for path in sorted(NODE.rglob("*.py"))
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.Call)
+        and ast.unparse(node.func) == "getattr"
+        and len(node.args) == 3
+        and ast.unparse(node.args[0]).endswith(("config", "settings", "options"))
+    }
+    assert repeated == set()
