@@ -24,7 +24,7 @@ die() { log "ERROR: $*"; exit 1; }
 command -v go >/dev/null || die "go is not installed; the k8s tier builds its binaries with Go >= 1.26"
 
 want="$(cat "$TOOLS/go.mod" "$TOOLS/go.sum" "$TOOLS/helm/go.mod" "$TOOLS/helm/go.sum" \
-    "$TOOLS/coredns/go.mod" "$TOOLS/coredns/go.sum" "$0" | sha256sum | cut -d' ' -f1)"
+    "$TOOLS/coredns/go.mod" "$TOOLS/coredns/go.sum" "$TOOLS/coredns/main.go" "$0" | sha256sum | cut -d' ' -f1)"
 
 all_present() {
     local b
@@ -66,9 +66,10 @@ build "$TOOLS" kube-proxy k8s.io/kubernetes/cmd/kube-proxy
 build "$TOOLS" kubectl k8s.io/kubernetes/cmd/kubectl
 build "$TOOLS" etcd go.etcd.io/etcd/server/v3
 build "$TOOLS/helm" helm helm.sh/helm/v3/cmd/helm
-# CoreDNS runs in a pod, from an image holding nothing but this binary: static, without cgo.
+# CoreDNS with the plugins tools/k8s/coredns/main.go names. It runs in a pod, from an image
+# holding nothing but this binary: static, without cgo.
 ldflags="-s -w"
-build "$TOOLS/coredns" coredns github.com/coredns/coredns CGO_ENABLED=0
+build "$TOOLS/coredns" coredns . CGO_ENABLED=0
 
 for b in "${BINARIES[@]}"; do
     [[ -x "$OUT/$b" ]] || die "$b missing after the build"
