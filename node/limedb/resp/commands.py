@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from limedb.resp.encoding import RespError, Status
-from limedb.resp.string_ops import parse_int64
 
 if TYPE_CHECKING:
     from limedb.resp.session import Session
@@ -20,7 +19,6 @@ if TYPE_CHECKING:
 Handler = Callable[["Session", list[bytes]], "Awaitable[Any] | Any"]
 
 SYNTAX_ERROR = RespError("ERR syntax error")
-NOT_AN_INTEGER = RespError("ERR value is not an integer or out of range")
 NOAUTH = RespError("NOAUTH Authentication required.")
 # Redis answers NOPERM to a user whose ACL does not allow a command. LimeDB's only user is
 # `default`, and without a password anyone who reaches the port is that user, so a command that
@@ -150,11 +148,3 @@ def resolve(argv: list[bytes], authenticated: bool, admin: bool = False) -> Comm
         )
         return RespError(NOPERM_ADMIN.format(name if cmd.admin_subcommands else cmd.name))
     return cmd
-
-
-def int_arg(raw: bytes) -> int:
-    """A Redis integer argument, or the error Redis answers for anything else."""
-    value = parse_int64(raw)
-    if value is None:
-        raise NOT_AN_INTEGER
-    return value

@@ -15,10 +15,10 @@ import re
 from typing import Any
 
 from limedb.hlc import wall_millis
-from limedb.resp.commands import SYNTAX_ERROR, command, int_arg
+from limedb.resp.commands import SYNTAX_ERROR, command
 from limedb.resp.encoding import OK, RespError, Status
 from limedb.resp.session import Session
-from limedb.resp.string_ops import INT64_MAX, StringOp, plain_set
+from limedb.resp.string_ops import INT64_MAX, StringOp, int_arg, plain_set
 
 SCAN_COUNT_MAX = 100_000
 EMPTY_KEY = RespError("ERR empty keys are not supported by LimeDB")

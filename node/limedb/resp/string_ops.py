@@ -49,6 +49,7 @@ def parse_int64(raw: bytes) -> int | None:
 
 
 def int_arg(raw: bytes) -> int:
+    """A Redis integer argument (of a command or an operation), or Redis's error for it."""
     value = parse_int64(raw)
     if value is None:
         raise CommandError(NOT_AN_INTEGER)

@@ -20,7 +20,7 @@ from typing import Any
 
 from limedb.cluster.atomic import OperationRefused
 from limedb.cluster.transaction import ManyPrimaries
-from limedb.resp.commands import COMMANDS, command, int_arg
+from limedb.resp.commands import COMMANDS, command
 from limedb.resp.encoding import NULL_ARRAY, OK, RespError, Status
 from limedb.resp.keyspace import (
     check_key,
@@ -31,7 +31,7 @@ from limedb.resp.keyspace import (
     setex_op,
 )
 from limedb.resp.session import Session
-from limedb.resp.string_ops import Reply, StringOp, plain_set
+from limedb.resp.string_ops import Reply, StringOp, int_arg, plain_set
 
 # Commands the listener runs at once, also between MULTI and EXEC.
 CONTROL = frozenset((b"multi", b"exec", b"discard", b"watch", b"quit"))
