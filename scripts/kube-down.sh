@@ -15,17 +15,22 @@ flock 9
 t0=$SECONDS
 problems=()
 
-stop() {  # stop <component> [seconds]: SIGTERM, then SIGKILL if it has not exited in time
-    local pid deadline=$((SECONDS + ${2:-15}))
-    pid="$(pid_of "$1")" || return 0
-    kill -TERM "$pid" 2>/dev/null
-    while kill -0 "$pid" 2>/dev/null; do
-        if ((SECONDS >= deadline)); then
-            kube_log "$1 ignored SIGTERM; killing it"
-            kill -KILL "$pid" 2>/dev/null
-            sleep 0.2
-        fi
-        sleep 0.1
+stop() {  # stop <seconds> <component>...: SIGTERM to all, SIGKILL to those still running then
+    local grace=$1 c pid pids=() deadline
+    shift
+    deadline=$((SECONDS + grace))
+    for c in "$@"; do
+        pid="$(pid_of "$c")" || continue
+        kill -TERM "$pid" 2>/dev/null
+        pids+=("$pid")
+    done
+    for pid in "${pids[@]}"; do
+        while alive "$pid"; do
+            if ((SECONDS >= deadline)); then
+                kill -KILL "$pid" 2>/dev/null
+            fi
+            sleep 0.1
+        done
     done
 }
 
@@ -180,12 +185,11 @@ if [[ ! -e "$KRUN" ]] && ! ip link show "$BRIDGE" >/dev/null 2>&1 && [[ -z "$(cl
     exit 0
 fi
 kube_log "stopping the cluster ..."
-stop kube-proxy
-stop kubelet
+stop 10 kube-proxy kubelet
 remove_containers
-for c in kube-scheduler kube-controller-manager containerd kube-apiserver etcd; do
-    stop "$c"
-done
+# The API server's graceful shutdown waits for its clients' watches: of no use here.
+stop 2 kube-scheduler kube-controller-manager containerd kube-apiserver
+stop 10 etcd
 kill_leftovers
 unmount_all
 remove_cgroups

@@ -53,7 +53,7 @@ kctr() { ctr --address "$SOCK" -n k8s.io "$@"; }
 pid_of() {  # pid_of <component>: its pid if it is running
     local pid
     pid="$(cat "$KRUN/pids/$1.pid" 2>/dev/null)" || return 1
-    [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null || return 1
+    [[ -n "$pid" ]] && alive "$pid" || return 1
     # A pid the kernel gave to another program since is not ours to signal.
     [[ "$(exe_name "$pid")" == "$1" ]] || return 1
     echo "$pid"
@@ -66,18 +66,24 @@ exe_name() {  # exe_name <pid>: the file name of its program (also once it was r
     echo "${exe##*/}"
 }
 
+alive() {  # alive <pid>: running (a zombie waiting for init to reap it is not)
+    local stat
+    stat="$(cat "/proc/$1/stat" 2>/dev/null)" || return 1
+    stat="${stat##*) }"
+    [[ "${stat%% *}" != Z ]]
+}
+
 cluster_pids() {
     # Every process of the cluster, found by what it runs and its arguments naming $KRUN:
     # the components and the runc shims of its containerd (these name its socket).
-    local proc pid name
-    for proc in /proc/[0-9]*; do
-        pid="${proc#/proc/}"
+    local file pid name
+    for file in $(grep -lsF -- "$KRUN/" /proc/[0-9]*/cmdline); do
+        pid="${file#/proc/}"
+        pid="${pid%/cmdline}"
         name="$(exe_name "$pid")" || continue
         case " ${COMPONENTS[*]} containerd-shim-runc-v2 " in
-            *" $name "*) ;;
-            *) continue ;;
+            *" $name "*) alive "$pid" && echo "$pid" ;;
         esac
-        tr '\0' ' ' <"$proc/cmdline" 2>/dev/null | grep -qF -- "$KRUN/" && echo "$pid"
     done
 }
 

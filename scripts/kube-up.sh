@@ -499,6 +499,25 @@ for n in pause coredns busybox; do
     [[ -f "$KIMAGES/$n.ref" ]] || kube_die "$KIMAGES/$n.ref is missing: run \`make k8s-tools\`"
 done
 
+failed() {
+    # A half-started cluster helps nobody: keep its logs, then take it down.
+    local code=$? saved log
+    ((code != 0)) || return 0
+    saved="$(mktemp -d /tmp/limedb-kube-failed.XXXXXX)"
+    cp -r "$KRUN/logs/." "$saved/" 2>/dev/null
+    for log in "$saved"/*.log; do
+        [[ "$log" == */openssl.log ]] && continue
+        [[ -s "$log" ]] || continue
+        printf -- '--- last lines of %s\n' "$log" >&2
+        tail -n 8 "$log" >&2
+    done
+    kube_log "kube-up failed (exit $code); logs kept in $saved; taking the cluster down"
+    flock -u 9
+    bash "$(dirname "$0")/kube-down.sh" >&2 || true
+    exit "$code"
+}
+trap failed EXIT
+
 mkdir -p "$KRUN/logs" "$KRUN/pids" "$KRUN/pv"
 echo "$ROOT" >"$KRUN/root"
 save_sysctls
@@ -572,5 +591,6 @@ kctl -n kube-system rollout status deployment/coredns --timeout=180s >&2 9>&- \
 for c in "${COMPONENTS[@]}"; do
     pid_of "$c" >/dev/null || kube_die "$c exited; see $KRUN/logs/$c.log"
 done
+trap - EXIT
 kube_log "up in $((SECONDS - t0))s: node $NODE_NAME, API https://$NODE_IP:$API_PORT"
 echo "KUBECONFIG=$KUBECONFIG_PATH"
