@@ -197,6 +197,22 @@ ip link show "$BRIDGE" >/dev/null 2>&1 && { ip link delete "$BRIDGE" || problems
 remove_nft_tables
 restore_sysctls
 find /var/log/containers -maxdepth 1 -type l -lname "$KRUN/*" -delete 2>/dev/null
+
+# What kube-down promises, checked rather than assumed.
+ip link show "$BRIDGE" >/dev/null 2>&1 && problems+=("bridge $BRIDGE is still there")
+findmnt -rn -o TARGET | grep -qF "$KRUN/" && problems+=("mounts under $KRUN remain")
+if [[ -f "$KRUN/netns.list" ]]; then
+    while read -r ns; do
+        [[ -e "$ns" ]] && problems+=("network namespace $ns remains")
+    done <"$KRUN/netns.list"
+fi
+[[ -z "$(cluster_pids)" ]] || problems+=("cluster processes remain")
+if [[ -f "$KRUN/sysctl.saved" ]]; then
+    while IFS='=' read -r key value; do
+        now="$(sysctl -n "$key" 2>/dev/null)" || continue
+        [[ "$now" == "$value" ]] || problems+=("$key is $now, was $value")
+    done <"$KRUN/sysctl.saved"
+fi
 if ((${#problems[@]} == 0)); then
     rm -rf "$KRUN"
     kube_log "down in $((SECONDS - t0))s"
