@@ -93,6 +93,14 @@ class RealKube:
         self.kubectl("-n", name, "wait", "--for=create", "serviceaccount/default", "--timeout=60s")
         return name
 
+    def renew_volumes(self) -> None:
+        """Offers the local PersistentVolumes whose claims were deleted (Released) again,
+        emptied, as kube-up does on every call: for a session that goes through more volumes
+        than the cluster has (LIMEDB_KUBE_PVS, 32 by default)."""
+        result = subprocess.run(["bash", str(KUBE_UP)], capture_output=True, text=True, timeout=300)
+        if result.returncode != 0:
+            raise KubeError(f"scripts/kube-up.sh exited {result.returncode}:\n{result.stderr}")
+
     def delete_namespace(self, name: str, wait: bool = False) -> None:
         self.kubectl("delete", "namespace", name, f"--wait={str(wait).lower()}", timeout=300)
 

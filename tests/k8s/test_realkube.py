@@ -1,7 +1,8 @@
 """The one-node Kubernetes of scripts/kube-up.sh does what LimeDB's pods rely on: pods run under
 the `restricted` Pod Security Standard as the real admission enforces it, CoreDNS resolves
 Service names, kube-proxy carries a ClusterIP Service to its pod, a local PersistentVolume
-binds and is writable through fsGroup, and `kubectl logs` / `kubectl exec` reach the kubelet.
+binds and is writable through fsGroup (and is offered again, emptied, once its claim is gone),
+and `kubectl logs` / `kubectl exec` reach the kubelet.
 
 The pods run the busybox image scripts/node-images.sh builds from Debian's busybox-static, so
 these tests need nothing of `make image`.
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from k8swait import wait_for
@@ -186,3 +188,41 @@ def test_a_local_volume_binds_and_fs_group_makes_it_writable(kube: RealKube, ns:
     group, mode = kube.kubectl("-n", ns, "logs", "writer").stdout.split()
     assert group == "2000"
     assert int(mode[-2]) & 0o2, mode
+
+
+def test_a_released_volume_is_offered_again_empty(kube: RealKube, ns: str):
+    claim = {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": {"name": "once"},
+        "spec": {
+            "accessModes": ["ReadWriteOnce"],
+            "storageClassName": "local",
+            "resources": {"requests": {"storage": "1Gi"}},
+        },
+    }
+    kube.apply(json.dumps(claim), ns)
+    user = json.loads(
+        pod(
+            "once",
+            "echo left-behind > /data/file && exec sleep 3600",
+            mounts=[{"name": "data", "mountPath": "/data"}],
+            volumes=[{"name": "data", "persistentVolumeClaim": {"claimName": "once"}}],
+        )
+    )
+    user["spec"]["securityContext"]["fsGroup"] = 2000
+    kube.apply(json.dumps(user), ns)
+    wait_ready(kube, ns, "once")
+    volume = kube.kubectl_json("-n", ns, "get", "pvc", "once")["spec"]["volumeName"]
+    path = Path(kube.kubectl_json("get", "pv", volume)["spec"]["local"]["path"])
+    assert (path / "file").read_text() == "left-behind\n"
+    kube.kubectl("-n", ns, "delete", "pod", "once", "--wait=true")
+    kube.kubectl("-n", ns, "delete", "pvc", "once", "--wait=true")
+
+    def phase() -> str:
+        return kube.kubectl_json("get", "pv", volume)["status"]["phase"]
+
+    wait_for(lambda: phase() == "Released", timeout=60, what=f"{volume} Released")
+    kube.renew_volumes()
+    wait_for(lambda: phase() == "Available", timeout=60, what=f"{volume} Available again")
+    assert list(path.iterdir()) == []
