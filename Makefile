@@ -47,7 +47,7 @@ kube-down:
 	bash scripts/kube-down.sh
 
 ## test: install everything the tests need, then run the whole suite
-test: $(STAMP) system-deps k8s-tools
+test: $(STAMP) system-deps k8s-tools image
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
@@ -64,7 +64,7 @@ test-cluster: $(STAMP) system-deps
 	$(BIN)/python -m pytest -m "not ($(UNIT_TESTS)) and not k8s" $(PYTEST_ARGS)
 
 ## test-k8s: the Kubernetes tier against the control plane built by scripts/k8s-tools.sh
-test-k8s: $(STAMP) system-deps k8s-tools
+test-k8s: $(STAMP) system-deps k8s-tools image
 	$(BIN)/python -m pytest -m k8s $(PYTEST_ARGS)
 
 ## bench: every benchmark, each printing ratios against its anchor

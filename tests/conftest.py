@@ -19,7 +19,7 @@ PROCESS_FIXTURES = frozenset(
         "make_cluster", "fleet", "cluster", "three",  # tests/cluster, tests/faults
         "netlab", "small_disk", "disks",  # network namespaces, tmpfs data dirs
         "redis_reference", "limedb_single", "limedb_three", "limited",  # tests/resp
-        "control_plane", "operator", "runner", "kube",  # tests/k8s
+        "control_plane", "operator", "kube",  # tests/k8s
         "browser",  # tests/ui: a headless Chromium
     }
 )  # fmt: skip

@@ -34,6 +34,11 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     # is the StatefulSet's persistentVolumeClaimRetentionPolicy, carried out by the garbage
     # collector. The name is kept so kopf releases the finalizer of older releases.
     settings.persistence.finalizer = manifests.FINALIZER
+    # A deleted LimeCluster waits for its timer to stop. kopf re-checks a timer that did not
+    # exit at once (a tick was running) only every `cancellation_polling` (60 s by default):
+    # `helm uninstall` and `kubectl delete` would hang that long. A tick takes about a second.
+    settings.background.instant_exit_timeout = 3.0
+    settings.background.cancellation_polling = 1.0
     # No CRD scanning: that needs cluster-wide list/watch on CRDs, which a namespaced operator
     # is not granted; the LimeCluster resource is known in advance.
     settings.scanning.disabled = True

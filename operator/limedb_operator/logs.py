@@ -5,8 +5,9 @@ from __future__ import annotations
 import logging
 
 # Each tick polls /admin/status of up to 3 nodes through httpx, which logs every request at INFO,
-# and kopf logs every successful timer run at INFO: 5 lines every 2 s with nothing happening.
-_CHATTY = ("httpx", "httpcore")
+# and kopf logs every successful timer run at INFO: 5 lines every 2 s with nothing happening
+# (and aiohttp one per liveness probe).
+_CHATTY = ("httpx", "httpcore", "aiohttp.access")
 
 
 class _NoTimerSuccess(logging.Filter):

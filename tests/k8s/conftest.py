@@ -89,14 +89,3 @@ def operator(api, crd, control_plane: ControlPlane, namespace: str):
     proc.start()
     yield proc
     proc.stop()
-
-
-@pytest.fixture
-def runner(api, control_plane: ControlPlane, namespace: str):
-    """The kubelet stand-in for `namespace` (see podrunner.py): pods become real processes."""
-    from podrunner import PodRunner
-
-    pod_runner = PodRunner(api, namespace, control_plane.workdir).start()
-    yield pod_runner
-    pod_runner.stop()
-    assert not pod_runner.errors, pod_runner.errors

@@ -4,7 +4,9 @@ The binaries come from scripts/k8s-tools.sh (.cache/k8s/bin). Certificates and t
 account signing key are generated with openssl into a temporary directory for each run; the
 tests talk to the API server as an admin (client certificate in group system:masters), and the
 operator can be given a real ServiceAccount token so that the chart's RBAC is what it runs with.
-There is no kubelet and no scheduler: see podrunner.py for the stand-in.
+There is no kubelet and no scheduler: pods stay Pending. This fast tier proves what the API
+server and its controllers decide (CRD, chart, RBAC, operator status, volume expansion); what
+needs running pods is proven on the real one-node Kubernetes (realkube.py, test_pods_*.py).
 """
 
 from __future__ import annotations
@@ -228,8 +230,7 @@ class ControlPlane:
                 "--use-service-account-credentials=true",
                 "--service-account-private-key-file", str(pki / "sa.key"),
                 "--root-ca-file", str(pki / "ca.crt"),
-                # The pod runner stands in for a kubelet without node heartbeats, so the node
-                # lifecycle controller (which evicts pods from silent nodes) stays off.
+                # No kubelet here: the node lifecycle controller has no node to watch.
                 "--controllers", "*,-nodelifecycle,-nodeipam,-cloud-node-lifecycle,-service-lb-controller,-node-route-controller",
                 "--concurrent-statefulset-syncs", "5",
                 "--v", "1",

@@ -1,0 +1,241 @@
+"""Issue 13, acceptance 1-4, on real pods of the real image (`make image`, imported by kube-up):
+the chart's operator Deployment and a 3-node LimeCluster in a namespace enforcing the
+`restricted` Pod Security Standard; 20,000 keys written by a client pod through the client
+Service and read back through every pod's headless-service name; 3 -> 5 -> 3 with the operator
+pod deleted in the middle of the scale-down; a node container killed, a node pod deleted; the
+LimeCluster deleted and re-created over its retained volumes.
+
+One namespace, operator and LimeCluster serve the whole module, in order: each test starts
+from the converged 3-node cluster the previous one left, and the data set written once must be
+whole after every step.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterator
+
+import pytest
+import redis
+from k8swait import wait_for
+from lime_pods import (
+    NODE_LABEL,
+    OPERATOR_LABEL,
+    converged,
+    current_image,
+    delete_clusters,
+    get_lime_row,
+    install_operator,
+    kill_container,
+    lime_manifest,
+    lime_status,
+    pods,
+    run_client,
+)
+from realkube import LIMEDB_IMAGE, RESTRICTED, RealKube
+
+pytestmark = pytest.mark.k8s
+
+
+@pytest.fixture(scope="module")
+def ns(kube: RealKube) -> Iterator[str]:
+    current_image(kube)
+    name = kube.namespace("lime")
+    install_operator(kube, name)
+    yield name
+    # The LimeCluster first, while its operator can still release it; then everything else.
+    delete_clusters(kube, name)
+    kube.delete_namespace(name, wait=False)
+
+
+@pytest.fixture(scope="module")
+def cluster(kube: RealKube, ns: str) -> str:
+    kube.apply(lime_manifest(), ns)
+    converged(kube, ns, 3)
+    return "lime"
+
+
+def _claims(kube: RealKube, ns: str) -> dict[str, dict]:
+    listed = kube.kubectl_json("-n", ns, "get", "pvc")["items"]
+    return {c["metadata"]["name"]: c for c in listed if not c["metadata"].get("deletionTimestamp")}
+
+
+def test_pods_run_the_image_as_non_root_on_a_read_only_root_under_restricted(
+    kube: RealKube, ns: str, cluster: str
+):
+    labels = kube.kubectl_json("get", "namespace", ns)["metadata"]["labels"]
+    assert labels[RESTRICTED] == "restricted"
+    running = pods(kube, ns, OPERATOR_LABEL) + pods(kube, ns, NODE_LABEL)
+    assert len(running) == 4
+    for pod in running:
+        name = pod["metadata"]["name"]
+        (status,) = pod["status"]["containerStatuses"]
+        assert status["ready"] and status["image"].endswith(LIMEDB_IMAGE), (name, status)
+        assert kube.kubectl("-n", ns, "exec", name, "--", "id", "-u").stdout.strip() == "10001"
+        root = kube.kubectl("-n", ns, "exec", name, "--", "touch", "/probe", check=False)
+        assert root.returncode != 0 and "Read-only file system" in root.stderr, (name, root)
+    # The node writes its data to the volume (fsGroup makes it the pod's).
+    listing = kube.kubectl("-n", ns, "exec", "lime-0", "--", "ls", "/data").stdout
+    assert listing.strip(), "the node wrote nothing to /data"
+
+
+def test_a_client_pod_writes_20000_keys_through_the_service_and_reads_them_per_pod(
+    kube: RealKube, ns: str, cluster: str
+):
+    log = run_client(kube, ns, "write", nodes=3)
+    assert f"wrote 20000 through http://lime.{ns}.svc:8484" in log
+    for o in range(3):
+        assert f"lime-{o}.lime-headless.{ns}.svc:8484 read 20000/20000" in log, log
+
+
+def test_resp_needs_the_password_the_operator_generated(kube: RealKube, ns: str, cluster: str):
+    secret = kube.kubectl_json("-n", ns, "get", "secret", "lime-resp-password")
+    password = base64.b64decode(secret["data"]["password"]).decode()
+    cluster_secret = kube.kubectl_json("-n", ns, "get", "secret", "lime-secret")
+    assert password and password != base64.b64decode(cluster_secret["data"]["cluster-secret"])
+    # The node's bridge reaches pod IPs directly.
+    ip = kube.kubectl_json("-n", ns, "get", "pod", "lime-1")["status"]["podIP"]
+    with pytest.raises(redis.AuthenticationError):
+        redis.Redis(host=ip, port=6379, socket_timeout=10).get("resp-key")
+    authed = redis.Redis(host=ip, port=6379, password=password, socket_timeout=10)
+    assert authed.set("resp-key", "via-resp") and authed.get("resp-key") == b"via-resp"
+    authed.close()
+
+
+def test_scale_to_5_and_back_to_3_with_the_operator_pod_deleted_mid_scale_down(
+    kube: RealKube, ns: str, cluster: str
+):
+    rows: list[dict[str, str]] = []
+    kube.kubectl("-n", ns, "scale", "lime/lime", "--replicas=5")
+    obj = converged(kube, ns, 5, seen=rows)
+    _assert_row_shows(get_lime_row(kube, ns), obj["status"], nodes="5")
+    assert {"ScalingUp", "Rebalancing"} & {r["PHASE"] for r in rows}, rows
+    assert obj["status"]["ringEpoch"] >= 3  # one epoch per join at least
+    assert {"ScalingUp", "Joining"} <= _event_reasons(kube, ns)
+    run_client(kube, ns, "read", nodes=5)
+
+    (old_operator,) = pods(kube, ns, OPERATOR_LABEL)
+    kube.kubectl("-n", ns, "scale", "lime/lime", "--replicas=3")
+    rows.clear()
+
+    def scaling_down():
+        row = get_lime_row(kube, ns)
+        if not rows or rows[-1] != row:
+            rows.append(row)
+        return row["PHASE"] in ("ScalingDown", "Rebalancing")
+
+    # A leave takes seconds here: the operator goes at the first sign of the scale-down.
+    wait_for(scaling_down, timeout=120, interval=0.2, what=lambda: f"ScalingDown; rows {rows}")
+    kube.kubectl("-n", ns, "delete", "pod", old_operator["metadata"]["name"], "--wait=false")
+    sts = kube.kubectl_json("-n", ns, "get", "statefulset", "lime")
+    assert sts["spec"]["replicas"] > 3, "the scale-down finished before the operator was deleted"
+
+    def replaced():
+        new = [p for p in pods(kube, ns, OPERATOR_LABEL)
+               if p["metadata"]["uid"] != old_operator["metadata"]["uid"]]  # fmt: skip
+        return new and all(c["ready"] for c in new[0]["status"].get("containerStatuses", [{}]))
+
+    wait_for(replaced, timeout=120, interval=1.0, what="a new operator pod, Ready")
+    obj = converged(kube, ns, 3, seen=rows)
+    _assert_row_shows(get_lime_row(kube, ns), obj["status"], nodes="3")
+    assert obj["status"].get("migration") is None  # no stale progress once it is over
+    normal = [m["pod"] for m in obj["status"]["members"] if m["state"] == "Normal"]
+    assert normal == ["lime-0", "lime-1", "lime-2"]
+    assert {"Leaving", "ScalingDown"} <= _event_reasons(kube, ns)
+    run_client(kube, ns, "read", nodes=3)
+    # whenScaled=Delete (the default): the volumes of the removed nodes go.
+    wait_for(lambda: sorted(_claims(kube, ns)) == ["data-lime-0", "data-lime-1", "data-lime-2"],
+             timeout=60, what=lambda: f"only the members' claims; have {sorted(_claims(kube, ns))}")  # fmt: skip
+
+
+def test_scale_below_the_replication_factor_is_refused_and_removes_nothing(
+    kube: RealKube, ns: str, cluster: str
+):
+    kube.kubectl("-n", ns, "scale", "lime/lime", "--replicas=2")
+
+    def refused():
+        st = lime_status(kube, ns)
+        valid = next((c for c in st.get("conditions", []) if c["type"] == "Valid"), {})
+        return valid.get("status") == "False" and (st, valid)
+
+    st, valid = wait_for(refused, timeout=60, interval=0.5, what="Valid=False")
+    assert valid["reason"] == "BelowReplicationFactor" and st["phase"] == "Invalid"
+    assert get_lime_row(kube, ns)["PHASE"] == "Invalid"
+    assert "BelowReplicationFactor" in _event_reasons(kube, ns)
+    sts = kube.kubectl_json("-n", ns, "get", "statefulset", "lime")
+    assert sts["spec"]["replicas"] == 3
+    kube.kubectl("-n", ns, "scale", "lime/lime", "--replicas=3")
+    converged(kube, ns, 3)
+
+
+def _event_reasons(kube: RealKube, ns: str) -> set[str]:
+    listed = kube.kubectl_json("-n", ns, "get", "events",
+                               "--field-selector", "involvedObject.kind=LimeCluster")  # fmt: skip
+    return {e["reason"] for e in listed["items"]}
+
+
+def _assert_row_shows(row: dict[str, str], status: dict, nodes: str) -> None:
+    assert row["NODES"] == nodes and row["READY"] == nodes, row
+    assert row["PHASE"] == "Running", row
+    assert row["EPOCH"] == str(status["ringEpoch"]), (row, status.get("ringEpoch"))
+
+
+def test_a_killed_node_container_is_restarted_by_the_kubelet_with_its_data(
+    kube: RealKube, ns: str, cluster: str
+):
+    pod = kube.kubectl_json("-n", ns, "get", "pod", "lime-1")
+    (status,) = pod["status"]["containerStatuses"]
+    kill_container(status["containerID"])
+
+    def restarted():
+        got = kube.kubectl_json("-n", ns, "get", "pod", "lime-1")
+        (now,) = got["status"]["containerStatuses"]
+        return now["restartCount"] > status["restartCount"] and now["ready"] and got
+
+    got = wait_for(restarted, timeout=180, interval=1.0, what="lime-1 restarted and Ready")
+    assert got["metadata"]["uid"] == pod["metadata"]["uid"]  # the same pod: only the container
+    converged(kube, ns, 3)
+    run_client(kube, ns, "read", nodes=3)
+
+
+def test_a_deleted_node_pod_comes_back_with_the_same_volume_and_its_data(
+    kube: RealKube, ns: str, cluster: str
+):
+    before = kube.kubectl_json("-n", ns, "get", "pod", "lime-2")
+    claim = _claims(kube, ns)["data-lime-2"]
+    kube.kubectl("-n", ns, "delete", "pod", "lime-2", "--wait=false")
+
+    def back():
+        got = kube.kubectl_json("-n", ns, "get", "pod", "lime-2")
+        fresh = got["metadata"]["uid"] != before["metadata"]["uid"]
+        ready = all(c["ready"] for c in got["status"].get("containerStatuses", [{"ready": 0}]))
+        return fresh and ready and got
+
+    wait_for(back, timeout=180, interval=1.0, what="a new lime-2 pod, Ready")
+    again = _claims(kube, ns)["data-lime-2"]
+    assert again["metadata"]["uid"] == claim["metadata"]["uid"]
+    assert again["spec"]["volumeName"] == claim["spec"]["volumeName"]
+    converged(kube, ns, 3)
+    run_client(kube, ns, "read", nodes=3)
+
+
+def test_deleting_the_cluster_leaves_only_retained_volumes_and_a_new_one_has_the_data(
+    kube: RealKube, ns: str, cluster: str
+):
+    claims = {n: c["metadata"]["uid"] for n, c in _claims(kube, ns).items()}
+    kube.kubectl("-n", ns, "delete", "lime", "lime", "--wait=false")
+    # pvcRetention.whenDeleted defaults to Retain: the claims stay, everything else goes.
+    wait_for(lambda: _left_of(kube, ns) == [], timeout=60,
+             what=lambda: f"nothing of the cluster but its claims; left {_left_of(kube, ns)}")  # fmt: skip
+    assert {n: c["metadata"]["uid"] for n, c in _claims(kube, ns).items()} == claims
+    kube.apply(lime_manifest(), ns)
+    converged(kube, ns, 3)
+    run_client(kube, ns, "read", nodes=3)
+
+
+def _left_of(kube: RealKube, ns: str) -> list[str]:
+    """What of LimeCluster `lime` still exists, claims aside."""
+    out = kube.kubectl("-n", ns, "get", "limecluster,statefulset,pod,service,secret,pdb",
+                       "-l", "app.kubernetes.io/instance=lime", "-o", "name").stdout.split()  # fmt: skip
+    out += kube.kubectl("-n", ns, "get", "limecluster", "-o", "name").stdout.split()
+    return sorted(set(out))
