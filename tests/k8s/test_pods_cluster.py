@@ -239,3 +239,20 @@ def _left_of(kube: RealKube, ns: str) -> list[str]:
                        "-l", "app.kubernetes.io/instance=lime", "-o", "name").stdout.split()  # fmt: skip
     out += kube.kubectl("-n", ns, "get", "limecluster", "-o", "name").stdout.split()
     return sorted(set(out))
+
+
+def test_replication_factor_lowered_to_1_with_one_node_then_back_to_3_nodes(
+    kube: RealKube, ns: str, cluster: str
+):
+    """The RF change runs first (through the admin API, no pod restarted), then two leaves; the
+    data set stays whole on the one node left, and on the three after the scale-up."""
+    kube.kubectl("-n", ns, "patch", "lime", "lime", "--type=merge",
+                 "-p", '{"spec": {"replicationFactor": 1, "nodes": 1}}')  # fmt: skip
+    obj = converged(kube, ns, 1)
+    valid = next(c for c in obj["status"]["conditions"] if c["type"] == "Valid")
+    assert valid["status"] == "True"
+    assert "ReplicationFactor" in _event_reasons(kube, ns)
+    run_client(kube, ns, "read", nodes=1)
+    kube.kubectl("-n", ns, "scale", "lime/lime", "--replicas=3")
+    converged(kube, ns, 3)
+    run_client(kube, ns, "read", nodes=3)
