@@ -17,6 +17,8 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from support.netns import pid_alive
+
 ROOT = Path(__file__).resolve().parents[2]
 BIN = ROOT / ".cache" / "k8s" / "bin"
 KUBE_UP = ROOT / "scripts" / "kube-up.sh"
@@ -117,21 +119,11 @@ def _running() -> bool:
     return probe.returncode == 0
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _other_users() -> list[int]:
     if not USERS.is_dir():
         return []
     pids = [int(p.name) for p in USERS.iterdir() if p.name.isdigit()]
-    return [pid for pid in pids if pid != os.getpid() and _alive(pid)]
+    return [pid for pid in pids if pid != os.getpid() and pid_alive(pid)]
 
 
 def kube_up() -> RealKube:
