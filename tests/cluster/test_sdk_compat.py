@@ -130,10 +130,14 @@ def test_sdk_calls_follow_the_ring_through_a_leave_and_a_killed_node(fleet: Flee
             finally:
                 view.close()
         assert d.url not in {e["node_url"] for e in sdk.replicas("user:1")["replicas"]}
-        # d itself no longer reports itself a Normal member.
+        # d itself no longer reports itself a Normal member, once it has heard of its removal.
         d_view = LimeSDK(d.url)
         try:
-            assert d.url not in {m["url"] for m in d_view.cluster_state()["members"]}
+            wait_for(
+                lambda: d.url not in {m["url"] for m in d_view.cluster_state()["members"]},
+                15.0,
+                f"{d.url} to stop listing itself as a member after its leave",
+            )
         finally:
             d_view.close()
 
