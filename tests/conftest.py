@@ -16,7 +16,7 @@ PROCESS_MARKERS = (
 PROCESS_FIXTURES = frozenset(
     {
         "node_factory", "node", "module_node", "wire_node", "lime",  # tests/node
-        "make_cluster", "fleet", "cluster", "three",  # tests/cluster, tests/faults
+        "make_cluster", "fleet", "cluster", "three", "tls_three",  # tests/cluster, faults
         "netlab", "small_disk", "disks",  # network namespaces, tmpfs data dirs
         "redis_reference", "limedb_single", "limedb_three", "limited",  # tests/resp
         "control_plane", "operator", "kube",  # tests/k8s

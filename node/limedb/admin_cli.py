@@ -29,9 +29,16 @@ DEFAULT_URL = "http://127.0.0.1:8484"
 out = Console()
 err = Console(stderr=True)
 
-url_option = click.option(
-    "--url", default=DEFAULT_URL, show_default=True, envvar="LIMEDB_URL", help="Any ring node."
-)
+
+def url_option(command):  # noqa: ANN001, ANN201 - a click decorator
+    """--url and --ca (limedb.cli)."""
+    from limedb.cli import ca_option
+
+    return click.option(
+        "--url", default=DEFAULT_URL, show_default=True, envvar="LIMEDB_URL", help="Any ring node."
+    )(ca_option(command))
+
+
 secret_option = click.option(
     "--secret",
     envvar="LIMEDB_CLUSTER_SECRET",
@@ -43,10 +50,11 @@ wait_option = click.option("--wait", is_flag=True, help="Follow the transition u
 
 
 def _client(url: str, secret: str | None):  # noqa: ANN202 - deferred import keeps --help fast
+    from limedb.cli import given_ca
     from limedb.client import Client
     from limedb.secret import find_secret
 
-    return Client(url, retries=2, cluster_secret=secret or find_secret())
+    return Client(url, retries=2, cluster_secret=secret or find_secret(), ca=given_ca())
 
 
 def _run(url: str, secret: str | None, call: Callable[[Any], dict]) -> dict:

@@ -49,6 +49,17 @@ def main() -> None:
 @click.option("--max-value-bytes", type=int, help="Largest value accepted [default: 1 MiB].")
 @click.option("--resp-port", type=int, help="RESP (Redis protocol) port, 0 = off [default: 6379].")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]))
+@click.option("--tls-cert", help="PEM certificate (chain) of this node (LIMEDB_TLS_CERT).")
+@click.option("--tls-key", help="PEM private key of the certificate (LIMEDB_TLS_KEY).")
+@click.option(
+    "--tls-ca", help="PEM CA bundle; peers' certificates must chain to it (LIMEDB_TLS_CA)."
+)
+@click.option(
+    "--tls-mode",
+    type=click.Choice(["off", "on", "required"]),
+    help="TLS on the HTTP, RESP and internal ports: on = TLS and plaintext, required = "
+    "plaintext refused; files reloaded when they change (LIMEDB_TLS_MODE) [default: off].",
+)
 @click.option(
     "--await-join",
     is_flag=True,
@@ -92,15 +103,47 @@ def serve(**flags: object) -> None:
     sys.exit(run_server(config))
 
 
-url_option = click.option(
-    "--url", default=DEFAULT_URL, show_default=True, envvar="LIMEDB_URL", help="Node to talk to."
+CA_META = "limedb_ca"
+
+
+def _keep_ca(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
+    ctx.meta[CA_META] = value
+
+
+def given_ca() -> str | None:
+    """The --ca (LIMEDB_CA) of the command being run: the CA bundle an https node is checked
+    against."""
+    return click.get_current_context().meta.get(CA_META)
+
+
+# Every command that talks to a node takes it; kept in the click context so that the
+# commands' own signatures do not change.
+ca_option = click.option(
+    "--ca",
+    envvar="LIMEDB_CA",
+    default=None,
+    expose_value=False,
+    callback=_keep_ca,
+    type=click.Path(exists=True, dir_okay=False),
+    help="PEM CA bundle that signed the node's certificate (https:// URLs).",
 )
+
+
+def url_option(command):  # noqa: ANN001, ANN201 - a click decorator
+    """--url and --ca."""
+    return click.option(
+        "--url",
+        default=DEFAULT_URL,
+        show_default=True,
+        envvar="LIMEDB_URL",
+        help="Node to talk to.",
+    )(ca_option(command))
 
 
 def _client(url: str):  # noqa: ANN202 - the client import is deferred to keep `--help` fast
     from limedb.client import Client
 
-    return Client(url, retries=2)
+    return Client(url, retries=2, ca=given_ca())
 
 
 def _fail(message: str, code: int = 1) -> None:

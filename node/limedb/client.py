@@ -12,6 +12,7 @@ import asyncio
 import base64
 import itertools
 import random
+import ssl
 import time
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -68,6 +69,12 @@ def _admin_result(response: httpx.Response) -> dict[str, Any]:
 
 def _secret_headers(secret: str | None) -> dict[str, str]:
     return {"x-cluster-secret": secret} if secret else {}
+
+
+def _verify(ca: str | None) -> ssl.SSLContext | bool:
+    """How the client checks an https node: against the CA bundle `ca` (a PEM file, e.g. the
+    cluster's own CA), else against the system's trusted CAs."""
+    return ssl.create_default_context(cafile=ca) if ca else True
 
 
 def _key_path(key: str | bytes) -> str:
@@ -166,6 +173,7 @@ class Client:
         backoff: float = 0.05,
         transport: httpx.BaseTransport | None = None,
         cluster_secret: str | None = None,
+        ca: str | None = None,
     ) -> None:
         self.url = url.rstrip("/")
         self._http = httpx.Client(
@@ -173,6 +181,7 @@ class Client:
             timeout=timeout,
             transport=transport,
             headers=_secret_headers(cluster_secret),
+            verify=_verify(ca),
         )
         self._retry = _Retry(retries, backoff)
 
@@ -287,6 +296,7 @@ class AsyncClient:
         backoff: float = 0.05,
         transport: httpx.AsyncBaseTransport | None = None,
         cluster_secret: str | None = None,
+        ca: str | None = None,
     ) -> None:
         self.url = url.rstrip("/")
         self._http = httpx.AsyncClient(
@@ -294,6 +304,7 @@ class AsyncClient:
             timeout=timeout,
             transport=transport,
             headers=_secret_headers(cluster_secret),
+            verify=_verify(ca),
         )
         self._retry = _Retry(retries, backoff)
 

@@ -18,6 +18,7 @@ ENV_PREFIX = "LIMEDB_"
 DURABILITY_MODES = ("sync", "periodic", "none")
 CONSISTENCY_LEVELS = ("one", "quorum", "all")
 LOG_LEVELS = ("debug", "info", "warning", "error")
+TLS_MODES = ("off", "on", "required")
 
 # Names the original LimeDB reads; accepted so that its deployment manifests work unchanged.
 LIMEDB_ALIASES: dict[str, str] = {
@@ -30,7 +31,7 @@ LIMEDB_ALIASES: dict[str, str] = {
 # Read by the original for tracing; accepted so its manifests start, but not used here.
 IGNORED_ALIASES = ("OTEL_ENDPOINT",)
 # Read by the client and CLI (`limedb get --url`), not by the node; never an unknown setting.
-CLIENT_ENV = ("LIMEDB_URL",)
+CLIENT_ENV = ("LIMEDB_URL", "LIMEDB_CA")
 
 
 class ConfigError(ValueError):
@@ -128,7 +129,7 @@ SETTINGS: tuple[Setting, ...] = (
         _optional_url,
         None,
         "URL peers and clients use to reach this node (alias NODE_URL); "
-        "defaults to http://<host>:<port>",
+        "defaults to http://<host>:<port> (https:// with tls_mode on or required)",
     ),
     Setting("seeds", _url_list, (), "comma-separated URLs of peers to join (alias NODE_PEERS)"),
     Setting(
@@ -275,6 +276,22 @@ SETTINGS: tuple[Setting, ...] = (
         "RESP request bytes buffered for all clients together; a client that would go beyond "
         "gets an error and is disconnected",
     ),
+    # TLS (docs/security.md): one certificate, key and CA for the HTTP, RESP and RPC ports.
+    Setting("tls_cert", _optional_text, None, "PEM certificate (chain) of this node"),
+    Setting("tls_key", _optional_text, None, "PEM private key of tls_cert"),
+    Setting(
+        "tls_ca",
+        _optional_text,
+        None,
+        "PEM CA bundle: peers' certificates must chain to it (internal RPC is mutual TLS)",
+    ),
+    Setting(
+        "tls_mode",
+        _choice(TLS_MODES),
+        "off",
+        "off | on (TLS and plaintext on every port) | required (plaintext refused); "
+        "the files are reloaded when they change",
+    ),
     Setting("shutdown_timeout_s", _int(1, 300), 8, "grace period for in-flight requests"),
     Setting("log_level", _choice(LOG_LEVELS), "info", "debug | info | warning | error"),
     Setting("fast_path", _bool, True, "serve the hot key-value routes outside FastAPI"),
@@ -339,6 +356,10 @@ class Config:
     resp_max_bulk_bytes: int
     resp_idle_timeout_s: int
     resp_max_buffered_bytes: int
+    tls_cert: str | None
+    tls_key: str | None
+    tls_ca: str | None
+    tls_mode: str
     shutdown_timeout_s: int
     log_level: str
     fast_path: bool
@@ -348,12 +369,35 @@ class Config:
         return dataclasses.replace(self, **changes)
 
 
-def _default_advertise_url(host: str, port: int) -> str:
+def _check_tls(values: Mapping[str, Any], sources: Mapping[str, str]) -> None:
+    files = ("tls_cert", "tls_key", "tls_ca")
+    if values["tls_mode"] == "off":
+        given = [name for name in files if values[name]]
+        if given:
+            raise ConfigError(
+                f"{', '.join(given)} given but tls_mode is off (from {sources['tls_mode']}): "
+                "set --tls-mode on or required"
+            )
+        return
+    missing = [name for name in files if not values[name]]
+    if missing:
+        raise ConfigError(
+            f"tls_mode {values['tls_mode']} needs {', '.join(missing)} "
+            "(--tls-cert, --tls-key, --tls-ca or LIMEDB_TLS_CERT / _KEY / _CA)"
+        )
+    for name in files:
+        if not os.path.isfile(values[name]):
+            raise ConfigError(
+                f"invalid value for {name} (from {sources[name]}): no such file {values[name]!r}"
+            )
+
+
+def _default_advertise_url(host: str, port: int, scheme: str = "http") -> str:
     # A wildcard bind address is not reachable as such; advertise loopback for local use.
     reachable = "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
     if ":" in reachable and not reachable.startswith("["):
         reachable = f"[{reachable}]"
-    return f"http://{reachable}:{port}"
+    return f"{scheme}://{reachable}:{port}"
 
 
 def load_config(
@@ -397,11 +441,13 @@ def load_config(
             raise ConfigError(f"invalid value for {setting.name} (from {origin}): {exc}") from None
         sources[setting.name] = origin
 
+    _check_tls(values, sources)
     if not values["host"]:
         clustered = bool(values["seeds"]) or values["await_join"]
         values["host"] = "0.0.0.0" if clustered else "127.0.0.1"
     if not values["advertise_url"]:
-        values["advertise_url"] = _default_advertise_url(values["host"], values["port"])
+        scheme = "http" if values["tls_mode"] == "off" else "https"
+        values["advertise_url"] = _default_advertise_url(values["host"], values["port"], scheme)
     if not values["node_id"]:
         values["node_id"] = values["advertise_url"]
     return Config(**values, sources=sources)

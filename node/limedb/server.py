@@ -4,6 +4,10 @@ The HTTP port opens at once (so /livez answers) while the engine recovers its wr
 a thread; the service is attached, and /readyz turns ready, only when recovery finished.
 SIGTERM (or Ctrl-C) stops accepting connections, lets in-flight requests finish, stops the
 service, flushes and closes the engine, and exits 0.
+
+With tls_mode on or required (limedb.tls), the three listeners (HTTP, RESP, internal RPC) take
+TLS connections (and in `on` plaintext ones too) on their usual ports through
+limedb.tls_listener, and the certificate files are polled for changes while the node runs.
 """
 
 from __future__ import annotations
@@ -13,10 +17,13 @@ import contextlib
 import gc
 import logging
 import signal
+import ssl
+import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
 import uvicorn
+from uvicorn.config import STARTUP_FAILURE
 
 from limedb.api import attach_service, create_app
 from limedb.api.bounded import sweep
@@ -25,6 +32,8 @@ from limedb.api.wire import wire_protocol
 from limedb.cluster.local import LocalService
 from limedb.cluster.service import KeyValueService
 from limedb.config import Config
+from limedb.tls import TlsMaterial
+from limedb.tls_listener import SniffingListener
 
 log = logging.getLogger("limedb.server")
 
@@ -40,17 +49,18 @@ def open_engine(config: Config) -> Any:
     return Engine.open(config.data_dir, options, hlc=clock)
 
 
-def build_service(config: Config, engine: Any) -> KeyValueService:
+def build_service(config: Config, engine: Any, tls: TlsMaterial | None = None) -> KeyValueService:
     """The KeyValueService this node serves. Single node: LocalService over the engine.
 
-    With peers (`config.seeds` naming any node but this one): the cluster coordinator.
+    With peers (`config.seeds` naming any node but this one): the cluster coordinator, its
+    internal RPC on mutual TLS when `tls` is given.
     """
     if any(seed != config.advertise_url for seed in config.seeds):
         from limedb.cluster.node import ClusterService
         from limedb.resp.string_ops import StringOp
 
         # A peer may forward a RESP write here whether or not this node listens for RESP.
-        return ClusterService.open(config, engine, StringOp)
+        return ClusterService.open(config, engine, StringOp, tls)
     return LocalService(
         engine, node_id=config.node_id, node_url=config.advertise_url, vnodes=config.vnodes
     )
@@ -67,17 +77,62 @@ def tune_gc() -> None:
     gc.set_threshold(10_000, 100, 100)
 
 
+class TlsServer(uvicorn.Server):
+    """uvicorn's server whose listener takes TLS (and, in tls_mode `on`, plaintext) on one port
+    (limedb.tls_listener): uvicorn's own `ssl` serves TLS only, with a certificate fixed at
+    start. Everything else (protocols, lifespan, graceful shutdown) is uvicorn's."""
+
+    def __init__(self, config: uvicorn.Config, tls: TlsMaterial) -> None:
+        super().__init__(config)
+        self.tls = tls
+        self.listener: SniffingListener | None = None
+
+    async def startup(self, sockets: list | None = None) -> None:
+        await self.lifespan.startup()
+        if self.lifespan.should_exit:
+            sys.exit(STARTUP_FAILURE)
+        config, tls = self.config, self.tls
+
+        def create_protocol() -> asyncio.Protocol:
+            return config.http_protocol_class(  # type: ignore[call-arg]
+                config=config, server_state=self.server_state, app_state=self.lifespan.state
+            )
+
+        self.listener = SniffingListener(
+            create_protocol,
+            lambda: tls.contexts.public_server,
+            plaintext=not tls.required,
+            name="HTTP",
+        )
+        try:
+            await self.listener.start(config.host, config.port, backlog=config.backlog)
+        except OSError as exc:
+            log.error("cannot listen for HTTP clients: %s", exc)
+            await self.lifespan.shutdown()
+            sys.exit(STARTUP_FAILURE)
+        self.servers = [self.listener]  # type: ignore[list-item]
+        log.info(
+            "HTTPS%s on %s:%d",
+            "" if tls.required else " and HTTP",
+            config.host,
+            self.listener.port,
+        )
+        self.started = True
+
+
 class NodeRuntime:
     """Owns the engine and the service for the lifetime of one uvicorn server."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, tls: TlsMaterial | None = None) -> None:
         self.config = config
+        self.tls = tls
         self.engine: Any = None
         self.service: KeyValueService | None = None
         self.failed: BaseException | None = None
         self.server: uvicorn.Server | None = None
         self.resp: Any = None  # the RESP listener (limedb.resp), when resp_port is not 0
         self.app: FastPath = create_app(None, config, lifespan=self.lifespan)
+        self.app.state.tls = tls
 
     async def _recover(self) -> None:
         if self.config.insecure and not self.config.cluster_secret:
@@ -86,7 +141,7 @@ class NodeRuntime:
             log.warning(INSECURE_WARNING)
         try:
             self.engine = await asyncio.to_thread(open_engine, self.config)
-            service = build_service(self.config, self.engine)
+            service = build_service(self.config, self.engine, self.tls)
             await service.start()
             tune_gc()
             self.service = service
@@ -108,7 +163,9 @@ class NodeRuntime:
         """The RESP listener (limedb.resp); a port that cannot be bound stops the node."""
         from limedb.resp import Limits, RespServer
 
-        resp = RespServer(service, Limits.from_config(self.config), self.app.state.connections)
+        resp = RespServer(
+            service, Limits.from_config(self.config), self.app.state.connections, tls=self.tls
+        )
         try:
             await resp.start(self.config.host, self.config.resp_port)
         except OSError as exc:
@@ -127,6 +184,7 @@ class NodeRuntime:
         recovery = asyncio.create_task(self._recover())
         assert self.server is not None
         sweeper = asyncio.create_task(sweep(self.server.server_state.connections))
+        watcher = asyncio.create_task(self.tls.watch()) if self.tls is not None else None
         budget = self.app.state.connections
         log.info(
             "client connections: up to %d HTTP, %d RESP, %d together "
@@ -141,7 +199,11 @@ class NodeRuntime:
         finally:
             # uvicorn has stopped accepting and drained in-flight requests by now.
             sweeper.cancel()
-            await asyncio.gather(recovery, sweeper, return_exceptions=True)
+            if watcher is not None:
+                watcher.cancel()
+            await asyncio.gather(
+                recovery, sweeper, *([watcher] if watcher else []), return_exceptions=True
+            )
             if self.resp is not None:
                 await self.resp.stop(self.config.shutdown_timeout_s)
             if self.service is not None:
@@ -167,7 +229,9 @@ class NodeRuntime:
             server_header=False,
             timeout_graceful_shutdown=config.shutdown_timeout_s,
         )
-        self.server = uvicorn.Server(uv_config)
+        self.server = (
+            uvicorn.Server(uv_config) if self.tls is None else TlsServer(uv_config, self.tls)
+        )
         # uvicorn re-raises the signal it caught once shutdown is complete; with these handlers
         # in place that is a no-op, so a graceful stop exits 0 instead of dying by SIGTERM.
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -179,5 +243,17 @@ class NodeRuntime:
 
 
 def serve(config: Config) -> int:
-    """Run a node until SIGTERM/SIGINT; returns the process exit code."""
-    return NodeRuntime(config).run()
+    """Run a node until SIGTERM/SIGINT; returns the process exit code (2: the TLS files do not
+    load)."""
+    try:
+        tls = TlsMaterial.from_config(config)
+    except (OSError, ssl.SSLError, ValueError) as exc:
+        log.error(
+            "cannot load the TLS certificate %s, key %s or CA %s: %s",
+            config.tls_cert,
+            config.tls_key,
+            config.tls_ca,
+            exc,
+        )
+        return 2
+    return NodeRuntime(config, tls).run()

@@ -61,10 +61,12 @@ class Node:
     # RLIMIT_NOFILE the process starts with (None: inherited); support.descriptors changes
     # it at run time.
     nofile: int | None = None
+    # "https" for a node with tls_mode on or required (tests/cluster/test_tls.py).
+    scheme: str = "http"
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return f"{self.scheme}://{self.host}:{self.port}"
 
     def preexec(self) -> Callable[[], None] | None:
         """What the child runs before exec (the descriptor limit), for subprocess.Popen."""

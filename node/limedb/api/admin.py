@@ -102,7 +102,12 @@ def build_router(state: NodeState) -> APIRouter:
         challenge = token_source.token_hex(16)
         try:
             async with (
-                httpx.AsyncClient(timeout=3.0, follow_redirects=False, trust_env=False) as client,
+                httpx.AsyncClient(
+                    timeout=3.0,
+                    follow_redirects=False,
+                    trust_env=False,
+                    verify=state.peer_verify(),
+                ) as client,
                 client.stream("GET", f"{url}/admin/node", params={"challenge": challenge}) as r,
             ):
                 body = b""

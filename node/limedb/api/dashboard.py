@@ -100,7 +100,11 @@ def build_router(state: NodeState) -> APIRouter:
         own = node_stats(state)
         headers = {SECRET_HEADER: secret} if secret is not None else {}
         async with httpx.AsyncClient(
-            timeout=PEER_TIMEOUT_S, headers=headers, follow_redirects=False, trust_env=False
+            timeout=PEER_TIMEOUT_S,
+            headers=headers,
+            follow_redirects=False,
+            trust_env=False,
+            verify=state.peer_verify(),
         ) as client:
             peers = [
                 _peer_stats(client, node_id, url)

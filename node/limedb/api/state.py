@@ -6,6 +6,7 @@ answers 503 and /readyz says not ready, while /livez already answers.
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -16,6 +17,7 @@ from limedb.api.validation import Limits
 from limedb.cluster.service import NodeService
 from limedb.config import Config
 from limedb.connections import ConnectionBudget
+from limedb.tls import TlsMaterial
 
 
 @dataclass
@@ -32,6 +34,8 @@ class NodeState:
     collectors: list = field(default_factory=list)
     # The RESP listener's command totals (count, errors, latency buckets), when it runs.
     resp_totals: Callable[[], dict] | None = None
+    # The node's certificates (limedb.tls) when tls_mode is on or required.
+    tls: TlsMaterial | None = None
 
     def __post_init__(self) -> None:
         self.admission = Admission(self.config.max_inflight, self.config.max_queued)
@@ -41,6 +45,12 @@ class NodeState:
     def inflight(self) -> int:
         """Client requests running now (admitted, not yet answered)."""
         return self.admission.running
+
+    def peer_verify(self) -> ssl.SSLContext | bool:
+        """What the node's HTTP calls to peers verify with (httpx `verify`): the cluster CA and
+        the node's own certificate as client certificate, as of now (a rotation applies to the
+        next call)."""
+        return self.tls.contexts.client if self.tls is not None else True
 
     def require_service(self) -> NodeService:
         service = self.service

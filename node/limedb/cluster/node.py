@@ -59,6 +59,7 @@ from limedb.cluster.transitions import Change
 from limedb.cluster.view import ClusterView, MemberView
 from limedb.config import Config
 from limedb.hlc import HLC, millis_of, wall_millis
+from limedb.tls import TlsMaterial
 
 log = logging.getLogger(__name__)
 
@@ -187,6 +188,7 @@ class ClusterService:
         *,
         internal_port: int,
         operations: OperationDecoder,
+        tls: TlsMaterial | None = None,
     ) -> None:
         self.config = config
         self.node_id: str = config.node_id
@@ -210,8 +212,8 @@ class ClusterService:
         )
         self.keeper = RingKeeper(self.membership, self.ring_store, state)
         self.membership.gossip = RecordGossip.replacing(self.membership.gossip, self.keeper)
-        self.client = rpc.RpcClient(config.cluster_secret)
-        self.server = rpc.RpcServer(config.cluster_secret)
+        self.client = rpc.RpcClient(config.cluster_secret, tls)
+        self.server = rpc.RpcServer(config.cluster_secret, tls)
         self.clock = ClockOffsets(
             config.max_clock_offset_ms,
             self._other_members,
@@ -279,16 +281,30 @@ class ClusterService:
         self._view_cache: tuple[Ring, tuple[tuple[int, str], ...]] | None = None
 
     @classmethod
-    def open(cls, config: Config, engine, operations: OperationDecoder) -> ClusterService:
+    def open(
+        cls,
+        config: Config,
+        engine,
+        operations: OperationDecoder,
+        tls: TlsMaterial | None = None,
+    ) -> ClusterService:
         """Open the hint store next to the data and build the service (not yet started);
-        `operations` rebuilds the atomic operations peers forward (limedb.cluster.atomic)."""
+        `operations` rebuilds the atomic operations peers forward (limedb.cluster.atomic);
+        `tls` makes the internal RPC mutual TLS."""
         from limedb.storage import Engine, EngineOptions
 
         hints_dir = Path(config.data_dir) / "hints"
         os.makedirs(hints_dir, exist_ok=True)
         hints_engine = Engine.open(hints_dir, EngineOptions(durability=config.durability))
         internal_port = config.internal_port or default_internal_port(config.advertise_url)
-        return cls(config, engine, hints_engine, internal_port=internal_port, operations=operations)
+        return cls(
+            config,
+            engine,
+            hints_engine,
+            internal_port=internal_port,
+            operations=operations,
+            tls=tls,
+        )
 
     # ------------------------------------------------------------------ addressing
 

@@ -13,6 +13,11 @@ any other first frame, or a wrong secret, gets an ERROR frame with code 401 and 
 is closed. The client sends HELLO ahead of its first request without waiting for the reply.
 A frame is size-checked from its header, before its payload is buffered: up to MAX_FRAME once
 authenticated, MAX_HELLO_FRAME before; a larger one gets an ERROR frame (413) and the close.
+
+With TLS (limedb.tls) the connection is mutual TLS: the listener takes only peers whose
+certificate chains to the cluster CA (plaintext too in tls_mode `on`, limedb.tls_listener), and
+the client verifies the peer's certificate and host name and presents its own; the HELLO with
+the secret still follows, as a second factor.
 """
 
 from __future__ import annotations
@@ -27,6 +32,8 @@ from collections.abc import Awaitable, Callable
 from functools import partial
 
 from limedb.cluster import deadline
+from limedb.tls import TlsMaterial
+from limedb.tls_listener import SniffingListener
 
 HEADER = struct.Struct("!IBI")
 DEADLINE = struct.Struct("!Q")  # the request's budget in milliseconds, 0 = none
@@ -199,10 +206,11 @@ class RpcServer:
     is reported as 500 so one bad request never takes the connection down.
     """
 
-    def __init__(self, secret: str | None = None) -> None:
+    def __init__(self, secret: str | None = None, tls: TlsMaterial | None = None) -> None:
         self._secret = secret.encode() if secret else None
+        self._tls = tls
         self._handlers: dict[int, Handler] = {HELLO: lambda _: b"", PING: lambda _: b""}
-        self._server: asyncio.base_events.Server | None = None
+        self._server: asyncio.base_events.Server | SniffingListener | None = None
         self._connections: set[_ServerProtocol] = set()
         self.stalls = deadline.LoopStalls()
         self.expired = 0
@@ -214,10 +222,21 @@ class RpcServer:
         self._handlers[kind] = handler
 
     async def start(self, host: str, port: int) -> None:
-        loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(
-            lambda: _ServerProtocol(self), host, port, reuse_address=True, backlog=512
-        )
+        tls = self._tls
+        if tls is not None:
+            listener = SniffingListener(
+                lambda: _ServerProtocol(self),
+                lambda: tls.contexts.internal_server,
+                plaintext=not tls.required,
+                name="RPC",
+            )
+            await listener.start(host, port, backlog=512)
+            self._server = listener
+        else:
+            loop = asyncio.get_running_loop()
+            self._server = await loop.create_server(
+                lambda: _ServerProtocol(self), host, port, reuse_address=True, backlog=512
+            )
         self.stalls.start()
 
     @property
@@ -434,10 +453,12 @@ class PeerConnection:
         secret: str | None,
         *,
         connect_timeout_s: float = 1.0,
+        tls: TlsMaterial | None = None,
     ) -> None:
         self.host = host
         self.port = port
         self._secret = secret.encode() if secret else None
+        self._tls = tls
         self._connect_timeout_s = connect_timeout_s
         self._protocol: _ClientProtocol | None = None
         self._connecting: asyncio.Future | None = None
@@ -445,11 +466,19 @@ class PeerConnection:
 
     async def _connect(self) -> _ClientProtocol:
         loop = asyncio.get_running_loop()
-        try:
-            _, protocol = await asyncio.wait_for(
-                loop.create_connection(_ClientProtocol, self.host, self.port),
-                self._connect_timeout_s,
+        if self._tls is None:
+            connecting = loop.create_connection(_ClientProtocol, self.host, self.port)
+        else:
+            # The contexts of now: a rotated certificate is presented from the next connection.
+            connecting = loop.create_connection(
+                _ClientProtocol,
+                self.host,
+                self.port,
+                ssl=self._tls.contexts.client,
+                server_hostname=self.host,
             )
+        try:
+            _, protocol = await asyncio.wait_for(connecting, self._connect_timeout_s)
         except (OSError, TimeoutError) as exc:
             raise PeerUnavailable(f"cannot connect to {self.host}:{self.port}: {exc}") from exc
         if self._secret is not None:
@@ -518,15 +547,16 @@ def _consume(future: asyncio.Future) -> None:
 class RpcClient:
     """Connections to every peer, keyed by internal address."""
 
-    def __init__(self, secret: str | None = None) -> None:
+    def __init__(self, secret: str | None = None, tls: TlsMaterial | None = None) -> None:
         self._secret = secret
+        self._tls = tls
         self._peers: dict[tuple[str, int], PeerConnection] = {}
 
     def peer(self, host: str, port: int) -> PeerConnection:
         key = (host, port)
         connection = self._peers.get(key)
         if connection is None:
-            connection = self._peers[key] = PeerConnection(host, port, self._secret)
+            connection = self._peers[key] = PeerConnection(host, port, self._secret, tls=self._tls)
         return connection
 
     async def call(

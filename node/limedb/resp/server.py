@@ -48,6 +48,8 @@ from limedb.resp.encoding import RespError, encode_reply
 from limedb.resp.protected import denies, refuse
 from limedb.resp.session import Session
 from limedb.tasks import cancel_and_wait
+from limedb.tls import TlsMaterial
+from limedb.tls_listener import SniffingListener
 
 log = logging.getLogger("limedb.resp")
 
@@ -566,8 +568,11 @@ class RespServer:
         service: NodeService,
         limits: Limits | None = None,
         budget: ConnectionBudget | None = None,
+        tls: TlsMaterial | None = None,
     ) -> None:
         self.service = service
+        # With TLS (limedb.tls): TLS clients, and plaintext ones too in tls_mode `on`.
+        self.tls = tls
         self.limits = limits or Limits()
         # The node's budget of client connections, shared with its HTTP listener.
         self.budget = budget if budget is not None else ConnectionBudget(reserve=0)
@@ -578,14 +583,25 @@ class RespServer:
         self.cursors = ScanCursors()
         self.ids = itertools.count(1)
         self.started_at = time.monotonic()
-        self._server: asyncio.base_events.Server | None = None
+        self._server: asyncio.base_events.Server | SniffingListener | None = None
         self._sweeper: asyncio.Task | None = None
 
     async def start(self, host: str, port: int) -> None:
-        loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(
-            lambda: RespConnection(self), host, port, reuse_address=True, backlog=1024
-        )
+        tls = self.tls
+        if tls is not None:
+            listener = SniffingListener(
+                lambda: RespConnection(self),
+                lambda: tls.contexts.public_server,
+                plaintext=not tls.required,
+                name="RESP",
+            )
+            await listener.start(host, port, backlog=1024)
+            self._server = listener
+        else:
+            loop = asyncio.get_running_loop()
+            self._server = await loop.create_server(
+                lambda: RespConnection(self), host, port, reuse_address=True, backlog=1024
+            )
         if self.limits.idle_timeout_s > 0:
             self._sweeper = asyncio.create_task(self._close_idle(), name="resp-idle-sweeper")
         log.info("RESP listener on %s:%d", host, self.port)

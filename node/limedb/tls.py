@@ -1,0 +1,128 @@
+"""The node's TLS material: certificate, key and CA read from disk into SSL contexts, and read
+again whenever one of the files changes (rotation without a restart).
+
+One flag set serves the three listeners (HTTP, RESP, internal RPC) and every outgoing
+connection of the node (RPC to peers, its HTTP calls to peers). Three contexts are built
+together from the same files:
+- `public_server`: the HTTP and RESP listeners; clients need no certificate.
+- `internal_server`: the RPC listener; mutual TLS, the peer's certificate must chain to the CA.
+- `client`: what the node dials with; verifies the peer against the CA (host name included)
+  and presents the node's own certificate.
+
+A rotation swaps all three at once; listeners ask for the current context at every accept, so
+new handshakes show the new certificate while established connections carry on with theirs.
+A set of files that does not load (a half-written key, a certificate without its key) is
+logged and skipped: the node keeps the last good contexts and tries again on the next change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import ssl
+from dataclasses import dataclass
+
+log = logging.getLogger("limedb.tls")
+
+MODES = ("off", "on", "required")
+POLL_S = 1.0
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """Where the certificate (chain), its key and the CA bundle are."""
+
+    cert: str
+    key: str
+    ca: str
+
+    def stamp(self) -> tuple[tuple[int, int, int], ...]:
+        """(mtime ns, size, inode) of each file: changes whenever a file is rewritten or
+        replaced (a Kubernetes Secret volume swaps a symlink, which changes the inode)."""
+        stamps = []
+        for path in (self.cert, self.key, self.ca):
+            st = os.stat(path)
+            stamps.append((st.st_mtime_ns, st.st_size, st.st_ino))
+        return tuple(stamps)
+
+
+@dataclass(frozen=True)
+class Contexts:
+    public_server: ssl.SSLContext
+    internal_server: ssl.SSLContext
+    client: ssl.SSLContext
+
+
+def _base(purpose: int) -> ssl.SSLContext:
+    context = ssl.SSLContext(purpose)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    return context
+
+
+def build_contexts(files: TlsFiles) -> Contexts:
+    """The three contexts from `files`; raises OSError / ssl.SSLError when they do not load."""
+    public = _base(ssl.PROTOCOL_TLS_SERVER)
+    public.load_cert_chain(files.cert, files.key)
+    internal = _base(ssl.PROTOCOL_TLS_SERVER)
+    internal.load_cert_chain(files.cert, files.key)
+    internal.load_verify_locations(cafile=files.ca)
+    internal.verify_mode = ssl.CERT_REQUIRED
+    client = _base(ssl.PROTOCOL_TLS_CLIENT)  # check_hostname and CERT_REQUIRED by default
+    client.load_cert_chain(files.cert, files.key)
+    client.load_verify_locations(cafile=files.ca)
+    return Contexts(public, internal, client)
+
+
+class TlsMaterial:
+    """The current contexts of a node, reloaded when the files change on disk."""
+
+    def __init__(self, files: TlsFiles, mode: str) -> None:
+        if mode not in MODES or mode == "off":
+            raise ValueError(f"TlsMaterial needs tls_mode on or required, got {mode!r}")
+        self.files = files
+        self.mode = mode
+        self._stamp = files.stamp()
+        self.contexts = build_contexts(files)  # the first load must succeed: a start fails
+        self.reloads = 0
+        self.reload_failures = 0
+
+    @classmethod
+    def from_config(cls, config) -> TlsMaterial | None:
+        """The material of a node's Config (None when tls_mode is off)."""
+        if config.tls_mode == "off":
+            return None
+        return cls(TlsFiles(config.tls_cert, config.tls_key, config.tls_ca), config.tls_mode)
+
+    @property
+    def required(self) -> bool:
+        return self.mode == "required"
+
+    def refresh(self) -> bool:
+        """Reload when a file changed since the last load; True when new contexts are in use."""
+        try:
+            stamp = self.files.stamp()
+        except OSError as exc:
+            log.warning("TLS files not readable, keeping the current certificate: %s", exc)
+            return False
+        if stamp == self._stamp:
+            return False
+        try:
+            contexts = build_contexts(self.files)
+        except (OSError, ssl.SSLError, ValueError) as exc:
+            # Often a rotation caught halfway (the certificate written, its key not yet):
+            # the stamp is not taken, so the next poll tries again.
+            self.reload_failures += 1
+            log.warning("TLS files changed but do not load yet, keeping the current: %s", exc)
+            return False
+        self._stamp = stamp
+        self.contexts = contexts
+        self.reloads += 1
+        log.info("TLS certificate, key and CA reloaded from %s", self.files.cert)
+        return True
+
+    async def watch(self, interval_s: float = POLL_S) -> None:
+        """Poll the files until cancelled (one stat per file per interval)."""
+        while True:
+            await asyncio.sleep(interval_s)
+            self.refresh()

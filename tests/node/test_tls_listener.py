@@ -1,0 +1,120 @@
+"""TLS settings, the reload of certificate files and the listener that tells TLS from plaintext
+by the first byte, in process on both event loops (certificates made by `openssl`)."""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from pathlib import Path
+
+import pytest
+import uvloop
+from limedb.config import ConfigError, load_config
+from limedb.tls import TlsFiles, TlsMaterial
+from limedb.tls_listener import SniffingListener
+from support.certs import client_context, issue, make_ca
+
+pytestmark = pytest.mark.process  # openssl makes the certificates
+
+LOOPS = {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory):
+    base = tmp_path_factory.mktemp("pki")
+    ca = make_ca(base, "ca")
+    return ca, base
+
+
+def _material(pki, tmp_path: Path, mode: str, serial: int = 1) -> TlsMaterial:
+    ca, _ = pki
+    cert = issue(ca, tmp_path, "node", ["127.0.0.1"], serial)
+    return TlsMaterial(TlsFiles(str(cert.cert), str(cert.key), str(ca.cert)), mode)
+
+
+def test_tls_settings_need_all_three_files_and_make_the_default_url_https(pki, tmp_path):
+    ca, _ = pki
+    cert = issue(ca, tmp_path, "node", ["127.0.0.1"], 1)
+    env = {
+        "LIMEDB_TLS_CERT": str(cert.cert),
+        "LIMEDB_TLS_KEY": str(cert.key),
+        "LIMEDB_TLS_CA": str(ca.cert),
+    }
+    with pytest.raises(ConfigError, match="tls_mode is off"):
+        load_config({}, env)
+    config = load_config({"tls_mode": "required"}, env)
+    assert config.advertise_url == "https://127.0.0.1:8484"
+    with pytest.raises(ConfigError, match="needs tls_ca"):
+        load_config({"tls_mode": "on"}, {k: v for k, v in env.items() if "CA" not in k})
+    with pytest.raises(ConfigError, match="no such file"):
+        load_config({"tls_mode": "on"}, {**env, "LIMEDB_TLS_KEY": str(tmp_path / "missing")})
+    with pytest.raises(ConfigError, match="tls_mode"):
+        load_config({"tls_mode": "maybe"}, env)
+
+
+def test_changed_files_are_reloaded_and_a_half_written_set_keeps_the_old(pki, tmp_path):
+    material = _material(pki, tmp_path, "required", serial=1)
+    first = material.contexts
+    assert not material.refresh()  # nothing changed
+    ca, _ = pki
+    # The key of a new certificate is in place, its certificate not yet: not loadable.
+    other = issue(ca, tmp_path / "next", "node", ["127.0.0.1"], 2)
+    Path(material.files.key).write_bytes(other.key.read_bytes())
+    assert not material.refresh()
+    assert material.contexts is first and material.reload_failures == 1
+    Path(material.files.cert).write_bytes(other.cert.read_bytes())
+    assert material.refresh()
+    assert material.contexts is not first and material.reloads == 1
+
+
+async def _exchange(port: int, context: ssl.SSLContext | None) -> bytes:
+    reader, writer = await asyncio.open_connection(
+        "127.0.0.1", port, ssl=context, server_hostname="127.0.0.1" if context else None
+    )
+    try:
+        writer.write(b"PING\n")
+        await writer.drain()
+        return await reader.read(100)
+    except (ConnectionError, ssl.SSLError):
+        return b""
+    finally:
+        writer.close()
+
+
+class Echo(asyncio.Protocol):
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        tls = self.transport.get_extra_info("sslcontext") is not None
+        self.transport.write((b"tls:" if tls else b"plain:") + data)
+
+
+@pytest.mark.parametrize("loop", sorted(LOOPS))
+@pytest.mark.parametrize("mode", ["on", "required"])
+def test_one_port_serves_tls_and_plaintext_only_when_on(pki, tmp_path, loop, mode):
+    material = _material(pki, tmp_path, mode)
+    ca, _ = pki
+
+    async def scenario() -> tuple[bytes, bytes, SniffingListener]:
+        listener = SniffingListener(
+            Echo, lambda: material.contexts.public_server, plaintext=not material.required
+        )
+        await listener.start("127.0.0.1", 0)
+        try:
+            over_tls = await _exchange(listener.port, client_context(ca.cert))
+            plain = await _exchange(listener.port, None)
+        finally:
+            listener.close()
+            await listener.wait_closed()
+        return over_tls, plain, listener
+
+    with asyncio.Runner(loop_factory=LOOPS[loop]) as runner:
+        over_tls, plain, listener = runner.run(scenario())
+    assert over_tls == b"tls:PING\n"
+    if mode == "on":
+        assert plain == b"plain:PING\n"
+        assert (listener.tls_connections, listener.plain_connections) == (1, 1)
+    else:
+        assert plain == b""
+        assert (listener.tls_connections, listener.plain_refused) == (1, 1)
