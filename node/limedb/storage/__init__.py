@@ -6,14 +6,18 @@ with Engine.open("/var/lib/limedb", EngineOptions(durability="sync")) as db:
 """
 
 from .batch import WriteBatch
+from .checkpoint import Checkpoint, CheckpointTable, load_checkpoint
 from .engine import Engine
 from .errors import CorruptionError, EngineClosedError, StorageError
 from .fs import CrashableMemFS, FileSystem, RealFS
 from .options import EngineOptions
 from .record import Version
 from .snapshot import Snapshot
+from .sstable import iter_table_entries
 
 __all__ = [
+    "Checkpoint",
+    "CheckpointTable",
     "CorruptionError",
     "CrashableMemFS",
     "Engine",
@@ -25,4 +29,6 @@ __all__ = [
     "StorageError",
     "Version",
     "WriteBatch",
+    "iter_table_entries",
+    "load_checkpoint",
 ]

@@ -29,6 +29,7 @@ from . import compaction as compaction_mod
 from . import offload, recovery
 from .batch import WriteBatch
 from .bloom import MASK_TABLE, key_hash, probe_mask
+from .checkpoint import Checkpoint, Checkpointer
 from .compactor import Compactor
 from .context import EngineContext
 from .engine_filter import EngineFilter
@@ -131,6 +132,7 @@ class Engine:
         self._flusher = Flusher(ctx, self._versions, self._writer, self._filter, self._workers)
         self._compactor = Compactor(ctx, self._versions, self._filter, self._workers)
         self._purger = Purger(ctx, self._versions, self._syncer, self._flusher, self._compactor)
+        self._checkpointer = Checkpointer(ctx, self._versions, self._flusher, self.hlc.now)
         with ctx.mutex:
             self._publish_locked()
         self._repair_flush = found.needs_flush
@@ -338,6 +340,15 @@ class Engine:
         """`purge_range` for many ranges at once: one cut and one rewrite of each table."""
         self._ctx.check_open()
         return self._purger.purge(ranges)
+
+    def checkpoint(self, dest: str | os.PathLike, *, link: bool = True) -> Checkpoint:
+        """A consistent point-in-time copy of the database in `dest` (new or empty), taken
+        without stopping writes: every write acknowledged before the call is in it. Tables are
+        hard-linked where the filesystem allows (`link=False`: always copied); `dest` is a
+        valid data directory (`Engine.open` it) with a `CHECKPOINT.json` listing every table
+        with its size and SHA-256 (storage/checkpoint.py, docs/formats.md)."""
+        self._ctx.check_open()
+        return self._checkpointer.take(os.fspath(dest), link=link)
 
     # ------------------------------------------------------------------ lifecycle
 

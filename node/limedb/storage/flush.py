@@ -99,10 +99,17 @@ class Flusher:
         # by a writer meanwhile), or already in a table.
         self.flush_imm()
 
-    def flush_through(self, holds: Callable[[Memtable], bool]) -> Levels:
+    def flush_through(
+        self,
+        holds: Callable[[Memtable], bool],
+        at_cut: Callable[[Levels], None] | None = None,
+    ) -> Levels:
         """If the memtable `holds` something (asked under the mutex), freeze and flush it with
         every memtable frozen before it; returns the file set at that instant (flushes are held
-        off meanwhile, so it has no later data). A range purge's cut."""
+        off meanwhile, so it has no later data). A range purge's cut, and a checkpoint's.
+
+        `at_cut` is called with that file set under the mutex (before any later edit can
+        change it): a checkpoint pins the tables there."""
         writer = self._writer
         with self.lock:
             while True:
@@ -111,14 +118,20 @@ class Flusher:
                     last = imm is None
                     if last:
                         if not holds(writer.mem):
-                            return [list(files) for files in self._versions.levels]
+                            return self._cut_locked(at_cut)
                         writer.freeze_locked()
                         imm, cutoff, seq = writer.imm, writer.imm_cutoff, writer.imm_seq
                 # A memtable frozen before ours (by a writer) holds older writes: flush it too.
                 self._flush_table(imm, cutoff, seq)
                 if last:
                     with self._ctx.mutex:
-                        return [list(files) for files in self._versions.levels]
+                        return self._cut_locked(at_cut)
+
+    def _cut_locked(self, at_cut: Callable[[Levels], None] | None) -> Levels:
+        levels = [list(files) for files in self._versions.levels]
+        if at_cut is not None:
+            at_cut(levels)
+        return levels
 
     def _flush_table(self, imm: Memtable, cutoff: int, last_seq: int) -> None:
         ctx, versions = self._ctx, self._versions

@@ -62,6 +62,11 @@ class FileSystem(Protocol):
 
     def remove(self, path: str) -> None: ...
 
+    def link(self, src: str, dst: str) -> None:
+        """Give the file `src` a second name `dst` (a hard link; `dst` must not exist). Raises
+        OSError (EXDEV, EPERM, ...) where the filesystem cannot: the caller copies instead."""
+        ...
+
     def fsync_dir(self, path: str) -> None:
         """Make creates, renames and removes inside `path` durable."""
         ...
@@ -146,6 +151,9 @@ class RealFS:
 
     def remove(self, path: str) -> None:
         os.remove(path)
+
+    def link(self, src: str, dst: str) -> None:
+        os.link(src, dst)
 
     def fsync_dir(self, path: str) -> None:
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
@@ -337,6 +345,18 @@ class CrashableMemFS:
             if path not in self._files:
                 raise FileNotFoundError(path)
             del self._files[path]
+
+    def link(self, src: str, dst: str) -> None:
+        src, dst = _norm(src), _norm(dst)
+        with self._lock:
+            if self._dead:
+                return
+            if src not in self._files:
+                raise FileNotFoundError(src)
+            if dst in self._files:
+                raise FileExistsError(dst)
+            self._require_dir(posixpath.dirname(dst))
+            self._files[dst] = self._files[src]  # one inode, two names
 
     def fsync_dir(self, path: str) -> None:
         path = _norm(path)

@@ -21,8 +21,8 @@ from crc32c import crc32c
 from . import bloom
 from .block_cache import BlockCache
 from .errors import CorruptionError
-from .fs import FileSystem
-from .record import EXPIRES, TOMBSTONE, Rec
+from .fs import FileSystem, RealFS
+from .record import EXPIRES, TOMBSTONE, Rec, Version, to_version
 
 MAGIC = 0x4C494D4553535401  # "LIMESST" + 0x01
 FORMAT_VERSION = 1
@@ -437,3 +437,13 @@ class TableReader:
                         return
                     yield k, rec
             i += 1
+
+
+def iter_table_entries(path: str, fs: FileSystem | None = None) -> Iterator[tuple[bytes, Version]]:
+    """Every entry of the table file at `path`, in key order, as (key, Version): value,
+    timestamp, tombstone flag and expiry time (None: no TTL). Each block's checksum is verified
+    (CorruptionError names the file and offset). For tools that read tables outside an engine,
+    e.g. a restore reading a checkpoint's tables."""
+    reader = TableReader(fs or RealFS(), path, 0, BlockCache(0))
+    for key, rec in reader.items(cache=False):
+        yield key, to_version(rec)

@@ -4,8 +4,9 @@ Every change to the file set (a flush adding an L0 table, a compaction or a purg
 tables) goes through one operation, `log_and_apply` (LevelDB's `VersionSet::LogAndApply`): the
 edit is appended to the MANIFEST and fsynced, and only then, under the engine's mutex, applied
 to the in-memory state and the level lists that readers see. Tables an edit removed are deleted
-after it is installed; tables of an edit that could not be logged are deleted at once (on a
-full disk their room is what the retry needs).
+after it is installed, unless a checkpoint has pinned them (then when the last pin goes); tables
+of an edit that could not be logged are deleted at once (on a full disk their room is what the
+retry needs).
 """
 
 from __future__ import annotations
@@ -43,6 +44,10 @@ class VersionSet:
         self._manifest: ManifestWriter | None = None
         self._manifest_broken = False
         self._old_manifest = old_manifest  # replaced by a fresh MANIFEST in `open_manifest`
+        # Tables a checkpoint is linking or copying (file number -> pin count), and those of
+        # them an edit removed meanwhile (file number -> path): deleted when unpinned.
+        self._pins: dict[int, int] = {}
+        self._deferred: dict[int, str] = {}
 
     # ------------------------------------------------------------------ files
 
@@ -89,6 +94,36 @@ class VersionSet:
             try:
                 self._fs.remove(path)
             except OSError:
+                pass
+
+    def pin_locked(self, levels: Levels) -> list[int]:
+        """Keep the files of `levels` on disk until `unpin` (caller holds the mutex, so that no
+        edit removes one between the caller's look at the levels and the pin)."""
+        pinned = [t.file_no for files in levels for t in files]
+        for no in pinned:
+            self._pins[no] = self._pins.get(no, 0) + 1
+        return pinned
+
+    def unpin(self, file_nos: list[int]) -> None:
+        """Release pins; tables that an edit removed meanwhile are deleted now."""
+        doomed = []
+        with self.mutex:
+            for no in file_nos:
+                left = self._pins.get(no, 0) - 1
+                if left > 0:
+                    self._pins[no] = left
+                    continue
+                self._pins.pop(no, None)
+                path = self._deferred.pop(no, None)
+                if path is not None:
+                    doomed.append(path)
+        self._remove_tables(doomed)
+
+    def _remove_tables(self, paths: list[str]) -> None:
+        for path in paths:
+            try:
+                self._fs.remove(path)
+            except FileNotFoundError:
                 pass
 
     # ------------------------------------------------------------------ MANIFEST
@@ -158,7 +193,8 @@ class VersionSet:
         see the new tables yet); then, under the mutex, the edit is applied to the state, the
         level lists replaced and `on_applied` called (it publishes the new read view). The
         removed tables' files are deleted last. If the edit cannot be logged, the added
-        tables' files are discarded and the error raised: nothing changed.
+        tables' files are discarded and the error raised: nothing changed. A removed table
+        that a checkpoint pinned is deleted by the last `unpin` instead.
         """
         with self.install_lock:
             edit.next_file = self.state.next_file
@@ -172,15 +208,16 @@ class VersionSet:
             gone = {no for _, no in edit.removed}
             with self.mutex:
                 self.state.apply(edit)
-                removed = [t for files in self.levels for t in files if t.file_no in gone]
+                removed = []
+                for t in (t for files in self.levels for t in files if t.file_no in gone):
+                    if t.file_no in self._pins:
+                        self._deferred[t.file_no] = t.path
+                    else:
+                        removed.append(t.path)
                 self.levels = _installed(self.levels, gone, added)
                 if on_applied is not None:
                     on_applied()
-        for t in removed:
-            try:
-                self._fs.remove(t.path)
-            except FileNotFoundError:
-                pass
+        self._remove_tables(removed)
 
     def close(self) -> None:
         if self._manifest is not None:
