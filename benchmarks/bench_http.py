@@ -30,9 +30,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+from engine_anchors import limedb_config
+from limedb.storage import EngineOptions
 
 HERE = Path(__file__).resolve().parent
 LIMEDB = str(Path(sys.executable).with_name("limedb"))
+SYNC_INTERVAL_MS = 50  # the node's default sync_interval_ms, given to both servers
 GET_LUA = """
 local keys = {keys}
 request = function()
@@ -49,6 +52,17 @@ request = function()
   return wrk.format("POST", "/api/v1/set", {{["Content-Type"] = "application/json"}}, body)
 end
 """
+
+
+def print_configurations(durability: str) -> None:
+    """Both servers run the same engine with the same options; say which."""
+    engine = limedb_config(
+        EngineOptions(durability=durability, periodic_ms=SYNC_INTERVAL_MS)  # type: ignore[arg-type]
+    )
+    print("configurations (one process each, pinned to CPU 0, uvloop + httptools):")
+    print("  limedb: `limedb serve`, raw ASGI routes, RESP off, admission limit 256 in flight")
+    print("  fastapi: FastAPI + pydantic on uvicorn, access log off, the same LocalService")
+    print(f"  engine of both: {engine}, fsync period {SYNC_INTERVAL_MS} ms in periodic mode")
 
 
 @dataclass
@@ -155,8 +169,9 @@ class Server:
     def __init__(self, name: str, argv: list[str], url: str) -> None:
         self.name = name
         self.url = url
+        env = {**os.environ, "LIMEDB_SYNC_INTERVAL_MS": str(SYNC_INTERVAL_MS)}
         self.proc = subprocess.Popen(
-            argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=pin(0)
+            argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=pin(0)
         )
 
     def stop(self) -> None:
@@ -220,6 +235,7 @@ def main() -> int:
             f"{os.cpu_count()} CPUs (server on CPU 0, wrk on CPU 1)",
             flush=True,
         )
+        print_configurations(args.durability)
         node_port, anchor_port = free_port(), free_port()
         node_argv = [
             LIMEDB, "serve", "--host", "127.0.0.1", "--port", str(node_port),
@@ -229,6 +245,7 @@ def main() -> int:
         anchor_argv = [
             sys.executable, str(HERE / "fastapi_anchor.py"), "--port", str(anchor_port),
             "--data-dir", str(Path(tmp, "anchor")), "--durability", args.durability,
+            "--sync-interval-ms", str(SYNC_INTERVAL_MS),
         ]  # fmt: skip
         servers = [
             Server("limedb", node_argv, f"http://127.0.0.1:{node_port}"),

@@ -123,6 +123,10 @@ def main() -> None:
         ) as e:
             _, inproc_stall_s = asyncio.run(_purge_beside_a_loop(e, ranges))
         print(f"keys {n:,}, tables {size / 1e6:.1f} MB, {os.cpu_count()} cores")
+        print(
+            "configuration: the same engine options on both sides (defaults, "
+            f"{EngineOptions().offload_workers} offload workers), both unthrottled"
+        )
         print(f"full compaction (anchor)  {anchor_s:6.2f} s  {n / anchor_s:>12,.0f} keys/s")
         print(
             f"purge of 1/4 in {RANGES} ranges {purge_s:6.2f} s  {n / purge_s:>12,.0f} keys/s "

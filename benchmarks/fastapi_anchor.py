@@ -51,8 +51,12 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--data-dir", required=True)
     parser.add_argument("--durability", default="sync")
+    # The node's own fsync period (`sync_interval_ms`, 50 ms by default), so that both servers
+    # run the engine with the same options in periodic mode too.
+    parser.add_argument("--sync-interval-ms", type=int, default=50)
     args = parser.parse_args()
-    engine = Engine.open(args.data_dir, EngineOptions(durability=args.durability))
+    options = EngineOptions(durability=args.durability, periodic_ms=args.sync_interval_ms)
+    engine = Engine.open(args.data_dir, options)
     url = f"http://{args.host}:{args.port}"
     service = LocalService(engine, node_id=url, node_url=url)
     uvicorn.run(
