@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import ssl
 import subprocess
 import tempfile
 import time
@@ -15,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+from _tls import verify
 from limedb.cluster_cli import start_node, stop_all
 
 _DONE = """
@@ -81,10 +83,12 @@ def start_node_with_env(
         os.environ.update(saved)
 
 
-def wait_ready(url: str, peers: int = 0, timeout_s: float = 60.0) -> None:
+def wait_ready(
+    url: str, peers: int = 0, timeout_s: float = 60.0, tls: ssl.SSLContext | bool = True
+) -> None:
     """Wait until `url` answers /readyz and its gossip sees `peers` live peers."""
     deadline = time.monotonic() + timeout_s
-    with httpx.Client(timeout=1.0) as client:
+    with httpx.Client(timeout=1.0, verify=tls) as client:
         while time.monotonic() < deadline:
             try:
                 if client.get(f"{url}/readyz").status_code == 200 and (
@@ -103,10 +107,13 @@ def _live_peers(client: httpx.Client, url: str) -> int:
 
 
 class LocalCluster:
-    """N `limedb serve` processes on 127.0.0.1 with consecutive ports, each with all as seeds."""
+    """N `limedb serve` processes on 127.0.0.1 with consecutive ports, each with all as seeds
+    (https:// URLs when `env` turns TLS on, _tls.make_tls)."""
 
     def __init__(self, root: Path, nodes: int, base_port: int, env: dict[str, str]) -> None:
-        self.urls = [f"http://127.0.0.1:{base_port + i}" for i in range(nodes)]
+        self.verify = verify(env)
+        scheme = "http" if self.verify is True else "https"
+        self.urls = [f"{scheme}://127.0.0.1:{base_port + i}" for i in range(nodes)]
         self.procs: list[subprocess.Popen] = []
         self.root = root
         self.base_port = base_port
@@ -121,7 +128,7 @@ class LocalCluster:
                     )
                 )
             for url in self.urls:
-                wait_ready(url, peers=len(self.urls) - 1)
+                wait_ready(url, peers=len(self.urls) - 1, tls=self.verify)
         except BaseException:
             stop_all(self.procs)
             raise
@@ -140,7 +147,7 @@ class LocalCluster:
             items = [
                 {"key": f"k{i}", "value": value} for i in range(start, min(keys, start + batch))
             ]
-            with httpx.Client(timeout=120.0) as client:
+            with httpx.Client(timeout=120.0, verify=self.verify) as client:
                 # A node busy flushing may shed load (429/503): back off and retry.
                 for attempt in range(5):
                     response = client.post(f"{url}/v1/batch", json={"put": items})
@@ -157,7 +164,7 @@ class LocalCluster:
         """Wait until no node has a flush or compaction left from loading (returns the seconds
         waited), so that a measurement taken next is not slowed by the load's after-work."""
         started = time.monotonic()
-        with httpx.Client(timeout=5.0) as client:
+        with httpx.Client(timeout=5.0, verify=self.verify) as client:
             while time.monotonic() - started < timeout_s:
                 busy = [
                     url

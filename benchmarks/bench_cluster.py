@@ -4,7 +4,9 @@ Anchors measured in the same run, on the same machine:
 - the mixed load against one standalone node (no replication): cluster / single ratio;
 - the goal of the cluster issue: >= 10,000 ops/s with p99 < 25 ms (ratio ops/s / 10,000);
 - GET of keys a node owns itself versus the same keys forwarded by another node on an RF=1
-  cluster: forwarded / local ratio (goal >= 0.6).
+  cluster: forwarded / local ratio (goal >= 0.6);
+- the same 3-node RF=3 cluster with `--tls-mode required` (HTTPS from wrk, mutual TLS between
+  the nodes): what TLS costs, as a with / without ratio of ops/s and of CPU per operation.
 
 Every node is a real `limedb serve` process; wrk (Debian package) generates the load, one wrk
 process per node with the connections split between them, 100-byte values, keys uniform over
@@ -23,6 +25,7 @@ import tempfile
 from pathlib import Path
 
 from _cluster import GET_LIST, MIXED, LocalCluster, run_wrk
+from _tls import make_tls
 from limedb.cluster.ring.placement import Ring
 
 GOAL_OPS = 10_000
@@ -76,6 +79,14 @@ def main() -> int:
             )
         print(_line(f"3 nodes, RF=3, W=R=2 ({args.durability})", mixed))
 
+        tls_env = {**cluster_env, **make_tls(root / "tls")}
+        with LocalCluster(root / "rf3tls", 3, args.base_port + 40, tls_env) as cluster:
+            cluster.preload(args.keys)
+            with_tls = run_wrk(
+                cluster.urls, MIXED, args.connections, args.duration, wrk_env, cluster.procs
+            )
+        print(_line(f"3 nodes, RF=3, W=R=2, TLS ({args.durability})", with_tls))
+
         if args.durability != "periodic":
             # For reference: fsync every 50 ms instead of before each acknowledgement (with
             # three copies, as Cassandra's default commit log does).
@@ -113,6 +124,10 @@ def main() -> int:
         f"(p99 {mixed['p99_ms']:.1f} ms, goal < {GOAL_P99_MS:.0f} ms)"
     )
     print(f"forwarded GET / local GET:    {forwarded['ops_s'] / local['ops_s']:.2f}x (goal >= 0.6)")
+    print(
+        f"TLS / plaintext, 3 nodes:     {with_tls['ops_s'] / mixed['ops_s']:.2f}x ops/s, "
+        f"{with_tls['cpu_us_per_op'] / mixed['cpu_us_per_op']:.2f}x CPU per op"
+    )
     print(
         f"CPU per op, cluster / single:  {mixed['cpu_us_per_op'] / anchor['cpu_us_per_op']:.2f}x; "
         f"if the nodes had both cores to themselves: ~{2e6 / mixed['cpu_us_per_op']:,.0f} ops/s"

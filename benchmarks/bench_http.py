@@ -6,6 +6,9 @@ and 100-byte values. Measured in the same run, one server at a time, in interlea
 (the best round of each is kept, so a burst of load elsewhere does not decide the ratio):
   GET  /api/v1/get/{key} over preloaded keys,
   SET  POST /api/v1/set with fresh keys (sync durability: every answer waited for its fsync).
+A third server, the same node with `--tls-mode required` (wrk over HTTPS, keep-alive, so the
+handshakes are amortised and what is measured is the record encryption), gives what TLS costs:
+the TLS / plaintext ratios of req/s and CPU per request, same run.
 Prints req/s, p99 latency, server CPU microseconds per request and the LimeDB/anchor ratios,
 and the issue's targets (GET >= 18,000 req/s and >= 3.5x the anchor, SET >= 12,000 req/s,
 p99 < 10 ms). Needs wrk (`bash scripts/system-deps.sh`).
@@ -30,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+from _tls import make_tls, verify
 from engine_anchors import limedb_config
 from limedb.storage import EngineOptions
 
@@ -92,13 +96,13 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def wait_ready(url: str, proc: subprocess.Popen, timeout_s: float = 30.0) -> None:
+def wait_ready(url: str, proc: subprocess.Popen, tls, timeout_s: float = 30.0) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"server exited with {proc.returncode}")
         try:
-            if httpx.get(url + "/readyz", timeout=1.0).status_code == 200:
+            if httpx.get(url + "/readyz", timeout=1.0, verify=tls).status_code == 200:
                 return
         except httpx.HTTPError:
             pass
@@ -106,10 +110,10 @@ def wait_ready(url: str, proc: subprocess.Popen, timeout_s: float = 30.0) -> Non
     raise RuntimeError(f"{url} not ready after {timeout_s}s")
 
 
-async def preload(url: str, keys: int, value_size: int) -> None:
+async def preload(url: str, keys: int, value_size: int, tls) -> None:
     value = "v" * value_size
     queue = list(range(keys))
-    async with httpx.AsyncClient(base_url=url, timeout=30.0) as client:
+    async with httpx.AsyncClient(base_url=url, timeout=30.0, verify=tls) as client:
 
         async def worker() -> None:
             while queue:
@@ -166,12 +170,18 @@ def run_wrk(url: str, script: Path, pid: int, args: argparse.Namespace) -> Resul
 class Server:
     """One server process pinned to CPU 0."""
 
-    def __init__(self, name: str, argv: list[str], url: str) -> None:
+    def __init__(
+        self, name: str, argv: list[str], url: str, env: dict[str, str] | None = None
+    ) -> None:
         self.name = name
         self.url = url
-        env = {**os.environ, "LIMEDB_SYNC_INTERVAL_MS": str(SYNC_INTERVAL_MS)}
+        self.tls = verify(env or {})
         self.proc = subprocess.Popen(
-            argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=pin(0)
+            argv,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            preexec_fn=pin(0),
+            env={**os.environ, "LIMEDB_SYNC_INTERVAL_MS": str(SYNC_INTERVAL_MS), **(env or {})},
         )
 
     def stop(self) -> None:
@@ -185,7 +195,7 @@ class Server:
 
 def report(name: str, op: str, r: Result) -> None:
     print(
-        f"  {name:<8} {op:<4} {r.rps:>10,.0f} req/s   p99 {r.p99_ms:>7.2f} ms   "
+        f"  {name:<10} {op:<4} {r.rps:>10,.0f} req/s   p99 {r.p99_ms:>7.2f} ms   "
         f"{r.cpu_us_per_request:>6.1f} us CPU/req   errors {r.errors}",
         flush=True,
     )
@@ -236,30 +246,40 @@ def main() -> int:
             flush=True,
         )
         print_configurations(args.durability)
-        node_port, anchor_port = free_port(), free_port()
-        node_argv = [
-            LIMEDB, "serve", "--host", "127.0.0.1", "--port", str(node_port),
-            "--data-dir", str(Path(tmp, "node")), "--durability", args.durability,
-            "--log-level", "warning", "--resp-port", "0",
-        ]  # fmt: skip
+        node_port, anchor_port, tls_port = free_port(), free_port(), free_port()
+
+        def node_argv(port: int, data: str) -> list[str]:
+            return [
+                LIMEDB, "serve", "--host", "127.0.0.1", "--port", str(port),
+                "--data-dir", str(Path(tmp, data)), "--durability", args.durability,
+                "--log-level", "warning", "--resp-port", "0",
+            ]  # fmt: skip
+
         anchor_argv = [
             sys.executable, str(HERE / "fastapi_anchor.py"), "--port", str(anchor_port),
             "--data-dir", str(Path(tmp, "anchor")), "--durability", args.durability,
             "--sync-interval-ms", str(SYNC_INTERVAL_MS),
         ]  # fmt: skip
+        tls_env = make_tls(Path(tmp, "tls"))
         servers = [
-            Server("limedb", node_argv, f"http://127.0.0.1:{node_port}"),
+            Server("limedb", node_argv(node_port, "node"), f"http://127.0.0.1:{node_port}"),
             Server("fastapi", anchor_argv, f"http://127.0.0.1:{anchor_port}"),
+            Server(
+                "limedb+tls",
+                node_argv(tls_port, "node-tls"),
+                f"https://127.0.0.1:{tls_port}",
+                tls_env,
+            ),
         ]
         try:
             for server in servers:
-                wait_ready(server.url, server.proc)
-                asyncio.run(preload(server.url, args.keys, args.value_size))
+                wait_ready(server.url, server.proc, server.tls)
+                asyncio.run(preload(server.url, args.keys, args.value_size, server.tls))
             best = measure(servers, scripts, args)
         finally:
             for server in servers:
                 server.stop()
-    limedb, anchor = best["limedb"], best["fastapi"]
+    limedb, anchor, tls = best["limedb"], best["fastapi"], best["limedb+tls"]
     print(f"  best of {args.rounds} rounds:")
     for name, results in best.items():
         for op, result in results.items():
@@ -271,6 +291,13 @@ def main() -> int:
         print(
             f"    {op}: {ours.rps / theirs.rps:.2f}x req/s, "
             f"{theirs.cpu_us_per_request / ours.cpu_us_per_request:.2f}x less CPU per request"
+        )
+    print("  TLS cost (limedb with --tls-mode required / limedb plaintext):")
+    for op in ("GET", "SET"):
+        ours, plain = tls[op], limedb[op]
+        print(
+            f"    {op}: {ours.rps / plain.rps:.2f}x req/s, "
+            f"{ours.cpu_us_per_request / plain.cpu_us_per_request:.2f}x CPU per request"
         )
     get, put = limedb["GET"], limedb["SET"]
     targets = [
