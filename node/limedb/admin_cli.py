@@ -4,7 +4,8 @@ Every command talks to one node (`--url`, any node of the ring) through `limedb.
 `join NODE_URL`, `leave NODE`, `replace DEAD_NODE NEW_NODE_URL`, `set-rf RF` start a
 transition and return (or follow it to the end with `--wait`); `status` prints the ring epoch,
 the members and the running transition with a progress bar (`--json`: the status object);
-`repair` runs anti-entropy now. The cluster secret comes from `--secret` / LIMEDB_CLUSTER_SECRET,
+`repair` runs anti-entropy now; `verify` compares every replica's Merkle roots and repairs
+differences (exit code 0 all agreed, 1 repaired, 2 could not check). The cluster secret comes from `--secret` / LIMEDB_CLUSTER_SECRET,
 else from `data/cluster-secret` or `limedb-data/cluster-secret` under the working directory
 (where `limedb cluster up` / `make run` and a single `limedb serve` keep it by default).
 """
@@ -236,6 +237,52 @@ def repair(url: str, secret: str | None, token_range: str | None) -> None:
             raise click.BadParameter("expected START:END", param_hint="--range") from None
     result = _run(url, secret, lambda c: c.repair(start, end))
     sys.stdout.write(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode() + "\n")
+
+
+VERIFY_EXIT = {"ok": 0, "repaired": 1}  # anything else (failed, refused, no answer): 2
+
+
+def render_verification(v: dict) -> Text:
+    head = {"ok": "green", "repaired": "yellow"}.get(v["result"], "red")
+    text = Text.assemble(
+        (v["result"], f"bold {head}"),
+        f"  epoch {v['epoch']}: {v['rangesChecked']}/{v.get('rangesTotal', '?')} ranges "
+        f"checked, {v['rangesRepaired']} repaired, {v['keysRepaired']} keys repaired",
+    )
+    if v.get("replicasUnreachable"):
+        text.append(f"\nunreachable: {', '.join(v['replicasUnreachable'])}")
+    if v.get("error"):
+        text.append(f"\nerror: {v['error']}")
+    return text
+
+
+@admin.command("verify")
+@url_option
+@secret_option
+@click.option("--epoch", type=click.IntRange(min=1), help="Only the ranges epoch N's change moved.")
+@click.option("--json", "as_json", is_flag=True, help="Print the verification as JSON.")
+def verify(url: str, secret: str | None, epoch: int | None, as_json: bool) -> None:
+    """Compare every replica's Merkle roots (of the ranges the transition to epoch N moved;
+    default: every range of the current ring), repair differences. Exit code 0: every replica
+    agreed; 1: something was repaired; 2: could not check (a replica unreachable, a transition
+    running, no such epoch)."""
+    from limedb.client import LimeDBError
+
+    with _client(url, secret) as client:
+        try:
+            result = client.verify(epoch)
+        except LimeDBError as exc:
+            err.print(f"[red]could not verify:[/red] {exc}", highlight=False)
+            if as_json:  # still an object a script can read
+                refused = {"epoch": epoch, "rangesChecked": 0, "rangesRepaired": 0}
+                refused.update(keysRepaired=0, result="failed", error=str(exc))
+                sys.stdout.write(orjson.dumps(refused, option=orjson.OPT_INDENT_2).decode() + "\n")
+            sys.exit(2)
+    if as_json:
+        sys.stdout.write(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode() + "\n")
+    else:
+        out.print(render_verification(result))
+    sys.exit(VERIFY_EXIT.get(result.get("result"), 2))
 
 
 def register(main: click.Group) -> None:

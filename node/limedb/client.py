@@ -283,6 +283,17 @@ class Client:
         response = self._request("POST", "/admin/repair", json=body, timeout=timeout)
         return _admin_result(response)
 
+    def verify(self, epoch: int | None = None, *, timeout: float = 3600.0) -> dict[str, Any]:
+        """Verify the replicas of the ranges transition `epoch` moved (every range: None) and
+        repair differences; waits for the run and returns its record (`result`: ok, repaired
+        or failed)."""
+        body = {"epoch": epoch} if epoch is not None else None
+        return _admin_result(self._request("POST", "/admin/verify", json=body, timeout=timeout))
+
+    def verification(self) -> dict[str, Any]:
+        """{"last": the newest verification record or None, "running", "runs" by result}."""
+        return _admin_result(self._request("GET", "/admin/verification"))
+
 
 class AsyncClient:
     """The asyncio twin of `Client`."""
@@ -398,3 +409,11 @@ class AsyncClient:
         body = {"start": start, "end": end} if start is not None else None
         response = await self._request("POST", "/admin/repair", json=body, timeout=timeout)
         return _admin_result(response)
+
+    async def verify(self, epoch: int | None = None, *, timeout: float = 3600.0) -> dict[str, Any]:
+        body = {"epoch": epoch} if epoch is not None else None
+        response = await self._request("POST", "/admin/verify", json=body, timeout=timeout)
+        return _admin_result(response)
+
+    async def verification(self) -> dict[str, Any]:
+        return _admin_result(await self._request("GET", "/admin/verification"))

@@ -67,6 +67,8 @@ def test_a_cluster_refuses_unauthenticated_admin_requests_and_internal_frames(
         ("POST", "/admin/replace", {"dead_node": c.url, "new_node_url": "http://127.0.0.1:1"}),
         ("POST", "/admin/replication-factor", {"rf": 1}),
         ("POST", "/admin/repair", {}),
+        ("POST", "/admin/verify", {}),
+        ("GET", "/admin/verification", None),
         ("GET", "/admin/keys", None),
         ("GET", "/admin/status", None),
     ]

@@ -1,4 +1,5 @@
-"""Admin routes: ring transitions (join, leave, replace, replication factor), status, repair.
+"""Admin routes: ring transitions (join, leave, replace, replication factor), status, repair,
+verification.
 
 Any node takes a change and hands it to the one node that proposes changes
 (limedb.cluster.proposals), which validates and proposes it; the cluster then drives it
@@ -34,6 +35,7 @@ from limedb.cluster.proposals import ProposerUnavailable
 from limedb.cluster.repair import RepairRefused
 from limedb.cluster.service import NotClustered
 from limedb.cluster.transitions import Change
+from limedb.cluster.verifier import VerificationRefused
 from limedb.secret import node_proof, proof_matches
 
 SECRET_HEADER = "x-cluster-secret"
@@ -55,6 +57,12 @@ class ReplaceRequest(BaseModel):
 
 class RfRequest(BaseModel):
     rf: int = Field(ge=1, le=15, description="the new replication factor")
+
+
+class VerifyRequest(BaseModel):
+    epoch: int | None = Field(
+        default=None, ge=1, description="verify the ranges this epoch's transition moved"
+    )
 
 
 class RepairRequest(BaseModel):
@@ -222,5 +230,26 @@ def build_router(state: NodeState) -> APIRouter:
             return _json(await state.require_service().repair(token_range))
         except (RepairRefused, NotClustered) as exc:
             raise ApiError(409, str(exc)) from exc
+
+    @router.post("/verify", summary="Compare every replica's Merkle roots, repair, report")
+    async def verify(request: Request, body: VerifyRequest | None = None) -> Response:
+        """Runs now and answers the record: `result` ok (every replica agreed), repaired, or
+        failed (a range could not be compared: `replicasUnreachable`, `error`)."""
+        authorize(request)
+        epoch = body.epoch if body is not None else None
+        try:
+            return _json(await state.require_service().verify(epoch))
+        except (VerificationRefused, NotClustered) as exc:
+            raise ApiError(409, str(exc)) from exc
+
+    @router.get("/verification", summary="The newest verification this node knows of")
+    async def verification(request: Request) -> Response:
+        """The newest record (whichever node ran it: each pushes its record to every member),
+        the run in progress here, and this node's counts of runs by result."""
+        authorize(request)
+        status = state.require_service().admin_status().get("verification")
+        if status is None:
+            raise ApiError(409, "this node runs alone (started without seeds): nothing to verify")
+        return _json(status)
 
     return router

@@ -1,5 +1,5 @@
 """Prometheus families of the cluster as this node sees it: ring, members, transition, hints,
-repair, overload refusals and disk space (the monitoring kit's alerts are written on these).
+repair, verification, overload refusals and disk space (the monitoring kit's alerts are written on these).
 
 Read at scrape time from the service protocols (`admin_status`, `ring_record`, `stats`), so
 nothing is counted twice on the request path. Every node reports the same transition (the
@@ -48,6 +48,7 @@ class ClusterCollector:
         stats = service.stats()
         yield from hint_families((stats.get("cluster") or {}).get("hints"))
         yield from repair_families(status.get("repair"))
+        yield from verification_families(status.get("verification"))
 
     def _overload(self) -> Iterator[Metric]:
         admission = self._state.admission
@@ -173,4 +174,39 @@ def repair_families(repair: dict | None) -> Iterator[Metric]:
             "limedb_repair_last_run_timestamp_seconds",
             "when the last repair run (a verification) finished",
             last["finished_ms"] / 1000,
+        )
+
+
+def verification_families(verification: dict | None) -> Iterator[Metric]:
+    """The verifications this node ran, by result, and the newest one it knows of (whichever
+    node ran it): alert on `increase(limedb_verifications_total{result!="ok"}[1h]) > 0`."""
+    if not verification:
+        return
+    runs = CounterMetricFamily(
+        "limedb_verifications",
+        "verifications this node ran (after a transition or on demand), by result",
+        labels=["result"],
+    )
+    for result, count in sorted(verification["runs"].items()):
+        runs.add_metric([result], count)
+    yield runs
+    yield _counter(
+        "limedb_verification_keys_repaired",
+        "keys repaired by the verifications this node ran",
+        verification["keys_repaired_total"],
+    )
+    last = verification.get("last")
+    if last:
+        labels = {"result": last["result"]}
+        yield _gauge(
+            "limedb_verification_last_epoch",
+            "ring epoch of the newest verification",
+            last["epoch"],
+            labels,
+        )
+        yield _gauge(
+            "limedb_verification_last_timestamp_seconds",
+            "when the newest verification finished",
+            last["finishedMs"] / 1000,
+            labels,
         )

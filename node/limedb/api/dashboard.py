@@ -21,7 +21,7 @@ from starlette.responses import Response
 
 from limedb.api.admin import SECRET_HEADER, require_secret
 from limedb.api.errors import ApiError
-from limedb.api.nodestats import node_stats
+from limedb.api.nodestats import newest_verification, node_stats
 from limedb.api.state import NodeState
 
 ASSETS = {
@@ -117,6 +117,12 @@ def build_router(state: NodeState) -> APIRouter:
             mine = {"node_id": service.node_id, "url": service.node_url, "reachable": True}
             nodes.append({**mine, "stats": own})
         nodes.sort(key=lambda n: n["node_id"])
-        return _json({"node_id": service.node_id, "nodes": nodes})
+        return _json(
+            {
+                "node_id": service.node_id,
+                "nodes": nodes,
+                "verification": newest_verification(nodes),
+            }
+        )
 
     return router

@@ -1,5 +1,5 @@
 """One node's own numbers for the dashboard (`GET /admin/stats`): client requests and their
-latency buckets, storage and disk size, hints, clock offset, overload refusals and repair.
+latency buckets, storage and disk size, hints, clock offset, overload refusals, repair and verification.
 
 Counters are totals since the node started; the dashboard turns two readings into a rate and
 the difference of two bucket readings into the latency percentiles of that interval.
@@ -100,5 +100,15 @@ def node_stats(state: NodeState) -> dict[str, Any]:
             "writes_allowed": clock.get("writes_allowed", True),
         },
         "repair": status.get("repair"),
+        # The newest verification this node knows of (limedb.cluster.verifier), or None.
+        "verification": (status.get("verification") or {}).get("last"),
         "epoch": status.get("epoch"),
     }
+
+
+def newest_verification(nodes: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Of the members' stats (cluster-stats' `nodes`), the verification finished last."""
+    records = [
+        n["stats"]["verification"] for n in nodes if (n.get("stats") or {}).get("verification")
+    ]
+    return max(records, key=lambda v: (v["finishedMs"], v["node"]), default=None)

@@ -255,6 +255,9 @@ class LocalService:
     async def repair(self, token_range: tuple[int, int] | None = None) -> dict:
         raise NotClustered("this node runs alone (started without seeds): it has no replicas")
 
+    async def verify(self, epoch: int | None = None) -> dict:
+        raise NotClustered("this node runs alone (started without seeds): it has no replicas")
+
     def admin_status(self) -> dict:
         me = {"node_id": self.node_id, "url": self.node_url, "state": "Normal"}
         return {

@@ -56,6 +56,7 @@ from limedb.cluster.streaming import RangeStreams
 from limedb.cluster.transaction import ClusterTransactions, Step, StepResult, Watch
 from limedb.cluster.transition_driver import DriverSettings, TransitionDriver
 from limedb.cluster.transitions import Change
+from limedb.cluster.verifier import Verifier
 from limedb.cluster.view import ClusterView, MemberView
 from limedb.config import Config
 from limedb.hlc import HLC, millis_of, wall_millis
@@ -273,6 +274,16 @@ class ClusterService:
             bytes_per_s=config.repair_mb_per_s * (1 << 20),
             budget=self.background,
         )
+        self.verifier = Verifier(
+            self.node_id,
+            engine,
+            lambda: self.keeper.state,
+            self.anti_entropy,
+            self.call_node,
+            config.data_dir,
+            members=self._record_members,
+        )
+        self.driver.on_done = self.verifier.after_transition
         self.gossip_loop = GossipLoop(self.membership, self._send_gossip)
         self.membership.add_listener(self._on_liveness)
         self._sweeper: asyncio.Task | None = None
@@ -324,6 +335,10 @@ class ClusterService:
         if node_id is not None:
             return self.address_of(node_id)
         return urlsplit(url).hostname or "127.0.0.1", default_internal_port(url)
+
+    def _record_members(self) -> list[str]:
+        state = self.keeper.state
+        return list(state.all_members()) if state is not None else []
 
     def _other_members(self) -> list[str]:
         ring = self.membership.ring
@@ -404,12 +419,21 @@ class ClusterService:
         ring = ring_status(
             self.keeper.state, self.node_id, driver.liveness, driver.transition_status
         )
-        return {**ring, "repair": self.anti_entropy.status()}
+        return {
+            **ring,
+            "repair": self.anti_entropy.status(),
+            "verification": self.verifier.status(),
+        }
 
     async def repair(self, token_range: tuple[int, int] | None = None) -> dict:
         """Anti-entropy repair of this node's ranges now (POST /admin/repair)."""
         self._check_open()
         return await self.anti_entropy.repair(token_range)
+
+    async def verify(self, epoch: int | None = None) -> dict:
+        """Verify the ranges transition `epoch` moved (every range: None) now."""
+        self._check_open()
+        return (await self.verifier.verify(epoch)).to_record()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -424,6 +448,7 @@ class ClusterService:
         self.server.register(rpc.STREAM_READ, budget.wrap(self.streams.handle_read))
         self.server.register(rpc.STREAM_APPLY, budget.wrap(self.streams.handle_apply))
         self.server.register(rpc.MERKLE, budget.wrap(self.anti_entropy.handle_tree))
+        self.verifier.register(self.server, budget.wrap)
         self.atomic.register(self.server)
         self.transactions.register(self.server)
         self.server.register(rpc.LOCAL_KEYS, self._handle_local_keys)
@@ -452,6 +477,7 @@ class ClusterService:
         self._stopping = True
         self._ready = False
         await self.driver.stop()
+        await self.verifier.stop()
         await self.anti_entropy.stop()
         await self.local.stop()
         await self.coordinator.drain()

@@ -220,6 +220,23 @@ class AntiEntropy:
                 self._finished(run)
             return run.to_dict()
 
+    async def repair_pieces(self, pieces: list[tuple[int, int, tuple[str, ...]]]) -> RepairRun:
+        """Repair the given token ranges (inclusive, not wrapping) between this node and the
+        given peers, whatever the ring says (the verifier names the replicas it compared).
+        Waits for a repair already running here instead of refusing."""
+        async with self._lock:
+            run = self.current = RepairRun(wall_millis(), None)
+            try:
+                await self._run_pieces(run, [(s, e, tuple(p)) for s, e, p in pieces])
+            except Exception as exc:
+                run.error = f"{type(exc).__name__}: {exc}"
+                log.exception("repair of %d range(s) failed", len(pieces))
+            finally:
+                run.finished_ms = wall_millis()
+                self.current = None
+                self._finished(run)
+            return run
+
     def _finished(self, run: RepairRun) -> None:
         self.last = run
         self.runs += 1
@@ -236,6 +253,11 @@ class AntiEntropy:
                 clipped = clip(piece, run.token_range)
                 if clipped is not None:
                     pieces.append((*clipped, tuple(n for n in replicas if n != self.node_id)))
+        await self._run_pieces(run, pieces)
+
+    async def _run_pieces(
+        self, run: RepairRun, pieces: list[tuple[int, int, tuple[str, ...]]]
+    ) -> None:
         run.ranges_total = len(pieces)
         purged_before_ts = pack(max(0, run.started_ms - self.tombstone_grace_ms))
         throttle = Throttle(self.bytes_per_s)
@@ -275,6 +297,11 @@ class AntiEntropy:
             for peer, tree in zip(peers, roots, strict=True)
             if tree is not None and tree.root != mine.root
         ]
+        agreed = [
+            peer
+            for peer, tree in zip(peers, roots, strict=True)
+            if tree is not None and tree.root == mine.root
+        ]
         if not differing:
             return
         run.ranges_differing += 1
@@ -289,6 +316,7 @@ class AntiEntropy:
         union = _union(r for ranges in pulls.values() for r in ranges)
         run.leaves_differing += sum(mine.leaf_of(hi) - mine.leaf_of(lo) + 1 for lo, hi in union)
         reached = []
+        pulled_before = run.keys_pulled
         for peer, ranges in pulls.items():
             try:
                 for lo, hi in ranges:
@@ -299,7 +327,10 @@ class AntiEntropy:
                 run.peers_unreachable.append(peer)
                 continue
             reached.append(peer)
-        # Pushed from a snapshot taken after the pulls, so what one peer had reaches the others.
+        # Pushed from a snapshot taken after the pulls, so what one peer had reaches the others:
+        # also a peer that agreed with this node before, when this node pulled something new.
+        if run.keys_pulled > pulled_before:
+            reached.extend(agreed)
         floor = snapshot_floor()
         for peer in reached:
             try:

@@ -176,12 +176,20 @@ class AdminService(Protocol):
         ...
 
     def admin_status(self) -> dict:
-        """The object of `GET /admin/status`: epoch, members, RF, transitions (and repair)."""
+        """The object of `GET /admin/status`: epoch, members, RF, transitions (and repair and
+        verification on a clustered node)."""
         ...
 
     async def repair(self, token_range: tuple[int, int] | None = None) -> dict:
         """Anti-entropy repair of this node's ranges now. Raises NotClustered on a lone node,
         limedb.cluster.repair.RepairRefused when one already runs."""
+        ...
+
+    async def verify(self, epoch: int | None = None) -> dict:
+        """Compare the replicas of the ranges transition `epoch` moved (every range of the
+        ring: None), repair differences, return the record (limedb.cluster.verifier). Raises
+        NotClustered on a lone node, limedb.cluster.verifier.VerificationRefused when it
+        cannot run now."""
         ...
 
     def cluster_view(self) -> ClusterView:

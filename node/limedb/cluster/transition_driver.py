@@ -16,7 +16,8 @@ adopted (persisted) here first and then pushed to every live node:
 - committed: reads move to the new owners once every target has every range;
 - cleanup: writes go to the new owners only; after a grace for writes already in flight,
   old owners hand off the ranges they lost (recorded and hidden, then purged from their storage
-  in the background, see streaming.RangeStreams.hand_off); then done.
+  in the background, see streaming.RangeStreams.hand_off); then done, and the driver has the
+  ranges it moved verified across their new replicas (limedb.cluster.verifier).
 
 A target or every source of a range unreachable for longer than `timeout_s` rolls the
 transition back (only possible before commit); the targets then hand off what they received.
@@ -29,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from limedb.cluster import rpc
@@ -124,6 +126,8 @@ class TransitionDriver:
             parallel_ranges=self.settings.parallel_ranges,
         )
         self.records = RecordExchange(node_id, keeper, membership, call)
+        # Told of every transition this node finished (the verifier checks its ranges).
+        self.on_done: Callable[[Transition], None] | None = None
         self.proposals = Proposals(self)
         keeper.add_listener(self._on_record)
         if keeper.state is not None:
@@ -316,10 +320,13 @@ class TransitionDriver:
             if wait_s > 0:
                 await asyncio.sleep(wait_s)
             await self._hand_off(self.current(t), lambda m: m.removed)
-            self.step(self.current(t).finish(now_ms()))
+            done = self.current(t).finish(now_ms())
+            self.step(done)
             self._cleanup_seen.pop(t.id, None)
             await self.records.push_everywhere()
             log.info("transition %s done", t.id)
+            if self.on_done is not None:
+                self.on_done(done)
 
     # ------------------------------------------------------------------ streaming
 

@@ -189,3 +189,29 @@ def test_an_unreachable_replica_is_named_and_the_others_are_still_repaired(tmp_p
                 await replica.close()
 
     asyncio.run(main())
+
+
+def test_what_the_repairer_pulls_reaches_a_replica_that_agreed_with_it(tmp_path):
+    """a and c agree, b alone holds some writes: a's repair pulls them from b and pushes them
+    on to c as well, so every replica ends equal (c's root equalled a's before the pull)."""
+
+    async def main() -> None:
+        peers: dict[str, Replica] = {}
+        for name in ("a", "b", "c"):
+            peers[name] = Replica(name, tmp_path / name, peers)
+        for replica in peers.values():
+            await replica.start()
+        try:
+            ts = pack(1_700_000_000_000)
+            for i in range(40):
+                _write(peers["b"].engine, b"k%d" % i, b"only-b", ts)
+            assert _root(peers["a"]) == _root(peers["c"]) != _root(peers["b"])
+            summary = await peers["a"].anti_entropy.repair()
+            assert summary["error"] is None
+            assert (summary["keys_pulled"], summary["keys_pushed"]) == (40, 40)
+            assert len({_root(r) for r in peers.values()}) == 1
+        finally:
+            for replica in peers.values():
+                await replica.close()
+
+    asyncio.run(main())
