@@ -34,6 +34,7 @@ from limedb.cluster.service import KeyValueService
 from limedb.config import Config
 from limedb.tls import TlsMaterial
 from limedb.tls_listener import SniffingListener
+from limedb.tls_metrics import TlsMetrics
 
 log = logging.getLogger("limedb.server")
 
@@ -104,6 +105,7 @@ class TlsServer(uvicorn.Server):
             plaintext=not tls.required,
             name="HTTP",
         )
+        tls.listeners["http"] = self.listener
         try:
             await self.listener.start(config.host, config.port, backlog=config.backlog)
         except OSError as exc:
@@ -133,6 +135,8 @@ class NodeRuntime:
         self.resp: Any = None  # the RESP listener (limedb.resp), when resp_port is not 0
         self.app: FastPath = create_app(None, config, lifespan=self.lifespan)
         self.app.state.tls = tls
+        if tls is not None:
+            self.app.state.collectors.append(TlsMetrics(tls))
 
     async def _recover(self) -> None:
         if self.config.insecure and not self.config.cluster_secret:

@@ -22,6 +22,9 @@ import logging
 import os
 import ssl
 from dataclasses import dataclass
+from typing import Any
+
+from limedb.certificate import CertificateFacts, first_certificate_facts
 
 log = logging.getLogger("limedb.tls")
 
@@ -74,6 +77,14 @@ def build_contexts(files: TlsFiles) -> Contexts:
     return Contexts(public, internal, client)
 
 
+def _facts(cert_path: str) -> CertificateFacts | None:
+    try:
+        return first_certificate_facts(cert_path)
+    except (OSError, ValueError) as exc:
+        log.warning("cannot read the serial and expiry of %s: %s", cert_path, exc)
+        return None
+
+
 class TlsMaterial:
     """The current contexts of a node, reloaded when the files change on disk."""
 
@@ -84,8 +95,12 @@ class TlsMaterial:
         self.mode = mode
         self._stamp = files.stamp()
         self.contexts = build_contexts(files)  # the first load must succeed: a start fails
+        self.facts = _facts(files.cert)
         self.reloads = 0
         self.reload_failures = 0
+        # The listeners serving with these contexts, by name ("http", "resp", "rpc"): their
+        # counters go to /metrics (limedb.tls_metrics).
+        self.listeners: dict[str, Any] = {}
 
     @classmethod
     def from_config(cls, config) -> TlsMaterial | None:
@@ -117,8 +132,10 @@ class TlsMaterial:
             return False
         self._stamp = stamp
         self.contexts = contexts
+        self.facts = _facts(self.files.cert)
         self.reloads += 1
-        log.info("TLS certificate, key and CA reloaded from %s", self.files.cert)
+        serial = format(self.facts.serial, "x") if self.facts is not None else "?"
+        log.info("TLS certificate (serial %s), key and CA reloaded from disk", serial)
         return True
 
     async def watch(self, interval_s: float = POLL_S) -> None:

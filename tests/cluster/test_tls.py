@@ -88,6 +88,13 @@ def tls_three(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsCluster]:
         client.close()
 
 
+def metric(tls_three: TlsCluster, node: Node, line_start: str) -> float:
+    """The value of the /metrics sample that starts with `line_start` (0 when absent)."""
+    text = tls_three.cluster.client.get(f"{node.url}/metrics").text
+    values = [float(ln.rsplit(" ", 1)[1]) for ln in text.splitlines() if ln.startswith(line_start)]
+    return values[0] if values else 0.0
+
+
 def _hello(secret: str) -> bytes:
     payload = secret.encode()
     return FRAME.pack(len(payload), HELLO, 1) + payload
@@ -136,6 +143,8 @@ def test_curl_with_the_ca_reads_through_every_node_and_plaintext_http_is_refused
         capture_output=True, timeout=30,
     )  # fmt: skip
     assert plain.returncode in (52, 56), plain  # empty reply / connection reset: nothing served
+    assert metric(tls_three, second, 'limedb_tls_plaintext_refused_total{listener="http"}') >= 1
+    assert metric(tls_three, second, 'limedb_tls_connections_total{listener="rpc"') >= 1
 
 
 def test_redis_cli_and_redis_py_speak_tls_and_plaintext_resp_is_closed(
@@ -209,6 +218,8 @@ def test_rpc_refuses_plaintext_and_certificates_of_another_ca(
                     raise ConnectionError("closed without a reply")
             finally:
                 tls.close()
+    assert metric(tls_three, node, 'limedb_tls_handshake_failures_total{listener="rpc"}') >= 2
+    assert metric(tls_three, node, 'limedb_tls_plaintext_refused_total{listener="rpc"}') >= 1
 
 
 def test_a_node_with_a_certificate_of_another_ca_cannot_join(
@@ -334,5 +345,10 @@ def test_certificates_replaced_on_disk_are_served_without_a_restart(
         after = traffic.done
         wait_for(lambda: traffic.done >= after + 20, 30, "traffic after the rotation")
     assert traffic.failures == []
+    for node in nodes:
+        serial = format(200 + node.index, "x")
+        assert metric(tls_three, node, f'limedb_tls_certificate{{serial="{serial}"}}') == 1
+        assert metric(tls_three, node, "limedb_tls_reloads_total") >= 1
+        assert metric(tls_three, node, "limedb_tls_certificate_expiry_timestamp_seconds") > 0
     # The same processes: nothing restarted.
     assert [n.proc.pid for n in nodes if n.proc is not None and n.running()] == pids

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+import subprocess
 from pathlib import Path
 
 import pytest
 import uvloop
+from limedb.certificate import first_certificate_facts
 from limedb.config import ConfigError, load_config
 from limedb.tls import TlsFiles, TlsMaterial
 from limedb.tls_listener import SniffingListener
@@ -118,3 +120,18 @@ def test_one_port_serves_tls_and_plaintext_only_when_on(pki, tmp_path, loop, mod
     else:
         assert plain == b""
         assert (listener.tls_connections, listener.plain_refused) == (1, 1)
+
+
+def test_the_serial_and_expiry_reported_are_the_certificates_own(pki, tmp_path):
+    ca, _ = pki
+    cert = issue(ca, tmp_path, "node", ["127.0.0.1", "node.example"], 0x1234567890ABCDEF12)
+    facts = first_certificate_facts(str(cert.cert))
+    shown = subprocess.run(
+        ["openssl", "x509", "-in", str(cert.cert), "-noout", "-serial", "-enddate"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    fields = dict(line.split("=", 1) for line in shown.splitlines())
+    assert facts.serial == int(fields["serial"], 16) == 0x1234567890ABCDEF12
+    assert facts.not_after == ssl.cert_time_to_seconds(fields["notAfter"])
+    with pytest.raises(ValueError):
+        first_certificate_facts(str(cert.key))

@@ -233,6 +233,7 @@ class RpcServer:
                 plaintext=not tls.required,
                 name="RPC",
             )
+            tls.listeners["rpc"] = listener
             await listener.start(host, port, backlog=512)
             self._server = listener
         else:

@@ -595,6 +595,7 @@ class RespServer:
                 plaintext=not tls.required,
                 name="RESP",
             )
+            tls.listeners["resp"] = listener
             await listener.start(host, port, backlog=1024)
             self._server = listener
         else:
