@@ -50,7 +50,7 @@ secret_option = click.option(
 wait_option = click.option("--wait", is_flag=True, help="Follow the transition until it ends.")
 
 
-def _client(url: str, secret: str | None):  # noqa: ANN202 - deferred import keeps --help fast
+def node_client(url: str, secret: str | None):  # noqa: ANN202 - deferred import keeps --help fast
     from limedb.cli import given_ca
     from limedb.client import Client
     from limedb.secret import find_secret
@@ -58,10 +58,10 @@ def _client(url: str, secret: str | None):  # noqa: ANN202 - deferred import kee
     return Client(url, retries=2, cluster_secret=secret or find_secret(), ca=given_ca())
 
 
-def _run(url: str, secret: str | None, call: Callable[[Any], dict]) -> dict:
+def run_admin(url: str, secret: str | None, call: Callable[[Any], dict]) -> dict:
     from limedb.client import LimeDBError, Refused
 
-    with _client(url, secret) as client:
+    with node_client(url, secret) as client:
         try:
             return call(client)
         except Refused as exc:
@@ -72,7 +72,7 @@ def _run(url: str, secret: str | None, call: Callable[[Any], dict]) -> dict:
             sys.exit(2)
 
 
-def _size(nbytes: float) -> str:
+def human_size(nbytes: float) -> str:
     for unit in ("B", "KB", "MB", "GB"):
         if nbytes < 1000 or unit == "GB":
             return f"{nbytes:.0f} {unit}" if unit == "B" else f"{nbytes:.1f} {unit}"
@@ -89,7 +89,7 @@ def render_transition(t: dict) -> Group:
     eta = t.get("eta_s")
     counters = Text(
         f"ranges {t['ranges_moved']}/{t['ranges_total']}  keys {t['keys_streamed']}  "
-        f"{_size(t['bytes_streamed'])}  {_size(t.get('rate') or 0)}/s  "
+        f"{human_size(t['bytes_streamed'])}  {human_size(t.get('rate') or 0)}/s  "
         f"ETA {'-' if eta is None else f'{eta:.0f}s'}"
     )
     bar = ProgressBar(total=1.0, completed=fraction, width=40)
@@ -133,7 +133,7 @@ def _follow(url: str, secret: str | None, transition_id: str) -> None:
     """Show progress until the transition is no longer running; exit 1 if rolled back."""
     from limedb.client import LimeDBError
 
-    with _client(url, secret) as client, Live(console=out, auto_refresh=False) as live:
+    with node_client(url, secret) as client, Live(console=out, auto_refresh=False) as live:
         while True:
             try:
                 status = client.admin_status()
@@ -174,7 +174,7 @@ def admin() -> None:
 @click.argument("node_url")
 def join(url: str, secret: str | None, wait: bool, node_url: str) -> None:
     """Add NODE_URL (a running node started with --await-join) to the ring."""
-    _started(url, secret, _run(url, secret, lambda c: c.join(node_url)), wait)
+    _started(url, secret, run_admin(url, secret, lambda c: c.join(node_url)), wait)
 
 
 @admin.command("leave")
@@ -184,7 +184,7 @@ def join(url: str, secret: str | None, wait: bool, node_url: str) -> None:
 @click.argument("node")
 def leave(url: str, secret: str | None, wait: bool, node: str) -> None:
     """Decommission NODE (id or URL): hand off every range, then leave."""
-    _started(url, secret, _run(url, secret, lambda c: c.leave(node)), wait)
+    _started(url, secret, run_admin(url, secret, lambda c: c.leave(node)), wait)
 
 
 @admin.command("replace")
@@ -195,7 +195,7 @@ def leave(url: str, secret: str | None, wait: bool, node: str) -> None:
 @click.argument("new_node_url")
 def replace(url: str, secret: str | None, wait: bool, dead_node: str, new_node_url: str) -> None:
     """NEW_NODE_URL (running, empty) takes over the ranges of DEAD_NODE."""
-    result = _run(url, secret, lambda c: c.replace(dead_node, new_node_url))
+    result = run_admin(url, secret, lambda c: c.replace(dead_node, new_node_url))
     _started(url, secret, result, wait)
 
 
@@ -206,7 +206,7 @@ def replace(url: str, secret: str | None, wait: bool, dead_node: str, new_node_u
 @click.argument("rf", type=click.IntRange(1, 15))
 def set_rf(url: str, secret: str | None, wait: bool, rf: int) -> None:
     """Change the replication factor to RF (streams the ranges that gain replicas)."""
-    _started(url, secret, _run(url, secret, lambda c: c.set_replication_factor(rf)), wait)
+    _started(url, secret, run_admin(url, secret, lambda c: c.set_replication_factor(rf)), wait)
 
 
 @admin.command("status")
@@ -215,7 +215,7 @@ def set_rf(url: str, secret: str | None, wait: bool, rf: int) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the status object as JSON.")
 def status(url: str, secret: str | None, as_json: bool) -> None:
     """Ring epoch, members, and the running transition's progress."""
-    result = _run(url, secret, lambda c: c.admin_status())
+    result = run_admin(url, secret, lambda c: c.admin_status())
     if as_json:
         sys.stdout.write(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode() + "\n")
         return
@@ -235,7 +235,7 @@ def repair(url: str, secret: str | None, token_range: str | None) -> None:
             start, end = int(start_text), int(end_text)
         except ValueError:
             raise click.BadParameter("expected START:END", param_hint="--range") from None
-    result = _run(url, secret, lambda c: c.repair(start, end))
+    result = run_admin(url, secret, lambda c: c.repair(start, end))
     sys.stdout.write(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode() + "\n")
 
 
@@ -268,7 +268,7 @@ def verify(url: str, secret: str | None, epoch: int | None, as_json: bool) -> No
     running, no such epoch)."""
     from limedb.client import LimeDBError
 
-    with _client(url, secret) as client:
+    with node_client(url, secret) as client:
         try:
             result = client.verify(epoch)
         except LimeDBError as exc:
@@ -286,4 +286,7 @@ def verify(url: str, secret: str | None, epoch: int | None, as_json: bool) -> No
 
 
 def register(main: click.Group) -> None:
+    from limedb.backup_cli import register as register_backup
+
+    register_backup(admin)
     main.add_command(admin)

@@ -274,6 +274,33 @@ class Client:
         """{"epoch", "members", "replication_factor", "transition": None or its progress}."""
         return _admin_result(self._request("GET", "/admin/status"))
 
+    # Backups (docs/backup.md): the node asked coordinates; follow with backup_status().
+
+    def backup_create(
+        self, to: str, *, endpoint: str | None = None, credentials: dict[str, str] | None = None
+    ) -> dict[str, Any]:
+        """Start a backup of the cluster to s3://bucket/prefix; returns {"job": {...}}."""
+        body = {"to": to, "endpoint": endpoint, "credentials": credentials}
+        return _admin_result(self._request("POST", "/admin/backup", json=body))
+
+    def backup_restore(
+        self,
+        source: str,
+        *,
+        backup: str | None = None,
+        endpoint: str | None = None,
+        credentials: dict[str, str] | None = None,
+        merge: bool = False,
+    ) -> dict[str, Any]:
+        """Start restoring a backup (default: the newest) into this cluster."""
+        body = {"from": source, "backup": backup, "endpoint": endpoint,
+                "credentials": credentials, "merge": merge}  # fmt: skip
+        return _admin_result(self._request("POST", "/admin/restore", json=body))
+
+    def backup_status(self) -> dict[str, Any]:
+        """{"current": the running job or None, "last": the last finished one or None}."""
+        return _admin_result(self._request("GET", "/admin/backup/status"))
+
     def repair(
         self, start: int | None = None, end: int | None = None, *, timeout: float = 3600.0
     ) -> dict[str, Any]:

@@ -29,6 +29,7 @@ from limedb.api import attach_service, create_app
 from limedb.api.bounded import sweep
 from limedb.api.fastpath import FastPath
 from limedb.api.wire import wire_protocol
+from limedb.cluster.backup.agent import lone_node_backups
 from limedb.cluster.local import LocalService
 from limedb.cluster.service import KeyValueService
 from limedb.config import Config
@@ -62,9 +63,14 @@ def build_service(config: Config, engine: Any, tls: TlsMaterial | None = None) -
 
         # A peer may forward a RESP write here whether or not this node listens for RESP.
         return ClusterService.open(config, engine, StringOp, tls)
-    return LocalService(
+    service = LocalService(
         engine, node_id=config.node_id, node_url=config.advertise_url, vnodes=config.vnodes
     )
+    service.backups = lone_node_backups(
+        engine, config.node_id, config.advertise_url, config.data_dir, config.stream_mb_per_s,
+        service.local_count,
+    )  # fmt: skip
+    return service
 
 
 def tune_gc() -> None:

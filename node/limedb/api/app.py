@@ -18,7 +18,7 @@ from typing import Any
 from fastapi import APIRouter, FastAPI
 
 import limedb
-from limedb.api import admin, clusterinfo, dashboard, native, probes, public
+from limedb.api import admin, backup, clusterinfo, dashboard, native, probes, public
 from limedb.api.errors import install_handlers
 from limedb.api.fastpath import FastPath
 from limedb.api.state import NodeState
@@ -55,6 +55,7 @@ def create_app(
     api.include_router(native.build_router(state))
     api.include_router(probes.build_router(state))
     api.include_router(admin.build_router(state))
+    api.include_router(backup.build_router(state))
     api.include_router(dashboard.build_router(state))
     for router in extra_routers:
         api.include_router(router)

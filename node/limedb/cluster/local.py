@@ -31,6 +31,7 @@ from limedb.hlc import HLC, millis_of, wall_millis
 from limedb.storage.errors import DiskFullError, StorageError
 
 if TYPE_CHECKING:
+    from limedb.cluster.backup.agent import Backups
     from limedb.cluster.proposals import Proposal
     from limedb.cluster.ring.record import RingRecord
     from limedb.cluster.transitions import Change
@@ -89,6 +90,7 @@ class LocalService:
     """A NodeService for one node: every key is owned here, and there is no ring to change."""
 
     background = None  # no streaming, repair or hint replay to hold back
+    backups: Backups | None = None  # set by the server (limedb.cluster.backup.agent)
 
     # Its coroutines await nothing but futures (no asyncio.timeout, no current_task), so the
     # HTTP layer may step them outside a task and answer a read in the same callback.
@@ -123,6 +125,8 @@ class LocalService:
         # Writes that arrive after this point would race engine.close(); refuse them cleanly.
         self._stopping = True
         self._ready = False
+        if self.backups is not None:
+            await self.backups.stop()
 
     def ready(self) -> bool:
         return self._ready

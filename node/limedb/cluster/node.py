@@ -22,6 +22,7 @@ import orjson
 from limedb.cluster import rpc
 from limedb.cluster.atomic import ClusterAtomic, OperationDecoder, ReadModifyWrite
 from limedb.cluster.background import BackgroundBudget
+from limedb.cluster.backup.agent import Backups
 from limedb.cluster.clock_offset import ClockOffsets
 from limedb.cluster.coordinator import Coordinator, required_acks
 from limedb.cluster.failure import Liveness
@@ -284,6 +285,18 @@ class ClusterService:
             members=self._record_members,
         )
         self.driver.on_done = self.verifier.after_transition
+        self.backups = Backups(
+            node_id=self.node_id,
+            node_url=self.node_url,
+            engine=engine,
+            data_dir=config.data_dir,
+            ring_record=self.ring_record,
+            call=self.call_node,
+            apply=self.streams.apply,
+            local_count=self.local_count,
+            budget=self.background,
+            mb_per_s=config.stream_mb_per_s,
+        )
         self.gossip_loop = GossipLoop(self.membership, self._send_gossip)
         self.membership.add_listener(self._on_liveness)
         self._sweeper: asyncio.Task | None = None
@@ -452,6 +465,7 @@ class ClusterService:
         self.atomic.register(self.server)
         self.transactions.register(self.server)
         self.server.register(rpc.LOCAL_KEYS, self._handle_local_keys)
+        self.server.register(rpc.BACKUP, self.backups.handle_rpc)
         self.clock.register(self.server)  # PING replies carry this node's clock
         bind = self.config.host
         await self.server.start(bind, self.internal_port)
@@ -478,6 +492,7 @@ class ClusterService:
         self._ready = False
         await self.driver.stop()
         await self.verifier.stop()
+        await self.backups.stop()
         await self.anti_entropy.stop()
         await self.local.stop()
         await self.coordinator.drain()

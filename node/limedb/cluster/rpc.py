@@ -61,6 +61,7 @@ STREAM_APPLY = 22
 HANDOFF = 23
 MERKLE = 24  # a replica's Merkle tree of a token range (limedb.cluster.repair)
 PROPOSE = 25  # a ring change forwarded to the proposer (limedb.cluster.proposals)
+BACKUP = 26  # a node's part of a backup or restore (limedb.cluster.backup.agent)
 VERIFY_ROOTS = 30  # a replica's Merkle roots of many token ranges (limedb.cluster.verifier)
 VERIFY_REPAIR = 31  # repair token ranges with the named replicas (limedb.cluster.verifier)
 VERIFICATION = 32  # a finished verification's record, kept by every node

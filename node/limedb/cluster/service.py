@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Protocol
 if TYPE_CHECKING:
     from limedb.cluster.atomic import ReadModifyWrite
     from limedb.cluster.background import BackgroundBudget
+    from limedb.cluster.backup.agent import Backups
     from limedb.cluster.proposals import Proposal
     from limedb.cluster.ring.record import RingRecord
     from limedb.cluster.transaction import Step, StepResult, Watch
@@ -165,6 +166,8 @@ class AdminService(Protocol):
     # Background work (streaming, repair, hint replay) that yields while clients queue; the
     # HTTP layer sets its `pressure`. None where there is no such work.
     background: BackgroundBudget | None
+    # Backups and restores (limedb.cluster.backup): this node's part and the ones it runs.
+    backups: Backups | None
 
     def ring_record(self) -> RingRecord | None:
         """The newest ring record known here; None on a lone node or before it learned one."""
