@@ -15,10 +15,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
-import boto3
 import orjson
-from botocore.config import Config as BotoConfig
-from botocore.exceptions import BotoCoreError, ClientError
 
 from limedb.cluster.backup.location import Location
 
@@ -38,8 +35,13 @@ class StoredObject:
     modified_s: float
 
 
-def _missing(exc: ClientError) -> bool:
-    return str(exc.response.get("Error", {}).get("Code")) in MISSING
+def _code(exc: Exception) -> str:
+    response = getattr(exc, "response", None) or {}
+    return str(response.get("Error", {}).get("Code"))
+
+
+def _missing(exc: Exception) -> bool:
+    return _code(exc) in MISSING
 
 
 class PacedReader:
@@ -75,6 +77,14 @@ class ObjectStore:
     """One bucket of an S3-compatible store, at `location`."""
 
     def __init__(self, location: Location, credentials: dict[str, str] | None = None) -> None:
+        # boto3 is imported here, not at module load: a node that takes no backup never pays
+        # its import time at start-up.
+        import boto3
+        from botocore.config import Config as BotoConfig
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        self._client_error: type[Exception] = ClientError
+        self._errors: tuple[type[Exception], ...] = (ClientError, BotoCoreError)
         self.location = location
         session = boto3.session.Session(
             **{k: v for k, v in (credentials or {}).items() if k in CREDENTIAL_FIELDS and v}
@@ -102,16 +112,15 @@ class ObjectStore:
         try:
             self._s3.head_bucket(Bucket=self.bucket)
             return False
-        except ClientError as exc:
+        except self._client_error as exc:
             if not _missing(exc):
                 raise self._fail("bucket check", exc) from exc
-        except BotoCoreError as exc:
+        except self._errors as exc:
             raise self._fail("bucket check", exc) from exc
         try:
             self._s3.create_bucket(Bucket=self.bucket)
-        except ClientError as exc:
-            code = exc.response.get("Error", {}).get("Code")
-            if code not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+        except self._client_error as exc:
+            if _code(exc) not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
                 raise self._fail("bucket creation", exc) from exc
         return True
 
@@ -119,11 +128,11 @@ class ObjectStore:
         """The object's size, None when it does not exist."""
         try:
             return int(self._s3.head_object(Bucket=self.bucket, Key=key)["ContentLength"])
-        except ClientError as exc:
+        except self._client_error as exc:
             if _missing(exc):
                 return None
             raise self._fail(f"HEAD {key}", exc) from exc
-        except BotoCoreError as exc:
+        except self._errors as exc:
             raise self._fail(f"HEAD {key}", exc) from exc
 
     def put_file(self, key: str, path: str, size: int, pace: Callable[[int], None]) -> None:
@@ -132,7 +141,7 @@ class ObjectStore:
                 self._s3.put_object(
                     Bucket=self.bucket, Key=key, Body=PacedReader(f, pace), ContentLength=size
                 )
-        except (ClientError, BotoCoreError) as exc:
+        except self._errors as exc:
             raise self._fail(f"upload of {key}", exc) from exc
 
     def put_json(self, key: str, body: Any) -> None:
@@ -141,18 +150,18 @@ class ObjectStore:
             self._s3.put_object(
                 Bucket=self.bucket, Key=key, Body=data, ContentType="application/json"
             )
-        except (ClientError, BotoCoreError) as exc:
+        except self._errors as exc:
             raise self._fail(f"write of {key}", exc) from exc
 
     def get_json(self, key: str) -> Any:
         """The object's JSON, None when it does not exist."""
         try:
             data = self._s3.get_object(Bucket=self.bucket, Key=key)["Body"].read()
-        except ClientError as exc:
+        except self._client_error as exc:
             if _missing(exc):
                 return None
             raise self._fail(f"read of {key}", exc) from exc
-        except BotoCoreError as exc:
+        except self._errors as exc:
             raise self._fail(f"read of {key}", exc) from exc
         return orjson.loads(data)
 
@@ -166,7 +175,7 @@ class ObjectStore:
                     f.write(chunk)
                     digest.update(chunk)
                     pace(len(chunk))
-        except (ClientError, BotoCoreError) as exc:
+        except self._errors as exc:
             raise self._fail(f"download of {key}", exc) from exc
         return digest.hexdigest()
 
@@ -177,11 +186,11 @@ class ObjectStore:
             body = self._s3.get_object(Bucket=self.bucket, Key=key)["Body"]
             while chunk := body.read(CHUNK):
                 digest.update(chunk)
-        except ClientError as exc:
+        except self._client_error as exc:
             if _missing(exc):
                 return None
             raise self._fail(f"read of {key}", exc) from exc
-        except BotoCoreError as exc:
+        except self._errors as exc:
             raise self._fail(f"read of {key}", exc) from exc
         return digest.hexdigest()
 
@@ -196,11 +205,11 @@ class ObjectStore:
                     yield StoredObject(
                         item["Key"], int(item["Size"]), item["LastModified"].timestamp()
                     )
-        except ClientError as exc:
+        except self._client_error as exc:
             if _missing(exc):
                 return
             raise self._fail(f"listing of {prefix}", exc) from exc
-        except BotoCoreError as exc:
+        except self._errors as exc:
             raise self._fail(f"listing of {prefix}", exc) from exc
 
     def delete(self, keys: list[str]) -> None:
@@ -208,5 +217,5 @@ class ObjectStore:
             chunk = [{"Key": key} for key in keys[i : i + 1000]]
             try:
                 self._s3.delete_objects(Bucket=self.bucket, Delete={"Objects": chunk})
-            except (ClientError, BotoCoreError) as exc:
+            except self._errors as exc:
                 raise self._fail("delete", exc) from exc
