@@ -29,6 +29,10 @@ RETRY_ACCEPT_S = 0.1  # after EMFILE/ENFILE: try again later instead of spinning
 # How long a close waits for the client's close_notify. An idle keep-alive client answers only
 # when it next uses the connection, so a long wait held every graceful shutdown for its length.
 SHUTDOWN_TIMEOUT_S = 1.0
+# Connections not yet handed to their protocol (waiting for a first byte or in the handshake)
+# hold a descriptor each but count in no connection budget yet; beyond this many, a new one is
+# closed at once, so a flood of silent connections cannot take every descriptor of the node.
+MAX_PENDING = 1024
 
 
 class SniffingListener:
@@ -44,6 +48,7 @@ class SniffingListener:
         plaintext: bool,
         first_byte_timeout_s: float = 10.0,
         handshake_timeout_s: float = 10.0,
+        max_pending: int = MAX_PENDING,
         name: str = "",
     ) -> None:
         self._factory = factory
@@ -51,6 +56,7 @@ class SniffingListener:
         self.plaintext = plaintext
         self._first_byte_timeout_s = first_byte_timeout_s
         self._handshake_timeout_s = handshake_timeout_s
+        self._max_pending = max_pending
         self.name = name
         self._sock: socket.socket | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -61,6 +67,7 @@ class SniffingListener:
         self.plain_connections = 0
         self.plain_refused = 0
         self.handshake_failures = 0
+        self.pending_refused = 0
 
     async def start(self, host: str, port: int, backlog: int = 1024) -> None:
         self._loop = asyncio.get_running_loop()
@@ -88,6 +95,10 @@ class SniffingListener:
                     self._loop.remove_reader(self._sock.fileno())
                     self._loop.call_later(RETRY_ACCEPT_S, self._resume_accept)
                 return
+            if len(self._sniffing) + len(self._handshakes) >= self._max_pending:
+                self.pending_refused += 1
+                conn.close()
+                continue
             conn.setblocking(False)
             timer = self._loop.call_later(self._first_byte_timeout_s, self._drop, conn)
             self._sniffing[conn] = timer

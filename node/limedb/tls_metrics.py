@@ -51,6 +51,11 @@ class TlsMetrics:
             "plaintext connections closed by a listener in tls_mode required",
             labels=["listener"],
         )
+        pending = CounterMetricFamily(
+            "limedb_tls_pending_refused",
+            "connections closed at accept: too many still in their first byte or handshake",
+            labels=["listener"],
+        )
         failed = CounterMetricFamily(
             "limedb_tls_handshake_failures",
             "TLS handshakes that failed (untrusted or missing certificate, timeout, garbage)",
@@ -61,4 +66,5 @@ class TlsMetrics:
             connections.add_metric([name, "plaintext"], listener.plain_connections)
             refused.add_metric([name], listener.plain_refused)
             failed.add_metric([name], listener.handshake_failures)
-        yield from (connections, refused, failed)
+            pending.add_metric([name], listener.pending_refused)
+        yield from (connections, refused, failed, pending)

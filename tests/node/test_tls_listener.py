@@ -135,3 +135,41 @@ def test_the_serial_and_expiry_reported_are_the_certificates_own(pki, tmp_path):
     assert facts.not_after == ssl.cert_time_to_seconds(fields["notAfter"])
     with pytest.raises(ValueError):
         first_certificate_facts(str(cert.key))
+
+
+@pytest.mark.parametrize("loop", sorted(LOOPS))
+def test_silent_connections_are_bounded_and_timed_out(pki, tmp_path, loop):
+    material = _material(pki, tmp_path, "required")
+    ca, _ = pki
+
+    async def scenario() -> tuple[bytes, bytes, bytes, SniffingListener]:
+        listener = SniffingListener(
+            Echo,
+            lambda: material.contexts.public_server,
+            plaintext=False,
+            first_byte_timeout_s=1.0,
+            max_pending=2,
+        )
+        await listener.start("127.0.0.1", 0)
+        try:
+            silent = [await asyncio.open_connection("127.0.0.1", listener.port) for _ in range(2)]
+            # Both silent ones hold the pending slots: a third is closed at accept.
+            reader, writer = await asyncio.open_connection("127.0.0.1", listener.port)
+            third = await asyncio.wait_for(reader.read(100), 5)
+            writer.close()
+            # The silent ones are closed after first_byte_timeout_s, freeing the slots.
+            timed_out = await asyncio.wait_for(silent[0][0].read(100), 10)
+            await asyncio.wait_for(silent[1][0].read(100), 10)
+            for _, w in silent:
+                w.close()
+            after = await _exchange(listener.port, client_context(ca.cert))
+        finally:
+            listener.close()
+            await listener.wait_closed()
+        return third, timed_out, after, listener
+
+    with asyncio.Runner(loop_factory=LOOPS[loop]) as runner:
+        third, timed_out, after, listener = runner.run(scenario())
+    assert (third, timed_out) == (b"", b"")
+    assert listener.pending_refused == 1
+    assert after == b"tls:PING\n"
