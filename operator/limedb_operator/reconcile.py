@@ -11,7 +11,7 @@ from typing import Any
 
 from kubernetes.client.rest import ApiException
 
-from limedb_operator import database, manifests, volumes
+from limedb_operator import database, manifests, verification, volumes
 from limedb_operator.kube import Kube
 from limedb_operator.scaling import (
     NORMAL,
@@ -223,4 +223,9 @@ def reconcile(kube: Kube, body: Mapping[str, Any]) -> Outcome:
     status = build_status(
         obs, decision, old_status, _now(), meta.get("generation"), extra_conditions
     )
+    verified = verification.event(
+        old_status.get("lastVerification"), status.get("lastVerification")
+    )
+    if verified is not None:
+        events.append(verified)
     return Outcome(status, decision, events)

@@ -11,9 +11,10 @@ the database runs a transition.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
+from limedb_operator import verification
 from limedb_operator.manifests import HTTP_PORT, claim_ordinal, node_url
 
 # Member states as the database reports them (lower-case in its API, capitalised in status).
@@ -59,6 +60,8 @@ class RingView:
     members: tuple[Member, ...]
     transition: Transition | None = None
     replication_factor: int | None = None
+    # The newest verification the node reports (limedb_operator.verification), or None.
+    verification: Mapping[str, Any] | None = None
 
     def member(self, node_id: str) -> Member | None:
         return next((m for m in self.members if m.node_id == node_id), None)
@@ -125,12 +128,22 @@ def ring_view_from_status(raw: Mapping[str, Any]) -> RingView:
             started_at=pick(t, "started_at", "startedAt"),
         )
     rf = raw.get("replication_factor", raw.get("replicationFactor"))
-    return RingView(int(raw.get("epoch") or 0), tuple(members), transition, int(rf) if rf else None)
+    return RingView(
+        int(raw.get("epoch") or 0),
+        tuple(members),
+        transition,
+        int(rf) if rf else None,
+        verification.from_admin_status(raw),
+    )
 
 
 def freshest(views: Sequence[RingView]) -> RingView | None:
-    """Several nodes may answer while gossip spreads a new ring; the highest epoch wins."""
-    return max(views, key=lambda v: v.epoch, default=None)
+    """Several nodes may answer while gossip spreads a new ring; the highest epoch wins, with
+    the newest verification any of them reports (a node that was down may not have it)."""
+    best = max(views, key=lambda v: v.epoch, default=None)
+    if best is None:
+        return None
+    return replace(best, verification=verification.newest([v.verification for v in views]))
 
 
 def _wait(reason: str, message: str, **kw: Any) -> Step:

@@ -1,10 +1,12 @@
-"""Pure status of a LimeCluster: phase, members, migration and conditions from one decision."""
+"""Pure status of a LimeCluster: phase, members, migration, conditions and the last
+verification from one decision."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from limedb_operator import verification
 from limedb_operator.manifests import pod_of_node, selector_string
 from limedb_operator.scaling import NORMAL, Decision, Observed
 
@@ -154,6 +156,11 @@ def build_status(
     }
     if ring is not None:
         status["ringEpoch"] = ring.epoch
+    last = verification.published(
+        ring.verification if ring is not None else None, old_status.get("lastVerification")
+    )
+    if last is not None:
+        status["lastVerification"] = last
     if ring is not None and ring.transition is not None:
         t = ring.transition
         prev = old_status.get("migration") or {}

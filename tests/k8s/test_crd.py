@@ -130,6 +130,14 @@ FULL_STATUS = {
         "rangesTotal": 9,
         "startedAt": "2026-01-01T00:00:00Z",
     },
+    "lastVerification": {
+        "epoch": 11,
+        "rangesChecked": 40,
+        "rangesRepaired": 2,
+        "keysRepaired": 12,
+        "result": "repaired",
+        "finishedAt": "2026-01-01T00:00:00Z",
+    },
     "conditions": [
         {
             "type": "Rebalancing",
@@ -148,6 +156,15 @@ def test_status_fields_survive_without_pruning(objects, namespace):
     objects.patch_namespaced_custom_object_status(G, V, namespace, P, "g", {"status": FULL_STATUS})
     got = objects.get_namespaced_custom_object(G, V, namespace, P, "g")
     assert got["status"] == FULL_STATUS
+
+
+def test_a_verification_result_outside_ok_repaired_failed_is_rejected(objects, namespace):
+    objects.create_namespaced_custom_object(G, V, namespace, P, lime("v"))
+    bad = {"status": {"lastVerification": {**FULL_STATUS["lastVerification"], "result": "fine"}}}
+    message = rejection(
+        lambda: objects.patch_namespaced_custom_object_status(G, V, namespace, P, "v", bad)
+    )
+    assert "lastVerification.result" in message
 
 
 def test_status_cannot_be_changed_through_the_main_resource(objects, namespace):

@@ -102,6 +102,16 @@ def test_resp_needs_the_password_the_operator_generated(kube: RealKube, ns: str,
     authed.close()
 
 
+def verified(kube: RealKube, ns: str, epoch: int) -> dict:
+    """status.lastVerification once it reports `epoch` (issue 15, acceptance 5)."""
+
+    def published() -> dict | None:
+        last = kube.kubectl_json("-n", ns, "get", "lime", "lime")["status"].get("lastVerification")
+        return last if last and last["epoch"] == epoch else None
+
+    return wait_for(published, timeout=60, interval=1.0, what=f"lastVerification of epoch {epoch}")
+
+
 def test_scale_to_5_and_back_to_3_with_the_operator_pod_deleted_mid_scale_down(
     kube: RealKube, ns: str, cluster: str
 ):
@@ -112,6 +122,10 @@ def test_scale_to_5_and_back_to_3_with_the_operator_pod_deleted_mid_scale_down(
     assert {"ScalingUp", "Rebalancing"} & {r["PHASE"] for r in rows}, rows
     assert obj["status"]["ringEpoch"] >= 3  # one epoch per join at least
     assert {"ScalingUp", "Joining"} <= _event_reasons(kube, ns)
+    # The last join was verified across the new replicas of every range it moved.
+    last = verified(kube, ns, obj["status"]["ringEpoch"])
+    assert (last["result"], last["keysRepaired"]) == ("ok", 0), last
+    assert last["rangesChecked"] > 0
     run_client(kube, ns, "read", nodes=5)
 
     (old_operator,) = pods(kube, ns, OPERATOR_LABEL)
@@ -142,6 +156,9 @@ def test_scale_to_5_and_back_to_3_with_the_operator_pod_deleted_mid_scale_down(
     normal = [m["pod"] for m in obj["status"]["members"] if m["state"] == "Normal"]
     assert normal == ["lime-0", "lime-1", "lime-2"]
     assert {"Leaving", "ScalingDown"} <= _event_reasons(kube, ns)
+    last = verified(kube, ns, obj["status"]["ringEpoch"])
+    assert (last["result"], last["keysRepaired"]) == ("ok", 0), last
+    assert "Verified" in _event_reasons(kube, ns)
     run_client(kube, ns, "read", nodes=3)
     # whenScaled=Delete (the default): the volumes of the removed nodes go.
     wait_for(lambda: sorted(_claims(kube, ns)) == ["data-lime-0", "data-lime-1", "data-lime-2"],
