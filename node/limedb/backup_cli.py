@@ -175,9 +175,9 @@ def backup() -> None:
 def create(url: str, secret: str | None, to: str, endpoint: str | None, no_wait: bool) -> None:
     """Back up every node at one ring epoch; prints the backup id as the last line."""
     creds = _credentials()
-    job = run_admin(url, secret, lambda c: c.backup_create(to, endpoint=endpoint, credentials=creds))[
-        "job"
-    ]
+    job = run_admin(
+        url, secret, lambda c: c.backup_create(to, endpoint=endpoint, credentials=creds)
+    )["job"]
     if not no_wait:
         job = _follow(url, secret, job)
     sys.stdout.write(f"{job['backup_id']}\n")

@@ -62,6 +62,11 @@ def _choice(options: tuple[str, ...]) -> Callable[[str], str]:
     return parse
 
 
+def _optional_choice(options: tuple[str, ...]) -> Callable[[str], str | None]:
+    parse = _choice(options)
+    return lambda text: parse(text) if str(text).strip() else None
+
+
 def _text(text: str) -> str:
     return str(text).strip()
 
@@ -129,7 +134,7 @@ SETTINGS: tuple[Setting, ...] = (
         _optional_url,
         None,
         "URL peers and clients use to reach this node (alias NODE_URL); "
-        "defaults to http://<host>:<port> (https:// with tls_mode on or required)",
+        "defaults to http://<host>:<port> (https:// when the HTTP port has TLS)",
     ),
     Setting("seeds", _url_list, (), "comma-separated URLs of peers to join (alias NODE_PEERS)"),
     Setting(
@@ -292,6 +297,14 @@ SETTINGS: tuple[Setting, ...] = (
         "off | on (TLS and plaintext on every port) | required (plaintext refused); "
         "the files are reloaded when they change",
     ),
+    Setting("http_tls_mode", _optional_choice(TLS_MODES), None, "tls_mode of the HTTP port only"),
+    Setting("resp_tls_mode", _optional_choice(TLS_MODES), None, "tls_mode of the RESP port only"),
+    Setting(
+        "internal_tls_mode",
+        _optional_choice(TLS_MODES),
+        None,
+        "tls_mode of the internal RPC port, and whether the node dials its peers with TLS",
+    ),
     Setting("shutdown_timeout_s", _int(1, 300), 8, "grace period for in-flight requests"),
     Setting("log_level", _choice(LOG_LEVELS), "info", "debug | info | warning | error"),
     Setting("fast_path", _bool, True, "serve the hot key-value routes outside FastAPI"),
@@ -360,6 +373,10 @@ class Config:
     tls_key: str | None
     tls_ca: str | None
     tls_mode: str
+    # Each listener's own mode: tls_mode unless set (load_config fills them in).
+    http_tls_mode: str
+    resp_tls_mode: str
+    internal_tls_mode: str
     shutdown_timeout_s: int
     log_level: str
     fast_path: bool
@@ -369,9 +386,14 @@ class Config:
         return dataclasses.replace(self, **changes)
 
 
-def _check_tls(values: Mapping[str, Any], sources: Mapping[str, str]) -> None:
+def _check_tls(values: dict[str, Any], sources: Mapping[str, str]) -> None:
+    """Fill in each listener's mode from tls_mode and check that TLS has its three files."""
+    modes = ("http_tls_mode", "resp_tls_mode", "internal_tls_mode")
+    for name in modes:
+        if values[name] is None:
+            values[name] = values["tls_mode"]
     files = ("tls_cert", "tls_key", "tls_ca")
-    if values["tls_mode"] == "off":
+    if all(values[name] == "off" for name in modes):
         given = [name for name in files if values[name]]
         if given:
             raise ConfigError(
@@ -381,8 +403,9 @@ def _check_tls(values: Mapping[str, Any], sources: Mapping[str, str]) -> None:
         return
     missing = [name for name in files if not values[name]]
     if missing:
+        on = [name for name in ("tls_mode", *modes) if values[name] != "off"]
         raise ConfigError(
-            f"tls_mode {values['tls_mode']} needs {', '.join(missing)} "
+            f"{on[0]} {values[on[0]]} needs {', '.join(missing)} "
             "(--tls-cert, --tls-key, --tls-ca or LIMEDB_TLS_CERT / _KEY / _CA)"
         )
     for name in files:
@@ -446,7 +469,7 @@ def load_config(
         clustered = bool(values["seeds"]) or values["await_join"]
         values["host"] = "0.0.0.0" if clustered else "127.0.0.1"
     if not values["advertise_url"]:
-        scheme = "http" if values["tls_mode"] == "off" else "https"
+        scheme = "http" if values["http_tls_mode"] == "off" else "https"
         values["advertise_url"] = _default_advertise_url(values["host"], values["port"], scheme)
     if not values["node_id"]:
         values["node_id"] = values["advertise_url"]

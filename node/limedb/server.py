@@ -108,7 +108,7 @@ class TlsServer(uvicorn.Server):
         self.listener = SniffingListener(
             create_protocol,
             lambda: tls.contexts.public_server,
-            plaintext=not tls.required,
+            plaintext=tls.takes_plaintext("http"),
             name="HTTP",
         )
         tls.listeners["http"] = self.listener
@@ -121,7 +121,7 @@ class TlsServer(uvicorn.Server):
         self.servers = [self.listener]  # type: ignore[list-item]
         log.info(
             "HTTPS%s on %s:%d",
-            "" if tls.required else " and HTTP",
+            " and HTTP" if tls.takes_plaintext("http") else "",
             config.host,
             self.listener.port,
         )
@@ -240,7 +240,9 @@ class NodeRuntime:
             timeout_graceful_shutdown=config.shutdown_timeout_s,
         )
         self.server = (
-            uvicorn.Server(uv_config) if self.tls is None else TlsServer(uv_config, self.tls)
+            TlsServer(uv_config, self.tls)
+            if self.tls is not None and self.tls.serves("http")
+            else uvicorn.Server(uv_config)
         )
         # uvicorn re-raises the signal it caught once shutdown is complete; with these handlers
         # in place that is a no-op, so a graceful stop exits 0 instead of dying by SIGTERM.

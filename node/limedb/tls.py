@@ -29,6 +29,7 @@ from limedb.certificate import CertificateFacts, first_certificate_facts
 log = logging.getLogger("limedb.tls")
 
 MODES = ("off", "on", "required")
+LISTENERS = ("http", "resp", "internal")
 POLL_S = 1.0
 
 
@@ -88,30 +89,40 @@ def _facts(cert_path: str) -> CertificateFacts | None:
 class TlsMaterial:
     """The current contexts of a node, reloaded when the files change on disk."""
 
-    def __init__(self, files: TlsFiles, mode: str) -> None:
-        if mode not in MODES or mode == "off":
-            raise ValueError(f"TlsMaterial needs tls_mode on or required, got {mode!r}")
+    def __init__(self, files: TlsFiles, modes: dict[str, str]) -> None:
+        unknown = {m for m in modes.values()} - set(MODES)
+        if set(modes) - set(LISTENERS) or unknown or all(m == "off" for m in modes.values()):
+            raise ValueError(f"TlsMaterial needs a mode on or required, got {modes!r}")
         self.files = files
-        self.mode = mode
+        self.modes = {name: modes.get(name, "off") for name in LISTENERS}
         self._stamp = files.stamp()
         self.contexts = build_contexts(files)  # the first load must succeed: a start fails
         self.facts = _facts(files.cert)
         self.reloads = 0
         self.reload_failures = 0
-        # The listeners serving with these contexts, by name ("http", "resp", "rpc"): their
-        # counters go to /metrics (limedb.tls_metrics).
+        # The listeners serving with these contexts, by name ("http", "resp", "internal"):
+        # their counters go to /metrics (limedb.tls_metrics).
         self.listeners: dict[str, Any] = {}
 
     @classmethod
     def from_config(cls, config) -> TlsMaterial | None:
-        """The material of a node's Config (None when tls_mode is off)."""
-        if config.tls_mode == "off":
+        """The material of a node's Config (None when every listener's mode is off)."""
+        modes = {
+            "http": config.http_tls_mode,
+            "resp": config.resp_tls_mode,
+            "internal": config.internal_tls_mode,
+        }
+        if all(mode == "off" for mode in modes.values()):
             return None
-        return cls(TlsFiles(config.tls_cert, config.tls_key, config.tls_ca), config.tls_mode)
+        return cls(TlsFiles(config.tls_cert, config.tls_key, config.tls_ca), modes)
 
-    @property
-    def required(self) -> bool:
-        return self.mode == "required"
+    def serves(self, listener: str) -> bool:
+        """Whether `listener` ("http", "resp", "internal") takes TLS (for "internal": also
+        whether the node dials its peers with TLS)."""
+        return self.modes[listener] != "off"
+
+    def takes_plaintext(self, listener: str) -> bool:
+        return self.modes[listener] != "required"
 
     def refresh(self) -> bool:
         """Reload when a file changed since the last load; True when new contexts are in use."""

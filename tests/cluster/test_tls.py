@@ -19,10 +19,13 @@ import httpx
 import pytest
 import redis
 from limedb.client import Client
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 from support.certs import CA, NodeCert, client_context, issue, make_ca, served_serial
 from support.cluster import SECRET, SECRET_HEADERS, Cluster, Node, loopback_nodes
 from support.wait import wait_for
 
+NO_RETRY = Retry(NoBackoff(), 0)  # a refused connection is the answer, not a blip
 pytestmark = [pytest.mark.cluster, pytest.mark.redis]
 
 FIRST_HOST = 150  # 127.0.0.150-152: apart from make_cluster's and the fleet's addresses
@@ -144,7 +147,7 @@ def test_curl_with_the_ca_reads_through_every_node_and_plaintext_http_is_refused
     )  # fmt: skip
     assert plain.returncode in (52, 56), plain  # empty reply / connection reset: nothing served
     assert metric(tls_three, second, 'limedb_tls_plaintext_refused_total{listener="http"}') >= 1
-    assert metric(tls_three, second, 'limedb_tls_connections_total{listener="rpc"') >= 1
+    assert metric(tls_three, second, 'limedb_tls_connections_total{listener="internal"') >= 1
 
 
 def test_redis_cli_and_redis_py_speak_tls_and_plaintext_resp_is_closed(
@@ -175,7 +178,7 @@ def test_redis_cli_and_redis_py_speak_tls_and_plaintext_resp_is_closed(
     plain = subprocess.run([*cli, "GET", "resp-tls"], capture_output=True, text=True, timeout=30)
     assert "v1" not in plain.stdout
     with (
-        redis.Redis(host=node.host, port=int(port), socket_timeout=10) as r,
+        redis.Redis(host=node.host, port=int(port), socket_timeout=10, retry=NO_RETRY) as r,
         pytest.raises(redis.ConnectionError),
     ):
         r.get("resp-tls")
@@ -218,8 +221,8 @@ def test_rpc_refuses_plaintext_and_certificates_of_another_ca(
                     raise ConnectionError("closed without a reply")
             finally:
                 tls.close()
-    assert metric(tls_three, node, 'limedb_tls_handshake_failures_total{listener="rpc"}') >= 2
-    assert metric(tls_three, node, 'limedb_tls_plaintext_refused_total{listener="rpc"}') >= 1
+    assert metric(tls_three, node, 'limedb_tls_handshake_failures_total{listener="internal"}') >= 2
+    assert metric(tls_three, node, 'limedb_tls_plaintext_refused_total{listener="internal"}') >= 1
 
 
 def test_a_node_with_a_certificate_of_another_ca_cannot_join(

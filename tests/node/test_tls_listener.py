@@ -31,7 +31,8 @@ def pki(tmp_path_factory: pytest.TempPathFactory):
 def _material(pki, tmp_path: Path, mode: str, serial: int = 1) -> TlsMaterial:
     ca, _ = pki
     cert = issue(ca, tmp_path, "node", ["127.0.0.1"], serial)
-    return TlsMaterial(TlsFiles(str(cert.cert), str(cert.key), str(ca.cert)), mode)
+    modes = {"http": mode, "resp": mode, "internal": mode}
+    return TlsMaterial(TlsFiles(str(cert.cert), str(cert.key), str(ca.cert)), modes)
 
 
 def test_tls_settings_need_all_three_files_and_make_the_default_url_https(pki, tmp_path):
@@ -52,6 +53,21 @@ def test_tls_settings_need_all_three_files_and_make_the_default_url_https(pki, t
         load_config({"tls_mode": "on"}, {**env, "LIMEDB_TLS_KEY": str(tmp_path / "missing")})
     with pytest.raises(ConfigError, match="tls_mode"):
         load_config({"tls_mode": "maybe"}, env)
+    # One listener's own mode: the others follow tls_mode.
+    mixed = load_config({"tls_mode": "required"}, {**env, "LIMEDB_HTTP_TLS_MODE": "on"})
+    assert (mixed.http_tls_mode, mixed.resp_tls_mode, mixed.internal_tls_mode) == (
+        "on",
+        "required",
+        "required",
+    )
+    internal_only = load_config({}, {**env, "LIMEDB_INTERNAL_TLS_MODE": "required"})
+    assert internal_only.advertise_url == "http://127.0.0.1:8484"  # HTTP stays plaintext
+    assert TlsMaterial.from_config(internal_only).modes == {
+        "http": "off",
+        "resp": "off",
+        "internal": "required",
+    }
+    assert TlsMaterial.from_config(load_config({}, {})) is None
 
 
 def test_changed_files_are_reloaded_and_a_half_written_set_keeps_the_old(pki, tmp_path):
@@ -100,7 +116,9 @@ def test_one_port_serves_tls_and_plaintext_only_when_on(pki, tmp_path, loop, mod
 
     async def scenario() -> tuple[bytes, bytes, SniffingListener]:
         listener = SniffingListener(
-            Echo, lambda: material.contexts.public_server, plaintext=not material.required
+            Echo,
+            lambda: material.contexts.public_server,
+            plaintext=material.takes_plaintext("http"),
         )
         await listener.start("127.0.0.1", 0)
         try:

@@ -1,6 +1,7 @@
-"""One node with `--tls-mode on`: HTTP and RESP take TLS and plaintext on the same ports, a
-SIGTERM still stops it gracefully with TLS clients connected, and certificate files that do
-not load stop the start with a message instead of serving plaintext."""
+"""One node with TLS: its HTTP port in mode `on` takes TLS and plaintext on the same port, its
+RESP port in `required` only TLS (a listener's own mode beside tls_mode); a SIGTERM still stops
+it gracefully with TLS clients connected; certificate files that do not load stop the start
+with a message instead of serving plaintext."""
 
 from __future__ import annotations
 
@@ -12,8 +13,11 @@ import httpx
 import pytest
 import redis
 from nodeproc import LIMEDB
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 from support.certs import client_context, issue, make_ca
 
+NO_RETRY = Retry(NoBackoff(), 0)  # a refused connection is the answer, not a blip
 pytestmark = pytest.mark.process
 
 
@@ -23,7 +27,9 @@ def _free_port(host: str) -> int:
         return probe.getsockname()[1]
 
 
-def test_tls_mode_on_serves_tls_and_plaintext_on_each_port(node_factory, tmp_path: Path) -> None:
+def test_a_listener_in_mode_on_takes_both_and_one_in_required_only_tls(
+    node_factory, tmp_path: Path
+) -> None:
     ca = make_ca(tmp_path / "pki", "ca")
     node = node_factory()
     resp_port = _free_port(node.host)
@@ -32,7 +38,8 @@ def test_tls_mode_on_serves_tls_and_plaintext_on_each_port(node_factory, tmp_pat
         "LIMEDB_TLS_CERT": str(cert.cert),
         "LIMEDB_TLS_KEY": str(cert.key),
         "LIMEDB_TLS_CA": str(ca.cert),
-        "LIMEDB_TLS_MODE": "on",
+        "LIMEDB_TLS_MODE": "required",  # RESP (and the internal port) follow it
+        "LIMEDB_HTTP_TLS_MODE": "on",  # HTTP has its own: TLS and plaintext
         "LIMEDB_RESP_PORT": str(resp_port),
     }
     node.start()  # waits for /readyz over plaintext HTTP
@@ -43,17 +50,18 @@ def test_tls_mode_on_serves_tls_and_plaintext_on_each_port(node_factory, tmp_pat
         # The node advertises its https:// URL.
         assert secure.get(f"{https}/admin/node").json()["url"] == https
         with (
-            redis.Redis(host=node.host, port=resp_port, socket_timeout=10) as plain,
-            redis.Redis(
-                host=node.host,
-                port=resp_port,
-                ssl=True,
-                ssl_ca_certs=str(ca.cert),
-                socket_timeout=10,
-            ) as tls,
+            redis.Redis(host=node.host, port=resp_port, socket_timeout=10, retry=NO_RETRY) as plain,
+            pytest.raises(redis.ConnectionError),
         ):
-            assert plain.get("both") == b"ways"
-            assert tls.set("resp", "tls") and plain.get("resp") == b"tls"
+            plain.ping()
+        with redis.Redis(
+            host=node.host,
+            port=resp_port,
+            ssl=True,
+            ssl_ca_certs=str(ca.cert),
+            socket_timeout=10,
+        ) as tls:
+            assert tls.get("both") == b"ways"
             # Clients still connected (HTTPS keep-alive, RESP over TLS): a graceful stop.
             assert node.terminate() == 0
 

@@ -212,7 +212,7 @@ class RpcServer:
 
     def __init__(self, secret: str | None = None, tls: TlsMaterial | None = None) -> None:
         self._secret = secret.encode() if secret else None
-        self._tls = tls
+        self._tls = tls if tls is not None and tls.serves("internal") else None
         self._handlers: dict[int, Handler] = {HELLO: lambda _: b"", PING: lambda _: b""}
         self._server: asyncio.base_events.Server | SniffingListener | None = None
         self._connections: set[_ServerProtocol] = set()
@@ -231,10 +231,10 @@ class RpcServer:
             listener = SniffingListener(
                 lambda: _ServerProtocol(self),
                 lambda: tls.contexts.internal_server,
-                plaintext=not tls.required,
+                plaintext=tls.takes_plaintext("internal"),
                 name="RPC",
             )
-            tls.listeners["rpc"] = listener
+            tls.listeners["internal"] = listener
             await listener.start(host, port, backlog=512)
             self._server = listener
         else:
@@ -554,7 +554,8 @@ class RpcClient:
 
     def __init__(self, secret: str | None = None, tls: TlsMaterial | None = None) -> None:
         self._secret = secret
-        self._tls = tls
+        # Peers are dialled with TLS when this node's internal port takes TLS (on or required).
+        self._tls = tls if tls is not None and tls.serves("internal") else None
         self._peers: dict[tuple[str, int], PeerConnection] = {}
 
     def peer(self, host: str, port: int) -> PeerConnection:

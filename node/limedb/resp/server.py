@@ -588,11 +588,11 @@ class RespServer:
 
     async def start(self, host: str, port: int) -> None:
         tls = self.tls
-        if tls is not None:
+        if tls is not None and tls.serves("resp"):
             listener = SniffingListener(
                 lambda: RespConnection(self),
                 lambda: tls.contexts.public_server,
-                plaintext=not tls.required,
+                plaintext=tls.takes_plaintext("resp"),
                 name="RESP",
             )
             tls.listeners["resp"] = listener
