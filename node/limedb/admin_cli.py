@@ -25,6 +25,8 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
+from limedb.credentials_cli import credential_options
+
 DEFAULT_URL = "http://127.0.0.1:8484"
 
 out = Console()
@@ -55,7 +57,12 @@ def node_client(url: str, secret: str | None):  # noqa: ANN202 - deferred import
     from limedb.client import Client
     from limedb.secret import find_secret
 
-    return Client(url, retries=2, cluster_secret=secret or find_secret(), ca=given_ca())
+    # An admin user (`limedb admin --user NAME ...`) or the cluster secret.
+    context = click.get_current_context(silent=True)
+    credentials = dict(context.obj or {}) if context is not None else {}
+    if secret is None and not (credentials.get("user") or credentials.get("token")):
+        secret = find_secret()
+    return Client(url, retries=2, cluster_secret=secret, ca=given_ca(), **credentials)
 
 
 def run_admin(url: str, secret: str | None, call: Callable[[Any], dict]) -> dict:
@@ -163,8 +170,14 @@ def _started(url: str, secret: str | None, result: dict, wait: bool) -> None:
 
 
 @click.group("admin")
-def admin() -> None:
-    """Change the ring (join, leave, replace, set-rf) and follow it (status)."""
+@credential_options
+@click.pass_context
+def admin(context: click.Context, **credentials: str | None) -> None:
+    """Change the ring (join, leave, replace, set-rf) and follow it (status).
+
+    Authenticate as an admin user with --user/--password (LIMEDB_USER/LIMEDB_PASSWORD) or
+    --token, or with the cluster secret (--secret on each command)."""
+    context.obj = credentials
 
 
 @admin.command("join")

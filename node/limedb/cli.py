@@ -14,10 +14,11 @@ from rich.console import Console
 
 from limedb import __version__
 from limedb.config import ConfigError, load_config
+from limedb.credentials_cli import credential_options
 
 DEFAULT_URL = "http://127.0.0.1:8484"
 # Modules that contribute commands to `limedb`, imported if present (e.g. `limedb cluster`).
-EXTENSION_MODULES = ("limedb.cluster_cli", "limedb.admin_cli")
+EXTENSION_MODULES = ("limedb.cluster_cli", "limedb.admin_cli", "limedb.user_cli")
 
 out = Console()
 err = Console(stderr=True)
@@ -67,6 +68,11 @@ def main() -> None:
     help="Start outside the ring and wait for `limedb admin join` (a node added to a cluster).",
 )
 @click.option(
+    "--auth-mode",
+    type=click.Choice(["off", "required"]),
+    help="required: data routes and RESP commands need a user [default: off].",
+)
+@click.option(
     "--insecure",
     is_flag=True,
     default=None,
@@ -93,7 +99,18 @@ def serve(**flags: object) -> None:
         sys.exit(2)
     if config.insecure and not config.cluster_secret:
         err.print(f"[bold red]{INSECURE_WARNING}[/bold red]", highlight=False, soft_wrap=True)
+    from limedb.server import bootstrap_password
     from limedb.server import serve as run_server
+
+    try:
+        password = bootstrap_password(config)
+        if password is not None:
+            from limedb.auth.passwords import check_password
+
+            check_password(password)
+    except (OSError, ValueError) as exc:
+        err.print(f"[red]limedb: bootstrap admin password:[/red] {exc}", highlight=False)
+        sys.exit(2)
 
     out.print(
         f"LimeDB node [bold]{config.node_id}[/bold] serving at [cyan]{config.advertise_url}[/cyan]"
@@ -140,10 +157,10 @@ def url_option(command):  # noqa: ANN001, ANN201 - a click decorator
     )(ca_option(command))
 
 
-def _client(url: str):  # noqa: ANN202 - the client import is deferred to keep `--help` fast
+def _client(url: str, credentials: dict):  # noqa: ANN202 - deferred import keeps --help fast
     from limedb.client import Client
 
-    return Client(url, retries=2, ca=given_ca())
+    return Client(url, retries=2, ca=given_ca(), **credentials)
 
 
 def _fail(message: str, code: int = 1) -> None:
@@ -153,12 +170,13 @@ def _fail(message: str, code: int = 1) -> None:
 
 @main.command()
 @url_option
+@credential_options
 @click.argument("key")
-def get(url: str, key: str) -> None:
+def get(url: str, key: str, **credentials: str | None) -> None:
     """Print the value of KEY (exit 1 if it does not exist)."""
     from limedb.client import KeyNotFound, LimeDBError
 
-    with _client(url) as client:
+    with _client(url, credentials) as client:
         try:
             value = client.get(key)
         except KeyNotFound:
@@ -170,14 +188,15 @@ def get(url: str, key: str) -> None:
 
 @main.command(name="set")
 @url_option
+@credential_options
 @click.option("--ttl", type=float, help="Expire after this many seconds.")
 @click.argument("key")
 @click.argument("value")
-def set_(url: str, ttl: float | None, key: str, value: str) -> None:
+def set_(url: str, ttl: float | None, key: str, value: str, **credentials: str | None) -> None:
     """Store VALUE under KEY."""
     from limedb.client import LimeDBError
 
-    with _client(url) as client:
+    with _client(url, credentials) as client:
         try:
             client.set(key, value, ttl=ttl)
         except LimeDBError as exc:
@@ -187,12 +206,13 @@ def set_(url: str, ttl: float | None, key: str, value: str) -> None:
 
 @main.command(name="del")
 @url_option
+@credential_options
 @click.argument("key")
-def delete(url: str, key: str) -> None:
+def delete(url: str, key: str, **credentials: str | None) -> None:
     """Delete KEY (exit 1 if it did not exist)."""
     from limedb.client import LimeDBError
 
-    with _client(url) as client:
+    with _client(url, credentials) as client:
         try:
             existed = client.delete(key)
         except LimeDBError as exc:

@@ -2,8 +2,10 @@
 
 Values are bytes (str is encoded as UTF-8). A missing key raises `KeyNotFound`, a refused request
 `BadRequest`, and a node that stays overloaded or short of replicas after the retries
-`Unavailable`. 503 answers and refused connections are retried with exponential backoff,
-honouring Retry-After. Depends only on httpx.
+`Unavailable`, missing or wrong credentials `Unauthorized` (401) and a role too low `Forbidden`
+(403). 503 answers and refused connections are retried with exponential backoff, honouring
+Retry-After. A client authenticates as a user with `user` and `password` (HTTP Basic) or with
+a bearer `token`; admin calls may present the cluster secret instead. Depends only on httpx.
 """
 
 from __future__ import annotations
@@ -46,6 +48,14 @@ class Unavailable(LimeDBError):
     """The node could not serve the request (503 / 429 / unreachable) after every retry."""
 
 
+class Unauthorized(LimeDBError):
+    """The node wants credentials (401): none were given, or the user or password is wrong."""
+
+
+class Forbidden(LimeDBError):
+    """The user's role does not allow the request (403), e.g. a `read` user writing."""
+
+
 class Refused(LimeDBError):
     """An admin request the cluster refused (409): another transition runs, below RF, ..."""
 
@@ -61,14 +71,21 @@ def _admin_result(response: httpx.Response) -> dict[str, Any]:
         except ValueError:
             body = {}
         raise Refused(_message(response), body.get("running_transition"))
-    if response.status_code == 401:
-        raise LimeDBError(f"HTTP 401: {_message(response)}")
     _raise_for(response)
     return response.json()
 
 
-def _secret_headers(secret: str | None) -> dict[str, str]:
-    return {"x-cluster-secret": secret} if secret else {}
+def _auth_headers(
+    secret: str | None, user: str | None, password: str | None, token: str | None
+) -> dict[str, str]:
+    """The headers every request carries: the cluster secret, and Basic or Bearer credentials."""
+    headers = {"x-cluster-secret": secret} if secret else {}
+    if token:
+        headers["authorization"] = f"Bearer {token}"
+    elif user is not None:
+        pair = f"{user}:{password or ''}".encode()
+        headers["authorization"] = "Basic " + base64.b64encode(pair).decode("ascii")
+    return headers
 
 
 def _verify(ca: str | None) -> ssl.SSLContext | bool:
@@ -103,6 +120,10 @@ def _raise_for(response: httpx.Response, key: str | bytes | None = None) -> None
         raise BadRequest(_message(response), status)
     if status in (429, 503):
         raise Unavailable(_message(response))
+    if status == 401:
+        raise Unauthorized(f"HTTP 401: {_message(response)}")
+    if status == 403:
+        raise Forbidden(f"HTTP 403: {_message(response)}")
     raise LimeDBError(f"HTTP {status}: {_message(response)}")
 
 
@@ -174,13 +195,16 @@ class Client:
         transport: httpx.BaseTransport | None = None,
         cluster_secret: str | None = None,
         ca: str | None = None,
+        user: str | None = None,
+        password: str | None = None,
+        token: str | None = None,
     ) -> None:
         self.url = url.rstrip("/")
         self._http = httpx.Client(
             base_url=self.url,
             timeout=timeout,
             transport=transport,
-            headers=_secret_headers(cluster_secret),
+            headers=_auth_headers(cluster_secret, user, password, token),
             verify=_verify(ca),
         )
         self._retry = _Retry(retries, backoff)
@@ -321,6 +345,27 @@ class Client:
         """{"last": the newest verification record or None, "running", "runs" by result}."""
         return _admin_result(self._request("GET", "/admin/verification"))
 
+    # Users (an admin, or the cluster secret). Passwords travel in the body, never the URL.
+
+    def users(self) -> list[dict[str, Any]]:
+        """[{"name", "role", "password", "token"}] (the last two: whether it has one)."""
+        return _admin_result(self._request("GET", "/admin/users"))["users"]
+
+    def add_user(self, name: str, role: str, password: str) -> dict[str, Any]:
+        body = {"name": name, "role": role, "password": password}
+        return _admin_result(self._request("POST", "/admin/users", json=body))
+
+    def set_password(self, name: str, password: str) -> dict[str, Any]:
+        body = {"password": password}
+        return _admin_result(self._request("PUT", f"/admin/users/{name}/password", json=body))
+
+    def issue_token(self, name: str) -> str:
+        """A new bearer token for `name` (its previous one stops working)."""
+        return _admin_result(self._request("POST", f"/admin/users/{name}/token"))["token"]
+
+    def remove_user(self, name: str) -> dict[str, Any]:
+        return _admin_result(self._request("DELETE", f"/admin/users/{name}"))
+
 
 class AsyncClient:
     """The asyncio twin of `Client`."""
@@ -335,13 +380,16 @@ class AsyncClient:
         transport: httpx.AsyncBaseTransport | None = None,
         cluster_secret: str | None = None,
         ca: str | None = None,
+        user: str | None = None,
+        password: str | None = None,
+        token: str | None = None,
     ) -> None:
         self.url = url.rstrip("/")
         self._http = httpx.AsyncClient(
             base_url=self.url,
             timeout=timeout,
             transport=transport,
-            headers=_secret_headers(cluster_secret),
+            headers=_auth_headers(cluster_secret, user, password, token),
             verify=_verify(ca),
         )
         self._retry = _Retry(retries, backoff)
@@ -444,3 +492,21 @@ class AsyncClient:
 
     async def verification(self) -> dict[str, Any]:
         return _admin_result(await self._request("GET", "/admin/verification"))
+
+    async def users(self) -> list[dict[str, Any]]:
+        return _admin_result(await self._request("GET", "/admin/users"))["users"]
+
+    async def add_user(self, name: str, role: str, password: str) -> dict[str, Any]:
+        body = {"name": name, "role": role, "password": password}
+        return _admin_result(await self._request("POST", "/admin/users", json=body))
+
+    async def set_password(self, name: str, password: str) -> dict[str, Any]:
+        path = f"/admin/users/{name}/password"
+        return _admin_result(await self._request("PUT", path, json={"password": password}))
+
+    async def issue_token(self, name: str) -> str:
+        path = f"/admin/users/{name}/token"
+        return _admin_result(await self._request("POST", path))["token"]
+
+    async def remove_user(self, name: str) -> dict[str, Any]:
+        return _admin_result(await self._request("DELETE", f"/admin/users/{name}"))

@@ -31,7 +31,8 @@ LIMEDB_ALIASES: dict[str, str] = {
 # Read by the original for tracing; accepted so its manifests start, but not used here.
 IGNORED_ALIASES = ("OTEL_ENDPOINT",)
 # Read by the client and CLI (`limedb get --url`), not by the node; never an unknown setting.
-CLIENT_ENV = ("LIMEDB_URL", "LIMEDB_CA")
+CLIENT_ENV = ("LIMEDB_URL", "LIMEDB_CA", "LIMEDB_USER", "LIMEDB_PASSWORD", "LIMEDB_TOKEN")
+AUTH_MODES = ("off", "required")
 
 
 class ConfigError(ValueError):
@@ -149,6 +150,33 @@ SETTINGS: tuple[Setting, ...] = (
         _bool,
         False,
         "let a cluster member run without a cluster secret (internal and admin routes open)",
+    ),
+    Setting(
+        "auth_mode",
+        _choice(AUTH_MODES),
+        "off",
+        "off: data routes and RESP commands open to anyone (as the original LimeDB); required: "
+        "they need a user (HTTP Basic/Bearer, RESP AUTH). Admin routes need an admin user once "
+        "users exist, whatever the mode (docs/security.md)",
+    ),
+    Setting(
+        "bootstrap_admin_password",
+        _optional_text,
+        None,
+        "password of user `admin`, created once when the cluster has no users yet",
+    ),
+    Setting(
+        "bootstrap_admin_password_file",
+        _optional_text,
+        None,
+        "a file holding bootstrap_admin_password (a mounted Kubernetes Secret)",
+    ),
+    Setting(
+        "auth_cache_ms",
+        _int(0, 600_000),
+        1000,
+        "how long a node trusts the user records it read; changes made through another node "
+        "take effect here within this time",
     ),
     Setting(
         "internal_port",
@@ -335,6 +363,10 @@ class Config:
     write_consistency: str
     cluster_secret: str | None
     insecure: bool
+    auth_mode: str
+    bootstrap_admin_password: str | None
+    bootstrap_admin_password_file: str | None
+    auth_cache_ms: int
     internal_port: int
     await_join: bool
     stream_mb_per_s: int

@@ -73,6 +73,17 @@ def build_service(config: Config, engine: Any, tls: TlsMaterial | None = None) -
     return service
 
 
+def bootstrap_password(config: Config) -> str | None:
+    """The first admin's password: bootstrap_admin_password, else the file named by
+    bootstrap_admin_password_file (a mounted Secret), else None."""
+    if config.bootstrap_admin_password:
+        return config.bootstrap_admin_password
+    if config.bootstrap_admin_password_file:
+        with open(config.bootstrap_admin_password_file, encoding="utf-8") as file:
+            return file.read().strip() or None
+    return None
+
+
 def tune_gc() -> None:
     """Once the node is up: what exists now (modules, app, recovered engine) lives as long as
     the process, so the cyclic GC stops rescanning it, and it collects less often. Measured
@@ -139,6 +150,7 @@ class NodeRuntime:
         self.failed: BaseException | None = None
         self.server: uvicorn.Server | None = None
         self.resp: Any = None  # the RESP listener (limedb.resp), when resp_port is not 0
+        self.bootstrap: asyncio.Task | None = None  # creating the first admin user
         self.app: FastPath = create_app(None, config, lifespan=self.lifespan)
         self.app.state.tls = tls
         if tls is not None:
@@ -156,6 +168,7 @@ class NodeRuntime:
             tune_gc()
             self.service = service
             attach_service(self.app, service)
+            self._start_bootstrap()
             if self.config.resp_port and not await self._start_resp(service):
                 return
             log.info(
@@ -169,12 +182,30 @@ class NodeRuntime:
             if self.server is not None:
                 self.server.should_exit = True
 
+    def _start_bootstrap(self) -> None:
+        """Create user `admin` in the background if users were never set up (it waits for a
+        quorum of peers, which may still be starting)."""
+        password = bootstrap_password(self.config)
+        auth = self.app.state.auth
+        if password is None or auth is None:
+            return
+        from limedb.auth import management
+
+        self.bootstrap = asyncio.create_task(
+            management.bootstrap_until_done(auth.store, password), name="bootstrap-admin"
+        )
+
     async def _start_resp(self, service: KeyValueService) -> bool:
         """The RESP listener (limedb.resp); a port that cannot be bound stops the node."""
         from limedb.resp import Limits, RespServer
 
+        state = self.app.state
         resp = RespServer(
-            service, Limits.from_config(self.config), self.app.state.connections, tls=self.tls
+            service,
+            Limits.from_config(self.config),
+            state.connections,
+            tls=self.tls,
+            auth=state.auth,
         )
         try:
             await resp.start(self.config.host, self.config.resp_port)
@@ -211,8 +242,14 @@ class NodeRuntime:
             sweeper.cancel()
             if watcher is not None:
                 watcher.cancel()
+            if self.bootstrap is not None:
+                self.bootstrap.cancel()
             await asyncio.gather(
-                recovery, sweeper, *([watcher] if watcher else []), return_exceptions=True
+                recovery,
+                sweeper,
+                *([watcher] if watcher else []),
+                *([self.bootstrap] if self.bootstrap else []),
+                return_exceptions=True,
             )
             if self.resp is not None:
                 await self.resp.stop(self.config.shutdown_timeout_s)

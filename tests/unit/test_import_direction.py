@@ -64,6 +64,15 @@ def test_cluster_knows_no_front_end_and_no_web_framework() -> None:
     assert _violations("cluster", allowed) == []
 
 
+def test_auth_knows_no_front_end_and_no_web_framework() -> None:
+    front = {"api", "resp", "server", "cli", "cluster_cli", "admin_cli", "user_cli", "client"}
+
+    def allowed(name: str) -> bool:
+        return _limedb_part(name) not in front and name.split(".")[0] not in WEB
+
+    assert _violations("auth", allowed) == []
+
+
 def test_the_two_front_ends_do_not_import_each_other() -> None:
     assert _violations("api", lambda name: _limedb_part(name) != "resp") == []
     assert _violations("resp", lambda name: _limedb_part(name) != "api") == []

@@ -9,8 +9,8 @@ transition as soon as it is proposed (and known to be the one that runs), and
 transition's id, a leave below the replication factor); the same change asked again while it
 runs answers 202 with it (a retry is not an error). 503 with Retry-After when no ring member is
 alive as the receiving node sees it.
-When a cluster secret is configured every route needs it in the `X-Cluster-Secret` header,
-except `GET /admin/node`: a join asks the new node who it is without sending the secret, with a
+Who may call them is checked before any route runs (limedb.api.access): an admin user, or the
+cluster secret in the `X-Cluster-Secret` header, every route except `GET /admin/node`: a join asks the new node who it is without sending the secret, with a
 random challenge, and the node proves that it holds the secret with an HMAC of the challenge,
 its id and its URL (limedb.secret.node_proof). So a join only ever adds a node of this cluster,
 redirects are never followed, and the secret never leaves for an address that did not prove it.
@@ -18,7 +18,6 @@ redirects are never followed, and the secret never leaves for an address that di
 
 from __future__ import annotations
 
-import hmac
 import secrets as token_source
 from typing import Any
 
@@ -30,6 +29,7 @@ from starlette.responses import Response
 
 from limedb.api.errors import ApiError, retry_after_header
 from limedb.api.state import NodeState
+from limedb.auth.records import is_reserved
 from limedb.cluster.keys import MAX_TOKEN
 from limedb.cluster.proposals import ProposerUnavailable
 from limedb.cluster.repair import RepairRefused
@@ -74,21 +74,9 @@ def _json(body: Any, status: int = 200) -> Response:
     return Response(orjson.dumps(body), status, media_type="application/json")
 
 
-def require_secret(secret: str | None, request: Request) -> None:
-    """401 unless the request presents the cluster secret (every route when one is set)."""
-    if secret is None:
-        return
-    presented = request.headers.get(SECRET_HEADER, "")
-    if not hmac.compare_digest(presented.encode(), secret.encode()):
-        raise ApiError(401, "cluster secret required (X-Cluster-Secret header)")
-
-
 def build_router(state: NodeState) -> APIRouter:
     router = APIRouter(prefix="/admin", tags=["admin"])
     secret = state.config.cluster_secret
-
-    def authorize(request: Request) -> None:
-        require_secret(secret, request)
 
     def resolve(node: str) -> str:
         """A member's id from its id or URL."""
@@ -176,35 +164,32 @@ def build_router(state: NodeState) -> APIRouter:
     @router.get("/keys", summary="This node's own live keys after a cursor (no values)")
     async def keys(request: Request, after: str | None = None, limit: int = 1000) -> Response:
         """A cursor-paged listing for checks and tooling: `next` is the `after` of the next
-        page (None at the end). Keys in ranges this node handed off are not listed."""
-        authorize(request)
+        page (None at the end). Keys in ranges this node handed off are not listed, nor
+        LimeDB's own (the reserved namespace: users)."""
         if not 1 <= limit <= 10_000:
             raise ApiError(400, f"limit must be between 1 and 10000, got {limit}")
         service = state.require_service()
         cursor = after.encode() if after is not None else None
         items = service.local_items(cursor, limit)
-        names = [key.decode("utf-8", "replace") for key, _ in items]
-        return _json({"keys": names, "next": names[-1] if len(items) == limit else None})
+        names = [key.decode("utf-8", "replace") for key, _ in items if not is_reserved(key)]
+        last = items[-1][0].decode("utf-8", "replace") if len(items) == limit else None
+        return _json({"keys": names, "next": last})
 
     @router.get("/status", summary="Ring epoch, members and the running transition's progress")
     async def status(request: Request) -> Response:
-        authorize(request)
         return _json(state.require_service().admin_status())
 
     @router.post("/join", status_code=202, summary="Add a running, empty node to the ring")
     async def join(body: JoinRequest, request: Request) -> Response:
-        authorize(request)
         info = await identify(body.node_url)
         return await propose(Change.join(str(info["node_id"]), str(info["url"])))
 
     @router.post("/leave", status_code=202, summary="Decommission a member: hand off, then leave")
     async def leave(body: LeaveRequest, request: Request) -> Response:
-        authorize(request)
         return await propose(Change.leave(resolve(body.node)))
 
     @router.post("/replace", status_code=202, summary="A new node takes over a dead member")
     async def replace(body: ReplaceRequest, request: Request) -> Response:
-        authorize(request)
         dead = resolve(body.dead_node)
         info = await identify(body.new_node_url)
         return await propose(Change.replace(dead, str(info["node_id"]), str(info["url"])))
@@ -213,12 +198,10 @@ def build_router(state: NodeState) -> APIRouter:
         "/replication-factor", status_code=202, summary="Change the replication factor (streams)"
     )
     async def replication_factor(body: RfRequest, request: Request) -> Response:
-        authorize(request)
         return await propose(Change.set_rf(body.rf))
 
     @router.post("/repair", summary="Anti-entropy repair now (Merkle trees)")
     async def repair(request: Request, body: RepairRequest | None = None) -> Response:
-        authorize(request)
         token_range = None
         if body is not None and (body.start is not None or body.end is not None):
             start = body.start or 0
@@ -235,7 +218,6 @@ def build_router(state: NodeState) -> APIRouter:
     async def verify(request: Request, body: VerifyRequest | None = None) -> Response:
         """Runs now and answers the record: `result` ok (every replica agreed), repaired, or
         failed (a range could not be compared: `replicasUnreachable`, `error`)."""
-        authorize(request)
         epoch = body.epoch if body is not None else None
         try:
             return _json(await state.require_service().verify(epoch))
@@ -246,7 +228,6 @@ def build_router(state: NodeState) -> APIRouter:
     async def verification(request: Request) -> Response:
         """The newest record (whichever node ran it: each pushes its record to every member),
         the run in progress here, and this node's counts of runs by result."""
-        authorize(request)
         status = state.require_service().admin_status().get("verification")
         if status is None:
             raise ApiError(409, "this node runs alone (started without seeds): nothing to verify")

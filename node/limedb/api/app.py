@@ -18,11 +18,12 @@ from typing import Any
 from fastapi import APIRouter, FastAPI
 
 import limedb
-from limedb.api import admin, backup, clusterinfo, dashboard, native, probes, public
+from limedb.api import admin, backup, clusterinfo, dashboard, native, probes, public, users
 from limedb.api.errors import install_handlers
 from limedb.api.fastpath import FastPath
 from limedb.api.state import NodeState
 from limedb.api.validation import Limits
+from limedb.auth import Authenticator, UserStore
 from limedb.cluster.service import NodeService
 from limedb.config import Config
 
@@ -42,6 +43,8 @@ def create_app(
 ) -> FastPath:
     limits = Limits(config.max_key_bytes, config.max_value_bytes, config.max_batch_items)
     state = NodeState(config=config, limits=limits, service=service)
+    if service is not None:
+        state.auth = authenticator_for(service, config)
     api = FastAPI(
         title="LimeDB",
         version=limedb.__version__,
@@ -56,14 +59,22 @@ def create_app(
     api.include_router(probes.build_router(state))
     api.include_router(admin.build_router(state))
     api.include_router(backup.build_router(state))
+    api.include_router(users.build_router(state))
     api.include_router(dashboard.build_router(state))
     for router in extra_routers:
         api.include_router(router)
     return FastPath(api, state)
 
 
+def authenticator_for(service: NodeService, config: Config) -> Authenticator:
+    """Credentials checked against the users `service` holds (limedb.auth)."""
+    store = UserStore(service, ttl_s=config.auth_cache_ms / 1000)
+    return Authenticator(store)
+
+
 def attach_service(app: FastPath, service: NodeService) -> None:
     """Start serving keys from `service` (after storage recovery finished)."""
+    app.state.auth = authenticator_for(service, app.state.config)
     app.state.service = service
     budget = service.background
     if budget is not None:

@@ -19,10 +19,12 @@ from typing import Any
 
 from starlette.exceptions import HTTPException
 
-from limedb.api import hot
+from limedb.api import access, hot
 from limedb.api import operations as ops
 from limedb.api.errors import ApiError, retry_after_header
 from limedb.api.state import NodeState
+from limedb.auth import Role
+from limedb.cluster.service import ServiceError
 from limedb.connections import ConnectionBudget
 
 Scope = dict[str, Any]
@@ -71,6 +73,17 @@ def json_whatever_declared(scope: Scope) -> Scope:
                 return scope
     kept = [(n, v) for n, v in headers if n != b"content-type"]
     return {**scope, "headers": [*kept, (b"content-type", _JSON)]}
+
+
+def credentials_of(headers: list[tuple[bytes, bytes]]) -> tuple[bytes | None, bytes | None]:
+    """A request's Authorization and X-Cluster-Secret headers (None when absent)."""
+    authorization = secret = None
+    for name, value in headers:
+        if name == b"authorization":
+            authorization = value
+        elif name == b"x-cluster-secret":
+            secret = value
+    return authorization, secret
 
 
 def declared_length(scope: Scope) -> int | None:
@@ -252,9 +265,24 @@ class FastPath:
                     state.stats.observe(method, route, reply.status, 0.0)
                     return
             query: bytes = scope.get("query_string", b"")
-            reply = await hot.serve(state, route, method, raw_path, query, body)
+            credentials = credentials_of(scope["headers"])
+            reply = await hot.serve(state, route, method, raw_path, query, body, credentials)
         await send_reply(send, reply)
         state.stats.observe(method, route, reply.status, time.perf_counter() - started)
+
+    async def _refusal(self, scope: Scope, method: str) -> ops.Reply | None:
+        """The 401/403 (or 503) of a request its credentials do not allow (access.py)."""
+        needed = access.needed_role(method, scope["path"])
+        if needed is None:
+            return None
+        authorization, secret = credentials_of(scope["headers"])
+        if needed is not Role.ADMIN and not access.guarded(self.state, authorization):
+            return None
+        try:
+            await access.check(self.state, needed, authorization, secret)
+        except (ApiError, ServiceError) as exc:
+            return hot.error_reply(exc)
+        return None
 
     async def _serve_app(self, scope: Scope, meter: BodyMeter, send: Send, started: float) -> None:
         method: str = scope["method"]
@@ -264,6 +292,11 @@ class FastPath:
             reply = hot.too_large(meter.limit)
             await send_reply(send, reply)
             self.state.stats.observe(method, "too_large", reply.status, 0.0)
+            return
+        refusal = await self._refusal(scope, method)
+        if refusal is not None:
+            await send_reply(send, refusal)
+            self.state.stats.observe(method, "refused", refusal.status, 0.0)
             return
         status = 500
 

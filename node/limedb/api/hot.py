@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import logging
 
+from limedb.api import access
 from limedb.api import operations as ops
 from limedb.api.errors import ApiError, error_body, from_service_error, retry_after_header
 from limedb.api.state import NodeState
 from limedb.api.validation import key_from_raw_path, parse_consistency, parse_ttl
+from limedb.auth import Role
 from limedb.cluster.service import ServiceError
 from limedb.connections import out_of_descriptors
 
@@ -85,11 +87,22 @@ def bodies_full() -> ops.Reply:
 
 
 async def serve(
-    state: NodeState, route: str, method: str, raw_path: bytes, query: bytes, body: bytes
+    state: NodeState,
+    route: str,
+    method: str,
+    raw_path: bytes,
+    query: bytes,
+    body: bytes,
+    credentials: tuple[bytes | None, bytes | None] = (None, None),
 ) -> ops.Reply:
-    """Answer one hot request whose method is allowed and whose body (if any) is complete."""
+    """Answer one hot request whose method is allowed and whose body (if any) is complete.
+    `credentials`: its Authorization and X-Cluster-Secret headers (None when absent)."""
     limits = state.limits
     try:
+        authorization, secret = credentials
+        if access.guarded(state, authorization):
+            needed = Role.READ if method in access.READ_METHODS else Role.READWRITE
+            await access.check(state, needed, authorization, secret)
         service = state.require_service()
         if route == LIME_GET:
             key = key_from_raw_path(raw_path, len(GET_PREFIX), limits)

@@ -22,6 +22,7 @@ from limedb.api.params import key_param, raw_key
 from limedb.api.responses import BAD_REQUEST, NOT_FOUND, TOO_LARGE, UNAVAILABLE, text, to_response
 from limedb.api.schemas import GetResponse, Health, KeysPage, ReplicasResponse
 from limedb.api.state import NodeState
+from limedb.auth.records import is_reserved
 
 MAX_PAGE_SIZE = 100
 
@@ -183,6 +184,7 @@ def build_router(state: NodeState) -> APIRouter:
                 "size": len(v),
             }
             for k, v in items
+            if not is_reserved(k)
         ]
         body = {
             "keys": keys,

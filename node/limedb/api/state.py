@@ -14,6 +14,7 @@ from limedb.api.errors import not_ready
 from limedb.api.metrics import RouteStats
 from limedb.api.overload import Admission
 from limedb.api.validation import Limits
+from limedb.auth import Authenticator
 from limedb.cluster.service import NodeService
 from limedb.config import Config
 from limedb.connections import ConnectionBudget
@@ -26,6 +27,8 @@ class NodeState:
     limits: Limits
     stats: RouteStats = field(default_factory=RouteStats)
     service: NodeService | None = None
+    # Checks credentials against the cluster's users (limedb.auth); set with the service.
+    auth: Authenticator | None = None
     admission: Admission = field(init=False)
     # Client connections of this node, HTTP and RESP (the RESP listener shares it).
     connections: ConnectionBudget = field(init=False)

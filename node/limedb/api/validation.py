@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from urllib.parse import unquote_to_bytes
 
 from limedb.api.errors import ApiError
+from limedb.auth.records import is_reserved
 from limedb.cluster.service import Consistency
 from limedb.config import default
 
@@ -40,6 +41,8 @@ def check_key(key: bytes, limits: Limits) -> bytes:
         key.decode("utf-8")
     except UnicodeDecodeError:
         raise ApiError(400, "key must be valid UTF-8") from None
+    if is_reserved(key):
+        raise ApiError(403, "keys that start with NUL + 'limedb/' are LimeDB's own (users)")
     return key
 
 

@@ -31,7 +31,7 @@ from limedb.api import hot
 from limedb.api import operations as ops
 from limedb.api.bounded import BoundedProtocol
 from limedb.api.errors import ApiError
-from limedb.api.fastpath import admitted, overloaded
+from limedb.api.fastpath import admitted, credentials_of, overloaded
 from limedb.api.state import NodeState
 
 
@@ -52,6 +52,7 @@ class HotCycle:
 
     __slots__ = (
         "body",
+        "credentials",
         "disconnected",
         "held",
         "keep_alive",
@@ -77,6 +78,7 @@ class HotCycle:
         self.query = query
         self.keep_alive = keep_alive
         self.body: list[bytes] = []
+        self.credentials: tuple[bytes | None, bytes | None] = (None, None)
         self.size = 0
         self.held = 0  # body bytes counted against max_buffered_body_bytes
         self.limit = 0
@@ -153,6 +155,7 @@ class WireProtocol(BoundedProtocol):
         keep_alive = self.parser.get_http_version() != "1.0" and self.parser.should_keep_alive()
         hot_cycle = HotCycle(route, method, raw_path, parsed.query or b"", keep_alive)
         self.cycle = hot_cycle  # type: ignore[assignment]
+        hot_cycle.credentials = credentials_of(self.headers)
         if route == "overloaded":
             hot_cycle.reply = overloaded()
         elif not hot.allowed(route, method):
@@ -217,7 +220,9 @@ class WireProtocol(BoundedProtocol):
             self.tasks.add(task)
             return
         body = b"".join(cycle.body) if cycle.body else b""
-        coro = hot.serve(state, cycle.route, cycle.method, cycle.raw_path, cycle.query, body)
+        coro = hot.serve(
+            state, cycle.route, cycle.method, cycle.raw_path, cycle.query, body, cycle.credentials
+        )
         if state.service is None or not state.service.inline_safe:
             task = self.loop.create_task(self._finish(cycle, coro, None, stepped=False))
             task.add_done_callback(self.tasks.discard)
@@ -247,7 +252,9 @@ class WireProtocol(BoundedProtocol):
         state = self.node_state
         await state.admission.wait(waiter)
         body = b"".join(cycle.body) if cycle.body else b""
-        coro = hot.serve(state, cycle.route, cycle.method, cycle.raw_path, cycle.query, body)
+        coro = hot.serve(
+            state, cycle.route, cycle.method, cycle.raw_path, cycle.query, body, cycle.credentials
+        )
         await self._finish(cycle, coro, None, stepped=False)
 
     def connection_lost(self, exc: Exception | None) -> None:

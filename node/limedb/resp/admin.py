@@ -13,6 +13,7 @@ import time
 from typing import Any
 
 from limedb import __version__
+from limedb.auth import Role
 from limedb.resp.commands import (
     COMMANDS,
     SYNTAX_ERROR,
@@ -63,27 +64,45 @@ def quit_(session: Session, argv: list[bytes]) -> Any:
     return OK
 
 
-def _check_password(session: Session, username: bytes, password: bytes) -> None:
-    """Redis's single `default` user: without a password configured, any password is right."""
-    expected = session.server.limits.password
-    if username != b"default" or (
-        expected is not None and not hmac.compare_digest(password, expected.encode())
-    ):
+async def _authenticate(session: Session, username: bytes, password: bytes) -> None:
+    """AUTH as `username`: the default user against the RESP password (any password when
+    there is none and users are not required, as Redis's `nopass` default user), any other
+    user (and `default` when users are required without a RESP password) against the
+    cluster's users (limedb.auth). WRONGPASS when it does not match."""
+    limits = session.server.limits
+    if username == b"default" and (limits.password is not None or not limits.auth_required):
+        expected = limits.password
+        if expected is not None and not hmac.compare_digest(password, expected.encode()):
+            raise WRONGPASS
+        session.authenticated = True
+        session.user = None
+        session.role = Role.ADMIN if expected is not None else Role.READWRITE
+        return
+    auth = session.server.auth
+    try:
+        name = username.decode("utf-8")
+    except UnicodeDecodeError:
+        raise WRONGPASS from None
+    identity = await auth.password(name, password) if auth is not None else None
+    if identity is None:
         raise WRONGPASS
     session.authenticated = True
+    session.user = identity.name
+    session.role = identity.role
 
 
 @command("auth", -2, flags=("fast", "no-auth"), group="connection")
-def auth(session: Session, argv: list[bytes]) -> Any:
+async def auth(session: Session, argv: list[bytes]) -> Any:
     """Authenticate the connection"""
     if len(argv) > 3:
         raise SYNTAX_ERROR
     if len(argv) == 2:
-        if session.server.limits.password is None:
+        limits = session.server.limits
+        if limits.password is None and not limits.auth_required:
             raise NO_PASSWORD
-        _check_password(session, b"default", argv[1])
+        await _authenticate(session, b"default", argv[1])
     else:
-        _check_password(session, argv[1], argv[2])
+        await _authenticate(session, argv[1], argv[2])
     return OK
 
 
@@ -92,7 +111,7 @@ def _valid_client_name(name: bytes) -> bool:
 
 
 @command("hello", -1, flags=("fast", "no-auth"), group="connection")
-def hello(session: Session, argv: list[bytes]) -> Any:
+async def hello(session: Session, argv: list[bytes]) -> Any:
     """Handshake: choose the protocol version, optionally authenticate and name the client"""
     proto = session.proto
     i = 1
@@ -108,7 +127,7 @@ def hello(session: Session, argv: list[bytes]) -> Any:
     while i < len(argv):
         opt = argv[i].lower()
         if opt == b"auth" and i + 2 < len(argv):
-            _check_password(session, argv[i + 1], argv[i + 2])
+            await _authenticate(session, argv[i + 1], argv[i + 2])
             i += 3
         elif opt == b"setname" and i + 1 < len(argv):
             name = argv[i + 1]

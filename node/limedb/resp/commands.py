@@ -11,6 +11,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from limedb.auth import Role
+from limedb.auth.records import RESERVED_PREFIX
 from limedb.resp.encoding import RespError, Status
 
 if TYPE_CHECKING:
@@ -27,6 +29,9 @@ NOPERM_ADMIN = (
     "NOPERM '{}' changes the node, not just the keys it names: it needs the RESP password "
     "(set --resp-password / LIMEDB_RESP_PASSWORD on the node, then AUTH)"
 )
+# Redis 7's replies to an ACL user denied a command or a key.
+NOPERM_USER = "NOPERM User {} has no permissions to run the '{}' command"
+NOPERM_KEY = RespError("NOPERM No permissions to access a key")
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +52,23 @@ class Command:
     @property
     def no_auth(self) -> bool:
         return "no-auth" in self.flags
+
+    @property
+    def writes(self) -> bool:
+        return "write" in self.flags
+
+    def reserved_key(self, argv: list[bytes]) -> bool:
+        """Whether a key argument is in LimeDB's reserved namespace (limedb.auth.records)."""
+        first = self.first_key
+        if not first or len(argv) <= first:
+            return False
+        if self.last_key == first:
+            return argv[first].startswith(RESERVED_PREFIX)
+        last = self.last_key if self.last_key >= 0 else len(argv) + self.last_key
+        return any(
+            argv[i].startswith(RESERVED_PREFIX)
+            for i in range(first, min(last, len(argv) - 1) + 1, self.step or 1)
+        )
 
     def changes_node(self, argv: list[bytes]) -> bool:
         """Whether this call is an administrative one (the whole command, or its subcommand)."""
@@ -130,9 +152,12 @@ def unknown_subcommand(argv: list[bytes]) -> RespError:
     return RespError(f"ERR unknown subcommand '{sub}'. Try {argv[0].decode().upper()} HELP.")
 
 
-def resolve(argv: list[bytes], authenticated: bool, admin: bool = False) -> Command | RespError:
-    """The command to run for `argv`, or the error reply that refuses it; `admin`: the client
-    authenticated with a configured password, so it may run administrative commands."""
+def resolve(
+    argv: list[bytes], authenticated: bool, role: Role = Role.READWRITE, user: str | None = None
+) -> Command | RespError:
+    """The command to run for `argv`, or the error reply that refuses it. `role`: what the
+    client may do (admin: the RESP password or an admin user); `user`: the user it
+    authenticated as, None for the default user."""
     cmd = COMMANDS.get(argv[0]) or COMMANDS.get(argv[0].lower())
     if cmd is None:
         return unknown_command(argv)
@@ -142,9 +167,26 @@ def resolve(argv: list[bytes], authenticated: bool, admin: bool = False) -> Comm
         return wrong_arity(cmd.name)
     if not authenticated and not cmd.no_auth:
         return NOAUTH
-    if not admin and cmd.changes_node(argv):
+    if role is not Role.ADMIN:
+        refusal = _refusal(cmd, argv, role, user)
+        if refusal is not None:
+            return refusal
+    if cmd.first_key and cmd.reserved_key(argv):
+        return NOPERM_KEY
+    return cmd
+
+
+def _refusal(cmd: Command, argv: list[bytes], role: Role, user: str | None) -> RespError | None:
+    """NOPERM for a command beyond `role`: one that changes the node (admin), or a write
+    (readwrite)."""
+    if cmd.changes_node(argv):
         name = cmd.name + (
             "|" + argv[1].decode("utf-8", "replace").lower() if len(argv) > 1 else ""
         )
-        return RespError(NOPERM_ADMIN.format(name if cmd.admin_subcommands else cmd.name))
-    return cmd
+        name = name if cmd.admin_subcommands else cmd.name
+        if user is None:
+            return RespError(NOPERM_ADMIN.format(name))
+        return RespError(NOPERM_USER.format(user, name))
+    if role is Role.READ and cmd.writes:
+        return RespError(NOPERM_USER.format(user or "default", cmd.name))
+    return None

@@ -14,6 +14,7 @@ import asyncio
 import re
 from typing import Any
 
+from limedb.auth.records import RESERVED_PREFIX
 from limedb.hlc import wall_millis
 from limedb.resp.commands import SYNTAX_ERROR, command
 from limedb.resp.encoding import OK, RespError, Status
@@ -502,7 +503,15 @@ async def scan(session: Session, argv: list[bytes]) -> Any:
     count = min(count, SCAN_COUNT_MAX)
     items = server.service.local_items(after, count)
     next_cursor = server.cursors.add(items[-1][0]) if len(items) == count else 0
-    keys = [key for key, _ in items if match is None or match.match(key)] if type_ok else []
+    keys = (
+        [
+            key
+            for key, _ in items
+            if (match is None or match.match(key)) and not key.startswith(RESERVED_PREFIX)
+        ]
+        if type_ok
+        else []
+    )
     return [str(next_cursor).encode(), keys]
 
 
@@ -517,5 +526,7 @@ async def type_(session: Session, argv: list[bytes]) -> Any:
 async def keys(session: Session, argv: list[bytes]) -> Any:
     """Every key of the whole cluster that matches a pattern (expensive: scans every node)"""
     pattern = glob_to_regex(argv[1])
-    found = await session.server.service.cluster_keys(lambda key: pattern.match(key) is not None)
+    found = await session.server.service.cluster_keys(
+        lambda key: pattern.match(key) is not None and not key.startswith(RESERVED_PREFIX)
+    )
     return sorted(found)

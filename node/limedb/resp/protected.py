@@ -1,4 +1,5 @@
-"""Protected mode, as Redis has it: without a password, answer loopback clients only.
+"""Protected mode, as Redis has it: without a password (or users required), answer loopback
+clients only.
 
 A node without a RESP password that listens beyond the loopback interface would otherwise serve
 (and let overwrite) every key to anyone who reaches the port. Like Redis, it then tells a
@@ -37,8 +38,10 @@ def is_loopback(host: str) -> bool:
     return address.is_loopback
 
 
-def denies(protected_mode: bool, password: str | None, peer_host: str) -> bool:
-    return protected_mode and password is None and not is_loopback(peer_host)
+def denies(protected_mode: bool, credentials_required: bool, peer_host: str) -> bool:
+    """Whether to refuse a peer: protected mode, no credentials asked of clients (neither a
+    RESP password nor auth_mode=required), and not on the loopback interface."""
+    return protected_mode and not credentials_required and not is_loopback(peer_host)
 
 
 # How long a refused client may keep sending before the connection is closed anyway.

@@ -30,6 +30,7 @@ from typing import Any
 
 import hiredis
 
+from limedb.auth import Authenticator
 from limedb.cluster.atomic import OperationRefused
 from limedb.cluster.service import (
     InsufficientStorage,
@@ -119,6 +120,8 @@ class Limits:
     idle_timeout_s: int = default("resp_idle_timeout_s")
     max_pipeline: int = 4096
     password: str | None = default("resp_password")
+    # auth_mode=required: a client must AUTH (as a user, or with the password) before commands.
+    auth_required: bool = False
     protected_mode: bool = default("resp_protected_mode")
     max_key_bytes: int = default("max_key_bytes")
     max_value_bytes: int = default("max_value_bytes")
@@ -133,6 +136,7 @@ class Limits:
             max_buffered_bytes=config.resp_max_buffered_bytes,
             idle_timeout_s=config.resp_idle_timeout_s,
             password=config.resp_password,
+            auth_required=config.auth_mode == "required",
             protected_mode=config.resp_protected_mode,
             max_key_bytes=config.max_key_bytes,
             max_value_bytes=config.max_value_bytes,
@@ -228,7 +232,9 @@ class RespConnection(asyncio.Protocol):
             return
         self.counted = True
         peer = transport.get_extra_info("peername") or ("?", 0)
-        if denies(server.limits.protected_mode, server.limits.password, peer[0]):
+        limits = server.limits
+        required = limits.password is not None or limits.auth_required
+        if denies(limits.protected_mode, required, peer[0]):
             server.stats.protected_mode_denials += 1
             self.closed = True  # what the client sends from now on is read and ignored
             refuse(transport)
@@ -239,7 +245,7 @@ class RespConnection(asyncio.Protocol):
             server=server,
             addr=f"{peer[0]}:{peer[1]}",
             laddr=f"{local[0]}:{local[1]}",
-            authenticated=server.limits.password is None,
+            authenticated=limits.password is None and not limits.auth_required,
         )
         server.sessions[self.session.id] = self.session
         server.connections.add(self)
@@ -416,7 +422,7 @@ class RespConnection(asyncio.Protocol):
         for word in request:
             if type(word) is not bytes:
                 return self._fatal(_Fatal("ERR Protocol error: expected '$', got something else"))
-        cmd = resolve(request, session.authenticated, self.server.limits.password is not None)
+        cmd = resolve(request, session.authenticated, session.role, session.user)
         stats = self.server.stats
         if isinstance(cmd, RespError):
             stats.total_error_replies += 1
@@ -569,10 +575,13 @@ class RespServer:
         limits: Limits | None = None,
         budget: ConnectionBudget | None = None,
         tls: TlsMaterial | None = None,
+        auth: Authenticator | None = None,
     ) -> None:
         self.service = service
         # With TLS (limedb.tls): TLS clients, and plaintext ones too in tls_mode `on`.
         self.tls = tls
+        # Checks AUTH user pass against the cluster's users (limedb.auth); None: no users.
+        self.auth = auth
         self.limits = limits or Limits()
         # The node's budget of client connections, shared with its HTTP listener.
         self.budget = budget if budget is not None else ConnectionBudget(reserve=0)

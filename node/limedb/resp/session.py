@@ -6,6 +6,8 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from limedb.auth import Role
+
 if TYPE_CHECKING:
     from limedb.resp.server import RespServer
 
@@ -17,6 +19,10 @@ class Session:
     addr: str
     laddr: str
     authenticated: bool
+    # What the client may do: readwrite for the open default user, admin for the default user
+    # authenticated with the RESP password, a user's own role after AUTH user pass.
+    role: Role = Role.READWRITE
+    user: str | None = None  # the user it authenticated as (None: the default user)
     proto: int = 2
     name: bytes | None = None
     lib_name: bytes | None = None
