@@ -25,6 +25,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
+from limedb.cli_tls import ca_option, given_ca
 from limedb.credentials_cli import credential_options
 
 DEFAULT_URL = "http://127.0.0.1:8484"
@@ -34,9 +35,7 @@ err = Console(stderr=True)
 
 
 def url_option(command):  # noqa: ANN001, ANN201 - a click decorator
-    """--url and --ca (limedb.cli)."""
-    from limedb.cli import ca_option
-
+    """--url and --ca (limedb.cli_tls)."""
     return click.option(
         "--url", default=DEFAULT_URL, show_default=True, envvar="LIMEDB_URL", help="Any ring node."
     )(ca_option(command))
@@ -53,7 +52,6 @@ wait_option = click.option("--wait", is_flag=True, help="Follow the transition u
 
 
 def node_client(url: str, secret: str | None):  # noqa: ANN202 - deferred import keeps --help fast
-    from limedb.cli import given_ca
     from limedb.client import Client
     from limedb.secret import find_secret
 

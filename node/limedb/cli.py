@@ -13,6 +13,7 @@ import click
 from rich.console import Console
 
 from limedb import __version__
+from limedb.cli_tls import ca_option, given_ca
 from limedb.config import ConfigError, load_config
 from limedb.credentials_cli import credential_options
 
@@ -118,32 +119,6 @@ def serve(**flags: object) -> None:
         highlight=False,
     )
     sys.exit(run_server(config))
-
-
-CA_META = "limedb_ca"
-
-
-def _keep_ca(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
-    ctx.meta[CA_META] = value
-
-
-def given_ca() -> str | None:
-    """The --ca (LIMEDB_CA) of the command being run: the CA bundle an https node is checked
-    against."""
-    return click.get_current_context().meta.get(CA_META)
-
-
-# Every command that talks to a node takes it; kept in the click context so that the
-# commands' own signatures do not change.
-ca_option = click.option(
-    "--ca",
-    envvar="LIMEDB_CA",
-    default=None,
-    expose_value=False,
-    callback=_keep_ca,
-    type=click.Path(exists=True, dir_okay=False),
-    help="PEM CA bundle that signed the node's certificate (https:// URLs).",
-)
 
 
 def url_option(command):  # noqa: ANN001, ANN201 - a click decorator

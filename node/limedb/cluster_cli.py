@@ -26,6 +26,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from limedb.cli_tls import ca_option, given_verify
 from limedb.secret import SECRET_FILE, load_or_create
 
 TOKEN_SPACE = 1 << 64
@@ -265,12 +266,13 @@ def _share(ranges: list[dict]) -> float:
 
 @click.command("status")
 @click.option("--url", default="http://127.0.0.1:8484", show_default=True, help="any node")
+@ca_option
 def status(url: str) -> None:
     """Members, liveness, ring epoch and token share per node, as one node sees them."""
     console = Console()
     url = url.rstrip("/")
     try:
-        with httpx.Client(timeout=5.0) as client:
+        with httpx.Client(timeout=5.0, verify=given_verify()) as client:
             state = client.get(f"{url}/api/v1/cluster/state").json()
             ring = client.get(f"{url}/api/v1/cluster/ring").json()
             gossip = client.get(f"{url}/api/v1/cluster/gossip").json()

@@ -6,10 +6,12 @@ certificates replaced on disk without a restart while clients keep running witho
 
 from __future__ import annotations
 
+import os
 import socket
 import ssl
 import struct
 import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -184,12 +186,29 @@ def test_redis_cli_and_redis_py_speak_tls_and_plaintext_resp_is_closed(
         r.get("resp-tls")
 
 
-def test_the_python_client_with_the_ca(tls_three: TlsCluster) -> None:
+def test_the_python_client_and_the_cli_with_the_ca(tls_three: TlsCluster) -> None:
     urls = [n.url for n in tls_three.nodes]
-    with Client(urls[0], ca=str(tls_three.ca.cert)) as client:
+    ca = str(tls_three.ca.cert)
+    with Client(urls[0], ca=ca) as client:
         client.set("py-client", b"secure")
-    with Client(urls[2], ca=str(tls_three.ca.cert)) as client:
+    with Client(urls[2], ca=ca) as client:
         assert client.get("py-client") == b"secure"
+    limedb = [str(Path(sys.executable).with_name("limedb"))]
+    cli_set = subprocess.run(
+        [*limedb, "set", "--url", urls[1], "--ca", ca, "cli-key", "cli-value"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert cli_set.returncode == 0, cli_set.stderr
+    env = {**os.environ, "LIMEDB_CA": ca}
+    cli_get = subprocess.run(
+        [*limedb, "get", "--url", urls[0], "cli-key"],
+        capture_output=True, text=True, timeout=60, env=env,
+    )  # fmt: skip
+    assert cli_get.stdout.strip() == "cli-value", cli_get.stderr
+    status = subprocess.run(
+        [*limedb, "status", "--url", urls[2]], capture_output=True, text=True, timeout=60, env=env
+    )
+    assert status.returncode == 0 and all(url in status.stdout for url in urls), status.stdout
 
 
 def test_rpc_refuses_plaintext_and_certificates_of_another_ca(
