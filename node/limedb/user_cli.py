@@ -17,6 +17,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from limedb.cli_tls import ca_option, given_ca
 from limedb.credentials_cli import credential_options, read_new_password
 
 DEFAULT_URL = "http://127.0.0.1:8484"
@@ -27,7 +28,7 @@ err = Console(stderr=True)
 
 
 def _connection(command: Callable[..., Any]) -> Callable[..., Any]:
-    command = credential_options(command)
+    command = ca_option(credential_options(command))
     command = click.option(
         "--secret",
         envvar="LIMEDB_CLUSTER_SECRET",
@@ -54,6 +55,7 @@ def _call(options: dict[str, Any], call: Callable[[Any], Any]) -> Any:
         user=options["user"],
         password=options["password"],
         token=options["token"],
+        ca=given_ca(),
     )
     with client:
         try:
