@@ -272,6 +272,12 @@ def test_a_node_with_a_certificate_of_another_ca_cannot_join(
         assert "cannot reach" in answer.json()["error"]
         status = client.get(f"{tls_three.nodes[0].url}/admin/status").json()
         assert stranger.url not in str(status)
+        # Its RPC to the members fails the other way round too, and its log says why.
+        wait_for(
+            lambda: "presents a certificate this node does not trust" in stranger.log_tail(200),
+            30,
+            f"the stranger's warning\n{stranger.log_tail()}",
+        )
     finally:
         stranger.stop()
 

@@ -26,14 +26,19 @@ import asyncio
 import contextvars
 import hmac
 import itertools
+import logging
 import socket
+import ssl
 import struct
+import time
 from collections.abc import Awaitable, Callable
 from functools import partial
 
 from limedb.cluster import deadline
 from limedb.tls import TlsMaterial
 from limedb.tls_listener import SniffingListener
+
+log = logging.getLogger(__name__)
 
 HEADER = struct.Struct("!IBI")
 DEADLINE = struct.Struct("!Q")  # the request's budget in milliseconds, 0 = none
@@ -443,6 +448,9 @@ class _ClientProtocol(_FramedProtocol):
                 )
 
 
+UNTRUSTED_WARNING_EVERY_S = 60.0
+
+
 class PeerConnection:
     """One persistent, multiplexed connection to a peer's internal port, reconnecting lazily.
 
@@ -464,6 +472,7 @@ class PeerConnection:
         self.port = port
         self._secret = secret.encode() if secret else None
         self._tls = tls
+        self._warned_at = -UNTRUSTED_WARNING_EVERY_S
         self._connect_timeout_s = connect_timeout_s
         self._protocol: _ClientProtocol | None = None
         self._connecting: asyncio.Future | None = None
@@ -485,12 +494,27 @@ class PeerConnection:
         try:
             _, protocol = await asyncio.wait_for(connecting, self._connect_timeout_s)
         except (OSError, TimeoutError) as exc:
+            if isinstance(exc, ssl.SSLCertVerificationError):
+                self._warn_untrusted(exc)
             raise PeerUnavailable(f"cannot connect to {self.host}:{self.port}: {exc}") from exc
         if self._secret is not None:
             # Pipelined: later requests queue behind the HELLO on the same connection.
             hello = self._start_call(protocol, HELLO, self._secret, self._connect_timeout_s)
             hello.add_done_callback(_consume)
         return protocol
+
+    def _warn_untrusted(self, exc: ssl.SSLCertVerificationError) -> None:
+        # A certificate of another CA, or one that does not name this address: a setup error
+        # the failure detector alone would only show as a dead peer. Once a minute per peer.
+        now = time.monotonic()
+        if now - self._warned_at >= UNTRUSTED_WARNING_EVERY_S:
+            self._warned_at = now
+            log.warning(
+                "peer %s:%d presents a certificate this node does not trust: %s",
+                self.host,
+                self.port,
+                exc.verify_message or exc,
+            )
 
     async def _get_protocol(self) -> _ClientProtocol:
         protocol = self._protocol
