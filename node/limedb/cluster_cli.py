@@ -27,6 +27,7 @@ from rich.table import Table
 from rich.text import Text
 
 from limedb.cli_tls import ca_option, given_verify
+from limedb.credentials_cli import credential_headers, credential_options
 from limedb.secret import SECRET_FILE, load_or_create
 
 TOKEN_SPACE = 1 << 64
@@ -245,7 +246,12 @@ def cluster_up(
             f"Dashboard: {urls[0]}/ui (on any node; it asks for the cluster secret above)"
         )
         console.print("Ctrl-C stops every node.")
-        with httpx.Client() as client, Live(console=console, auto_refresh=False) as live:
+        # The secret passes the nodes' checks also with LIMEDB_AUTH_MODE=required.
+        headers = {"x-cluster-secret": secret}
+        with (
+            httpx.Client(headers=headers) as client,
+            Live(console=console, auto_refresh=False) as live,
+        ):
             while not stop.is_set():
                 live.update(_status_line(urls, procs, client), refresh=True)
                 if all(proc.poll() is not None for proc in procs):
@@ -267,12 +273,14 @@ def _share(ranges: list[dict]) -> float:
 @click.command("status")
 @click.option("--url", default="http://127.0.0.1:8484", show_default=True, help="any node")
 @ca_option
-def status(url: str) -> None:
+@credential_options
+def status(url: str, user: str | None, password: str | None, token: str | None) -> None:
     """Members, liveness, ring epoch and token share per node, as one node sees them."""
     console = Console()
     url = url.rstrip("/")
+    headers = credential_headers(user, password, token)
     try:
-        with httpx.Client(timeout=5.0, verify=given_verify()) as client:
+        with httpx.Client(timeout=5.0, headers=headers, verify=given_verify()) as client:
             state = client.get(f"{url}/api/v1/cluster/state").json()
             ring = client.get(f"{url}/api/v1/cluster/ring").json()
             gossip = client.get(f"{url}/api/v1/cluster/gossip").json()

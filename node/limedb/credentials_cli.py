@@ -3,6 +3,7 @@ LIMEDB_USER / LIMEDB_PASSWORD), or `--token` (Bearer; LIMEDB_TOKEN)."""
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Callable
 from typing import Any
 
@@ -28,6 +29,16 @@ def credential_options(command: F) -> F:
         default=None,
         help="Authenticate as this user (LIMEDB_USER).",
     )(command)
+
+
+def credential_headers(user: str | None, password: str | None, token: str | None) -> dict:
+    """The Authorization header of the given credentials (none: no header)."""
+    if token:
+        return {"authorization": f"Bearer {token}"}
+    if user is None:
+        return {}
+    pair = f"{user}:{password or ''}".encode()
+    return {"authorization": "Basic " + base64.b64encode(pair).decode("ascii")}
 
 
 def read_new_password(stream: Any) -> str:

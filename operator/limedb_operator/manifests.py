@@ -64,6 +64,31 @@ CLUSTER_SECRET_KEY = "cluster-secret"
 RESP_PASSWORD_KEY = "password"
 
 
+def admin_secret_name(name: str) -> str:
+    """The Secret the operator generates for user `admin` when spec.auth has no adminSecretRef."""
+    return f"{name}-admin"
+
+
+ADMIN_PASSWORD_KEY = "password"
+
+
+def admin_secret(name: str, spec: Mapping[str, Any]) -> tuple[str, str] | None:
+    """(Secret name, key) holding the first admin's password, or None when spec.auth asks for no
+    users: `adminSecretRef` when given, else the generated `<name>-admin` with auth enabled."""
+    ref = (spec.get("auth") or {}).get("adminSecretRef") or {}
+    if ref.get("name"):
+        return str(ref["name"]), str(ref.get("key") or ADMIN_PASSWORD_KEY)
+    if generates_admin_secret(spec):
+        return admin_secret_name(name), ADMIN_PASSWORD_KEY
+    return None
+
+
+def generates_admin_secret(spec: Mapping[str, Any]) -> bool:
+    """Whether the operator makes `<name>-admin`: auth enabled and no adminSecretRef."""
+    auth = spec.get("auth") or {}
+    return bool(auth.get("enabled")) and not (auth.get("adminSecretRef") or {}).get("name")
+
+
 def pod_name(name: str, ordinal: int) -> str:
     return f"{name}-{ordinal}"
 
@@ -227,6 +252,8 @@ def pod_disruption_budget(name: str, namespace: str) -> Obj:
 GENERATED_SECRETS: dict[str, tuple[Callable[[str], str], str]] = {
     "cluster": (secret_name, CLUSTER_SECRET_KEY),
     "resp": (resp_secret_name, RESP_PASSWORD_KEY),
+    # Only with spec.auth enabled and no adminSecretRef (reconcile asks for it then).
+    "admin": (admin_secret_name, ADMIN_PASSWORD_KEY),
 }
 
 
@@ -280,10 +307,29 @@ def node_env(name: str, namespace: str, spec: Mapping[str, Any], founders: int) 
             },
         },
     ]
+    env.extend(auth_env(name, spec))
     own = {e["name"] for e in env}
     # User variables come last so `$(VAR)` references to ours resolve; they may not override
     # what the operator relies on (identity, address, secrets).
     env.extend(copy.deepcopy(e) for e in spec.get("env") or [] if e["name"] not in own)
+    return env
+
+
+def auth_env(name: str, spec: Mapping[str, Any]) -> list[Obj]:
+    """spec.auth as node settings: `enabled` -> auth_mode required (data routes and RESP need a
+    user); the admin Secret -> the first admin's password (docs/security.md)."""
+    env: list[Obj] = []
+    if (spec.get("auth") or {}).get("enabled"):
+        env.append({"name": "LIMEDB_AUTH_MODE", "value": "required"})
+    admin = admin_secret(name, spec)
+    if admin is not None:
+        secret, key = admin
+        env.append(
+            {
+                "name": "LIMEDB_BOOTSTRAP_ADMIN_PASSWORD",
+                "valueFrom": {"secretKeyRef": {"name": secret, "key": key}},
+            }
+        )
     return env
 
 

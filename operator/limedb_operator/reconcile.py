@@ -150,6 +150,8 @@ def reconcile(kube: Kube, body: Mapping[str, Any]) -> Outcome:
 
     secret = kube.generated_secret("cluster", name, namespace, body)
     kube.generated_secret("resp", name, namespace, body)  # the pods read it: before them
+    if manifests.generates_admin_secret(spec):
+        kube.generated_secret("admin", name, namespace, body)  # before the pods read it
     sts = kube.statefulset(name, namespace)
     replicas = None if sts is None else int(sts["spec"].get("replicas") or 0)
     pods = kube.pods(name, namespace) if sts is not None else ()
