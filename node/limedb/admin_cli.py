@@ -131,6 +131,9 @@ def render_status(status: dict) -> Group:
                     + (f", error: {run['error']}" if run.get("error") else "")
                 )
             )
+    verification = (status.get("verification") or {}).get("last")
+    if verification is not None:
+        parts.append(Text("last verification: ").append_text(render_verification(verification)))
     return Group(*parts)
 
 
