@@ -26,6 +26,7 @@ log = logging.getLogger("limedb.tls")
 TLS_HANDSHAKE = 0x16
 ACCEPTS_PER_WAKEUP = 64
 RETRY_ACCEPT_S = 0.1  # after EMFILE/ENFILE: try again later instead of spinning on the listener
+ACCEPT_WARNING_EVERY_S = 10.0  # ... and say so in the log at most this often
 # How long a close waits for the client's close_notify. An idle keep-alive client answers only
 # when it next uses the connection, so a long wait held every graceful shutdown for its length.
 SHUTDOWN_TIMEOUT_S = 1.0
@@ -68,6 +69,8 @@ class SniffingListener:
         self.plain_refused = 0
         self.handshake_failures = 0
         self.pending_refused = 0
+        self.accept_failures = 0  # accept() out of descriptors (EMFILE, ENFILE) or memory
+        self._accept_warned_at = -ACCEPT_WARNING_EVERY_S
 
     async def start(self, host: str, port: int, backlog: int = 1024) -> None:
         self._loop = asyncio.get_running_loop()
@@ -91,7 +94,11 @@ class SniffingListener:
                 return
             except OSError as exc:
                 if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                    log.warning("%s listener cannot accept: %s; retrying", self.name, exc)
+                    self.accept_failures += 1
+                    now = self._loop.time()
+                    if now - self._accept_warned_at >= ACCEPT_WARNING_EVERY_S:
+                        self._accept_warned_at = now
+                        log.warning("%s listener cannot accept: %s; retrying", self.name, exc)
                     self._loop.remove_reader(self._sock.fileno())
                     self._loop.call_later(RETRY_ACCEPT_S, self._resume_accept)
                 return

@@ -4,6 +4,9 @@ by the first byte, in process on both event loops (certificates made by `openssl
 from __future__ import annotations
 
 import asyncio
+import os
+import resource
+import socket
 import ssl
 import subprocess
 from pathlib import Path
@@ -15,6 +18,7 @@ from limedb.config import ConfigError, load_config
 from limedb.tls import TlsFiles, TlsMaterial
 from limedb.tls_listener import SniffingListener
 from support.certs import client_context, issue, make_ca
+from support.wait import wait_for_async
 
 pytestmark = pytest.mark.process  # openssl makes the certificates
 
@@ -191,3 +195,45 @@ def test_silent_connections_are_bounded_and_timed_out(pki, tmp_path, loop):
     assert (third, timed_out) == (b"", b"")
     assert listener.pending_refused == 1
     assert after == b"tls:PING\n"
+
+
+@pytest.mark.parametrize("loop", sorted(LOOPS))
+def test_a_listener_out_of_descriptors_accepts_again_once_there_are_some(pki, tmp_path, loop):
+    material = _material(pki, tmp_path, "required")
+    ca, _ = pki
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+
+    async def scenario() -> tuple[int, bytes]:
+        listener = SniffingListener(Echo, lambda: material.contexts.public_server, plaintext=False)
+        await listener.start("127.0.0.1", 0)
+        client = socket.socket()
+        client.setblocking(False)
+        try:
+            # No descriptor left for accept(): the connection waits in the backlog.
+            resource.setrlimit(resource.RLIMIT_NOFILE, (_lowest_free_fd(), hard))
+            try:
+                await asyncio.get_running_loop().sock_connect(client, ("127.0.0.1", listener.port))
+                await wait_for_async(lambda: listener.accept_failures > 0, 10, "EMFILE")
+            finally:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+            reader, writer = await asyncio.open_connection(
+                sock=client, ssl=client_context(ca.cert), server_hostname="127.0.0.1"
+            )
+            writer.write(b"PING\n")
+            answer = await asyncio.wait_for(reader.read(100), 10)
+            writer.close()
+        finally:
+            listener.close()
+            await listener.wait_closed()
+        return listener.accept_failures, answer
+
+    with asyncio.Runner(loop_factory=LOOPS[loop]) as runner:
+        failures, answer = runner.run(scenario())
+    assert failures >= 1
+    assert answer == b"tls:PING\n"
+
+
+def _lowest_free_fd() -> int:
+    """A descriptor limit this low leaves no number free for a new descriptor (EMFILE)."""
+    used = {int(name) for name in os.listdir("/proc/self/fd")}
+    return next(n for n in range(len(used) + 2) if n not in used)
