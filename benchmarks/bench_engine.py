@@ -88,7 +88,7 @@ class Results:
 def add_per_cpu_second(r: Results, res: dict, phase: str) -> None:
     """The row under a wall-clock row: the same LimeDB / rocksdict ratio per CPU-second."""
     r.add(
-        "  same, per CPU-second (load-independent)",
+        "  same, per CPU-second (less load-dependent)",
         res[f"limedb_{phase}_cpu"],
         "rocksdict",
         res[f"rocksdict_{phase}_cpu"],
@@ -394,7 +394,7 @@ values, no bloom filter, RocksDB's default cache, compression on): an extra line
 how much of an anchor's figure is its configuration. Wall-clock rates depend on what else runs
 on the machine; the per-CPU-second rows divide by the CPU time the store used (this process,
 all its threads, RocksDB's background threads included, plus LimeDB's flush/compaction worker
-processes), which does not. Writes run one store at a time, each drained before the next, the
+processes), which depends on it less. Writes run one store at a time, each drained before the next, the
 best of two rounds kept; the drain is the time from the last put until the store has no flush
 or compaction left (LevelDB offers no way to wait for that, so plyvel has no drain row). Reads
 are measured after every store finished its background work, rotating between stores chunk by
