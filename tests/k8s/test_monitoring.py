@@ -24,6 +24,8 @@ pytestmark = pytest.mark.k8s
 
 MONITORING_CRDS = sorted((ROOT / "crds" / "monitoring").glob("monitoring.coreos.com_*.yaml"))
 ALERTS = {
+    "LimeDBVerificationRepaired",
+    "LimeDBVerificationFailed",
     "LimeDBNodeDown",
     "LimeDBNodeNotScraped",
     "LimeDBQuorumAtRisk",

@@ -9,9 +9,15 @@ from limedb.api.cluster_metrics import (
     repair_families,
     ring_families,
     transition_families,
+    verification_families,
 )
 from limedb.api.metrics import BUCKETS, RouteStats
-from limedb.api.nodestats import client_requests, is_client_route, storage_bytes
+from limedb.api.nodestats import (
+    client_requests,
+    is_client_route,
+    newest_verification,
+    storage_bytes,
+)
 from limedb.resp.command_stats import CommandStats
 
 
@@ -108,6 +114,23 @@ def test_hint_and_repair_families():
     assert got[("limedb_repair_ranges_differing_total", ())] == 3
     assert got[("limedb_repair_last_run_timestamp_seconds", ())] == 5.0
     assert samples(repair_families(None)) == {}
+
+
+def test_verification_families_and_the_newest_record_of_the_members():
+    last = {"epoch": 5, "result": "repaired", "finishedMs": 7000, "node": "a"}
+    verification = {"running": None, "runs": {"ok": 3, "repaired": 1, "failed": 0},
+                    "keys_repaired_total": 12, "last": last}  # fmt: skip
+    got = samples(verification_families(verification))
+    assert got[("limedb_verifications_total", (("result", "repaired"),))] == 1
+    assert got[("limedb_verifications_total", (("result", "failed"),))] == 0
+    assert got[("limedb_verification_keys_repaired_total", ())] == 12
+    assert got[("limedb_verification_last_epoch", (("result", "repaired"),))] == 5
+    assert got[("limedb_verification_last_timestamp_seconds", (("result", "repaired"),))] == 7.0
+    assert samples(verification_families(None)) == {}
+    older = {**last, "epoch": 4, "finishedMs": 3000}
+    nodes = [{"stats": {"verification": older}}, {"stats": None}, {"stats": {"verification": last}}]
+    assert newest_verification(nodes) == last
+    assert newest_verification([{"stats": {"verification": None}}]) is None
 
 
 def test_resp_command_totals_add_up_every_command():
