@@ -5,7 +5,8 @@
 # mmdebstrap (make image), chromium (the dashboard test drives it headless through playwright;
 # playwright's own browsers are not used); the node of the one-node Kubernetes
 # (scripts/kube-up.sh): containerd, runc, the CNI plugins, conntrack, iptables (kube-proxy
-# probes it), openssl (its certificates), busybox-static (the image of its own tests).
+# probes it), openssl (its certificates; also the TLS tests' and benchmarks' CAs and node
+# certificates, tests/support/certs.py), busybox-static (the image of its own tests).
 set -euo pipefail
 need=()
 command -v redis-server >/dev/null || need+=(redis-server)
