@@ -111,6 +111,18 @@ def test_without_valid_credentials_every_data_route_is_401_with_a_challenge(secu
         assert response.json()["error"]
 
 
+def test_a_write_without_credentials_is_refused_before_its_body_is_sent(secured) -> None:
+    request = (
+        f"PUT /v1/kv/big HTTP/1.1\r\nHost: {secured.host}\r\n"
+        "Content-Length: 1000000\r\n\r\n"
+    ).encode()
+    with socket.create_connection((secured.host, secured.port), timeout=10) as sock:
+        sock.sendall(request)  # and not one byte of the body
+        head = sock.recv(4096)
+    assert head.startswith(b"HTTP/1.1 401"), head
+    assert b"www-authenticate: basic" in head.lower()
+
+
 def test_a_read_user_cannot_write_and_a_readwrite_user_cannot_administer(secured) -> None:
     url = secured.url
     with httpx.Client(timeout=10) as http:

@@ -47,6 +47,16 @@ def unauthorized(message: str) -> ApiError:
     return ApiError(401, message, CHALLENGE)
 
 
+def credentials_required() -> ApiError:
+    return unauthorized("credentials required (Authorization: Basic or Bearer)")
+
+
+def anonymous_refused(state: NodeState, credentials: tuple[bytes | None, bytes | None]) -> bool:
+    """Whether a data request that presents nothing is refused outright (auth required): the
+    wire path answers it before reading its body."""
+    return credentials == (None, None) and state.config.auth_mode == "required"
+
+
 def forbidden(identity: Identity, needed: Role) -> ApiError:
     return ApiError(
         403,
@@ -108,7 +118,7 @@ async def check(
         await _check_anonymous_admin(state)
         return
     if state.config.auth_mode == "required":
-        raise unauthorized("credentials required (Authorization: Basic or Bearer)")
+        raise credentials_required()
 
 
 async def _check_anonymous_admin(state: NodeState) -> None:

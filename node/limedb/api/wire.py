@@ -27,7 +27,7 @@ from typing import Any
 
 import httptools
 
-from limedb.api import hot
+from limedb.api import access, hot
 from limedb.api import operations as ops
 from limedb.api.bounded import BoundedProtocol
 from limedb.api.errors import ApiError
@@ -163,6 +163,9 @@ class WireProtocol(BoundedProtocol):
         elif state.admission.full():
             # Refused before the body is read: refusing stays cheap under any load.
             hot_cycle.reply = overloaded()
+        elif access.anonymous_refused(state, hot_cycle.credentials):
+            # No credentials where they are required: 401 before the body is buffered.
+            hot_cycle.reply = hot.error_reply(access.credentials_required())
         elif hot.has_body(route, method):
             hot_cycle.limit = hot.body_limit(state, route)
             for name, value in self.headers:
