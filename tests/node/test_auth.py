@@ -238,6 +238,13 @@ def test_user_cli_lists_changes_passwords_and_removes_users(secured) -> None:
         env=env, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert denied.returncode == 4 and "403" in denied.stderr
+    # `limedb admin` authenticates as an admin user the same way.
+    status = subprocess.run(
+        [LIMEDB, "admin", "--user", ADMIN[0], "--password", ADMIN[1], "status", "--url", url,
+         "--json"],
+        env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert status.returncode == 0 and orjson.loads(status.stdout)["members"], status.stderr
 
 
 def test_with_auth_off_anonymous_data_stays_open_but_admin_needs_an_admin_once_users_exist(

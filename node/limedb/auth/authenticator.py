@@ -24,6 +24,10 @@ from limedb.auth.store import UserStore
 
 TOKEN_SEPARATOR = "."
 MAX_REMEMBERED = 4096
+# scrypt runs in threads, at most this many at once: a flood of wrong passwords (each a full
+# hash) then waits here instead of taking every thread of the loop's default executor, which
+# the node also uses for storage scans.
+HASHING_AT_ONCE = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +54,7 @@ class Authenticator:
         self.store = store
         self._key = secrets.token_bytes(32)
         self._verified: dict[tuple[str, bytes], str] = {}
+        self._hashing = asyncio.Semaphore(HASHING_AT_ONCE)
 
     async def password(self, name: str, password: bytes) -> Identity | None:
         """The user `name` if `password` is theirs, else None."""
@@ -65,7 +70,9 @@ class Authenticator:
             stored = passwords.PasswordHash.decode(record.password)
         except ValueError:
             return None
-        if not await asyncio.to_thread(passwords.verify, password, stored):
+        async with self._hashing:
+            matches = await asyncio.to_thread(passwords.verify, password, stored)
+        if not matches:
             return None
         if len(self._verified) >= MAX_REMEMBERED:
             self._verified.clear()
