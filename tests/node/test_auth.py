@@ -113,8 +113,7 @@ def test_without_valid_credentials_every_data_route_is_401_with_a_challenge(secu
 
 def test_a_write_without_credentials_is_refused_before_its_body_is_sent(secured) -> None:
     request = (
-        f"PUT /v1/kv/big HTTP/1.1\r\nHost: {secured.host}\r\n"
-        "Content-Length: 1000000\r\n\r\n"
+        f"PUT /v1/kv/big HTTP/1.1\r\nHost: {secured.host}\r\nContent-Length: 1000000\r\n\r\n"
     ).encode()
     with socket.create_connection((secured.host, secured.port), timeout=10) as sock:
         sock.sendall(request)  # and not one byte of the body
