@@ -5,10 +5,11 @@ The node that drove a transition verifies it once it is done (`after_transition`
 verifies on demand (`POST /admin/verify`, `limedb admin verify`). A run asks every replica for
 the Merkle roots of its ranges in one batched VERIFY_ROOTS call per node (depth-0 trees, the
 same hashes anti-entropy compares, limedb.cluster.merkle), so ranges that agree cost one hash
-each. Ranges whose roots differ are compared again after a short settle (a quorum write in
-flight reaches its last replica a moment later), then repaired by one of their replicas
-(this node if it is one, else over VERIFY_REPAIR) with the anti-entropy repair
-(limedb.cluster.repair), and compared once more. The record of the run
+each. Where roots differ, the replicas' trees are compared leaf by leaf twice, a short settle
+apart (MERKLE, at the depth repair would use): a write in flight reaches its last replica a
+moment later and writes rarely hit one leaf twice, so only leaves that differ both times are
+damage. Their tokens are repaired by one of their replicas (this node if it is one, else over
+VERIFY_REPAIR) with the anti-entropy repair (limedb.cluster.repair), and compared once more. The record of the run
 (limedb.cluster.verification.Verification) is saved here and pushed to every member
 (VERIFICATION), so any node answers for the newest one, also after a restart.
 
@@ -28,8 +29,14 @@ from pathlib import Path
 import orjson
 
 from limedb.cluster import rpc
-from limedb.cluster.merkle import HASH_BYTES, MerkleTree
-from limedb.cluster.repair import AntiEntropy, CallNode
+from limedb.cluster.merkle import HASH_BYTES, MerkleTree, differing_leaves
+from limedb.cluster.repair import (
+    AntiEntropy,
+    CallNode,
+    decode_tree,
+    depth_for,
+    encode_tree_request,
+)
 from limedb.cluster.ring.record import RingRecord
 from limedb.cluster.transitions import Transition
 from limedb.cluster.verification import (
@@ -87,10 +94,26 @@ def decode_roots_request(body: bytes) -> tuple[int, list[tuple[int, int]]]:
     return cutoff, ranges
 
 
-def decode_roots(data: bytes, count: int) -> list[bytes]:
+def decode_roots(data: bytes, count: int) -> list[tuple[bytes, int]]:
+    """(root, versions) of each of `count` ranges."""
     if len(data) != count * ROOT.size:
         raise ValueError(f"a reply of {count} roots has {len(data)} bytes")
-    return [ROOT.unpack_from(data, i * ROOT.size)[0] for i in range(count)]
+    return [ROOT.unpack_from(data, i * ROOT.size) for i in range(count)]
+
+
+def leaf_pieces(tree: MerkleTree, leaves: list[int], replicas: tuple[str, ...]) -> list[Piece]:
+    """The tokens of `leaves` (ascending) of `tree`, adjacent leaves merged, as pieces."""
+    pieces: list[Piece] = []
+    for index in leaves:
+        bounds = tree.leaf_range(index)
+        if bounds is None:
+            continue
+        lo, hi = bounds
+        if pieces and pieces[-1].end + 1 == lo:
+            pieces[-1] = Piece(pieces[-1].start, hi, replicas)
+        else:
+            pieces.append(Piece(lo, hi, replicas))
+    return pieces
 
 
 @dataclass
@@ -103,8 +126,9 @@ class Tally:
     repaired: int = 0
     still_differing: int = 0
     keys: int = 0
-    unchecked: set[int] = field(default_factory=set)  # indexes of pieces not compared
+    unchecked: set[tuple[int, int]] = field(default_factory=set)  # (start, end) not compared
     unreachable: set[str] = field(default_factory=set)
+    counts: dict[Piece, int] = field(default_factory=dict)  # versions per piece, at most
     error: str | None = None
 
 
@@ -158,6 +182,7 @@ class Verifier:
         return b"".join(ROOT.pack(root, count) for root, count in roots)
 
     def _roots(self, ranges: list[tuple[int, int]], cutoff: int) -> list[tuple[bytes, int]]:
+        """(root, versions) of each range here, as VERIFY_ROOTS answers."""
         trees = (
             MerkleTree.from_storage(self.engine, s, e, 0, purged_before_ts=cutoff)
             for s, e in ranges
@@ -298,53 +323,71 @@ class Verifier:
             raise Superseded(f"the ring moved to epoch {now} before the verification finished")
 
     async def _check_and_repair(self, tally: Tally, epoch: int, pieces: list[Piece]) -> None:
-        indexes = list(range(len(pieces)))
-        differing = await self._compare(tally, pieces, indexes)
+        differing = await self._compare(tally, pieces)
         tally.checked = len(pieces) - len(tally.unchecked)
         tally.differing = len(differing)
-        if differing and self.settle_s > 0:
-            await asyncio.sleep(self.settle_s)
-            differing = await self._compare(tally, pieces, differing)
-        to_repair = list(differing)
+        if not differing:
+            return
+        # Only leaves that differ twice, a settle apart, are damage: a write in flight differs
+        # once (it reaches its last replica a moment later), and writes rarely hit one leaf
+        # twice. Those leaves' tokens are repaired, then compared again.
+        first = await self._leaves(tally, differing)
+        await asyncio.sleep(self.settle_s)
+        second = await self._leaves(tally, differing)
+        damaged: dict[Piece, list[Piece]] = {}
+        for piece in differing:
+            if piece in first and piece in second:
+                tree, leaves = first[piece][0], first[piece][1] & second[piece][1]
+                if leaves:
+                    damaged[piece] = leaf_pieces(tree, sorted(leaves), piece.replicas)
+        work = [sub for subs in damaged.values() for sub in subs]
         for _ in range(REPAIR_ROUNDS):
-            if not differing:
+            if not work:
                 break
             self._still_current(epoch)
-            await self._repair(tally, pieces, differing)
-            differing = await self._compare(tally, pieces, differing)
+            await self._repair(tally, work)
+            work = await self._compare(tally, work)
         self._still_current(epoch)
-        tally.still_differing = len(differing)
+        left = {(p.start, p.end) for p in work} | tally.unchecked
+        tally.still_differing = len(work)
         tally.repaired = sum(
-            1 for i in to_repair if i not in differing and i not in tally.unchecked
+            1
+            for piece, subs in damaged.items()
+            if (piece.start, piece.end) not in tally.unchecked
+            and not any((s.start, s.end) in left for s in subs)
         )
 
-    async def _compare(self, tally: Tally, pieces: list[Piece], indexes: list[int]) -> list[int]:
-        """Indexes (of `indexes`) whose replicas' roots differ; those a replica did not answer
-        for go to `tally.unchecked`."""
-        by_node: dict[str, list[int]] = {}
-        for i in indexes:
-            for node in pieces[i].replicas:
-                by_node.setdefault(node, []).append(i)
-        cutoff = pack(max(0, wall_millis() - self.anti_entropy.tombstone_grace_ms))
+    async def _compare(self, tally: Tally, pieces: list[Piece]) -> list[Piece]:
+        """The pieces whose replicas' roots differ; those a replica did not answer for go to
+        `tally.unchecked`. Keeps the largest version count of each piece in `tally.counts`."""
+        by_node: dict[str, list[Piece]] = {}
+        for piece in pieces:
+            for node in piece.replicas:
+                by_node.setdefault(node, []).append(piece)
+        cutoff = self._cutoff()
         nodes = list(by_node)
-        answers = await asyncio.gather(
-            *(self._roots_of(n, [pieces[i] for i in by_node[n]], cutoff) for n in nodes)
-        )
-        roots: dict[int, set[bytes]] = {i: set() for i in indexes}
+        answers = await asyncio.gather(*(self._roots_of(n, by_node[n], cutoff) for n in nodes))
+        roots: dict[Piece, set[bytes]] = {piece: set() for piece in pieces}
         for node, answer in zip(nodes, answers, strict=True):
             if answer is None:
                 tally.unreachable.add(node)
-                tally.unchecked.update(by_node[node])
+                tally.unchecked.update((p.start, p.end) for p in by_node[node])
                 continue
-            for i, root in zip(by_node[node], answer, strict=True):
-                roots[i].add(root)
-        return [i for i in indexes if i not in tally.unchecked and len(roots[i]) > 1]
+            for piece, (root, count) in zip(by_node[node], answer, strict=True):
+                roots[piece].add(root)
+                tally.counts[piece] = max(count, tally.counts.get(piece, 0))
+        return [p for p in pieces if (p.start, p.end) not in tally.unchecked and len(roots[p]) > 1]
 
-    async def _roots_of(self, node: str, pieces: list[Piece], cutoff: int) -> list[bytes] | None:
+    def _cutoff(self) -> int:
+        return pack(max(0, wall_millis() - self.anti_entropy.tombstone_grace_ms))
+
+    async def _roots_of(
+        self, node: str, pieces: list[Piece], cutoff: int
+    ) -> list[tuple[bytes, int]] | None:
         ranges = [(p.start, p.end) for p in pieces]
         if node == self.node_id:
-            return [root for root, _ in await asyncio.to_thread(self._roots, ranges, cutoff)]
-        roots: list[bytes] = []
+            return await asyncio.to_thread(self._roots, ranges, cutoff)
+        roots: list[tuple[bytes, int]] = []
         try:
             for first in range(0, len(ranges), ROOTS_PER_CALL):
                 chunk = ranges[first : first + ROOTS_PER_CALL]
@@ -356,14 +399,52 @@ class Verifier:
             return None
         return roots
 
-    async def _repair(self, tally: Tally, pieces: list[Piece], indexes: list[int]) -> None:
-        """Each differing range repaired by one of its replicas (this node if it is one)."""
+    async def _leaves(
+        self, tally: Tally, pieces: list[Piece]
+    ) -> dict[Piece, tuple[MerkleTree, set[int]]]:
+        """Per piece every replica answered for: a tree and the leaves where any two differ."""
+        cutoff = self._cutoff()
+        found: dict[Piece, tuple[MerkleTree, set[int]]] = {}
+        for piece in pieces:
+            depth = depth_for(tally.counts.get(piece, 0))
+            trees = await asyncio.gather(
+                *(self._tree_of(node, piece, depth, cutoff) for node in piece.replicas)
+            )
+            missing = [n for n, tree in zip(piece.replicas, trees, strict=True) if tree is None]
+            if missing:
+                tally.unreachable.update(missing)
+                tally.unchecked.add((piece.start, piece.end))
+                continue
+            known = [tree for tree in trees if tree is not None]
+            leaves = {i for other in known[1:] for i in differing_leaves(known[0], other)}
+            found[piece] = (known[0], leaves)
+        return found
+
+    async def _tree_of(self, node: str, piece: Piece, depth: int, cutoff: int):  # noqa: ANN202
+        if node == self.node_id:
+            return await asyncio.to_thread(
+                MerkleTree.from_storage,
+                self.engine,
+                piece.start,
+                piece.end,
+                depth,
+                purged_before_ts=cutoff,
+            )
+        body = encode_tree_request(piece.start, piece.end, depth, cutoff)
+        try:
+            reply = await self.call_node(node, rpc.MERKLE, body, ROOTS_TIMEOUT_S)
+            return decode_tree(reply, piece.start, piece.end, depth)
+        except (rpc.PeerUnavailable, rpc.RpcError, ValueError) as exc:
+            log.info("verification: no tree from %s: %s", node, exc)
+            return None
+
+    async def _repair(self, tally: Tally, pieces: list[Piece]) -> None:
+        """Each piece repaired by one of its replicas (this node if it is one)."""
         by_repairer: dict[str, list[tuple[int, int, list[str]]]] = {}
-        for i in indexes:
-            piece = pieces[i]
+        for piece in pieces:
             reachable = [n for n in piece.replicas if n not in tally.unreachable]
             if not reachable:
-                tally.unchecked.add(i)
+                tally.unchecked.add((piece.start, piece.end))
                 continue
             repairer = self.node_id if self.node_id in reachable else reachable[0]
             peers = [n for n in piece.replicas if n != repairer]

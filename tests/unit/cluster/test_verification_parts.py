@@ -1,16 +1,24 @@
-"""The verifier's pure parts: which ranges and replicas a verification covers, its outcome, the
-record (camelCase, as published) and its file, and the VERIFY_ROOTS wire format (the
-process-level test is tests/cluster/test_verification.py)."""
+"""The verifier's parts: which ranges and replicas a verification covers, its outcome, the
+record (camelCase, as published) and its file, the VERIFY_ROOTS wire format, and runs over
+three in-process replicas on real RPC (the process-level test is
+tests/cluster/test_verification.py)."""
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from limedb.cluster import rpc
-from limedb.cluster.keys import MAX_TOKEN
+from limedb.cluster.keys import MAX_TOKEN, storage_key
+from limedb.cluster.merkle import MerkleTree
+from limedb.cluster.repair import AntiEntropy
 from limedb.cluster.ring.placement import Ring
+from limedb.cluster.ring.record import RingRecord
+from limedb.cluster.streaming import RangeStreams
 from limedb.cluster.transitions import Change, propose
 from limedb.cluster.verification import (
     NothingToVerify,
+    Piece,
     Verification,
     VerificationStore,
     outcome,
@@ -20,10 +28,14 @@ from limedb.cluster.verification import (
 )
 from limedb.cluster.verifier import (
     ROOT,
+    Verifier,
     decode_roots,
     decode_roots_request,
     encode_roots_request,
+    leaf_pieces,
 )
+from limedb.hlc import HLC, pack
+from limedb.storage import Engine, EngineOptions, WriteBatch
 
 THREE = {f"n{i}": f"http://10.0.0.{i}:8484" for i in range(3)}
 
@@ -142,6 +154,146 @@ def test_roots_request_and_reply_round_trip():
     with pytest.raises(rpc.RpcError):
         decode_roots_request(encode_roots_request(7, [(10, 0)]))
     reply = ROOT.pack(b"a" * 16, 3) + ROOT.pack(b"b" * 16, 0)
-    assert decode_roots(reply, 2) == [b"a" * 16, b"b" * 16]
+    assert decode_roots(reply, 2) == [(b"a" * 16, 3), (b"b" * 16, 0)]
     with pytest.raises(ValueError):
         decode_roots(reply, 3)
+
+
+class Replica:
+    """One in-process replica over real RPC: engine, streams, repair and its verifier."""
+
+    def __init__(self, name: str, path, peers: dict[str, Replica]) -> None:  # noqa: ANN001
+        self.name, self.peers, self.port = name, peers, 0
+        self.engine = Engine.open(path, EngineOptions(durability="none"))
+        self.streams = RangeStreams(self.engine, HLC(), _NoHandoff())
+        self.server, self.client = rpc.RpcServer(), rpc.RpcClient()
+        self.anti_entropy = AntiEntropy(
+            name, self.engine, self.streams, self.call, lambda: [], interval_s=0, bytes_per_s=0
+        )
+        ring = Ring({n: f"http://{n}:1" for n in ("a", "b", "c")}, 1, 1)
+        self.verifier = Verifier(
+            name,
+            self.engine,
+            lambda: RingRecord(ring, 3),
+            self.anti_entropy,
+            self.call,
+            path,
+            members=lambda: sorted(peers),
+            settle_s=0.01,
+        )
+
+    async def call(self, node: str, kind: int, body: bytes, timeout_s: float) -> bytes:
+        return await self.client.call("127.0.0.1", self.peers[node].port, kind, body, 5)
+
+    async def start(self) -> None:
+        self.streams.register(self.server)
+        self.anti_entropy.register(self.server)
+        self.verifier.register(self.server, lambda handler: handler)
+        await self.server.start("127.0.0.1", 0)
+        self.port = self.server.port
+
+    async def close(self) -> None:
+        self.client.close()
+        await self.server.stop()
+        self.engine.close()
+
+
+class _NoHandoff:
+    def add_all(self, ranges) -> None: ...  # noqa: ANN001
+
+    def release_all(self, ranges) -> None: ...  # noqa: ANN001
+
+
+def _put(engine: Engine, key: bytes, ts: int) -> None:
+    batch = WriteBatch()
+    batch.put(storage_key(key), b"v", ts, None)
+    engine.write(batch)
+
+
+def _with_replicas(tmp_path, scenario) -> None:  # noqa: ANN001
+    async def main() -> None:
+        peers: dict[str, Replica] = {}
+        for name in ("a", "b", "c"):
+            peers[name] = Replica(name, tmp_path / name, peers)
+        for replica in peers.values():
+            await replica.start()
+        try:
+            await scenario(peers)
+        finally:
+            for replica in peers.values():
+                await replica.close()
+
+    asyncio.run(main())
+
+
+EVERYTHING = [Piece(0, MAX_TOKEN, ("a", "b", "c"))]
+
+
+def test_a_replica_missing_keys_is_repaired_and_reported_with_their_number(tmp_path):
+    async def scenario(peers: dict[str, Replica]) -> None:
+        ts = pack(1_700_000_000_000)
+        for i in range(200):
+            for name in ("a", "b", "c") if i >= 30 else ("a", "c"):
+                _put(peers[name].engine, b"k%d" % i, ts)
+        v = await peers["b"].verifier.run(1, EVERYTHING, None, "on-demand")
+        assert (v.result, v.keys_repaired, v.ranges_repaired, v.ranges_differing) == (
+            "repaired",
+            30,
+            1,
+            1,
+        )
+        for name in ("a", "c"):  # pushed to every member
+            assert peers[name].verifier.last == v
+        again = await peers["c"].verifier.run(1, EVERYTHING, None, "on-demand")
+        assert (again.result, again.keys_repaired, again.exit_code) == ("ok", 0, 0)
+
+    _with_replicas(tmp_path, scenario)
+
+
+def test_a_difference_that_settles_is_no_damage(tmp_path):
+    """A write that reached one replica first (in flight) differs once, not twice: ok."""
+
+    async def scenario(peers: dict[str, Replica]) -> None:
+        ts = pack(1_700_000_000_000)
+        for i in range(100):
+            for replica in peers.values():
+                _put(replica.engine, b"k%d" % i, ts)
+        _put(peers["a"].engine, b"late", ts + 1)
+        verifier = peers["a"].verifier
+        compare = verifier._leaves
+        calls = 0
+
+        async def late_write_lands(tally, pieces):  # noqa: ANN001, ANN202
+            nonlocal calls
+            calls += 1
+            found = await compare(tally, pieces)
+            if calls == 1:
+                for name in ("b", "c"):
+                    _put(peers[name].engine, b"late", ts + 1)
+            return found
+
+        verifier._leaves = late_write_lands
+        v = await verifier.run(1, EVERYTHING, None, "transition")
+        assert (v.result, v.ranges_differing, v.keys_repaired, calls) == ("ok", 1, 0, 2)
+
+    _with_replicas(tmp_path, scenario)
+
+
+def test_a_replica_that_does_not_answer_fails_the_verification_by_name(tmp_path):
+    async def scenario(peers: dict[str, Replica]) -> None:
+        await peers["c"].server.stop()
+        v = await peers["a"].verifier.run(1, EVERYTHING, None, "on-demand")
+        assert (v.result, v.replicas_unreachable, v.ranges_checked, v.exit_code) == (
+            "failed",
+            ("c",),
+            0,
+            2,
+        )
+
+    _with_replicas(tmp_path, scenario)
+
+
+def test_damaged_leaves_become_pieces_with_adjacent_leaves_merged():
+    tree = MerkleTree.build([], 0, 799, 3)  # 8 leaves of 100 tokens
+    pieces = leaf_pieces(tree, [1, 2, 5], ("a", "b"))
+    assert pieces == [Piece(100, 299, ("a", "b")), Piece(500, 599, ("a", "b"))]
