@@ -8,7 +8,7 @@ RESP_BASE_PORT ?= 6379
 PYTEST_ARGS ?=
 
 .PHONY: run test test-unit test-cluster test-k8s bench lint install system-deps k8s-tools image clean \
-	nemesis kube-up kube-down
+	nemesis kube-up kube-down seaweedfs
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,11 @@ system-deps:
 k8s-tools:
 	bash scripts/k8s-tools.sh
 
+## seaweedfs: SeaweedFS's `weed` (the real S3 server of the backup tests) built into
+## .cache/seaweedfs/bin from the Go module proxy (pinned in tools/seaweedfs/go.mod)
+seaweedfs:
+	bash scripts/seaweedfs.sh
+
 ## image: the LimeDB image from Dockerfile with buildah, tagged localhost/limedb:dev and written
 ## to .cache/image/limedb-dev.tar (cached by the hash of its inputs; prints its size)
 image: system-deps
@@ -47,7 +52,7 @@ kube-down:
 	bash scripts/kube-down.sh
 
 ## test: install everything the tests need, then run the whole suite
-test: $(STAMP) system-deps k8s-tools image
+test: $(STAMP) system-deps k8s-tools seaweedfs image
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
@@ -60,7 +65,7 @@ test-unit: $(STAMP)
 	$(BIN)/python -m pytest -m "$(UNIT_TESTS)" $(PYTEST_ARGS)
 
 ## test-cluster: the tests that start real node processes, namespaces or redis-server
-test-cluster: $(STAMP) system-deps
+test-cluster: $(STAMP) system-deps seaweedfs
 	$(BIN)/python -m pytest -m "not ($(UNIT_TESTS)) and not k8s" $(PYTEST_ARGS)
 
 ## test-k8s: the Kubernetes tier against the control plane built by scripts/k8s-tools.sh

@@ -8,7 +8,10 @@ fixtures below start processes; using one without a process marker fails the col
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
+from support.s3 import S3Server, start_s3_server
 
 PROCESS_MARKERS = (
     "process", "cluster", "faults", "faketime", "redis", "k8s", "nemesis", "browser",
@@ -21,6 +24,7 @@ PROCESS_FIXTURES = frozenset(
         "redis_reference", "limedb_single", "limedb_three", "limited",  # tests/resp
         "control_plane", "operator", "kube",  # tests/k8s
         "browser",  # tests/ui: a headless Chromium
+        "s3_server",  # SeaweedFS's weed server -s3 (tests/support/s3.py)
     }
 )  # fmt: skip
 
@@ -37,3 +41,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             "tests that start processes need one of the markers "
             f"{', '.join(PROCESS_MARKERS)}: {', '.join(unmarked)}"
         )
+
+
+@pytest.fixture(scope="module")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """A real S3 server for this module's tests (SeaweedFS `weed server -s3` on loopback):
+    `.endpoint`, `.access_key`, `.secret_key`, `.region`, `.client()` (boto3), `.env()` (the
+    AWS_* variables for a process). Shared by the module: each test uses buckets of its own."""
+    server = start_s3_server(tmp_path_factory.mktemp("s3"))
+    try:
+        yield server
+    finally:
+        server.stop()
