@@ -38,7 +38,9 @@ def mib(n: int) -> str:
 
 def limedb_config(o: EngineOptions) -> str:
     return (
-        f"durability {o.durability}, memtable {mib(o.memtable_bytes)}, block cache "
+        f"durability {o.durability} (WAL buffered up to {mib(o.wal_buffer_bytes)} in the process "
+        f"before write(): a process crash can lose that much, unlike RocksDB and LevelDB, which "
+        f"write every batch to the OS), memtable {mib(o.memtable_bytes)}, block cache "
         f"{mib(o.block_cache_bytes)}, bloom {o.bloom_bits_per_key} bits/key (+ engine-wide filter), "
         f"blocks {o.block_bytes} B, tables {mib(o.target_file_bytes)}, L1 "
         f"{mib(o.level_base_bytes)} x10/level, L0 trigger {o.l0_compaction_trigger} / stop "
@@ -74,7 +76,8 @@ def open_rocksdict(path: str, o: EngineOptions, *, sync: bool = False) -> Store:
     wo.sync = sync
     db.set_write_options(wo)
     config = (
-        f"Options(raw_mode=True), WAL on, sync={sync}, write buffer {mib(o.memtable_bytes)} x2, "
+        f"Options(raw_mode=True), WAL on (each write handed to the OS; rocksdict does not "
+        f"expose manual_wal_flush), sync={sync}, write buffer {mib(o.memtable_bytes)} x2, "
         f"block cache LRU {mib(o.block_cache_bytes)}, full bloom filter "
         f"{o.bloom_bits_per_key} bits/key, blocks {o.block_bytes} B, target file "
         f"{mib(o.target_file_bytes)}, L1 {mib(o.level_base_bytes)} x10/level, "
