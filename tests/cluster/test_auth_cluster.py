@@ -95,10 +95,15 @@ def test_users_made_on_one_node_authenticate_on_every_node_also_after_a_restart(
     # time (auth_cache_ms, 1 s), including nodes that had the old one cached.
     with Client(c.url, user=ADMIN[0], password=ADMIN[1]) as admin:
         admin.set_password(ALICE[0], "alice new password")
+    assert status(c, "GET", "/v1/kv/everywhere-0", (ALICE[0], "alice new password")) == 200
+    assert status(c, "GET", "/v1/kv/everywhere-0", ALICE) == 401  # at once where it was made
     for node in cluster.nodes:
-        assert status(node, "GET", "/v1/kv/everywhere-0", (ALICE[0], "alice new password")) == 200
         wait_for(
-            lambda node=node: status(node, "GET", "/v1/kv/everywhere-0", ALICE) == 401,
+            lambda node=node: (
+                status(node, "GET", "/v1/kv/everywhere-0", ALICE) == 401
+                and status(node, "GET", "/v1/kv/everywhere-0", (ALICE[0], "alice new password"))
+                == 200
+            ),
             10,
-            f"{node.url} to refuse alice's old password",
+            f"{node.url} to take alice's new password and refuse the old one",
         )

@@ -1,7 +1,7 @@
 """Changing users: add, change a password, issue a token, remove, list, and the first admin.
 
 What `/admin/users` and `limedb user ...` do. Changes read the user from the cluster (never a
-cached copy) and write at the node's default consistency. Two admins adding the same name at
+cached copy) and write at quorum. Two admins adding the same name at
 the same moment through different nodes both succeed and the later write wins, as for any key
 (docs/security.md); changes of different users never interfere, each being its own key.
 """
@@ -83,7 +83,7 @@ async def listing(store: UserStore) -> list[UserRecord]:
 
 async def bootstrap(store: UserStore, password: str) -> bool:
     """Create user `admin` with `password` if users were never set up; whether it did."""
-    if await store.initialized():
+    if await store.initialized_at_quorum():
         return False
     await store.save(UserRecord(BOOTSTRAP_ADMIN, Role.ADMIN, await _hash(password)))
     log.info("created the first admin user %r (LIMEDB_BOOTSTRAP_ADMIN_PASSWORD)", BOOTSTRAP_ADMIN)

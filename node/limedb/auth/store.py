@@ -1,7 +1,7 @@
 """The users of the cluster, read through a short-lived cache of each user's key.
 
 Users are keys of the reserved namespace (limedb.auth.records), written and read through the
-node's `KeyValueService` at its default (quorum) consistency, so they are replicated, hinted,
+node's `KeyValueService` at quorum, so they are replicated, hinted,
 repaired and streamed like data, and survive any node's restart. Each node caches what it read
 for `ttl_s`: a change made through another node is seen here within that time, a change made
 through this node at once. A read that fails (no quorum) keeps using the copy it had, so a
@@ -19,6 +19,9 @@ from limedb.auth.records import INITIALIZED_KEY, USERS_PREFIX, UserRecord, name_
 from limedb.cluster.service import Consistency, KeyValueService, ServiceError
 
 log = logging.getLogger("limedb.auth")
+# Users are read and written at quorum whatever the node's default levels, so a change that was
+# acknowledged is what every later read finds.
+QUORUM = Consistency.QUORUM
 
 
 @dataclass(slots=True)
@@ -50,7 +53,7 @@ class UserStore:
         if cached is not None and now - cached.fetched < self.ttl_s:
             return cached.record
         try:
-            result = await self.service.get(user_key(name))
+            result = await self.service.get(user_key(name), QUORUM)
         except ServiceError:
             if cached is None:
                 raise
@@ -70,7 +73,7 @@ class UserStore:
         if now - self._initialized_checked < self.ttl_s:
             return False
         try:
-            result = await self.service.get(INITIALIZED_KEY)
+            result = await self.service.get(INITIALIZED_KEY, QUORUM)
         except ServiceError:
             # No quorum (peers down or still starting): the marker is written at quorum and
             # never removed, so any replica that has it answers right; one that lacks it may
@@ -80,20 +83,30 @@ class UserStore:
         self._initialized_checked = now
         return self._initialized
 
+    async def initialized_at_quorum(self) -> bool:
+        """Whether users were ever set up, read at quorum only (ServiceError otherwise): what
+        the first admin's creation decides on, so that a replica that missed the marker
+        never makes a node create `admin` again over a changed password."""
+        if self._initialized:
+            return True
+        result = await self.service.get(INITIALIZED_KEY, QUORUM)
+        self._initialized = result.value is not None
+        return self._initialized
+
     async def mark_initialized(self) -> None:
         if not self._initialized:
-            await self.service.put(INITIALIZED_KEY, b"1")
+            await self.service.put(INITIALIZED_KEY, b"1", consistency=QUORUM)
             self._initialized = True
 
     async def save(self, record: UserRecord) -> None:
         """Create or replace a user (the users namespace counts as set up from then on)."""
         await self.mark_initialized()
-        await self.service.put(user_key(record.name), record.encode())
+        await self.service.put(user_key(record.name), record.encode(), consistency=QUORUM)
         self._users[record.name] = _Cached(record, self.clock())
 
     async def remove(self, name: str) -> bool:
         """Delete a user; whether it existed."""
-        existed = await self.service.delete(user_key(name))
+        existed = await self.service.delete(user_key(name), QUORUM)
         self._users[name] = _Cached(None, self.clock())
         return existed
 
