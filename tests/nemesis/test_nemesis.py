@@ -24,7 +24,10 @@ from support.history import OK, READ, UNKNOWN, WRITE, History
 # Longer seeds that found bugs, kept by a focused test (too long for CI):
 # 7 (MINUTES=4): a node restarted after kill -9 onto a full disk died in its start-up pull of
 #    the ring record (tests/unit/cluster/test_ring_record_disk_full.py).
-CI_SEEDS = (1, 2, 3)
+# CI runs the two seeds that found bugs (each plan holds every fault kind and ring change);
+# other seeds run with `make nemesis SEED=N MINUTES=M`, as seed 2 did in CI until the suite
+# outgrew its 25-minute budget.
+CI_SEEDS = (1, 3)
 CI_MINUTES = 0.5  # one bag of faults: every kind once, about a minute
 
 
