@@ -14,26 +14,28 @@ from typing import Any, Protocol
 
 from limedb.cluster.background import BackgroundBudget
 from limedb.cluster.backup.progress import Pacer, Progress
-from limedb.cluster.backup.store import ObjectStore, sha256_of
-from limedb.hlc import HLC
-from limedb.storage.block_cache import BlockCache
-from limedb.storage.fs import RealFS
-from limedb.storage.sstable import TableReader
+from limedb.cluster.backup.store import ObjectStore
 
 log = logging.getLogger(__name__)
 
-TABLE_SUFFIX = ".sst"
+
+class CheckpointTable(Protocol):
+    name: str
+    size: int
+    sha256: str
+    entries: int
+
+
+class Checkpoint(Protocol):
+    """What limedb.storage's `Engine.checkpoint` returns (storage/checkpoint.py)."""
+
+    dir: str
+    tables: tuple[CheckpointTable, ...]
+    hlc: int
 
 
 class Checkpointing(Protocol):
-    hlc: HLC
-
-    def checkpoint(self, path: str) -> Any: ...
-
-
-def table_entries(path: str) -> int:
-    """The entry count in a table's footer (only footer, index and filter are read)."""
-    return TableReader(RealFS(), path, 0, BlockCache(0)).entries
+    def checkpoint(self, dest: str) -> Checkpoint: ...
 
 
 class NodeUpload:
@@ -59,6 +61,7 @@ class NodeUpload:
         self.error: str | None = None
         self.cut_hlc = 0
         self.tables: list[dict[str, Any]] = []
+        self._tables: tuple[CheckpointTable, ...] = ()
         self.progress = Progress()
         self.task: asyncio.Task | None = None
 
@@ -66,20 +69,19 @@ class NodeUpload:
         """The cut: every write this node acknowledged before now is in the checkpoint."""
         shutil.rmtree(self.dir, ignore_errors=True)
         os.makedirs(os.path.dirname(self.dir), exist_ok=True)
-        await asyncio.to_thread(self.engine.checkpoint, self.dir)
-        self.cut_hlc = self.engine.hlc.last
-        names = sorted(n for n in os.listdir(self.dir) if n.endswith(TABLE_SUFFIX))
-        self._names = names
-        self.progress.files_total = len(names)
-        self.progress.bytes_total = sum(os.path.getsize(self._path(n)) for n in names)
-
-    def _path(self, name: str) -> str:
-        return os.path.join(self.dir, name)
+        checkpoint = await asyncio.to_thread(self.engine.checkpoint, self.dir)
+        self.cut_hlc = checkpoint.hlc
+        self._tables = checkpoint.tables
+        self.progress.files_total = len(checkpoint.tables)
+        self.progress.bytes_total = sum(t.size for t in checkpoint.tables)
 
     async def upload(self) -> None:
         try:
-            for name in self._names:
-                self.tables.append(await self._upload_table(self._path(name)))
+            for table in self._tables:
+                await self._upload_table(table)
+                self.tables.append(
+                    {"sha256": table.sha256, "size": table.size, "entries": table.entries}
+                )
             self.state = "done"
         except Exception as exc:  # noqa: BLE001 - every failure becomes the job's status
             log.warning("backup %s: upload failed: %s", self.backup_id, exc)
@@ -89,23 +91,22 @@ class NodeUpload:
             self.progress.finished = time.monotonic()
             shutil.rmtree(self.dir, ignore_errors=True)
 
-    async def _upload_table(self, path: str) -> dict[str, Any]:
-        size = os.path.getsize(path)
-        sha, entries = await asyncio.to_thread(lambda: (sha256_of(path), table_entries(path)))
-        key = self.store.location.table_key(sha)
-        if await asyncio.to_thread(self.store.size_of, key) == size:
+    async def _upload_table(self, table: CheckpointTable) -> None:
+        key = self.store.location.table_key(table.sha256)
+        if await asyncio.to_thread(self.store.size_of, key) == table.size:
             self.progress.files_skipped += 1
         else:
+            path = os.path.join(self.dir, table.name)
 
             def put() -> None:
-                self.store.put_file(key, path, size, self._paced)
+                self.store.put_file(key, path, table.size, self._paced)
 
+            await self.budget.yield_to_clients()
             await self.budget.run(lambda: asyncio.to_thread(put))
-            self.progress.bytes_uploaded += size
+            self.progress.bytes_uploaded += table.size
         self.progress.files_done += 1
-        self.progress.bytes_done += size
-        self.progress.keys += entries
-        return {"sha256": sha, "size": size, "entries": entries}
+        self.progress.bytes_done += table.size
+        self.progress.keys += table.entries
 
     def _paced(self, nbytes: int) -> None:
         self.pacer.pace(nbytes)
