@@ -108,7 +108,10 @@ class Job:
             "backup_id": self.backup_id,
             "resumed_after": self.resumed_after,
             "progress": self.progress.to_json(),
-            "nodes": self.nodes,
+            "nodes": {
+                node_id: {k: v for k, v in reply.items() if k in ("state", "error", "progress")}
+                for node_id, reply in self.nodes.items()
+            },
         }
 
 
@@ -440,6 +443,7 @@ class Backups:
                 if chunk.done:
                     break
             await self._mark(target, {**marker, "complete": True})
+            job.progress.keys_total = job.progress.keys  # the estimate, now exact
         except asyncio.CancelledError:
             error = "the coordinating node stopped"
             raise
@@ -458,6 +462,10 @@ class Backups:
         self, job: Job, store: ObjectStore, backup: dict[str, Any], work: str
     ) -> list[str]:
         tables = manifests.tables_of(backup)
+        # Every key is in the backup about RF times: the estimate the fraction and ETA use.
+        job.progress.keys_total = backup.get("entries", 0) // max(
+            backup.get("replication_factor", 1), 1
+        )
         job.progress.files_total = len(tables)
         job.progress.bytes_total = sum(tables.values())
         os.makedirs(work, exist_ok=True)

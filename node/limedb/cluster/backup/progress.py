@@ -18,6 +18,7 @@ class Progress:
     bytes_done: int = 0
     bytes_uploaded: int = 0
     keys: int = 0
+    keys_total: int = 0  # a restore's estimate (progress then counts keys, not bytes)
     started: float = field(default_factory=time.monotonic)
     finished: float | None = None
 
@@ -36,6 +37,13 @@ class Progress:
         left = max(self.bytes_total - self.bytes_done, 0)
         eta = None if self.finished is None and rate <= 0 else (left / rate if rate else 0.0)
         fraction = self.bytes_done / self.bytes_total if self.bytes_total else 0.0
+        if self.keys_total:
+            fraction = self.keys / self.keys_total
+            keys_rate = self.keys / elapsed if elapsed > 0 else 0.0
+            left_s = max(self.keys_total - self.keys, 0) / keys_rate if keys_rate else None
+            eta = 0.0 if self.finished is not None else left_s
+        if self.finished is not None:
+            eta = 0.0
         return {
             "files_total": self.files_total,
             "files_done": self.files_done,
@@ -44,6 +52,7 @@ class Progress:
             "bytes_done": self.bytes_done,
             "bytes_uploaded": self.bytes_uploaded,
             "keys": self.keys,
+            "keys_total": self.keys_total,
             "elapsed_s": round(elapsed, 3),
             "rate": round(rate, 1),
             "eta_s": None if eta is None else round(eta, 1),
