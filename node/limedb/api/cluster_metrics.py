@@ -49,6 +49,8 @@ class ClusterCollector:
         yield from hint_families((stats.get("cluster") or {}).get("hints"))
         yield from repair_families(status.get("repair"))
         yield from verification_families(status.get("verification"))
+        if service.backups is not None:
+            yield from backup_families(service.backups.status())
 
     def _overload(self) -> Iterator[Metric]:
         admission = self._state.admission
@@ -210,3 +212,29 @@ def verification_families(verification: dict | None) -> Iterator[Metric]:
             last["finishedMs"] / 1000,
             labels,
         )
+
+
+def backup_families(status: dict) -> Iterator[Metric]:
+    """The backup or restore this node coordinates (running, else the last one): by kind,
+    whether it runs, and its bytes, files and keys done out of the total."""
+    job = status.get("current") or status.get("last")
+    if job is None:
+        return
+    labels = {"kind": job["kind"], "id": job["backup_id"] or job["id"]}
+    p = job["progress"]
+    yield _gauge("limedb_backup_running", "1 while this node coordinates a backup or restore",
+                 1 if job["phase"] == "running" else 0, labels)  # fmt: skip
+    yield _gauge("limedb_backup_failed", "1 if the last backup or restore failed",
+                 1 if job["phase"] == "failed" else 0, labels)  # fmt: skip
+    for name, text in (
+        ("bytes_done", "bytes uploaded, skipped or downloaded"),
+        ("bytes_total", "bytes the backup or restore moves in all"),
+        ("bytes_uploaded", "bytes a backup uploaded (the rest were in the bucket)"),
+        ("files_done", "tables done"),
+        ("files_total", "tables in all"),
+        ("keys", "keys backed up (entries) or restored"),
+        ("rate", "bytes per second"),
+    ):
+        yield _gauge(f"limedb_backup_{name}", text, p[name], labels)
+    if p.get("eta_s") is not None:
+        yield _gauge("limedb_backup_eta_seconds", "estimated seconds left", p["eta_s"], labels)
