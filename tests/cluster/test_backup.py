@@ -14,6 +14,7 @@ again. Nodes stream (and so upload) at 2 MB/s, so that the kills land mid-way.
 from __future__ import annotations
 
 import concurrent.futures
+import os
 import subprocess
 import sys
 import time
@@ -68,7 +69,7 @@ class Source:
 
 
 def cli(s3: S3Server, *args: str, timeout_s: float = 300) -> subprocess.CompletedProcess:
-    env = {"PATH": "/usr/bin:/bin", "LIMEDB_CLUSTER_SECRET": SECRET, **s3.env()}
+    env = {**os.environ, "LIMEDB_CLUSTER_SECRET": SECRET, **s3.env()}
     return subprocess.run(
         [LIMEDB, "admin", "backup", *args], env=env, capture_output=True, text=True,
         timeout=timeout_s,
@@ -283,7 +284,7 @@ def test_restore_into_five_nodes_rf3_survives_a_killed_coordinator_and_then_comp
     try:
         args = ["restore", "--from", source.location, "--backup", source.backup_id,
                 "--endpoint", s3.endpoint]  # fmt: skip
-        env = {"PATH": "/usr/bin:/bin", "LIMEDB_CLUSTER_SECRET": SECRET, **s3.env()}
+        env = {**os.environ, "LIMEDB_CLUSTER_SECRET": SECRET, **s3.env()}
         waiting = subprocess.Popen(
             [LIMEDB, "admin", "backup", *args, "--url", target.urls[0]], env=env,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
