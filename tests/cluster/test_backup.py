@@ -169,10 +169,7 @@ def test_a_backup_under_write_load_holds_every_acknowledged_write_and_verifies(
     s3 = source.s3
     manifest = manifest_of(s3, source.location, source.backup_id)
     assert manifest is not None and manifest["complete"]
-    assert (
-        set(manifest["nodes"]) == {n.url for n in source.cluster.nodes}
-        or len(manifest["nodes"]) == 3
-    )
+    assert len(manifest["nodes"]) == 3
     assert manifest["replication_factor"] == 3 and manifest["ring"]["epoch"] >= 1
     assert manifest["cut_hlc"]["min"] > 0 and manifest["duration_s"] > 0
     assert manifest["bytes"] == manifest["bytes_uploaded"] > 0  # a first backup uploads all
@@ -183,8 +180,8 @@ def test_a_backup_under_write_load_holds_every_acknowledged_write_and_verifies(
     assert source.backup_id in listed
 
     contents = backup_contents(s3, source.location, source.backup_id, tmp_path / "tables")
-    for key, value in source.expected.items():
-        ts, stored, expires = contents[key]
+    for key, value in source_expected_at_backup(source).items():
+        _ts, stored, expires = contents[key]
         assert stored == value, key
         i = int(key.split("-")[1])
         assert (expires > 0) == (has_ttl(i) and not deleted(i)), key
