@@ -70,10 +70,10 @@ def run_admin(url: str, secret: str | None, call: Callable[[Any], dict]) -> dict
         try:
             return call(client)
         except Refused as exc:
-            err.print(f"[red]refused:[/red] {exc}", highlight=False)
+            err.print(f"[red]refused:[/red] {exc}", highlight=False, soft_wrap=True)
             sys.exit(3)
         except LimeDBError as exc:
-            err.print(f"[red]error:[/red] {exc}", highlight=False)
+            err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
             sys.exit(2)
 
 

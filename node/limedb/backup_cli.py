@@ -140,7 +140,7 @@ def _follow(url: str, secret: str | None, job: dict) -> dict:
                     live.stop()
                     err.print(
                         f"[red]lost {url}[/red], which coordinates {job['kind']} {job['id']}: "
-                        f"{exc}. It is not complete; run it again.", highlight=False,
+                        f"{exc}. It is not complete; run it again.", highlight=False, soft_wrap=True,
                     )  # fmt: skip
                     sys.exit(1)
                 continue
@@ -148,7 +148,7 @@ def _follow(url: str, secret: str | None, job: dict) -> dict:
             if found is None:
                 live.stop()
                 err.print(f"[red]{url} no longer knows {job['id']}[/red] (restarted?): it is "
-                          "not complete; run it again.", highlight=False)  # fmt: skip
+                          "not complete; run it again.", highlight=False, soft_wrap=True)  # fmt: skip
                 sys.exit(1)
             job = found
             if tty:
@@ -156,7 +156,8 @@ def _follow(url: str, secret: str | None, job: dict) -> dict:
     if not tty:
         out.print(_job_line(job), highlight=False, soft_wrap=True)
     if job["phase"] != "complete":
-        err.print(f"[red]{job['kind']} failed:[/red] {job['error']}", highlight=False)
+        err.print(f"[red]{job['kind']} failed:[/red] {job['error']}", highlight=False,
+                  soft_wrap=True)  # fmt: skip
         sys.exit(1)
     return job
 

@@ -244,7 +244,7 @@ def check_restored(target: Cluster, source: Source, expected: dict[str, bytes | 
     # Timestamps and expiry are the originals.
     for i in range(3, 3000, 97):
         key = key_name(i)
-        if expected[key] is None:
+        if expected[key] is None or i % 100 == 0:  # deleted, or changed since the backup
             continue
         was = source.cluster.client.get(f"{source.cluster.urls[0]}/v1/kv/{key}")
         now = client.get(f"{urls[-1]}/v1/kv/{key}")
@@ -260,7 +260,7 @@ def check_restored(target: Cluster, source: Source, expected: dict[str, bytes | 
         while True:
             params = {"limit": 10_000, **({"after": after} if after else {})}
             page = client.get(f"{url}/admin/keys", params=params).json()
-            copies += len(page["keys"])
+            copies += sum(1 for key in page["keys"] if key in expected)
             after = page["next"]
             if after is None:
                 break
@@ -355,13 +355,13 @@ def test_a_node_killed_mid_backup_rejoins_the_backup_which_completes(source: Sou
         started = client.post(f"{cluster.urls[0]}/admin/backup", json=body)
         assert started.status_code == 202, started.text
         backup_id = started.json()["job"]["backup_id"]
-        victim = cluster.nodes[2]
+        victim, victim_node_id = cluster.nodes[2], victim_id(cluster, 2)
         victim.kill()  # kill -9 a participant mid-upload
         job = client.get(f"{cluster.urls[0]}/admin/backup/status").json()["current"]
         assert job is not None and job["phase"] == "running"
         wait_for(
             lambda: client.get(f"{cluster.urls[0]}/admin/backup/status").json()["current"]
-            ["nodes"][victim_id(cluster, 2)]["state"] == "unreachable",
+            ["nodes"][victim_node_id]["state"] == "unreachable",
             20, "the coordinator to see the killed node unreachable",
         )  # fmt: skip
         assert manifest_of(s3, location, backup_id) is None  # not complete: no manifest
