@@ -276,14 +276,9 @@ class Backups:
             log.info("backup %s %s%s", job.id, job.phase, f": {error}" if error else "")
 
     async def _start_upload(self, node_id: str, request: dict[str, Any]) -> dict[str, Any]:
-        try:
-            reply = await self._ask(node_id, "upload", request)
-        except rpc.RpcError as exc:
-            raise JobFailed(f"node {node_id} refused the backup: {exc}") from exc
-        except Exception as exc:
-            if _unreachable(exc):
-                raise JobFailed(f"node {node_id} is unreachable: {exc}") from exc
-            raise
+        """Ask `node_id` to checkpoint and upload (idempotent: a node that has the job
+        answers with it), through lost connections for up to PEER_TIMEOUT_S."""
+        reply = await self._retrying(node_id, lambda: self._ask(node_id, "upload", request))
         if reply.get("state") == "refused":
             raise JobFailed(f"node {node_id} refused the backup: {reply.get('error')}")
         return reply
