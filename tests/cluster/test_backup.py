@@ -86,7 +86,9 @@ def start_cluster(base: Path, count: int, first_host: int, name: str) -> Cluster
     for node in nodes:
         node.env = dict(ENV)
     cluster = Cluster(nodes, httpx.Client(timeout=30.0, headers=SECRET_HEADERS))
-    cluster.start()
+    for node in nodes:
+        node.start()
+    cluster.wait_ready(timeout_s=120)  # five nodes starting at once on two busy cores
     return cluster
 
 
