@@ -366,17 +366,19 @@ def test_a_node_killed_mid_backup_rejoins_the_backup_which_completes(source: Sou
         assert started.status_code == 202, started.text
         backup_id = started.json()["job"]["backup_id"]
         victim, victim_node_id = cluster.nodes[2], victim_id(cluster, 2)
+
+        def victim_state() -> str:
+            status = client.get(f"{cluster.urls[0]}/admin/backup/status").json()
+            assert status["current"] is not None, f"the backup ended: {status['last']}"
+            return status["current"]["nodes"][victim_node_id]["state"]
+
+        wait_for(lambda: victim_state() == "running", 60, "the victim's upload to start")
         victim.kill()  # kill -9 a participant mid-upload
-        job = client.get(f"{cluster.urls[0]}/admin/backup/status").json()["current"]
-        assert job is not None and job["phase"] == "running"
-        wait_for(
-            lambda: client.get(f"{cluster.urls[0]}/admin/backup/status").json()["current"]
-            ["nodes"][victim_node_id]["state"] == "unreachable",
-            20, "the coordinator to see the killed node unreachable",
-        )  # fmt: skip
+        wait_for(lambda: victim_state() == "unreachable", 20,
+                 "the coordinator to see the killed node unreachable")  # fmt: skip
         assert manifest_of(s3, location, backup_id) is None  # not complete: no manifest
         victim.start()
-        cluster.wait_ready()
+        cluster.wait_ready(timeout_s=120)
 
         def ended() -> dict | None:
             status = client.get(f"{cluster.urls[0]}/admin/backup/status").json()

@@ -243,6 +243,7 @@ class Backups:
             "epoch": target.epoch,
         }
         error = None
+        job.nodes = {node_id: {"state": "starting"} for node_id in target.members}
         try:
             for node_id in target.members:
                 job.nodes[node_id] = await self._start_upload(node_id, request)
