@@ -72,7 +72,8 @@ class VerificationRefused(Exception):
 
 
 class Superseded(Exception):
-    """The ring moved to a newer epoch while the verification ran."""
+    """The ring moved to a newer epoch while the verification ran: its result is not
+    recorded (the next transition moves those ranges again and is verified itself)."""
 
 
 def encode_roots_request(cutoff: int, ranges: list[tuple[int, int]]) -> bytes:
@@ -225,6 +226,8 @@ class Verifier:
     async def _after(self, t: Transition) -> None:
         try:
             await self.run(t.new_ring.epoch, transition_pieces(t), t, "transition")
+        except Superseded as exc:
+            log.info("verification of transition %s abandoned: %s", t.id, exc)
         except Exception:
             log.exception("verification of transition %s failed", t.id)
 
@@ -246,7 +249,10 @@ class Verifier:
             epoch, pieces, t = pieces_for_epoch(state.ring, state.rf, state.transition, epoch)
         except NothingToVerify as exc:
             raise VerificationRefused(str(exc)) from exc
-        return await self.run(epoch, pieces, t, "on-demand")
+        try:
+            return await self.run(epoch, pieces, t, "on-demand")
+        except Superseded as exc:
+            raise VerificationRefused(str(exc)) from exc
 
     async def run(
         self, epoch: int, pieces: list[Piece], t: Transition | None, trigger: str
@@ -256,10 +262,11 @@ class Verifier:
             self.running = f"epoch {epoch} ({trigger})"
             try:
                 await self._check_and_repair(tally, epoch, pieces)
+            except Superseded:
+                raise  # nothing to record: those ranges are being moved again
             except Exception as exc:
                 tally.error = f"{type(exc).__name__}: {exc}"
-                if not isinstance(exc, Superseded):
-                    log.exception("verification of epoch %d failed", epoch)
+                log.exception("verification of epoch %d failed", epoch)
             finally:
                 self.running = None
             verification = self._record(tally, epoch, pieces, t, trigger)
@@ -323,6 +330,7 @@ class Verifier:
             raise Superseded(f"the ring moved to epoch {now} before the verification finished")
 
     async def _check_and_repair(self, tally: Tally, epoch: int, pieces: list[Piece]) -> None:
+        self._still_current(epoch)  # a run queued behind another may start too late
         differing = await self._compare(tally, pieces)
         tally.checked = len(pieces) - len(tally.unchecked)
         tally.differing = len(differing)

@@ -28,6 +28,7 @@ from limedb.cluster.verification import (
 )
 from limedb.cluster.verifier import (
     ROOT,
+    Superseded,
     Verifier,
     decode_roots,
     decode_roots_request,
@@ -94,7 +95,7 @@ def test_outcome_is_failed_when_anything_went_unchecked_else_repaired_or_ok():
     assert outcome(0, 0, 2, None) == "repaired"
     assert outcome(1, 0, 2, None) == "failed"
     assert outcome(0, 1, 0, None) == "failed"
-    assert outcome(0, 0, 0, "Superseded: the ring moved") == "failed"
+    assert outcome(0, 0, 0, "OSError: no space left") == "failed"
 
 
 def _record(**overrides) -> Verification:
@@ -297,3 +298,14 @@ def test_damaged_leaves_become_pieces_with_adjacent_leaves_merged():
     tree = MerkleTree.build([], 0, 799, 3)  # 8 leaves of 100 tokens
     pieces = leaf_pieces(tree, [1, 2, 5], ("a", "b"))
     assert pieces == [Piece(100, 299, ("a", "b")), Piece(500, 599, ("a", "b"))]
+
+
+def test_a_run_for_an_epoch_the_ring_has_left_records_nothing(tmp_path):
+    async def scenario(peers: dict[str, Replica]) -> None:
+        verifier = peers["a"].verifier  # its ring is at epoch 1
+        with pytest.raises(Superseded):
+            await verifier.run(2, EVERYTHING, None, "transition")
+        assert verifier.last is None and verifier.runs == {"ok": 0, "repaired": 0, "failed": 0}
+        assert peers["b"].verifier.last is None
+
+    _with_replicas(tmp_path, scenario)
