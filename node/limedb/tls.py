@@ -124,6 +124,12 @@ class TlsMaterial:
     def takes_plaintext(self, listener: str) -> bool:
         return self.modes[listener] != "required"
 
+    def server_context(self, listener: str) -> ssl.SSLContext:
+        """The current context `listener` serves with: mutual TLS on "internal"."""
+        return (
+            self.contexts.internal_server if listener == "internal" else self.contexts.public_server
+        )
+
     def refresh(self) -> bool:
         """Reload when a file changed since the last load; True when new contexts are in use."""
         try:

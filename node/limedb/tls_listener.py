@@ -20,6 +20,10 @@ import logging
 import socket
 import ssl
 from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from limedb.tls import TlsMaterial
 
 log = logging.getLogger("limedb.tls")
 
@@ -191,3 +195,29 @@ class SniffingListener:
         """Wait for the handshakes under way (each is bounded by its timeout)."""
         if self._handshakes:
             await asyncio.wait(list(self._handshakes))
+
+
+async def listen(
+    factory: Callable[[], asyncio.BaseProtocol],
+    host: str,
+    port: int,
+    *,
+    backlog: int,
+    tls: TlsMaterial | None,
+    listener: str,
+) -> asyncio.base_events.Server | SniffingListener:
+    """`factory`'s protocol served on (host, port) for `listener` ("resp", "internal"): behind a
+    SniffingListener registered in `tls.listeners` when TLS serves that listener, else on
+    asyncio's plain server."""
+    if tls is None or not tls.serves(listener):
+        loop = asyncio.get_running_loop()
+        return await loop.create_server(factory, host, port, reuse_address=True, backlog=backlog)
+    sniffing = SniffingListener(
+        factory,
+        lambda: tls.server_context(listener),
+        plaintext=tls.takes_plaintext(listener),
+        name="RPC" if listener == "internal" else listener.upper(),
+    )
+    tls.listeners[listener] = sniffing
+    await sniffing.start(host, port, backlog=backlog)
+    return sniffing

@@ -36,7 +36,7 @@ from functools import partial
 
 from limedb.cluster import deadline
 from limedb.tls import TlsMaterial
-from limedb.tls_listener import SniffingListener
+from limedb.tls_listener import SniffingListener, listen
 
 log = logging.getLogger(__name__)
 
@@ -231,22 +231,14 @@ class RpcServer:
         self._handlers[kind] = handler
 
     async def start(self, host: str, port: int) -> None:
-        tls = self._tls
-        if tls is not None:
-            listener = SniffingListener(
-                lambda: _ServerProtocol(self),
-                lambda: tls.contexts.internal_server,
-                plaintext=tls.takes_plaintext("internal"),
-                name="RPC",
-            )
-            tls.listeners["internal"] = listener
-            await listener.start(host, port, backlog=512)
-            self._server = listener
-        else:
-            loop = asyncio.get_running_loop()
-            self._server = await loop.create_server(
-                lambda: _ServerProtocol(self), host, port, reuse_address=True, backlog=512
-            )
+        self._server = await listen(
+            lambda: _ServerProtocol(self),
+            host,
+            port,
+            backlog=512,
+            tls=self._tls,
+            listener="internal",
+        )
         self.stalls.start()
 
     @property

@@ -50,7 +50,7 @@ from limedb.resp.protected import denies, refuse
 from limedb.resp.session import Session
 from limedb.tasks import cancel_and_wait
 from limedb.tls import TlsMaterial
-from limedb.tls_listener import SniffingListener
+from limedb.tls_listener import SniffingListener, listen
 
 log = logging.getLogger("limedb.resp")
 
@@ -596,22 +596,9 @@ class RespServer:
         self._sweeper: asyncio.Task | None = None
 
     async def start(self, host: str, port: int) -> None:
-        tls = self.tls
-        if tls is not None and tls.serves("resp"):
-            listener = SniffingListener(
-                lambda: RespConnection(self),
-                lambda: tls.contexts.public_server,
-                plaintext=tls.takes_plaintext("resp"),
-                name="RESP",
-            )
-            tls.listeners["resp"] = listener
-            await listener.start(host, port, backlog=1024)
-            self._server = listener
-        else:
-            loop = asyncio.get_running_loop()
-            self._server = await loop.create_server(
-                lambda: RespConnection(self), host, port, reuse_address=True, backlog=1024
-            )
+        self._server = await listen(
+            lambda: RespConnection(self), host, port, backlog=1024, tls=self.tls, listener="resp"
+        )
         if self.limits.idle_timeout_s > 0:
             self._sweeper = asyncio.create_task(self._close_idle(), name="resp-idle-sweeper")
         log.info("RESP listener on %s:%d", host, self.port)
