@@ -164,7 +164,7 @@ def main() -> int:
     if not args.no_doc:
         table = "\n".join(f"| {name} | {value} |" for name, value in rows)
         intro = (
-            f"`benchmarks/bench_backup.py{' --quick' if args.quick else ''}`, "
+            f"`benchmarks/bench_backup.py{''.join(' ' + a for a in sys.argv[1:])}`, "
             f"{time.strftime('%Y-%m-%d')}: a 3-node RF=3 cluster backed up to SeaweedFS on "
             f"loopback under a constant 50/50 read/write wrk load ({args.connections} "
             f"connections); every process shares this machine's cores (durability "
