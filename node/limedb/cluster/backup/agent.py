@@ -165,6 +165,8 @@ class Backups:
         self.uploads: dict[str, NodeUpload] = {}
         self.current: Job | None = None
         self.last: Job | None = None
+        # Held while a backup or restore starts: two asked at once cannot both pass _claim.
+        self._starting = asyncio.Lock()
         # Checkpoints and downloads of a run this process did not finish are garbage.
         for leftover in ("checkpoints", "restore-work"):
             shutil.rmtree(os.path.join(self.dir, leftover), ignore_errors=True)
@@ -219,6 +221,10 @@ class Backups:
     # ------------------------------------------------------------------ backup
 
     async def start_backup(self, location: Location, credentials: dict[str, str]) -> Job:
+        async with self._starting:
+            return await self._start_backup(location, credentials)
+
+    async def _start_backup(self, location: Location, credentials: dict[str, str]) -> Job:
         self._claim()
         target, _ = self._target()
         store = ObjectStore(location, credentials)
@@ -322,6 +328,16 @@ class Backups:
     # ------------------------------------------------------------------ restore
 
     async def start_restore(
+        self,
+        location: Location,
+        credentials: dict[str, str],
+        backup_id: str | None,
+        merge: bool,
+    ) -> Job:
+        async with self._starting:
+            return await self._start_restore(location, credentials, backup_id, merge)
+
+    async def _start_restore(
         self,
         location: Location,
         credentials: dict[str, str],

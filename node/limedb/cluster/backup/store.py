@@ -65,14 +65,6 @@ class PacedReader:
         return self._file.tell()
 
 
-def sha256_of(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 class ObjectStore:
     """One bucket of an S3-compatible store, at `location`."""
 
