@@ -37,7 +37,10 @@ function el(tag, attrs = {}, ...children) {
 async function api(path) {
   const headers = {};
   if (view.secret) headers["X-Cluster-Secret"] = view.secret;
-  const response = await fetch(path, { headers, cache: "no-store" });
+  // credentials "omit": the page authenticates with its header only, and a 401 that carries a
+  // Basic challenge (the node's, once client authentication exists) must come back to this code
+  // instead of opening the browser's own password dialog, which would block the fetch.
+  const response = await fetch(path, { headers, cache: "no-store", credentials: "omit" });
   if (response.status === 401) throw new AuthError("the cluster secret was refused");
   if (!response.ok) throw new Error(`${path} answered ${response.status}`);
   return response.json();
