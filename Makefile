@@ -52,9 +52,10 @@ kube-down:
 	bash scripts/kube-down.sh
 
 ## test: install everything the tests need, then run the whole suite
+## (scripts/test-lanes.sh: the Kubernetes tier and the rest run side by side)
 test: $(STAMP) system-deps k8s-tools seaweedfs image
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	bash scripts/test-lanes.sh $(PYTEST_ARGS)
 
 # The suite in tiers, by marker (tests/conftest.py makes every test that starts a process
 # carry one): in-process only; real node processes, namespaces, redis; the control plane.
