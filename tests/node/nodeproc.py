@@ -21,6 +21,7 @@ from typing import TypeVar
 
 import httpx
 from support.descriptors import nofile_at_start
+from support.orphans import die_with_parent
 from support.wait import wait_for
 
 LIMEDB = str(Path(sys.executable).with_name("limedb"))
@@ -74,7 +75,7 @@ class NodeProcess:
             *self.extra_args,
         ]  # fmt: skip
         log = self.log_path.open("ab")
-        preexec = None if self.nofile is None else nofile_at_start(self.nofile)
+        preexec = die_with_parent(None if self.nofile is None else nofile_at_start(self.nofile))
         self.proc = subprocess.Popen(
             args, env=env, stdout=log, stderr=subprocess.STDOUT, preexec_fn=preexec
         )

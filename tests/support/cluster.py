@@ -22,6 +22,7 @@ import httpx
 
 from support.descriptors import nofile_at_start
 from support.history import DELETE, FAIL, OK, READ, UNKNOWN, WRITE
+from support.orphans import die_with_parent
 from support.wait import wait_for
 
 SERVE = [str(Path(sys.executable).with_name("limedb")), "serve"]
@@ -69,8 +70,9 @@ class Node:
         return f"{self.scheme}://{self.host}:{self.port}"
 
     def preexec(self) -> Callable[[], None] | None:
-        """What the child runs before exec (the descriptor limit), for subprocess.Popen."""
-        return None if self.nofile is None else nofile_at_start(self.nofile)
+        """What the child runs before exec (die with pytest, the descriptor limit), for
+        subprocess.Popen."""
+        return die_with_parent(None if self.nofile is None else nofile_at_start(self.nofile))
 
     def serve_command(self) -> list[str]:
         """The `limedb serve` command line of this node."""
