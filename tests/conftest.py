@@ -22,7 +22,7 @@ PROCESS_FIXTURES = frozenset(
         "make_cluster", "fleet", "cluster", "three", "tls_three",  # tests/cluster, faults
         "netlab", "small_disk", "disks",  # network namespaces, tmpfs data dirs
         "redis_reference", "limedb_single", "limedb_three", "limited",  # tests/resp
-        "control_plane", "operator", "kube",  # tests/k8s
+        "control_plane", "operator", "kube", "s3_on_node",  # tests/k8s
         "browser",  # tests/ui: a headless Chromium
         "s3_server",  # SeaweedFS's weed server -s3 (tests/support/s3.py)
     }

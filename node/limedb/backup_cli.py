@@ -33,7 +33,6 @@ from limedb.admin_cli import (
 )
 
 LOST_AFTER_S = 15.0
-PENDING_MAX_AGE_S = 6 * 3600.0
 
 endpoint_option = click.option(
     "--endpoint", envvar="AWS_ENDPOINT_URL_S3", default=None, help="S3 endpoint URL."
@@ -67,13 +66,9 @@ def _store(location: str, endpoint: str | None):  # noqa: ANN202 - deferred impo
 
 
 def _manifests(store: Any) -> list[dict]:
-    found = []
-    for obj in store.list("backups"):
-        if obj.key.endswith(".json"):
-            body = store.get_json(obj.key)
-            if body is not None:
-                found.append(body)
-    return sorted(found, key=lambda m: (m["finished_ms"], m["id"]))
+    from limedb.cluster.backup.retention import complete_backups
+
+    return complete_backups(store)
 
 
 def _store_call(call: Any) -> Any:
@@ -305,6 +300,7 @@ def delete(
 ) -> None:  # fmt: skip
     """Delete backups by id or by retention, then every table no kept backup references."""
     from limedb.cluster.backup import manifest as manifests
+    from limedb.cluster.backup import retention
 
     try:
         age_s = None if older_than is None else manifests.parse_duration(older_than)
@@ -322,25 +318,18 @@ def delete(
     doomed = set(backup_ids) | set(
         manifests.expired(found, keep_last, age_s, int(time.time() * 1000))
     )
-    kept = [m for m in found if m["id"] not in doomed]
-    stored = _store_call(lambda: list(store.list("tables")))
-    orphans = manifests.unreferenced((o.key.rsplit("/", 1)[-1] for o in stored), kept)
-    pending = [
-        o for o in _store_call(lambda: list(store.list("pending")))
-        if time.time() - o.modified_s < PENDING_MAX_AGE_S
-    ]  # fmt: skip
-    for backup_id in sorted(doomed):
+    deletion = _store_call(lambda: retention.plan(store, doomed, found))
+    for backup_id in deletion.doomed:
         out.print(f"{'would delete' if dry_run else 'deleting'} backup {backup_id}")
-    if pending:
-        out.print(f"{len(pending)} backup(s) running: unreferenced tables are kept for now")
-        orphans = []
+    if deletion.running:
+        out.print(f"{deletion.running} backup(s) running: unreferenced tables are kept for now")
     if dry_run:
-        out.print(f"would delete {len(orphans)} unreferenced tables")
+        out.print(f"would delete {len(deletion.orphans)} unreferenced tables")
         return
-    _store_call(lambda: store.delete([store.location.manifest_key(b) for b in sorted(doomed)]))
-    _store_call(lambda: store.delete([store.location.table_key(sha) for sha in orphans]))
+    _store_call(lambda: retention.carry_out(store, deletion))
     out.print(
-        f"deleted {len(doomed)} backups and {len(orphans)} tables; kept {len(kept)} backups",
+        f"deleted {len(deletion.doomed)} backups and {len(deletion.orphans)} tables; "
+        f"kept {len(deletion.kept)} backups",
         highlight=False,
     )
 

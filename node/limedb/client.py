@@ -301,10 +301,15 @@ class Client:
     # Backups (docs/backup.md): the node asked coordinates; follow with backup_status().
 
     def backup_create(
-        self, to: str, *, endpoint: str | None = None, credentials: dict[str, str] | None = None
+        self,
+        to: str,
+        *,
+        endpoint: str | None = None,
+        credentials: dict[str, str] | None = None,
+        region: str | None = None,
     ) -> dict[str, Any]:
         """Start a backup of the cluster to s3://bucket/prefix; returns {"job": {...}}."""
-        body = {"to": to, "endpoint": endpoint, "credentials": credentials}
+        body = {"to": to, "endpoint": endpoint, "credentials": credentials, "region": region}
         return _admin_result(self._request("POST", "/admin/backup", json=body))
 
     def backup_restore(
@@ -315,10 +320,11 @@ class Client:
         endpoint: str | None = None,
         credentials: dict[str, str] | None = None,
         merge: bool = False,
+        region: str | None = None,
     ) -> dict[str, Any]:
         """Start restoring a backup (default: the newest) into this cluster."""
         body = {"from": source, "backup": backup, "endpoint": endpoint,
-                "credentials": credentials, "merge": merge}  # fmt: skip
+                "credentials": credentials, "merge": merge, "region": region}  # fmt: skip
         return _admin_result(self._request("POST", "/admin/restore", json=body))
 
     def backup_status(self) -> dict[str, Any]:

@@ -73,3 +73,61 @@ def set_replication_factor(coordinator_url: str, rf: int, secret: str | None) ->
         close = getattr(client, "close", None)
         if close:
             close()
+
+
+# Backups (docs/backup.md): the node asked coordinates the backup or restore; its
+# `GET /admin/backup/status` follows it ({"current", "last"}: jobs with id, phase, progress).
+
+
+class StartRefused(Exception):
+    """The node would not start a backup or restore: `code` is its HTTP status (409 refused,
+    404 no such backup, 502 the object store failed, 400 a bad location)."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _start(url: str, secret: str | None, call: str, *args: Any, **kwargs: Any) -> dict[str, Any]:
+    from limedb.client import BadRequest, Refused
+
+    client = _client(url, secret)
+    try:
+        return getattr(client, call)(*args, **kwargs)["job"]
+    except Refused as e:
+        raise StartRefused(409, str(e)) from e
+    except BadRequest as e:
+        raise StartRefused(e.status, str(e)) from e
+    finally:
+        client.close()
+
+
+def start_backup(
+    url: str, secret: str | None, to: str, endpoint: str | None, region: str | None,
+    credentials: dict[str, str],
+) -> dict[str, Any]:  # fmt: skip
+    """Ask the node at `url` to back the cluster up to `to`; its job ({"id", "backup_id", ...})."""
+    return _start(url, secret, "backup_create", to, endpoint=endpoint, region=region,
+                  credentials=credentials or None)  # fmt: skip
+
+
+def start_restore(
+    url: str, secret: str | None, source: str, backup: str | None, endpoint: str | None,
+    region: str | None, credentials: dict[str, str],
+) -> dict[str, Any]:  # fmt: skip
+    """Ask the node at `url` to restore backup `backup` (None: the newest) of `source`."""
+    return _start(url, secret, "backup_restore", source, backup=backup, endpoint=endpoint,
+                  region=region, credentials=credentials or None)  # fmt: skip
+
+
+def backup_status(url: str, secret: str | None) -> dict[str, Any] | None:
+    """The node's running and last backup or restore, None when it does not answer."""
+    try:
+        client = _client(url, secret, STATUS_TIMEOUT_S)
+        try:
+            return client.backup_status()
+        finally:
+            client.close()
+    except Exception as e:  # restarting, or gone: the caller decides what that means
+        log.info("backup status from %s failed: %s", url, e)
+        return None

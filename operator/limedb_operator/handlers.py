@@ -7,11 +7,14 @@ from typing import Any
 
 import kopf
 
-from limedb_operator import manifests, reconcile
+from limedb_operator import backup_reconcile, backups, manifests, reconcile
 from limedb_operator.kube import Kube, load_config
 
 RESOURCE = (manifests.GROUP, manifests.VERSION, manifests.PLURAL)
+BACKUP = (manifests.GROUP, manifests.VERSION, backups.BACKUP_PLURAL)
+SCHEDULE = (manifests.GROUP, manifests.VERSION, backups.SCHEDULE_PLURAL)
 INTERVAL = 2.0
+SCHEDULE_INTERVAL = 5.0  # @every schedules are at least cron.EVERY_MIN_S apart
 _kube: Kube | None = None
 
 
@@ -62,3 +65,28 @@ def converge(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
     tick runs as soon as a LimeCluster appears, so no separate create handler is needed (it
     would race this one)."""
     _step(body, patch)
+
+
+def _post(body: kopf.Body, patch: kopf.Patch, result: backup_reconcile.Result) -> None:
+    if result.status:
+        patch.status.update(result.status)
+    for kind, reason, message in result.events:
+        kopf.event(body, type=kind, reason=reason, message=message)
+
+
+def _unfinished(status: kopf.Status, **_: Any) -> bool:
+    return status.get("phase") not in backups.TERMINAL
+
+
+@kopf.timer(*BACKUP, interval=INTERVAL, when=_unfinished)
+def backup(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
+    """Start the backup through a Ready node of the cluster, then follow it to its end; a
+    Completed or Failed LimeBackup is left alone."""
+    _post(body, patch, backup_reconcile.reconcile_backup(_client(), body, backup_reconcile.now_utc()))
+
+
+@kopf.timer(*SCHEDULE, interval=SCHEDULE_INTERVAL)
+def backup_schedule(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
+    """Create a LimeBackup when the schedule is due, prune beyond keepLast."""
+    now = backup_reconcile.now_utc()
+    _post(body, patch, backup_reconcile.reconcile_schedule(_client(), body, now))

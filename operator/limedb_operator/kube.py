@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import kubernetes
-from kubernetes.client import ApiClient, AppsV1Api, CoreV1Api
+from kubernetes.client import ApiClient, AppsV1Api, CoreV1Api, CustomObjectsApi
 from kubernetes.client.rest import ApiException
 
 from limedb_operator import manifests
@@ -69,6 +69,7 @@ class Kube:
         self.api = api or ApiClient()
         self.core = CoreV1Api(self.api)
         self.apps = AppsV1Api(self.api)
+        self.custom = CustomObjectsApi(self.api)
 
     def apply(self, obj: Mapping[str, Any], owner: Mapping[str, Any]) -> None:
         """Server-side apply: declarative, idempotent, and it drops fields we stop setting."""
@@ -187,3 +188,52 @@ class Kube:
             found = self.core.read_namespaced_secret(secret_name, namespace)
             return base64.b64decode(found.data[key]).decode()
         return token
+
+    def secret_data(self, name: str, namespace: str) -> dict[str, str] | None:
+        """The decoded data of Secret `name` (read by name: no list on secrets), None if none."""
+        try:
+            found = self.core.read_namespaced_secret(name, namespace)
+        except ApiException as e:
+            if e.status == 404:
+                return None
+            raise
+        return {k: base64.b64decode(v).decode() for k, v in (found.data or {}).items()}
+
+    # LimeBackup and LimeBackupSchedule objects (group limedb.io, the operator's version).
+
+    def lime_object(self, plural: str, name: str, namespace: str) -> dict[str, Any] | None:
+        try:
+            return self.custom.get_namespaced_custom_object(
+                manifests.GROUP, manifests.VERSION, namespace, plural, name
+            )
+        except ApiException as e:
+            if e.status == 404:
+                return None
+            raise
+
+    def lime_objects(self, plural: str, namespace: str, selector: str) -> list[dict[str, Any]]:
+        listed = self.custom.list_namespaced_custom_object(
+            manifests.GROUP, manifests.VERSION, namespace, plural, label_selector=selector
+        )
+        return list(listed.get("items") or [])
+
+    def create_lime_object(self, plural: str, body: Mapping[str, Any]) -> bool:
+        """Create `body`; False when it exists already (a retried tick)."""
+        try:
+            self.custom.create_namespaced_custom_object(
+                manifests.GROUP, manifests.VERSION, body["metadata"]["namespace"], plural, body
+            )
+        except ApiException as e:
+            if e.status == 409:
+                return False
+            raise
+        return True
+
+    def delete_lime_object(self, plural: str, name: str, namespace: str) -> None:
+        try:
+            self.custom.delete_namespaced_custom_object(
+                manifests.GROUP, manifests.VERSION, namespace, plural, name
+            )
+        except ApiException as e:
+            if e.status != 404:
+                raise

@@ -11,7 +11,7 @@ from typing import Any
 
 from kubernetes.client.rest import ApiException
 
-from limedb_operator import database, manifests, verification, volumes
+from limedb_operator import backup_reconcile, database, manifests, restoring, verification, volumes
 from limedb_operator.kube import Kube
 from limedb_operator.scaling import (
     NORMAL,
@@ -209,6 +209,20 @@ def reconcile(kube: Kube, body: Mapping[str, Any]) -> Outcome:
         events.extend(volume_events)
         events.extend(volumes.events(old_cond, volume_cond))
 
+    restore_status = None
+    if spec.get("restoreFrom"):
+        # Restore once every node is a Ready member; never stops or restarts a pod.
+        converged = step.kind == "done" and step.reason == "Converged"
+        restore = backup_reconcile.reconcile_restore(
+            kube, namespace, spec["restoreFrom"], old_status.get("restore"), converged, pods,
+            secret, backup_reconcile.now_utc(),
+        )  # fmt: skip
+        restore_status = restore.status
+        events.extend(restore.events)
+        restored = restoring.condition(restore_status)
+        if restored is not None:
+            extra_conditions.append(restored)
+
     if not decision.valid and flipped(old_conditions, "Valid", "False"):
         events.append(("Warning", decision.invalid_reason, decision.invalid_message))
     if (
@@ -225,6 +239,8 @@ def reconcile(kube: Kube, body: Mapping[str, Any]) -> Outcome:
     status = build_status(
         obs, decision, old_status, _now(), meta.get("generation"), extra_conditions
     )
+    if restore_status is not None:
+        status["restore"] = restore_status
     verified = verification.event(
         old_status.get("lastVerification"), status.get("lastVerification")
     )

@@ -19,6 +19,7 @@ CONDITION_TYPES = (
     "Rebalancing",
     "Valid",
     "VolumesResized",  # volumes.condition(), added by the reconcile once the StatefulSet exists
+    "Restored",  # restoring.condition(), with spec.restoreFrom
 )
 
 

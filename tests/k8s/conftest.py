@@ -15,7 +15,7 @@ from controlplane import ROOT, ControlPlane
 from k8swait import wait_for
 from realkube import RealKube, kube_release, kube_up
 
-CRD_PATH = ROOT / "crds" / "limecluster.yaml"
+CRD_PATHS = sorted((ROOT / "crds").glob("*.yaml"))
 
 
 @pytest.fixture(scope="session")
@@ -51,18 +51,23 @@ def api(control_plane: ControlPlane) -> kubernetes.client.ApiClient:
 
 @pytest.fixture(scope="session")
 def crd(api: kubernetes.client.ApiClient) -> dict:
-    body = yaml.safe_load(CRD_PATH.read_text())
+    """Every CRD of crds/ (the operator watches all of them), Established; the LimeCluster's
+    body is returned."""
+    bodies = [yaml.safe_load(p.read_text()) for p in CRD_PATHS]
     ext = kubernetes.client.ApiextensionsV1Api(api)
-    ext.create_custom_resource_definition(body)
+    for body in bodies:
+        ext.create_custom_resource_definition(body)
 
-    def established():
-        got = ext.read_custom_resource_definition(body["metadata"]["name"])
+    def established(name: str) -> bool:
+        got = ext.read_custom_resource_definition(name)
         return any(
             c.type == "Established" and c.status == "True" for c in got.status.conditions or []
         )
 
-    wait_for(established, what="the LimeCluster CRD to be Established")
-    return body
+    for body in bodies:
+        name = body["metadata"]["name"]
+        wait_for(lambda n=name: established(n), what=f"the CRD {name} to be Established")
+    return next(b for b in bodies if b["spec"]["names"]["kind"] == "LimeCluster")
 
 
 @pytest.fixture

@@ -19,6 +19,7 @@ CHART_IMAGE = ("--set", f"image.repository={REPOSITORY}", "--set", f"image.tag={
                "--set", "image.pullPolicy=Never")  # fmt: skip
 OPERATOR_LABEL = "app.kubernetes.io/name=limedb-operator"
 NODE_LABEL = "app.kubernetes.io/name=limedb"
+INSTANCE_LABEL = "app.kubernetes.io/instance"
 CONTAINERD = RUN / "containerd" / "containerd.sock"
 KEYS = 20_000
 
@@ -145,7 +146,8 @@ def converged(kube: RealKube, ns: str, nodes: int, name: str = "lime", timeout: 
         st = obj.get("status") or {}
         conditions = {c["type"]: c["status"] for c in st.get("conditions", [])}
         normal = [m for m in st.get("members", []) if m["state"] == "Normal"]
-        live = [p for p in pods(kube, ns) if not p["metadata"].get("deletionTimestamp")]
+        live = [p for p in pods(kube, ns, f"{NODE_LABEL},{INSTANCE_LABEL}={name}")
+                if not p["metadata"].get("deletionTimestamp")]  # fmt: skip
         ok = (
             len(live) == nodes
             and st.get("nodes") == nodes
@@ -168,7 +170,7 @@ def converged(kube: RealKube, ns: str, nodes: int, name: str = "lime", timeout: 
 
 
 def run_client(kube: RealKube, ns: str, mode: str, nodes: int, cluster: str = "lime",
-               timeout: float = 300) -> str:  # fmt: skip
+               timeout: float = 300, keys: int = KEYS) -> str:  # fmt: skip
     """Run CLIENT_SCRIPT in a pod of the LimeDB image; its log, or AssertionError if it failed."""
     name = f"client-{mode}-{nodes}-{_counter()}"
     body = {
@@ -185,7 +187,7 @@ def run_client(kube: RealKube, ns: str, mode: str, nodes: int, cluster: str = "l
                     "image": LIMEDB_IMAGE,
                     "imagePullPolicy": "Never",
                     "command": ["python", "-c", CLIENT_SCRIPT],
-                    "args": [mode, ns, cluster, str(nodes), str(KEYS)],
+                    "args": [mode, ns, cluster, str(nodes), str(keys)],
                     "securityContext": RESTRICTED_CONTAINER,
                 }
             ],

@@ -16,6 +16,10 @@ pytestmark = pytest.mark.k8s
 ALLOWED = {
     ("limedb.io", "limeclusters"): {"get", "list", "watch", "patch"},
     ("limedb.io", "limeclusters/status"): {"get", "patch"},
+    ("limedb.io", "limebackups"): {"get", "list", "watch", "patch", "create", "delete"},
+    ("limedb.io", "limebackupschedules"): {"get", "list", "watch", "patch"},
+    ("limedb.io", "limebackups/status"): {"get", "patch"},
+    ("limedb.io", "limebackupschedules/status"): {"get", "patch"},
     ("apps", "statefulsets"): {"get", "create", "patch"},
     ("", "services"): {"get", "create", "patch"},
     ("policy", "poddisruptionbudgets"): {"get", "create", "patch"},
@@ -36,10 +40,11 @@ def test_helm_lint_passes_strict():
     assert "0 chart(s) failed" in out.stdout
 
 
-def test_chart_crd_is_the_project_crd():
-    assert (CHART / "crds" / "limecluster.yaml").read_text() == (
-        ROOT / "crds" / "limecluster.yaml"
-    ).read_text()
+def test_chart_crds_are_the_project_crds():
+    names = ["limebackup.yaml", "limebackupschedule.yaml", "limecluster.yaml"]
+    assert sorted(p.name for p in (CHART / "crds").glob("*.yaml")) == names
+    for name in names:
+        assert (CHART / "crds" / name).read_text() == (ROOT / "crds" / name).read_text(), name
 
 
 def test_values_schema_rejects_a_misspelt_or_mistyped_value():
