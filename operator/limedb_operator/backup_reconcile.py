@@ -125,7 +125,9 @@ def _backup_step(kube: Kube, body: Mapping[str, Any], old: dict[str, Any], now: 
             return Result({"phase": FAILED, "message": message}, [("Warning", "Failed", message)])
         return _waiting(old, f"not started yet: {e}"[:1000], "NotStarted")
     except Exception as e:  # the node did not answer: the next tick asks again
-        log.info("backup %s: %s did not start it: %s", body["metadata"]["name"], coordinator.name, e)
+        log.info(
+            "backup %s: %s did not start it: %s", body["metadata"]["name"], coordinator.name, e
+        )
         return _waiting(old, f"{coordinator.name} did not answer: {e}"[:1000], "NotStarted")
     message = f"backup {job['backup_id']} to {target.url} coordinated by {coordinator.name}"
     status = {
@@ -183,7 +185,9 @@ def reconcile_schedule(kube: Kube, body: Mapping[str, Any], now: datetime) -> Re
         if decision.create:
             obj = backups.backup_object(body, decision.fire, _schedule_owner(body))
             if kube.create_lime_object(BACKUP_PLURAL, obj):
-                events.append(("Normal", "Scheduled", f"created LimeBackup {obj['metadata']['name']}"))
+                events.append(
+                    ("Normal", "Scheduled", f"created LimeBackup {obj['metadata']['name']}")
+                )
                 fields["lastBackup"] = obj["metadata"]["name"]
         else:
             events.append(("Normal", "Skipped", f"the run of {format_time(decision.fire)} is "
@@ -235,8 +239,9 @@ def _schedule_status(
     return {
         **fields,
         "message": message,
-        "conditions": merge_conditions(old.get("conditions"), [condition], format_time(now),
-                                       body["metadata"].get("generation")),  # fmt: skip
+        "conditions": merge_conditions(
+            old.get("conditions"), [condition], format_time(now), body["metadata"].get("generation")
+        ),  # fmt: skip
     }
 
 

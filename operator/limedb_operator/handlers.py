@@ -82,7 +82,9 @@ def _unfinished(status: kopf.Status, **_: Any) -> bool:
 def backup(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
     """Start the backup through a Ready node of the cluster, then follow it to its end; a
     Completed or Failed LimeBackup is left alone."""
-    _post(body, patch, backup_reconcile.reconcile_backup(_client(), body, backup_reconcile.now_utc()))
+    _post(
+        body, patch, backup_reconcile.reconcile_backup(_client(), body, backup_reconcile.now_utc())
+    )
 
 
 @kopf.timer(*SCHEDULE, interval=SCHEDULE_INTERVAL)

@@ -72,7 +72,8 @@ def test_a_schedule_creates_owned_backups_skips_while_one_is_unfinished_and_flag
 
     def made():
         listed = kubernetes.client.CustomObjectsApi(api).list_namespaced_custom_object(
-            G, V, namespace, "limebackups", label_selector="limedb.io/backup-schedule=often")
+            G, V, namespace, "limebackups", label_selector="limedb.io/backup-schedule=often"
+        )
         return listed["items"]
 
     (backup,) = wait_for(made, timeout=60, interval=0.5,

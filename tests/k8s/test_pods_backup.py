@@ -149,8 +149,12 @@ def test_backup_restore_into_a_new_cluster_and_a_pruning_schedule(
     log = run_client(kube, ns, "read", nodes=1, cluster="restored", keys=KEYS)
     assert f"read {KEYS}/{KEYS}" in log, log
     # The restore stopped no pod of either cluster.
-    for pod in kube.kubectl_json("-n", ns, "get", "pods", "-l", "app.kubernetes.io/name=limedb")["items"]:
-        assert all(c["restartCount"] == 0 for c in pod["status"]["containerStatuses"]), pod["metadata"]["name"]
+    for pod in kube.kubectl_json("-n", ns, "get", "pods", "-l", "app.kubernetes.io/name=limedb")[
+        "items"
+    ]:
+        assert all(c["restartCount"] == 0 for c in pod["status"]["containerStatuses"]), pod[
+            "metadata"
+        ]["name"]
 
     def pruned():
         if "Pruned" not in reasons(kube, ns, "LimeBackupSchedule"):

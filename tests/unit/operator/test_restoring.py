@@ -11,7 +11,10 @@ S3 = {"bucket": "b", "prefix": "p", "endpoint": "http://s3:8333"}
 
 
 def named(phase, backup_id="B1"):
-    return {"spec": {"cluster": "lime", "s3": S3}, "status": {"phase": phase, "backupId": backup_id}}
+    return {
+        "spec": {"cluster": "lime", "s3": S3},
+        "status": {"phase": phase, "backupId": backup_id},
+    }
 
 
 def test_the_source_is_a_completed_limebackup_or_a_location():
@@ -34,7 +37,9 @@ def test_nothing_starts_before_every_node_is_a_ready_member():
 
 def test_a_started_restore_is_followed_to_completion():
     status, event = restoring.started({}, {"id": "restore-B1", "backup_id": "B1"}, "lime-0", NOW)
-    assert status["phase"] == RUNNING and status["coordinator"] == "lime-0" and status["starts"] == 1
+    assert (
+        status["phase"] == RUNNING and status["coordinator"] == "lime-0" and status["starts"] == 1
+    )
     assert event[1] == "Restoring"
     running = {"current": {"id": "restore-B1", "phase": "running",
                            "progress": {"keys": 500, "fraction": 0.5}}, "last": None}  # fmt: skip

@@ -36,7 +36,10 @@ class Deletion:
 
 
 def plan(
-    store: ObjectStore, doomed: Iterable[str], found: list[dict[str, Any]], now_s: float | None = None
+    store: ObjectStore,
+    doomed: Iterable[str],
+    found: list[dict[str, Any]],
+    now_s: float | None = None,
 ) -> Deletion:
     """What deleting backups `doomed` (of the complete backups `found`) removes."""
     now_s = time.time() if now_s is None else now_s
