@@ -190,6 +190,13 @@ SETTINGS: tuple[Setting, ...] = (
         False,
         "start outside the ring (fresh disk) and wait for `limedb admin join`",
     ),
+    Setting(
+        "auto_replace",
+        _bool,
+        True,
+        "a member that starts on an empty data dir under an identity the ring still lists "
+        "asks the survivors to replace it (stream its ranges) instead of serving empty reads",
+    ),
     Setting("stream_mb_per_s", _int(0), 4, "range streaming throttle in MB/s (0 = unlimited)"),
     Setting("cleanup_grace_ms", _int(0), 2000, "wait before old owners hand off moved ranges"),
     Setting(
@@ -369,6 +376,7 @@ class Config:
     auth_cache_ms: int
     internal_port: int
     await_join: bool
+    auto_replace: bool
     stream_mb_per_s: int
     cleanup_grace_ms: int
     repair_interval_s: int

@@ -341,7 +341,9 @@ class Coordinator:
         need = required_acks(consistency or self.read_consistency, len(replicas))
         answers: dict[str, Stored | None] = {}
         untried = sorted(replicas, key=self._read_rank)
-        if untried[0] == self.node_id:
+        if not self.replica.serves_reads:  # this node waits to be replaced: it has no data
+            untried = [n for n in untried if n != self.node_id]
+        elif untried[0] == self.node_id:
             del untried[0]
             answers[self.node_id] = self.replica.read(key)
         deadline = asyncio.get_running_loop().time() + self.timeout_s
@@ -401,6 +403,8 @@ class Coordinator:
 
         async def ask(node: str) -> bool | None:
             if node == self.node_id:
+                if not self.replica.serves_reads:
+                    return None
                 stored = self.replica.read(key)
             else:
                 try:

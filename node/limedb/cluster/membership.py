@@ -114,6 +114,9 @@ class Membership:
         self._ring_listeners: list[Callable[[Ring], object]] = []
         self._reported: dict[str, Liveness] = {}
         self._heard: set[str] = set()
+        # The generation each node was first heard at, in this process's life
+        # (limedb.cluster.rejoin: a node back on an empty disk asks whether it was heard before).
+        self._first_generation: dict[str, int] = {}
         self._tasks: set[asyncio.Task] = set()
         if ring is not None:
             self._watch_members(ring)
@@ -231,7 +234,14 @@ class Membership:
             self._fire(self._listeners, change)
         return changes
 
+    def first_generation(self, node_id: str) -> int | None:
+        """The generation `node_id` was first heard at (directly or through a third node)."""
+        return self._first_generation.get(node_id)
+
     def _on_heartbeat(self, node_id: str, old: HeartbeatState | None, new: HeartbeatState) -> None:
+        self._first_generation.setdefault(
+            node_id, new.generation if old is None else old.generation
+        )
         if old is None:
             # First sight of a node, perhaps through a third node's stale copy: no proof that
             # it lives. Watch it; its next newer heartbeat is the proof.

@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 
 import orjson
 
-from limedb.cluster import rpc
+from limedb.cluster import rejoin, rpc
 from limedb.cluster.atomic import ClusterAtomic, OperationDecoder, ReadModifyWrite
 from limedb.cluster.background import BackgroundBudget
 from limedb.cluster.backup.agent import Backups
@@ -204,6 +204,7 @@ class ClusterService:
         self.hlc.max_offset_ms = config.max_clock_offset_ms
         host = urlsplit(self.node_url).hostname or "127.0.0.1"
         self.ring_store = RingStore(config.data_dir)
+        self._had_ring_record = self.ring_store.path.exists()
         state = initial_ring_record(config, self.ring_store)
         self.membership = Membership(
             self.node_id,
@@ -300,6 +301,8 @@ class ClusterService:
         self.gossip_loop = GossipLoop(self.membership, self._send_gossip)
         self.membership.add_listener(self._on_liveness)
         self._sweeper: asyncio.Task | None = None
+        self._replacing: asyncio.Task | None = None
+        self.start_mode = rejoin.StartMode.RESUME
         self._ready = False
         self._stopping = False
         self._view_cache: tuple[Ring, tuple[tuple[int, str], ...]] | None = None
@@ -405,6 +408,77 @@ class ClusterService:
             except Exception:
                 log.exception("hint sweep failed")
 
+    # ------------------------------------------------------------------ automatic replacement
+
+    def _handle_rejoin(self, body: bytes) -> bytes:
+        """REJOIN: this node's ring record and whether it heard the asking node in an earlier
+        run (limedb.cluster.rejoin)."""
+        try:
+            node_id, generation = rejoin.decode_question(body)
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            raise rpc.RpcError(400, f"bad REJOIN question: {exc}") from exc
+        first = self.membership.first_generation(node_id)
+        return rejoin.SeedAnswer(
+            self.keeper.state, rejoin.heard_before(first, generation)
+        ).to_wire()
+
+    async def _ask_seed(self, url: str, question: bytes) -> rejoin.SeedAnswer | None:
+        host, port = self._address_of_url(url)
+        try:
+            return rejoin.SeedAnswer.from_wire(
+                await self.client.call(host, port, rpc.REJOIN, question, 2.0)
+            )
+        except (rpc.PeerUnavailable, rpc.RpcError, ValueError, KeyError, TypeError) as exc:
+            log.info("seed %s did not answer REJOIN: %s", url, exc)
+            return None
+
+    async def _decide_start(self) -> None:
+        has_data = bool(self.local.local_items(None, 1))
+        if self._had_ring_record or has_data or not self.config.auto_replace:
+            self.start_mode = rejoin.decide(
+                self.node_id,
+                has_local_record=self._had_ring_record,
+                has_local_data=has_data,
+                answers=(),
+                auto_replace=self.config.auto_replace,
+            )
+            return
+        question = rejoin.encode_question(self.node_id, self.membership.gossip.own.generation)
+        seeds = [u for u in self.config.seeds if u.rstrip("/") != self.node_url.rstrip("/")]
+        replies = await asyncio.gather(*(self._ask_seed(u, question) for u in seeds))
+        answers = [a for a in replies if a is not None]
+        self.start_mode = rejoin.decide(
+            self.node_id, has_local_record=False, has_local_data=False, answers=answers
+        )
+        if self.start_mode is not rejoin.StartMode.REPLACE:
+            return
+        record = rejoin.newest_record(answers)
+        assert record is not None
+        self.keeper.adopt(record)
+        self.replica.serves_reads = False
+        log.warning(
+            "node %s: the ring lists this node but its data dir is empty; it refuses replica "
+            "reads and asks the survivors to replace it (auto_replace)",
+            self.node_id,
+        )
+
+    async def _replace_self(self) -> None:
+        """Propose `replace <me> by <me>` until such a replace has committed; then serve reads."""
+        state = self.keeper.state
+        earlier = {state.transition.id} if state is not None and state.transition else set()
+        change = Change.replace(self.node_id, self.node_id, self.node_url)
+        while not rejoin.replaced(self.keeper.state, self.node_id, earlier):
+            if rejoin.needs_proposal(self.keeper.state):
+                try:
+                    outcome = await self.propose(change)
+                    if not outcome.accepted:
+                        log.info("auto-replace not started yet: %s", outcome.error)
+                except Exception as exc:  # retried: the proposer may be unreachable a while
+                    log.info("auto-replace proposal failed: %s", exc)
+            await asyncio.sleep(1.0)
+        self.replica.serves_reads = True
+        log.info("node %s: replaced; it serves reads again", self.node_id)
+
     # ------------------------------------------------------------------ repair
 
     def _replica_ranges(self) -> list[tuple[int, int, tuple[str, ...]]] | None:
@@ -466,10 +540,13 @@ class ClusterService:
         self.transactions.register(self.server)
         self.server.register(rpc.LOCAL_KEYS, self._handle_local_keys)
         self.server.register(rpc.BACKUP, self.backups.handle_rpc)
+        self.server.register(rpc.REJOIN, self._handle_rejoin)
         self.clock.register(self.server)  # PING replies carry this node's clock
         bind = self.config.host
         await self.server.start(bind, self.internal_port)
         await self.local.start()
+        # Before this node gossips: is it a listed member back on an empty disk?
+        await self._decide_start()
         await self.gossip_loop.start()
         self.clock.start()
         self._sweeper = asyncio.create_task(self._sweep_hints(), name="hint-sweeper")
@@ -478,6 +555,8 @@ class ClusterService:
             await self.driver.records.pull_from(list(state.all_members()))
         await self.driver.start()
         self.anti_entropy.start()
+        if self.start_mode is rejoin.StartMode.REPLACE:
+            self._replacing = asyncio.create_task(self._replace_self(), name="auto-replace")
         self._ready = True
         log.info(
             "cluster node %s: internal RPC on %s:%d, %d ring members",
@@ -490,6 +569,8 @@ class ClusterService:
     async def stop(self) -> None:
         self._stopping = True
         self._ready = False
+        if self._replacing is not None:
+            self._replacing.cancel()
         await self.driver.stop()
         await self.verifier.stop()
         await self.backups.stop()

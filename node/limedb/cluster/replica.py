@@ -23,6 +23,8 @@ from limedb.storage.record import Rec, make_rec, newer
 _MUTATION = struct.Struct("!QQBI")  # ts, expires_at_ms (0 = never), tombstone, key length
 _VERSION = struct.Struct("!QQB")  # ts, expires_at_ms, tombstone
 _APPLIED = struct.Struct("!BB")  # applied, a live value existed before
+# The error code of a READ refused by a replica that waits to be replaced.
+REPLACING = 503
 _FOUND = b"\x01"
 _ABSENT = b"\x00"
 
@@ -114,6 +116,9 @@ class Replica:
         # needs to be told here.
         self._observe = hlc is not engine.hlc
         self._queue: list[tuple[Mutation, asyncio.Future, bool, bool]] = []
+        # False while this node waits to be replaced (it came back on an empty disk under a
+        # listed identity, limedb.cluster.rejoin): its "not found" would be a lost write.
+        self.serves_reads = True
         self.batches = 0
         self.applied = 0
 
@@ -174,6 +179,8 @@ class Replica:
     # RPC handlers: bytes in, bytes (or a future of bytes) out.
 
     def handle_read(self, body: bytes) -> bytes:
+        if not self.serves_reads:
+            raise rpc.RpcError(REPLACING, "this replica lost its data and is being replaced")
         return encode_stored(self.read(body))
 
     def handle_replicate(self, body: bytes) -> asyncio.Future:

@@ -70,6 +70,7 @@ BACKUP = 26  # a node's part of a backup or restore (limedb.cluster.backup.agent
 VERIFY_ROOTS = 30  # a replica's Merkle roots of many token ranges (limedb.cluster.verifier)
 VERIFY_REPAIR = 31  # repair token ranges with the named replicas (limedb.cluster.verifier)
 VERIFICATION = 32  # a finished verification's record, kept by every node
+REJOIN = 33  # does the ring list a node that came back empty? (limedb.cluster.rejoin)
 
 # Error codes, HTTP-like so that logs read naturally.
 UNAUTHORIZED = 401

@@ -1,0 +1,93 @@
+"""A node on an empty data dir under an identity the ring lists, and heard before, is replaced;
+a late founder of a new cluster, a node with data, or an opted-out one starts as before."""
+
+from limedb.cluster.rejoin import (
+    SeedAnswer,
+    StartMode,
+    decide,
+    decode_question,
+    encode_question,
+    heard_before,
+    needs_proposal,
+    replaced,
+)
+from limedb.cluster.ring.placement import Ring
+from limedb.cluster.ring.record import RingRecord
+from limedb.cluster.transitions import Change, propose
+
+A, B, C = "http://a:1", "http://b:1", "http://c:1"
+RING = Ring({A: A, B: B, C: C}, vnodes=8)
+RECORD = RingRecord(RING, 3)
+
+
+def start(node=C, *, record=RECORD, heard=(True,), local_record=False, data=False, auto=True):
+    answers = [SeedAnswer(record, h) for h in heard]
+    return decide(
+        node,
+        has_local_record=local_record,
+        has_local_data=data,
+        answers=answers,
+        auto_replace=auto,
+    )
+
+
+def test_a_listed_member_heard_before_that_lost_its_data_is_replaced():
+    assert start() is StartMode.REPLACE
+    assert start(heard=(False, True)) is StartMode.REPLACE
+
+
+def test_a_late_founder_nobody_heard_before_starts_fresh():
+    assert start(heard=(False, False)) is StartMode.FRESH
+
+
+def test_a_node_the_ring_does_not_list_or_without_answers_starts_fresh():
+    assert start("http://d:1") is StartMode.FRESH
+    assert start(heard=()) is StartMode.FRESH
+    assert start(record=None) is StartMode.FRESH
+
+
+def test_local_data_or_ring_record_resumes_and_the_opt_out_starts_fresh():
+    assert start(local_record=True) is StartMode.RESUME
+    assert start(data=True) is StartMode.RESUME
+    assert start(auto=False) is StartMode.FRESH
+
+
+def test_the_newest_seed_record_decides():
+    later = RingRecord(RING.without_member(C), 2)
+    answers = [SeedAnswer(RECORD, True), SeedAnswer(later, True)]
+    mode = decide(C, has_local_record=False, has_local_data=False, answers=answers)
+    assert mode is StartMode.FRESH  # it left the ring since: nothing to replace
+
+
+def test_heard_before_means_an_earlier_generation():
+    assert heard_before(100, 200)
+    assert not heard_before(200, 200)  # a seed that heard only this run
+    assert not heard_before(None, 200)
+
+
+def test_answers_and_questions_round_trip():
+    answer = SeedAnswer.from_wire(SeedAnswer(RECORD, True).to_wire())
+    assert answer.record == RECORD and answer.heard_before
+    assert SeedAnswer.from_wire(SeedAnswer(None, False).to_wire()) == SeedAnswer(None, False)
+    assert decode_question(encode_question(C, 7)) == (C, 7)
+
+
+def test_replaced_once_its_own_replace_has_committed():
+    t = propose(RING, 3, Change.replace(C, C, C), now_ms=1)
+    assert needs_proposal(RECORD)
+    running = RECORD.with_transition(t)
+    assert not needs_proposal(running)
+    assert not replaced(running, C, earlier=set())
+    streaming = t.begin_streaming(2)
+    assert not replaced(RECORD.with_transition(streaming), C, earlier=set())
+    for target, indexes in streaming.streams().items():
+        streaming = streaming.record_progress(
+            target, index=len(indexes), cursor=None, keys=0, nbytes=0, now_ms=3
+        )
+    committed = RECORD.with_transition(streaming.commit(4))
+    assert replaced(committed, C, earlier=set())
+    # The same transition seen before this run (an earlier replace of this node) is not it.
+    assert not replaced(committed, C, earlier={t.id})
+    rolled_back = RECORD.with_transition(t.roll_back("a source died", 5))
+    assert not replaced(rolled_back, C, earlier=set())
+    assert needs_proposal(rolled_back)
