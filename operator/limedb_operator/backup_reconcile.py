@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from limedb_operator import backups, cron, database, manifests, restoring
+from limedb_operator import backups, cron, database, issuing, manifests, restoring, tls
 from limedb_operator.backups import (
     BACKUP_PLURAL,
     COMPLETED,
@@ -46,6 +46,15 @@ def _cluster_secret(kube: Kube, cluster: str, namespace: str) -> str | None:
     return None if data is None else data.get(manifests.CLUSTER_SECRET_KEY)
 
 
+def _cluster_access(kube: Kube, cluster: str, namespace: str) -> tuple[database.Access, str]:
+    """How to reach the cluster's nodes: its secret, and with spec.tls the CA (none yet: the
+    call fails and the next tick asks again); and the scheme of their URLs."""
+    body = kube.lime_object(manifests.PLURAL, cluster, namespace) or {}
+    spec = manifests.with_defaults(body.get("spec") or {})
+    ca = issuing.current_ca(kube, cluster, namespace, spec)
+    return database.Access(_cluster_secret(kube, cluster, namespace), ca), tls.scheme(spec)
+
+
 def _credentials(kube: Kube, target: S3Target, namespace: str) -> dict[str, str]:
     """The S3 credentials of `target` from its Secret ({} without one: the node's own chain).
     KeyError says what is missing."""
@@ -61,9 +70,8 @@ def _ready(pods: Sequence[PodView]) -> list[PodView]:
     return [p for p in pods if p.ready and p.url and not p.terminating]
 
 
-def _pod_url(pods: Sequence[PodView], name: str | None) -> str | None:
-    pod = next((p for p in _ready(pods) if p.name == name), None)
-    return None if pod is None else pod.url
+def _pod(pods: Sequence[PodView], name: str | None) -> PodView | None:
+    return next((p for p in _ready(pods) if p.name == name), None)
 
 
 def _waiting(old: Mapping[str, Any], message: str, reason: str) -> Result:
@@ -95,11 +103,13 @@ def _backup_step(kube: Kube, body: Mapping[str, Any], old: dict[str, Any], now: 
     spec = body["spec"]
     cluster = spec["cluster"]
     target = S3Target.from_spec(spec["s3"])
-    secret = _cluster_secret(kube, cluster, namespace)
-    pods = kube.pods(cluster, namespace)
+    access, scheme = _cluster_access(kube, cluster, namespace)
+    secret = access.secret
+    pods = kube.pods(cluster, namespace, scheme)
     if old.get("phase") == RUNNING:
-        url = _pod_url(pods, old.get("coordinator"))
-        node_status = database.backup_status(url, secret) if url else None
+        pod = _pod(pods, old.get("coordinator"))
+        node = None if pod is None else database.pod_target(namespace, pod)
+        node_status = database.backup_status(node, access) if node else None
         view = backups.follow_job(
             str(old.get("job")), node_status, parse_time(old.get("lostSince")), now
         )
@@ -117,8 +127,8 @@ def _backup_step(kube: Kube, body: Mapping[str, Any], old: dict[str, Any], now: 
         return _waiting(old, f"no Ready pod of LimeCluster {cluster}", "ClusterNotReady")
     coordinator = ready[0]
     try:
-        job = database.start_backup(coordinator.url or "", secret, target.url, target.endpoint,
-                                    target.region, credentials)  # fmt: skip
+        job = database.start_backup(database.pod_target(namespace, coordinator), access,
+                                    target.url, target.endpoint, target.region, credentials)  # fmt: skip
     except database.StartRefused as e:
         if e.code in (400, 404):  # a bad location does not heal
             message = f"refused: {e}"[:1000]
@@ -255,7 +265,7 @@ def reconcile_restore(
     old: Mapping[str, Any] | None,
     cluster_ready: bool,
     pods: Sequence[PodView],
-    secret: str | None,
+    access: database.Access,
     now: datetime,
 ) -> Result:
     """The LimeCluster's status.restore after one step, and the events to post."""
@@ -268,8 +278,9 @@ def reconcile_restore(
     source = restoring.source_of(restore_from, named)
     node_status = None
     if old.get("phase") == RUNNING:
-        url = _pod_url(pods, old.get("coordinator"))
-        node_status = database.backup_status(url, secret) if url else None
+        pod = _pod(pods, old.get("coordinator"))
+        node = None if pod is None else database.pod_target(namespace, pod)
+        node_status = database.backup_status(node, access) if node else None
     step = restoring.step(old, cluster_ready, source, node_status, now)
     if step.action != "start" or isinstance(source, str):
         return Result(step.status, step.events)
@@ -284,8 +295,9 @@ def reconcile_restore(
     coordinator = ready[0]
     target = source.target
     try:
-        job = database.start_restore(coordinator.url or "", secret, target.url, source.backup_id,
-                                     target.endpoint, target.region, credentials)  # fmt: skip
+        job = database.start_restore(database.pod_target(namespace, coordinator), access,
+                                     target.url, source.backup_id, target.endpoint, target.region,
+                                     credentials)  # fmt: skip
     except database.StartRefused as e:
         status, final = restoring.refused(step.status, e.code, f"restore refused: {e}")
         events = [] if step.status.get("message") == status["message"] and not final else [

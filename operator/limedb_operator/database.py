@@ -10,10 +10,15 @@ Each call goes to one node by pod IP; that node proposes the change and the ring
 from __future__ import annotations
 
 import logging
+import ssl
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from limedb_operator.scaling import RingView, freshest, ring_view_from_status
+import httpx
+
+from limedb_operator import manifests
+from limedb_operator.scaling import PodView, RingView, freshest, ring_view_from_status
 
 log = logging.getLogger(__name__)
 
@@ -22,57 +27,85 @@ STATUS_TIMEOUT_S = 5.0  # a hung node must not stall the reconcile loop
 CHANGE_TIMEOUT_S = 30.0  # a join waits (up to 15 s) for the new node to appear in gossip
 
 
-def _client(url: str, secret: str | None, timeout: float = CHANGE_TIMEOUT_S) -> Any:
+@dataclass(frozen=True)
+class Access:
+    """What the operator presents to the nodes: the cluster secret (accepted on every admin
+    route, users or not), and with spec.tls the CA their certificates chain to."""
+
+    secret: str | None
+    ca_pem: str | None = None
+
+
+@dataclass(frozen=True)
+class Target:
+    """One node: its URL by pod IP, and the DNS name its certificate is checked against (the
+    operator may not resolve cluster DNS; the certificate cannot name an IP it learns later)."""
+
+    url: str
+    server_name: str | None = None
+
+
+def pod_target(namespace: str, pod: PodView) -> Target:
+    """A pod by IP; over TLS (pod.scheme https) checked against its name in the headless
+    Service, which its certificate holds (pod `<cluster>-<ordinal>`)."""
+    if pod.scheme != "https":
+        return Target(pod.url or "")
+    cluster = pod.name.rsplit("-", 1)[0]
+    return Target(pod.url or "", manifests.node_host(cluster, namespace, pod.ordinal))
+
+
+class ServerNameTransport(httpx.BaseTransport):
+    """Sends every request with TLS SNI and host-name check for `server_name`, whatever host the
+    URL names (httpcore's `sni_hostname` request extension)."""
+
+    def __init__(self, inner: httpx.BaseTransport, server_name: str) -> None:
+        self._inner, self._server_name = inner, server_name
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        request.extensions["sni_hostname"] = self._server_name
+        return self._inner.handle_request(request)
+
+    def close(self) -> None:
+        self._inner.close()
+
+
+def _client(target: Target, access: Access, timeout: float = CHANGE_TIMEOUT_S) -> Any:
     from limedb.client import Client  # the node package; imported late so tests stay pure
 
-    return Client(url, cluster_secret=secret, timeout=timeout)
+    transport: httpx.BaseTransport | None = None
+    if access.ca_pem is not None:
+        context = ssl.create_default_context(cadata=access.ca_pem)
+        transport = httpx.HTTPTransport(verify=context)
+        if target.server_name:
+            transport = ServerNameTransport(transport, target.server_name)
+    return Client(target.url, cluster_secret=access.secret, timeout=timeout, transport=transport)
 
 
-def read_ring(urls: Sequence[str], secret: str | None, ask: int = 3) -> RingView | None:
+def read_ring(targets: Sequence[Target], access: Access, ask: int = 3) -> RingView | None:
     """Ask up to `ask` nodes (lowest ordinals first) and keep the freshest ring they report."""
     views = []
-    for url in list(urls)[:ask]:
+    for target in list(targets)[:ask]:
         try:
-            client = _client(url, secret, STATUS_TIMEOUT_S)
-            try:
+            with _client(target, access, STATUS_TIMEOUT_S) as client:
                 views.append(ring_view_from_status(client.admin_status()))
-            finally:
-                close = getattr(client, "close", None)
-                if close:
-                    close()
         except Exception as e:  # any node may be restarting; others answer
-            log.info("admin status from %s failed: %s", url, e)
+            log.info("admin status from %s failed: %s", target.url, e)
     return freshest(views)
 
 
-def join(coordinator_url: str, node_url: str, secret: str | None) -> None:
-    client = _client(coordinator_url, secret)
-    try:
+def join(coordinator: Target, node_url: str, access: Access) -> None:
+    with _client(coordinator, access) as client:
         client.join(node_url)
-    finally:
-        close = getattr(client, "close", None)
-        if close:
-            close()
 
 
-def leave(coordinator_url: str, node_id: str, secret: str | None) -> None:
-    client = _client(coordinator_url, secret)
-    try:
+def leave(coordinator: Target, node_id: str, access: Access) -> None:
+    with _client(coordinator, access) as client:
         client.leave(node_id)
-    finally:
-        close = getattr(client, "close", None)
-        if close:
-            close()
 
 
-def set_replication_factor(coordinator_url: str, rf: int, secret: str | None) -> None:
-    client = _client(coordinator_url, secret)
-    try:
+def set_replication_factor(coordinator: Target, rf: int, access: Access) -> None:
+    with _client(coordinator, access) as client:
         client.set_replication_factor(rf)
-    finally:
-        close = getattr(client, "close", None)
-        if close:
-            close()
 
 
 # Backups (docs/backup.md): the node asked coordinates the backup or restore; its
@@ -88,10 +121,10 @@ class StartRefused(Exception):
         self.code = code
 
 
-def _start(url: str, secret: str | None, call: str, *args: Any, **kwargs: Any) -> dict[str, Any]:
+def _start(target: Target, access: Access, call: str, *args: Any, **kwargs: Any) -> dict[str, Any]:
     from limedb.client import BadRequest, Refused
 
-    client = _client(url, secret)
+    client = _client(target, access)
     try:
         return getattr(client, call)(*args, **kwargs)["job"]
     except Refused as e:
@@ -103,31 +136,28 @@ def _start(url: str, secret: str | None, call: str, *args: Any, **kwargs: Any) -
 
 
 def start_backup(
-    url: str, secret: str | None, to: str, endpoint: str | None, region: str | None,
+    node: Target, access: Access, to: str, endpoint: str | None, region: str | None,
     credentials: dict[str, str],
 ) -> dict[str, Any]:  # fmt: skip
-    """Ask the node at `url` to back the cluster up to `to`; its job ({"id", "backup_id", ...})."""
-    return _start(url, secret, "backup_create", to, endpoint=endpoint, region=region,
+    """Ask `node` to back the cluster up to `to`; its job ({"id", "backup_id", ...})."""
+    return _start(node, access, "backup_create", to, endpoint=endpoint, region=region,
                   credentials=credentials or None)  # fmt: skip
 
 
 def start_restore(
-    url: str, secret: str | None, source: str, backup: str | None, endpoint: str | None,
+    node: Target, access: Access, source: str, backup: str | None, endpoint: str | None,
     region: str | None, credentials: dict[str, str],
 ) -> dict[str, Any]:  # fmt: skip
-    """Ask the node at `url` to restore backup `backup` (None: the newest) of `source`."""
-    return _start(url, secret, "backup_restore", source, backup=backup, endpoint=endpoint,
+    """Ask `node` to restore backup `backup` (None: the newest) of `source`."""
+    return _start(node, access, "backup_restore", source, backup=backup, endpoint=endpoint,
                   region=region, credentials=credentials or None)  # fmt: skip
 
 
-def backup_status(url: str, secret: str | None) -> dict[str, Any] | None:
+def backup_status(node: Target, access: Access) -> dict[str, Any] | None:
     """The node's running and last backup or restore, None when it does not answer."""
     try:
-        client = _client(url, secret, STATUS_TIMEOUT_S)
-        try:
+        with _client(node, access, STATUS_TIMEOUT_S) as client:
             return client.backup_status()
-        finally:
-            client.close()
     except Exception as e:  # restarting, or gone: the caller decides what that means
-        log.info("backup status from %s failed: %s", url, e)
+        log.info("backup status from %s failed: %s", node.url, e)
         return None

@@ -100,7 +100,7 @@ class Kube:
             raise
         return self.api.sanitize_for_serialization(sts)
 
-    def pods(self, name: str, namespace: str) -> tuple[PodView, ...]:
+    def pods(self, name: str, namespace: str, scheme: str = "http") -> tuple[PodView, ...]:
         listed = self.core.list_namespaced_pod(
             namespace, label_selector=manifests.selector_string(name)
         )
@@ -118,6 +118,7 @@ class Kube:
                     ip=pod.status.pod_ip if pod.status else None,
                     ready=ready,
                     terminating=pod.metadata.deletion_timestamp is not None,
+                    scheme=scheme,
                 )
             )
         return tuple(sorted(out, key=lambda p: p.ordinal))
@@ -237,3 +238,53 @@ class Kube:
         except ApiException as e:
             if e.status != 404:
                 raise
+
+    def versioned_secret(self, secret: str, namespace: str) -> tuple[dict[str, str], str] | None:
+        """A Secret's data, decoded, and its resourceVersion; None when it does not exist."""
+        try:
+            found = self.core.read_namespaced_secret(secret, namespace)
+        except ApiException as e:
+            if e.status == 404:
+                return None
+            raise
+        data = {k: base64.b64decode(v).decode() for k, v in (found.data or {}).items()}
+        return data, found.metadata.resource_version
+
+    def write_secret(
+        self,
+        secret: str,
+        namespace: str,
+        data: Mapping[str, str],
+        owner: Mapping[str, Any],
+        resource_version: str | None = None,
+    ) -> bool:
+        """Create the Secret (resource_version None) or replace its data if it is still at
+        `resource_version`; False when another writer came first (the next tick reads again)."""
+        body = {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {
+                "name": secret,
+                "namespace": namespace,
+                "labels": manifests.labels(owner["metadata"]["name"]),
+                "ownerReferences": [manifests.owner_reference(owner)],
+            },
+            "type": "Opaque",
+            "stringData": dict(data),
+        }
+        try:
+            if resource_version is None:
+                self.core.create_namespaced_secret(namespace, body)
+            else:
+                body["metadata"]["resourceVersion"] = resource_version
+                # stringData merges into data on write; a replace with data drops stale keys.
+                body["data"] = {
+                    k: base64.b64encode(v.encode()).decode()
+                    for k, v in body.pop("stringData").items()
+                }
+                self.core.replace_namespaced_secret(secret, namespace, body)
+        except ApiException as e:
+            if e.status == 409:
+                return False
+            raise
+        return True

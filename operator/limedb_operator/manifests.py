@@ -6,6 +6,8 @@ import copy
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from limedb_operator import tls
+
 GROUP = "limedb.io"
 VERSION = "v1alpha1"
 PLURAL = "limeclusters"
@@ -127,12 +129,17 @@ def labels(name: str) -> dict[str, str]:
     }
 
 
-def node_url(name: str, namespace: str, ordinal: int) -> str:
+def node_host(name: str, namespace: str, ordinal: int) -> str:
+    """The stable DNS name of a pod in the headless service (its TLS certificate names it)."""
+    return f"{pod_name(name, ordinal)}.{headless_service_name(name)}.{namespace}.svc"
+
+
+def node_url(name: str, namespace: str, ordinal: int, scheme: str = "http") -> str:
     """A node's identity and address: the stable DNS name of its pod in the headless service.
     LimeDB keys ring members by URL, so identity follows the pod name and survives restarts
-    and IP changes (the IP behind the name changes, the name does not)."""
-    svc = headless_service_name(name)
-    return f"http://{pod_name(name, ordinal)}.{svc}.{namespace}.svc:{HTTP_PORT}"
+    and IP changes (the IP behind the name changes, the name does not). `scheme` is https
+    with spec.tls enabled (tls.scheme)."""
+    return f"{scheme}://{node_host(name, namespace, ordinal)}:{HTTP_PORT}"
 
 
 def pod_of_node(node_id: str) -> str:
@@ -141,12 +148,12 @@ def pod_of_node(node_id: str) -> str:
     return host.split(".", 1)[0].split(":", 1)[0]
 
 
-def seed_urls(name: str, namespace: str, founders: int) -> list[str]:
+def seed_urls(name: str, namespace: str, founders: int, scheme: str = "http") -> list[str]:
     """The founding members: the pods that formed the cluster when it was created. They boot
     a static ring of exactly these URLs; every later node learns the ring from them and waits
     to be joined. Headless-service names resolve before pods are Ready
     (publishNotReadyAddresses)."""
-    return [node_url(name, namespace, i) for i in range(max(1, founders))]
+    return [node_url(name, namespace, i, scheme) for i in range(max(1, founders))]
 
 
 # Does a ring exist that leaves this node out? Asked of the other founders before a founding
@@ -158,11 +165,12 @@ import os, sys
 from limedb.client import Client
 me = os.environ["LIMEDB_ADVERTISE_URL"]
 secret = os.environ.get("LIMEDB_CLUSTER_SECRET")
+ca = os.environ.get("LIMEDB_TLS_CA") or None
 for seed in os.environ.get("LIMEDB_SEEDS", "").split(","):
     if not seed or seed == me:
         continue
     try:
-        with Client(seed, cluster_secret=secret, timeout=2, retries=0) as c:
+        with Client(seed, cluster_secret=secret, ca=ca, timeout=2, retries=0) as c:
             status = c.admin_status()
     except Exception:
         continue
@@ -277,11 +285,13 @@ def node_env(name: str, namespace: str, spec: Mapping[str, Any], founders: int) 
     def field(path: str) -> Obj:
         return {"valueFrom": {"fieldRef": {"fieldPath": path}}}
 
+    scheme = tls.scheme(spec)
+
     env: list[Obj] = [
         {"name": "POD_NAME", **field("metadata.name")},
         {
             "name": "LIMEDB_ADVERTISE_URL",
-            "value": f"http://$(POD_NAME).{headless_service_name(name)}.{namespace}.svc:{HTTP_PORT}",
+            "value": f"{scheme}://$(POD_NAME).{headless_service_name(name)}.{namespace}.svc:{HTTP_PORT}",
         },
         # Identity is the URL (LimeDB keys ring members by URL), which follows the pod name.
         {"name": "LIMEDB_NODE_ID", "value": "$(LIMEDB_ADVERTISE_URL)"},
@@ -290,7 +300,7 @@ def node_env(name: str, namespace: str, spec: Mapping[str, Any], founders: int) 
         {"name": "LIMEDB_INTERNAL_PORT", "value": str(INTERNAL_PORT)},
         {"name": "LIMEDB_RESP_PORT", "value": str(RESP_PORT)},
         {"name": "LIMEDB_DATA_DIR", "value": DATA_DIR},
-        {"name": "LIMEDB_SEEDS", "value": ",".join(seed_urls(name, namespace, founders))},
+        {"name": "LIMEDB_SEEDS", "value": ",".join(seed_urls(name, namespace, founders, scheme))},
         {"name": "LIMEDB_VNODES", "value": str(spec["vnodes"])},
         {"name": "LIMEDB_REPLICATION_FACTOR", "value": str(spec["replicationFactor"])},
         {"name": "LIMEDB_READ_CONSISTENCY", "value": spec["consistency"]},
@@ -308,6 +318,7 @@ def node_env(name: str, namespace: str, spec: Mapping[str, Any], founders: int) 
         },
     ]
     env.extend(auth_env(name, spec))
+    env.extend(tls.env(spec))
     own = {e["name"] for e in env}
     # User variables come last so `$(VAR)` references to ours resolve; they may not override
     # what the operator relies on (identity, address, secrets).
@@ -333,9 +344,14 @@ def auth_env(name: str, spec: Mapping[str, Any]) -> list[Obj]:
     return env
 
 
-def _probe(path: str, period: int, failures: int) -> Obj:
+def _probe(path: str, period: int, failures: int, scheme: str) -> Obj:
+    get: Obj = {"path": path, "port": "http"}
+    if scheme == "https":
+        # With TLS the kubelet probes over HTTPS: it does not check the certificate, and the
+        # node needs no plaintext port for it (docs/kubernetes.md, "TLS").
+        get["scheme"] = "HTTPS"
     return {
-        "httpGet": {"path": path, "port": "http"},
+        "httpGet": get,
         "periodSeconds": period,
         "timeoutSeconds": 2,
         "failureThreshold": failures,
@@ -397,6 +413,7 @@ def statefulset(
     spec = with_defaults(spec)
     founders = spec["nodes"] if founders is None else founders
     storage = spec["storage"]
+    scheme = tls.scheme(spec)
     pvc_spec: Obj = {
         "accessModes": ["ReadWriteOnce"],
         "resources": {"requests": {"storage": storage["size"]}},
@@ -414,10 +431,10 @@ def statefulset(
             {"name": "internal", "containerPort": INTERNAL_PORT, "protocol": "TCP"},
             {"name": "resp", "containerPort": RESP_PORT, "protocol": "TCP"},
         ],
-        "readinessProbe": _probe("/readyz", 5, 3),
-        "livenessProbe": _probe("/livez", 10, 6),
+        "readinessProbe": _probe("/readyz", 5, 3, scheme),
+        "livenessProbe": _probe("/livez", 10, 6, scheme),
         # WAL replay after a crash may take a while; do not kill a node that is recovering.
-        "startupProbe": _probe("/livez", 2, 150),
+        "startupProbe": _probe("/livez", 2, 150, scheme),
         "securityContext": container_security_context(),
         "volumeMounts": [
             {"name": "data", "mountPath": DATA_DIR},
@@ -426,6 +443,11 @@ def statefulset(
     }
     if spec.get("resources"):
         container["resources"] = copy.deepcopy(spec["resources"])
+    volumes: list[Obj] = [{"name": "tmp", "emptyDir": {"sizeLimit": "256Mi"}}]
+    tls_volume, tls_mount = tls.volume(name, spec), tls.volume_mount(spec)
+    if tls_volume is not None and tls_mount is not None:
+        volumes.append(tls_volume)
+        container["volumeMounts"].append(tls_mount)
     retention = spec["pvcRetention"]
     return {
         "apiVersion": "apps/v1",
@@ -450,6 +472,7 @@ def statefulset(
                         "prometheus.io/scrape": "true",
                         "prometheus.io/port": str(HTTP_PORT),
                         "prometheus.io/path": "/metrics",
+                        **({"prometheus.io/scheme": "https"} if scheme == "https" else {}),
                     },
                 },
                 "spec": {
@@ -458,7 +481,7 @@ def statefulset(
                     "enableServiceLinks": False,
                     "securityContext": pod_security_context(),
                     "containers": [container],
-                    "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "256Mi"}}],
+                    "volumes": volumes,
                     **_placement(name, spec.get("placement") or {}),
                 },
             },

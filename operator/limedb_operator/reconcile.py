@@ -11,7 +11,16 @@ from typing import Any
 
 from kubernetes.client.rest import ApiException
 
-from limedb_operator import backup_reconcile, database, manifests, restoring, verification, volumes
+from limedb_operator import (
+    backup_reconcile,
+    database,
+    issuing,
+    manifests,
+    restoring,
+    tls,
+    verification,
+    volumes,
+)
 from limedb_operator.kube import Kube
 from limedb_operator.scaling import (
     NORMAL,
@@ -69,10 +78,14 @@ def _template_env(sts: Mapping[str, Any] | None, name: str) -> str | None:
     return next((e.get("value") for e in env if e.get("name") == name), None)
 
 
+def _target(obs: Observed, pod: PodView) -> database.Target:
+    return database.pod_target(obs.namespace, pod)
+
+
 def _coordinator(obs: Observed, ring: RingView | None, exclude: str = "") -> PodView | None:
     """A Ready pod whose node is a Normal member: it can drive a ring change."""
     for pod in obs.pods:
-        node_id = manifests.node_url(obs.name, obs.namespace, pod.ordinal)
+        node_id = manifests.node_url(obs.name, obs.namespace, pod.ordinal, obs.scheme)
         member = ring.member(node_id) if ring else None
         if pod.ready and pod.url and member and member.state == NORMAL and node_id != exclude:
             return pod
@@ -80,27 +93,32 @@ def _coordinator(obs: Observed, ring: RingView | None, exclude: str = "") -> Pod
 
 
 def _change_ring(
-    obs: Observed, ring: RingView | None, step: Step, secret: str | None
+    obs: Observed, ring: RingView | None, step: Step, access: database.Access
 ) -> list[tuple[str, str, str]]:
     """Ask a Ready member to make the ring change of `step`; returns the events to post."""
     if step.kind == "join" and step.pod is not None:
         coord = _coordinator(obs, ring)
         if coord is None:
             return [("Warning", "NoCoordinator", f"no Ready member can join {step.pod.name}")]
-        database.join(coord.url or "", step.pod.url or "", secret)
+        # Over TLS the coordinator checks the new node's certificate: it must be asked by the
+        # name the certificate holds, not by IP.
+        new = step.pod.url or ""
+        if obs.scheme == "https":
+            new = manifests.node_url(obs.name, obs.namespace, step.pod.ordinal, obs.scheme)
+        database.join(_target(obs, coord), new, access)
         return [("Normal", "Joining", f"{step.pod.name} joins the ring via {coord.name}")]
     if step.kind == "leave" and step.node_id:
         pod = manifests.pod_of_node(step.node_id)
         coord = _coordinator(obs, ring, exclude=step.node_id)
         if coord is None:
             return [("Warning", "NoCoordinator", f"no Ready member can remove {pod}")]
-        database.leave(coord.url or "", step.node_id, secret)
+        database.leave(_target(obs, coord), step.node_id, access)
         return [("Normal", "Leaving", f"{pod} hands off its data and leaves the ring")]
     if step.kind == "set-rf" and step.rf is not None:
         coord = _coordinator(obs, ring)
         if coord is None:
             return [("Warning", "NoCoordinator", "no Ready member can change the RF")]
-        database.set_replication_factor(coord.url or "", step.rf, secret)
+        database.set_replication_factor(_target(obs, coord), step.rf, access)
         return [("Normal", "ReplicationFactor", step.message)]
     return []
 
@@ -154,11 +172,21 @@ def reconcile(kube: Kube, body: Mapping[str, Any]) -> Outcome:
         kube.generated_secret("admin", name, namespace, body)  # before the pods read it
     sts = kube.statefulset(name, namespace)
     replicas = None if sts is None else int(sts["spec"].get("replicas") or 0)
-    pods = kube.pods(name, namespace) if sts is not None else ()
-    ready_urls = [p.url for p in pods if p.ready and p.url and not p.terminating]
-    ring = database.read_ring(ready_urls, secret) if ready_urls else None
+    scheme = tls.scheme(spec)
+    # Certificates first: for every pod that runs or that this step may add (up to
+    # spec.nodes), before the StatefulSet that mounts them is applied.
+    ca_pem = issuing.ensure(
+        kube, name, namespace, spec, body, max(replicas or 0, int(spec["nodes"]))
+    )
+    access = database.Access(secret, ca_pem)
+    pods = kube.pods(name, namespace, scheme) if sts is not None else ()
 
-    obs = Observed(name, namespace, spec["nodes"], spec["replicationFactor"], replicas, pods, ring)
+    obs = Observed(
+        name, namespace, spec["nodes"], spec["replicationFactor"], replicas, pods, None, scheme
+    )
+    targets = [_target(obs, p) for p in pods if p.ready and p.url and not p.terminating]
+    ring = database.read_ring(targets, access) if targets else None
+    obs = replace(obs, ring=ring)
     decision = decide(obs)
     step = decision.step
     events: list[tuple[str, str, str]] = []
@@ -186,7 +214,7 @@ def reconcile(kube: Kube, body: Mapping[str, Any]) -> Outcome:
         events.append(("Normal", step.reason, step.message))
     else:
         try:
-            events.extend(_change_ring(obs, ring, step, secret))
+            events.extend(_change_ring(obs, ring, step, access))
         except Exception as e:  # refused (409) or unreachable: the next tick decides again
             log.warning("%s/%s: %s failed: %s", namespace, name, step.kind, e)
             events.append(("Warning", "RingChangeFailed", f"{step.message}: {e}"[:500]))
@@ -215,7 +243,7 @@ def reconcile(kube: Kube, body: Mapping[str, Any]) -> Outcome:
         converged = step.kind == "done" and step.reason == "Converged"
         restore = backup_reconcile.reconcile_restore(
             kube, namespace, spec["restoreFrom"], old_status.get("restore"), converged, pods,
-            secret, backup_reconcile.now_utc(),
+            access, backup_reconcile.now_utc(),
         )  # fmt: skip
         restore_status = restore.status
         events.extend(restore.events)
@@ -233,9 +261,7 @@ def reconcile(kube: Kube, body: Mapping[str, Any]) -> Outcome:
         events.append(("Normal", "Converged", step.message))
 
     if new_replicas is not None and new_replicas != replicas:
-        obs = Observed(
-            name, namespace, obs.desired, obs.replication_factor, new_replicas, pods, ring
-        )
+        obs = replace(obs, replicas=new_replicas)
     status = build_status(
         obs, decision, old_status, _now(), meta.get("generation"), extra_conditions
     )

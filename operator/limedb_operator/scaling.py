@@ -29,11 +29,13 @@ class PodView:
     ip: str | None
     ready: bool
     terminating: bool = False
+    scheme: str = "http"  # https with spec.tls enabled
 
     @property
     def url(self) -> str | None:
-        """How the operator reaches the pod: by its IP from the Pod status."""
-        return f"http://{self.ip}:{HTTP_PORT}" if self.ip else None
+        """How the operator reaches the pod: by its IP from the Pod status (over TLS it checks
+        the certificate against the pod's DNS name, manifests.node_host)."""
+        return f"{self.scheme}://{self.ip}:{HTTP_PORT}" if self.ip else None
 
 
 @dataclass(frozen=True)
@@ -76,6 +78,7 @@ class Observed:
     replicas: int | None  # StatefulSet spec.replicas; None when it does not exist yet
     pods: tuple[PodView, ...] = ()
     ring: RingView | None = None  # None: no ready node answered
+    scheme: str = "http"  # of the node URLs (identities): https with spec.tls enabled
 
 
 @dataclass(frozen=True)
@@ -313,7 +316,7 @@ def _direction(replicas: int, target: int) -> str | None:
 
 def _node_id(obs: Observed, ordinal: int) -> str:
     # Identity follows the pod name, which exists even while the pod itself is recreated.
-    return node_url(obs.name, obs.namespace, ordinal)
+    return node_url(obs.name, obs.namespace, ordinal, obs.scheme)
 
 
 def pvcs_to_delete(

@@ -23,7 +23,7 @@ ALLOWED = {
     ("apps", "statefulsets"): {"get", "create", "patch"},
     ("", "services"): {"get", "create", "patch"},
     ("policy", "poddisruptionbudgets"): {"get", "create", "patch"},
-    ("", "secrets"): {"get", "create"},
+    ("", "secrets"): {"get", "create", "update"},
     ("", "pods"): {"list"},
     ("", "persistentvolumeclaims"): {"list", "patch", "delete"},
     ("", "events"): {"create", "patch"},
@@ -32,6 +32,12 @@ VARIANTS = {
     "namespaced": (),
     "cluster-wide": ("operator.clusterWide=true",),
     "with-cluster": ("limeCluster.create=true",),
+    # spec.tls and spec.auth: the helm test pod mounts the CA and authenticates.
+    "with-tls-cluster": (
+        "limeCluster.create=true",
+        "limeCluster.spec.tls.enabled=true",
+        "limeCluster.spec.auth.enabled=true",
+    ),
 }
 
 

@@ -209,3 +209,29 @@ def test_scale_subresource_reads_and_writes_spec_nodes(objects, namespace):
     objects.patch_namespaced_custom_object_scale(G, V, namespace, P, "s", {"spec": {"replicas": 5}})
     got = objects.get_namespaced_custom_object(G, V, namespace, P, "s")
     assert got["spec"]["nodes"] == 5
+
+
+def test_tls_needs_its_secret_for_issuer_secret_name_and_cannot_be_switched_later(
+    objects, namespace
+):
+    body = lime("tls-a", tls={"enabled": True, "issuer": "secretName"})
+    msg = rejection(lambda: objects.create_namespaced_custom_object(G, V, namespace, P, body))
+    assert "spec.tls.issuer secretName needs spec.tls.secretName" in msg
+    got = objects.create_namespaced_custom_object(
+        G, V, namespace, P, lime("tls-b", tls={"enabled": True})
+    )
+    assert got["spec"]["tls"] == {"enabled": True}
+    for enabled in (False, None):
+        msg = rejection(
+            lambda e=enabled: objects.patch_namespaced_custom_object(
+                G, V, namespace, P, "tls-b", {"spec": {"tls": {"enabled": e}}}
+            )
+        )
+        assert "spec.tls.enabled cannot change on an existing cluster" in msg
+    objects.create_namespaced_custom_object(G, V, namespace, P, lime("tls-c"))
+    msg = rejection(
+        lambda: objects.patch_namespaced_custom_object(
+            G, V, namespace, P, "tls-c", {"spec": {"tls": {"enabled": True}}}
+        )
+    )
+    assert "spec.tls.enabled cannot change on an existing cluster" in msg

@@ -174,3 +174,53 @@ def test_uninstall_hook_deletes_the_cluster_while_the_operator_runs(api, namespa
     assert delete_and_wait(objects, namespace, "lime", timeout_s=60)
     # Gone already is not an error: a retried hook succeeds.
     assert delete_and_wait(objects, namespace, "lime", timeout_s=1)
+
+
+def test_tls_self_signed_issues_a_ca_and_a_certificate_per_pod_before_the_pods(
+    api, namespace, operator
+):
+    """spec.tls: the CA in `lime-ca`, the pods' certificates in `lime-tls` (mounted by the
+    StatefulSet); a scale-up adds the new pod's certificate, the others keep theirs."""
+    import base64
+
+    from cryptography import x509
+
+    create(api, namespace, nodes=3, tls={"enabled": True})
+    core, apps = kubernetes.client.CoreV1Api(api), kubernetes.client.AppsV1Api(api)
+
+    def data(name: str) -> dict[str, str]:
+        secret = core.read_namespaced_secret(name, namespace)
+        return {k: base64.b64decode(v).decode() for k, v in (secret.data or {}).items()}
+
+    def secret_keys(name: str, want: set[str]):
+        try:
+            got = data(name)
+        except ApiException:
+            return None
+        return got if want <= set(got) else None
+
+    pods3 = {f"lime-{i}.{ext}" for i in range(3) for ext in ("crt", "key")}
+    tls3 = wait_for(
+        lambda: secret_keys("lime-tls", pods3 | {"ca.crt"}),
+        timeout=60,
+        what=lambda: f"lime-tls (operator log:\n{operator.log_tail()})",
+    )
+    ca = data("lime-ca")
+    assert tls3["ca.crt"] == ca["ca.crt"] and "ca.key" not in tls3
+    cert = x509.load_pem_x509_certificate(tls3["lime-1.crt"].encode())
+    cert.verify_directly_issued_by(x509.load_pem_x509_certificate(ca["ca.crt"].encode()))
+    names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert f"lime-1.lime-headless.{namespace}.svc" in names.get_values_for_type(x509.DNSName)
+    sts = wait_for(lambda: apps.read_namespaced_stateful_set("lime", namespace), timeout=60)
+    volumes = {v.name: v for v in sts.spec.template.spec.volumes}
+    assert volumes["tls"].secret.secret_name == "lime-tls"
+
+    kubernetes.client.CustomObjectsApi(api).patch_namespaced_custom_object(
+        G, V, namespace, P, "lime", {"spec": {"nodes": 4}}
+    )
+    tls4 = wait_for(
+        lambda: secret_keys("lime-tls", {"lime-3.crt", "lime-3.key"}),
+        timeout=60,
+        what=lambda: f"lime-3's certificate (operator log:\n{operator.log_tail()})",
+    )
+    assert all(tls4[k] == v for k, v in tls3.items())

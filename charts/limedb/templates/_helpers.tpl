@@ -63,7 +63,7 @@ app.kubernetes.io/instance: {{ .Release.Name }}
   verbs: ["get", "create", "patch"]
 - apiGroups: [""]
   resources: ["secrets"]
-  verbs: ["get", "create"]
+  verbs: ["get", "create", "update"]
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["list"]

@@ -1,0 +1,117 @@
+"""Issue 16, acceptance 4, on real pods of the real image: a release of the chart with a
+LimeCluster with `spec.tls.enabled` (the operator's self-signed CA and per-pod certificates) and
+`spec.auth.enabled` comes up; the operator scales it 3 -> 4 -> 3 over TLS, and keys written
+before are read back through every node after; `helm test` passes over TLS with the admin's
+credentials; plaintext HTTP and RESP are refused.
+
+One test (one cluster): each step needs the previous one's state, and a TLS cluster costs a
+minute to bring up.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import ssl
+from collections.abc import Iterator
+
+import httpx
+import pytest
+import redis
+from lime_pods import CHART, CHART_IMAGE, converged, current_image, delete_clusters
+from limedb.client import Client, Unauthorized
+from limedb_operator.database import ServerNameTransport
+from realkube import RealKube
+
+pytestmark = pytest.mark.k8s
+
+SPEC = {
+    "nodes": 3,
+    "replicationFactor": 3,
+    "vnodes": 16,
+    "storage": {"size": "1Gi"},
+    "tls": {"enabled": True},
+    "auth": {"enabled": True},
+}
+KEYS = 500
+
+
+@pytest.fixture(scope="module")
+def ns(kube: RealKube) -> Iterator[str]:
+    current_image(kube)
+    name = kube.namespace("tls")
+    yield name
+    delete_clusters(kube, name)
+    kube.helm("uninstall", "r", "-n", name, "--wait", check=False)
+    kube.delete_namespace(name, wait=False)
+
+
+def _secret(kube: RealKube, ns: str, name: str, key: str) -> str:
+    data = kube.kubectl_json("-n", ns, "get", "secret", name)["data"]
+    return base64.b64decode(data[key]).decode()
+
+
+def _pod_ip(kube: RealKube, ns: str, pod: str) -> str:
+    return kube.kubectl_json("-n", ns, "get", "pod", pod)["status"]["podIP"]
+
+
+def _client(kube: RealKube, ns: str, pod: str, ca: str, password: str) -> Client:
+    """A client of one node from this machine (it reaches pod IPs, not cluster DNS): by IP,
+    checking the certificate against the pod's DNS name, as user admin."""
+    inner = httpx.HTTPTransport(verify=ssl.create_default_context(cadata=ca))
+    transport = ServerNameTransport(inner, f"{pod}.lime-headless.{ns}.svc")
+    url = f"https://{_pod_ip(kube, ns, pod)}:8484"
+    return Client(url, transport=transport, user="admin", password=password, timeout=30)
+
+
+def _read_all(kube: RealKube, ns: str, pods: int, ca: str, password: str) -> None:
+    names = [f"tls-key-{i}" for i in range(KEYS)]
+    for o in range(pods):
+        with _client(kube, ns, f"lime-{o}", ca, password) as c:
+            got = c.batch(get=names)
+        missing = [k for k in names if got.get(k) != k.encode()]
+        assert not missing, f"lime-{o} misses {len(missing)} keys: {missing[:5]}"
+
+
+def test_tls_cluster_with_users_scales_3_4_3_over_tls_and_passes_helm_test(kube: RealKube, ns: str):
+    kube.helm("install", "r", str(CHART), "-n", ns, *CHART_IMAGE,
+              "--set", "limeCluster.create=true", "--set", "limeCluster.name=lime",
+              "--set-json", f"limeCluster.spec={json.dumps(SPEC)}",
+              "--wait", "--timeout", "3m")  # fmt: skip
+    converged(kube, ns, 3)
+    ca = _secret(kube, ns, "lime-ca", "ca.crt")
+    password = _secret(kube, ns, "lime-admin", "password")
+    # The CA's key stays in its own Secret; the pods' Secret holds their certificates.
+    assert set(kube.kubectl_json("-n", ns, "get", "secret", "lime-tls")["data"]) >= {
+        "ca.crt", "lime-0.crt", "lime-0.key", "lime-2.crt", "lime-2.key"}  # fmt: skip
+
+    # Plaintext is refused on the HTTP and RESP ports; TLS without credentials gets 401.
+    ip = _pod_ip(kube, ns, "lime-0")
+    with pytest.raises(httpx.RemoteProtocolError):
+        httpx.get(f"http://{ip}:8484/livez", timeout=10)
+    with pytest.raises(redis.ConnectionError):
+        redis.Redis(host=ip, port=6379, socket_timeout=10).ping()
+    with _client(kube, ns, "lime-0", ca, "wrong-password") as c, pytest.raises(Unauthorized):
+        c.get("tls-key-0")
+    tls_resp = redis.Redis(host=ip, port=6379, ssl=True, ssl_ca_data=ca, ssl_check_hostname=False,
+                           username="admin", password=password, socket_timeout=10)  # fmt: skip
+    assert tls_resp.set("resp-over-tls", "yes") and tls_resp.get("resp-over-tls") == b"yes"
+    tls_resp.close()
+
+    with _client(kube, ns, "lime-1", ca, password) as c:
+        c.batch(put={f"tls-key-{i}": f"tls-key-{i}" for i in range(KEYS)})
+
+    # The operator reaches the nodes only over TLS: every join and leave below goes through it.
+    kube.kubectl("-n", ns, "scale", "lime/lime", "--replicas=4")
+    obj = converged(kube, ns, 4)
+    assert [m["pod"] for m in obj["status"]["members"] if m["state"] == "Normal"] == [
+        f"lime-{i}" for i in range(4)]  # fmt: skip
+    assert all(m["nodeId"].startswith("https://") for m in obj["status"]["members"])
+    assert "lime-3.crt" in kube.kubectl_json("-n", ns, "get", "secret", "lime-tls")["data"]
+    _read_all(kube, ns, 4, ca, password)
+    kube.kubectl("-n", ns, "scale", "lime/lime", "--replicas=3")
+    converged(kube, ns, 3)
+    _read_all(kube, ns, 3, ca, password)
+
+    out = kube.helm("test", "r", "-n", ns, "--timeout", "2m").stdout
+    assert "Phase:          Succeeded" in out, out
