@@ -74,10 +74,11 @@ def _read_all(kube: RealKube, ns: str, pods: int, ca: str, password: str) -> Non
 
 
 def test_tls_cluster_with_users_scales_3_4_3_over_tls_and_passes_helm_test(kube: RealKube, ns: str):
-    kube.helm("install", "r", str(CHART), "-n", ns, *CHART_IMAGE,
+    out = kube.helm("install", "r", str(CHART), "-n", ns, *CHART_IMAGE,
               "--set", "limeCluster.create=true", "--set", "limeCluster.name=lime",
               "--set-json", f"limeCluster.spec={json.dumps(SPEC)}",
               "--wait", "--timeout", "3m")  # fmt: skip
+    assert "TLS is required on every port" in out.stdout, out.stdout
     converged(kube, ns, 3)
     ca = _secret(kube, ns, "lime-ca", "ca.crt")
     password = _secret(kube, ns, "lime-admin", "password")
