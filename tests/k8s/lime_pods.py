@@ -74,17 +74,16 @@ CLIENT_SCRIPT = textwrap.dedent(
 def current_image(kube: RealKube) -> None:
     """Build the image from this tree if its inputs changed (scripts/image.sh, well under a
     second when nothing did), import it into the node if it is not the one there, and apply
-    this tree's CRD."""
+    this tree's CRDs."""
     for cmd in (["bash", str(ROOT / "scripts" / "image.sh")],
                 ["bash", str(KUBE_UP), "--import-only"]):  # fmt: skip
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
         assert done.returncode == 0, f"{' '.join(cmd)} failed:\n{done.stderr[-3000:]}"
     assert kube.image_present(LIMEDB_IMAGE), f"{LIMEDB_IMAGE} is not on the node"
-    # The CRD of this tree too: helm installs a chart's crds/ only when the CRD is missing, and
+    # The CRDs of this tree too: helm installs a chart's crds/ only when a CRD is missing, and
     # the API server prunes spec fields an older CRD does not know.
-    kube.kubectl(
-        "apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds" / "limecluster.yaml")
-    )
+    crds = sorted((ROOT / "crds").glob("lime*.yaml"))
+    kube.kubectl("apply", "--server-side", "--force-conflicts", *(f"--filename={c}" for c in crds))
 
 
 def lime_manifest(name: str = "lime", nodes: int = 3, **spec: object) -> str:

@@ -83,3 +83,12 @@ def test_over_tls_the_operator_matches_pods_to_https_node_ids():
     step = decide(obs).step
     assert step.kind == "join" and step.pod is not None and step.pod.name == "lime-3"
     assert step.pod.url == "https://10.0.0.3:8484"
+
+
+def test_over_tls_the_operator_checks_a_pods_certificate_against_its_dns_name():
+    from limedb_operator.database import Target, pod_target
+
+    https = PodView("lime-2", 2, "10.0.0.2", True, scheme="https")
+    assert pod_target(NS, https) == Target("https://10.0.0.2:8484", "lime-2.lime-headless.db.svc")
+    plain = PodView("my-db-1", 1, "10.0.0.1", True)
+    assert pod_target(NS, plain) == Target("http://10.0.0.1:8484", None)
