@@ -20,7 +20,7 @@ from pathlib import Path
 
 import orjson
 
-from limedb.cluster.ring.store import write_atomic
+from limedb.cluster.record_file import write_atomic
 
 HANDED_OFF_FILE = "handed_off.json"
 

@@ -16,11 +16,9 @@ from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from pathlib import Path
 
-import orjson
-
 from limedb.cluster.keys import split_wrapping
+from limedb.cluster.record_file import RecordFile
 from limedb.cluster.ring.placement import Ring
-from limedb.cluster.ring.store import write_atomic
 from limedb.cluster.transitions import Phase, Transition
 
 VERIFICATION_FILE = "verification.json"
@@ -159,23 +157,13 @@ class Verification:
         return made
 
 
-class VerificationStore:
+class VerificationStore(RecordFile[Verification]):
     """The newest verification this node knows of, on disk so it survives a restart."""
 
     def __init__(self, data_dir: str | Path) -> None:
-        self.path = Path(data_dir) / VERIFICATION_FILE
-
-    def load(self) -> Verification | None:
-        try:
-            data = self.path.read_bytes()
-        except FileNotFoundError:
-            return None
-        try:
-            return Verification.from_record(orjson.loads(data))
-        except (orjson.JSONDecodeError, ValueError) as exc:
-            # A report, not data: an unreadable one is replaced by the next verification.
-            raise ValueError(f"{self.path}: unreadable verification record: {exc}") from exc
-
-    def save(self, verification: Verification) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(self.path, orjson.dumps(verification.to_record()))
+        super().__init__(
+            Path(data_dir) / VERIFICATION_FILE,
+            "verification record",
+            Verification.from_record,
+            Verification.to_record,
+        )
