@@ -319,6 +319,9 @@ def node_env(name: str, namespace: str, spec: Mapping[str, Any], founders: int) 
     ]
     env.extend(auth_env(name, spec))
     env.extend(tls.env(spec))
+    if spec.get("autoReplace") is False:
+        # Set only to opt out: the default template stays as it was (no restart to add it).
+        env.append({"name": "LIMEDB_AUTO_REPLACE", "value": "false"})
     own = {e["name"] for e in env}
     # User variables come last so `$(VAR)` references to ours resolve; they may not override
     # what the operator relies on (identity, address, secrets).

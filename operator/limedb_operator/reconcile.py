@@ -16,6 +16,7 @@ from limedb_operator import (
     database,
     issuing,
     manifests,
+    replacement,
     restoring,
     tls,
     verification,
@@ -250,6 +251,10 @@ def reconcile(kube: Kube, body: Mapping[str, Any]) -> Outcome:
         restored = restoring.condition(restore_status)
         if restored is not None:
             extra_conditions.append(restored)
+
+    replacing = replacement.condition(ring)
+    extra_conditions.append(replacing)
+    events.extend(replacement.events(old_conditions, replacing))
 
     if not decision.valid and flipped(old_conditions, "Valid", "False"):
         events.append(("Warning", decision.invalid_reason, decision.invalid_message))

@@ -20,6 +20,7 @@ CONDITION_TYPES = (
     "Valid",
     "VolumesResized",  # volumes.condition(), added by the reconcile once the StatefulSet exists
     "Restored",  # restoring.condition(), with spec.restoreFrom
+    "Replacing",  # replacement.condition(), added by the reconcile
 )
 
 
@@ -109,7 +110,7 @@ def phase_for(obs: Observed, decision: Decision) -> str:
     if step.kind == "create":
         return "Creating"
     if obs.ring is not None and obs.ring.transition is not None:
-        return "Rebalancing"
+        return "Replacing" if obs.ring.transition.kind == "replace" else "Rebalancing"
     if decision.scaling == "up":
         return "ScalingUp"
     if decision.scaling == "down":
