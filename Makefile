@@ -52,7 +52,7 @@ kube-down:
 	bash scripts/kube-down.sh
 
 ## test: install everything the tests need, then run the whole suite
-## (scripts/test-lanes.sh: the Kubernetes tier and the rest run side by side)
+## (scripts/test-lanes.sh: the Kubernetes and skewed-clock tiers run beside the rest)
 test: $(STAMP) system-deps k8s-tools seaweedfs image
 	$(BIN)/ruff check .
 	bash scripts/test-lanes.sh $(PYTEST_ARGS)
