@@ -2,7 +2,8 @@
 LimeCluster with `spec.tls.enabled` (the operator's self-signed CA and per-pod certificates) and
 `spec.auth.enabled` comes up; the operator scales it 3 -> 4 -> 3 over TLS, and keys written
 before are read back through every node after; `helm test` passes over TLS with the admin's
-credentials; plaintext HTTP and RESP are refused.
+credentials; plaintext HTTP and RESP are refused; a pod's certificate issued anew is served
+without a restart.
 
 One test (one cluster): each step needs the previous one's state, and a TLS cluster costs a
 minute to bring up.
@@ -12,12 +13,15 @@ from __future__ import annotations
 
 import base64
 import json
+import socket
 import ssl
 from collections.abc import Iterator
 
 import httpx
 import pytest
 import redis
+from cryptography import x509
+from k8swait import wait_for
 from lime_pods import CHART, CHART_IMAGE, converged, current_image, delete_clusters
 from limedb.client import Client, Unauthorized
 from limedb_operator.database import ServerNameTransport
@@ -64,6 +68,27 @@ def _client(kube: RealKube, ns: str, pod: str, ca: str, password: str) -> Client
     return Client(url, transport=transport, user="admin", password=password, timeout=30)
 
 
+def _served_serial(ip: str, ca: str, server_name: str) -> int:
+    """The serial of the certificate a new TLS handshake with the node's HTTP port shows."""
+    context = ssl.create_default_context(cadata=ca)
+    with (
+        socket.create_connection((ip, 8484), timeout=10) as raw,
+        context.wrap_socket(raw, server_hostname=server_name) as tls,
+    ):
+        der = tls.getpeercert(binary_form=True)
+    assert der is not None
+    return x509.load_der_x509_certificate(der).serial_number
+
+
+def _serial(pem: str) -> int:
+    return x509.load_pem_x509_certificate(pem.encode()).serial_number
+
+
+def _restarts(kube: RealKube, ns: str, pod: str) -> int:
+    (status,) = kube.kubectl_json("-n", ns, "get", "pod", pod)["status"]["containerStatuses"]
+    return int(status["restartCount"])
+
+
 def _read_all(kube: RealKube, ns: str, pods: int, ca: str, password: str) -> None:
     names = [f"tls-key-{i}" for i in range(KEYS)]
     for o in range(pods):
@@ -103,6 +128,16 @@ def test_tls_cluster_with_users_scales_3_4_3_over_tls_and_passes_helm_test(kube:
     with _client(kube, ns, "lime-1", ca, password) as c:
         c.batch(put={f"tls-key-{i}": f"tls-key-{i}" for i in range(KEYS)})
 
+    # Rotation: lime-0's certificate taken out of the Secret is issued anew by the operator; the
+    # kubelet updates the mounted Secret (within a minute or so) and the node serves the new one
+    # without a restart. It runs during the scaling below and is checked after it.
+    lime0 = f"lime-0.lime-headless.{ns}.svc"
+    tls0 = _secret(kube, ns, "lime-tls", "lime-0.crt")
+    assert _served_serial(ip, ca, lime0) == _serial(tls0)
+    restarts = _restarts(kube, ns, "lime-0")
+    kube.kubectl("-n", ns, "patch", "secret", "lime-tls", "--type=json",
+                 "-p", '[{"op": "remove", "path": "/data/lime-0.crt"}]')  # fmt: skip
+
     # The operator reaches the nodes only over TLS: every join and leave below goes through it.
     kube.kubectl("-n", ns, "scale", "lime/lime", "--replicas=4")
     obj = converged(kube, ns, 4)
@@ -117,3 +152,13 @@ def test_tls_cluster_with_users_scales_3_4_3_over_tls_and_passes_helm_test(kube:
 
     out = kube.helm("test", "r", "-n", ns, "--timeout", "2m").stdout
     assert "Phase:          Succeeded" in out, out
+
+    def reissued() -> int | None:
+        data = kube.kubectl_json("-n", ns, "get", "secret", "lime-tls")["data"]
+        pem = base64.b64decode(data.get("lime-0.crt", "")).decode()
+        return _serial(pem) if pem and pem != tls0 else None
+
+    new = wait_for(reissued, timeout=30, what="lime-0's certificate issued anew")
+    wait_for(lambda: _served_serial(ip, ca, lime0) == new, timeout=150, interval=2.0,
+             what="lime-0 serving its new certificate")  # fmt: skip
+    assert _restarts(kube, ns, "lime-0") == restarts
