@@ -13,12 +13,16 @@ whole after every step.
 from __future__ import annotations
 
 import base64
+import json
+import subprocess
+import textwrap
 from collections.abc import Iterator
 
 import pytest
 import redis
 from k8swait import wait_for
 from lime_pods import (
+    KEYS,
     NODE_LABEL,
     OPERATOR_LABEL,
     converged,
@@ -32,7 +36,7 @@ from lime_pods import (
     pods,
     run_client,
 )
-from realkube import LIMEDB_IMAGE, RESTRICTED, RealKube
+from realkube import BIN, LIMEDB_IMAGE, RESTRICTED, RealKube
 
 pytestmark = pytest.mark.k8s
 
@@ -233,6 +237,108 @@ def test_a_deleted_node_pod_comes_back_with_the_same_volume_and_its_data(
     assert again["metadata"]["uid"] == claim["metadata"]["uid"]
     assert again["spec"]["volumeName"] == claim["spec"]["volumeName"]
     converged(kube, ns, 3)
+    run_client(kube, ns, "read", nodes=3)
+
+
+# Run in lime-0 while lime-1 loses its volume: quorum writes and read-backs through the two
+# survivors until lime-0 reports the replace of lime-1 done; prints what the client saw.
+LOAD_SCRIPT = textwrap.dedent(
+    """
+    import json, os, sys, time
+    from limedb.client import Client
+
+    ns, limit = sys.argv[1], float(sys.argv[2])
+    urls = [f"http://lime-{o}.lime-headless.{ns}.svc:8484" for o in (0, 2)]
+    clients = [Client(u, timeout=10, retries=0) for u in urls]
+    admin = Client(urls[0], timeout=10, cluster_secret=os.environ["LIMEDB_CLUSTER_SECRET"])
+    ok, errors, last, i = 0, [], {}, 0
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        client, key, value = clients[i % 2], f"load-{i % 100}", f"v{i}".encode()
+        try:
+            client.set(key, value)
+            got = client.get(key)
+            if got == value:
+                ok += 1
+            else:
+                errors.append(f"{key}: wrote {value!r}, read {got!r}")
+        except Exception as exc:
+            errors.append(repr(exc)[:300])
+        i += 1
+        if i % 20 == 0:
+            last = admin.admin_status().get("last_transition") or {}
+            if last.get("kind") == "replace" and last.get("phase") in ("done", "rolled_back"):
+                break
+    print(json.dumps({"ok": ok, "errors": errors, "last": last}), flush=True)
+    """
+)
+
+# Run in the replaced pod: every key of the data set read from this node alone.
+READ_ALONE_SCRIPT = textwrap.dedent(
+    """
+    import sys
+    from limedb.client import Client
+
+    keys, missing = int(sys.argv[1]), []
+    with Client("http://127.0.0.1:8484", timeout=30) as c:
+        for i in range(keys):
+            try:
+                got = c.get(f"key-{i}", consistency="one")
+            except Exception as exc:
+                got = repr(exc)
+            if got != f"value-{i}".encode():
+                missing.append(f"key-{i}")
+    print(f"read alone {keys - len(missing)}/{keys} missing {missing[:5]}", flush=True)
+    """
+)
+
+
+def test_a_node_whose_volume_is_deleted_is_replaced_automatically(
+    kube: RealKube, ns: str, cluster: str
+):
+    """Issue 15, acceptance 4: lime-1's claim and pod deleted; it comes back on a new, empty
+    volume, is replaced from the survivors, and then holds every key itself."""
+    claim = _claims(kube, ns)["data-lime-1"]
+    load = subprocess.Popen(
+        [str(BIN / "kubectl"), "-n", ns, "exec", "lime-0", "--", "python", "-c", LOAD_SCRIPT,
+         ns, "300"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=kube.env(),
+    )  # fmt: skip
+    try:
+        kube.kubectl("-n", ns, "delete", "pvc", "data-lime-1", "--wait=false")
+        kube.kubectl("-n", ns, "delete", "pod", "lime-1", "--wait=false")
+
+        def back_on_a_new_volume():
+            again = _claims(kube, ns).get("data-lime-1")
+            pod = kube.kubectl_json("-n", ns, "get", "pod", "lime-1")
+            if again is None and pod["status"].get("phase") == "Pending":
+                # Created while the old claim was still going: it waits for a claim the
+                # StatefulSet controller makes only for a new pod.
+                kube.kubectl("-n", ns, "delete", "pod", "lime-1", "--wait=false")
+                return False
+            ready = all(c["ready"] for c in pod["status"].get("containerStatuses", [{"ready": 0}]))
+            return (
+                again is not None and again["metadata"]["uid"] != claim["metadata"]["uid"] and ready
+            )
+
+        wait_for(back_on_a_new_volume, timeout=240, interval=2.0,
+                 what="lime-1 Ready on a new claim")  # fmt: skip
+        out, err = load.communicate(timeout=330)
+    finally:
+        if load.poll() is None:
+            load.kill()
+            load.wait()
+    assert load.returncode == 0, f"load client failed: {err[-2000:]}"
+    seen = json.loads(out.strip().splitlines()[-1])
+    last = seen["last"]
+    assert last.get("kind") == "replace" and last["phase"] == "done", seen
+    assert last["node"].startswith("http://lime-1."), last
+    assert seen["ok"] > 0 and seen["errors"] == [], seen
+    assert last["keys_streamed"] >= KEYS, last  # RF 3 of 3 nodes: lime-1 holds every key
+    converged(kube, ns, 3)
+    alone = kube.kubectl("-n", ns, "exec", "lime-1", "--", "python", "-c", READ_ALONE_SCRIPT,
+                         str(KEYS), timeout=300).stdout  # fmt: skip
+    assert f"read alone {KEYS}/{KEYS}" in alone, alone
     run_client(kube, ns, "read", nodes=3)
 
 
