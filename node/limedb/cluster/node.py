@@ -191,6 +191,7 @@ class ClusterService:
         internal_port: int,
         operations: OperationDecoder,
         tls: TlsMaterial | None = None,
+        fresh_data_dir: bool = False,
     ) -> None:
         self.config = config
         self.node_id: str = config.node_id
@@ -204,7 +205,9 @@ class ClusterService:
         self.hlc.max_offset_ms = config.max_clock_offset_ms
         host = urlsplit(self.node_url).hostname or "127.0.0.1"
         self.ring_store = RingStore(config.data_dir)
-        self._had_ring_record = self.ring_store.path.exists()
+        # A data dir a clustered node used before holds hints/ (and ring.json after the first
+        # transition): only one without both may be a member whose data is gone.
+        self._used_before = not fresh_data_dir or self.ring_store.path.exists()
         state = initial_ring_record(config, self.ring_store)
         self.membership = Membership(
             self.node_id,
@@ -321,6 +324,7 @@ class ClusterService:
         from limedb.storage import Engine, EngineOptions
 
         hints_dir = Path(config.data_dir) / "hints"
+        fresh_data_dir = not hints_dir.exists()
         os.makedirs(hints_dir, exist_ok=True)
         hints_engine = Engine.open(hints_dir, EngineOptions(durability=config.durability))
         internal_port = config.internal_port or default_internal_port(config.advertise_url)
@@ -331,6 +335,7 @@ class ClusterService:
             internal_port=internal_port,
             operations=operations,
             tls=tls,
+            fresh_data_dir=fresh_data_dir,
         )
 
     # ------------------------------------------------------------------ addressing
@@ -434,10 +439,10 @@ class ClusterService:
 
     async def _decide_start(self) -> None:
         has_data = bool(self.local.local_items(None, 1))
-        if self._had_ring_record or has_data or not self.config.auto_replace:
+        if self._used_before or has_data or not self.config.auto_replace:
             self.start_mode = rejoin.decide(
                 self.node_id,
-                has_local_record=self._had_ring_record,
+                has_local_record=self._used_before,
                 has_local_data=has_data,
                 answers=(),
                 auto_replace=self.config.auto_replace,

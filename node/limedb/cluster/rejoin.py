@@ -26,7 +26,8 @@ from limedb.cluster.transitions import Kind, Phase
 
 
 class StartMode(enum.StrEnum):
-    RESUME = "resume"  # the data dir holds a ring record or data: carry on from it
+    RESUME = "resume"  # a clustered node used the data dir before (hints/, ring.json) or it
+    # holds data: carry on from it
     FRESH = "fresh"  # a new node: the static ring, or wait to be joined
     REPLACE = "replace"  # a listed member that lost its data: be replaced
 
@@ -95,6 +96,8 @@ def decide(
     record = newest_record(answers)
     if record is None or node_id not in record.ring.members:
         return StartMode.FRESH
+    if record.rf < 2:
+        return StartMode.FRESH  # no other replica to stream from: a replace would be refused
     if not any(a.heard_before for a in answers):
         return StartMode.FRESH
     return StartMode.REPLACE

@@ -52,6 +52,10 @@ def test_local_data_or_ring_record_resumes_and_the_opt_out_starts_fresh():
     assert start(auto=False) is StartMode.FRESH
 
 
+def test_with_replication_factor_1_there_is_nothing_to_replace_from():
+    assert start(record=RingRecord(RING, 1)) is StartMode.FRESH
+
+
 def test_the_newest_seed_record_decides():
     later = RingRecord(RING.without_member(C), 2)
     answers = [SeedAnswer(RECORD, True), SeedAnswer(later, True)]
