@@ -1,6 +1,7 @@
 """A node on an empty data dir under an identity the ring lists, and heard before, is replaced;
 a late founder of a new cluster, a node with data, or an opted-out one starts as before."""
 
+from limedb.cluster.membership import Membership
 from limedb.cluster.rejoin import (
     SeedAnswer,
     StartMode,
@@ -95,3 +96,18 @@ def test_replaced_once_its_own_replace_has_committed():
     rolled_back = RECORD.with_transition(t.roll_back("a source died", 5))
     assert not replaced(rolled_back, C, earlier=set())
     assert needs_proposal(rolled_back)
+
+
+def test_a_seed_remembers_the_generation_it_first_heard_a_node_at():
+    seed = Membership(A, A, RING, generation=50)
+    assert seed.first_generation(C) is None
+
+    def heartbeat(generation: int, version: int) -> None:
+        state = {"generation": generation, "version": version, "advertise_url": C}
+        seed.gossip.apply({C: state})
+
+    heartbeat(100, 1)
+    heartbeat(100, 2)
+    heartbeat(200, 1)  # C restarted: its new run does not hide the earlier one
+    assert seed.first_generation(C) == 100
+    assert heard_before(seed.first_generation(C), 200)
