@@ -17,6 +17,7 @@ from limedb_operator.scaling import PodView
 from limedb_operator.volumes import ClaimView
 
 FIELD_MANAGER = "limedb-operator"
+REVISION_LABEL = "controller-revision-hash"  # set by the StatefulSet controller on each pod
 
 _PATHS = {
     ("v1", "Service"): "/api/v1/namespaces/{ns}/services/{name}",
@@ -52,6 +53,17 @@ def request(
     if not 200 <= resp.status < 300:
         raise ApiException.from_response(http_resp=resp, body=text, data=None)
     return json.loads(text) if text else None
+
+
+def _last_termination(pod: Any) -> str:
+    """The message of the node container's last termination (its log tail when it failed)."""
+    for status in (pod.status and pod.status.container_statuses) or []:
+        last = status.last_state and status.last_state.terminated
+        current = status.state and status.state.terminated
+        for term in (current, last):
+            if term is not None and term.message:
+                return str(term.message)
+    return ""
 
 
 def load_config() -> None:
@@ -119,9 +131,21 @@ class Kube:
                     ready=ready,
                     terminating=pod.metadata.deletion_timestamp is not None,
                     scheme=scheme,
+                    revision=(pod.metadata.labels or {}).get(REVISION_LABEL),
+                    last_error=_last_termination(pod),
                 )
             )
         return tuple(sorted(out, key=lambda p: p.ordinal))
+
+    def delete_pod(self, pod: str, namespace: str, uid: str | None = None) -> None:
+        """Delete a node pod (a rolling restart: the StatefulSet re-creates it at its update
+        revision). With `uid`, only that incarnation (a precondition)."""
+        body = {"preconditions": {"uid": uid}} if uid else None
+        try:
+            self.core.delete_namespaced_pod(pod, namespace, body=body)
+        except ApiException as e:
+            if e.status != 404:
+                raise
 
     def claims(self, name: str, namespace: str) -> list[ClaimView]:
         listed = self.core.list_namespaced_persistent_volume_claim(

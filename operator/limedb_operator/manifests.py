@@ -439,6 +439,9 @@ def statefulset(
         # WAL replay after a crash may take a while; do not kill a node that is recovering.
         "startupProbe": _probe("/livez", 2, 150, scheme),
         "securityContext": container_security_context(),
+        # A node that refuses to start (a ring record of a newer format) says why in its last
+        # log lines; the operator reads them here (limedb_operator.rolling).
+        "terminationMessagePolicy": "FallbackToLogsOnError",
         "volumeMounts": [
             {"name": "data", "mountPath": DATA_DIR},
             {"name": "tmp", "mountPath": "/tmp"},
@@ -462,7 +465,10 @@ def statefulset(
             # Parallel: new pods start together; ordering of membership changes is the
             # operator's job (join one at a time), not the StatefulSet controller's.
             "podManagementPolicy": "Parallel",
-            "updateStrategy": {"type": "RollingUpdate"},
+            # OnDelete: a template change makes a new revision, and the operator moves each pod
+            # to it when the cluster can spare the pod (limedb_operator.rolling), highest
+            # ordinal first, never the StatefulSet controller on its own.
+            "updateStrategy": {"type": "OnDelete"},
             "selector": {"matchLabels": selector_labels(name)},
             "persistentVolumeClaimRetentionPolicy": {
                 "whenScaled": retention["whenScaled"],

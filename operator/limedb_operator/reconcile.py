@@ -18,6 +18,7 @@ from limedb_operator import (
     manifests,
     replacement,
     restoring,
+    rolling,
     tls,
     verification,
     volumes,
@@ -30,6 +31,7 @@ from limedb_operator.scaling import (
     PodView,
     RingView,
     Step,
+    Transition,
     decide,
     pvcs_to_delete,
 )
@@ -161,6 +163,104 @@ def _grow_volumes(
     return volumes.condition(after), events
 
 
+def _describe(t: Transition | None) -> str | None:
+    return None if t is None else f"{t.kind} of {t.node} runs"
+
+
+def _roll_step(
+    obs: Observed, sts: Mapping[str, Any], spec: Mapping[str, Any], step: Step
+) -> rolling.RollStep:
+    """The roll's next step from what this tick observed; it waits while the cluster scales."""
+    sts_status = sts.get("status") or {}
+    generation = sts["metadata"].get("generation")
+    ring = obs.ring
+    rf = (ring.replication_factor if ring else None) or obs.replication_factor
+    view = rolling.RollView(
+        update_revision=sts_status.get("updateRevision"),
+        replicas=obs.replicas or 0,
+        pods=tuple(
+            rolling.RollPod(
+                name=p.name,
+                ordinal=p.ordinal,
+                revision=p.revision,
+                ready=p.ready,
+                terminating=p.terminating,
+                node_id=manifests.node_url(obs.name, obs.namespace, p.ordinal, obs.scheme),
+                last_error=p.last_error,
+            )
+            for p in obs.pods
+        ),
+        members={m.node_id: m.state for m in ring.members} if ring else {},
+        transition=_describe(ring.transition) if ring else None,
+        hints_pending=ring.hints_pending if ring else {},
+        replication_factor=rf,
+        write_quorum=rolling.write_quorum(spec["consistency"], rf),
+        ring_formats=ring.ring_formats if ring else {},
+    )
+    roll = rolling.next_step(view)
+    if not roll.rolling:
+        return roll
+    if generation is not None and (sts_status.get("observedGeneration") or 0) < generation:
+        return replace(
+            roll,
+            kind="wait",
+            reason="TemplateChanging",
+            pod=None,
+            message="the StatefulSet controller has not seen the new template yet",
+        )
+    if step.kind != "done":
+        return replace(
+            roll,
+            kind="wait",
+            reason="WaitingForScaling",
+            pod=None,
+            message=f"the roll waits for the scaling step: {step.message}",
+        )
+    if ring is None:
+        return replace(
+            roll,
+            kind="wait",
+            reason="DatabaseUnreachable",
+            pod=None,
+            message="no Ready node answered the admin status request",
+        )
+    return roll
+
+
+_WARN_REASONS = {"PodsNotReady", "QuorumAtRisk", "DowngradeRefused", "MembersNotNormal"}
+
+
+def _roll_events(
+    old_conditions: list[dict[str, Any]] | None, roll: rolling.RollStep
+) -> list[tuple[str, str, str]]:
+    """One event when the roll's reason changes (why it waits, that it finished)."""
+    prev = next((c for c in old_conditions or [] if c.get("type") == rolling.CONDITION), None)
+    if prev is not None and prev.get("reason") == roll.reason:
+        return []
+    if roll.kind == "done":
+        if prev is None or prev.get("status") != "True":
+            return []
+        return [("Normal", "Upgraded", roll.message)]
+    if roll.reason not in _WARN_REASONS:
+        return []  # a restart has its own event; the waits in between are routine
+    return [("Warning", f"Upgrade{roll.reason}", roll.message)]
+
+
+def _upgrade_status(
+    sts: Mapping[str, Any] | None, roll: rolling.RollStep | None
+) -> dict[str, Any] | None:
+    if sts is None or roll is None or not roll.rolling and roll.kind != "refuse":
+        return None  # merge-patching None removes it once every pod runs the new revision
+    out: dict[str, Any] = {
+        "revision": (sts.get("status") or {}).get("updateRevision") or "",
+        "updatedNodes": roll.updated,
+        "nodes": roll.total,
+    }
+    if roll.pod:
+        out["next"] = roll.pod
+    return out
+
+
 def reconcile(kube: Kube, body: Mapping[str, Any]) -> Outcome:
     meta = body["metadata"]
     name, namespace = meta["name"], meta["namespace"]
@@ -186,7 +286,8 @@ def reconcile(kube: Kube, body: Mapping[str, Any]) -> Outcome:
         name, namespace, spec["nodes"], spec["replicationFactor"], replicas, pods, None, scheme
     )
     targets = [_target(obs, p) for p in pods if p.ready and p.url and not p.terminating]
-    ring = database.read_ring(targets, access) if targets else None
+    # Every Ready node: each holds its own hints, and a roll waits for all of them.
+    ring = database.read_ring(targets, access, ask=len(targets)) if targets else None
     obs = replace(obs, ring=ring)
     decision = decide(obs)
     step = decision.step
@@ -222,6 +323,21 @@ def reconcile(kube: Kube, body: Mapping[str, Any]) -> Outcome:
 
     old_conditions = old_status.get("conditions")
     extra_conditions: list[dict[str, Any]] = []
+    roll: rolling.RollStep | None = None
+    if sts is not None and replicas is not None:
+        roll = _roll_step(obs, sts, spec, step)
+        if roll.kind == "restart" and roll.pod is not None:
+            kube.delete_pod(roll.pod, namespace)
+            events.append(("Normal", "Restarting", roll.message))
+        events.extend(_roll_events(old_conditions, roll))
+        extra_conditions.append(rolling.condition(roll))
+        if roll.rolling and step.kind == "done":
+            # The roll is what the cluster is doing now: Progressing, phase Upgrading.
+            decision = replace(
+                decision,
+                step=Step("wait", roll.reason, roll.message),
+                rolling=True,
+            )
     if replicas is not None:
         policy = spec["pvcRetention"]["whenScaled"]
         current = new_replicas if new_replicas is not None else replicas
@@ -259,8 +375,8 @@ def reconcile(kube: Kube, body: Mapping[str, Any]) -> Outcome:
     if not decision.valid and flipped(old_conditions, "Valid", "False"):
         events.append(("Warning", decision.invalid_reason, decision.invalid_message))
     if (
-        step.kind == "done"
-        and step.reason == "Converged"
+        decision.step.kind == "done"
+        and decision.step.reason == "Converged"
         and flipped(old_conditions, "Progressing", "False")
     ):
         events.append(("Normal", "Converged", step.message))
@@ -272,6 +388,7 @@ def reconcile(kube: Kube, body: Mapping[str, Any]) -> Outcome:
     )
     if restore_status is not None:
         status["restore"] = restore_status
+    status["upgrade"] = _upgrade_status(sts, roll)
     verified = verification.event(
         old_status.get("lastVerification"), status.get("lastVerification")
     )

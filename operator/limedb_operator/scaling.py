@@ -11,7 +11,7 @@ the database runs a transition.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from limedb_operator import verification
@@ -30,6 +30,8 @@ class PodView:
     ready: bool
     terminating: bool = False
     scheme: str = "http"  # https with spec.tls enabled
+    revision: str | None = None  # controller-revision-hash: the StatefulSet template it runs
+    last_error: str = ""  # the container's last termination message
 
     @property
     def url(self) -> str | None:
@@ -64,6 +66,10 @@ class RingView:
     replication_factor: int | None = None
     # The newest verification the node reports (limedb_operator.verification), or None.
     verification: Mapping[str, Any] | None = None
+    # Hints the answering nodes hold, summed by target node id (a roll waits for them).
+    hints_pending: Mapping[str, int] = field(default_factory=dict)
+    # node id -> the ring-record format that node announces.
+    ring_formats: Mapping[str, int] = field(default_factory=dict)
 
     def member(self, node_id: str) -> Member | None:
         return next((m for m in self.members if m.node_id == node_id), None)
@@ -101,6 +107,7 @@ class Decision:
     invalid_reason: str = ""
     invalid_message: str = ""
     scaling: str | None = None  # "up" | "down" | None
+    rolling: bool = False  # a rolling upgrade runs or waits (limedb_operator.rolling)
 
 
 def ring_view_from_status(raw: Mapping[str, Any]) -> RingView:
@@ -131,22 +138,40 @@ def ring_view_from_status(raw: Mapping[str, Any]) -> RingView:
             started_at=pick(t, "started_at", "startedAt"),
         )
     rf = raw.get("replication_factor", raw.get("replicationFactor"))
+    hints = {str(k): int(v) for k, v in (raw.get("hints_pending") or {}).items() if int(v) > 0}
+    formats = {}
+    if raw.get("node_id") and raw.get("ring_format") is not None:
+        formats[str(raw["node_id"])] = int(raw["ring_format"])
     return RingView(
         int(raw.get("epoch") or 0),
         tuple(members),
         transition,
         int(rf) if rf else None,
         verification.from_admin_status(raw),
+        hints,
+        formats,
     )
 
 
 def freshest(views: Sequence[RingView]) -> RingView | None:
     """Several nodes may answer while gossip spreads a new ring; the highest epoch wins, with
-    the newest verification any of them reports (a node that was down may not have it)."""
+    the newest verification any of them reports (a node that was down may not have it), the
+    hints they hold together and the ring formats each announces."""
     best = max(views, key=lambda v: v.epoch, default=None)
     if best is None:
         return None
-    return replace(best, verification=verification.newest([v.verification for v in views]))
+    hints: dict[str, int] = {}
+    formats: dict[str, int] = {}
+    for v in views:  # each node holds its own hints: the cluster's are their sum
+        for target, count in v.hints_pending.items():
+            hints[target] = hints.get(target, 0) + count
+        formats.update(v.ring_formats)
+    return replace(
+        best,
+        verification=verification.newest([v.verification for v in views]),
+        hints_pending=hints,
+        ring_formats=formats,
+    )
 
 
 def _wait(reason: str, message: str, **kw: Any) -> Step:

@@ -21,6 +21,7 @@ CONDITION_TYPES = (
     "VolumesResized",  # volumes.condition(), added by the reconcile once the StatefulSet exists
     "Restored",  # restoring.condition(), with spec.restoreFrom
     "Replacing",  # replacement.condition(), added by the reconcile
+    "Upgrading",  # rolling.condition(), once the StatefulSet exists
 )
 
 
@@ -109,6 +110,8 @@ def phase_for(obs: Observed, decision: Decision) -> str:
         return "Invalid"
     if step.kind == "create":
         return "Creating"
+    if decision.rolling:
+        return "Upgrading"
     if obs.ring is not None and obs.ring.transition is not None:
         return "Replacing" if obs.ring.transition.kind == "replace" else "Rebalancing"
     if decision.scaling == "up":

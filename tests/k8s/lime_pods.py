@@ -221,8 +221,111 @@ def _counter() -> int:
 
 def kill_container(container_id: str) -> None:
     """SIGKILL the container's process from the node (containerd), as an OOM kill would."""
+    signal_container(container_id, "SIGKILL")
+
+
+# Run by a load pod (issue 15): writes fresh keys one by one at quorum through the client Service
+# and reads back an acknowledged one after each, until the key `load-stop` exists; then it reads
+# every acknowledged key back and prints one JSON line: how many were acknowledged, the requests
+# that failed after the client's retries, the reads that saw a wrong value, the keys lost.
+LOAD_SCRIPT = textwrap.dedent(
+    """
+    import json, random, sys, time
+    from limedb.client import Client, KeyNotFound, LimeDBError
+
+    ns, cluster = sys.argv[1], sys.argv[2]
+    acked, failed, wrong = [], [], []
+    with Client(f"http://{cluster}.{ns}.svc:8484", timeout=5, retries=12, backoff=0.1) as c:
+        print("load started", flush=True)
+        i = 0
+        while True:
+            key = f"load-{i}"
+            try:
+                c.set(key, f"v{i}", consistency="quorum")
+                acked.append(i)
+            except LimeDBError as e:
+                failed.append(f"put {key}: {e}"[:300])
+            if acked:
+                j = random.choice(acked)
+                try:
+                    if c.get(f"load-{j}", consistency="quorum") != f"v{j}".encode():
+                        wrong.append(j)
+                except LimeDBError as e:
+                    failed.append(f"get load-{j}: {e}"[:300])
+            i += 1
+            if i % 500 == 0:
+                print(f"acked {len(acked)} failed {len(failed)}", flush=True)
+            if i % 25 == 0:
+                try:
+                    c.get("load-stop")
+                    break
+                except KeyNotFound:
+                    pass
+                except LimeDBError as e:
+                    failed.append(f"get load-stop: {e}"[:300])
+            time.sleep(0.01)
+        lost = []
+        for start in range(0, len(acked), 500):
+            names = [f"load-{j}" for j in acked[start:start + 500]]
+            got = c.batch(get=names)
+            lost += [k for k in names if got.get(k) != f"v{k[5:]}".encode()]
+    print(json.dumps({"acked": len(acked), "failed": failed, "wrong": wrong, "lost": lost}))
+    """
+)
+
+
+def start_load(kube: RealKube, ns: str, cluster: str = "lime") -> str:
+    """Start a load pod (LOAD_SCRIPT) and return its name once it runs."""
+    name = f"load-{_counter()}"
+    body = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "labels": {"app": "lime-client"}},
+        "spec": {
+            "restartPolicy": "Never",
+            "automountServiceAccountToken": False,
+            "securityContext": RESTRICTED_POD,
+            "containers": [
+                {
+                    "name": "load",
+                    "image": LIMEDB_IMAGE,
+                    "imagePullPolicy": "Never",
+                    "command": ["python", "-c", LOAD_SCRIPT],
+                    "args": [ns, cluster],
+                    "securityContext": RESTRICTED_CONTAINER,
+                }
+            ],
+        },
+    }
+    kube.apply(json.dumps(body), ns)
+    wait_for(lambda: "load started" in kube.kubectl("-n", ns, "logs", name, check=False).stdout,
+             timeout=120, interval=0.5, what=f"load pod {name} running")  # fmt: skip
+    return name
+
+
+def finish_load(kube: RealKube, ns: str, name: str, pod_ip: str) -> dict:
+    """Stop the load pod (the key `load-stop`, written through the node at `pod_ip`) and return
+    its summary."""
+    from limedb.client import Client
+
+    with Client(f"http://{pod_ip}:8484", timeout=10, retries=5) as c:
+        c.set("load-stop", "1")
+
+    def finished():
+        phase = kube.kubectl_json("-n", ns, "get", "pod", name)["status"].get("phase")
+        return phase if phase in ("Succeeded", "Failed") else None
+
+    phase = wait_for(finished, timeout=180, interval=1.0, what=f"load pod {name} to finish")
+    log = kube.kubectl("-n", ns, "logs", name).stdout
+    assert phase == "Succeeded", f"load pod {name} {phase}:\n{log}"
+    kube.kubectl("-n", ns, "delete", "pod", name, "--wait=false")
+    return json.loads(log.strip().splitlines()[-1])
+
+
+def signal_container(container_id: str, signal: str) -> None:
+    """Send `signal` (SIGSTOP, SIGCONT, ...) to the container's process from the node."""
     cid = container_id.split("://", 1)[-1]
     subprocess.run(
-        ["ctr", "--address", str(CONTAINERD), "-n", "k8s.io", "tasks", "kill", "-s", "SIGKILL",
+        ["ctr", "--address", str(CONTAINERD), "-n", "k8s.io", "tasks", "kill", "-s", signal,
          cid], check=True, capture_output=True, text=True, timeout=30,
     )  # fmt: skip

@@ -24,7 +24,7 @@ ALLOWED = {
     ("", "services"): {"get", "create", "patch"},
     ("policy", "poddisruptionbudgets"): {"get", "create", "patch"},
     ("", "secrets"): {"get", "create", "update"},
-    ("", "pods"): {"list"},
+    ("", "pods"): {"list", "delete"},  # delete: a rolling upgrade restarts pods
     ("", "persistentvolumeclaims"): {"list", "patch", "delete"},
     ("", "events"): {"create", "patch"},
 }

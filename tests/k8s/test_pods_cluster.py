@@ -16,6 +16,7 @@ import base64
 import json
 import subprocess
 import textwrap
+import threading
 from collections.abc import Iterator
 
 import pytest
@@ -28,6 +29,7 @@ from lime_pods import (
     converged,
     current_image,
     delete_clusters,
+    finish_load,
     get_lime_row,
     install_operator,
     kill_container,
@@ -35,6 +37,8 @@ from lime_pods import (
     lime_status,
     pods,
     run_client,
+    signal_container,
+    start_load,
 )
 from realkube import BIN, LIMEDB_IMAGE, RESTRICTED, RealKube
 
@@ -362,6 +366,120 @@ def _left_of(kube: RealKube, ns: str) -> list[str]:
                        "-l", "app.kubernetes.io/instance=lime", "-o", "name").stdout.split()  # fmt: skip
     out += kube.kubectl("-n", ns, "get", "limecluster", "-o", "name").stdout.split()
     return sorted(set(out))
+
+
+class PodWatch:
+    """Samples the node pods every half second in a thread: every uid each pod name had, in
+    order, and the most pods down (not Ready, terminating or missing) at any one sample."""
+
+    def __init__(self, kube: RealKube, ns: str, nodes: int = 3) -> None:
+        self.kube, self.ns, self.nodes = kube, ns, nodes
+        self.uids: dict[str, list[str]] = {}
+        self.restarts: list[str] = []  # pod names, in the order their new pods appeared
+        self.max_down, self.worst = 0, ""
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> PodWatch:
+        self._sample()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+    def _sample(self) -> None:
+        up = []
+        for pod in pods(self.kube, self.ns):
+            name, uid = pod["metadata"]["name"], pod["metadata"]["uid"]
+            seen = self.uids.setdefault(name, [])
+            if not seen or seen[-1] != uid:
+                if seen:
+                    self.restarts.append(name)
+                seen.append(uid)
+            ready = any(c["type"] == "Ready" and c["status"] == "True"
+                        for c in pod["status"].get("conditions", []))  # fmt: skip
+            if ready and not pod["metadata"].get("deletionTimestamp"):
+                up.append(name)
+        down = self.nodes - len(up)
+        if down > self.max_down:
+            self.max_down, self.worst = down, f"only {sorted(up)} up"
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.5):
+            try:
+                self._sample()
+            except Exception as e:  # a kubectl hiccup is one lost sample, not a verdict
+                print(f"pod watch sample failed: {e}")
+
+
+def _revisions(kube: RealKube, ns: str) -> tuple[str, dict[str, str]]:
+    sts = kube.kubectl_json("-n", ns, "get", "statefulset", "lime")
+    revs = {p["metadata"]["name"]: p["metadata"]["labels"].get("controller-revision-hash", "")
+            for p in pods(kube, ns) if not p["metadata"].get("deletionTimestamp")}  # fmt: skip
+    return sts["status"].get("updateRevision", ""), revs
+
+
+def _upgrading(kube: RealKube, ns: str) -> dict:
+    st = lime_status(kube, ns)
+    return next((c for c in st.get("conditions", []) if c["type"] == "Upgrading"), {})
+
+
+def test_a_setting_change_rolls_one_pod_at_a_time_under_load_waiting_for_a_down_node(
+    kube: RealKube, ns: str, cluster: str
+):
+    """Issue 15, acceptance 1-3 in one roll: quorum reads and writes run throughout; lime-1 is
+    stopped (SIGSTOP) before the change, and no pod restarts while it is down; once it is back
+    the pods restart highest ordinal first, one at a time, with the operator pod deleted after
+    the first restart, and no pod restarts twice."""
+    converged(kube, ns, 3)
+    load = start_load(kube, ns)
+    with PodWatch(kube, ns) as watch:
+        pod1 = kube.kubectl_json("-n", ns, "get", "pod", "lime-1")
+        (status,) = pod1["status"]["containerStatuses"]
+        signal_container(status["containerID"], "SIGSTOP")
+        try:
+            wait_for(lambda: not kube.kubectl_json("-n", ns, "get", "pod", "lime-1")["status"][
+                "containerStatuses"][0]["ready"], timeout=60, interval=0.5,
+                what="lime-1 not Ready")  # fmt: skip
+            kube.kubectl("-n", ns, "patch", "lime", "lime", "--type=merge", "-p",
+                         '{"spec": {"env": [{"name": "LIMEDB_LOG_LEVEL", "value": "warning"}]}}')  # fmt: skip
+            held = wait_for(lambda: (c := _upgrading(kube, ns)).get("reason") == "PodsNotReady"
+                            and c, timeout=60, interval=0.5,
+                            what=lambda: f"Upgrading/PodsNotReady; have {_upgrading(kube, ns)}")  # fmt: skip
+            assert held["status"] == "True" and "lime-1" in held["message"], held
+            update, revs = _revisions(kube, ns)
+            assert update and all(r != update for r in revs.values()), (update, revs)
+            assert all(len(u) == 1 for u in watch.uids.values()), watch.uids
+            assert lime_status(kube, ns)["phase"] == "Upgrading"
+        finally:
+            signal_container(status["containerID"], "SIGCONT")
+
+        def restarted(name):
+            return lambda: len(watch.uids.get(name, [])) > 1
+
+        wait_for(restarted("lime-2"), timeout=180, interval=0.5, what="lime-2 restarted")
+        (old_operator,) = pods(kube, ns, OPERATOR_LABEL)
+        kube.kubectl("-n", ns, "delete", "pod", old_operator["metadata"]["name"], "--wait=false")
+        wait_for(lambda: _upgrading(kube, ns).get("reason") == "UpToDate", timeout=300,
+                 interval=1.0, what=lambda: f"the roll to finish; {lime_status(kube, ns)}")  # fmt: skip
+        converged(kube, ns, 3)
+    update, revs = _revisions(kube, ns)
+    assert revs == {f"lime-{o}": update for o in range(3)}, (update, revs)
+    # Each pod restarted exactly once (the operator's restart did not repeat one), never two
+    # down at once (lime-1 stopped counts), highest ordinal first.
+    assert {n: len(u) for n, u in watch.uids.items()} == {f"lime-{o}": 2 for o in range(3)}
+    assert watch.max_down == 1, watch.worst
+    reasons = _event_reasons(kube, ns)
+    assert {"Restarting", "UpgradePodsNotReady", "Upgraded"} <= reasons, reasons
+    assert watch.restarts == ["lime-2", "lime-1", "lime-0"], watch.restarts
+    ip = kube.kubectl_json("-n", ns, "get", "pod", "lime-0")["status"]["podIP"]
+    summary = finish_load(kube, ns, load, ip)
+    print(f"load: {summary['acked']} acknowledged writes")
+    assert summary["acked"] > 50, summary
+    assert (summary["failed"], summary["wrong"], summary["lost"]) == ([], [], []), summary
+    run_client(kube, ns, "read", nodes=3)
 
 
 def test_replication_factor_lowered_to_1_with_one_node_then_back_to_3_nodes(

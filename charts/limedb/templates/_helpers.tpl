@@ -66,7 +66,7 @@ app.kubernetes.io/instance: {{ .Release.Name }}
   verbs: ["get", "create", "update"]
 - apiGroups: [""]
   resources: ["pods"]
-  verbs: ["list"]
+  verbs: ["list", "delete"]
 - apiGroups: [""]
   resources: ["persistentvolumeclaims"]
   verbs: ["list", "patch", "delete"]

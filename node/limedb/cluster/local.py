@@ -24,6 +24,7 @@ from limedb.cluster.service import (
     ReplicaReport,
     Unavailable,
 )
+from limedb.cluster.status import announced
 from limedb.cluster.transaction import Step, StepResult, Watch, run_batch
 from limedb.cluster.view import ClusterView, MemberView
 from limedb.config import default
@@ -272,6 +273,7 @@ class LocalService:
             "vnodes": self._vnodes,
             "transition": None,
             "last_transition": None,
+            **announced(),
         }
 
     def cluster_view(self) -> ClusterView:

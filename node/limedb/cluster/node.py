@@ -52,7 +52,7 @@ from limedb.cluster.service import (
     ReplicaReport,
     Unavailable,
 )
-from limedb.cluster.status import member_states, ring_status
+from limedb.cluster.status import announced, member_states, ring_status
 from limedb.cluster.streaming import RangeStreams
 from limedb.cluster.transaction import ClusterTransactions, Step, StepResult, Watch
 from limedb.cluster.transition_driver import DriverSettings, TransitionDriver
@@ -513,8 +513,12 @@ class ClusterService:
         )
         return {
             **ring,
+            **announced(),
             "repair": self.anti_entropy.status(),
             "verification": self.verifier.status(),
+            # Hints this node holds, by target: a rolling upgrade waits for the ones to a
+            # restarted node to drain before it restarts the next (docs/kubernetes.md).
+            "hints_pending": dict(self.hints.stats()["pending_by_target"]),
         }
 
     async def repair(self, token_range: tuple[int, int] | None = None) -> dict:

@@ -10,10 +10,18 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from limedb.cluster.ring.record import RingRecord
+from limedb import __version__
+from limedb.cluster.ring.record import RING_FORMAT, RingRecord
 from limedb.cluster.transitions import Phase, Transition
 
 Liveness = Callable[[str], str]  # node id -> "alive" | "suspect" | "dead", as this node sees it
+
+
+def announced() -> dict:
+    """What every node says of itself in `GET /admin/status`: its version and the ring-record
+    format it writes (and the newest it reads); the operator refuses a downgrade across formats
+    by it."""
+    return {"version": __version__, "ring_format": RING_FORMAT}
 
 
 def member_states(record: RingRecord, liveness: Liveness) -> list[dict]:

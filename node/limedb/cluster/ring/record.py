@@ -21,6 +21,15 @@ import xxhash
 from limedb.cluster.ring.placement import Ring
 from limedb.cluster.transitions import PHASE_RANK, Phase, Transition, TransitionError, WriteSet
 
+# The ring-record format this build writes and the newest it reads. A record without the field
+# is format 1 (the first one). A node refuses a record of a newer format instead of guessing at
+# it: a downgrade across formats stops at the first node (docs/kubernetes.md, upgrades).
+RING_FORMAT = 1
+
+
+class UnreadableFormat(ValueError):
+    """A ring record of a format newer than this build reads."""
+
 
 @dataclass(frozen=True)
 class RingRecord:
@@ -108,6 +117,7 @@ class RingRecord:
 
     def to_record(self) -> dict:
         return {
+            "format": RING_FORMAT,
             **self.ring.to_record(),
             "rf": self.rf,
             "transition": None if self.transition is None else self.transition.to_record(),
@@ -115,7 +125,9 @@ class RingRecord:
 
     @classmethod
     def from_record(cls, record: Mapping) -> RingRecord:
-        """Raises ValueError for a record that does not decode (TransitionError included)."""
+        """Raises ValueError for a record that does not decode (TransitionError included),
+        UnreadableFormat for one of a newer format."""
+        check_format(record)
         ring = Ring.from_record(record)
         try:
             rf = int(record["rf"])
@@ -128,3 +140,15 @@ class RingRecord:
                 raise TransitionError("bad ring record: transition must be an object")
             transition = Transition.from_record(raw)
         return cls(ring, rf, transition)
+
+
+def check_format(record: Mapping) -> None:
+    """Raise UnreadableFormat unless this build reads the format of `record`."""
+    raw = record.get("format", 1)
+    if not isinstance(raw, int) or raw < 1:
+        raise ValueError(f"bad ring record: format {raw!r}")
+    if raw > RING_FORMAT:
+        raise UnreadableFormat(
+            f"ring record format {raw} is newer than this node reads ({RING_FORMAT}): "
+            "refusing it (a downgrade across ring formats is not supported)"
+        )
