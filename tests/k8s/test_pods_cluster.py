@@ -314,7 +314,10 @@ def test_a_node_whose_volume_is_deleted_is_replaced_automatically(
 
         def back_on_a_new_volume():
             again = _claims(kube, ns).get("data-lime-1")
-            pod = kube.kubectl_json("-n", ns, "get", "pod", "lime-1")
+            got = kube.kubectl("-n", ns, "get", "pod", "lime-1", "-o", "json", check=False)
+            if got.returncode != 0:
+                return False  # deleted, not re-created by the StatefulSet controller yet
+            pod = json.loads(got.stdout)
             if again is None and pod["status"].get("phase") == "Pending":
                 # Created while the old claim was still going: it waits for a claim the
                 # StatefulSet controller makes only for a new pod.
