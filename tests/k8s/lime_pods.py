@@ -174,31 +174,32 @@ def converged(kube: RealKube, ns: str, nodes: int, name: str = "lime", timeout: 
     return wait_for(done, timeout=timeout, interval=1.0, what=state)
 
 
+def script_pod(name: str, script: str, args: list[str]) -> str:
+    """The manifest of a pod of the LimeDB image that runs a Python `script` with `args` once,
+    under the restricted profile."""
+    container = {
+        "name": name.split("-")[0],
+        "image": LIMEDB_IMAGE,
+        "imagePullPolicy": "Never",
+        "command": ["python", "-c", script],
+        "args": args,
+        "securityContext": RESTRICTED_CONTAINER,
+    }
+    spec = {
+        "restartPolicy": "Never",
+        "automountServiceAccountToken": False,
+        "securityContext": RESTRICTED_POD,
+        "containers": [container],
+    }
+    metadata = {"name": name, "labels": {"app": "lime-client"}}
+    return json.dumps({"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": spec})
+
+
 def run_client(kube: RealKube, ns: str, mode: str, nodes: int, cluster: str = "lime",
                timeout: float = 300, keys: int = KEYS) -> str:  # fmt: skip
     """Run CLIENT_SCRIPT in a pod of the LimeDB image; its log, or AssertionError if it failed."""
     name = f"client-{mode}-{nodes}-{_counter()}"
-    body = {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": name, "labels": {"app": "lime-client"}},
-        "spec": {
-            "restartPolicy": "Never",
-            "automountServiceAccountToken": False,
-            "securityContext": RESTRICTED_POD,
-            "containers": [
-                {
-                    "name": "client",
-                    "image": LIMEDB_IMAGE,
-                    "imagePullPolicy": "Never",
-                    "command": ["python", "-c", CLIENT_SCRIPT],
-                    "args": [mode, ns, cluster, str(nodes), str(keys)],
-                    "securityContext": RESTRICTED_CONTAINER,
-                }
-            ],
-        },
-    }
-    kube.apply(json.dumps(body), ns)
+    kube.apply(script_pod(name, CLIENT_SCRIPT, [mode, ns, cluster, str(nodes), str(keys)]), ns)
 
     def finished():
         phase = kube.kubectl_json("-n", ns, "get", "pod", name)["status"].get("phase")
@@ -277,27 +278,7 @@ LOAD_SCRIPT = textwrap.dedent(
 def start_load(kube: RealKube, ns: str, cluster: str = "lime") -> str:
     """Start a load pod (LOAD_SCRIPT) and return its name once it runs."""
     name = f"load-{_counter()}"
-    body = {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": name, "labels": {"app": "lime-client"}},
-        "spec": {
-            "restartPolicy": "Never",
-            "automountServiceAccountToken": False,
-            "securityContext": RESTRICTED_POD,
-            "containers": [
-                {
-                    "name": "load",
-                    "image": LIMEDB_IMAGE,
-                    "imagePullPolicy": "Never",
-                    "command": ["python", "-c", LOAD_SCRIPT],
-                    "args": [ns, cluster],
-                    "securityContext": RESTRICTED_CONTAINER,
-                }
-            ],
-        },
-    }
-    kube.apply(json.dumps(body), ns)
+    kube.apply(script_pod(name, LOAD_SCRIPT, [ns, cluster]), ns)
     wait_for(lambda: "load started" in kube.kubectl("-n", ns, "logs", name, check=False).stdout,
              timeout=120, interval=0.5, what=f"load pod {name} running")  # fmt: skip
     return name
@@ -320,6 +301,15 @@ def finish_load(kube: RealKube, ns: str, name: str, pod_ip: str) -> dict:
     assert phase == "Succeeded", f"load pod {name} {phase}:\n{log}"
     kube.kubectl("-n", ns, "delete", "pod", name, "--wait=false")
     return json.loads(log.strip().splitlines()[-1])
+
+
+def tag_image(source: str, target: str) -> None:
+    """Give the node's image `source` a second name `target` (the same build under another
+    tag, as a registry would serve a re-tagged release)."""
+    subprocess.run(
+        ["ctr", "--address", str(CONTAINERD), "-n", "k8s.io", "images", "tag", "--force",
+         source, target], check=True, capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
 
 
 def signal_container(container_id: str, signal: str) -> None:

@@ -39,6 +39,7 @@ from lime_pods import (
     run_client,
     signal_container,
     start_load,
+    tag_image,
 )
 from realkube import BIN, LIMEDB_IMAGE, RESTRICTED, RealKube
 
@@ -432,10 +433,11 @@ def _upgrading(kube: RealKube, ns: str) -> dict:
 def test_a_setting_change_rolls_one_pod_at_a_time_under_load_waiting_for_a_down_node(
     kube: RealKube, ns: str, cluster: str
 ):
-    """Issue 15, acceptance 1-3 in one roll: quorum reads and writes run throughout; lime-1 is
-    stopped (SIGSTOP) before the change, and no pod restarts while it is down; once it is back
+    """Issue 15, acceptance 1-3: quorum reads and writes run throughout; lime-1 is stopped
+    (SIGSTOP) before a setting change, and no pod restarts while it is down; once it is back
     the pods restart highest ordinal first, one at a time, with the operator pod deleted after
-    the first restart, and no pod restarts twice."""
+    the first restart, and no pod restarts twice. Then the image tag of the same build
+    changes, and the pods roll again the same way."""
     converged(kube, ns, 3)
     load = start_load(kube, ns)
     with PodWatch(kube, ns) as watch:
@@ -468,15 +470,30 @@ def test_a_setting_change_rolls_one_pod_at_a_time_under_load_waiting_for_a_down_
         wait_for(lambda: _upgrading(kube, ns).get("reason") == "UpToDate", timeout=300,
                  interval=1.0, what=lambda: f"the roll to finish; {lime_status(kube, ns)}")  # fmt: skip
         converged(kube, ns, 3)
-    update, revs = _revisions(kube, ns)
-    assert revs == {f"lime-{o}": update for o in range(3)}, (update, revs)
-    # Each pod restarted exactly once (the operator's restart did not repeat one), never two
-    # down at once (lime-1 stopped counts), highest ordinal first.
-    assert {n: len(u) for n, u in watch.uids.items()} == {f"lime-{o}": 2 for o in range(3)}
+        update, revs = _revisions(kube, ns)
+        assert revs == {f"lime-{o}": update for o in range(3)}, (update, revs)
+        # Each pod restarted exactly once (the operator's restart did not repeat one).
+        assert {n: len(u) for n, u in watch.uids.items()} == {f"lime-{o}": 2 for o in range(3)}
+
+        # Separately, the image: the same build under another tag rolls the same way.
+        retagged = LIMEDB_IMAGE + "-retagged"
+        tag_image(LIMEDB_IMAGE, retagged)
+        kube.kubectl("-n", ns, "patch", "lime", "lime", "--type=merge", "-p",
+                     json.dumps({"spec": {"image": retagged}}))  # fmt: skip
+        wait_for(lambda: all(len(watch.uids.get(f"lime-{o}", [])) == 3 for o in range(3))
+                 and _upgrading(kube, ns).get("reason") == "UpToDate", timeout=300, interval=1.0,
+                 what=lambda: f"the image roll to finish; {lime_status(kube, ns)}")  # fmt: skip
+        converged(kube, ns, 3)
+    for o in range(3):
+        spec = kube.kubectl_json("-n", ns, "get", "pod", f"lime-{o}")["spec"]
+        assert spec["containers"][0]["image"] == retagged, spec["containers"][0]
+    # Each pod restarted exactly once per roll, never two down at once (lime-1 stopped
+    # counts), highest ordinal first.
+    assert {n: len(u) for n, u in watch.uids.items()} == {f"lime-{o}": 3 for o in range(3)}
     assert watch.max_down == 1, watch.worst
     reasons = _event_reasons(kube, ns)
     assert {"Restarting", "UpgradePodsNotReady", "Upgraded"} <= reasons, reasons
-    assert watch.restarts == ["lime-2", "lime-1", "lime-0"], watch.restarts
+    assert watch.restarts == ["lime-2", "lime-1", "lime-0"] * 2, watch.restarts
     ip = kube.kubectl_json("-n", ns, "get", "pod", "lime-0")["status"]["podIP"]
     summary = finish_load(kube, ns, load, ip)
     print(f"load: {summary['acked']} acknowledged writes")
