@@ -7,7 +7,7 @@ NODES  ?= 3
 RESP_BASE_PORT ?= 6379
 PYTEST_ARGS ?=
 
-.PHONY: run test test-unit test-cluster test-k8s bench lint install system-deps k8s-tools image clean \
+.PHONY: run test setup test-unit test-cluster test-k8s bench lint install system-deps k8s-tools image clean \
 	nemesis kube-up kube-down seaweedfs
 
 $(STAMP): pyproject.toml
@@ -30,7 +30,7 @@ system-deps:
 
 ## k8s-tools: Kubernetes (control plane, kubelet, kube-proxy, kubectl), CoreDNS, etcd, helm
 ## built into .cache/k8s/bin, and the images of the node's own pods (pause, CoreDNS, busybox)
-k8s-tools:
+k8s-tools: system-deps
 	bash scripts/k8s-tools.sh
 
 ## seaweedfs: SeaweedFS's `weed` (the real S3 server of the backup tests) built into
@@ -52,10 +52,16 @@ kube-down:
 	bash scripts/kube-down.sh
 
 ## test: install everything the tests need, then run the whole suite
-## (scripts/test-lanes.sh: the Kubernetes and skewed-clock tiers run beside the rest)
-test: $(STAMP) system-deps k8s-tools seaweedfs image
+## (scripts/test-lanes.sh: the Kubernetes tier and the longest campaigns run beside the rest)
+test: setup
 	$(BIN)/ruff check .
 	bash scripts/test-lanes.sh $(PYTEST_ARGS)
+
+## setup: everything `make test` needs, the independent parts side by side (-j4): the venv,
+## the Debian packages, the Go builds (Kubernetes, SeaweedFS) and the image. On a fresh machine
+## the module downloads and pip's overlap the compilers; warm, each part is a cache check.
+setup:
+	$(MAKE) --no-print-directory -j4 $(STAMP) system-deps k8s-tools seaweedfs image
 
 # The suite in tiers, by marker (tests/conftest.py makes every test that starts a process
 # carry one): in-process only; real node processes, namespaces, redis; the control plane.

@@ -11,6 +11,7 @@ process is stopped at teardown.
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -22,6 +23,7 @@ from support.history import OK, WRITE, History
 
 TRANSITION_TIMEOUT_S = 120.0
 BATCH = 1000  # keys per batch request: the node's default max_batch_items
+READERS = 4  # batch requests in flight while a check reads every key back
 
 
 class Fleet:
@@ -171,7 +173,9 @@ class Fleet:
         """Keys not stored on exactly their owners (a live key) or stored anywhere (a
         deleted one), from every member's own listing."""
         ring, rf = self.ring()
-        listed = {node.url: self.local_keys(node) for node in self.members}
+        with ThreadPoolExecutor(max_workers=len(self.members)) as pool:
+            listings = pool.map(self.local_keys, self.members)
+            listed = {node.url: keys for node, keys in zip(self.members, listings, strict=True)}
         problems = []
         for key in sorted(all_keys):
             owners = set(ring.replica_urls(key, rf))
@@ -183,25 +187,37 @@ class Fleet:
 
     def read_all(self, keys: list[str]) -> dict[str, bytes | None]:
         """Every key's value (None = absent), `BATCH` keys per request at the node's read
-        level (as a plain GET); a batch a member cannot serve goes to the next member."""
-        clients = [Client(node.url, timeout=60.0, retries=2) for node in self.members]
-        values: dict[str, bytes | None] = {}
-        try:
-            for first in range(0, len(keys), BATCH):
-                chunk = keys[first : first + BATCH]
+        level (as a plain GET). Batches go to the members side by side, one reader per member,
+        each starting at its own member; a batch a member cannot serve goes to the next one."""
+        chunks = [keys[first : first + BATCH] for first in range(0, len(keys), BATCH)]
+        readers = max(1, min(len(self.members), READERS))
+        urls = [node.url for node in self.members]
+
+        def read(reader: int) -> dict[str, bytes | None]:
+            order = urls[reader % len(urls) :] + urls[: reader % len(urls)]
+            clients = [Client(url, timeout=60.0, retries=2) for url in order]
+            values: dict[str, bytes | None] = {}
+            try:
+                for chunk in chunks[reader::readers]:
+                    for client in clients:
+                        try:
+                            values.update(client.batch(get=chunk))
+                            break
+                        except (httpx.HTTPError, LimeDBError):
+                            continue
+                    else:
+                        raise AssertionError(
+                            f"no member could read {len(chunk)} keys from {chunk[0]!r}"
+                        )
+            finally:
                 for client in clients:
-                    try:
-                        values.update(client.batch(get=chunk))
-                        break
-                    except (httpx.HTTPError, LimeDBError):
-                        continue
-                else:
-                    raise AssertionError(
-                        f"no member could read {len(chunk)} keys from {chunk[0]!r}"
-                    )
-        finally:
-            for client in clients:
-                client.close()
+                    client.close()
+            return values
+
+        values: dict[str, bytes | None] = {}
+        with ThreadPoolExecutor(max_workers=readers) as pool:
+            for part in pool.map(read, range(readers)):
+                values.update(part)
         return values
 
     def check(self, history: History, timeout_s: float = 60.0) -> None:
