@@ -128,4 +128,8 @@ async def serve(
             message = state.connections.exhausted(exc)
             return error_reply(ApiError(503, message, retry_after_header(1)))
         log.exception("unexpected error serving %s %r", method, raw_path)
-        return ops.Reply(500, ops.JSON, error_body("internal error"))
+        return internal_error()
+
+
+def internal_error() -> ops.Reply:
+    return ops.Reply(500, ops.JSON, error_body("internal error"))

@@ -4,8 +4,9 @@ For a LimeDB get/set/del or /v1/kv request that is not pipelined behind another 
 protocol skips the ASGI request cycle (scope completion, a task per request, message dicts,
 the FastAPI stack) and runs `hot.serve` as soon as the message is complete. Most reads finish
 without ever suspending, so the coroutine is stepped once, eagerly, and the reply is written in
-the same callback; an operation that does wait (a write waiting for its fsync, a replica) is
-finished in a task. Every other request - and hot requests pipelined behind an unfinished
+the same callback; an operation that does wait (a write waiting for its fsync, a replica's
+answer) is stepped on by a callback on the future it waits for (`WireProtocol._step`), still
+without a task. Every other request - and hot requests pipelined behind an unfinished
 response or sent with `Expect: 100-continue` - takes uvicorn's normal ASGI path unchanged, where
 the raw-ASGI `FastPath` still serves the hot routes. Both paths answer through `hot.serve`.
 
@@ -20,9 +21,9 @@ read and dropped.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Coroutine
+from functools import partial
 from typing import Any
 
 import httptools
@@ -92,32 +93,6 @@ class HotCycle:
     @property
     def response_started(self) -> bool:
         return self.response_complete  # a hot response is written in one piece
-
-
-async def _resume(coro: Coroutine[Any, Any, ops.Reply], waiting: Any) -> ops.Reply:
-    """Finish a coroutine that was stepped once by hand and is waiting on `waiting`.
-
-    This is what asyncio.Task does for a coroutine: wait for the future it yielded, then step
-    it again, until it returns.
-    """
-    while True:
-        try:
-            if waiting is None:
-                await asyncio.sleep(0)
-            else:
-                # The coroutine yielded the future to us, not to a Task: clear the flag a Task
-                # would clear, or the future refuses to be awaited again.
-                waiting._asyncio_future_blocking = False
-                await waiting
-        except asyncio.CancelledError:
-            coro.close()
-            raise
-        except BaseException:  # noqa: S110 - the coroutine re-raises it from its own await
-            pass
-        try:
-            waiting = coro.send(None)
-        except StopIteration as done:
-            return done.value
 
 
 class WireProtocol(BoundedProtocol):
@@ -227,25 +202,41 @@ class WireProtocol(BoundedProtocol):
             state, cycle.route, cycle.method, cycle.raw_path, cycle.query, body, cycle.credentials
         )
         if state.service is None or not state.service.inline_safe:
-            task = self.loop.create_task(self._finish(cycle, coro, None, stepped=False))
+            task = self.loop.create_task(self._finish(cycle, coro))
             task.add_done_callback(self.tasks.discard)
             self.tasks.add(task)
             return
+        self._step(cycle, coro)
+
+    def _step(
+        self, cycle: HotCycle, coro: Coroutine[Any, Any, ops.Reply], _done: Any = None
+    ) -> None:
+        """Run the coroutine of an inline-safe operation up to its next wait, without a task:
+        what asyncio.Task does for it, minus the task. When the future it waits on is done,
+        this is called again and steps it on (the coroutine's own `await` then takes the
+        future's result or raises its exception); when it returns, the reply is written."""
         try:
             waiting = coro.send(None)
         except StopIteration as done:
-            admission.leave()
+            self.node_state.admission.leave()
             self._respond(cycle, done.value)
             return
-        task = self.loop.create_task(self._finish(cycle, coro, waiting, stepped=True))
-        task.add_done_callback(self.tasks.discard)
-        self.tasks.add(task)
+        except BaseException:  # hot.serve answers every Exception; a cancellation ends here
+            self.node_state.admission.leave()
+            self._respond(cycle, hot.internal_error())
+            coro.close()
+            return
+        if waiting is None:  # a bare yield (asyncio.sleep(0)): on at the next loop turn
+            self.loop.call_soon(self._step, cycle, coro)
+            return
+        # The coroutine yielded its future to us, not to a Task: clear the flag a Task would
+        # clear, or the future refuses to be awaited again.
+        waiting._asyncio_future_blocking = False
+        waiting.add_done_callback(partial(self._step, cycle, coro))
 
-    async def _finish(
-        self, cycle: HotCycle, coro: Coroutine[Any, Any, ops.Reply], waiting: Any, stepped: bool
-    ) -> None:
+    async def _finish(self, cycle: HotCycle, coro: Coroutine[Any, Any, ops.Reply]) -> None:
         try:
-            reply = await (_resume(coro, waiting) if stepped else coro)
+            reply = await coro
         finally:
             self.node_state.admission.leave()
         self._respond(cycle, reply)
@@ -258,7 +249,7 @@ class WireProtocol(BoundedProtocol):
         coro = hot.serve(
             state, cycle.route, cycle.method, cycle.raw_path, cycle.query, body, cycle.credentials
         )
-        await self._finish(cycle, coro, None, stepped=False)
+        await self._finish(cycle, coro)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if isinstance(self.cycle, HotCycle):

@@ -115,6 +115,36 @@ class _Quorum:
         )
 
 
+class _SingleQuorum:
+    """`_Quorum` of the usual write, outside a transition: one group of replicas."""
+
+    __slots__ = ("acked", "disk_full", "existed", "failed", "future", "need", "size")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, size: int, need: int) -> None:
+        self.future = loop.create_future()
+        self.size = size
+        self.need = need
+        self.acked = 0
+        self.failed = 0
+        self.existed = False
+        self.disk_full: str | None = None
+
+    def succeeded(self, node: str, existed: bool) -> None:
+        self.acked += 1
+        if not self.future.done():
+            self.existed = self.existed or existed
+            if self.acked >= self.need:
+                self.future.set_result(True)
+
+    def refused(self, node: str) -> None:
+        self.failed += 1
+        if not self.future.done() and self.size - self.failed < self.need:
+            self.future.set_result(False)
+
+    def shortfall(self) -> str:
+        return f"{self.acked} of {self.size} replicas acknowledged, {self.need} needed"
+
+
 class Routing(Protocol):
     """Where a key's writes and reads go right now (limedb.cluster.ring.keeper.RingKeeper)."""
 
@@ -247,18 +277,36 @@ class Coordinator:
         """
         plan = self._write_set(mutation.key)
         level = consistency or self.write_consistency
-        groups = (plan.old,) if plan.old == plan.new else (plan.old, plan.new)
-        needs = tuple(required_acks(level, len(group)) for group in groups)
-        targets = plan.all
-        reachable = [self.reachable(node) for node in targets]
-        for group, need in zip(groups, needs, strict=True):
-            alive = sum(ok for node, ok in zip(targets, reachable, strict=True) if node in group)
+        quorum: _Quorum | _SingleQuorum
+        if plan.old is plan.new or plan.old == plan.new:
+            # The usual case, outside a transition: one group, counted without loops.
+            targets = plan.old
+            reachable = [self.reachable(node) for node in targets]
+            need = required_acks(level, len(targets))
+            alive = sum(reachable)
             if alive < need:
                 self.counters["writes_unavailable"] += 1
                 raise Unavailable(
-                    f"{alive} of {len(group)} replicas reachable, {need} needed", retry_after=1.0
+                    f"{alive} of {len(targets)} replicas reachable, {need} needed",
+                    retry_after=1.0,
                 )
-        quorum = _Quorum(asyncio.get_running_loop(), groups, needs)
+            quorum = _SingleQuorum(asyncio.get_running_loop(), len(targets), need)
+        else:
+            groups = (plan.old, plan.new)
+            needs = tuple(required_acks(level, len(group)) for group in groups)
+            targets = plan.all
+            reachable = [self.reachable(node) for node in targets]
+            for group, need in zip(groups, needs, strict=True):
+                alive = sum(
+                    ok for node, ok in zip(targets, reachable, strict=True) if node in group
+                )
+                if alive < need:
+                    self.counters["writes_unavailable"] += 1
+                    raise Unavailable(
+                        f"{alive} of {len(group)} replicas reachable, {need} needed",
+                        retry_after=1.0,
+                    )
+            quorum = _Quorum(asyncio.get_running_loop(), groups, needs)
         payload = None
         for node, ok in zip(targets, reachable, strict=True):
             if node == self.node_id:
@@ -286,7 +334,11 @@ class Coordinator:
         return WriteSet(replicas, replicas)
 
     def _replica_answered(
-        self, node: str, mutation: Mutation, quorum: _Quorum, answer: asyncio.Future
+        self,
+        node: str,
+        mutation: Mutation,
+        quorum: _Quorum | _SingleQuorum,
+        answer: asyncio.Future,
     ) -> None:
         error = answer.exception() if not answer.cancelled() else asyncio.CancelledError()
         if error is None:
@@ -346,11 +398,12 @@ class Coordinator:
         elif untried[0] == self.node_id:
             del untried[0]
             answers[self.node_id] = self.replica.read(key)
-        deadline = asyncio.get_running_loop().time() + self.timeout_s
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout_s
         while len(answers) < need:
             missing = need - len(answers)
             wave, untried = untried[:missing], untried[missing:]
-            remaining = deadline - asyncio.get_running_loop().time()
+            remaining = deadline - loop.time()
             if not wave or remaining <= 0:
                 self.counters["reads_unavailable"] += 1
                 raise Unavailable(
@@ -391,7 +444,9 @@ class Coordinator:
         # LimeDB reports the key's owner, whichever node answered (during a transition, the
         # owner of the ring reads follow, which may not be in the current ring record yet).
         owner_url = self.membership.url_of(replicas[0]) or replicas[0]
-        if newest is None or not newest.live(self.physical_ms()):
+        if newest is None or newest.tombstone:
+            return ReadResult(None, owner_url)
+        if newest.expires_at_ms is not None and not newest.live(self.physical_ms()):
             return ReadResult(None, owner_url)
         return ReadResult(newest.value, owner_url, newest.ts, newest.expires_at_ms)
 

@@ -179,8 +179,9 @@ def initial_ring_record(config: Config, store: RingStore) -> RingRecord | None:
 class ClusterService:
     """A clustered node: any key, any node; replicated with quorums."""
 
-    # Its coroutines use asyncio.timeout and tasks: the HTTP layer runs them in a task.
-    inline_safe = False
+    # Its key-value coroutines (get, put, delete: the coordinator's) await only futures; the
+    # RPC connect that may need a task runs in one of its own (rpc.PeerConnection.request).
+    inline_safe = True
 
     def __init__(
         self,

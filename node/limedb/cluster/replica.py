@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import struct
 from dataclasses import dataclass
+from functools import partial
 
 from limedb.cluster import rpc
 from limedb.cluster.clock_offset import ClockOffsets, TimestampRefused
@@ -67,6 +68,8 @@ class Stored:
         """Last-writer-wins order, the storage engine's (`limedb.storage.record.newer`)."""
         if other is None:
             return True
+        if self.ts != other.ts:  # the usual case, decided as `newer` decides it first
+            return self.ts > other.ts
         return newer(self.as_rec(), other.as_rec())
 
     def as_rec(self) -> Rec:
@@ -169,12 +172,16 @@ class Replica:
                 batch.put(skey, mutation.value, mutation.ts, mutation.expires_at_ms)
         self.batches += 1
         self.applied += len(queued)
+        # Applied now; acknowledged once durable (one future for the whole batch, no task).
         try:
-            write = asyncio.ensure_future(self.engine.write_async(batch))
-        except Exception as exc:  # e.g. the engine is closed: every waiter hears it
-            write = asyncio.get_running_loop().create_future()
-            write.set_exception(exc)
-        write.add_done_callback(lambda done: _settle(done, queued))
+            results, durable = self.engine.write_soon(batch)
+        except Exception as exc:  # e.g. the engine is closed or its disk full: all hear it
+            _settle(queued, None, exc)
+            return
+        if durable is None:
+            _settle(queued, results, None)
+        else:
+            durable.add_done_callback(partial(_settle_durable, queued, results))
 
     # RPC handlers: bytes in, bytes (or a future of bytes) out.
 
@@ -191,11 +198,21 @@ class Replica:
         server.register(rpc.REPLICATE, self.handle_replicate)
 
 
-def _settle(
-    write: asyncio.Future, queued: list[tuple[Mutation, asyncio.Future, bool, bool]]
+def _settle_durable(
+    queued: list[tuple[Mutation, asyncio.Future, bool, bool]],
+    results: list[bool],
+    durable: asyncio.Future,
 ) -> None:
-    error = write.exception() if not write.cancelled() else asyncio.CancelledError()
-    results = write.result() if error is None else None
+    error = durable.exception() if not durable.cancelled() else asyncio.CancelledError()
+    _settle(queued, None if error is not None else results, error)
+
+
+def _settle(
+    queued: list[tuple[Mutation, asyncio.Future, bool, bool]],
+    results: list[bool] | None,
+    error: BaseException | None,
+) -> None:
+    """Answer every queued mutation: `results` once durable, else `error`."""
     # A full disk travels to a remote coordinator as its own code: that coordinator answers
     # 507 (not 503) when this failure costs the write its quorum, and hints this replica.
     remote_error = (
@@ -207,7 +224,7 @@ def _settle(
         if future.done():
             continue
         if results is None:
-            future.set_exception(remote_error if encoded else error)
+            future.set_exception(remote_error if encoded else error)  # type: ignore[arg-type]
         elif encoded:
             future.set_result(encode_applied(bool(results[i]), existed))
         else:

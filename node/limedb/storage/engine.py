@@ -16,6 +16,7 @@ a crash can lose a write that someone read but that was never acknowledged, neve
 
 from __future__ import annotations
 
+import asyncio
 import os
 import threading
 import time
@@ -291,6 +292,13 @@ class Engine:
         results, seq = self._apply_batch(batch)
         await self._syncer.durable_async(seq)
         return results
+
+    def write_soon(self, batch: WriteBatch) -> tuple[list[bool], asyncio.Future | None]:
+        """`write_async` without a coroutine: the batch is applied now (per op, whether it was
+        applied); the future, None when there is nothing to wait for, resolves once the batch
+        is durable. Raises at once what `write_async` would (engine closed, disk full)."""
+        results, seq = self._apply_batch(batch)
+        return results, self._syncer.durable_soon(seq)
 
     async def put_async(
         self, key: bytes, value: bytes, *, ts: int | None = None, expires_at_ms: int | None = None

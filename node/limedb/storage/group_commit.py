@@ -87,17 +87,25 @@ class LogSyncer:
 
     async def durable_async(self, seq: int) -> None:
         """Returns once `seq` is durable (per the durability mode), never blocking the loop."""
+        fut = self.durable_soon(seq)
+        if fut is not None:
+            await fut
+
+    def durable_soon(self, seq: int) -> asyncio.Future | None:
+        """A future of the event loop that resolves once `seq` is durable (per the durability
+        mode), or None when there is nothing to wait for. No coroutine: a caller that batches
+        many writes into one (limedb.cluster.replica) waits on it without a task."""
         if self._durability != "sync":
             if self._writer.wal.pending_bytes >= self._ctx.opts.wal_buffer_bytes:
                 self._ctx.sync_wake.set()
-            return
+            return None
         if self.synced_seq >= seq:
-            return
+            return None
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
         with self._ctx.mutex:
             if self.synced_seq >= seq:
-                return
+                return None
             self._ctx.check_open()
             waiters = self._waiters
             waiters.append((seq, loop, fut))
@@ -105,7 +113,7 @@ class LogSyncer:
             wake = len(waiters) == 1
         if wake:
             self._ctx.sync_wake.set()
-        await fut
+        return fut
 
     # ------------------------------------------------------------------ writing out
 

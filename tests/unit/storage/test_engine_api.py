@@ -200,3 +200,25 @@ def test_sync_mode_acknowledges_only_after_the_wal_is_fsynced():
     e.close()
     with Engine.open("/db", EngineOptions(durability="sync"), fs=after) as e2:
         assert e2.get(b"a") == b"1"
+
+
+def test_write_soon_applies_now_and_its_future_resolves_only_once_fsynced():
+    """`write_soon` (the replica's batched write, no coroutine): the batch is visible at once,
+    and the future it returns resolves only after the fsync that makes it survive a crash."""
+    fs = CrashableMemFS(seed=2)
+    e = Engine.open("/db", EngineOptions(durability="sync"), fs=fs)
+
+    async def main():
+        syncs = fs.syncs
+        results, durable = e.write_soon(WriteBatch().put(b"a", b"1", ts=pack(7_000)).delete(b"b"))
+        assert results == [True, True]
+        assert e.get(b"a") == b"1"
+        assert durable is not None
+        await durable
+        assert fs.syncs > syncs
+
+    asyncio.run(main())
+    after = fs.crash(tear=True)
+    e.close()
+    with Engine.open("/db", EngineOptions(durability="sync"), fs=after) as e2:
+        assert e2.get(b"a") == b"1"
