@@ -1,5 +1,8 @@
-"""Cassandra as a benchmark peer: three real CassandraDaemon JVMs on 127.0.0.1-3 and the Python
-cassandra-driver load against them (peer_load's closed loop, prepared statements, QUORUM).
+"""Cassandra as a benchmark peer: three real CassandraDaemon JVMs on 127.0.0.1-3 and the load
+against them (peer_load's closed loop, prepared statements, QUORUM), from either driver:
+- JavaLoad: tools/cassandra/CassandraLoad.java, the Java driver cassandra-all ships with, in a
+  JVM of its own (its CPU is read from inside it, over the measured window only);
+- PythonLoad: the Python cassandra-driver (libev reactor) in this process.
 
 The jars come from scripts/peers.sh (cassandra-all and its dependencies from Maven Central);
 each node gets its own cassandra.yaml (peer_configs.cassandra_yaml) and data under `root`.
@@ -7,6 +10,7 @@ each node gets its own cassandra.yaml (peer_configs.cassandra_yaml) and data und
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
@@ -16,7 +20,7 @@ import time
 from pathlib import Path
 
 from peer_configs import CassandraNode, cassandra_address, cassandra_yaml
-from peer_load import VALUE, Tally, key_chooser
+from peer_load import VALUE, LoadResult, Tally, key_chooser, server_ticks
 
 # What Cassandra's own conf/jvm17-server.options opens up on JDK 17 (its code reaches into
 # these JDK internals); the shipped launcher passes the same.
@@ -74,7 +78,8 @@ HEAP = "1G"
 
 
 def fetch(repo_root: Path) -> Path:
-    """The lib folder scripts/peers.sh fetched (or found cached); raises RuntimeError why not."""
+    """The folder scripts/peers.sh fetched into (or found cached), holding lib/ and loadgen/;
+    raises RuntimeError, with the reason, when it could not."""
     proc = subprocess.run(
         ["bash", str(repo_root / "scripts/peers.sh")], capture_output=True, text=True
     )
@@ -181,7 +186,7 @@ class CassandraCluster:
                 proc.wait()
 
 
-class CassandraLoad:
+class PythonLoad:
     """A cassandra-driver session on the cluster, the benchmark table, and the load on it."""
 
     def __init__(self, cluster: CassandraCluster) -> None:
@@ -257,3 +262,62 @@ class CassandraLoad:
             done.wait()
 
         return drive
+
+
+# The Java load generator needs the driver and what it links against, not the server's jars
+# (whose logback would print to the stdout we read).
+_CLIENT_JARS = ("cassandra-driver-core-", "guava-", "failureaccess-", "metrics-core-", "slf4j-api-")
+
+
+class JavaLoad:
+    """The load from tools/cassandra/CassandraLoad.java, a JVM of its own (compiled by peers.sh)."""
+
+    def __init__(self, cluster: CassandraCluster, folder: Path) -> None:
+        jars = [
+            j for j in sorted((folder / "lib").glob("*.jar")) if j.name.startswith(_CLIENT_JARS)
+        ]
+        self.classpath = ":".join([str(folder / "loadgen"), *map(str, jars)])
+        self.hosts = ",".join(n.address for n in cluster.nodes)
+        self.pids = cluster.pids
+
+    def _java(self, *args: str) -> subprocess.Popen:
+        return subprocess.Popen(
+            ["java", "-Xmx512m", "-XX:+UseParallelGC", "-cp", self.classpath, "CassandraLoad",
+             self.hosts, *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+
+    def preload(self, keys: int, in_flight: int = 96) -> None:
+        proc = self._java("preload", str(keys), str(in_flight))
+        out, err = proc.communicate()
+        if proc.returncode != 0:
+            raise RuntimeError(f"CassandraLoad preload failed: {err.strip()[-800:]}")
+
+    def measure(self, in_flight: int, keys: int, warmup_s: float, duration_s: float) -> LoadResult:
+        """Warm-up then the measured window, both in the generator; the servers' CPU is read when
+        it prints START and when it prints its figures."""
+        clk = os.sysconf("SC_CLK_TCK")
+        proc = self._java("run", str(keys), str(in_flight), str(warmup_s), str(duration_s), "1")
+        before = None
+        figures = None
+        for line in proc.stdout:  # type: ignore[union-attr]
+            if line.startswith("START"):
+                before = server_ticks(self.pids)
+            elif line.startswith("{"):
+                after = server_ticks(self.pids)
+                figures = json.loads(line)
+        err = proc.stderr.read()  # type: ignore[union-attr]
+        if proc.wait() != 0 or figures is None or before is None:
+            raise RuntimeError(f"CassandraLoad run failed: {err.strip()[-800:]}")
+        done = figures["requests"]
+        return LoadResult(
+            ops_s=done / figures["seconds"],
+            p50_ms=figures["p50_us"] / 1000,
+            p99_ms=figures["p99_us"] / 1000,
+            errors=figures["errors"],
+            requests=done,
+            server_cpu_us_per_op=(after - before) / clk / max(done, 1) * 1e6,
+            client_cpu_us_per_op=figures["client_cpu_s"] / max(done, 1) * 1e6,
+        )
