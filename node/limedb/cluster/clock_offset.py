@@ -276,6 +276,13 @@ class ClockOffsets:
 
     def check_can_stamp(self) -> None:
         """Raise ClockOffsetUnavailable when this node must not coordinate a write."""
+        # Every write asks: the usual answer (no step, not fenced, not ahead) in one reading
+        # of each clock, the same arithmetic as refusal() and physical_ms().
+        mono = mono_ns()
+        if not self.fenced and abs(self._wall() - mono - self._base_ns) <= STEP_NS:
+            physical = int((mono + self._base_ns) // 1_000_000 - self.offset_ms)
+            if millis_of(self._stamped()) - physical <= self.max_offset_ms / 2:
+                return
         reason = self.refusal()
         if reason is not None:
             self.counters["writes_refused"] += 1

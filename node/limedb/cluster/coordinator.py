@@ -392,12 +392,14 @@ class Coordinator:
         replicas = self.replicas(key)
         need = required_acks(consistency or self.read_consistency, len(replicas))
         answers: dict[str, Stored | None] = {}
-        untried = sorted(replicas, key=self._read_rank)
-        if not self.replica.serves_reads:  # this node waits to be replaced: it has no data
-            untried = [n for n in untried if n != self.node_id]
-        elif untried[0] == self.node_id:
-            del untried[0]
-            answers[self.node_id] = self.replica.read(key)
+        me = self.node_id
+        if me in replicas and self.replica.serves_reads:
+            answers[me] = self.replica.read(key)
+        # Then peers the failure detector trusts, then the rest (a stable sort keeps ring
+        # order among equals); a node that waits to be replaced has no data to read.
+        untried = [n for n in replicas if n != me]
+        if len(untried) > 1 and need - len(answers) > 0:
+            untried.sort(key=self._read_rank)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.timeout_s
         while len(answers) < need:

@@ -229,6 +229,7 @@ class ClusterService:
             stamped=lambda: self.hlc.last,
         )
         self.replica = Replica(engine, self.hlc, self.clock)
+        self._split_addrs: dict[str, tuple[str, int]] = {}
         self.local = LocalService(
             engine,
             node_id=self.node_id,
@@ -344,7 +345,13 @@ class ClusterService:
     def address_of(self, node_id: str) -> tuple[str, int]:
         addr = self.membership.internal_addr_of(node_id)
         if addr:
-            return split_addr(addr)
+            # Asked for every replica of every operation: each address is parsed once.
+            split = self._split_addrs.get(addr)
+            if split is None:
+                if len(self._split_addrs) >= 1024:
+                    self._split_addrs.clear()
+                split = self._split_addrs[addr] = split_addr(addr)
+            return split
         url = self.membership.url_of(node_id) or node_id
         return urlsplit(url).hostname or "127.0.0.1", default_internal_port(url)
 

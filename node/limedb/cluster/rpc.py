@@ -176,6 +176,13 @@ class _FramedProtocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         buf = self._buffer
+        if not buf:
+            # The usual case, nothing left over: frames are cut from `data` itself, and only
+            # a partial frame at its end is kept.
+            offset = self._frames_of(data)
+            if offset < len(data) and self.transport is not None:
+                buf += data[offset:] if offset else data
+            return
         buf += data
         offset = 0
         size = len(buf)
@@ -196,6 +203,27 @@ class _FramedProtocol(asyncio.Protocol):
                 return
         if offset:
             del buf[:offset]
+
+    def _frames_of(self, data: bytes) -> int:
+        """Hand over every whole frame at the start of `data`; returns where they end (len
+        of data when the connection was closed or a frame refused meanwhile)."""
+        offset = 0
+        size = len(data)
+        header = HEADER.size
+        while size - offset >= header:
+            length, kind, request_id = HEADER.unpack_from(data, offset)
+            if length > self.max_frame:
+                self.frame_too_large(request_id, length)
+                return size
+            end = offset + header + length
+            if end > size:
+                break
+            payload = data[offset + header : end]
+            offset = end
+            self.frame_received(kind, request_id, payload)
+            if self.transport is None or self.transport.is_closing():
+                return size
+        return offset
 
     def frame_too_large(self, request_id: int, length: int) -> None:
         if self.transport is not None:
