@@ -58,7 +58,7 @@ def _print_row(row: dict) -> None:
         f"{row['system']:<10} {row['config']:<34} {row['ops_s']:>9,.0f} ops/s"
         f"  p50 {row['p50_ms']:6.2f} ms  p99 {row['p99_ms']:7.2f} ms"
         f"  server {row['server_cpu_us_per_op']:7.1f} us/op  client {client_text} us/op"
-        f"  errors {row['errors']}",
+        f"  errors {row['errors']}  load {os.getloadavg()[0]:.1f}",
         flush=True,
     )
 
