@@ -35,7 +35,7 @@ from dataclasses import dataclass
 
 from limedb.cluster import rpc
 from limedb.cluster.service import Unavailable
-from limedb.hlc import MAX_TIMESTAMP, ahead_ms, millis_of
+from limedb.hlc import LOGICAL_BITS, MAX_TIMESTAMP, ahead_ms, millis_of
 from limedb.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
@@ -292,8 +292,8 @@ class ClockOffsets:
         """Raise TimestampRefused unless `ts` is at most the maximum offset ahead of this
         node's physical time (a node that lags the majority still takes its peers' data);
         a refusal is logged with the RPC peer that sent it."""
-        now_ms = self.physical_ms()
-        if 0 <= ts <= MAX_TIMESTAMP and millis_of(ts) <= now_ms + self.max_offset_ms:
+        now_ms = int((mono_ns() + self._base_ns) // 1_000_000 - self.offset_ms)  # physical_ms
+        if 0 <= ts <= MAX_TIMESTAMP and (ts >> LOGICAL_BITS) <= now_ms + self.max_offset_ms:
             return
         self.counters["timestamps_refused"] += 1
         ahead_s = ahead_ms(ts, now_ms) / 1000 if 0 <= ts <= MAX_TIMESTAMP else float("inf")

@@ -342,8 +342,11 @@ class Coordinator:
     ) -> None:
         error = answer.exception() if not answer.cancelled() else asyncio.CancelledError()
         if error is None:
-            result = answer.result()
-            _, existed = decode_applied(result) if isinstance(result, bytes) else result
+            # Only a delete reports whether a live value existed (replica.apply_soon).
+            existed = False
+            if mutation.tombstone:
+                result = answer.result()
+                _, existed = decode_applied(result) if isinstance(result, bytes) else result
             quorum.succeeded(node, existed)
             return
         self.counters["replica_write_failures"] += 1

@@ -19,7 +19,7 @@ from limedb.cluster.keys import storage_key
 from limedb.hlc import HLC, wall_millis
 from limedb.storage import WriteBatch
 from limedb.storage.errors import DiskFullError
-from limedb.storage.record import Rec, make_rec, newer
+from limedb.storage.record import EXPIRES, TOMBSTONE, Rec, make_rec, newer
 
 _MUTATION = struct.Struct("!QQBI")  # ts, expires_at_ms (0 = never), tombstone, key length
 _VERSION = struct.Struct("!QQB")  # ts, expires_at_ms, tombstone
@@ -126,10 +126,11 @@ class Replica:
         self.applied = 0
 
     def read(self, key: bytes) -> Stored | None:
-        version = self.engine.get_version(storage_key(key))
-        if version is None:
+        rec = self.engine.get_record(storage_key(key))
+        if rec is None:
             return None
-        return Stored(version.ts, version.value, version.tombstone, version.expires_at_ms)
+        flags = rec[2]
+        return Stored(rec[0], rec[1], bool(flags & TOMBSTONE), rec[3] if flags & EXPIRES else None)
 
     def apply_soon(self, mutation: Mutation, *, encoded: bool = False) -> asyncio.Future:
         """Queue one mutation; once it is durable the future resolves to (applied, a live

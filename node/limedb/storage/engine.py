@@ -222,6 +222,12 @@ class Engine:
                 rec = self._lookup_tables(v, key, h, mask)
         return rec
 
+    def get_record(self, key: bytes) -> Rec | None:
+        """`get_version` as the engine's internal tuple (ts, value, flags, expires_at_ms or 0;
+        limedb.storage.record), without building a Version: for a caller on the hot path
+        that re-encodes it at once (a replica answering a read)."""
+        return self._current_rec(as_key(key))
+
     def get_version(self, key: bytes) -> Version | None:
         """The newest version of `key`, tombstones and expired values included."""
         rec = self._current_rec(as_key(key))
