@@ -195,6 +195,7 @@ def cluster() -> None:
     multiple=True,
     help="extra argument passed to every `limedb serve` (repeatable)",
 )
+@credential_options
 def cluster_up(
     nodes: int,
     base_port: int,
@@ -202,6 +203,9 @@ def cluster_up(
     host: str,
     data_dir: Path,
     serve_args: tuple[str, ...],
+    user: str | None,
+    password: str | None,
+    token: str | None,
 ) -> None:
     """Start NODES `limedb serve` processes in the foreground; Ctrl-C stops them all.
 
@@ -243,11 +247,14 @@ def cluster_up(
             )
             console.print(f"  {url}{resp}  (internal port {internal})")
         console.print(
-            f"Dashboard: {urls[0]}/ui (on any node; it asks for the cluster secret above)"
+            f"Dashboard: {urls[0]}/ui (on any node; it asks for the cluster secret above, "
+            "or an admin user once users exist)"
         )
         console.print("Ctrl-C stops every node.")
-        # The secret passes the nodes' checks also with LIMEDB_AUTH_MODE=required.
-        headers = {"x-cluster-secret": secret}
+        # The status line: the secret passes the nodes' checks (also with
+        # LIMEDB_AUTH_MODE=required) until the first user exists; from then on the user given
+        # with --user/--password (LIMEDB_USER, LIMEDB_PASSWORD) or --token does.
+        headers = {"x-cluster-secret": secret, **credential_headers(user, password, token)}
         with (
             httpx.Client(headers=headers) as client,
             Live(console=console, auto_refresh=False) as live,

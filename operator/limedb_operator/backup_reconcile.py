@@ -10,7 +10,16 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from limedb_operator import backups, cron, database, issuing, manifests, restoring, tls
+from limedb_operator import (
+    admin_access,
+    backups,
+    cron,
+    database,
+    issuing,
+    manifests,
+    restoring,
+    tls,
+)
 from limedb_operator.backups import (
     BACKUP_PLURAL,
     COMPLETED,
@@ -47,12 +56,14 @@ def _cluster_secret(kube: Kube, cluster: str, namespace: str) -> str | None:
 
 
 def _cluster_access(kube: Kube, cluster: str, namespace: str) -> tuple[database.Access, str]:
-    """How to reach the cluster's nodes: its secret, and with spec.tls the CA (none yet: the
-    call fails and the next tick asks again); and the scheme of their URLs."""
+    """How to reach the cluster's nodes: its admin user and secret, and with spec.tls the CA
+    (none yet: the call fails and the next tick asks again); and the scheme of their URLs."""
     body = kube.lime_object(manifests.PLURAL, cluster, namespace) or {}
     spec = manifests.with_defaults(body.get("spec") or {})
     ca = issuing.current_ca(kube, cluster, namespace, spec)
-    return database.Access(_cluster_secret(kube, cluster, namespace), ca), tls.scheme(spec)
+    secret = _cluster_secret(kube, cluster, namespace)
+    access = admin_access.cluster_access(kube, cluster, namespace, spec, secret, ca)
+    return access, tls.scheme(spec)
 
 
 def _credentials(kube: Kube, target: S3Target, namespace: str) -> dict[str, str]:

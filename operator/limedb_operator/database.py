@@ -29,11 +29,54 @@ CHANGE_TIMEOUT_S = 30.0  # a join waits (up to 15 s) for the new node to appear 
 
 @dataclass(frozen=True)
 class Access:
-    """What the operator presents to the nodes: the cluster secret (accepted on every admin
-    route, users or not), and with spec.tls the CA their certificates chain to."""
+    """What the operator presents to the nodes: user `admin` with the password of the cluster's
+    admin Secret (manifests.admin_secret), and the cluster secret, which the nodes accept only
+    until the first user exists (a cluster whose pods were not yet restarted with the bootstrap
+    password); with spec.tls the CA their certificates chain to. `admin_secret` names where the
+    password came from, for the condition that says it was refused."""
 
     secret: str | None
     ca_pem: str | None = None
+    admin_password: str | None = None
+    admin_secret: str = ""
+
+
+def retry_with_secret(status: int, sent_authorization: bool, has_secret: bool) -> bool:
+    """Whether a request refused with `status` is sent again with the cluster secret alone: a
+    401 to the admin's credentials, from a node whose users do not exist yet."""
+    return status == 401 and sent_authorization and has_secret
+
+
+def refused_message(access: Access) -> str:
+    """What the condition says when the nodes refuse the operator's credentials."""
+    return (
+        f"the nodes refuse user {manifests.ADMIN_USER} with the password in Secret "
+        f"{access.admin_secret or '(none)'} and, as users exist, the cluster secret: users were "
+        f"set up without that admin or its password was changed by hand; set it back "
+        f"(limedb user passwd {manifests.ADMIN_USER}) or point spec.auth.adminSecretRef at a "
+        "Secret with the admin's password"
+    )
+
+
+class SecretFallbackTransport(httpx.BaseTransport):
+    """Sends the admin's credentials, and a request they got 401 for once more with the cluster
+    secret alone (retry_with_secret)."""
+
+    def __init__(self, inner: httpx.BaseTransport, has_secret: bool) -> None:
+        self._inner, self._has_secret = inner, has_secret
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        response = self._inner.handle_request(request)
+        sent = "authorization" in request.headers
+        if not retry_with_secret(response.status_code, sent, self._has_secret):
+            return response
+        response.read()
+        response.close()
+        del request.headers["authorization"]
+        return self._inner.handle_request(request)
+
+    def close(self) -> None:
+        self._inner.close()
 
 
 @dataclass(frozen=True)
@@ -72,25 +115,51 @@ class ServerNameTransport(httpx.BaseTransport):
 def _client(target: Target, access: Access, timeout: float = CHANGE_TIMEOUT_S) -> Any:
     from limedb.client import Client  # the node package; imported late so tests stay pure
 
-    transport: httpx.BaseTransport | None = None
+    transport: httpx.BaseTransport
     if access.ca_pem is not None:
         context = ssl.create_default_context(cadata=access.ca_pem)
         transport = httpx.HTTPTransport(verify=context)
         if target.server_name:
             transport = ServerNameTransport(transport, target.server_name)
-    return Client(target.url, cluster_secret=access.secret, timeout=timeout, transport=transport)
+    else:
+        transport = httpx.HTTPTransport()
+    user = manifests.ADMIN_USER if access.admin_password is not None else None
+    return Client(
+        target.url,
+        cluster_secret=access.secret,
+        user=user,
+        password=access.admin_password,
+        timeout=timeout,
+        transport=SecretFallbackTransport(transport, access.secret is not None),
+    )
 
 
-def read_ring(targets: Sequence[Target], access: Access, ask: int = 3) -> RingView | None:
+@dataclass(frozen=True)
+class RingRead:
+    """What the nodes asked answered: the freshest ring, and whether every node that answered
+    refused the operator's credentials (401)."""
+
+    view: RingView | None
+    refused: bool = False
+
+
+def read_ring(targets: Sequence[Target], access: Access, ask: int = 3) -> RingRead:
     """Ask up to `ask` nodes (lowest ordinals first) and keep the freshest ring they report."""
-    views = []
+    from limedb.client import Unauthorized
+
+    views, refusals = [], 0
     for target in list(targets)[:ask]:
         try:
             with _client(target, access, STATUS_TIMEOUT_S) as client:
                 views.append(ring_view_from_status(client.admin_status()))
+        except Unauthorized as e:
+            refusals += 1
+            log.warning(
+                "admin status from %s refused the operator's credentials: %s", target.url, e
+            )
         except Exception as e:  # any node may be restarting; others answer
             log.info("admin status from %s failed: %s", target.url, e)
-    return freshest(views)
+    return RingRead(freshest(views), refused=refusals > 0 and not views)
 
 
 def join(coordinator: Target, node_url: str, access: Access) -> None:

@@ -74,21 +74,25 @@ def admin_secret_name(name: str) -> str:
 ADMIN_PASSWORD_KEY = "password"
 
 
-def admin_secret(name: str, spec: Mapping[str, Any]) -> tuple[str, str] | None:
-    """(Secret name, key) holding the first admin's password, or None when spec.auth asks for no
-    users: `adminSecretRef` when given, else the generated `<name>-admin` with auth enabled."""
+def admin_secret(name: str, spec: Mapping[str, Any]) -> tuple[str, str]:
+    """(Secret name, key) holding user `admin`'s password: `spec.auth.adminSecretRef` when given,
+    else the generated `<name>-admin`. Every cluster the operator manages has that admin,
+    whether or not spec.auth is enabled (which only makes the data routes need users): once
+    users exist the nodes' admin routes take an admin user and no longer the cluster secret, so
+    the operator's own admin calls run as this user (docs/security.md)."""
     ref = (spec.get("auth") or {}).get("adminSecretRef") or {}
     if ref.get("name"):
         return str(ref["name"]), str(ref.get("key") or ADMIN_PASSWORD_KEY)
-    if generates_admin_secret(spec):
-        return admin_secret_name(name), ADMIN_PASSWORD_KEY
-    return None
+    return admin_secret_name(name), ADMIN_PASSWORD_KEY
+
+
+ADMIN_USER = "admin"  # the user LIMEDB_BOOTSTRAP_ADMIN_PASSWORD creates (limedb.auth)
 
 
 def generates_admin_secret(spec: Mapping[str, Any]) -> bool:
-    """Whether the operator makes `<name>-admin`: auth enabled and no adminSecretRef."""
+    """Whether the operator makes `<name>-admin`: whenever spec.auth names no adminSecretRef."""
     auth = spec.get("auth") or {}
-    return bool(auth.get("enabled")) and not (auth.get("adminSecretRef") or {}).get("name")
+    return not (auth.get("adminSecretRef") or {}).get("name")
 
 
 def pod_name(name: str, ordinal: int) -> str:
@@ -162,17 +166,27 @@ def seed_urls(name: str, namespace: str, founders: int, scheme: str = "http") ->
 # the founders' first ring. At the cluster's birth nobody has a ring without it.
 _RING_WITHOUT_ME = """\
 import os, sys
-from limedb.client import Client
+from limedb.client import Client, Unauthorized
 me = os.environ["LIMEDB_ADVERTISE_URL"]
-secret = os.environ.get("LIMEDB_CLUSTER_SECRET")
 ca = os.environ.get("LIMEDB_TLS_CA") or None
+# As user admin (once users exist the secret opens no admin route), else the secret alone.
+ways = [dict(cluster_secret=os.environ.get("LIMEDB_CLUSTER_SECRET"))]
+if os.environ.get("LIMEDB_BOOTSTRAP_ADMIN_PASSWORD"):
+    ways.insert(0, dict(user="admin", password=os.environ["LIMEDB_BOOTSTRAP_ADMIN_PASSWORD"]))
 for seed in os.environ.get("LIMEDB_SEEDS", "").split(","):
     if not seed or seed == me:
         continue
-    try:
-        with Client(seed, cluster_secret=secret, ca=ca, timeout=2, retries=0) as c:
-            status = c.admin_status()
-    except Exception:
+    status = None
+    for way in ways:
+        try:
+            with Client(seed, ca=ca, timeout=2, retries=0, **way) as c:
+                status = c.admin_status()
+            break
+        except Unauthorized:
+            continue
+        except Exception:
+            break
+    if status is None:
         continue
     members = {m.get("node_id") for m in status.get("members") or []}
     if status.get("epoch", 0) > 0 and members and me not in members:
@@ -260,7 +274,7 @@ def pod_disruption_budget(name: str, namespace: str) -> Obj:
 GENERATED_SECRETS: dict[str, tuple[Callable[[str], str], str]] = {
     "cluster": (secret_name, CLUSTER_SECRET_KEY),
     "resp": (resp_secret_name, RESP_PASSWORD_KEY),
-    # Only with spec.auth enabled and no adminSecretRef (reconcile asks for it then).
+    # Unless spec.auth names an adminSecretRef (reconcile asks for it then).
     "admin": (admin_secret_name, ADMIN_PASSWORD_KEY),
 }
 
@@ -331,19 +345,17 @@ def node_env(name: str, namespace: str, spec: Mapping[str, Any], founders: int) 
 
 def auth_env(name: str, spec: Mapping[str, Any]) -> list[Obj]:
     """spec.auth as node settings: `enabled` -> auth_mode required (data routes and RESP need a
-    user); the admin Secret -> the first admin's password (docs/security.md)."""
+    user); always the first admin's password from the admin Secret (docs/security.md)."""
     env: list[Obj] = []
     if (spec.get("auth") or {}).get("enabled"):
         env.append({"name": "LIMEDB_AUTH_MODE", "value": "required"})
-    admin = admin_secret(name, spec)
-    if admin is not None:
-        secret, key = admin
-        env.append(
-            {
-                "name": "LIMEDB_BOOTSTRAP_ADMIN_PASSWORD",
-                "valueFrom": {"secretKeyRef": {"name": secret, "key": key}},
-            }
-        )
+    secret, key = admin_secret(name, spec)
+    env.append(
+        {
+            "name": "LIMEDB_BOOTSTRAP_ADMIN_PASSWORD",
+            "valueFrom": {"secretKeyRef": {"name": secret, "key": key}},
+        }
+    )
     return env
 
 

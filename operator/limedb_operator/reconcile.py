@@ -12,6 +12,7 @@ from typing import Any
 from kubernetes.client.rest import ApiException
 
 from limedb_operator import (
+    admin_access,
     backup_reconcile,
     database,
     issuing,
@@ -35,7 +36,7 @@ from limedb_operator.scaling import (
     decide,
     pvcs_to_delete,
 )
-from limedb_operator.status import build_status, flipped
+from limedb_operator.status import build_status, credentials_event, flipped
 
 log = logging.getLogger(__name__)
 
@@ -279,7 +280,7 @@ def reconcile(kube: Kube, body: Mapping[str, Any]) -> Outcome:
     ca_pem = issuing.ensure(
         kube, name, namespace, spec, body, max(replicas or 0, int(spec["nodes"]))
     )
-    access = database.Access(secret, ca_pem)
+    access = admin_access.cluster_access(kube, name, namespace, spec, secret, ca_pem)
     pods = kube.pods(name, namespace, scheme) if sts is not None else ()
 
     obs = Observed(
@@ -287,8 +288,10 @@ def reconcile(kube: Kube, body: Mapping[str, Any]) -> Outcome:
     )
     targets = [_target(obs, p) for p in pods if p.ready and p.url and not p.terminating]
     # Every Ready node: each holds its own hints, and a roll waits for all of them.
-    ring = database.read_ring(targets, access, ask=len(targets)) if targets else None
-    obs = replace(obs, ring=ring)
+    read = database.read_ring(targets, access, ask=len(targets)) if targets else None
+    ring = read.view if read is not None else None
+    refused = database.refused_message(access) if read is not None and read.refused else None
+    obs = replace(obs, ring=ring, admin_refused=refused)
     decision = decide(obs)
     step = decision.step
     events: list[tuple[str, str, str]] = []
@@ -372,6 +375,9 @@ def reconcile(kube: Kube, body: Mapping[str, Any]) -> Outcome:
     extra_conditions.append(replacing)
     events.extend(replacement.events(old_conditions, replacing))
 
+    rejected = credentials_event(old_conditions, decision.step)
+    if rejected is not None:
+        events.append(rejected)
     if not decision.valid and flipped(old_conditions, "Valid", "False"):
         events.append(("Warning", decision.invalid_reason, decision.invalid_message))
     if (

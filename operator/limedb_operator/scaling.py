@@ -85,6 +85,8 @@ class Observed:
     pods: tuple[PodView, ...] = ()
     ring: RingView | None = None  # None: no ready node answered
     scheme: str = "http"  # of the node URLs (identities): https with spec.tls enabled
+    # Why no node answered when they refused the operator's admin credentials (401), else None.
+    admin_refused: str | None = None
 
 
 @dataclass(frozen=True)
@@ -174,6 +176,9 @@ def freshest(views: Sequence[RingView]) -> RingView | None:
     )
 
 
+CREDENTIALS_REJECTED = "AdminCredentialsRejected"
+
+
 def _wait(reason: str, message: str, **kw: Any) -> Step:
     return Step("wait", reason, message, **kw)
 
@@ -219,6 +224,12 @@ def decide(obs: Observed) -> Decision:
             **invalid,
         )
 
+    if ring is None and obs.admin_refused is not None:
+        return Decision(
+            _wait(CREDENTIALS_REJECTED, obs.admin_refused),
+            scaling=_direction(replicas, target),
+            **invalid,
+        )
     if ring is None:
         return Decision(
             _wait("DatabaseUnreachable", "no Ready node answered the admin status request"),

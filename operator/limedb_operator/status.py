@@ -8,7 +8,7 @@ from typing import Any
 
 from limedb_operator import verification
 from limedb_operator.manifests import pod_of_node, selector_string
-from limedb_operator.scaling import NORMAL, Decision, Observed
+from limedb_operator.scaling import CREDENTIALS_REJECTED, NORMAL, Decision, Observed, Step
 
 CONDITION_TYPES = (
     "Available",
@@ -102,6 +102,19 @@ def flipped(old: Sequence[Mapping[str, Any]] | None, kind: str, status: str) -> 
     """True when condition `kind` becomes `status` now (for one event per change, not a flood)."""
     prev = next((c for c in old or [] if c.get("type") == kind), None)
     return prev is None or prev.get("status") != status
+
+
+def credentials_event(
+    old: Sequence[Mapping[str, Any]] | None, step: Step
+) -> tuple[str, str, str] | None:
+    """A Warning event when the nodes start refusing the operator's admin credentials (the
+    Progressing condition takes that reason now): once, not every tick while it lasts."""
+    if step.reason != CREDENTIALS_REJECTED:
+        return None
+    prev = next((c for c in old or [] if c.get("type") == "Progressing"), None)
+    if prev is not None and prev.get("reason") == CREDENTIALS_REJECTED:
+        return None
+    return ("Warning", CREDENTIALS_REJECTED, step.message)
 
 
 def phase_for(obs: Observed, decision: Decision) -> str:

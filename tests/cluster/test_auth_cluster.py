@@ -5,6 +5,8 @@ was down when they were made and after its restart; a password change reaches ev
 from __future__ import annotations
 
 import socket
+from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -12,7 +14,8 @@ import redis
 from limedb.client import Client
 from redis.backoff import NoBackoff
 from redis.retry import Retry
-from support.cluster import Cluster, Node
+from support.cluster import SECRET, Cluster, Node, SecretThenUser
+from support.transitions import Fleet
 from support.wait import wait_for
 
 pytestmark = pytest.mark.cluster
@@ -59,9 +62,20 @@ def roles_hold_on(node: Node, key: str) -> None:
         resp(node, (RITA[0], "wrong password")).ping()
 
 
-def test_users_made_on_one_node_authenticate_on_every_node_also_after_a_restart(make_cluster):
+@pytest.fixture
+def admin_http() -> Iterator[httpx.Client]:
+    """What the cluster helpers poll with: the secret until users exist, then `admin`."""
+    with httpx.Client(timeout=10.0, auth=SecretThenUser(ADMIN)) as client:
+        yield client
+
+
+def test_users_made_on_one_node_authenticate_on_every_node_also_after_a_restart(
+    make_cluster, admin_http
+):
     env = {"LIMEDB_AUTH_MODE": "required", "LIMEDB_BOOTSTRAP_ADMIN_PASSWORD": ADMIN[1]}
     cluster: Cluster = make_cluster(3, env=env, start=False)
+    # With auth required and users made, the secret opens no HTTP route (limedb.api.access).
+    cluster.client = admin_http
     for node in cluster.nodes:
         node.env["LIMEDB_RESP_PORT"] = str(free_port(node.host))
     cluster.start()
@@ -107,3 +121,36 @@ def test_users_made_on_one_node_authenticate_on_every_node_also_after_a_restart(
             10,
             f"{node.url} to take alice's new password and refuse the old one",
         )
+
+
+def test_once_users_exist_admin_routes_and_their_fan_out_need_an_admin_user(tmp_path: Path):
+    """The cluster secret stops opening /admin once the first user exists (401 that says what
+    is needed); an admin user joins a node (the join's identity check and the ring change
+    reach other nodes) and reads every member's stats through one node (it asks the others
+    with the caller's credentials)."""
+    env = {"LIMEDB_BOOTSTRAP_ADMIN_PASSWORD": ADMIN[1], "LIMEDB_REPLICATION_FACTOR": "2"}
+    fleet = Fleet(tmp_path, env, first_host=200, admin=ADMIN)
+    try:
+        a, b = fleet.bootstrap(2)
+        wait_for(lambda: status(a, "GET", "/admin/users", ADMIN) == 200, 30, "the first admin")
+        secret = {"x-cluster-secret": SECRET}
+        for node in (a, b):
+            refused = httpx.get(f"{node.url}/admin/status", headers=secret, timeout=10)
+            assert refused.status_code == 401, refused.text
+            assert "admin credentials required" in refused.json()["error"]
+        with Client(a.url, user=ADMIN[0], password=ADMIN[1]) as admin:
+            admin.add_user(ALICE[0], "readwrite", ALICE[1])
+        assert status(a, "POST", "/admin/join", ALICE, json={"node_url": "http://x"}) == 403
+
+        c = fleet.start_joiner()
+        assert fleet.join(c)["phase"] == "done"
+        members = {m["node_id"] for m in fleet.status(c)["members"]}
+        assert len(members) == 3
+        stats = httpx.get(f"{c.url}/admin/cluster-stats", auth=ADMIN, timeout=10)
+        assert stats.status_code == 200, stats.text
+        nodes = stats.json()["nodes"]
+        assert len(nodes) == 3 and all(n["reachable"] for n in nodes), nodes
+        stats = httpx.get(f"{c.url}/admin/cluster-stats", headers=secret, timeout=10)
+        assert stats.status_code == 401
+    finally:
+        fleet.stop()

@@ -255,7 +255,9 @@ LOAD_SCRIPT = textwrap.dedent(
     ns, limit = sys.argv[1], float(sys.argv[2])
     urls = [f"http://lime-{o}.lime-headless.{ns}.svc:8484" for o in (0, 2)]
     clients = [Client(u, timeout=10, retries=0) for u in urls]
-    admin = Client(urls[0], timeout=10, cluster_secret=os.environ["LIMEDB_CLUSTER_SECRET"])
+    # The operator bootstraps user admin in every cluster; the secret opens no admin route then.
+    password = os.environ["LIMEDB_BOOTSTRAP_ADMIN_PASSWORD"]
+    admin = Client(urls[0], timeout=10, user="admin", password=password)
     ok, errors, last, i = 0, [], {}, 0
     deadline = time.monotonic() + limit
     while time.monotonic() < deadline:

@@ -90,6 +90,8 @@ def resp(node: NodeProcess, user: tuple[str, str] | None = None, **kwargs) -> re
 
 def test_without_valid_credentials_every_data_route_is_401_with_a_challenge(secured) -> None:
     url = secured.url
+    # Once users exist the cluster secret opens no HTTP route, admin or data (limedb.api.access).
+    secret = {"x-cluster-secret": (secured.data_dir / "cluster-secret").read_text().strip()}
     with httpx.Client(timeout=10) as http:
         assert http.get(f"{url}/livez").status_code == 200
         assert http.get(f"{url}/readyz").status_code == 200
@@ -104,6 +106,9 @@ def test_without_valid_credentials_every_data_route_is_401_with_a_challenge(secu
             http.get(f"{url}/v1/kv/k", headers={"authorization": "Basic !!!"}),
             http.get(f"{url}/v1/kv/k", headers={"authorization": "Bearer admin.forged"}),
             http.get(f"{url}/admin/status"),
+            http.get(f"{url}/admin/status", headers=secret),
+            http.get(f"{url}/v1/kv/k", headers=secret),
+            http.put(f"{url}/v1/kv/k", content=b"v", headers=secret),
         ]
     for response in refused:
         assert response.status_code == 401, response.request
@@ -258,6 +263,8 @@ def test_with_auth_off_anonymous_data_stays_open_but_admin_needs_an_admin_once_u
             assert http.put(f"{url}/v1/kv/open", content=b"v").status_code == 200
             assert http.get(f"{url}/v1/kv/open").content == b"v"
             assert http.get(f"{url}/admin/status").status_code == 401
+            secret_only = {"x-cluster-secret": secret}
+            assert http.get(f"{url}/admin/status", headers=secret_only).status_code == 200
             # The first user is made with the cluster secret (no bootstrap password here).
             made = http.post(
                 f"{url}/admin/users",
@@ -272,6 +279,11 @@ def test_with_auth_off_anonymous_data_stays_open_but_admin_needs_an_admin_once_u
             )
             assert http.get(f"{url}/admin/status", auth=("app", "app password")).status_code == 403
             assert http.get(f"{url}/admin/status", auth=("ops", "ops password")).status_code == 200
+            # From the first user on, the secret no longer stands in for an admin.
+            refused = http.get(f"{url}/admin/status", headers=secret_only)
+            assert refused.status_code == 401
+            assert "admin credentials required" in refused.json()["error"]
+            assert http.get(f"{url}/admin/stats", headers=secret_only).status_code == 401
             assert (
                 http.get(f"{url}/admin/status", auth=("ops", "wrong password")).status_code == 401
             )

@@ -18,7 +18,7 @@ def test_page_and_assets_are_served_with_a_strict_policy(node):
     assert "default-src 'none'" in policy and "connect-src 'self'" in policy
     script = httpx.get(f"{node.url}/ui/assets/dashboard.js")
     assert script.status_code == 200 and "javascript" in script.headers["content-type"]
-    assert "X-Cluster-Secret" in script.text
+    assert "X-Cluster-Secret" in script.text and "Authorization" in script.text
     missing = httpx.get(f"{node.url}/ui/assets/secret.txt")
     assert missing.status_code == 404 and "error" in missing.json()
 

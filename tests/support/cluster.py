@@ -49,6 +49,20 @@ def free_port_pair(host: str) -> tuple[int, int]:
     raise RuntimeError(f"no free port pair on {host}")
 
 
+class SecretThenUser(httpx.Auth):
+    """The cluster secret, and once users exist (it is refused then: 401) Basic credentials of
+    `user`: for helpers that poll a cluster across the moment its first user is made."""
+
+    def __init__(self, user: tuple[str, str]) -> None:
+        self.basic = httpx.BasicAuth(*user)
+
+    def auth_flow(self, request: httpx.Request):
+        request.headers["x-cluster-secret"] = SECRET
+        response = yield request
+        if response.status_code == 401:
+            yield from self.basic.auth_flow(request)
+
+
 @dataclass
 class Node:
     index: int

@@ -29,8 +29,17 @@ READERS = 4  # batch requests in flight while a check reads every key back
 class Fleet:
     """Nodes of one cluster, created on demand; `members` are the ones meant to be in the ring."""
 
-    def __init__(self, root: Path, env: dict[str, str], first_host: int = 120) -> None:
+    def __init__(
+        self,
+        root: Path,
+        env: dict[str, str],
+        first_host: int = 120,
+        admin: tuple[str, str] | None = None,
+    ) -> None:
         self.root = root
+        # The admin user the admin calls run as (once users exist the secret opens no admin
+        # route); None: the cluster secret, as before users existed.
+        self.admin_user = admin
         self.env = env
         self.next_host = first_host
         self.nodes: list[Node] = []
@@ -85,6 +94,9 @@ class Fleet:
 
     def admin(self, node: Node | None = None) -> Client:
         url = (node or self.members[0]).url
+        if self.admin_user is not None:
+            user, password = self.admin_user
+            return Client(url, timeout=20.0, retries=2, user=user, password=password)
         return Client(url, timeout=20.0, retries=2, cluster_secret=self.secret)
 
     def status(self, node: Node | None = None) -> dict:

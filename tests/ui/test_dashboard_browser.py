@@ -1,5 +1,5 @@
 """The dashboard in a real headless Chromium against a real 3-node cluster: it asks for the
-cluster secret, then shows the ring, the members and the epoch; during a join its progress bar
+cluster secret (an admin user once users exist), then shows the ring, the members and the epoch; during a join its progress bar
 advances and the new member appears; after a leave the member is gone; a killed node turns red
 within 15 s. A screenshot of every state is kept (support.browser.artifacts_dir)."""
 
@@ -164,9 +164,24 @@ def follow_the_cluster(fleet: Fleet, page, a, b, c) -> None:
     assert others == {a.url: "up", b.url: "up"}
     page.screenshot(path=str(shots / "5-node-killed.png"), full_page=True)
 
-    # Any node serves it: b's page (another origin, so the secret is asked again) agrees.
+    # Once the cluster has users, the page needs an admin user: the secret is refused with
+    # the node's reason and the form stays. Any node serves it: b's page agrees.
+    made = fleet.http.post(
+        f"{a.url}/admin/users", json={"name": "ops", "role": "admin", "password": "ops password"}
+    )
+    assert made.status_code == 201, made.text
     page.goto(f"{b.url}/ui")
     page.fill("#secret", fleet.secret)
+    page.click("#login-submit")
+    page.wait_for_selector("#login:not([hidden])", timeout=PAGE_TIMEOUT_MS)
+    wait_for(
+        lambda: "admin credentials required" in page.inner_text("#login-error"),
+        20,
+        "the refused secret's reason on the form",
+    )
+    page.fill("#secret", "")
+    page.fill("#user", "ops")
+    page.fill("#password", "ops password")
     page.click("#login-submit")
     page.wait_for_selector(f'#members tr[data-url="{c.url}"][data-liveness="down"]')
     assert set(member_rows(page)) == three and owners(page) == three

@@ -4,16 +4,22 @@ Every route passes through `check` before it runs (the hot routes in `hot.serve`
 path serves them, every other route in `fastpath.FastPath`), so no route can forget it:
 - probes, /metrics, the OpenAPI pages, the dashboard's static files and `GET /admin/node` (a
   join's identity challenge) are open;
-- `/admin/*` needs the `admin` role once users exist (before that the cluster secret, or
-  nothing on an `--insecure` node, as before users existed);
+- `/admin/*` needs an admin user once users exist; before the first user exists, the cluster
+  secret (`X-Cluster-Secret`), or nothing on an `--insecure` node, as before users existed;
 - the data routes need `read` (GET, HEAD) or `readwrite` (anything else) with
   `auth_mode=required`, and are open with `off`, the default, since the original LimeDB's
   clients send no credentials.
 Credentials are `Authorization: Basic` (user and password) or `Bearer` (a user's token); a
 request that presents credentials is held to them in either mode (wrong ones: 401, a role too
-low: 403). The cluster secret (`X-Cluster-Secret`) passes every check: the nodes and the
-operator hold it, and whoever holds it can already act as a node on the internal port
-(docs/security.md).
+low: 403), and they take precedence over the secret.
+The cluster secret is a node's credential (the internal port: mutual TLS plus the secret). On
+HTTP it only bootstraps: until the first user exists it passes every check (the admin routes,
+and the data routes with `auth_mode=required`, where nothing else could pass then); once users
+exist it passes none, so every admin action over HTTP is taken by a named admin user (who can
+be removed, and whose password can be changed without restarting every node). The data routes
+get nothing more from it: whoever holds the secret can act as a node on the internal port
+anyway (docs/security.md), so a wider HTTP use would add exposure and protect nothing.
+"Users exist" is the cluster's marker that the first user was made; it is never removed.
 """
 
 from __future__ import annotations
@@ -22,9 +28,10 @@ import base64
 import binascii
 import hmac
 
-from limedb.api.errors import ApiError, not_ready
+from limedb.api.errors import ApiError, not_ready, retry_after_header
 from limedb.api.state import NodeState
 from limedb.auth import Identity, Role
+from limedb.cluster.service import ServiceError
 
 CHALLENGE = {"WWW-Authenticate": 'Basic realm="limedb", charset="UTF-8", Bearer realm="limedb"'}
 OPEN_PATHS = frozenset(
@@ -107,12 +114,14 @@ async def check(
     state: NodeState, needed: Role, authorization: bytes | None, secret: bytes | None
 ) -> None:
     """Raise 401/403 (ApiError) unless the request may run with role `needed`."""
-    if secret_matches(state, secret):
-        return
     if authorization is not None:
         identity = await identify(state, authorization)
         if not identity.role.allows(needed):
             raise forbidden(identity, needed)
+        return
+    if secret_matches(state, secret):
+        if await users_exist(state):
+            raise admin_credentials_required()
         return
     if needed is Role.ADMIN:
         await _check_anonymous_admin(state)
@@ -121,17 +130,37 @@ async def check(
         raise credentials_required()
 
 
+def admin_credentials_required() -> ApiError:
+    return unauthorized(
+        "admin credentials required: a user with role admin (Authorization: Basic or Bearer); "
+        "the cluster secret is accepted only until the first user exists"
+    )
+
+
+async def users_exist(state: NodeState) -> bool:
+    """Whether the cluster has users (then the secret opens nothing on HTTP); 503 when no
+    replica can tell, rather than guess in the secret's favour."""
+    auth = state.auth
+    if auth is None:
+        raise not_ready()
+    try:
+        return await auth.store.initialized()
+    except ServiceError as exc:
+        raise ApiError(
+            503, f"cannot tell whether users exist: {exc}", retry_after_header(1)
+        ) from exc
+
+
 async def _check_anonymous_admin(state: NodeState) -> None:
     """An admin request without credentials: refused unless the node has no secret and the
     cluster no users (an `--insecure` node, open as before users existed)."""
     if state.config.cluster_secret is not None:
         raise unauthorized(
-            "admin routes need an admin user (Authorization) or the cluster secret "
-            "(X-Cluster-Secret header)"
+            "admin routes need an admin user (Authorization: Basic or Bearer) or, until the "
+            "first user exists, the cluster secret (X-Cluster-Secret header)"
         )
-    auth = state.auth
-    if auth is not None and await auth.store.initialized():
-        raise unauthorized("admin routes need an admin user (Authorization: Basic or Bearer)")
+    if state.auth is not None and await users_exist(state):
+        raise admin_credentials_required()
 
 
 def guarded(state: NodeState, authorization: bytes | None) -> bool:

@@ -4,8 +4,13 @@ The page (limedb/api/ui: HTML, JS and CSS, no build step and no third-party code
 `/admin/status` (members, epoch, the running transition), `/api/v1/cluster/ring` (token
 ownership) and `/admin/cluster-stats` (every member's `/admin/stats`, gathered by the node that
 serves the page, so a browser needs to reach one node only). The page itself holds no data and
-is served without the secret; every JSON route it reads needs it (`X-Cluster-Secret`), which
-the page asks for and keeps in the tab's sessionStorage (docs/dashboard.md).
+is served without credentials; every JSON route it reads needs an admin: a user with role
+`admin` (Basic) once users exist, the cluster secret (`X-Cluster-Secret`) before that. The page
+asks for them and keeps them in the tab's sessionStorage (docs/dashboard.md).
+`/admin/cluster-stats` asks the other members with the caller's own credentials (its
+Authorization header, else this node's secret): the members proved at their join that they
+hold the cluster secret, and each checks the admin as any node does, so no node acts with
+more than the caller may.
 """
 
 from __future__ import annotations
@@ -64,6 +69,14 @@ async def _peer_stats(client: httpx.AsyncClient, node_id: str, url: str) -> dict
         return {**entry, "error": "answered something that is not JSON"}
 
 
+def peer_headers(authorization: str | None, secret: str | None) -> dict[str, str]:
+    """What `/admin/cluster-stats` presents to the other members: the caller's Authorization
+    when it sent one (an admin user), else the cluster secret (before any user exists)."""
+    if authorization is not None:
+        return {"authorization": authorization}
+    return {SECRET_HEADER: secret} if secret is not None else {}
+
+
 def build_router(state: NodeState) -> APIRouter:
     router = APIRouter(tags=["dashboard"])
     secret = state.config.cluster_secret
@@ -96,7 +109,7 @@ def build_router(state: NodeState) -> APIRouter:
         if not members:
             members = {service.node_id: service.node_url}
         own = node_stats(state)
-        headers = {SECRET_HEADER: secret} if secret is not None else {}
+        headers = peer_headers(request.headers.get("authorization"), secret)
         async with httpx.AsyncClient(
             timeout=PEER_TIMEOUT_S,
             headers=headers,

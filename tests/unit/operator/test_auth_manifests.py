@@ -1,8 +1,11 @@
 """spec.auth of a LimeCluster as node settings: users required or not, and where the first
-admin's password comes from (the user's Secret, or one the operator generates)."""
+admin's password comes from (the user's Secret, or one the operator generates); and the
+credentials the operator's own admin calls present (database.Access)."""
 
 from limedb.config import SETTINGS
-from limedb_operator import manifests
+from limedb_operator import database, manifests
+from limedb_operator.scaling import Observed, PodView, decide
+from limedb_operator.status import build_status, credentials_event
 
 NAME, NS = "lime", "db"
 
@@ -12,10 +15,15 @@ def _env(spec: dict) -> dict:
     return {e["name"]: e for e in sts["spec"]["template"]["spec"]["containers"][0]["env"]}
 
 
-def test_without_spec_auth_nodes_keep_the_open_data_api_and_no_users() -> None:
+def test_without_spec_auth_the_data_api_stays_open_but_the_operator_still_has_an_admin() -> None:
+    # Once users exist the admin routes refuse the cluster secret, so the operator always
+    # bootstraps the admin it calls them as: auth.enabled only switches the data routes.
     env = _env({})
-    assert "LIMEDB_AUTH_MODE" not in env and "LIMEDB_BOOTSTRAP_ADMIN_PASSWORD" not in env
-    assert not manifests.generates_admin_secret(manifests.with_defaults({}))
+    assert "LIMEDB_AUTH_MODE" not in env
+    ref = env["LIMEDB_BOOTSTRAP_ADMIN_PASSWORD"]["valueFrom"]["secretKeyRef"]
+    assert ref == {"name": "lime-admin", "key": "password"}
+    assert manifests.generates_admin_secret(manifests.with_defaults({}))
+    assert manifests.admin_secret(NAME, {"auth": {"enabled": False}}) == ("lime-admin", "password")
 
 
 def test_auth_enabled_requires_users_and_bootstraps_admin_from_a_generated_secret() -> None:
@@ -57,3 +65,40 @@ def test_users_cannot_swap_the_auth_settings_through_spec_env() -> None:
     )
     assert env["LIMEDB_AUTH_MODE"]["value"] == "required"
     assert "valueFrom" in env["LIMEDB_BOOTSTRAP_ADMIN_PASSWORD"]
+
+
+def test_the_operator_falls_back_to_the_secret_only_on_a_401_to_its_admin_credentials() -> None:
+    # A cluster whose pods were not restarted with the bootstrap password yet has no users:
+    # the admin's credentials get 401 and the secret alone still opens the admin routes.
+    assert database.retry_with_secret(401, sent_authorization=True, has_secret=True)
+    assert not database.retry_with_secret(403, sent_authorization=True, has_secret=True)
+    assert not database.retry_with_secret(200, sent_authorization=True, has_secret=True)
+    assert not database.retry_with_secret(401, sent_authorization=False, has_secret=True)
+    assert not database.retry_with_secret(401, sent_authorization=True, has_secret=False)
+
+
+def test_refused_admin_credentials_are_a_condition_and_one_event_not_a_silent_loop() -> None:
+    access = database.Access("s", None, "pw", "db/lime-admin (key password)")
+    message = database.refused_message(access)
+    assert "db/lime-admin" in message and "adminSecretRef" in message
+    obs = Observed(NAME, NS, 3, 3, 3, tuple(_pod(i) for i in range(3)), None, "http", message)
+    decision = decide(obs)
+    assert decision.step.kind == "wait" and decision.step.reason == "AdminCredentialsRejected"
+    assert decision.step.message == message
+    status = build_status(obs, decision, {}, "2026-01-01T00:00:00Z", 1, [])
+    progressing = next(c for c in status["conditions"] if c["type"] == "Progressing")
+    assert progressing["reason"] == "AdminCredentialsRejected"
+    assert credentials_event(None, decision.step) == (
+        "Warning",
+        "AdminCredentialsRejected",
+        message,
+    )
+    assert credentials_event(status["conditions"], decision.step) is None  # once, not every tick
+    # Nodes that do not answer at all are another matter.
+    unreachable = decide(Observed(NAME, NS, 3, 3, 3, tuple(_pod(i) for i in range(3))))
+    assert unreachable.step.reason == "DatabaseUnreachable"
+    assert credentials_event(None, unreachable.step) is None
+
+
+def _pod(ordinal: int) -> PodView:
+    return PodView(f"{NAME}-{ordinal}", ordinal, f"10.0.0.{ordinal}", ready=True)

@@ -1,10 +1,12 @@
 // LimeDB dashboard: polls the node that served this page and redraws. No third-party code.
 // Reads GET /admin/status, /admin/cluster-stats and (when the epoch changes) /api/v1/cluster/ring,
-// all with the cluster secret in X-Cluster-Secret (asked once, kept in sessionStorage).
+// all as an admin: a user with role admin (Basic) once users exist, else the cluster secret in
+// X-Cluster-Secret (asked once, kept in sessionStorage).
 "use strict";
 
 const POLL_MS = 1000;
 const SECRET_KEY = "limedb-cluster-secret";
+const BASIC_KEY = "limedb-admin-basic";
 const DISK_NEARLY_FULL = 0.9;
 const HINTS_PILING_UP = 10000;
 const PALETTE = ["#7cb518", "#1b998b", "#3a86ff", "#8338ec", "#ff006e", "#fb5607", "#ffbe0b",
@@ -12,6 +14,7 @@ const PALETTE = ["#7cb518", "#1b998b", "#3a86ff", "#8338ec", "#ff006e", "#fb5607
 
 const view = {
   secret: sessionStorage.getItem(SECRET_KEY),
+  basic: sessionStorage.getItem(BASIC_KEY), // base64 of "user:password"
   ring: null,
   ringEpoch: null,
   colors: new Map(),
@@ -36,12 +39,17 @@ function el(tag, attrs = {}, ...children) {
 
 async function api(path) {
   const headers = {};
-  if (view.secret) headers["X-Cluster-Secret"] = view.secret;
+  if (view.basic) headers["Authorization"] = `Basic ${view.basic}`;
+  else if (view.secret) headers["X-Cluster-Secret"] = view.secret;
   // credentials "omit": the page authenticates with its header only, and a 401 that carries a
   // Basic challenge (the node's, once client authentication exists) must come back to this code
   // instead of opening the browser's own password dialog, which would block the fetch.
   const response = await fetch(path, { headers, cache: "no-store", credentials: "omit" });
-  if (response.status === 401) throw new AuthError("the cluster secret was refused");
+  if (response.status === 401 || response.status === 403) {
+    let message = "refused";
+    try { message = (await response.json()).error || message; } catch (_) { /* not JSON */ }
+    throw new AuthError(message);
+  }
   if (!response.ok) throw new Error(`${path} answered ${response.status}`);
   return response.json();
 }
@@ -318,7 +326,7 @@ async function tick() {
     await refresh();
   } catch (error) {
     if (error instanceof AuthError) {
-      showLogin(view.secret ? "the cluster secret was refused" : "");
+      showLogin(view.basic || view.secret ? error.message : "");
       return;
     }
     $("connection").textContent = `cannot refresh: ${error.message}`;
@@ -332,7 +340,7 @@ function showLogin(message) {
   $("dashboard").hidden = true;
   $("login").hidden = false;
   $("login-error").textContent = message;
-  $("secret").focus();
+  $("user").focus();
 }
 
 function start() {
@@ -345,9 +353,14 @@ function start() {
 document.addEventListener("DOMContentLoaded", () => {
   $("login").addEventListener("submit", (event) => {
     event.preventDefault();
+    const user = $("user").value;
+    // btoa takes Latin-1 only: encode UTF-8 first, as the node decodes Basic credentials.
+    const pair = new TextEncoder().encode(`${user}:${$("password").value}`);
+    view.basic = user ? btoa(String.fromCharCode(...pair)) : "";
     view.secret = $("secret").value;
+    sessionStorage.setItem(BASIC_KEY, view.basic);
     sessionStorage.setItem(SECRET_KEY, view.secret);
     start();
   });
-  start(); // a node without a secret (--insecure), or a secret kept from earlier in this tab
+  start(); // a node without a secret (--insecure), or credentials kept from earlier in this tab
 });
