@@ -206,8 +206,11 @@ def main() -> int:
                 client = min(batch, key=lambda c: batch[c]["client_cpu_us_per_op"])
                 print(f"  client with less CPU per op: {client} driver (used for the ratios)")
                 rows["cassandra-batch"] = batch[client]
-                periodic = run_cassandra(args, root, folder, "periodic", [client])
-                rows["cassandra-periodic"] = periodic[client]
+                try:
+                    periodic = run_cassandra(args, root, folder, "periodic", [client])
+                    rows["cassandra-periodic"] = periodic[client]
+                except Exception as exc:
+                    print(f"Cassandra periodic skipped: {exc}", flush=True)
             except Exception as exc:  # a peer that cannot run is skipped, with the reason
                 print(f"Cassandra skipped: {exc}", flush=True)
         if "redis" in systems:

@@ -269,6 +269,12 @@ class PythonLoad:
 _CLIENT_JARS = ("cassandra-driver-core-", "guava-", "failureaccess-", "metrics-core-", "slf4j-api-")
 
 
+def _errors(stderr: str) -> str:
+    """The generator's standard error without SLF4J's note that it has no logger bound."""
+    lines = [ln for ln in stderr.splitlines() if not ln.startswith("SLF4J:")]
+    return "\n".join(lines)[-800:]
+
+
 class JavaLoad:
     """The load from tools/cassandra/CassandraLoad.java, a JVM of its own (compiled by peers.sh)."""
 
@@ -293,7 +299,7 @@ class JavaLoad:
         proc = self._java("preload", str(keys), str(in_flight))
         out, err = proc.communicate()
         if proc.returncode != 0:
-            raise RuntimeError(f"CassandraLoad preload failed: {err.strip()[-800:]}")
+            raise RuntimeError(f"CassandraLoad preload failed: {_errors(err)}")
 
     def measure(self, in_flight: int, keys: int, warmup_s: float, duration_s: float) -> LoadResult:
         """Warm-up then the measured window, both in the generator; the servers' CPU is read when
@@ -310,7 +316,7 @@ class JavaLoad:
                 figures = json.loads(line)
         err = proc.stderr.read()  # type: ignore[union-attr]
         if proc.wait() != 0 or figures is None or before is None:
-            raise RuntimeError(f"CassandraLoad run failed: {err.strip()[-800:]}")
+            raise RuntimeError(f"CassandraLoad run failed: {_errors(err)}")
         done = figures["requests"]
         return LoadResult(
             ops_s=done / figures["seconds"],
