@@ -269,9 +269,16 @@ class PythonLoad:
 _CLIENT_JARS = ("cassandra-driver-core-", "guava-", "failureaccess-", "metrics-core-", "slf4j-api-")
 
 
-def _errors(stderr: str) -> str:
-    """The generator's standard error without SLF4J's note that it has no logger bound."""
-    lines = [ln for ln in stderr.splitlines() if not ln.startswith("SLF4J:")]
+def _reap(proc: subprocess.Popen) -> None:
+    """The generator is gone when its caller is, even on Ctrl-C or an error in between."""
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait()
+
+
+def _errors(output: str) -> str:
+    """The generator's output without SLF4J's note that it has no logger bound."""
+    lines = [ln for ln in output.splitlines() if not ln.startswith("SLF4J:")]
     return "\n".join(lines)[-800:]
 
 
@@ -291,15 +298,18 @@ class JavaLoad:
             ["java", "-Xmx512m", "-XX:+UseParallelGC", "-cp", self.classpath, "CassandraLoad",
              self.hosts, *args],
             stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
+            stderr=subprocess.STDOUT,  # one pipe: nothing can fill up unread
             text=True,
         )  # fmt: skip
 
     def preload(self, keys: int, in_flight: int = 96) -> None:
         proc = self._java("preload", str(keys), str(in_flight))
-        out, err = proc.communicate()
+        try:
+            out, _ = proc.communicate()
+        finally:
+            _reap(proc)
         if proc.returncode != 0:
-            raise RuntimeError(f"CassandraLoad preload failed: {_errors(err)}")
+            raise RuntimeError(f"CassandraLoad preload failed: {_errors(out)}")
 
     def measure(self, in_flight: int, keys: int, warmup_s: float, duration_s: float) -> LoadResult:
         """Warm-up then the measured window, both in the generator; the servers' CPU is read when
@@ -308,15 +318,20 @@ class JavaLoad:
         proc = self._java("run", str(keys), str(in_flight), str(warmup_s), str(duration_s), "1")
         before = None
         figures = None
-        for line in proc.stdout:  # type: ignore[union-attr]
-            if line.startswith("START"):
-                before = server_ticks(self.pids)
-            elif line.startswith("{"):
-                after = server_ticks(self.pids)
-                figures = json.loads(line)
-        err = proc.stderr.read()  # type: ignore[union-attr]
-        if proc.wait() != 0 or figures is None or before is None:
-            raise RuntimeError(f"CassandraLoad run failed: {_errors(err)}")
+        other: list[str] = []
+        try:
+            for line in proc.stdout:  # type: ignore[union-attr]
+                if line.startswith("START"):
+                    before = server_ticks(self.pids)
+                elif line.startswith("{"):
+                    after = server_ticks(self.pids)
+                    figures = json.loads(line)
+                else:
+                    other.append(line)
+        finally:
+            _reap(proc)
+        if proc.returncode != 0 or figures is None or before is None:
+            raise RuntimeError(f"CassandraLoad run failed: {_errors(''.join(other))}")
         done = figures["requests"]
         return LoadResult(
             ops_s=done / figures["seconds"],
