@@ -88,7 +88,7 @@ def build_router(state: NodeState) -> APIRouter:
             raise ApiError(404, str(exc)) from None
         return _json({"name": name, "token": token})
 
-    @router.delete("/{name}", summary="Remove a user")
+    @router.delete("/{name}", summary="Remove a user (409 for the only admin)")
     async def remove_user(name: str) -> Response:
         try:
             await management.remove(store(), name)
@@ -96,6 +96,8 @@ def build_router(state: NodeState) -> APIRouter:
             raise ApiError(400, str(exc)) from None
         except management.NoSuchUser as exc:
             raise ApiError(404, str(exc)) from None
+        except management.LastAdmin as exc:
+            raise ApiError(409, str(exc)) from None
         return _json({"name": name, "removed": True})
 
     return router

@@ -27,6 +27,11 @@ class UserExists(Exception):
     """`add` of a name that is taken."""
 
 
+class LastAdmin(Exception):
+    """`remove` of the only user with role admin: nothing could manage the cluster after it
+    (the cluster secret no longer opens the admin routes once users exist)."""
+
+
 class NoSuchUser(Exception):
     """A change of a user that does not exist."""
 
@@ -69,8 +74,16 @@ async def issue_token(store: UserStore, name: str) -> str:
 
 async def remove(store: UserStore, name: str) -> None:
     check_name(name)
-    if await store.fresh(name) is None:
+    record = await store.fresh(name)
+    if record is None:
         raise NoSuchUser(f"no user {name}")
+    if record.role is Role.ADMIN:
+        others = [r for r in await listing(store) if r.role is Role.ADMIN and r.name != name]
+        if not others:
+            raise LastAdmin(
+                f"{name} is the only admin: add another admin user before removing it "
+                "(the cluster secret no longer opens the admin routes once users exist)"
+            )
     await store.remove(name)
 
 

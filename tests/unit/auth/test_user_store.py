@@ -69,9 +69,16 @@ def test_bootstrap_creates_admin_once_and_never_again(service) -> None:
         assert await auth.password("admin", b"first admin pw") is None
         admin = await auth.password("admin", b"changed admin pw")
         assert admin is not None and admin.role is Role.ADMIN
+        # The only admin cannot be removed: with users set up, nothing else opens the admin
+        # routes. Once a second admin exists, the first can go.
+        with pytest.raises(management.LastAdmin):
+            await management.remove(store, "admin")
+        await management.add(store, "carol", Role.ADMIN, "carols password")
         await management.remove(store, "admin")
         assert await store.initialized()  # users were set up: the admin routes stay closed
-        assert [r.name for r in await management.listing(store)] == []
+        assert [r.name for r in await management.listing(store)] == ["carol"]
+        with pytest.raises(management.LastAdmin):
+            await management.remove(store, "carol")
 
     asyncio.run(scenario())
 
