@@ -78,7 +78,16 @@ class UserStore:
             # No quorum (peers down or still starting): the marker is written at quorum and
             # never removed, so any replica that has it answers right; one that lacks it may
             # be behind, which only matters on a node without a cluster secret (--insecure).
-            result = await self.service.get(INITIALIZED_KEY, Consistency.ONE)
+            try:
+                result = await self.service.get(INITIALIZED_KEY, Consistency.ONE)
+            except ServiceError as exc:
+                # No replica of the marker answers (with RF=1 its one owner is down): what
+                # this process saw last stands (True is final, above), and the next call asks
+                # again. A node that never saw users keeps taking the cluster secret on the
+                # admin routes, so the cluster stays manageable; whoever holds the secret can
+                # act as a node on the internal port anyway (docs/security.md).
+                log.warning("cannot read whether users exist (%s); as last seen: none", exc)
+                return False
         self._initialized = result.value is not None
         self._initialized_checked = now
         return self._initialized
