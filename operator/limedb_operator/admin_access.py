@@ -12,8 +12,11 @@ from limedb_operator.kube import Kube
 
 def admin_password(kube: Kube, name: str, namespace: str, spec: Mapping[str, Any]) -> str | None:
     """User admin's password from the admin Secret (manifests.admin_secret); None while it or
-    its key is missing (the pods cannot start then either)."""
-    secret, key = manifests.admin_secret(name, spec)
+    its key is missing (the pods cannot start then either), or for a cluster without users."""
+    admin = manifests.admin_secret(name, spec)
+    if admin is None:
+        return None
+    secret, key = admin
     data = kube.secret_data(secret, namespace)
     return None if data is None else data.get(key)
 
@@ -26,10 +29,10 @@ def cluster_access(
     cluster_secret: str | None,
     ca_pem: str | None,
 ) -> database.Access:
-    secret, key = manifests.admin_secret(name, spec)
+    admin = manifests.admin_secret(name, spec)
     return database.Access(
         cluster_secret,
         ca_pem,
         admin_password(kube, name, namespace, spec),
-        f"{namespace}/{secret} (key {key})",
+        "" if admin is None else f"{namespace}/{admin[0]} (key {admin[1]})",
     )

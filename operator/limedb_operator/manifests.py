@@ -74,25 +74,29 @@ def admin_secret_name(name: str) -> str:
 ADMIN_PASSWORD_KEY = "password"
 
 
-def admin_secret(name: str, spec: Mapping[str, Any]) -> tuple[str, str]:
+def admin_secret(name: str, spec: Mapping[str, Any]) -> tuple[str, str] | None:
     """(Secret name, key) holding user `admin`'s password: `spec.auth.adminSecretRef` when given,
-    else the generated `<name>-admin`. Every cluster the operator manages has that admin,
-    whether or not spec.auth is enabled (which only makes the data routes need users): once
-    users exist the nodes' admin routes take an admin user and no longer the cluster secret, so
-    the operator's own admin calls run as this user (docs/security.md)."""
+    else the generated `<name>-admin` when spec.auth is enabled; None for a cluster without
+    users (the operator's admin calls then use the cluster secret, which the nodes accept until
+    the first user exists; users added by hand to such a cluster need an adminSecretRef, else the
+    operator reports AdminCredentialsRejected). A cluster without auth gets no admin user of the
+    operator's making: its data would outlive the generated Secret when its volumes are retained
+    and the cluster is deleted and made again (docs/security.md)."""
     ref = (spec.get("auth") or {}).get("adminSecretRef") or {}
     if ref.get("name"):
         return str(ref["name"]), str(ref.get("key") or ADMIN_PASSWORD_KEY)
-    return admin_secret_name(name), ADMIN_PASSWORD_KEY
+    if generates_admin_secret(spec):
+        return admin_secret_name(name), ADMIN_PASSWORD_KEY
+    return None
 
 
 ADMIN_USER = "admin"  # the user LIMEDB_BOOTSTRAP_ADMIN_PASSWORD creates (limedb.auth)
 
 
 def generates_admin_secret(spec: Mapping[str, Any]) -> bool:
-    """Whether the operator makes `<name>-admin`: whenever spec.auth names no adminSecretRef."""
+    """Whether the operator makes `<name>-admin`: auth enabled and no adminSecretRef."""
     auth = spec.get("auth") or {}
-    return not (auth.get("adminSecretRef") or {}).get("name")
+    return bool(auth.get("enabled")) and not (auth.get("adminSecretRef") or {}).get("name")
 
 
 def pod_name(name: str, ordinal: int) -> str:
@@ -345,11 +349,14 @@ def node_env(name: str, namespace: str, spec: Mapping[str, Any], founders: int) 
 
 def auth_env(name: str, spec: Mapping[str, Any]) -> list[Obj]:
     """spec.auth as node settings: `enabled` -> auth_mode required (data routes and RESP need a
-    user); always the first admin's password from the admin Secret (docs/security.md)."""
+    user); the first admin's password from the admin Secret when there is one (docs/security.md)."""
     env: list[Obj] = []
     if (spec.get("auth") or {}).get("enabled"):
         env.append({"name": "LIMEDB_AUTH_MODE", "value": "required"})
-    secret, key = admin_secret(name, spec)
+    admin = admin_secret(name, spec)
+    if admin is None:
+        return env
+    secret, key = admin
     env.append(
         {
             "name": "LIMEDB_BOOTSTRAP_ADMIN_PASSWORD",

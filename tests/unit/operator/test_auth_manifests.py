@@ -15,15 +15,14 @@ def _env(spec: dict) -> dict:
     return {e["name"]: e for e in sts["spec"]["template"]["spec"]["containers"][0]["env"]}
 
 
-def test_without_spec_auth_the_data_api_stays_open_but_the_operator_still_has_an_admin() -> None:
-    # Once users exist the admin routes refuse the cluster secret, so the operator always
-    # bootstraps the admin it calls them as: auth.enabled only switches the data routes.
+def test_without_spec_auth_there_are_no_users_and_the_operator_uses_the_cluster_secret() -> None:
+    # No admin of the operator's making: with retained volumes the data would outlive a
+    # generated Secret. The nodes take the cluster secret until a first user exists.
     env = _env({})
     assert "LIMEDB_AUTH_MODE" not in env
-    ref = env["LIMEDB_BOOTSTRAP_ADMIN_PASSWORD"]["valueFrom"]["secretKeyRef"]
-    assert ref == {"name": "lime-admin", "key": "password"}
-    assert manifests.generates_admin_secret(manifests.with_defaults({}))
-    assert manifests.admin_secret(NAME, {"auth": {"enabled": False}}) == ("lime-admin", "password")
+    assert "LIMEDB_BOOTSTRAP_ADMIN_PASSWORD" not in env
+    assert not manifests.generates_admin_secret(manifests.with_defaults({}))
+    assert manifests.admin_secret(NAME, {"auth": {"enabled": False}}) is None
 
 
 def test_auth_enabled_requires_users_and_bootstraps_admin_from_a_generated_secret() -> None:
