@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from peer_configs import CassandraNode, cassandra_address, cassandra_yaml
-from peer_load import VALUE, LoadResult, Tally, key_chooser, server_ticks
+from peer_load import VALUE, LoadResult, Tally, key_chooser, server_ticks, stop_all
 
 # What Cassandra's own conf/jvm17-server.options opens up on JDK 17 (its code reaches into
 # these JDK internals); the shipped launcher passes the same.
@@ -175,15 +175,7 @@ class CassandraCluster:
                 time.sleep(0.5)
 
     def __exit__(self, *exc: object) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.terminate()
-        for proc in self.procs:
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_all(self.procs)
 
 
 class PythonLoad:

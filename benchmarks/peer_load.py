@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import random
+import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -37,6 +38,19 @@ class LoadResult:
 def server_ticks(pids: list[int]) -> int:
     """utime + stime of the server processes so far, in clock ticks."""
     return sum(stat_cpu_ticks(Path(f"/proc/{pid}/stat").read_text()) for pid in pids)
+
+
+def stop_all(procs: list[subprocess.Popen]) -> None:
+    """Terminate every server process still running, then wait for each (kill after 30 s)."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 class Tally:

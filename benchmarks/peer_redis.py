@@ -19,7 +19,7 @@ from pathlib import Path
 
 import hiredis
 from peer_configs import redis_conf
-from peer_load import VALUE, Tally, key_chooser
+from peer_load import VALUE, Tally, key_chooser, stop_all
 from redis.crc import key_slot
 
 WAIT_TIMEOUT_MS = 1000
@@ -149,15 +149,7 @@ class RedisCluster:
         raise RuntimeError(f"redis on port {port} never answered {expect!r} to {args}")
 
     def __exit__(self, *exc: object) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.terminate()
-        for proc in self.procs:
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_all(self.procs)
 
 
 class RedisLoad:
