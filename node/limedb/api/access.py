@@ -28,10 +28,9 @@ import base64
 import binascii
 import hmac
 
-from limedb.api.errors import ApiError, not_ready, retry_after_header
+from limedb.api.errors import ApiError, not_ready
 from limedb.api.state import NodeState
 from limedb.auth import Identity, Role
-from limedb.cluster.service import ServiceError
 
 CHALLENGE = {"WWW-Authenticate": 'Basic realm="limedb", charset="UTF-8", Bearer realm="limedb"'}
 OPEN_PATHS = frozenset(
@@ -138,17 +137,12 @@ def admin_credentials_required() -> ApiError:
 
 
 async def users_exist(state: NodeState) -> bool:
-    """Whether the cluster has users (then the secret opens nothing on HTTP); 503 when no
-    replica can tell, rather than guess in the secret's favour."""
+    """Whether the cluster has users (then the secret opens nothing on HTTP); the store answers
+    from any replica of its marker, and from what this node last saw when none answers."""
     auth = state.auth
     if auth is None:
         raise not_ready()
-    try:
-        return await auth.store.initialized()
-    except ServiceError as exc:
-        raise ApiError(
-            503, f"cannot tell whether users exist: {exc}", retry_after_header(1)
-        ) from exc
+    return await auth.store.initialized()
 
 
 async def _check_anonymous_admin(state: NodeState) -> None:

@@ -82,11 +82,13 @@ class UserStore:
                 result = await self.service.get(INITIALIZED_KEY, Consistency.ONE)
             except ServiceError as exc:
                 # No replica of the marker answers (with RF=1 its one owner is down): what
-                # this process saw last stands (True is final, above), and the next call asks
-                # again. A node that never saw users keeps taking the cluster secret on the
-                # admin routes, so the cluster stays manageable; whoever holds the secret can
-                # act as a node on the internal port anyway (docs/security.md).
+                # this process saw last stands (True is final, above), asked again after the
+                # cache's ttl like any answer. A node that never saw users keeps taking the
+                # cluster secret on the admin routes, so the cluster stays manageable; whoever
+                # holds the secret can act as a node on the internal port anyway
+                # (docs/security.md).
                 log.warning("cannot read whether users exist (%s); as last seen: none", exc)
+                self._initialized_checked = now
                 return False
         self._initialized = result.value is not None
         self._initialized_checked = now
