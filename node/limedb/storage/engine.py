@@ -38,6 +38,7 @@ from .errors import DiskFullError, EngineClosedError, StorageError, is_disk_full
 from .flush import Flusher
 from .fs import FileSystem, RealFS
 from .group_commit import LogSyncer
+from .ingest import Ingester, IngestResult, as_batch_ops
 from .options import EngineOptions
 from .purge import Purger
 from .record import TOMBSTONE, Rec, Version, to_version
@@ -134,6 +135,15 @@ class Engine:
         self._compactor = Compactor(ctx, self._versions, self._filter, self._workers)
         self._purger = Purger(ctx, self._versions, self._syncer, self._flusher, self._compactor)
         self._checkpointer = Checkpointer(ctx, self._versions, self._flusher, self.hlc.now)
+        self._ingester = Ingester(
+            ctx,
+            self._versions,
+            self._writer,
+            self._flusher,
+            self._filter,
+            lambda: self._view,
+            lambda items: self.write(WriteBatch(as_batch_ops(items))),
+        )
         with ctx.mutex:
             self._publish_locked()
         self._repair_flush = found.needs_flush
@@ -363,6 +373,17 @@ class Engine:
         with its size and SHA-256 (storage/checkpoint.py, docs/formats.md)."""
         self._ctx.check_open()
         return self._checkpointer.take(os.fspath(dest), link=link)
+
+    def ingest(self, paths: list[str | os.PathLike]) -> IngestResult:
+        """Make the SSTables at `paths` (written elsewhere, e.g. a range streamed from a peer;
+        their key ranges must not overlap) part of the database, with one MANIFEST edit.
+
+        Every block's checksum is verified first. Last-writer-wins holds as for writes: a
+        version older than (or equal to) the stored one is left out, a newer one wins
+        (storage/ingest.py says how). The files are hard-linked into the data directory where
+        possible (else copied); the caller may delete them afterwards. Durable on return."""
+        self._ctx.check_open()
+        return self._ingester.ingest([os.fspath(p) for p in paths])
 
     # ------------------------------------------------------------------ lifecycle
 

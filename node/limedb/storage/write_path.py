@@ -159,6 +159,12 @@ class WritePath:
                 self.rotate_locked()
         return results, seq
 
+    def observe_locked(self, ts: int) -> None:
+        """Stamps from now on come after `ts` (a version stored by other means than a write,
+        e.g. an ingested table); caller holds the mutex."""
+        self._hlc.observe(ts)
+        self._stamp_end = 0
+
     def _reserve_stamps(self, ms: int) -> int:
         """Take a block of timestamps from the HLC; returns the first (caller holds the mutex)."""
         first = self._hlc.now()

@@ -1,0 +1,302 @@
+"""Ingest of external tables: SSTable files written elsewhere (a range streamed from a peer)
+become part of the LSM with one MANIFEST edit, instead of being replayed through the write path.
+
+Reads resolve a key by level order (memtable, then L0 newest first, then deeper levels: the
+first version found wins), which equals last-writer-wins only because every write is checked
+against the stored version before it is applied. An external table holds versions of any age,
+so it cannot simply be put above the existing data. The rule kept here: an ingested table
+holds no key that any table of the engine holds. It goes in as the newest L0 table, below the
+memtables. Per key of the external table:
+- a table of the engine holds the key: the entry is left out of the ingested table (which is
+  then rewritten without it); if the external version is newer than the stored one, it is
+  written through the write path (WAL + memtable, the usual last-writer-wins check) instead;
+- only a memtable holds it: the entry stays (the memtable is above it, and stays above it
+  when flushed: flushes land as newer L0 tables); if the external version is newer, it is
+  also written through the write path;
+- nobody holds it: the entry stays.
+Flushes (and range purges) are held off from the look-ups to the install, so no table gains a
+key meanwhile; writes are not: the keys they put in a memtable are compared under the mutex,
+at the instant the table becomes visible, and where the external version is newer it is
+written through the write path after the install.
+
+Crash safety: the table is linked (or copied) into the data directory under a number the
+engine reserved, and becomes visible only with its fsynced MANIFEST edit; a crash before the
+edit leaves an unreferenced file that the next open deletes, a crash after it the table. The
+write-path part comes after the edit: a crash in between leaves those keys at their stored
+(older) versions, as they were before the ingest, until the ingest is repeated (re-sending a
+table is harmless: every version in it then loses to, or equals, what is stored).
+"""
+
+from __future__ import annotations
+
+import posixpath
+from bisect import bisect_left
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from .block_cache import BlockCache
+from .bloom import build_words, key_hash, probe_mask
+from .checkpoint import place_table
+from .context import EngineContext
+from .engine_filter import EngineFilter
+from .errors import StorageError
+from .flush import Flusher
+from .manifest import VersionEdit
+from .memtable import Memtable
+from .record import EXPIRES, TOMBSTONE, Rec, newer
+from .snapshot import View
+from .sstable import TableBuilder, TableMeta, TableReader, table_name
+from .version_set import VersionSet
+from .write_path import WritePath
+
+# Versions written through the write path per batch (one WAL record each).
+_WRITE_BATCH = 512
+
+
+@dataclass
+class IngestResult:
+    """What an ingest did: tables installed (and the entries in them), versions written
+    through the write path because they were newer than a stored one, and versions left out
+    because what is stored is as new or newer."""
+
+    tables: int = 0
+    entries: int = 0
+    bytes: int = 0
+    written: int = 0
+    superseded: int = 0
+    file_nos: list[int] = field(default_factory=list)
+
+
+def decide(ext: Rec, in_memtable: Rec | None, in_tables: Rec | None) -> tuple[bool, bool]:
+    """(keep the entry in the ingested table, write it through the write path) for an external
+    version, given the newest version a memtable holds and the newest a table holds."""
+    stored = in_memtable if in_memtable is not None else in_tables
+    write = stored is not None and newer(ext, stored)
+    return in_tables is None, write
+
+
+def _table_lookup(view: View, key: bytes) -> Rec | None:
+    """The version the tables of `view` (not its memtables) resolve `key` to."""
+    h = key_hash(key)
+    mask = probe_mask(h)
+    if view.gwords[h & view.gmask] & mask != mask:
+        return None
+    for t in view.l0:
+        if t.fwords[h & t.fmask] & mask == mask and t.smallest <= key <= t.largest:
+            rec = t.get(key)
+            if rec is not None:
+                return rec
+    for files, bounds in view.levels:
+        i = bisect_left(bounds, key)
+        if i < len(files):
+            t = files[i]
+            if t.fwords[h & t.fmask] & mask == mask and key >= t.smallest:
+                rec = t.get(key)
+                if rec is not None:
+                    return rec
+    return None
+
+
+def _memtable_lookup(view: View, key: bytes) -> Rec | None:
+    rec = view.mem.data.get(key)
+    if rec is None and view.imm is not None:
+        rec = view.imm.data.get(key)
+    return rec
+
+
+@dataclass
+class _Plan:
+    """One external table, sorted out against the engine."""
+
+    reader: TableReader
+    kept_hashes: list[int] = field(default_factory=list)
+    kept_keys: set[bytes] = field(default_factory=set)
+    dropped: set[bytes] = field(default_factory=set)
+    to_write: list[tuple[bytes, Rec]] = field(default_factory=list)
+    superseded: int = 0  # versions that lose to (or equal) the stored one
+
+
+class Ingester:
+    def __init__(
+        self,
+        ctx: EngineContext,
+        versions: VersionSet,
+        writer: WritePath,
+        flusher: Flusher,
+        gfilter: EngineFilter,
+        view: Callable[[], View],
+        write: Callable[[list[tuple[bytes, Rec]]], None],
+    ) -> None:
+        self._ctx = ctx
+        self._versions = versions
+        self._writer = writer
+        self._flusher = flusher
+        self._filter = gfilter
+        self._view = view
+        self._write = write
+        # Test hook: called between the look-ups and the install (writes may land there).
+        self.before_install: Callable[[], None] | None = None
+
+    def ingest(self, paths: list[str]) -> IngestResult:
+        """Ingest the tables at `paths` (key ranges must not overlap each other)."""
+        ctx = self._ctx
+        readers = [TableReader(ctx.fs, p, 0, BlockCache(0)) for p in paths]
+        readers.sort(key=lambda t: t.smallest)
+        for a, b in zip(readers, readers[1:], strict=False):
+            if b.smallest <= a.largest:
+                raise ValueError(f"tables to ingest overlap: {a.path} and {b.path}")
+        result = IngestResult()
+        late: list[tuple[bytes, Rec]] = []
+        with self._flusher.lock:  # no flush or purge adds keys to a table from here on
+            plans = [self._plan(r) for r in readers]
+            if self.before_install is not None:
+                self.before_install()
+            added, placed = self._place(plans)
+            try:
+                if added:
+                    late = self._install(plans, added)
+            except BaseException:
+                self._versions.discard_unlisted(placed)
+                raise
+        for _, t in added:
+            result.tables += 1
+            result.entries += t.entries
+            result.bytes += t.size
+            result.file_nos.append(t.file_no)
+        writes = [w for p in plans for w in p.to_write] + late
+        self._write_all(writes)
+        result.written = len(writes)
+        result.superseded = sum(p.superseded for p in plans)
+        return result
+
+    def _plan(self, reader: TableReader) -> _Plan:
+        """Look up every key of the external table (every block's checksum is verified)."""
+        plan = _Plan(reader)
+        current = self._view
+        for i in range(reader.nblocks):
+            for key, rec in reader.load_block(i).items():
+                view = current()
+                in_mem, in_tables = _memtable_lookup(view, key), _table_lookup(view, key)
+                keep, write = decide(rec, in_mem, in_tables)
+                if not write and (in_mem is not None or in_tables is not None):
+                    plan.superseded += 1
+                if keep:
+                    plan.kept_keys.add(key)
+                    plan.kept_hashes.append(key_hash(key))
+                else:
+                    plan.dropped.add(key)
+                if write:
+                    plan.to_write.append((key, rec))
+        return plan
+
+    def _place(self, plans: list[_Plan]) -> tuple[list[tuple[int, TableReader]], list[str]]:
+        """Put each table's kept entries in the data directory under a reserved number: the
+        external file itself (linked, else copied) when it keeps everything, else a rewrite."""
+        ctx, versions = self._ctx, self._versions
+        added: list[tuple[int, TableReader]] = []
+        placed: list[str] = []
+        try:
+            for plan in plans:
+                if not plan.kept_keys:
+                    continue
+                no = versions.new_file_no()
+                dst = ctx.path(table_name(no))
+                placed.append(dst)
+                if plan.dropped:
+                    self._rewrite(plan, no, dst)
+                else:
+                    place_table(ctx.fs, plan.reader.path, dst, True)
+            if placed:
+                ctx.fs.fsync_dir(ctx.dir)
+            for plan, dst in zip([p for p in plans if p.kept_keys], placed, strict=True):
+                no = int(posixpath.basename(dst)[:-4])
+                added.append((0, versions.open_table(no)))
+                if added[-1][1].entries != len(plan.kept_keys):
+                    raise StorageError(f"ingested table {dst} does not hold the kept entries")
+        except BaseException:
+            versions.discard_unlisted(placed)
+            raise
+        return added, placed
+
+    def _rewrite(self, plan: _Plan, no: int, dst: str) -> None:
+        opts = self._ctx.opts
+        b = TableBuilder(self._ctx.fs, dst, no, opts.block_bytes, opts.bloom_bits_per_key)
+        try:
+            dropped = plan.dropped
+            for i in range(plan.reader.nblocks):
+                blk = plan.reader.load_block(i)
+                keys = [k for k in blk if k not in dropped]
+                if keys:
+                    b.add_all(keys, blk)
+            b.finish()
+        except BaseException:
+            b.abandon()
+            raise
+
+    def _install(
+        self, plans: list[_Plan], added: list[tuple[int, TableReader]]
+    ) -> list[tuple[bytes, Rec]]:
+        """One MANIFEST edit for every table; returns the versions that writes made during the
+        ingest left older in a memtable (to be written through the write path)."""
+        ctx, writer = self._ctx, self._writer
+        kept = [p for p in plans if p.kept_keys]
+        entries = sum(t.entries for _, t in added)
+        nwords = self._filter.words_for_table(entries)
+        contrib = build_words([h for p in kept for h in p.kept_hashes], nwords)
+        metas = [
+            (0, TableMeta(t.file_no, t.size, t.entries, t.smallest, t.largest)) for _, t in added
+        ]
+        edit = VersionEdit(added=metas)
+        late: list[tuple[bytes, Rec]] = []
+        max_ts = max(t.max_ts for _, t in added)
+
+        def add_to_filter() -> None:
+            self._filter.add_table(contrib, entries)
+
+        def applied() -> None:
+            # Under the mutex, as the tables become visible: from now on every write is
+            # checked against them; the ones that came before are compared here.
+            writer.observe_locked(max_ts)
+            for plan, (_, table) in zip(kept, added, strict=True):
+                pending = {k for k, _ in plan.to_write}
+                for mem in (writer.mem, writer.imm):
+                    late.extend(_older_in(mem, plan.kept_keys, table, pending))
+            ctx.publish()
+
+        # L0 (ordered by file number on open): no flush is under way, so every later flush
+        # gets a higher number than these, and lands above them, as it does now.
+        newest_first = sorted(added, key=lambda a: a[1].file_no, reverse=True)
+        self._versions.log_and_apply(
+            edit, newest_first, before_visible=add_to_filter, on_applied=applied
+        )
+        ctx.compact_wake.set()
+        return late
+
+    def _write_all(self, writes: list[tuple[bytes, Rec]]) -> None:
+        for i in range(0, len(writes), _WRITE_BATCH):
+            self._write(writes[i : i + _WRITE_BATCH])
+
+
+def _older_in(
+    mem: Memtable | None, keys: set[bytes], table: TableReader, pending: set[bytes]
+) -> list[tuple[bytes, Rec]]:
+    """(key, the table's version) where `mem` holds an older version of a key of the table
+    (keys in `pending` are written anyway)."""
+    if mem is None or not mem.data:
+        return []
+    out = []
+    for key in keys.intersection(mem.data) - pending:
+        rec = table.get(key)
+        if rec is not None and newer(rec, mem.data[key]):
+            out.append((key, rec))
+    return out
+
+
+def as_batch_ops(
+    items: list[tuple[bytes, Rec]],
+) -> list[tuple[bool, bytes, bytes, int, int | None]]:
+    """WriteBatch operations that store exactly these versions."""
+    return [
+        (bool(flags & TOMBSTONE), key, value, ts, exp if flags & EXPIRES else None)
+        for key, (ts, value, flags, exp) in items
+    ]
