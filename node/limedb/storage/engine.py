@@ -35,12 +35,13 @@ from .compactor import Compactor
 from .context import EngineContext
 from .engine_filter import EngineFilter
 from .errors import DiskFullError, EngineClosedError, StorageError, is_disk_full
+from .export import Exported, chunked, cut, mem_entries
 from .flush import Flusher
 from .fs import FileSystem, RealFS
 from .group_commit import LogSyncer
 from .ingest import Ingester, IngestResult, as_batch_ops
 from .options import EngineOptions
-from .purge import Purger
+from .purge import Purger, normalize
 from .record import TOMBSTONE, Rec, Version, to_version
 from .snapshot import Snapshot, View
 from .version_set import VersionSet
@@ -384,6 +385,40 @@ class Engine:
         possible (else copied); the caller may delete them afterwards. Durable on return."""
         self._ctx.check_open()
         return self._ingester.ingest([os.fspath(p) for p in paths])
+
+    def export_ranges(
+        self, ranges: list[tuple[bytes, bytes | None]], path: str | os.PathLike
+    ) -> Exported:
+        """Write the newest version of every key in the [start, end) `ranges` (tombstones and
+        expiring values included), as of this call, into one new SSTable at `path` (fsynced;
+        no file when the ranges hold nothing), with its CRC32C: what `ingest` takes on another
+        node. The cut runs in a worker process when the tables are big (storage/export.py)."""
+        ctx, writer, versions = self._ctx, self._writer, self._versions
+        ctx.check_open()
+        ranges = normalize([(as_key(s), None if e is None else as_key(e)) for s, e in ranges])
+        with ctx.mutex:
+            frozen = writer.frozen_mem_locked()
+            imm = writer.imm
+            levels = [list(files) for files in versions.levels]
+            pinned = versions.pin_locked(levels)
+        try:
+            mems = [m for m in (writer.frozen_imm(imm), frozen) if m is not None]
+            entries = mem_entries(mems, ranges)
+            tables = [(lvl, t.file_no) for lvl, files in enumerate(levels) for t in files]
+            out = os.fspath(path)
+            big = sum(t.size for files in levels for t in files) >= offload.OFFLOAD_MIN_BYTES
+            pool = self._workers.get() if big else None
+            if pool is not None:
+                try:
+                    job = ("export_ranges", ctx.dir, tables, ranges, out, self._opts)
+                    return pool.call(*job, stream=chunked(entries))
+                except (offload.WorkerError, OSError) as exc:
+                    if ctx.closing:
+                        raise EngineClosedError("export abandoned: the engine is closing") from exc
+                    self._workers.failed("export", exc)
+            return cut(ctx.fs, ctx.dir, tables, ranges, out, self._opts, [list(entries.items())])
+        finally:
+            versions.unpin(pinned)
 
     # ------------------------------------------------------------------ lifecycle
 

@@ -31,6 +31,7 @@ from itertools import chain
 from pathlib import Path
 from typing import Any
 
+from . import export
 from .block_cache import BlockCache
 from .bloom import build_words, key_hash
 from .compaction import Compaction, RateLimiter, run
@@ -134,6 +135,7 @@ def compact(
 _JOBS = {
     "build_table": build_table,
     "compact": compact,
+    "export_ranges": export.cut_in_worker,
     "global_filter": global_filter,
 }
 
