@@ -255,9 +255,11 @@ LOAD_SCRIPT = textwrap.dedent(
     ns, limit = sys.argv[1], float(sys.argv[2])
     urls = [f"http://lime-{o}.lime-headless.{ns}.svc:8484" for o in (0, 2)]
     clients = [Client(u, timeout=10, retries=0) for u in urls]
-    # The operator bootstraps user admin in every cluster; the secret opens no admin route then.
-    password = os.environ["LIMEDB_BOOTSTRAP_ADMIN_PASSWORD"]
-    admin = Client(urls[0], timeout=10, user="admin", password=password)
+    # As user admin where the operator made one (auth enabled), else with the cluster secret.
+    password = os.environ.get("LIMEDB_BOOTSTRAP_ADMIN_PASSWORD")
+    way = dict(user="admin", password=password) if password else dict(
+        cluster_secret=os.environ.get("LIMEDB_CLUSTER_SECRET"))
+    admin = Client(urls[0], timeout=10, **way)
     ok, errors, last, i = 0, [], {}, 0
     deadline = time.monotonic() + limit
     while time.monotonic() < deadline:

@@ -176,9 +176,12 @@ def _campaign(result: Result, fleet: NemesisFleet, lab: netns.NetLab) -> None:
     values = fleet.read_all(regular + ttl_keys)
     final_span = (final_start, time.monotonic())
     result.problems += history.check_final(values.__getitem__, regular)
-    result.problems += ttl_problems(
+    expiry = ttl_problems(
         history, load.ttl_writes, nemesis.skews, values, final_span, nemesis.started
     )
+    if expiry:
+        _note_expiry_evidence(fleet, nemesis, [k for k in ttl_keys if k in " ".join(expiry)])
+    result.problems += expiry
 
     result.key_histories = key_histories(history, result.problems, nemesis.started)
     ring, rf = fleet.ring()
@@ -187,3 +190,27 @@ def _campaign(result: Result, fleet: NemesisFleet, lab: netns.NetLab) -> None:
         node.stop()
     result.problems += replica_differences(members, ring, rf)
     _phase(result, "check", t)
+
+
+def _note_expiry_evidence(fleet: NemesisFleet, nemesis: Nemesis, keys: list[str]) -> None:
+    """For a TTL problem: every member's clock as it sees it (its offset from the majority and
+    its peers') and what each member holds for the first keys (consistency one: its own
+    replica or the nearest), so that the report shows whether an expiry or a clock was off."""
+    for node in fleet.members:
+        try:
+            health = fleet.http.get(f"{node.url}/api/v1/health", timeout=5.0).json()
+            clock = health["storage"]["cluster"].get("clock")
+            nemesis.note(f"{node.url} clock: {clock}")
+        except Exception as exc:  # evidence only: never hide the problem behind this
+            nemesis.note(f"{node.url} clock: unavailable ({exc!r})")
+    for key in keys[:3]:
+        for node in fleet.members:
+            try:
+                got = fleet.http.get(f"{node.url}/v1/kv/{key}?consistency=one", timeout=5.0)
+                expires = got.headers.get("x-limedb-expires-at-ms")
+                nemesis.note(
+                    f"{key!r} at {node.url} (one): {got.status_code} expires_at_ms={expires} "
+                    f"wall_ms={int(time.time() * 1000)}"
+                )
+            except Exception as exc:
+                nemesis.note(f"{key!r} at {node.url}: unavailable ({exc!r})")
