@@ -1,56 +1,75 @@
-"""An LRU cache of decoded SSTable data blocks, charged by their on-disk size.
+"""A CLOCK cache of decoded SSTable data blocks, charged by their on-disk size.
 
-A cached block is a dict key -> record, so a hit costs two dict lookups. Hits do not take the
-lock (OrderedDict operations are single C calls under the GIL); inserts and evictions do.
+A decoded block (a dict key -> record) lives in its table's own slot list
+(`TableReader.blocks[i]`, None while not cached) next to a reference byte (`TableReader.refs[i]`),
+so a hit is one list index and one byte store: no lock, no call, no hashing of a cache key (the
+engine's point read inlines it; an OrderedDict LRU cost a Python call, a dict probe and a
+`move_to_end` per hit, each touching cold memory). The cache itself only decides what to evict:
+blocks join a ring in the order they were loaded; over budget, the hand takes blocks from the
+front of the ring, gives one whose reference byte is set a second chance (byte cleared, back to
+the end of the ring) and evicts one whose byte is clear. That is CLOCK, the usual approximation
+of LRU (PostgreSQL's buffer pool, RocksDB's HyperClockCache): a block used since the hand last
+passed it stays. The ring holds the slot lists, not the tables, so a deleted table's file is not
+kept open by its cached blocks (they still count until the hand evicts them, as an LRU's would).
 """
 
 from __future__ import annotations
 
 import threading
-from collections import OrderedDict
+from collections import deque
 from typing import Any
+
+# One ring entry: (the table's slot list, its reference bytes, block number, charge).
+_Entry = tuple[list, bytearray, int, int]
 
 
 class BlockCache:
-    __slots__ = ("capacity", "used", "hits", "misses", "_map", "_charges", "_lock")
+    __slots__ = ("capacity", "used", "lookups", "misses", "_ring", "_lock")
 
     def __init__(self, capacity_bytes: int) -> None:
         self.capacity = capacity_bytes
         self.used = 0
-        self.hits = 0
+        # Block lookups made through `TableReader.block` (scans); the engine counts its point
+        # reads' lookups itself (Engine.stats). `misses` counts every load, whoever asked.
+        self.lookups = 0
         self.misses = 0
-        self._map: OrderedDict[int, Any] = OrderedDict()
-        self._charges: dict[int, int] = {}
+        self._ring: deque[_Entry] = deque()
         self._lock = threading.Lock()
 
-    def get(self, key: int) -> Any:
-        value = self._map.get(key)
-        if value is None:
-            self.misses += 1
-            return None
-        self.hits += 1
-        try:
-            self._map.move_to_end(key)
-        except KeyError:  # evicted by another thread between the two calls
-            pass
-        return value
-
-    def put(self, key: int, value: Any, charge: int) -> None:
+    def put(self, blocks: list, refs: bytearray, i: int, block: Any, charge: int) -> None:
+        """Cache `block` as slot `i` of `blocks` (a table's slot list), unless it is there."""
         if charge > self.capacity:
             return
         with self._lock:
-            if key in self._charges:
+            if blocks[i] is not None:
                 return
-            self._map[key] = value
-            self._charges[key] = charge
+            blocks[i] = block
+            refs[i] = 1  # just used by whoever loaded it
+            self._ring.append((blocks, refs, i, charge))
             self.used += charge
-            while self.used > self.capacity:
-                old, _ = self._map.popitem(last=False)
-                self.used -= self._charges.pop(old)
+            if self.used > self.capacity:
+                self._evict_locked()
 
-    def hit_rate(self) -> float:
-        total = self.hits + self.misses
-        return self.hits / total if total else 0.0
+    def _evict_locked(self) -> None:
+        ring = self._ring
+        # Two passes of the hand clear every reference byte; readers setting them again
+        # meanwhile cannot keep it sweeping for ever.
+        second_chances = 2 * len(ring)
+        while self.used > self.capacity and ring:
+            entry = ring.popleft()
+            blocks, refs, i, charge = entry
+            if refs[i] and second_chances > 0:
+                refs[i] = 0
+                ring.append(entry)
+                second_chances -= 1
+                continue
+            blocks[i] = None
+            self.used -= charge
+
+    def hit_rate(self, point_lookups: int = 0) -> float:
+        """Hits per lookup, with `point_lookups` made outside `TableReader.block` (the engine's)."""
+        total = self.lookups + point_lookups
+        return max(0.0, 1.0 - self.misses / total) if total else 0.0
 
     def __len__(self) -> int:
-        return len(self._map)
+        return len(self._ring)

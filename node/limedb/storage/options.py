@@ -19,7 +19,7 @@ class EngineOptions:
         most the writes of the last window; "none" never fsyncs (benchmarks only).
     memtable_bytes: approximate bytes (keys + values + per-entry overhead) before the memtable is
         frozen and flushed to an L0 SSTable by the background flush thread.
-    block_cache_bytes: budget of the LRU cache of decoded data blocks, charged by the on-disk
+    block_cache_bytes: budget of the (CLOCK) cache of decoded data blocks, charged by the on-disk
         block size (a decoded block, a dict of Python objects, takes about 2-3x that in memory);
         the default keeps a 1M-key / 100-byte-value dataset fully cached.
     block_bytes: target size of one SSTable data block.

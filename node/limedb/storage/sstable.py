@@ -317,14 +317,14 @@ class TableReader:
         "fwords",
         "fmask",
         "cache",
-        "cache_base",
+        "blocks",
+        "refs",
     )
 
     def __init__(self, fs: FileSystem, path: str, file_no: int, cache: BlockCache) -> None:
         self.file_no = file_no
         self.path = path
         self.cache = cache
-        self.cache_base = file_no << 24
         f = fs.open_read(path)
         self.data = f.data
         self.size = f.size
@@ -381,16 +381,29 @@ class TableReader:
         except struct.error:
             raise self._corrupt(index_off, "index block does not decode") from None
         self.nblocks = n
+        # This table's slots in the block cache (block_cache.py): decoded block or None, and
+        # a reference byte per block that a hit sets.
+        self.blocks: list[dict[bytes, Rec] | None] = [None] * n
+        self.refs = bytearray(n)
         words = array("Q")
         words.frombytes(self._block_at(filter_off, filter_len, "filter block"))
         self.fwords = words
         self.fmask = len(words) - 1
 
     def block(self, i: int) -> dict[bytes, Rec]:
-        blk = self.cache.get(self.cache_base | i)
+        """Data block `i`, through the block cache."""
+        self.cache.lookups += 1
+        blk = self.blocks[i]
         if blk is None:
-            blk = self.load_block(i)
-            self.cache.put(self.cache_base | i, blk, self.sizes[i])
+            return self.load_cached(i)
+        self.refs[i] = 1
+        return blk
+
+    def load_cached(self, i: int) -> dict[bytes, Rec]:
+        """Load data block `i` and cache it: a block cache miss (`Engine.get` inlines the hit)."""
+        self.cache.misses += 1
+        blk = self.load_block(i)
+        self.cache.put(self.blocks, self.refs, i, blk, self.sizes[i])
         return blk
 
     def load_block(self, i: int) -> dict[bytes, Rec]:
