@@ -205,18 +205,24 @@ class Engine:
 
     def _lookup_tables(self, v: View, key: bytes, h: int, mask: int) -> Rec | None:
         """The newest record of `key` in the tables of `v`. `TableReader.get` and `block`, and
-        the block cache's hit, inlined: a point read is one Python call past `get`."""
+        the block cache's hits (the whole-table dict, else the block), inlined: a point read is
+        one Python call past `get`."""
         for t in v.l0:
             if t.fwords[h & t.fmask] & mask == mask and t.smallest <= key <= t.largest:
                 self._stat_bloom_checks += 1
-                # The block holding `key`: it exists, key <= t.largest (the last index key).
-                i = bisect_left(t.index_keys, key)
-                blk = t.blocks[i]
-                if blk is None:
-                    blk = t.load_cached(i)
+                whole = t.blocks[-1]  # every entry of the table, when all of it is cached
+                if whole is not None:
+                    t.refs[-1] = 1
+                    rec = whole.get(key)
                 else:
-                    t.refs[i] = 1
-                rec = blk.get(key)
+                    # The block holding `key`: it exists, key <= t.largest (the last index key).
+                    i = bisect_left(t.index_keys, key)
+                    blk = t.blocks[i]
+                    if blk is None:
+                        blk = t.load_cached(i)
+                    else:
+                        t.refs[i] = 1
+                    rec = blk.get(key)
                 if rec is not None:
                     return rec
                 self._stat_bloom_fp += 1
@@ -226,13 +232,18 @@ class Engine:
                 t = files[i]
                 if t.fwords[h & t.fmask] & mask == mask and key >= t.smallest:
                     self._stat_bloom_checks += 1
-                    i = bisect_left(t.index_keys, key)
-                    blk = t.blocks[i]
-                    if blk is None:
-                        blk = t.load_cached(i)
+                    whole = t.blocks[-1]
+                    if whole is not None:
+                        t.refs[-1] = 1
+                        rec = whole.get(key)
                     else:
-                        t.refs[i] = 1
-                    rec = blk.get(key)
+                        i = bisect_left(t.index_keys, key)
+                        blk = t.blocks[i]
+                        if blk is None:
+                            blk = t.load_cached(i)
+                        else:
+                            t.refs[i] = 1
+                        rec = blk.get(key)
                     if rec is not None:
                         return rec
                     self._stat_bloom_fp += 1

@@ -19,7 +19,7 @@ from operator import add, itemgetter
 from crc32c import crc32c
 
 from . import bloom
-from .block_cache import BlockCache
+from .block_cache import WHOLE_ENTRY_BYTES, BlockCache
 from .errors import CorruptionError
 from .fs import FileSystem, RealFS
 from .record import EXPIRES, TOMBSTONE, Rec, Version, to_version
@@ -382,9 +382,10 @@ class TableReader:
             raise self._corrupt(index_off, "index block does not decode") from None
         self.nblocks = n
         # This table's slots in the block cache (block_cache.py): decoded block or None, and
-        # a reference byte per block that a hit sets.
-        self.blocks: list[dict[bytes, Rec] | None] = [None] * n
-        self.refs = bytearray(n)
+        # a reference byte per block that a hit sets; one more of each for the whole table
+        # (a dict of every entry, once every block is cached).
+        self.blocks: list[dict[bytes, Rec] | None] = [None] * (n + 1)
+        self.refs = bytearray(n + 1)
         words = array("Q")
         words.frombytes(self._block_at(filter_off, filter_len, "filter block"))
         self.fwords = words
@@ -396,15 +397,33 @@ class TableReader:
         blk = self.blocks[i]
         if blk is None:
             return self.load_cached(i)
-        self.refs[i] = 1
+        refs = self.refs
+        refs[i] = 1
+        refs[-1] = 1  # the whole table's byte, when it is one ring entry
         return blk
 
     def load_cached(self, i: int) -> dict[bytes, Rec]:
         """Load data block `i` and cache it: a block cache miss (`Engine.get` inlines the hit)."""
         self.cache.misses += 1
         blk = self.load_block(i)
-        self.cache.put(self.blocks, self.refs, i, blk, self.sizes[i])
+        blocks = self.blocks
+        self.cache.put(blocks, self.refs, i, blk, self.sizes[i])
+        if blocks[-1] is None and 0 < blocks.count(None) - 1 <= self.nblocks >> 4:
+            self._cache_whole()
         return blk
+
+    def _cache_whole(self) -> None:
+        """Load the few blocks (at most 1/16) not cached yet, so that the table gets cached
+        whole (block_cache.py), if the cache has room for them and the whole-table dict.
+        Random reads leave some blocks unread for long: a block of one or two entries (at the
+        end of a compaction chunk) is rarely the one a read needs."""
+        blocks, sizes = self.blocks, self.sizes
+        todo = [j for j in range(self.nblocks) if blocks[j] is None]
+        need = sum(sizes[j] for j in todo) + WHOLE_ENTRY_BYTES * self.entries
+        if not self.cache.has_room(need):
+            return
+        for j in todo:
+            self.cache.put(blocks, self.refs, j, self.load_block(j), sizes[j])
 
     def load_block(self, i: int) -> dict[bytes, Rec]:
         off = self.offsets[i]
@@ -419,6 +438,10 @@ class TableReader:
 
     def get(self, key: bytes) -> Rec | None:
         """The record for `key` in this table, without consulting the filter."""
+        whole = self.blocks[-1]
+        if whole is not None:
+            self.refs[-1] = 1
+            return whole.get(key)
         i = bisect_left(self.index_keys, key)
         if i == self.nblocks:
             return None

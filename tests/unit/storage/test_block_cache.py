@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 
 import pytest
-from limedb.storage.block_cache import BlockCache
+from limedb.storage.block_cache import WHOLE_ENTRY_BYTES, BlockCache
 from limedb.storage.fs import CrashableMemFS
 from limedb.storage.sstable import TableBuilder, TableReader
 
@@ -27,7 +27,8 @@ def fs() -> CrashableMemFS:
 
 
 def cached(t: TableReader) -> list[int]:
-    return [i for i, blk in enumerate(t.blocks) if blk is not None]
+    """The cached blocks of `t` (its last slot is the whole-table dict)."""
+    return [i for i, blk in enumerate(t.blocks[:-1]) if blk is not None]
 
 
 def test_the_cache_stays_within_its_budget_and_keeps_what_fits():
@@ -83,3 +84,50 @@ def test_cached_blocks_do_not_keep_a_dropped_table_alive():
     t.block(0)
     assert sys.getrefcount(t) == before  # nothing but this test holds the table
     assert len(cache) == 1  # its block still counts until the hand evicts it
+
+
+def test_a_table_cached_whole_is_read_through_one_dict_and_evicted_all_at_once():
+    cache = BlockCache(1 << 20)
+    t = table(fs(), 1, cache, blocks=4)
+    u = table(fs(), 2, cache, blocks=4)
+    blocks_charge = sum(t.sizes)
+    for i in range(3):
+        t.block(i)
+    assert t.blocks[-1] is None and len(cache) == 3
+    t.block(3)  # the last one: the table is cached whole
+    whole = t.blocks[-1]
+    assert whole == {b"k%03d" % i: (i + 1, b"v" * 100, 0, 0) for i in range(4)}
+    assert len(cache) == 1
+    assert cache.used == blocks_charge + 4 * WHOLE_ENTRY_BYTES
+    assert t.get(b"k002")[0] == 3 and t.get(b"k0025") is None
+    # Room for the whole table and one block: the next block evicts the table, all of it.
+    cache.capacity = cache.used + u.sizes[0]
+    t.refs[-1] = 0
+    u.block(0)
+    u.block(1)
+    assert t.blocks == [None] * 5
+    assert cached(u) == [0, 1] and cache.used == u.sizes[0] + u.sizes[1]
+    assert whole[b"k001"][0] == 2  # a reader still holding the dict reads on, unchanged
+    assert t.get(b"k001")[0] == 2  # and the table reads through its blocks again
+
+
+def test_no_whole_table_dict_without_room_for_it():
+    cache = BlockCache(1 << 20)
+    t = table(fs(), 1, cache, blocks=4)
+    cache.capacity = sum(t.sizes) + 4 * WHOLE_ENTRY_BYTES - 1
+    for i in range(4):
+        t.block(i)
+    assert t.blocks[-1] is None
+    assert cached(t) == [0, 1, 2, 3] and len(cache) == 4
+
+
+def test_a_table_missing_only_a_sixteenth_of_its_blocks_loads_them_and_is_cached_whole():
+    """Random reads rarely reach every block; the last few are loaded to cache the table whole."""
+    cache = BlockCache(1 << 20)
+    t = table(fs(), 1, cache, blocks=32)
+    for i in range(29):
+        t.block(i)
+    assert t.blocks[-1] is None  # 3 of 32 missing: more than 1/16
+    t.block(29)
+    assert t.blocks[-1] is not None and len(t.blocks[-1]) == 32
+    assert cached(t) == list(range(32)) and len(cache) == 1
