@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 
 ENV_PREFIX = "LIMEDB_"
 DURABILITY_MODES = ("sync", "periodic", "none")
+STREAM_MODES = ("tables", "keys")
 CONSISTENCY_LEVELS = ("one", "quorum", "all")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 TLS_MODES = ("off", "on", "required")
@@ -198,6 +199,12 @@ SETTINGS: tuple[Setting, ...] = (
         "asks the survivors to replace it (stream its ranges) instead of serving empty reads",
     ),
     Setting("stream_mb_per_s", _int(0), 4, "range streaming throttle in MB/s (0 = unlimited)"),
+    Setting(
+        "stream_mode",
+        _choice(STREAM_MODES),
+        "tables",
+        "how ranges move to a new owner: tables (cut into SSTables, ingested) | keys",
+    ),
     Setting("cleanup_grace_ms", _int(0), 2000, "wait before old owners hand off moved ranges"),
     Setting(
         "repair_interval_s",
@@ -378,6 +385,7 @@ class Config:
     await_join: bool
     auto_replace: bool
     stream_mb_per_s: int
+    stream_mode: str
     cleanup_grace_ms: int
     repair_interval_s: int
     repair_mb_per_s: int

@@ -12,6 +12,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import orjson
 import pytest
 from limedb.client import Refused
@@ -95,6 +96,50 @@ def test_join_resumes_after_kill_9_of_a_participant(fleet: Fleet, victim: str):
     finally:
         workload.stop()
     assert last["phase"] == "done", last
+    fleet.members.append(d)
+    fleet.wait_converged()
+    fleet.check(history, timeout_s=45.0)
+    assert not history.check_reads(), history.check_reads()[:5]
+
+
+def table_transfers(node: Node) -> dict:
+    """The node's table-streaming counters (limedb.cluster.table_streams)."""
+    return httpx.get(f"{node.url}/api/v1/health", timeout=5.0).json()["storage"]["table_streaming"]
+
+
+@pytest.mark.parametrize("victim", ["joining node", "streaming source", "driving node"])
+def test_join_resumes_after_kill_9_in_the_middle_of_a_table_transfer(fleet: Fleet, victim: str):
+    history = History()
+    a, b, c = fleet.bootstrap(3)
+    preload(fleet, history, KEYS, VALUE_BYTES)
+    d = fleet.start_joiner()
+    killed = {"joining node": d, "streaming source": c, "driving node": a}[victim]
+    survivors = [n for n in (a, b, c) if n is not killed]
+    workload = Workload(history, [n.url for n in survivors], keys=150, threads=3)
+    workload.start()
+    try:
+        tid = start_join(fleet, d)
+        # The moment: a table is cut (the source's side) and half sent (the target's side).
+        watched, side = (c, "sending") if victim == "streaming source" else (d, "receiving")
+        wait_for(
+            lambda: table_transfers(watched)[f"table_transfers_{side}"] > 0 or None,
+            60.0,
+            f"a table transfer {side} on {watched.url}",
+            0.05,
+        )
+        killed.kill()
+        if victim == "streaming source":
+            last = fleet.wait_transition(tid, via=b)
+            killed.start()
+            fleet.wait_ready(killed)
+        else:
+            killed.start()
+            fleet.wait_ready(killed)
+            last = fleet.wait_transition(tid, via=b)
+    finally:
+        workload.stop()
+    assert last["phase"] == "done", last
+    assert table_transfers(d)["tables_ingested"] > 0
     fleet.members.append(d)
     fleet.wait_converged()
     fleet.check(history, timeout_s=45.0)

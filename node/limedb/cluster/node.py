@@ -54,6 +54,7 @@ from limedb.cluster.service import (
 )
 from limedb.cluster.status import announced, member_states, ring_status
 from limedb.cluster.streaming import RangeStreams
+from limedb.cluster.table_streams import TableStreams
 from limedb.cluster.transaction import ClusterTransactions, Step, StepResult, Watch
 from limedb.cluster.transition_driver import DriverSettings, TransitionDriver
 from limedb.cluster.transitions import Change
@@ -261,6 +262,7 @@ class ClusterService:
         self.coordinator.routing = self.keeper
         self.handed_off = HandedOff(config.data_dir)
         self.streams = RangeStreams(engine, self.hlc, self.handed_off, self.clock)
+        self.streams.tables = TableStreams(engine, config.data_dir, self.hlc, self.clock)
         self.driver = TransitionDriver(
             self.node_id,
             self.keeper,
@@ -551,6 +553,12 @@ class ClusterService:
         budget = self.background
         self.server.register(rpc.STREAM_READ, budget.wrap(self.streams.handle_read))
         self.server.register(rpc.STREAM_APPLY, budget.wrap(self.streams.handle_apply))
+        tables = self.streams.tables
+        self.server.register(rpc.TABLE_CUT, budget.wrap(tables.handle_cut))
+        self.server.register(rpc.TABLE_READ, budget.wrap(tables.handle_read))
+        self.server.register(rpc.TABLE_WRITE, budget.wrap(tables.handle_write))
+        self.server.register(rpc.TABLE_INGEST, budget.wrap(tables.handle_ingest))
+        self.server.register(rpc.TABLE_DROP, tables.handle_drop)
         self.server.register(rpc.MERKLE, budget.wrap(self.anti_entropy.handle_tree))
         self.verifier.register(self.server, budget.wrap)
         self.atomic.register(self.server)
@@ -748,6 +756,7 @@ class ClusterService:
             "hlc_ahead_ms": max(0, millis_of(self.hlc.last) - wall_millis()),
             "streamed_timestamps_refused": self.streams.counters["timestamps_refused"],
         }
+        stats["table_streaming"] = self.streams.tables.stats()
         return stats
 
     def cluster_view(self) -> ClusterView:

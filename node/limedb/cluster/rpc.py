@@ -71,6 +71,11 @@ VERIFY_ROOTS = 30  # a replica's Merkle roots of many token ranges (limedb.clust
 VERIFY_REPAIR = 31  # repair token ranges with the named replicas (limedb.cluster.verifier)
 VERIFICATION = 32  # a finished verification's record, kept by every node
 REJOIN = 33  # does the ring list a node that came back empty? (limedb.cluster.rejoin)
+TABLE_CUT = 40  # range streaming as tables (limedb.cluster.table_streams)
+TABLE_READ = 41
+TABLE_WRITE = 42
+TABLE_INGEST = 43
+TABLE_DROP = 44
 
 # Error codes, HTTP-like so that logs read naturally.
 UNAUTHORIZED = 401

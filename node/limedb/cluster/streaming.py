@@ -1,6 +1,12 @@
 """Moving token ranges between nodes: the batch wire format, the source and sink sides, the
 throttle, and the stream workers the transition driver runs.
 
+Ranges move as tables by default (`stream_mode` tables: limedb.cluster.table_streamer cuts
+groups of ranges into SSTables at a source and the target ingests them); the key streaming
+of this module is the fallback: for every range left when a peer does not serve the table
+kinds (an older version), for a table with a timestamp beyond the target's clock bound, and
+for everything with `stream_mode` keys.
+
 A range streams as a sequence of batches. The driver asks the source for the next batch from a
 cursor token (STREAM_READ) and hands the entries, unparsed, to the target (STREAM_APPLY), which
 writes them with their original timestamps, tombstones included; last-writer-wins makes a
@@ -207,6 +213,8 @@ class RangeStreams:
         self.hlc = hlc
         self.clock = clock  # admits every streamed timestamp (limedb.cluster.clock_offset)
         self.handed_off = handed_off
+        # The table side of streaming (limedb.cluster.table_streams), when the node has one.
+        self.tables = None
         self._open: dict[tuple[int, int], _OpenRange] = {}
         self._snapshot = None
         self._snapshot_at = 0.0
@@ -479,6 +487,7 @@ class RangeStreamer:
         batch_bytes: int,
         checkpoint_s: float,
         parallel_ranges: int,
+        tables: bool = False,
     ) -> None:
         self.node_id = node_id
         self.streams = streams
@@ -488,6 +497,19 @@ class RangeStreamer:
         self.checkpoint_s = checkpoint_s
         self.parallel_ranges = parallel_ranges
         self.meter = RateMeter()
+        self.tables = None
+        if tables:
+            from limedb.cluster.table_streamer import TableStreamer
+
+            self.tables = TableStreamer(
+                node_id,
+                streams.tables,
+                call,
+                driver,
+                self.meter,
+                chunk_bytes=2 * batch_bytes,
+                parallel=parallel_ranges,
+            )
 
     async def stream(
         self,
@@ -503,6 +525,8 @@ class RangeStreamer:
         indexes = t.streams()[target]
         run = _TargetRun(progress.index, progress.cursor, progress.keys, progress.bytes)
         queue = deque(range(progress.index, len(indexes)))
+        if self.tables is not None and queue:
+            queue = deque(await self._stream_tables(t, target, list(queue), run, throttle, floor))
 
         async def worker() -> None:
             while queue:
@@ -532,6 +556,37 @@ class RangeStreamer:
             if isinstance(result, BaseException):
                 raise result
         self._checkpoint(t, target, run)
+
+    async def _stream_tables(
+        self,
+        t: Transition,
+        target: str,
+        positions: list[int],
+        run: _TargetRun,
+        throttle: Throttle,
+        floor: float,
+    ) -> list[int]:
+        """Send `positions` as tables (limedb.cluster.table_streamer); the positions left for
+        key streaming (all that are not done when a peer does not serve tables)."""
+        from limedb.cluster.table_streamer import TablesUnsupported
+
+        def done(group: list[int], keys: int, nbytes: int) -> None:
+            run.keys += keys
+            run.nbytes += nbytes
+            for position in group:
+                run.done.add(position)
+                run.cursors.pop(position, None)
+            if time.monotonic() - run.checkpointed >= self.checkpoint_s:
+                self._checkpoint(t, target, run)
+
+        assert self.tables is not None
+        try:
+            return await self.tables.stream(
+                t, target, positions, dict(run.cursors), done, throttle, floor
+            )
+        except TablesUnsupported as exc:
+            log.info("streaming keys to %s: a peer does not serve tables (%s)", target, exc)
+            return [p for p in positions if p not in run.done]
 
     async def _next_batch(
         self, t: Transition, target: str, move: RangeMove, cursor: int | None, floor: float

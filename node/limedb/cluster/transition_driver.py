@@ -80,6 +80,7 @@ class DriverSettings:
     checkpoint_s: float = 1.0
     parallel_ranges: int = 4
     poll_s: float = 0.5
+    stream_mode: str = default("stream_mode")
 
     @classmethod
     def from_config(cls, config: Config) -> DriverSettings:
@@ -87,6 +88,7 @@ class DriverSettings:
             bytes_per_s=config.stream_mb_per_s * 1e6,
             cleanup_grace_s=config.cleanup_grace_ms / 1000,
             timeout_s=config.transition_timeout_s,
+            stream_mode=config.stream_mode,
         )
 
 
@@ -124,6 +126,7 @@ class TransitionDriver:
             batch_bytes=self.settings.batch_bytes,
             checkpoint_s=self.settings.checkpoint_s,
             parallel_ranges=self.settings.parallel_ranges,
+            tables=self.settings.stream_mode == "tables" and streams.tables is not None,
         )
         self.records = RecordExchange(node_id, keeper, membership, call)
         # Told of every transition this node finished (the verifier checks its ranges).

@@ -1,0 +1,87 @@
+"""Range streaming as tables, one node's side each (real engines and files): a source cuts
+token ranges into a table served in chunks, a target receives the chunks and ingests the
+table only when its size and CRC32C match, and leaves no staged file behind either way."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from limedb.cluster import rpc
+from limedb.cluster.keys import MAX_TOKEN, storage_key
+from limedb.cluster.table_streams import (
+    CUT_REPLY,
+    DROP,
+    INGEST,
+    INGESTED,
+    READ,
+    WRITE_HEAD,
+    TableStreams,
+    encode_cut,
+)
+from limedb.hlc import HLC
+from limedb.storage import Engine, EngineOptions
+
+HALF = MAX_TOKEN // 2
+OPTS = EngineOptions(background_threads=False, durability="none")
+
+
+def _nodes(tmp_path):
+    source = Engine.open(tmp_path / "src" / "data", OPTS)
+    target = Engine.open(tmp_path / "dst" / "data", OPTS)
+    for i in range(500):
+        source.put(storage_key(b"key%d" % i), b"value%d" % i)
+    source.flush()
+    for i in range(0, 500, 10):
+        source.delete(storage_key(b"key%d" % i))
+    return (
+        source,
+        target,
+        TableStreams(source, tmp_path / "src", HLC(), None),
+        TableStreams(target, tmp_path / "dst", HLC(), None),
+    )
+
+
+async def _relay(src: TableStreams, dst: TableStreams, tid: int, corrupt: bool = False):
+    entries, size, crc = CUT_REPLY.unpack(await src.handle_cut(encode_cut(tid, [(0, HALF)], 0.0)))
+    offset = 0
+    while offset < size:
+        data = await src.handle_read(READ.pack(tid, offset, 1000))
+        if corrupt and offset == 0:
+            data = bytes([data[0] ^ 1]) + data[1:]
+        await dst.handle_write(WRITE_HEAD.pack(tid, offset) + data)
+        offset += len(data)
+    return entries, size, crc
+
+
+def test_a_cut_range_arrives_with_its_versions_and_tombstones(tmp_path):
+    source, target, src, dst = _nodes(tmp_path)
+
+    async def main() -> None:
+        entries, size, crc = await _relay(src, dst, 7)
+        assert dst.stats()["table_transfers_receiving"] == 1
+        ingested, _ = INGESTED.unpack(await dst.handle_ingest(INGEST.pack(7, size, crc)))
+        assert ingested == entries
+        await src.handle_drop(DROP.pack(7))
+
+    asyncio.run(main())
+    end = (HALF + 1).to_bytes(8, "big")
+    want = dict(source.iter_range(None, end, include_tombstones=True))
+    assert want and dict(target.iter_range(include_tombstones=True)) == want
+    assert any(v.tombstone for v in want.values())
+    assert not list((tmp_path / "src" / "streaming").iterdir())
+    assert not list((tmp_path / "dst" / "streaming").iterdir())
+    assert dst.stats()["table_transfers_receiving"] == 0
+
+
+def test_a_table_damaged_on_the_way_is_refused_and_nothing_is_ingested(tmp_path):
+    _, target, src, dst = _nodes(tmp_path)
+
+    async def main() -> None:
+        _, size, crc = await _relay(src, dst, 9, corrupt=True)
+        with pytest.raises(rpc.RpcError, match="checksum"):
+            await dst.handle_ingest(INGEST.pack(9, size, crc))
+
+    asyncio.run(main())
+    assert target.scan() == []
+    assert not list((tmp_path / "dst" / "streaming").iterdir())
