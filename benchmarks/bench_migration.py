@@ -267,6 +267,8 @@ def main() -> int:
         throttle = (
             "at its default, 4 MB/s"
             if args.stream_mb_per_s is None
+            else "unlimited (--stream-mb-per-s 0)"
+            if args.stream_mb_per_s == 0
             else f"{args.stream_mb_per_s} MB/s (--stream-mb-per-s)"
         )
         intro = (

@@ -88,6 +88,8 @@ class TableStreams:
         return self.dir / f"in-{tid:016x}.sst"
 
     def _sweep(self) -> None:
+        """Delete the files of transfers idle for STALE_S (their driver is gone) and forget
+        them."""
         horizon = time.time() - STALE_S
         for path in self.dir.iterdir():
             try:
@@ -95,6 +97,8 @@ class TableStreams:
                     path.unlink(missing_ok=True)
             except FileNotFoundError:
                 pass
+        self._sending = {t for t in self._sending if self._out(t).exists()}
+        self._receiving = {t for t in self._receiving if self._in(t).exists()}
 
     # ------------------------------------------------------------------ source
 
