@@ -116,32 +116,29 @@ class TableStreamer:
         self, t: Transition, indexes: tuple[int, ...], positions: list[int]
     ) -> list[list[int]]:
         """Consecutive positions (token order, so that the checkpoint, the first range not
-        done, advances as groups complete) that one live node is a source of, about
-        TABLES_PER_TARGET groups in all (a table per group; at most RANGES_PER_TABLE ranges)."""
+        done, advances as groups complete) that the group's source holds: the first live
+        source of its first range, in ring order (a leaving node first), as key streaming
+        picks it. About TABLES_PER_TARGET groups in all, at most RANGES_PER_TABLE ranges each."""
         size = min(RANGES_PER_TABLE, max(1, -(-len(positions) // TABLES_PER_TARGET)))
         groups: list[list[int]] = []
-        common: set[str] = set()
+        source = ""
         for pos in positions:
             sources = t.moves[indexes[pos]].sources
-            alive = {s for s in sources if self.driver.is_alive(s)} or set(sources)
-            if groups and len(groups[-1]) < size and common & alive:
+            if groups and len(groups[-1]) < size and source in sources:
                 groups[-1].append(pos)
-                common &= alive
             else:
                 groups.append([pos])
-                common = alive
+                alive = [s for s in sources if self.driver.is_alive(s)] or list(sources)
+                source = alive[0]
         return groups
 
     def _source(self, t: Transition, indexes: tuple[int, ...], group: list[int]) -> str | None:
-        """A live node that is a source of every range of the group; the groups take turns
-        among those (ring order), so the load spreads over the replicas."""
-        first = t.moves[indexes[group[0]]].sources
-        fit = [
-            s
-            for s in first
-            if self.driver.is_alive(s) and all(s in t.moves[indexes[p]].sources for p in group)
-        ]
-        return fit[group[0] % len(fit)] if fit else None
+        """The first live node, in the ring order of the group's first range, that is a
+        source of every range of the group."""
+        for s in t.moves[indexes[group[0]]].sources:
+            if self.driver.is_alive(s) and all(s in t.moves[indexes[p]].sources for p in group):
+                return s
+        return None
 
     async def _send(
         self,
