@@ -202,8 +202,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "stream_mode",
         _choice(STREAM_MODES),
-        "tables",
-        "how ranges move to a new owner: tables (cut into SSTables, ingested) | keys",
+        "keys",
+        "how ranges move to a new owner: keys (streamed through the write path) | tables (cut "
+        "into SSTables, ingested; opt-in until the verification test passes with it)",
     ),
     Setting("cleanup_grace_ms", _int(0), 2000, "wait before old owners hand off moved ranges"),
     Setting(

@@ -41,6 +41,16 @@ def fleet(tmp_path: Path) -> Iterator[Fleet]:
         fleet.stop()
 
 
+@pytest.fixture
+def table_fleet(tmp_path: Path) -> Iterator[Fleet]:
+    """The same cluster with ranges streamed as tables (stream_mode tables, opt-in)."""
+    fleet = Fleet(tmp_path, {**ENV, "LIMEDB_STREAM_MODE": "tables"}, first_host=140)
+    try:
+        yield fleet
+    finally:
+        fleet.stop()
+
+
 def wait_streaming(fleet: Fleet, via: Node, fraction: float) -> dict:
     def far_enough() -> dict | None:
         t = fleet.status(via)["transition"]
@@ -108,7 +118,10 @@ def table_transfers(node: Node) -> dict:
 
 
 @pytest.mark.parametrize("victim", ["joining node", "streaming source", "driving node"])
-def test_join_resumes_after_kill_9_in_the_middle_of_a_table_transfer(fleet: Fleet, victim: str):
+def test_join_resumes_after_kill_9_in_the_middle_of_a_table_transfer(
+    table_fleet: Fleet, victim: str
+):
+    fleet = table_fleet
     history = History()
     a, b, c = fleet.bootstrap(3)
     preload(fleet, history, KEYS, VALUE_BYTES)
