@@ -3,7 +3,8 @@
 #   - the second lane: the Kubernetes tier (marker k8s: real pods on the one-node cluster and
 #     per-test control planes, whose time is mostly spent waiting on the kubelet, the scheduler
 #     and the API server), the nemesis campaigns (marker nemesis: timed fault plans) and the
-#     acceptance-scale transition test (marker slow);
+#     acceptance-scale transition test (marker slow), and the long cluster test files that
+#     tests/conftest.py lists in SECOND_LANE_FILES (marker second_lane);
 #   - everything else, in this terminal.
 # On two cores the second lane fills the time the first spends waiting, so the suite takes
 # about as long as its longer lane instead of their sum; the split keeps the two lanes about
@@ -23,7 +24,7 @@ fi
 logs=.cache/test-lanes
 mkdir -p "$logs"
 second_log="$logs/second.log"
-SECOND="k8s or nemesis or slow"
+SECOND="k8s or nemesis or slow or second_lane"
 
 "$python" -m pytest -m "$SECOND" >"$second_log" 2>&1 &
 second_pid=$!
