@@ -204,7 +204,7 @@ SETTINGS: tuple[Setting, ...] = (
         _choice(STREAM_MODES),
         "keys",
         "how ranges move to a new owner: keys (streamed through the write path) | tables (cut "
-        "into SSTables, ingested; opt-in until the verification test passes with it)",
+        "into SSTables, ingested; opt-in until the fault campaigns have run with it)",
     ),
     Setting("cleanup_grace_ms", _int(0), 2000, "wait before old owners hand off moved ranges"),
     Setting(
