@@ -1,11 +1,11 @@
 """Moving token ranges between nodes: the batch wire format, the source and sink sides, the
 throttle, and the stream workers the transition driver runs.
 
-Ranges move as tables by default (`stream_mode` tables: limedb.cluster.table_streamer cuts
-groups of ranges into SSTables at a source and the target ingests them); the key streaming
-of this module is the fallback: for every range left when a peer does not serve the table
-kinds (an older version), for a table with a timestamp beyond the target's clock bound, and
-for everything with `stream_mode` keys.
+Ranges move as keys by default (this module); with `stream_mode` tables (opt-in, see
+docs/transitions.md) limedb.cluster.table_streamer cuts groups of ranges into SSTables at a
+source and the target ingests them, and key streaming is the fallback: for every range left
+when a peer does not serve the table kinds (an older version) and for a table with a
+timestamp beyond the target's clock bound.
 
 A range streams as a sequence of batches. The driver asks the source for the next batch from a
 cursor token (STREAM_READ) and hands the entries, unparsed, to the target (STREAM_APPLY), which
