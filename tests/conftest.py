@@ -32,9 +32,9 @@ PROCESS_FIXTURES = frozenset(
 # Test files `make test` runs in its second lane beside the waiting tiers (marker `second_lane`,
 # scripts/test-lanes.sh), chosen from an idle run's --durations so that both lanes take about as
 # long: long cluster tests whose time is mostly waiting on timers and fault plans.
-# Measured 2026-12-03 on an idle machine from a fresh clone (`make test`): with this file and
-# test_transitions_faults.py (~170 s) in the second lane the lanes took 832 s and 1,170 s; with
-# only this one (~100 s), about 1,000 s each.
+# Measured 2026-12-03 on an idle machine from a fresh clone (`make test`): with
+# test_clock_skew.py (~100 s) and test_transitions_faults.py (~170 s) in the second lane the
+# lanes took 832 s and 1,170 s; with test_clock_skew.py alone, about 1,000 s each.
 SECOND_LANE_FILES = frozenset({"test_clock_skew.py"})
 
 
