@@ -4,6 +4,7 @@ nothing is left behind, not even after a crashed run."""
 
 from __future__ import annotations
 
+import re
 import socket
 import subprocess
 import sys
@@ -19,9 +20,17 @@ pytestmark = pytest.mark.faults
 PORT = 8000
 
 
+# The host ends of pod veths that the CNI bridge plugin adds and removes in this namespace
+# whenever the Kubernetes tier (the other lane of `make test`) starts or stops a pod. The lab
+# names its links eth0 and p<i>, inside its own namespaces, never like these.
+CNI_VETH = re.compile(r"veth[0-9a-f]{8}")
+
+
 def root_links() -> set[str]:
+    """The links of the test's own namespace, other than pod veths (CNI_VETH)."""
     out = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True, check=True).stdout
-    return {line.split(":")[1].strip().split("@")[0] for line in out.splitlines()}
+    names = {line.split(":")[1].strip().split("@")[0] for line in out.splitlines()}
+    return {name for name in names if not CNI_VETH.fullmatch(name)}
 
 
 def serve_http(lab: netns.NetLab, ns: netns.Namespace, tmp_path) -> None:
