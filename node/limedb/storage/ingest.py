@@ -30,12 +30,11 @@ table is harmless: every version in it then loses to, or equals, what is stored)
 from __future__ import annotations
 
 import posixpath
-from bisect import bisect_left
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .block_cache import BlockCache
-from .bloom import build_words, key_hash, probe_mask
+from .bloom import build_words, key_hash
 from .checkpoint import place_table
 from .context import EngineContext
 from .engine_filter import EngineFilter
@@ -44,7 +43,7 @@ from .flush import Flusher
 from .manifest import VersionEdit
 from .memtable import Memtable
 from .record import EXPIRES, TOMBSTONE, Rec, newer
-from .snapshot import View
+from .snapshot import View, tables_lookup
 from .sstable import TableBuilder, TableMeta, TableReader, table_name
 from .version_set import VersionSet
 from .write_path import WritePath
@@ -77,24 +76,7 @@ def decide(ext: Rec, in_memtable: Rec | None, in_tables: Rec | None) -> tuple[bo
 
 def _table_lookup(view: View, key: bytes) -> Rec | None:
     """The version the tables of `view` (not its memtables) resolve `key` to."""
-    h = key_hash(key)
-    mask = probe_mask(h)
-    if view.gwords[h & view.gmask] & mask != mask:
-        return None
-    for t in view.l0:
-        if t.fwords[h & t.fmask] & mask == mask and t.smallest <= key <= t.largest:
-            rec = t.get(key)
-            if rec is not None:
-                return rec
-    for files, bounds in view.levels:
-        i = bisect_left(bounds, key)
-        if i < len(files):
-            t = files[i]
-            if t.fwords[h & t.fmask] & mask == mask and key >= t.smallest:
-                rec = t.get(key)
-                if rec is not None:
-                    return rec
-    return None
+    return tables_lookup(view.gwords, view.gmask, view.l0, view.levels, key)
 
 
 def _memtable_lookup(view: View, key: bytes) -> Rec | None:

@@ -63,25 +63,7 @@ class View:
             rec = self.imm.data.get(key)
             if rec is not None:
                 return rec
-        h = key_hash(key)
-        mask = probe_mask(h)
-        g = self.gfilter
-        if g.words[h & g.mask] & mask != mask:
-            return None
-        for t in self.l0:
-            if t.fwords[h & t.fmask] & mask == mask and t.smallest <= key <= t.largest:
-                rec = t.get(key)
-                if rec is not None:
-                    return rec
-        for files, bounds in self.levels:
-            i = bisect_left(bounds, key)
-            if i < len(files):
-                t = files[i]
-                if t.fwords[h & t.fmask] & mask == mask and key >= t.smallest:
-                    rec = t.get(key)
-                    if rec is not None:
-                        return rec
-        return None
+        return tables_lookup(self.gfilter.words, self.gfilter.mask, self.l0, self.levels, key)
 
     def sources(self, start: bytes | None, end: bytes | None) -> list[Iterator[tuple[bytes, Rec]]]:
         out = []
@@ -185,3 +167,26 @@ class Snapshot:
                 if limit is not None and len(out) >= limit:
                     break
         return out
+
+
+def tables_lookup(gwords, gmask: int, l0, levels, key: bytes) -> Rec | None:
+    """The version a set of tables (not memtables) resolves `key` to: the engine-wide filter
+    (`gwords`, `gmask`), then L0 newest first, then each level's one candidate table."""
+    h = key_hash(key)
+    mask = probe_mask(h)
+    if gwords[h & gmask] & mask != mask:
+        return None
+    for t in l0:
+        if t.fwords[h & t.fmask] & mask == mask and t.smallest <= key <= t.largest:
+            rec = t.get(key)
+            if rec is not None:
+                return rec
+    for files, bounds in levels:
+        i = bisect_left(bounds, key)
+        if i < len(files):
+            t = files[i]
+            if t.fwords[h & t.fmask] & mask == mask and key >= t.smallest:
+                rec = t.get(key)
+                if rec is not None:
+                    return rec
+    return None
