@@ -23,6 +23,7 @@ import tempfile
 import textwrap
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -57,6 +58,8 @@ class LoadWindows:
 
     def _run(self) -> None:
         try:
+            while self.connections <= 0 and not self._stop.wait(WINDOW_S):
+                pass  # no client load: the migration's own CPU
             while not self._stop.is_set():
                 start = time.monotonic()
                 result = run_wrk(
@@ -88,8 +91,11 @@ class LoadWindows:
         return sum(r["ops_s"] for r in inside) / max(len(inside), 1)
 
 
-def join_and_wait(seed: str, node_url: str) -> tuple[dict, float]:
-    """Join `node_url` through `seed`; returns the finished transition and its duration."""
+def join_and_wait(
+    seed: str, node_url: str, sample: Callable[[str], None] = lambda phase: None
+) -> tuple[dict, float]:
+    """Join `node_url` through `seed`; returns the finished transition and its duration.
+    `sample(phase)` is called at every poll with the running transition's phase."""
     with httpx.Client(timeout=30.0, headers=SECRET_HEADERS) as client:
         started = time.monotonic()
         response = client.post(f"{seed}/admin/join", json={"node_url": node_url})
@@ -105,6 +111,7 @@ def join_and_wait(seed: str, node_url: str) -> tuple[dict, float]:
                     raise SystemExit(f"migration rolled back: {last.get('reason')}")
                 return last, time.monotonic() - started
             running = status.get("transition")
+            sample(running["phase"] if running else "done")
             if running and time.monotonic() - last_print > 5:
                 last_print = time.monotonic()
                 print(
@@ -118,6 +125,11 @@ def join_and_wait(seed: str, node_url: str) -> tuple[dict, float]:
 def tree_cpu_seconds(pids: list[int]) -> float:
     """User + system CPU of these processes and every live descendant (offload workers), and
     of the children they already reaped, from /proc."""
+    return sum(tree_cpu_by_process(pids).values())
+
+
+def tree_cpu_by_process(pids: list[int]) -> dict[int, float]:
+    """`tree_cpu_seconds` of each of `pids` (its offload workers included)."""
     stats: dict[int, list[str]] = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
@@ -126,13 +138,41 @@ def tree_cpu_seconds(pids: list[int]) -> float:
             except OSError:
                 continue
             stats[int(entry)] = text.rsplit(")", 1)[1].split()
-    wanted, frontier = set(), [p for p in pids if p in stats]
-    while frontier:
-        pid = frontier.pop()
-        wanted.add(pid)
-        frontier.extend(c for c, f in stats.items() if int(f[1]) == pid and c not in wanted)
-    ticks = sum(sum(int(x) for x in stats[p][11:15]) for p in wanted)
-    return ticks / os.sysconf("SC_CLK_TCK")
+    out: dict[int, float] = {}
+    for root in pids:
+        wanted, frontier = set(), [root] if root in stats else []
+        while frontier:
+            pid = frontier.pop()
+            wanted.add(pid)
+            frontier.extend(c for c, f in stats.items() if int(f[1]) == pid and c not in wanted)
+        ticks = sum(sum(int(x) for x in stats[p][11:15]) for p in wanted)
+        out[root] = ticks / os.sysconf("SC_CLK_TCK")
+    return out
+
+
+class PhaseCpu:
+    """Each node's CPU (offload workers included) split by the transition's phase, from the
+    /proc samples taken at every poll of the join: where a migration's CPU goes."""
+
+    def __init__(self, pids: list[int]) -> None:
+        self.pids = pids
+        self.last = tree_cpu_by_process(pids)
+        self.by_phase: dict[str, list[float]] = {}
+
+    def sample(self, phase: str) -> None:
+        now = tree_cpu_by_process(self.pids)
+        row = self.by_phase.setdefault(phase, [0.0] * len(self.pids))
+        for i, pid in enumerate(self.pids):
+            row[i] += now.get(pid, 0.0) - self.last.get(pid, 0.0)
+        self.last = now
+
+    def lines(self) -> list[str]:
+        names = [f"n{i}" for i in range(len(self.pids))]
+        return [
+            f"  CPU in {phase:<9} "
+            + "  ".join(f"{n} {s:5.1f}s" for n, s in zip(names, row, strict=True))
+            for phase, row in self.by_phase.items()
+        ]
 
 
 def write_doc(section: str) -> None:
@@ -177,8 +217,9 @@ def run(args: argparse.Namespace, mode: str, base_port: int) -> dict:
                 time.sleep(args.anchor_s)
                 join_started = time.monotonic()
                 cpu_before = tree_cpu_seconds(pids)
+                split = PhaseCpu(pids)
                 print("joining the 4th node under load ...", flush=True)
-                transition, migration_s = join_and_wait(cluster.urls[0], url)
+                transition, migration_s = join_and_wait(cluster.urls[0], url, split.sample)
                 cpu_s = tree_cpu_seconds(pids) - cpu_before
                 join_ended = time.monotonic()
                 time.sleep(WINDOW_S)  # the window in flight at the end belongs to "during"
@@ -188,6 +229,7 @@ def run(args: argparse.Namespace, mode: str, base_port: int) -> dict:
                     f"{result['ops_s']:8,.0f} ops/s  p99 {result['p99_ms']:6.1f} ms",
                     flush=True,
                 )
+            print("\n".join(split.lines()) + "  (n0 drives the join, n3 joins)", flush=True)
             before = load.ops_s(0, join_started)
             during = load.ops_s(join_started, join_ended)
     finally:
@@ -213,7 +255,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--keys", type=int, default=1_000_000)
     parser.add_argument("--quick", action="store_true", help="100,000 keys, shorter anchor")
-    parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument(
+        "--connections", type=int, default=16, help="wrk connections (0: no client load)"
+    )
     parser.add_argument("--anchor-s", type=int, default=10, help="load before the join")
     parser.add_argument("--durability", default="periodic")
     parser.add_argument("--base-port", type=int, default=18600)

@@ -14,6 +14,12 @@ memtables. Per key of the external table:
   when flushed: flushes land as newer L0 tables); if the external version is newer, it is
   also written through the write path;
 - nobody holds it: the entry stays.
+The look-ups go from the engine's side when it holds few keys in the external table's key span
+(a joining node holds only the writes made during the transition): those keys are gathered
+once, with their newest version in the memtables and in the tables, and compared with the
+external table block by block (a set intersection per block), so the external table's keys
+are decoded and hashed once and never looked up one by one; where the engine holds more
+(a node taking over ranges between ranges it already holds), every external key is looked up.
 Flushes (and range purges) are held off from the look-ups to the install, so no table gains a
 key meanwhile; writes are not: the keys they put in a memtable are compared under the mutex,
 at the instant the table becomes visible, and where the external version is newer it is
@@ -34,14 +40,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .block_cache import BlockCache
-from .bloom import build_words, key_hash
+from .bloom import GlobalFilter, build_words, key_hash
 from .checkpoint import place_table
 from .context import EngineContext
 from .engine_filter import EngineFilter
 from .errors import StorageError
 from .flush import Flusher
 from .manifest import VersionEdit
-from .memtable import Memtable
+from .memtable import FrozenMemtable, Memtable
 from .record import EXPIRES, TOMBSTONE, Rec, newer
 from .snapshot import View, tables_lookup
 from .sstable import TableBuilder, TableMeta, TableReader, table_name
@@ -50,6 +56,9 @@ from .write_path import WritePath
 
 # Versions written through the write path per batch (one WAL record each).
 _WRITE_BATCH = 512
+# The engine's keys in an external table's span are gathered (instead of every external key
+# looked up) while they are at most this fraction of the table's entries.
+_SPAN_SHARE = 4
 
 
 @dataclass
@@ -96,6 +105,8 @@ class _Plan:
     dropped: set[bytes] = field(default_factory=set)
     to_write: list[tuple[bytes, Rec]] = field(default_factory=list)
     superseded: int = 0  # versions that lose to (or equal) the stored one
+    # Keys whose memtable version the plan compared: a later write there is newer still.
+    compared: set[bytes] = field(default_factory=set)
 
 
 class Ingester:
@@ -152,7 +163,34 @@ class Ingester:
         return result
 
     def _plan(self, reader: TableReader) -> _Plan:
-        """Look up every key of the external table (every block's checksum is verified)."""
+        """Sort out every key of the external table against the engine (every block's
+        checksum is verified): from the engine's keys in the table's span when they are few,
+        else key by key."""
+        stored = _stored_in_span(self._view(), reader, reader.entries // _SPAN_SHARE)
+        if stored is None:
+            return self._plan_by_key(reader)
+        in_mem, in_tables = stored
+        plan = _Plan(reader, compared=set(in_mem))
+        candidates = in_mem.keys() | in_tables.keys()
+        for i in range(reader.nblocks):
+            blk = reader.load_block(i)
+            plan.kept_keys.update(blk)
+            # Hashes of left-out keys too: a table holds them, so the filter has them already.
+            plan.kept_hashes.extend(map(key_hash, blk))
+            for key in candidates.intersection(blk) if candidates else ():
+                mem_rec, table_rec = in_mem.get(key), in_tables.get(key)
+                keep, write = decide(blk[key], mem_rec, table_rec)
+                if not write:
+                    plan.superseded += 1
+                if not keep:
+                    plan.kept_keys.discard(key)
+                    plan.dropped.add(key)
+                if write:
+                    plan.to_write.append((key, blk[key]))
+        return plan
+
+    def _plan_by_key(self, reader: TableReader) -> _Plan:
+        """Look up every key of the external table in the engine."""
         plan = _Plan(reader)
         current = self._view
         for i in range(reader.nblocks):
@@ -240,7 +278,7 @@ class Ingester:
             # checked against them; the ones that came before are compared here.
             writer.observe_locked(max_ts)
             for plan, (_, table) in zip(kept, added, strict=True):
-                pending = {k for k, _ in plan.to_write}
+                pending = {k for k, _ in plan.to_write} | plan.compared
                 for mem in (writer.mem, writer.imm):
                     late.extend(_older_in(mem, plan.kept_keys, table, pending))
             ctx.publish()
@@ -257,6 +295,34 @@ class Ingester:
     def _write_all(self, writes: list[tuple[bytes, Rec]]) -> None:
         for i in range(0, len(writes), _WRITE_BATCH):
             self._write(writes[i : i + _WRITE_BATCH])
+
+
+def _stored_in_span(
+    view: View, reader: TableReader, limit: int
+) -> tuple[dict[bytes, Rec], dict[bytes, Rec]] | None:
+    """The newest version, in the memtables and in the tables of `view`, of every key the
+    engine holds in `reader`'s key span; None when there are more than `limit` of them."""
+    lo, hi = reader.smallest, reader.largest
+    in_mem: dict[bytes, Rec] = {}
+    for mem in (view.imm, view.mem):  # oldest first: the live memtable's version wins
+        if mem is None:
+            continue
+        data = mem.data
+        # list() copies the keys in one step (the writer may add keys meanwhile).
+        for key in list(data) if len(in_mem) <= limit else ():
+            if lo <= key <= hi:
+                rec = data.get(key)
+                if rec is not None:
+                    in_mem[key] = rec
+    if len(in_mem) > limit:
+        return None
+    in_tables: dict[bytes, Rec] = {}
+    tables = View(FrozenMemtable({}, []), None, view.all_levels, GlobalFilter.passthrough())
+    for key, rec in tables.iter_recs(lo, hi + b"\0"):
+        in_tables[key] = rec
+        if len(in_tables) > limit:
+            return None
+    return in_mem, in_tables
 
 
 def _older_in(
