@@ -401,7 +401,14 @@ class Coordinator:
         # Then peers the failure detector trusts, then the rest (a stable sort keeps ring
         # order among equals); a node that waits to be replaced has no data to read.
         untried = [n for n in replicas if n != me]
-        if len(untried) > 1 and need - len(answers) > 0:
+        if (
+            len(untried) > 1
+            and need - len(answers) > 0
+            and (
+                # Two peers, the first of them alive: the sort would leave them as they are.
+                len(untried) > 2 or self.membership.liveness(untried[0]) is not Liveness.ALIVE
+            )
+        ):
             untried.sort(key=self._read_rank)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.timeout_s
@@ -439,7 +446,11 @@ class Coordinator:
             if stored is not None and stored.newer_than(newest):
                 newest = stored
         if newest is not None and len(answers) > 1:
-            stale = [n for n, s in answers.items() if s is None or newest.newer_than(s)]
+            stale = [
+                n
+                for n, s in answers.items()
+                if s is not newest and (s is None or newest.newer_than(s))
+            ]
             if stale:
                 # Replicas that disagree point to a missed write, which the replicas this read
                 # did not ask most likely missed as well: they get the newest version too (a

@@ -70,6 +70,14 @@ class Stored:
             return True
         if self.ts != other.ts:  # the usual case, decided as `newer` decides it first
             return self.ts > other.ts
+        if (
+            self.value == other.value
+            and self.tombstone == other.tombstone
+            and self.expires_at_ms == other.expires_at_ms
+        ):
+            # The same version (two replicas agreeing, a read's usual answer): `newer` would
+            # say False too, after building both records.
+            return False
         return newer(self.as_rec(), other.as_rec())
 
     def as_rec(self) -> Rec:
