@@ -118,7 +118,8 @@ def thread_cpu(pid: int, tid: int) -> float:
 
 def measure(cluster: LocalCluster, args, out: Path) -> tuple[dict, float, float, pstats.Stats]:  # noqa: ANN001, E501
     """An unprofiled wrk run (CPU per op, main-thread CPU per op), then a profiled one; also
-    the event-loop threads' CPU seconds during the profiled run."""
+    the event-loop threads' CPU seconds during the profiled run (and, in the first result,
+    how many requests the profiled run made: "profiled_requests")."""
     env = {"BENCH_KEYS": str(args.keys)}
     pids = [p.pid for p in cluster.procs]
     main_before = sum(thread_cpu(pid, pid) for pid in pids)
@@ -127,7 +128,8 @@ def measure(cluster: LocalCluster, args, out: Path) -> tuple[dict, float, float,
     for pid in pids:
         os.kill(pid, signal.SIGUSR1)
     profiled_before = sum(thread_cpu(pid, pid) for pid in pids)
-    run_wrk(cluster.urls, MIXED, args.connections, args.duration, env, cluster.procs)
+    profiled = run_wrk(cluster.urls, MIXED, args.connections, args.duration, env, cluster.procs)
+    plain["profiled_requests"] = profiled["requests"]
     profiled_main = sum(thread_cpu(pid, pid) for pid in pids) - profiled_before
     for pid in pids:
         os.kill(pid, signal.SIGUSR2)
@@ -161,6 +163,16 @@ def report(name: str, plain: dict, main_per_op: float, profiled_main: float, sta
     out["other threads (WAL syncer, flusher, offload)"] = per_op - main_per_op
     print(f"  {'other threads (WAL syncer, flusher), from /proc':<52}        "
           f"{per_op - main_per_op:6.1f} us/op")  # fmt: skip
+    # Calls per operation depend far less on the machine's load than microseconds do: the
+    # measure that shows a change too small for the CPU figures' noise.
+    ops = max(plain["profiled_requests"], 1)
+    calls = [(func[0] == "~", nc) for func, (_cc, nc, *_rest) in stats.stats.items()]  # type: ignore[attr-defined]
+    c_calls = sum(nc for builtin, nc in calls if builtin)
+    py_calls = sum(nc for builtin, nc in calls if not builtin)
+    print(
+        f"  calls per operation: {(py_calls + c_calls) / ops:.1f} "
+        f"(Python {py_calls / ops:.1f}, C {c_calls / ops:.1f}; {ops:,} profiled requests)"
+    )
     top = sorted(stats.stats.items(), key=lambda kv: -kv[1][2])[:12]  # type: ignore[attr-defined]
     print("  functions with the most own time:")
     for func, (_cc, nc, tt, _ct, _callers) in top:
