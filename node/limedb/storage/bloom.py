@@ -49,12 +49,17 @@ def build_words(hashes: list[int] | map, nwords: int) -> array:
     # An array, not a list of ints: the loop's stores then convert to machine words instead of
     # keeping one int object per word (~20% less per key than a list converted at the end).
     words = array("Q", bytes(8 * nwords))
-    m = nwords - 1
+    add_hashes(words, hashes)
+    return words
+
+
+def add_hashes(words: array, hashes: list[int] | map) -> None:
+    """Set the probe bits of these key hashes in `words` (a power-of-two number of words)."""
+    m = len(words) - 1
     t = MASK_TABLE
     for h in hashes:
         g = h >> 28
         words[h & m] |= t[g & 4095] | t[(g >> 12) & 4095] | t[g >> 24]
-    return words
 
 
 def resize(words: array, n: int) -> int:
@@ -85,9 +90,25 @@ def fold(words: array, n: int) -> array:
 
 def build_pair(hashes: list[int], bits_per_key: int, other_words: int) -> tuple[array, array]:
     """(filter sized for `bits_per_key`, same keys at `other_words` words) with one pass."""
-    n = words_for(len(hashes), bits_per_key)
-    big = build_words(hashes, max(n, other_words))
-    return fold(big, n), fold(big, other_words)
+    return split_pair(
+        build_words(hashes, pair_words(len(hashes), bits_per_key, other_words)),
+        len(hashes),
+        bits_per_key,
+        other_words,
+    )
+
+
+def pair_words(keys: int, bits_per_key: int, other_words: int) -> int:
+    """The size to build a filter at that `split_pair` folds into both of its filters."""
+    return max(words_for(keys, bits_per_key), other_words)
+
+
+def split_pair(big: array, keys: int, bits_per_key: int, other_words: int) -> tuple[array, array]:
+    """`build_pair`'s result from a filter of `keys` keys built at `pair_words` words. Built
+    smaller (more keys than it was sized for), both come out at most its size: denser, as
+    correct."""
+    n = min(words_for(keys, bits_per_key), len(big))
+    return fold(big, n), fold(big, min(other_words, len(big)))
 
 
 _ALL_ONES = (1 << 64) - 1

@@ -105,8 +105,12 @@ class Engine:
             raise
         if opts.background_threads:
             ctx.threaded = True
+            names = ["flush", "compact", "sync"]
             loops = [self._flusher.loop, self._compactor.loop, self._syncer.loop]
-            for name, target in zip(("flush", "compact", "sync"), loops, strict=True):
+            if self._flusher.staging:
+                names.append("stage")
+                loops.append(self._flusher.stage_loop)
+            for name, target in zip(names, loops, strict=True):
                 t = threading.Thread(target=target, name=f"limedb-storage-{name}", daemon=True)
                 t.start()
                 self._threads.append(t)
@@ -538,6 +542,7 @@ class Engine:
             "compactions": self._compactor.compactions,
             "compacted_bytes": self._compactor.compacted_bytes,
             "flushes": self._flusher.flushes,
+            "staged_flushes": self._flusher.staged_flushes,
             "keys_approx": self.approx_key_count(),
             "last_seq": self._writer.seq,
             "synced_seq": self._syncer.synced_seq,

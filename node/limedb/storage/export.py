@@ -104,7 +104,7 @@ def cut_in_worker(
     ranges: list[Range],
     out_path: str,
     opts: EngineOptions,
-    chunks: list[list[tuple[bytes, Rec]]],
+    chunks: Iterable[list[tuple[bytes, Rec]]],
 ) -> Exported:
     """`cut` as an offload job (the worker's side)."""
     return cut(RealFS(), dirpath, tables, ranges, out_path, opts, chunks)

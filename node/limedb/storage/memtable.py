@@ -21,11 +21,14 @@ _RELEASE_CHUNK = 2048
 
 
 class Memtable:
-    __slots__ = ("data", "size", "_sorted", "_unsorted", "snap_seq", "snap", "_immutable")
+    __slots__ = ("data", "size", "order", "_sorted", "_unsorted", "snap_seq", "snap", "_immutable")
 
     def __init__(self) -> None:
         self.data: dict[bytes, Rec] = {}
         self.size = 0
+        # Every key in the order its versions were applied (a key written twice is in it twice):
+        # the flusher ships the entries to a flush worker from it while the memtable fills.
+        self.order: list[bytes] = []
         self._sorted: list[bytes] = []
         self._unsorted: list[bytes] = []
         # A read-only copy for snapshots, valid while the engine's sequence number is snap_seq.
@@ -37,6 +40,7 @@ class Memtable:
         """Store `rec` as the newest version of `key` (the caller already decided it wins)."""
         old = self.data.get(key)
         self.data[key] = rec
+        self.order.append(key)
         if old is None:
             self._unsorted.append(key)
             self.size += len(key) + len(rec[1]) + ENTRY_OVERHEAD
@@ -83,6 +87,7 @@ class Memtable:
         self.data = {}
         self._sorted = []
         self._unsorted = []
+        self.order = []
         self.size = 0
         pop = data.popitem
         while data:

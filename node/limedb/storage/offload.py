@@ -27,13 +27,13 @@ import threading
 import time
 from array import array
 from collections.abc import Iterable
-from itertools import chain
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
 from . import export
 from .block_cache import BlockCache
-from .bloom import build_words, key_hash
+from .bloom import add_hashes, build_words, key_hash, pair_words
 from .compaction import Compaction, RateLimiter, run
 from .fs import RealFS
 from .options import EngineOptions
@@ -63,21 +63,56 @@ def build_table(
     file_no: int,
     opts: EngineOptions,
     global_words: int,
-    chunks: list[list[tuple[bytes, Rec]]],
+    entries: int,
+    chunks: Iterable[list[tuple[bytes, Rec]]],
 ) -> tuple[TableMeta, bytes]:
-    """Write a table from a frozen memtable's (key, record) pairs, streamed in chunks with
-    distinct keys in any order; also return the keys' hashes as a filter of `global_words`
-    words."""
-    data = dict(chain.from_iterable(chunks))
+    """Write a table from a frozen memtable's `entries` (key, record) pairs, streamed in chunks
+    (a key sent twice: the later record wins); also return the keys' hashes as a filter of
+    `global_words` words (or fewer: the engine-wide filter tiles it to its own size)."""
+    stage(opts.bloom_bits_per_key, entries, global_words, chunks)
+    return build_staged(dirpath, file_no, opts, global_words, entries)
+
+
+# The memtable entries `stage` received, kept for `build_staged` (one memtable per worker).
+_staged: dict[str, Any] = {}
+
+
+def stage(
+    bits_per_key: int, max_entries: int, global_words: int, chunks: Iterable[list[tuple]]
+) -> int:
+    """Receive a memtable's (key, record) pairs in chunks (a key sent again: the later record
+    wins) and keep them for `build_staged`; returns how many keys it holds. Each chunk is
+    hashed into the filter as it arrives (in memory order: cheap on the CPU's caches), while
+    the engine sends the next, or while the memtable is still being written."""
+    _staged.clear()
+    data: dict[bytes, Rec] = {}
+    words = array("Q", bytes(8 * pair_words(max_entries, bits_per_key, global_words)))
+    for chunk in chunks:
+        data.update(chunk)
+        add_hashes(words, map(key_hash, map(itemgetter(0), chunk)))
+    _staged.update(data=data, words=words)
+    return len(data)
+
+
+def build_staged(
+    dirpath: str, file_no: int, opts: EngineOptions, global_words: int, entries: int
+) -> tuple[TableMeta, bytes]:
+    """Write the staged memtable (which must hold `entries` keys) as table `file_no`; see
+    `build_table`."""
+    data: dict[bytes, Rec] = _staged.pop("data")
+    words: array = _staged.pop("words")
+    if len(data) != entries:
+        raise ValueError(f"memtable of {entries} entries, {len(data)} received")
     builder = TableBuilder(
         RealFS(),
         posixpath.join(dirpath, table_name(file_no)),
         file_no,
         opts.block_bytes,
         opts.bloom_bits_per_key,
+        hash_keys=False,
     )
     builder.add_all(sorted(data), data)
-    meta = builder.finish(global_words=global_words)
+    meta = builder.finish(global_words=global_words, filter_words=words)
     return meta, builder.global_filter.tobytes()
 
 
@@ -134,6 +169,8 @@ def compact(
 
 _JOBS = {
     "build_table": build_table,
+    "build_staged": build_staged,
+    "stage": stage,
     "compact": compact,
     "export_ranges": export.cut_in_worker,
     "global_filter": global_filter,
@@ -218,25 +255,44 @@ class WorkerPool:
         self._busy: set[Worker] = set()
         self._cv = threading.Condition()
         self._closed = False
+        self._waiting = 0  # callers of `acquire` waiting for a worker
 
     def call(self, job: str, *args: Any, stream: Iterable[Any] | None = None) -> Any:
+        worker = self.acquire()
+        assert worker is not None
+        try:
+            return worker.call(job, *args, stream=stream)
+        finally:
+            self.release(worker)
+
+    def acquire(self, *, wait: bool = True) -> Worker | None:
+        """A worker for the caller alone until `release` (several jobs in a row on it);
+        without `wait`, None when none is idle and the pool is full."""
         with self._cv:
+            if not wait and self._waiting:
+                return None  # leave the next idle worker to whoever waits for one
             while not self._idle and len(self._busy) >= self._size and not self._closed:
-                self._cv.wait()
+                if not wait:
+                    return None
+                self._waiting += 1
+                try:
+                    self._cv.wait()
+                finally:
+                    self._waiting -= 1
             if self._closed:
                 raise WorkerError("worker pool closed")
             worker = self._idle.pop() if self._idle else Worker()
             self._busy.add(worker)
-        try:
-            return worker.call(job, *args, stream=stream)
-        finally:
-            with self._cv:
-                self._busy.discard(worker)
-                if self._closed or worker.proc.poll() is not None:
-                    worker.close()
-                else:
-                    self._idle.append(worker)
-                self._cv.notify()
+            return worker
+
+    def release(self, worker: Worker) -> None:
+        with self._cv:
+            self._busy.discard(worker)
+            if self._closed or worker.proc.poll() is not None:
+                worker.close()
+            else:
+                self._idle.append(worker)
+            self._cv.notify()
 
     def pids(self) -> list[int]:
         with self._cv:
@@ -304,16 +360,47 @@ def serve() -> None:
     while True:
         try:
             job, args, streamed = _read_msg(stdin)
-            if streamed:
-                chunks = []
-                while (chunk := _read_msg(stdin)) is not None:
-                    chunks.append(chunk)
-                args = (*args, chunks)
         except EOFError:
             return
+        # A streamed job gets its chunks as they arrive, so it can work on one while the
+        # engine sends the next; whatever it leaves unread is read before the reply.
+        stream = _Stream(stdin) if streamed else None
+        if job != "build_staged":
+            _staged.clear()  # a stage not built is not wanted any more
         try:
-            reply = (True, _JOBS[job](*args), None)
+            reply = (True, _JOBS[job](*args, *([stream] if stream else [])), None)
+        except EOFError:
+            return
         except Exception as exc:  # noqa: BLE001 - reported to the engine, which falls back
             err = exc.errno if isinstance(exc, OSError) else None
             reply = (False, f"{type(exc).__name__}: {exc}", err)
+        if stream is not None:
+            try:
+                stream.drain()
+            except EOFError:
+                return
         _write_msg(stdout, reply)
+
+
+class _Stream:
+    """The chunks of a streamed job, read from the pipe one at a time until its end marker."""
+
+    def __init__(self, stdin: Any) -> None:
+        self._stdin = stdin
+        self._ended = False
+
+    def __iter__(self) -> _Stream:
+        return self
+
+    def __next__(self) -> Any:
+        if self._ended:
+            raise StopIteration
+        chunk = _read_msg(self._stdin)
+        if chunk is None:
+            self._ended = True
+            raise StopIteration
+        return chunk
+
+    def drain(self) -> None:
+        for _ in self:
+            pass

@@ -114,7 +114,11 @@ class TableBuilder:
         file_no: int,
         block_bytes: int = 4096,
         bits_per_key: int = 10,
+        *,
+        hash_keys: bool = True,
     ) -> None:
+        """`hash_keys=False`: the caller builds the keys' filter itself and hands it to
+        `finish` (a flush worker hashes each chunk of a memtable while the next arrives)."""
         self.path = path
         self.file_no = file_no
         self._fs = fs
@@ -131,6 +135,7 @@ class TableBuilder:
         self._index_offsets: list[int] = []
         self._index_sizes: list[int] = []
         self._hashes: list[int] = []
+        self._hash_keys = hash_keys
         self.global_filter: array | None = None  # set by finish(global_words=...)
         self.entries = 0
         self.max_ts = 0
@@ -192,7 +197,8 @@ class TableBuilder:
         self._index_keys.append(keys[-1])
         self._index_offsets.append(self.offset)
         self._index_sizes.append(len(block))
-        self._hashes.extend(map(bloom.key_hash, keys))
+        if self._hash_keys:
+            self._hashes.extend(map(bloom.key_hash, keys))
         self.entries += len(keys)
         if max_ts > self.max_ts:
             self.max_ts = max_ts
@@ -213,12 +219,21 @@ class TableBuilder:
             self._out = []
             self._out_bytes = 0
 
-    def finish(self, global_words: int = 0) -> TableMeta:
-        """Write filter, index, meta and footer, fsync, close. The caller fsyncs the directory."""
+    def finish(self, global_words: int = 0, filter_words: array | None = None) -> TableMeta:
+        """Write filter, index, meta and footer, fsync, close. The caller fsyncs the directory.
+
+        `filter_words`: every key's hash already in one filter of `bloom.pair_words` words
+        (with `hash_keys=False`), folded here into this table's filter and the global one."""
         self._finish_block()
         if not self.entries:
             raise ValueError("an SSTable needs at least one entry")
-        if global_words:
+        if filter_words is not None:
+            own, pair = bloom.split_pair(
+                filter_words, self.entries, self._bits, global_words or len(filter_words)
+            )
+            if global_words:
+                self.global_filter = pair
+        elif global_words:
             # One pass over the hashes gives both this table's filter and its keys as a filter
             # for the engine-wide one (either is the other folded).
             own, self.global_filter = bloom.build_pair(self._hashes, self._bits, global_words)

@@ -72,6 +72,11 @@ class WritePath:
         self._hlc = hlc
         self._lookup = lookup  # the newest stored version of a key
         self._mem_limit = ctx.opts.memtable_bytes
+        # From this memtable size on the flusher ships the memtable to a flush worker while it
+        # still fills (flush.py); the limit itself when it does not. `_check_at` is the next
+        # size at which a write has something to do besides applying itself.
+        self.stage_bytes = self._mem_limit
+        self._check_at = self._mem_limit
         self._l0_stop = ctx.opts.l0_stop_writes_trigger
         self.mem = mem
         self.imm: Memtable | None = None  # frozen, being flushed
@@ -116,8 +121,8 @@ class WritePath:
             wal.pending_bytes += _PUT_HEADER_BYTES + len(key) + len(value)
             mem = self.mem
             mem.apply(key, (ts, value, flags, exp))
-            if mem.size >= self._mem_limit:
-                self.rotate_locked()
+            if mem.size >= self._check_at:
+                self.size_reached_locked()
             return seq
 
     def apply_batch(self, batch: WriteBatch) -> tuple[list[bool], int]:
@@ -155,9 +160,18 @@ class WritePath:
             wal = self.wal
             wal.pending.append(encoded)
             wal.pending_bytes += len(encoded)
-            if mem.size >= self._mem_limit:
-                self.rotate_locked()
+            if mem.size >= self._check_at:
+                self.size_reached_locked()
         return results, seq
+
+    def size_reached_locked(self) -> None:
+        """The memtable reached `_check_at`: freeze it when full, else wake the flusher to
+        start shipping it (caller holds the mutex)."""
+        if self.mem.size >= self._mem_limit:
+            self.rotate_locked()
+        else:
+            self._check_at = self._mem_limit
+            self._ctx.cv.notify_all()
 
     def observe_locked(self, ts: int) -> None:
         """Stamps from now on come after `ts` (a version stored by other means than a write,
@@ -249,6 +263,7 @@ class WritePath:
         self.imm_cutoff = wal_no
         self.imm_seq = self.seq
         self.mem = Memtable()
+        self._check_at = self.stage_bytes
         ctx.publish()
         ctx.cv.notify_all()
 

@@ -65,6 +65,38 @@ def test_offloaded_flushes_and_compactions_keep_every_value(tmp_path):
         assert len(e.scan(None, None)) == 30_000
 
 
+def test_a_memtable_shipped_to_its_worker_while_it_fills_flushes_to_its_last_versions(tmp_path):
+    """Staging (flush.py): the worker gets each key again after each of its writes, so the
+    table holds the last version of every key, overwrites, deletes and expiry times included."""
+    opts = EngineOptions(**{**BIG, "memtable_bytes": 4 << 20})  # staged from 1 MiB on
+    e = Engine.open(tmp_path / "db", opts)
+    want: dict[bytes, bytes | None] = {}
+    try:
+        for batch in range(12):  # 8,000 new keys, then half of them again: ~4 memtables
+            keys = [b"key%06d" % ((batch * 8000 + i) * 7919 % 1_000_000) for i in range(8000)]
+            for i, key in enumerate(keys):
+                want[key] = b"%06d" % i + b"v" * 100
+                e.put(key, want[key])
+            for i, key in enumerate(keys[::2]):
+                if i % 5 == 0:
+                    e.delete(key)
+                    want[key] = None
+                else:
+                    want[key] = b"again %06d" % i + b"v" * 100
+                    e.put(key, want[key], expires_at_ms=None if i % 3 else 2**62)
+        e.flush()
+        st = e.stats()
+        assert e._offload, "a staged flush fell back to building in this process"
+        assert st["staged_flushes"] >= 1, st
+        for key, value in want.items():
+            assert e.get(key) == value
+    finally:
+        e.close()
+    with Engine.open(tmp_path / "db", EngineOptions(**{**BIG, "offload_workers": 0})) as e:
+        for key, value in want.items():
+            assert e.get(key) == value
+
+
 def test_a_big_range_purge_rewrites_its_tables_in_a_worker_not_in_this_process(
     tmp_path, monkeypatch
 ):
