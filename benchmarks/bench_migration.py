@@ -128,8 +128,8 @@ def tree_cpu_seconds(pids: list[int]) -> float:
     return sum(tree_cpu_by_process(pids).values())
 
 
-def tree_cpu_by_process(pids: list[int]) -> dict[int, float]:
-    """`tree_cpu_seconds` of each of `pids` (its offload workers included)."""
+def tree_cpu_by_process(pids: list[int], own: bool = False) -> dict[int, float]:
+    """`tree_cpu_seconds` of each of `pids` (its offload workers included; `own`: without)."""
     stats: dict[int, list[str]] = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
@@ -144,7 +144,8 @@ def tree_cpu_by_process(pids: list[int]) -> dict[int, float]:
         while frontier:
             pid = frontier.pop()
             wanted.add(pid)
-            frontier.extend(c for c, f in stats.items() if int(f[1]) == pid and c not in wanted)
+            if not own:
+                frontier.extend(c for c, f in stats.items() if int(f[1]) == pid and c not in wanted)
         ticks = sum(sum(int(x) for x in stats[p][11:15]) for p in wanted)
         out[root] = ticks / os.sysconf("SC_CLK_TCK")
     return out
@@ -156,21 +157,29 @@ class PhaseCpu:
 
     def __init__(self, pids: list[int]) -> None:
         self.pids = pids
-        self.last = tree_cpu_by_process(pids)
-        self.by_phase: dict[str, list[float]] = {}
+        self.last = self._now()
+        self.by_phase: dict[str, list[tuple[float, float]]] = {}
+
+    def _now(self) -> dict[int, tuple[float, float]]:
+        tree, own = tree_cpu_by_process(self.pids), tree_cpu_by_process(self.pids, own=True)
+        return {pid: (tree.get(pid, 0.0), own.get(pid, 0.0)) for pid in self.pids}
 
     def sample(self, phase: str) -> None:
-        now = tree_cpu_by_process(self.pids)
-        row = self.by_phase.setdefault(phase, [0.0] * len(self.pids))
+        now = self._now()
+        row = self.by_phase.setdefault(phase, [(0.0, 0.0)] * len(self.pids))
         for i, pid in enumerate(self.pids):
-            row[i] += now.get(pid, 0.0) - self.last.get(pid, 0.0)
+            (tree, own), (tree0, own0) = now[pid], self.last[pid]
+            row[i] = (row[i][0] + tree - tree0, row[i][1] + own - own0)
         self.last = now
 
     def lines(self) -> list[str]:
         names = [f"n{i}" for i in range(len(self.pids))]
         return [
             f"  CPU in {phase:<9} "
-            + "  ".join(f"{n} {s:5.1f}s" for n, s in zip(names, row, strict=True))
+            + "  ".join(
+                f"{n} {tree:4.1f}s ({tree - own:3.1f} workers)"
+                for n, (tree, own) in zip(names, row, strict=True)
+            )
             for phase, row in self.by_phase.items()
         ]
 

@@ -153,6 +153,7 @@ def test_join_resumes_after_kill_9_in_the_middle_of_a_table_transfer(
         workload.stop()
     assert last["phase"] == "done", last
     assert table_transfers(d)["tables_ingested"] > 0
+    assert table_transfers(d)["tables_pulled"] > 0  # straight from the source, not relayed
     fleet.members.append(d)
     fleet.wait_converged()
     fleet.check(history, timeout_s=45.0)

@@ -262,7 +262,9 @@ class ClusterService:
         self.coordinator.routing = self.keeper
         self.handed_off = HandedOff(config.data_dir)
         self.streams = RangeStreams(engine, self.hlc, self.handed_off, self.clock)
-        self.streams.tables = TableStreams(engine, config.data_dir, self.hlc, self.clock)
+        self.streams.tables = TableStreams(
+            engine, config.data_dir, self.hlc, self.clock, self.call_node
+        )
         self.driver = TransitionDriver(
             self.node_id,
             self.keeper,
@@ -559,6 +561,10 @@ class ClusterService:
         self.server.register(rpc.TABLE_WRITE, budget.wrap(tables.handle_write))
         self.server.register(rpc.TABLE_INGEST, budget.wrap(tables.handle_ingest))
         self.server.register(rpc.TABLE_DROP, tables.handle_drop)
+        # A fetch mostly waits on the source's TABLE_READs (served within its budget); only
+        # its ingest takes a slot here.
+        tables.run_bulk = budget.run
+        self.server.register(rpc.TABLE_FETCH, tables.handle_fetch)
         self.server.register(rpc.MERKLE, budget.wrap(self.anti_entropy.handle_tree))
         self.verifier.register(self.server, budget.wrap)
         self.atomic.register(self.server)

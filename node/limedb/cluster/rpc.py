@@ -76,6 +76,7 @@ TABLE_READ = 41
 TABLE_WRITE = 42
 TABLE_INGEST = 43
 TABLE_DROP = 44
+TABLE_FETCH = 45  # the target pulls a cut table from its source, then ingests it
 
 # Error codes, HTTP-like so that logs read naturally.
 UNAUTHORIZED = 401

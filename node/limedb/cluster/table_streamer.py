@@ -1,7 +1,11 @@
 """Range streaming as tables, the driver side: a target's ranges are grouped by the source that
-will send them, each group is cut at its source into one table (TABLE_CUT), relayed in chunks
-to the target (TABLE_READ, TABLE_WRITE), throttled like key batches, and ingested there
-(TABLE_INGEST) after the target checked its size and CRC32C. A group is complete only once
+will send them, each group is cut at its source into one table (TABLE_CUT), and the target is
+told to pull it from that source and ingest it (TABLE_FETCH: the chunks go from the source to
+the target directly, not through this driver; the target checks size and CRC32C before the
+ingest). The target paces its chunks to the throttle's rate shared by the `parallel` groups
+in flight, and the throttle is charged each table's size once it is in. A target of the version
+before (NOT_FOUND for TABLE_FETCH) gets the chunks relayed through this driver (TABLE_READ,
+TABLE_WRITE, TABLE_INGEST), paced chunk by chunk. A group is complete only once
 ingested; its ranges are then marked done in the same progress (and ring-record checkpoint)
 as key streaming's. A group interrupted anywhere (a source, the target or this driver gone)
 is started again from the cut, from another live source if need be: re-sending a table is
@@ -32,6 +36,7 @@ from limedb.cluster.table_streams import (
     WRITE_HEAD,
     TableStreams,
     encode_cut,
+    encode_fetch,
 )
 from limedb.cluster.transitions import Transition
 
@@ -44,6 +49,8 @@ RANGES_PER_TABLE = 256
 # Tables a target's ranges are cut into: progress moves in steps of about 1/16, and few enough
 # tables land in the target's L0 (its compaction merges them).
 TABLES_PER_TARGET = 16
+# Bytes per TABLE_READ when a target pulls a table: one frame each, few round trips.
+FETCH_CHUNK_BYTES = 4 << 20
 
 
 class TablesUnsupported(Exception):
@@ -201,6 +208,35 @@ class TableStreamer:
         )
         if not entries:
             return 0, 0
+        rate = int(throttle.bytes_per_s / max(1, self.parallel))
+        # Throttled, chunks of about a quarter second each, so the pace is smooth.
+        chunk = FETCH_CHUNK_BYTES if rate <= 0 else min(FETCH_CHUNK_BYTES, max(1 << 16, rate // 4))
+        fetch = encode_fetch(tid, size, crc, chunk, source, rate)
+        try:
+            # The transfer's paced time, then as long as an ingest may take.
+            timeout = SLOW_RPC_TIMEOUT_S + (size / rate if rate > 0 else 0.0)
+            reply = await self._call(target, rpc.TABLE_FETCH, fetch, timeout)
+        except rpc.RpcError as exc:
+            if exc.code != rpc.NOT_FOUND:
+                raise
+            return await self._relay(source, target, tid, entries, size, crc, throttle)
+        INGESTED.unpack(reply)
+        self.meter.add(size)
+        self.tables_sent += 1
+        await throttle.pace(size)
+        return entries, size
+
+    async def _relay(
+        self,
+        source: str,
+        target: str,
+        tid: int,
+        entries: int,
+        size: int,
+        crc: int,
+        throttle: Throttle,
+    ) -> tuple[int, int]:
+        """Relay the table's chunks through this node (a target that does not pull)."""
         offset = 0
         while offset < size:
             length = min(self.chunk_bytes, size - offset)
@@ -242,4 +278,5 @@ _LOCAL: dict[int, Callable[[TableStreams, bytes], Awaitable[bytes]]] = {
     rpc.TABLE_WRITE: TableStreams.handle_write,
     rpc.TABLE_INGEST: TableStreams.handle_ingest,
     rpc.TABLE_DROP: TableStreams.handle_drop,
+    rpc.TABLE_FETCH: TableStreams.handle_fetch,
 }

@@ -1,8 +1,9 @@
 """Range streaming as tables, the node side: a source cuts token ranges out of its storage into
 one SSTable (`Engine.export_ranges`, in a worker process when big) and serves it in chunks; a
-target receives the chunks into a staging file, checks size and CRC32C, and ingests it
-(`Engine.ingest`: one MANIFEST edit, last-writer-wins kept). The driver relays the chunks
-(limedb.cluster.table_streamer), as it relays key batches.
+target pulls the chunks straight from the source (TABLE_FETCH: the driver only names the
+source, limedb.cluster.table_streamer) into a staging file, computing the CRC32C as they
+arrive, checks size and checksum, and ingests it (`Engine.ingest`: one MANIFEST edit,
+last-writer-wins kept).
 
 Every transfer has an id the driver chose; the source's file is `streaming/out-<id>.sst`, the
 target's `streaming/in-<id>.sst` under the data directory (outside the engine's own files).
@@ -17,6 +18,11 @@ Wire format (every integer big-endian):
 - TABLE_WRITE `[u64 id][u64 offset]` + bytes -> empty (offset 0 starts the file anew);
 - TABLE_INGEST `[u64 id][u64 size][u32 crc32c]` -> `[u64 entries ingested][u64 written]`
   (written: versions that went through the write path; the file is removed);
+- TABLE_FETCH `[u64 id][u64 size][u32 crc32c][u32 chunk bytes][u32 bytes per s]` + the
+  source's node id (UTF-8) -> as TABLE_INGEST, after the target read the table from the
+  source with TABLE_READ in chunks (one frame each) into its staging file, paced to the
+  rate (0: unlimited). TABLE_WRITE and TABLE_INGEST stay for a
+  driver of the version before, which relays the chunks itself;
 - TABLE_DROP `[u64 id]` -> empty: the source's (and the target's) file of the transfer goes.
 A node that does not know these kinds answers NOT_FOUND; the driver then streams keys.
 """
@@ -28,13 +34,15 @@ import logging
 import os
 import struct
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 from crc32c import crc32c
 
 from limedb.cluster import rpc
 from limedb.cluster.clock_offset import ClockOffsets, TimestampRefused
-from limedb.cluster.streaming import ANY_SNAPSHOT, floor_of, storage_ranges
+from limedb.cluster.streaming import ANY_SNAPSHOT, Throttle, floor_of, storage_ranges
 from limedb.hlc import HLC
 from limedb.storage.block_cache import BlockCache
 from limedb.storage.fs import RealFS
@@ -50,7 +58,18 @@ WRITE_HEAD = struct.Struct("!QQ")
 INGEST = struct.Struct("!QQI")
 INGESTED = struct.Struct("!QQ")
 DROP = struct.Struct("!Q")
+FETCH = struct.Struct("!QQIII")
 STALE_S = 600.0
+# How long one chunk's TABLE_READ may take (a chunk is a few MB from the source's page cache).
+READ_TIMEOUT_S = 30.0
+
+
+def encode_fetch(
+    tid: int, size: int, crc: int, chunk_bytes: int, source: str, bytes_per_s: int = 0
+) -> bytes:
+    """A TABLE_FETCH: pull table `tid` (`size` bytes, `crc`) from `source` at `bytes_per_s`
+    (0: unlimited), then ingest it."""
+    return FETCH.pack(tid, size, crc, chunk_bytes, bytes_per_s) + source.encode()
 
 
 def encode_cut(tid: int, ranges: list[tuple[int, int]], floor: float) -> bytes:
@@ -63,8 +82,18 @@ class TableStreams:
     """Serves TABLE_CUT / TABLE_READ / TABLE_DROP (source) and TABLE_WRITE / TABLE_INGEST
     (target)."""
 
-    def __init__(self, engine, data_dir: str | os.PathLike, hlc: HLC, clock: ClockOffsets | None):
+    def __init__(
+        self,
+        engine,  # noqa: ANN001 - limedb.storage.Engine
+        data_dir: str | os.PathLike,
+        hlc: HLC,
+        clock: ClockOffsets | None,
+        call: rpc.Call | None = None,
+    ) -> None:
         self.engine = engine
+        self.call = call  # reaches a source by node id (TABLE_FETCH)
+        # Runs a fetch's ingest as bulk background work (the node's BackgroundBudget.run).
+        self.run_bulk: Callable[[Callable[[], Any]], Awaitable[Any]] | None = None
         self.hlc = hlc
         self.clock = clock
         self.dir = Path(data_dir) / "streaming"
@@ -76,6 +105,7 @@ class TableStreams:
         self.counters = {
             "tables_cut": 0,
             "tables_ingested": 0,
+            "tables_pulled": 0,  # of them, pulled from the source by this node (TABLE_FETCH)
             "table_bytes_received": 0,
             "table_entries_ingested": 0,
             "table_versions_written": 0,
@@ -165,15 +195,19 @@ class TableStreams:
             raise rpc.RpcError(rpc.FAILED, f"transfer {tid:016x} lost its start") from None
         return b""
 
-    def ingest(self, tid: int, size: int, crc: int) -> tuple[int, int]:
+    def ingest(self, tid: int, size: int, crc: int, got: int | None = None) -> tuple[int, int]:
+        """Ingest the staged table `tid` if it has `size` bytes and CRC32C `crc` (`got`: its
+        checksum as computed on receipt, else it is read again for it)."""
         path = self._in(tid)
         try:
             with open(path, "rb") as f:
-                data = f.read()
-                if len(data) != size or crc32c(data) != crc:
+                if got is None:
+                    data = f.read()
+                    got = crc32c(data) if len(data) == size else None
+                    del data
+                if os.fstat(f.fileno()).st_size != size or got != crc:
                     raise rpc.RpcError(rpc.FAILED, f"table {tid:016x}: size or checksum differs")
                 os.fsync(f.fileno())
-            del data
             _fsync_dir(self.dir)
             if self.clock is not None:
                 try:
@@ -194,6 +228,51 @@ class TableStreams:
         tid, size, crc = INGEST.unpack(body)
         return INGESTED.pack(*await asyncio.to_thread(self.ingest, tid, size, crc))
 
+    async def fetch(
+        self, tid: int, size: int, crc: int, chunk: int, source: str, bytes_per_s: int = 0
+    ) -> tuple[int, int]:
+        """Pull table `tid` from `source` in chunks of `chunk` bytes (each written, and added
+        to the checksum, off the event loop) at `bytes_per_s` (0: unlimited), then ingest it."""
+        path = self._in(tid)
+        throttle = Throttle(bytes_per_s)
+        self._sweep()
+        self._receiving.add(tid)
+        got = 0
+        try:
+            with open(path, "wb") as f:
+                offset = 0
+                while offset < size:
+                    length = min(chunk, size - offset)
+                    data = await self._read_from(source, READ.pack(tid, offset, length))
+                    if len(data) != length:
+                        raise rpc.RpcError(rpc.FAILED, f"short read of table {tid:016x}")
+                    got = await asyncio.to_thread(_append, f, data, got)
+                    offset += length
+                    self.counters["table_bytes_received"] += length
+                    await throttle.pace(length)
+        except (rpc.PeerUnavailable, rpc.RpcError, OSError) as exc:
+            self.drop(tid)
+            if isinstance(exc, OSError):
+                raise
+            raise rpc.RpcError(rpc.FAILED, f"table {tid:016x} from {source}: {exc}") from None
+
+        def ingest() -> Awaitable[tuple[int, int]]:
+            return asyncio.to_thread(self.ingest, tid, size, crc, got)
+
+        result = await (ingest() if self.run_bulk is None else self.run_bulk(ingest))
+        self.counters["tables_pulled"] += 1
+        return result
+
+    async def _read_from(self, source: str, body: bytes) -> bytes:
+        if self.call is None:
+            raise rpc.RpcError(rpc.NOT_FOUND, "this node cannot reach peers for tables")
+        return await self.call(source, rpc.TABLE_READ, body, READ_TIMEOUT_S)
+
+    async def handle_fetch(self, body: bytes) -> bytes:
+        tid, size, crc, chunk, rate = FETCH.unpack_from(body)
+        source = body[FETCH.size :].decode()
+        return INGESTED.pack(*await self.fetch(tid, size, crc, max(1, chunk), source, rate))
+
     def stats(self) -> dict[str, int]:
         """Counters, with the transfers under way on either side (cut and not dropped yet,
         receiving and not ingested yet)."""
@@ -209,6 +288,12 @@ class TableStreams:
         server.register(rpc.TABLE_WRITE, self.handle_write)
         server.register(rpc.TABLE_INGEST, self.handle_ingest)
         server.register(rpc.TABLE_DROP, self.handle_drop)
+        server.register(rpc.TABLE_FETCH, self.handle_fetch)
+
+
+def _append(f, data: bytes, crc: int) -> int:  # noqa: ANN001 - a binary file
+    f.write(data)
+    return crc32c(data, crc)
 
 
 def _max_ts(path: Path) -> int:

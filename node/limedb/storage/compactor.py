@@ -81,7 +81,7 @@ class Compactor:
         done = 0
         while not ctx.closing and ctx.error is None and self._versions.has_manifest:
             with self.lock:
-                if self._filter.wanted:
+                if self._filter.due():
                     self.rebuild_filter()
                 with ctx.mutex:
                     c = compaction_mod.pick(self._versions.levels, ctx.opts, self._pointers)

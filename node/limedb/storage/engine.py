@@ -148,6 +148,7 @@ class Engine:
             self._filter,
             lambda: self._view,
             lambda items: self.write(WriteBatch(as_batch_ops(items))),
+            self._compactor.lock,
         )
         with ctx.mutex:
             self._publish_locked()
@@ -430,7 +431,8 @@ class Engine:
         """Write the newest version of every key in the [start, end) `ranges` (tombstones and
         expiring values included), as of this call, into one new SSTable at `path` (fsynced;
         no file when the ranges hold nothing), with its CRC32C: what `ingest` takes on another
-        node. The cut runs in a worker process when the tables are big (storage/export.py)."""
+        node. The cut runs in a low-priority worker process when the tables are big
+        (storage/export.py)."""
         ctx, writer, versions = self._ctx, self._writer, self._versions
         ctx.check_open()
         ranges = normalize([(as_key(s), None if e is None else as_key(e)) for s, e in ranges])
@@ -445,7 +447,7 @@ class Engine:
             tables = [(lvl, t.file_no) for lvl, files in enumerate(levels) for t in files]
             out = os.fspath(path)
             big = sum(t.size for files in levels for t in files) >= offload.OFFLOAD_MIN_BYTES
-            pool = self._workers.get() if big else None
+            pool = self._workers.get(background=True) if big else None
             if pool is not None:
                 try:
                     job = ("export_ranges", ctx.dir, tables, ranges, out, self._opts)

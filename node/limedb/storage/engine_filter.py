@@ -2,10 +2,16 @@
 table before the table becomes visible, and rebuilt from every table's keys after an open or
 once it grew too dense (flushes that land during a rebuild add their keys to it afterwards).
 A compaction or purge needs no change: its output keys are a subset of its input keys.
+
+A rebuild for density waits until no table was added for QUIET_S: a node ingesting a stream of
+tables (a range streamed to it as tables) doubles its keys again and again, and a rebuild at
+every doubling hashed every key about twice over; a filter too dense only lets more look-ups
+on to the per-table filters meanwhile.
 """
 
 from __future__ import annotations
 
+import time
 from array import array
 from collections.abc import Callable
 
@@ -16,6 +22,7 @@ from .version_set import VersionSet
 
 # Builds the words of a filter of `nwords` words over the keys of `tables`.
 BuildWords = Callable[[list[TableReader], int], array]
+QUIET_S = 1.0
 
 
 class EngineFilter:
@@ -31,6 +38,7 @@ class EngineFilter:
         )
         self.wanted = has_tables  # a rebuild is due
         self._pending: list[tuple[array, int]] | None = None  # added during a rebuild
+        self._added_at = 0.0  # monotonic time of the last add_table
 
     def words_for_table(self, new_keys: int) -> int:
         """The size (in words) to build a new table's contribution at."""
@@ -43,12 +51,17 @@ class EngineFilter:
     def add_table(self, contrib: array, keys: int) -> None:
         """Add a new table's key hashes (caller holds the version set's install lock, and the
         table is not visible yet: the filter must vouch for its keys first)."""
+        self._added_at = time.monotonic()
         g = self.current.with_words(contrib, keys)
         if self._pending is not None:
             self._pending.append((contrib, keys))
         if g.too_dense():
             self.wanted = True
         self.current = g
+
+    def due(self) -> bool:
+        """A rebuild is wanted, and no table was added for QUIET_S."""
+        return self.wanted and time.monotonic() - self._added_at >= QUIET_S
 
     def rebuild(self, build: BuildWords) -> None:
         """Build the filter from every table's key hashes, then publish it. The caller holds

@@ -3,9 +3,10 @@
 tables of that instant (pinned until the cut is written, so no compaction deletes them) and the
 memtables' entries in the ranges. The table is what `Engine.ingest` takes on another node.
 
-Big cuts run in an offload worker process (storage/offload.py): the serving process only sends
-the memtables' entries and the table numbers; the worker merges the ranges out of the tables
-(last-writer-wins, as a snapshot's scan does) and writes the table. Whole table files are not
+Big cuts run in an offload worker process at a low priority (storage/offload.py,
+BACKGROUND_NICE): the serving process only sends the memtables' entries and the table numbers;
+the worker merges the ranges out of the tables (last-writer-wins, as a snapshot's scan does)
+and writes the table. Whole table files are not
 handed over as they are, even where one lies inside a range: a node's table spans every token
 range it holds, so with virtual nodes that hardly ever happens.
 """

@@ -5,7 +5,11 @@ Reads resolve a key by level order (memtable, then L0 newest first, then deeper 
 first version found wins), which equals last-writer-wins only because every write is checked
 against the stored version before it is applied. An external table holds versions of any age,
 so it cannot simply be put above the existing data. The rule kept here: an ingested table
-holds no key that any table of the engine holds. It goes in as the newest L0 table, below the
+holds no key that any table of the engine holds, so the level it goes in does not change what
+a read finds, only the compaction work that follows. It goes in at the deepest level where it
+overlaps no table of that level (as RocksDB's ingest does), when no compaction is running (the
+compactor's lock is free, and held to the install: a compaction under way may write outputs
+across the gap the table would fill); else as the newest L0 table. Either way below the
 memtables. Per key of the external table:
 - a table of the engine holds the key: the entry is left out of the ingested table (which is
   then rewritten without it); if the external version is newer than the stored one, it is
@@ -36,6 +40,7 @@ table is harmless: every version in it then loses to, or equals, what is stored)
 from __future__ import annotations
 
 import posixpath
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -73,6 +78,7 @@ class IngestResult:
     written: int = 0
     superseded: int = 0
     file_nos: list[int] = field(default_factory=list)
+    levels: list[int] = field(default_factory=list)  # each table's level
 
 
 def decide(ext: Rec, in_memtable: Rec | None, in_tables: Rec | None) -> tuple[bool, bool]:
@@ -119,8 +125,10 @@ class Ingester:
         gfilter: EngineFilter,
         view: Callable[[], View],
         write: Callable[[list[tuple[bytes, Rec]]], None],
+        compaction_lock: threading.Lock,
     ) -> None:
         self._ctx = ctx
+        self._compaction_lock = compaction_lock
         self._versions = versions
         self._writer = writer
         self._flusher = flusher
@@ -140,18 +148,25 @@ class Ingester:
                 raise ValueError(f"tables to ingest overlap: {a.path} and {b.path}")
         result = IngestResult()
         late: list[tuple[bytes, Rec]] = []
-        with self._flusher.lock:  # no flush or purge adds keys to a table from here on
-            plans = [self._plan(r) for r in readers]
-            if self.before_install is not None:
-                self.before_install()
-            added, placed = self._place(plans)
-            try:
-                if added:
-                    late = self._install(plans, added)
-            except BaseException:
-                self._versions.discard_unlisted(placed)
-                raise
-        for _, t in added:
+        # Taken before the flusher's lock, as a purge does; never waited for.
+        deep = self._compaction_lock.acquire(blocking=False)
+        try:
+            with self._flusher.lock:  # no flush or purge adds keys to a table from here on
+                plans = [self._plan(r) for r in readers]
+                if self.before_install is not None:
+                    self.before_install()
+                added, placed = self._place(plans, deep)
+                try:
+                    if added:
+                        late = self._install(plans, added)
+                except BaseException:
+                    self._versions.discard_unlisted(placed)
+                    raise
+        finally:
+            if deep:
+                self._compaction_lock.release()
+        for lvl, t in added:
+            result.levels.append(lvl)
             result.tables += 1
             result.entries += t.entries
             result.bytes += t.size
@@ -209,9 +224,12 @@ class Ingester:
                     plan.to_write.append((key, rec))
         return plan
 
-    def _place(self, plans: list[_Plan]) -> tuple[list[tuple[int, TableReader]], list[str]]:
+    def _place(
+        self, plans: list[_Plan], deep: bool
+    ) -> tuple[list[tuple[int, TableReader]], list[str]]:
         """Put each table's kept entries in the data directory under a reserved number: the
-        external file itself (linked, else copied) when it keeps everything, else a rewrite."""
+        external file itself (linked, else copied) when it keeps everything, else a rewrite;
+        each with its level (`deep`: the deepest it fits in, else 0)."""
         ctx, versions = self._ctx, self._versions
         added: list[tuple[int, TableReader]] = []
         placed: list[str] = []
@@ -230,7 +248,9 @@ class Ingester:
                 ctx.fs.fsync_dir(ctx.dir)
             for plan, dst in zip([p for p in plans if p.kept_keys], placed, strict=True):
                 no = int(posixpath.basename(dst)[:-4])
-                added.append((0, versions.open_table(no)))
+                table = versions.open_table(no)
+                lvl = fit_level(versions.levels, table) if deep else 0
+                added.append((lvl, table))
                 if added[-1][1].entries != len(plan.kept_keys):
                     raise StorageError(f"ingested table {dst} does not hold the kept entries")
         except BaseException:
@@ -264,7 +284,8 @@ class Ingester:
         nwords = self._filter.words_for_table(entries)
         contrib = build_words([h for p in kept for h in p.kept_hashes], nwords)
         metas = [
-            (0, TableMeta(t.file_no, t.size, t.entries, t.smallest, t.largest)) for _, t in added
+            (lvl, TableMeta(t.file_no, t.size, t.entries, t.smallest, t.largest))
+            for lvl, t in added
         ]
         edit = VersionEdit(added=metas)
         late: list[tuple[bytes, Rec]] = []
@@ -284,7 +305,8 @@ class Ingester:
             ctx.publish()
 
         # L0 (ordered by file number on open): no flush is under way, so every later flush
-        # gets a higher number than these, and lands above them, as it does now.
+        # gets a higher number than these, and lands above them, as it does now. Deeper: no
+        # compaction is under way (the caller holds the compactor's lock).
         newest_first = sorted(added, key=lambda a: a[1].file_no, reverse=True)
         self._versions.log_and_apply(
             edit, newest_first, before_visible=add_to_filter, on_applied=applied
@@ -295,6 +317,17 @@ class Ingester:
     def _write_all(self, writes: list[tuple[bytes, Rec]]) -> None:
         for i in range(0, len(writes), _WRITE_BATCH):
             self._write(writes[i : i + _WRITE_BATCH])
+
+
+def fit_level(levels: list[list[TableReader]], table: TableReader) -> int:
+    """The deepest level (L1 or below) where `table` overlaps no table, else 0 (the tables of
+    one ingest overlap each other nowhere, so they need not be counted)."""
+    for lvl in range(len(levels) - 1, 0, -1):
+        if not any(
+            not (t.largest < table.smallest or t.smallest > table.largest) for t in levels[lvl]
+        ):
+            return lvl
+    return 0
 
 
 def _stored_in_span(

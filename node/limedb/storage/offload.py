@@ -45,6 +45,12 @@ _LEN = struct.Struct("<I")
 # Smaller flushes, compactions and purges run in-process: cheaper than a worker round trip, and
 # small databases (and tests) never start worker processes at all.
 OFFLOAD_MIN_BYTES = 1 << 20
+# The niceness of the worker that cuts ranges for another node (Engine.export_ranges): a
+# range streamed to a new owner is background work, and the client requests this node serves
+# meanwhile keep their share of the cores. One such worker: cuts wait for each other (each
+# uses a core while it runs), and a second process costs another ~0.25 s of CPU to start.
+BACKGROUND_NICE = 10
+BACKGROUND_WORKERS = 1
 # The directory holding the `limedb` package, so workers import the same code as the engine.
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
 
@@ -197,11 +203,12 @@ def _write_msg(stream: Any, obj: Any) -> None:
 class Worker:
     """One worker process; `call` runs a job in it and returns the result (one job at a time)."""
 
-    def __init__(self) -> None:
+    def __init__(self, nice: int = 0) -> None:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_ROOT, env.get("PYTHONPATH")) if p)
+        main = f"import os; os.nice({int(nice)}); " if nice else ""
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", "from limedb.storage.offload import serve; serve()"],
+            [sys.executable, "-c", main + "from limedb.storage.offload import serve; serve()"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             env=env,
@@ -247,10 +254,12 @@ class Worker:
 
 
 class WorkerPool:
-    """Up to `size` workers started on demand; a job waits for an idle one."""
+    """Up to `size` workers (at niceness `nice`) started on demand; a job waits for an idle
+    one."""
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, nice: int = 0) -> None:
         self._size = size
+        self._nice = nice
         self._idle: list[Worker] = []
         self._busy: set[Worker] = set()
         self._cv = threading.Condition()
@@ -281,7 +290,7 @@ class WorkerPool:
                     self._waiting -= 1
             if self._closed:
                 raise WorkerError("worker pool closed")
-            worker = self._idle.pop() if self._idle else Worker()
+            worker = self._idle.pop() if self._idle else Worker(self._nice)
             self._busy.add(worker)
             return worker
 
@@ -313,19 +322,25 @@ class WorkerPool:
 
 
 class Offloader:
-    """The engine's side: its pool, started on first use, and whether offloading is still on
-    (a worker failing for another reason than a full disk turns it off for good)."""
+    """The engine's side: its pools, started on first use (the background one with
+    BACKGROUND_WORKERS workers at BACKGROUND_NICE), and whether offloading is still on (a worker failing for another reason
+    than a full disk turns it off for good)."""
 
     def __init__(self, enabled: bool, size: int) -> None:
         self.enabled = enabled
         self.size = size
         self.pool: WorkerPool | None = None
+        self.background: WorkerPool | None = None
         self.closing = False
 
-    def get(self) -> WorkerPool | None:
-        """The pool, or None: do the work in-process."""
+    def get(self, *, background: bool = False) -> WorkerPool | None:
+        """The pool (`background`: the low-priority one), or None: do the work in-process."""
         if not self.enabled or self.closing:
             return None
+        if background:
+            if self.background is None:
+                self.background = WorkerPool(BACKGROUND_WORKERS, BACKGROUND_NICE)
+            return self.background
         if self.pool is None:
             self.pool = WorkerPool(self.size)
         return self.pool
@@ -340,8 +355,9 @@ class Offloader:
         """A running compaction is abandoned (its outputs are unreferenced garbage, removed at
         the next open); a running flush is also killed: its data is still in the WAL."""
         self.closing = True
-        if self.pool is not None:
-            self.pool.close(kill_running=True)
+        for pool in (self.pool, self.background):
+            if pool is not None:
+                pool.close(kill_running=True)
 
 
 def _exit_when_orphaned(parent: int) -> None:

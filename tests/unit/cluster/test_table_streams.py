@@ -1,6 +1,7 @@
 """Range streaming as tables, one node's side each (real engines and files): a source cuts
-token ranges into a table served in chunks, a target receives the chunks and ingests the
-table only when its size and CRC32C match, and leaves no staged file behind either way."""
+token ranges into a table served in chunks, a target receives the chunks (relayed to it, or
+pulled by itself from the source) and ingests the table only when its size and CRC32C match,
+and leaves no staged file behind either way."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from limedb.cluster.table_streams import (
     WRITE_HEAD,
     TableStreams,
     encode_cut,
+    encode_fetch,
 )
 from limedb.hlc import HLC
 from limedb.storage import Engine, EngineOptions
@@ -26,7 +28,7 @@ HALF = MAX_TOKEN // 2
 OPTS = EngineOptions(background_threads=False, durability="none")
 
 
-def _nodes(tmp_path):
+def _nodes(tmp_path, call=None):
     source = Engine.open(tmp_path / "src" / "data", OPTS)
     target = Engine.open(tmp_path / "dst" / "data", OPTS)
     for i in range(500):
@@ -38,7 +40,7 @@ def _nodes(tmp_path):
         source,
         target,
         TableStreams(source, tmp_path / "src", HLC(), None),
-        TableStreams(target, tmp_path / "dst", HLC(), None),
+        TableStreams(target, tmp_path / "dst", HLC(), None, call),
     )
 
 
@@ -85,3 +87,56 @@ def test_a_table_damaged_on_the_way_is_refused_and_nothing_is_ingested(tmp_path)
     asyncio.run(main())
     assert target.scan() == []
     assert not list((tmp_path / "dst" / "streaming").iterdir())
+
+
+def _pulling_nodes(tmp_path):
+    """Source and target whose target reaches the source's TABLE_READ by node id (in-process,
+    in place of the RPC connection)."""
+    nodes: dict[str, TableStreams] = {}
+
+    async def call(node: str, kind: int, payload: bytes, timeout_s: float) -> bytes:
+        assert kind == rpc.TABLE_READ
+        return await nodes[node].handle_read(payload)
+
+    source, target, src, dst = _nodes(tmp_path, call)
+    nodes["source"] = src
+    return source, target, src, dst
+
+
+@pytest.mark.parametrize("chunk", [1000, 1 << 22])
+def test_a_target_pulls_a_cut_table_from_its_source_and_ingests_it(tmp_path, chunk):
+    source, target, src, dst = _pulling_nodes(tmp_path)
+
+    async def main() -> None:
+        reply = await src.handle_cut(encode_cut(3, [(0, HALF)], 0.0))
+        entries, size, crc = CUT_REPLY.unpack(reply)
+        fetched = await dst.handle_fetch(encode_fetch(3, size, crc, chunk, "source"))
+        assert INGESTED.unpack(fetched)[0] == entries
+        await src.handle_drop(DROP.pack(3))
+
+    asyncio.run(main())
+    end = (HALF + 1).to_bytes(8, "big")
+    want = dict(source.iter_range(None, end, include_tombstones=True))
+    assert want and dict(target.iter_range(include_tombstones=True)) == want
+    assert dst.stats()["table_bytes_received"] > 0 and dst.stats()["tables_pulled"] == 1
+    assert not list((tmp_path / "src" / "streaming").iterdir())
+    assert not list((tmp_path / "dst" / "streaming").iterdir())
+    assert dst.stats()["table_transfers_receiving"] == 0
+
+
+@pytest.mark.parametrize("wrong", ["checksum", "size", "table id"])
+def test_a_pulled_table_that_does_not_match_is_refused_and_nothing_is_ingested(tmp_path, wrong):
+    _, target, src, dst = _pulling_nodes(tmp_path)
+
+    async def main() -> None:
+        _, size, crc = CUT_REPLY.unpack(await src.handle_cut(encode_cut(5, [(0, HALF)], 0.0)))
+        tid = 6 if wrong == "table id" else 5
+        crc ^= 1 if wrong == "checksum" else 0
+        size += 1 if wrong == "size" else 0
+        with pytest.raises(rpc.RpcError):
+            await dst.handle_fetch(encode_fetch(tid, size, crc, 4096, "source"))
+
+    asyncio.run(main())
+    assert target.scan() == []
+    assert not list((tmp_path / "dst" / "streaming").iterdir())
+    assert dst.stats()["table_transfers_receiving"] == 0

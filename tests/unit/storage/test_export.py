@@ -7,6 +7,7 @@ import os
 import time
 
 from limedb.storage import Engine
+from limedb.storage.offload import BACKGROUND_NICE
 
 from .conftest import SMALL
 
@@ -57,7 +58,7 @@ def test_ranges_holding_nothing_write_no_table(open_engine, tmp_path):
     assert out.entries == 0 and not os.path.exists(tmp_path / "cut.sst")
 
 
-def test_a_big_cut_runs_in_a_worker_process(open_engine, tmp_path):
+def test_a_big_cut_runs_in_a_low_priority_worker_process(open_engine, tmp_path):
     src = open_engine(
         tmp_path / "src", options=dict(SMALL, memtable_bytes=1 << 20, durability="none")
     )
@@ -66,7 +67,10 @@ def test_a_big_cut_runs_in_a_worker_process(open_engine, tmp_path):
     src.compact()
     src.put(_key(5), b"newest")
     out = src.export_ranges([(_key(0), _key(20_000))], tmp_path / "cut.sst")
-    assert src._pool is not None and src._pool.pids()  # the cut ran in a worker
+    pool = src._workers.background
+    assert pool is not None and pool.pids()  # the cut ran in a worker, at a lower priority
+    own = os.getpriority(os.PRIO_PROCESS, 0)
+    assert os.getpriority(os.PRIO_PROCESS, pool.pids()[0]) == min(19, own + BACKGROUND_NICE)
     assert out.entries == 20_000
     dst = open_engine(tmp_path / "dst", options=NO_THREADS)
     dst.ingest([out.path])

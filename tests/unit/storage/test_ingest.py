@@ -144,6 +144,37 @@ def test_newer_external_versions_win_over_older_stored_ones(open_engine, tmp_pat
     assert _stored(reopened) == view
 
 
+def test_a_table_goes_in_at_the_deepest_level_where_it_overlaps_no_table(open_engine, tmp_path):
+    e = open_engine(options=NO_THREADS)
+    deepest = e._opts.max_levels - 1
+    for i in range(100):
+        e.put(_key(i), b"stored", ts=BASE)
+    e.compact()  # into L1
+    far = {_key(i): _val(BASE, b"far") for i in range(200, 300)}
+    assert e.ingest([_external(str(tmp_path / "a.sst"), far)]).levels == [deepest]
+    # Between the keys of the deepest level's table (none of them): one level up.
+    between = {_key(i) + b"x": _val(BASE, b"between") for i in range(250, 260)}
+    assert e.ingest([_external(str(tmp_path / "b.sst"), between)]).levels == [deepest - 1]
+    # Nothing there needs a compaction, and every read finds its version.
+    assert e._compact_pending() == 0
+    assert e.get(_key(5)) == b"stored" and e.get(_key(250)) == b"far"
+    assert e.get(_key(251) + b"x") == b"between"
+    view = _stored(e)
+    e.close()
+    reopened = open_engine(options=NO_THREADS)
+    assert _stored(reopened) == view
+    reopened.compact()
+    assert _stored(reopened) == view
+
+
+def test_a_table_ingested_while_a_compaction_runs_goes_in_at_l0(open_engine, tmp_path):
+    e = open_engine(options=NO_THREADS)
+    ext = {_key(i): _val(BASE, b"v") for i in range(10)}
+    with e._compactor.lock:  # what a running compaction (or purge) holds
+        res = e.ingest([_external(str(tmp_path / "a.sst"), ext)])
+    assert res.levels == [0] and e.get(_key(3)) == b"v"
+
+
 def test_a_write_landing_during_the_ingest_is_resolved_by_timestamp(open_engine, tmp_path):
     e = open_engine(options=NO_THREADS)
     ext = {_key(i): _val(BASE + 100, b"ext%d" % i) for i in range(20)}
