@@ -33,7 +33,7 @@ from typing import Any
 
 from . import export
 from .block_cache import BlockCache
-from .bloom import add_hashes, build_words, key_hash, pair_words
+from .bloom import add_hashes, key_hash, pair_words
 from .compaction import Compaction, RateLimiter, run
 from .fs import RealFS
 from .options import EngineOptions
@@ -123,12 +123,13 @@ def build_staged(
 
 
 def table_filter(tables: list[TableReader], nwords: int) -> array:
-    """A filter of `nwords` words holding the hash of every key of these tables."""
-    hashes: list[int] = []
+    """A filter of `nwords` words holding the hash of every key of these tables (read block by
+    block, keys only: the records are not decoded)."""
+    words = array("Q", bytes(8 * nwords))
     for t in tables:
         for i in range(t.nblocks):
-            hashes.extend(map(key_hash, t.load_block(i)))
-    return build_words(hashes, nwords)
+            add_hashes(words, map(key_hash, t.block_keys(i)))
+    return words
 
 
 def global_filter(dirpath: str, file_nos: list[int], nwords: int) -> bytes:

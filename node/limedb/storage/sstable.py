@@ -89,6 +89,16 @@ def decode_block(buf: bytes) -> dict[bytes, Rec]:
     return dict(zip(keys, zip(ts, values, flags, exp, strict=False), strict=False))
 
 
+def decode_block_keys(buf: bytes) -> tuple[bytes, ...]:
+    """The keys of a data block, in order, without decoding its records (a filter build)."""
+    n, bflags = BLOCK_HEADER.unpack_from(buf, 0)
+    off = BLOCK_HEADER.size
+    klens = struct.unpack_from(f"<{n}H", buf, off)
+    # Past the lengths, timestamps and flags (and expiry times) to the keys.
+    off += (2 + 4 + 8 + 1 + (8 if bflags & 1 else 0)) * n
+    return struct.unpack_from(_fmt(klens), buf, off)
+
+
 @dataclass(frozen=True)
 class TableMeta:
     """What the MANIFEST records about one table."""
@@ -445,6 +455,15 @@ class TableReader:
         raw = self._block_at(off, self.sizes[i], "data block")
         try:
             return decode_block(raw)
+        except (struct.error, ValueError):
+            raise self._corrupt(off, "data block does not decode") from None
+
+    def block_keys(self, i: int) -> tuple[bytes, ...]:
+        """The keys of data block `i` (checksum verified), not through the cache."""
+        off = self.offsets[i]
+        raw = self._block_at(off, self.sizes[i], "data block")
+        try:
+            return decode_block_keys(raw)
         except (struct.error, ValueError):
             raise self._corrupt(off, "data block does not decode") from None
 
