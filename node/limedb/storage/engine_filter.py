@@ -3,10 +3,11 @@ table before the table becomes visible, and rebuilt from every table's keys afte
 once it grew too dense (flushes that land during a rebuild add their keys to it afterwards).
 A compaction or purge needs no change: its output keys are a subset of its input keys.
 
-A rebuild for density waits until no table was added for QUIET_S: a node ingesting a stream of
-tables (a range streamed to it as tables) doubles its keys again and again, and a rebuild at
-every doubling hashed every key about twice over; a filter too dense only lets more look-ups
-on to the per-table filters meanwhile.
+A rebuild for density waits until no table was ingested for QUIET_S: a node ingesting a stream
+of tables (ranges streamed to it as tables, about one a second) doubles its keys again and
+again, and a rebuild at every doubling hashed every key about twice over; a filter too dense
+only lets more look-ups on to the per-table filters meanwhile (and a joining node serves no
+reads until its ranges are in).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from .version_set import VersionSet
 
 # Builds the words of a filter of `nwords` words over the keys of `tables`.
 BuildWords = Callable[[list[TableReader], int], array]
-QUIET_S = 1.0
+QUIET_S = 5.0
 
 
 class EngineFilter:
@@ -38,7 +39,7 @@ class EngineFilter:
         )
         self.wanted = has_tables  # a rebuild is due
         self._pending: list[tuple[array, int]] | None = None  # added during a rebuild
-        self._added_at = 0.0  # monotonic time of the last add_table
+        self._ingested_at = -QUIET_S  # monotonic time of the last ingested table
 
     def words_for_table(self, new_keys: int) -> int:
         """The size (in words) to build a new table's contribution at."""
@@ -48,10 +49,11 @@ class EngineFilter:
         total = sum(t.entries for files in self._versions.levels for t in files) + new_keys
         return GlobalFilter.size_for(total)
 
-    def add_table(self, contrib: array, keys: int) -> None:
+    def add_table(self, contrib: array, keys: int, *, ingested: bool = False) -> None:
         """Add a new table's key hashes (caller holds the version set's install lock, and the
         table is not visible yet: the filter must vouch for its keys first)."""
-        self._added_at = time.monotonic()
+        if ingested:
+            self._ingested_at = time.monotonic()
         g = self.current.with_words(contrib, keys)
         if self._pending is not None:
             self._pending.append((contrib, keys))
@@ -60,8 +62,8 @@ class EngineFilter:
         self.current = g
 
     def due(self) -> bool:
-        """A rebuild is wanted, and no table was added for QUIET_S."""
-        return self.wanted and time.monotonic() - self._added_at >= QUIET_S
+        """A rebuild is wanted, and no table was ingested for QUIET_S."""
+        return self.wanted and time.monotonic() - self._ingested_at >= QUIET_S
 
     def rebuild(self, build: BuildWords) -> None:
         """Build the filter from every table's key hashes, then publish it. The caller holds

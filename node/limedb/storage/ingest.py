@@ -292,7 +292,7 @@ class Ingester:
         max_ts = max(t.max_ts for _, t in added)
 
         def add_to_filter() -> None:
-            self._filter.add_table(contrib, entries)
+            self._filter.add_table(contrib, entries, ingested=True)
 
         def applied() -> None:
             # Under the mutex, as the tables become visible: from now on every write is

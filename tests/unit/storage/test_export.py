@@ -4,6 +4,7 @@ Engine.ingest takes on another engine: the same newest versions, tombstones and 
 from __future__ import annotations
 
 import os
+import random
 import time
 
 from limedb.storage import Engine
@@ -49,6 +50,29 @@ def test_exported_ranges_ingest_as_the_same_versions(open_engine, tmp_path):
     dst = open_engine(tmp_path / "dst", options=NO_THREADS)
     dst.ingest([out.path])
     assert _stored(dst) == want
+
+
+def test_a_cut_in_chunks_of_blocks_holds_exactly_the_newest_versions_of_its_ranges(
+    open_engine, tmp_path, monkeypatch
+):
+    # Chunks of 2 blocks: chunk edges, range edges and block edges fall everywhere.
+    monkeypatch.setattr("limedb.storage.export.CHUNK_BLOCKS", 2)
+    src = open_engine(tmp_path / "src", options=NO_THREADS)
+    _layered(src, 900)
+    rng = random.Random(7)
+    for n in range(20):
+        edges = sorted(rng.sample(range(-5, 910), 6))
+        ranges = [
+            (_key(max(a, 0)), _key(b) if b < 900 else None)
+            for a, b in zip(edges[::2], edges[1::2], strict=True)
+        ]
+        out = src.export_ranges(ranges, tmp_path / f"cut{n}.sst")
+        want = {k: v for s, e in ranges for k, v in _stored(src, s, e).items()}
+        assert out.entries == len(want)
+        dst = open_engine(tmp_path / f"dst{n}", options=NO_THREADS)
+        if want:
+            dst.ingest([out.path])
+        assert _stored(dst) == want
 
 
 def test_ranges_holding_nothing_write_no_table(open_engine, tmp_path):
