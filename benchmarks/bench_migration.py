@@ -344,7 +344,7 @@ def main() -> int:
             + table
             + "\n\nThe command: `.venv/bin/python benchmarks/bench_migration.py` (`--quick`: "
             "100,000 keys; `--stream-mb-per-s N` overrides the throttle; `--modes` picks the "
-            "streaming modes). Node CPU is the four node processes' and their offload workers' "
+            "streaming modes; `--connections 0`: no client load). Node CPU is the four node processes' and their offload workers' "
             "user + system time from the join to done. Every node, the joiner and wrk share 2 "
             "cores, so the ratio is noisy; the stream throttle trades migration time for it (a "
             "sweep is in docs/transitions.md, Streaming). The last windows of a migration also "
