@@ -202,9 +202,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "stream_mode",
         _choice(STREAM_MODES),
-        "keys",
-        "how ranges move to a new owner: keys (streamed through the write path) | tables (cut "
-        "into SSTables, ingested; opt-in until the fault campaigns have run with it)",
+        "tables",
+        "how ranges move to a new owner: tables (cut into SSTables, pulled by the target and "
+        "ingested) | keys (streamed through the write path; also the fallback for older peers)",
     ),
     Setting("cleanup_grace_ms", _int(0), 2000, "wait before old owners hand off moved ranges"),
     Setting(

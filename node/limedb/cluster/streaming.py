@@ -1,9 +1,9 @@
 """Moving token ranges between nodes: the batch wire format, the source and sink sides, the
 throttle, and the stream workers the transition driver runs.
 
-Ranges move as keys by default (this module); with `stream_mode` tables (opt-in, see
-docs/transitions.md) limedb.cluster.table_streamer cuts groups of ranges into SSTables at a
-source and the target ingests them, and key streaming is the fallback: for every range left
+Ranges move as tables by default (`stream_mode` tables, docs/transitions.md):
+limedb.cluster.table_streamer cuts groups of ranges into SSTables at a source and the target
+pulls and ingests them; key streaming (this module) is `stream_mode` keys, and the fallback: for every range left
 when a peer does not serve the table kinds (an older version) and for a table with a
 timestamp beyond the target's clock bound.
 
