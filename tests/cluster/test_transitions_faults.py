@@ -43,7 +43,8 @@ def fleet(tmp_path: Path) -> Iterator[Fleet]:
 
 @pytest.fixture
 def table_fleet(tmp_path: Path) -> Iterator[Fleet]:
-    """The same cluster with ranges streamed as tables (stream_mode tables, opt-in)."""
+    """The same cluster with ranges streamed as tables, set explicitly (the default since
+    session 9; the `fleet` fixture follows the default)."""
     fleet = Fleet(tmp_path, {**ENV, "LIMEDB_STREAM_MODE": "tables"}, first_host=140)
     try:
         yield fleet
