@@ -751,6 +751,9 @@ class ClusterService:
             "rpc_expired": self.server.expired,
             "rpc_rejected": self.server.rejected,
             "rpc_oversized": self.server.oversized,
+            "rpc_strangers": self.server.strangers,
+            "rpc_evicted": self.server.evicted,
+            "rpc_hello_timeouts": self.server.hello_timeouts,
             "gossip_rounds": self.gossip_loop.rounds,
             "ring_epoch": self.membership.ring.epoch if self.membership.ring else None,
         }

@@ -13,6 +13,12 @@ any other first frame, or a wrong secret, gets an ERROR frame with code 401 and 
 is closed. The client sends HELLO ahead of its first request without waiting for the reply.
 A frame is size-checked from its header, before its payload is buffered: up to MAX_FRAME once
 authenticated, MAX_HELLO_FRAME before; a larger one gets an ERROR frame (413) and the close.
+Strangers (connections that have not presented the secret yet) are bounded too, so that nobody
+without the secret can hold the node's descriptors: at most MAX_STRANGERS at a time (a new one
+beyond that closes the oldest stranger, so a flood of idle connections cannot keep a peer,
+whose HELLO comes right after its connect, from connecting), and each gets HELLO_TIMEOUT_S to
+present its HELLO before it is refused (401) and closed. Authenticated peers are not capped:
+they hold the secret.
 
 With TLS (limedb.tls) the connection is mutual TLS: the listener takes only peers whose
 certificate chains to the cluster CA (plaintext too in tls_mode `on`, limedb.tls_listener), and
@@ -48,6 +54,10 @@ MAX_FRAME = 64 << 20
 # What an unauthenticated connection may send: its HELLO, nothing a stranger could use to make
 # the node buffer megabytes.
 MAX_HELLO_FRAME = 4096
+# Connections open at once that have not presented the secret yet, and how long each may take
+# to present it (a peer sends its HELLO ahead of its first request, without waiting).
+MAX_STRANGERS = 64
+HELLO_TIMEOUT_S = 10.0
 
 # Frame kinds. Replies are REPLY or ERROR; everything else is a request.
 REPLY = 0
@@ -250,8 +260,20 @@ class RpcServer:
     is reported as 500 so one bad request never takes the connection down.
     """
 
-    def __init__(self, secret: str | None = None, tls: TlsMaterial | None = None) -> None:
+    def __init__(
+        self,
+        secret: str | None = None,
+        tls: TlsMaterial | None = None,
+        max_strangers: int = MAX_STRANGERS,
+        hello_timeout_s: float = HELLO_TIMEOUT_S,
+    ) -> None:
         self._secret = secret.encode() if secret else None
+        self.max_strangers = max_strangers
+        self.hello_timeout_s = hello_timeout_s
+        # Open connections that have not presented the secret yet, oldest first.
+        self._strangers: dict[_ServerProtocol, None] = {}
+        self.evicted = 0  # strangers closed because MAX_STRANGERS newer ones arrived
+        self.hello_timeouts = 0  # strangers closed for not presenting the secret in time
         self._tls = tls if tls is not None and tls.serves("internal") else None
         self._handlers: dict[int, Handler] = {HELLO: lambda _: b"", PING: lambda _: b""}
         self._server: asyncio.base_events.Server | SniffingListener | None = None
@@ -292,6 +314,10 @@ class RpcServer:
                 connection.transport.close()
         self._connections.clear()
 
+    @property
+    def strangers(self) -> int:
+        return len(self._strangers)
+
     def check_secret(self, presented: bytes) -> bool:
         return self._secret is None or hmac.compare_digest(presented, self._secret)
 
@@ -306,23 +332,52 @@ class _ServerProtocol(_FramedProtocol):
         self._server = server
         self._authenticated = not server.needs_hello
         self._peer = ""
+        self._hello_timer: asyncio.TimerHandle | None = None
         if not self._authenticated:
             self.max_frame = MAX_HELLO_FRAME
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
-        self._server._connections.add(self)
+        server = self._server
+        server._connections.add(self)
         peer = transport.get_extra_info("peername")
         self._peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        if not self._authenticated:
+            if len(server._strangers) >= server.max_strangers:
+                server.evicted += 1
+                next(iter(server._strangers))._refuse("too many connections without the secret")
+            server._strangers[self] = None
+            self._hello_timer = self.loop.call_later(server.hello_timeout_s, self._hello_late)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._server._connections.discard(self)
+        self._known()
+
+    def _known(self) -> None:
+        """This connection is no stranger any more: it presented the secret, or it is gone."""
+        self._server._strangers.pop(self, None)
+        if self._hello_timer is not None:
+            self._hello_timer.cancel()
+            self._hello_timer = None
+
+    def _hello_late(self) -> None:
+        self._hello_timer = None
+        self._server.hello_timeouts += 1
+        self._refuse("no HELLO with the cluster secret in time")
+
+    def _refuse(self, message: str) -> None:
+        """Close a stranger with a 401 that says why."""
+        self._known()
+        self._server.rejected += 1
+        if self.transport is not None and not self.transport.is_closing():
+            self._reject(0, UNAUTHORIZED, message)
 
     def frame_received(self, kind: int, request_id: int, payload: bytes) -> None:
         server = self._server
         if not self._authenticated:
             if kind == HELLO and server.check_secret(payload):
                 self._authenticated = True
+                self._known()
                 self.max_frame = MAX_FRAME
                 self.send(encode_frame(REPLY, request_id, b""))
                 return
