@@ -110,7 +110,7 @@ def _chunk_bounds(tables: list[TableReader]) -> list[bytes]:
     return bounds
 
 
-def _fold(acc: dict[bytes, Rec], part: dict[bytes, Rec]) -> None:
+def fold_newest(acc: dict[bytes, Rec], part: dict[bytes, Rec]) -> None:
     """acc |= part, keeping the last-writer-wins winner for keys in both."""
     common = acc.keys() & part.keys()
     if not common:
@@ -133,9 +133,9 @@ def _chunk(table: TableReader, lo: bytes | None, hi: bytes) -> dict[bytes, Rec]:
         blk = table.load_block(i)
         inside_lo = lo is None or (i > 0 and keys[i - 1] >= lo)
         if inside_lo and keys[i] <= hi:
-            _fold(out, blk) if out else out.update(blk)
+            fold_newest(out, blk) if out else out.update(blk)
         else:
-            _fold(out, {k: r for k, r in blk.items() if (lo is None or k > lo) and k <= hi})
+            fold_newest(out, {k: r for k, r in blk.items() if (lo is None or k > lo) and k <= hi})
     return out
 
 
@@ -202,7 +202,7 @@ def run(
                     continue
                 part = _chunk(t, lo, hi)
                 if part:
-                    _fold(merged, part) if merged else merged.update(part)
+                    fold_newest(merged, part) if merged else merged.update(part)
             lo = hi
             if c.purge:
                 drop_ranges(merged, c.purge)

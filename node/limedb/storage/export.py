@@ -25,7 +25,7 @@ from itertools import chain, islice
 from crc32c import crc32c
 
 from .block_cache import BlockCache
-from .compaction import CHUNK_BLOCKS, _fold
+from .compaction import CHUNK_BLOCKS, fold_newest
 from .fs import FileSystem, RealFS
 from .memtable import FrozenMemtable
 from .options import EngineOptions
@@ -108,7 +108,7 @@ def _merged_chunks(
         for t in inside:
             part = _table_part(t, lo, hi)
             if part:
-                _fold(merged, part) if merged else merged.update(part)
+                fold_newest(merged, part) if merged else merged.update(part)
         if merged:
             yield merged
 
