@@ -11,10 +11,11 @@ from __future__ import annotations
 import struct
 from array import array
 from bisect import bisect_left
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from itertools import accumulate, repeat
 from operator import add, itemgetter
+from typing import TypeVar
 
 from crc32c import crc32c
 
@@ -23,6 +24,8 @@ from .block_cache import WHOLE_ENTRY_BYTES, BlockCache
 from .errors import CorruptionError
 from .fs import FileSystem, RealFS
 from .record import EXPIRES, TOMBSTONE, Rec, Version, to_version
+
+_T = TypeVar("_T")
 
 MAGIC = 0x4C494D4553535401  # "LIMESST" + 0x01
 FORMAT_VERSION = 1
@@ -451,19 +454,18 @@ class TableReader:
             self.cache.put(blocks, self.refs, j, self.load_block(j), sizes[j])
 
     def load_block(self, i: int) -> dict[bytes, Rec]:
-        off = self.offsets[i]
-        raw = self._block_at(off, self.sizes[i], "data block")
-        try:
-            return decode_block(raw)
-        except (struct.error, ValueError):
-            raise self._corrupt(off, "data block does not decode") from None
+        return self._decoded(i, decode_block)
 
     def block_keys(self, i: int) -> tuple[bytes, ...]:
         """The keys of data block `i` (checksum verified), not through the cache."""
+        return self._decoded(i, decode_block_keys)
+
+    def _decoded(self, i: int, decode: Callable[[bytes], _T]) -> _T:
+        """Data block `i` read, its checksum verified, and decoded by `decode`."""
         off = self.offsets[i]
         raw = self._block_at(off, self.sizes[i], "data block")
         try:
-            return decode_block_keys(raw)
+            return decode(raw)
         except (struct.error, ValueError):
             raise self._corrupt(off, "data block does not decode") from None
 

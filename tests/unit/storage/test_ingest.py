@@ -63,6 +63,16 @@ def _padded(entries: dict[bytes, tuple], padding: int) -> dict[bytes, tuple]:
     return {**entries, **{b"p%05d" % i: _val(BASE, b"pad") for i in range(padding)}}
 
 
+def _survives_reopen_and_compaction(e, open_engine) -> None:
+    """What `e` holds is what it holds after a close and reopen, and after a full compaction."""
+    view = _stored(e)
+    e.close()
+    reopened = open_engine(options=NO_THREADS)
+    assert _stored(reopened) == view
+    reopened.compact()
+    assert _stored(reopened) == view
+
+
 def test_decide_keeps_only_keys_no_table_holds_and_writes_only_newer_versions():
     old, new = _val(BASE, b"old"), _val(BASE + 5, b"new")
     assert decide(old, None, None) == (True, False)
@@ -136,12 +146,7 @@ def test_newer_external_versions_win_over_older_stored_ones(open_engine, tmp_pat
     assert e.get(_key(5)) == b"ext5" and e.get(_key(7)) is None and e.get(_key(60)) == b"revived"
     assert e.get(_key(6)) == b"stored6" and e.get(_key(8)) == b"stored8"
     assert e.get_version(_key(7)).tombstone
-    view = _stored(e)
-    e.close()
-    reopened = open_engine(options=NO_THREADS)
-    assert _stored(reopened) == view
-    reopened.compact()
-    assert _stored(reopened) == view
+    _survives_reopen_and_compaction(e, open_engine)
 
 
 def test_a_table_goes_in_at_the_deepest_level_where_it_overlaps_no_table(open_engine, tmp_path):
@@ -159,12 +164,7 @@ def test_a_table_goes_in_at_the_deepest_level_where_it_overlaps_no_table(open_en
     assert e._compact_pending() == 0
     assert e.get(_key(5)) == b"stored" and e.get(_key(250)) == b"far"
     assert e.get(_key(251) + b"x") == b"between"
-    view = _stored(e)
-    e.close()
-    reopened = open_engine(options=NO_THREADS)
-    assert _stored(reopened) == view
-    reopened.compact()
-    assert _stored(reopened) == view
+    _survives_reopen_and_compaction(e, open_engine)
 
 
 def test_a_table_ingested_while_a_compaction_runs_goes_in_at_l0(open_engine, tmp_path):
