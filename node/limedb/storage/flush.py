@@ -85,7 +85,6 @@ class Flusher:
         # Guarded by the mutex: the stage under way, and the complete one waiting for its flush.
         self._staging: _Staged | None = None
         self._staged: _Staged | None = None
-        self._stage_tried = 0  # id() of the last memtable staging was tried for
         opts = ctx.opts
         if workers.enabled and opts.memtable_bytes >= 2 * offload.OFFLOAD_MIN_BYTES:
             writer.stage_bytes = max(offload.OFFLOAD_MIN_BYTES, opts.memtable_bytes // 8)
@@ -143,7 +142,7 @@ class Flusher:
 
     def _stage_due_locked(self) -> bool:
         mem = self._writer.mem
-        return mem.size >= self._writer.stage_bytes and id(mem) != self._stage_tried
+        return mem.size >= self._writer.stage_bytes and not mem.stage_tried
 
     def _free_worker(self) -> tuple[offload.Worker, offload.WorkerPool] | None:
         pool = self._workers.get()
@@ -162,7 +161,7 @@ class Flusher:
         ctx = self._ctx
         with ctx.mutex:
             mem = self._writer.mem
-            self._stage_tried = id(mem)
+            mem.stage_tried = True
             st = self._staging = _Staged(mem, worker, pool)
         max_entries = ctx.opts.memtable_bytes // ENTRY_OVERHEAD + 1
         nwords = self._filter.words_for_table(max_entries)

@@ -21,7 +21,17 @@ _RELEASE_CHUNK = 2048
 
 
 class Memtable:
-    __slots__ = ("data", "size", "order", "_sorted", "_unsorted", "snap_seq", "snap", "_immutable")
+    __slots__ = (
+        "data",
+        "size",
+        "order",
+        "_sorted",
+        "_unsorted",
+        "snap_seq",
+        "snap",
+        "_immutable",
+        "stage_tried",
+    )
 
     def __init__(self) -> None:
         self.data: dict[bytes, Rec] = {}
@@ -35,6 +45,9 @@ class Memtable:
         self.snap_seq = -1
         self.snap: FrozenMemtable | None = None
         self._immutable: FrozenMemtable | None = None
+        # Whether the flusher tried to stage this memtable (flush.py: one try per memtable; a
+        # flag on the memtable itself, where an id() could be reused by the next one).
+        self.stage_tried = False
 
     def apply(self, key: bytes, rec: Rec) -> None:
         """Store `rec` as the newest version of `key` (the caller already decided it wins)."""
