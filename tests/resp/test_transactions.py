@@ -171,6 +171,18 @@ def test_watch_aborts_exec_on_a_concurrent_change(topology, limedb_single, limed
             with pytest.raises(redis.WatchError):
                 pipe.execute()
         assert client.get(key) is None
+
+        # Absent when watched, created and deleted meanwhile: absent again, but changed, so
+        # Redis aborts (the deleted key's version moved on, tombstone and all).
+        with client.pipeline() as pipe:
+            pipe.watch(key)
+            other.set(key, "7")
+            other.delete(key)
+            pipe.multi()
+            pipe.set(key, "1")
+            with pytest.raises(redis.WatchError):
+                pipe.execute()
+        assert client.get(key) is None
         raw = Raw(endpoints[0])
         try:
             assert raw("WATCH", key) == b"OK"

@@ -460,9 +460,14 @@ class Coordinator:
         # LimeDB reports the key's owner, whichever node answered (during a transition, the
         # owner of the ring reads follow, which may not be in the current ring record yet).
         owner_url = self.membership.url_of(replicas[0]) or replicas[0]
-        if newest is None or newest.tombstone:
+        if newest is None:
             return ReadResult(None, owner_url)
+        if newest.tombstone:
+            # A deleted key reports its tombstone's stamp: a WATCH of an absent key then sees
+            # a create-and-delete meanwhile, and a read-modify-write orders after the delete.
+            return ReadResult(None, owner_url, newest.ts)
         if newest.expires_at_ms is not None and not newest.live(self.physical_ms()):
+            # Expired: stamp 0, so a key that expires between WATCH and EXEC aborts (Redis).
             return ReadResult(None, owner_url)
         return ReadResult(newest.value, owner_url, newest.ts, newest.expires_at_ms)
 

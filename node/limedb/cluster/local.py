@@ -142,6 +142,10 @@ class LocalService:
     async def get(self, key: bytes, consistency: Consistency | None = None) -> ReadResult:
         self._check_open()
         version = self._engine.get_version(storage_key(key))
+        if version is not None and version.tombstone:
+            # As the cluster's read does: a deleted key's stamp is its tombstone's, so WATCH
+            # sees a create-and-delete meanwhile.
+            return ReadResult(None, self.node_url, version.ts)
         if not _is_live(version, wall_millis()):
             return ReadResult(None, self.node_url)
         assert version is not None

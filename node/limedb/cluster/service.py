@@ -35,7 +35,9 @@ class Consistency(enum.StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class ReadResult:
-    """A read's outcome. `value` is None when the key is absent, deleted or expired."""
+    """A read's outcome. `value` is None when the key is absent, deleted or expired; `ts`
+    is the version's stamp, a deleted key's tombstone's included (0: no version stored, or
+    the newest one expired)."""
 
     value: bytes | None
     owner_url: str
