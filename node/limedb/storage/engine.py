@@ -186,6 +186,10 @@ class Engine:
 
     def get(self, key: bytes) -> bytes | None:
         """The live value of `key`, or None if absent, deleted or expired."""
+        # The hot read: one Python call. The memtables (bound dict.get of each), the engine-wide
+        # filter, then the tables newest first, with `_lookup_tables`'s walk inlined; a table
+        # cached whole answers from its dict of values (block_cache.py), which holds a plain
+        # record's value itself: a plain value found there is returned without reading a record.
         v = self._view
         rec = v.mem_get(key)
         if rec is None:
@@ -205,9 +209,44 @@ class Engine:
                 mask |= t[(g >> 12) & 4095] | t[g >> 24]
                 if w & mask != mask:
                     return None
-                rec = self._lookup_tables(v, key, h, mask)
-                if rec is None:
-                    return None
+                for t in v.l0:
+                    if t.fwords[h & t.fmask] & mask == mask and t.smallest <= key <= t.largest:
+                        self._stat_bloom_checks += 1
+                        whole = t.blocks[-1]
+                        if whole is not None:
+                            t.refs[-1] = 1
+                            rec = whole[1].get(key)
+                            if rec is not None:
+                                if type(rec) is bytes:
+                                    return rec
+                                break
+                        else:
+                            rec = t.block_get(key)
+                            if rec is not None:
+                                break
+                        self._stat_bloom_fp += 1
+                else:
+                    for files, bounds in v.levels:
+                        i = bisect_left(bounds, key)
+                        if i < len(files):
+                            t = files[i]
+                            if t.fwords[h & t.fmask] & mask == mask and key >= t.smallest:
+                                self._stat_bloom_checks += 1
+                                whole = t.blocks[-1]
+                                if whole is not None:
+                                    t.refs[-1] = 1
+                                    rec = whole[1].get(key)
+                                    if rec is not None:
+                                        if type(rec) is bytes:
+                                            return rec
+                                        break
+                                else:
+                                    rec = t.block_get(key)
+                                    if rec is not None:
+                                        break
+                                self._stat_bloom_fp += 1
+                    else:
+                        return None
         if not rec[2]:
             return rec[1]
         if rec[2] & TOMBSTONE or rec[3] <= _time_ns() // 1_000_000:
@@ -215,25 +254,17 @@ class Engine:
         return rec[1]
 
     def _lookup_tables(self, v: View, key: bytes, h: int, mask: int) -> Rec | None:
-        """The newest record of `key` in the tables of `v`. `TableReader.get` and `block`, and
-        the block cache's hits (the whole-table dict, else the block), inlined: a point read is
-        one Python call past `get`."""
+        """The newest record of `key` in the tables of `v` (the same walk as `get`'s, which
+        inlines it), for the readers that want the version (`get_record`, `get_version`)."""
         for t in v.l0:
             if t.fwords[h & t.fmask] & mask == mask and t.smallest <= key <= t.largest:
                 self._stat_bloom_checks += 1
                 whole = t.blocks[-1]  # every entry of the table, when all of it is cached
                 if whole is not None:
                     t.refs[-1] = 1
-                    rec = whole.get(key)
+                    rec = whole[0].get(key)
                 else:
-                    # The block holding `key`: it exists, key <= t.largest (the last index key).
-                    i = bisect_left(t.index_keys, key)
-                    blk = t.blocks[i]
-                    if blk is None:
-                        blk = t.load_cached(i)
-                    else:
-                        t.refs[i] = 1
-                    rec = blk.get(key)
+                    rec = t.block_get(key)
                 if rec is not None:
                     return rec
                 self._stat_bloom_fp += 1
@@ -246,15 +277,9 @@ class Engine:
                     whole = t.blocks[-1]
                     if whole is not None:
                         t.refs[-1] = 1
-                        rec = whole.get(key)
+                        rec = whole[0].get(key)
                     else:
-                        i = bisect_left(t.index_keys, key)
-                        blk = t.blocks[i]
-                        if blk is None:
-                            blk = t.load_cached(i)
-                        else:
-                            t.refs[i] = 1
-                        rec = blk.get(key)
+                        rec = t.block_get(key)
                     if rec is not None:
                         return rec
                     self._stat_bloom_fp += 1

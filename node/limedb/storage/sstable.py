@@ -411,8 +411,8 @@ class TableReader:
         self.nblocks = n
         # This table's slots in the block cache (block_cache.py): decoded block or None, and
         # a reference byte per block that a hit sets; one more of each for the whole table
-        # (a dict of every entry, once every block is cached).
-        self.blocks: list[dict[bytes, Rec] | None] = [None] * (n + 1)
+        # (block_cache.Whole: two dicts of every entry, once every block is cached).
+        self.blocks: list = [None] * (n + 1)
         self.refs = bytearray(n + 1)
         words = array("Q")
         words.frombytes(self._block_at(filter_off, filter_len, "filter block"))
@@ -429,6 +429,18 @@ class TableReader:
         refs[i] = 1
         refs[-1] = 1  # the whole table's byte, when it is one ring entry
         return blk
+
+    def block_get(self, key: bytes) -> Rec | None:
+        """The record of `key` (smallest <= key <= largest) in the block that would hold it,
+        through the block cache with the hit's bookkeeping inlined (the engine's point reads
+        of a table not cached whole; they count their lookups themselves)."""
+        i = bisect_left(self.index_keys, key)
+        blk = self.blocks[i]
+        if blk is None:
+            blk = self.load_cached(i)
+        else:
+            self.refs[i] = 1
+        return blk.get(key)
 
     def load_cached(self, i: int) -> dict[bytes, Rec]:
         """Load data block `i` and cache it: a block cache miss (`Engine.get` inlines the hit)."""
@@ -477,7 +489,7 @@ class TableReader:
         whole = self.blocks[-1]
         if whole is not None:
             self.refs[-1] = 1
-            return whole.get(key)
+            return whole[0].get(key)
         i = bisect_left(self.index_keys, key)
         if i == self.nblocks:
             return None

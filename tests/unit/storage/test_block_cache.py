@@ -95,8 +95,9 @@ def test_a_table_cached_whole_is_read_through_one_dict_and_evicted_all_at_once()
         t.block(i)
     assert t.blocks[-1] is None and len(cache) == 3
     t.block(3)  # the last one: the table is cached whole
-    whole = t.blocks[-1]
+    whole, answers = t.blocks[-1]
     assert whole == {b"k%03d" % i: (i + 1, b"v" * 100, 0, 0) for i in range(4)}
+    assert answers == {b"k%03d" % i: b"v" * 100 for i in range(4)}  # plain records: values
     assert len(cache) == 1
     assert cache.used == blocks_charge + 4 * WHOLE_ENTRY_BYTES
     assert t.get(b"k002")[0] == 3 and t.get(b"k0025") is None
@@ -109,6 +110,30 @@ def test_a_table_cached_whole_is_read_through_one_dict_and_evicted_all_at_once()
     assert cached(u) == [0, 1] and cache.used == u.sizes[0] + u.sizes[1]
     assert whole[b"k001"][0] == 2  # a reader still holding the dict reads on, unchanged
     assert t.get(b"k001")[0] == 2  # and the table reads through its blocks again
+
+
+def test_a_whole_table_answers_a_deleted_or_expiring_key_with_its_record():
+    """The dict of values holds a plain record's value, and the record of any other, so that a
+    get still sees a tombstone or an expiry time there (and an empty value is a value)."""
+    f = fs()
+    cache = BlockCache(1 << 20)
+    b = TableBuilder(f, "/db/000001.sst", 1, block_bytes=64)
+    recs = [(1, b"", 0, 0), (2, b"", 1, 0), (3, b"v", 2, 123), (4, b"", 3, 456), (5, b"w", 0, 0)]
+    for i, rec in enumerate(recs):
+        b.add(b"k%03d" % i, rec)
+    b.finish()
+    t = TableReader(f, "/db/000001.sst", 1, cache)
+    for i in range(t.nblocks):
+        t.block(i)
+    whole, answers = t.blocks[-1]
+    assert answers == {
+        b"k000": b"",
+        b"k001": recs[1],
+        b"k002": recs[2],
+        b"k003": recs[3],
+        b"k004": b"w",
+    }
+    assert whole == {b"k%03d" % i: rec for i, rec in enumerate(recs)}
 
 
 def test_no_whole_table_dict_without_room_for_it():
@@ -129,5 +154,5 @@ def test_a_table_missing_only_a_sixteenth_of_its_blocks_loads_them_and_is_cached
         t.block(i)
     assert t.blocks[-1] is None  # 3 of 32 missing: more than 1/16
     t.block(29)
-    assert t.blocks[-1] is not None and len(t.blocks[-1]) == 32
+    assert t.blocks[-1] is not None and len(t.blocks[-1][0]) == 32
     assert cached(t) == list(range(32)) and len(cache) == 1

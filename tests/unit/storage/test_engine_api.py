@@ -75,6 +75,36 @@ def test_expired_values_read_as_absent_but_keep_their_version(open_engine):
     assert e.scan(None, None) == [(b"stays", b"v")]
 
 
+def test_tables_cached_whole_answer_gets_with_tombstones_and_expiry_over_older_values(
+    open_engine,
+):
+    """A table cached whole answers `get` from its dict of values (block_cache.py), where a
+    plain record is its value: a deleted or expiring key there must still hide the value below
+    it, and `get_version` still sees the version."""
+    e = open_engine(options=dict(background_threads=False))
+    keys = [b"k%04d" % i for i in range(400)]
+    for k in keys:
+        e.put(k, b"old " + k)
+    e.compact()  # the old values in the deepest level
+    for i, k in enumerate(keys):
+        if i % 4 == 0:
+            e.delete(k)
+        elif i % 4 == 1:
+            e.put(k, b"", expires_at_ms=1)  # expired
+        elif i % 4 == 2:
+            e.put(k, b"new " + k, expires_at_ms=2**50)
+    e.flush()  # the new versions in L0, above the old ones
+    want = {k: [None, None, b"new " + k, b"old " + k][i % 4] for i, k in enumerate(keys)}
+    for _ in range(2):  # the first pass caches every block, and so every table whole
+        assert {k: e.get(k) for k in keys} == want
+    tables = [t for files in e._view.all_levels for t in files]
+    assert len(e._view.l0) >= 1 and len(tables) >= 2
+    assert all(t.blocks[-1] is not None for t in tables), "not every table was cached whole"
+    assert e.get_version(keys[0]).tombstone and e.get_version(keys[1]).expires_at_ms == 1
+    assert e.get_version(keys[3]).value == b"old " + keys[3]
+    assert e.get(b"k9999") is None and e.get(b"k0000x") is None
+
+
 def test_scan_is_ordered_half_open_and_limited_over_all_levels(open_engine):
     e = open_engine()
     keys = [b"%05d" % i for i in range(0, 5000, 3)]
