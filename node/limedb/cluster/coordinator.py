@@ -308,17 +308,25 @@ class Coordinator:
                     )
             quorum = _Quorum(asyncio.get_running_loop(), groups, needs)
         payload = None
+        # Each replica's answer feeds the quorum through a plain callback: the local one from
+        # the batch's fsync, a peer's from the connection's reader (no future per replica).
         for node, ok in zip(targets, reachable, strict=True):
             if node == self.node_id:
-                pending = self.replica.apply_soon(mutation)
+                self.replica.apply_then(
+                    mutation, partial(self._local_answered, node, mutation, quorum)
+                )
             elif ok:
                 payload = payload or mutation.encode()
-                pending = self.call(node, rpc.REPLICATE, payload, self.timeout_s)
+                host, port = self.address_of(node)
+                self.client.peer(host, port).request_then(
+                    rpc.REPLICATE,
+                    payload,
+                    self.timeout_s,
+                    partial(self._peer_answered, node, mutation, quorum),
+                )
             else:
                 quorum.refused(node)
                 self._track(self._hint(node, mutation))
-                continue
-            pending.add_done_callback(partial(self._replica_answered, node, mutation, quorum))
         if not await quorum.future:
             self.counters["writes_unavailable"] += 1
             message = quorum.shortfall()
@@ -333,22 +341,42 @@ class Coordinator:
         replicas = self.membership.ring.replicas(key, self.rf)
         return WriteSet(replicas, replicas)
 
-    def _replica_answered(
+    def _local_answered(
         self,
         node: str,
         mutation: Mutation,
         quorum: _Quorum | _SingleQuorum,
-        answer: asyncio.Future,
+        applied: bool,
+        existed: bool,
+        error: BaseException | None,
     ) -> None:
-        error = answer.exception() if not answer.cancelled() else asyncio.CancelledError()
+        if error is None:
+            quorum.succeeded(node, existed)
+        else:
+            self._replica_failed(node, mutation, quorum, error)
+
+    def _peer_answered(
+        self,
+        node: str,
+        mutation: Mutation,
+        quorum: _Quorum | _SingleQuorum,
+        reply: bytes | None,
+        error: BaseException | None,
+    ) -> None:
         if error is None:
             # Only a delete reports whether a live value existed (replica.apply_soon).
-            existed = False
-            if mutation.tombstone:
-                result = answer.result()
-                _, existed = decode_applied(result) if isinstance(result, bytes) else result
+            existed = mutation.tombstone and decode_applied(reply)[1]  # type: ignore[arg-type]
             quorum.succeeded(node, existed)
-            return
+        else:
+            self._replica_failed(node, mutation, quorum, error)
+
+    def _replica_failed(
+        self,
+        node: str,
+        mutation: Mutation,
+        quorum: _Quorum | _SingleQuorum,
+        error: BaseException,
+    ) -> None:
         self.counters["replica_write_failures"] += 1
         full = _disk_full_reason(node, error)
         if full is not None:

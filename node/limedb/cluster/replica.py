@@ -9,7 +9,9 @@ local replicas in-process (no RPC to self) and remote ones through the RPC serve
 from __future__ import annotations
 
 import asyncio
+import logging
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 
@@ -20,6 +22,8 @@ from limedb.hlc import HLC, wall_millis
 from limedb.storage import WriteBatch
 from limedb.storage.errors import DiskFullError
 from limedb.storage.record import EXPIRES, TOMBSTONE, Rec, make_rec, newer
+
+log = logging.getLogger(__name__)
 
 _MUTATION = struct.Struct("!QQBI")  # ts, expires_at_ms (0 = never), tombstone, key length
 _VERSION = struct.Struct("!QQB")  # ts, expires_at_ms, tombstone
@@ -110,12 +114,28 @@ def decode_applied(data: bytes) -> tuple[bool, bool]:
     return bool(applied), bool(existed)
 
 
+# Who hears that a queued mutation is durable: how `_settle` answers a queue entry.
+_FUTURE = 0  # a future of (applied, existed): Replica.apply_soon
+_ENCODED = 1  # a future of the reply's wire encoding: Replica.handle_replicate
+_CALLBACK = 2  # a callable (applied, existed, error): Replica.apply_then
+_PEER = 3  # a peer's REPLICATE: its reply frame, sent on its connection (tag: request id)
+
+# A REPLICATE's reply frame, header and body in one pack.
+_REPLY_FRAME = struct.Struct("!IBIBB")
+
+# (mutation, existed, how it is answered, the future/callable/connection, the request id)
+_Queued = tuple[Mutation, bool, int, object, int]
+Applied = Callable[[bool, bool, "BaseException | None"], None]
+
+
 class Replica:
     """Applies mutations and answers reads against this node's engine.
 
     Mutations queued during one event-loop turn (from every peer connection and from the local
     coordinator) are written as one WriteBatch: one WAL record and one durable wait for all of
-    them, instead of one per mutation.
+    them, instead of one per mutation. A peer's REPLICATE is answered straight from that wait:
+    its reply frame is built and written with the batch's others on its connection, with no
+    future or callback of its own.
     """
 
     def __init__(self, engine, hlc: HLC, clock: ClockOffsets | None = None) -> None:
@@ -126,7 +146,7 @@ class Replica:
         # The engine's own clock observes every timestamp it applies; only a separate clock
         # needs to be told here.
         self._observe = hlc is not engine.hlc
-        self._queue: list[tuple[Mutation, asyncio.Future, bool, bool]] = []
+        self._queue: list[_Queued] = []
         # False while this node waits to be replaced (it came back on an empty disk under a
         # listed identity, limedb.cluster.rejoin): its "not found" would be a lost write.
         self.serves_reads = True
@@ -143,14 +163,27 @@ class Replica:
     def apply_soon(self, mutation: Mutation, *, encoded: bool = False) -> asyncio.Future:
         """Queue one mutation; once it is durable the future resolves to (applied, a live
         value existed before), or to that reply's wire encoding when `encoded`."""
-        loop = asyncio.get_running_loop()
-        future = loop.create_future()
+        future = asyncio.get_running_loop().create_future()
+        try:
+            self._enqueue(mutation, _ENCODED if encoded else _FUTURE, future, 0)
+        except TimestampRefused as exc:
+            future.set_exception(exc)
+        return future
+
+    def apply_then(self, mutation: Mutation, done: Applied) -> None:
+        """`apply_soon` answered through `done(applied, existed, error)`, called once the
+        mutation is durable (or refused: then at once) - no future (the local replica of a
+        coordinator's write feeds its quorum so)."""
+        try:
+            self._enqueue(mutation, _CALLBACK, done, 0)
+        except TimestampRefused as exc:
+            done(False, False, exc)
+
+    def _enqueue(self, mutation: Mutation, how: int, sink: object, request_id: int) -> None:
+        """Admit and queue one mutation for this loop turn's batch; TimestampRefused when its
+        timestamp lies beyond the maximum clock offset."""
         if self.clock is not None:
-            try:
-                self.clock.admit(mutation.ts)
-            except TimestampRefused as exc:
-                future.set_exception(exc)
-                return future
+            self.clock.admit(mutation.ts)
         if self._observe:
             self.hlc.observe(mutation.ts)
         existed = False
@@ -159,9 +192,8 @@ class Replica:
             before = self.engine.get_version(storage_key(mutation.key))
             existed = before is not None and before.live(self.now_ms())
         if not self._queue:
-            loop.call_soon(self._write_queued)
-        self._queue.append((mutation, future, existed, encoded))
-        return future
+            asyncio.get_running_loop().call_soon(self._write_queued)
+        self._queue.append((mutation, existed, how, sink, request_id))
 
     async def apply(self, mutation: Mutation) -> tuple[bool, bool]:
         return await self.apply_soon(mutation)
@@ -173,7 +205,8 @@ class Replica:
     def _write_queued(self) -> None:
         queued, self._queue = self._queue, []
         batch = WriteBatch()
-        for mutation, _, _, _ in queued:
+        for entry in queued:
+            mutation = entry[0]
             skey = storage_key(mutation.key)
             if mutation.tombstone:
                 batch.delete(skey, mutation.ts)
@@ -181,16 +214,12 @@ class Replica:
                 batch.put(skey, mutation.value, mutation.ts, mutation.expires_at_ms)
         self.batches += 1
         self.applied += len(queued)
-        # Applied now; acknowledged once durable (one future for the whole batch, no task).
+        # Applied now; acknowledged once durable: the syncer's wake-up answers the whole batch
+        # (no future, no task).
         try:
-            results, durable = self.engine.write_soon(batch)
+            self.engine.write_then(batch, partial(_settle, queued))
         except Exception as exc:  # e.g. the engine is closed or its disk full: all hear it
             _settle(queued, None, exc)
-            return
-        if durable is None:
-            _settle(queued, results, None)
-        else:
-            durable.add_done_callback(partial(_settle_durable, queued, results))
 
     # RPC handlers: bytes in, bytes (or a future of bytes) out.
 
@@ -202,26 +231,21 @@ class Replica:
     def handle_replicate(self, body: bytes) -> asyncio.Future:
         return self.apply_soon(Mutation.decode(body), encoded=True)
 
+    def replicate_deferred(self, body: bytes, connection: rpc.Replies, request_id: int) -> None:
+        """A peer's REPLICATE, answered on `connection` once durable (rpc.DeferredHandler); a
+        refused timestamp is answered at once."""
+        self._enqueue(Mutation.decode(body), _PEER, connection, request_id)
+
     def register(self, server: rpc.RpcServer) -> None:
         server.register(rpc.READ, self.handle_read)
-        server.register(rpc.REPLICATE, self.handle_replicate)
+        server.register_deferred(rpc.REPLICATE, self.replicate_deferred)
 
 
-def _settle_durable(
-    queued: list[tuple[Mutation, asyncio.Future, bool, bool]],
-    results: list[bool],
-    durable: asyncio.Future,
-) -> None:
-    error = durable.exception() if not durable.cancelled() else asyncio.CancelledError()
-    _settle(queued, None if error is not None else results, error)
-
-
-def _settle(
-    queued: list[tuple[Mutation, asyncio.Future, bool, bool]],
-    results: list[bool] | None,
-    error: BaseException | None,
-) -> None:
-    """Answer every queued mutation: `results` once durable, else `error`."""
+def _settle(queued: list[_Queued], results: list[bool] | None, error: BaseException | None) -> None:
+    """Answer every queued mutation: `results` once durable, else `error`. The replies to
+    peers go out as one write per connection."""
+    if error is not None:
+        results = None
     # A full disk travels to a remote coordinator as its own code: that coordinator answers
     # 507 (not 503) when this failure costs the write its quorum, and hints this replica.
     remote_error = (
@@ -229,12 +253,32 @@ def _settle(
         if isinstance(error, DiskFullError)
         else error
     )
-    for i, (_, future, existed, encoded) in enumerate(queued):
-        if future.done():
-            continue
-        if results is None:
-            future.set_exception(remote_error if encoded else error)  # type: ignore[arg-type]
-        elif encoded:
-            future.set_result(encode_applied(bool(results[i]), existed))
-        else:
-            future.set_result((bool(results[i]), existed))
+    replies: dict[rpc.Replies, list[bytes]] = {}
+    for i, (_, existed, how, sink, request_id) in enumerate(queued):
+        if how == _PEER:
+            if results is None:
+                frame = rpc.error_frame(request_id, remote_error)  # type: ignore[arg-type]
+            else:
+                frame = _REPLY_FRAME.pack(_APPLIED.size, rpc.REPLY, request_id, results[i], existed)
+            frames = replies.get(sink)  # type: ignore[call-overload]
+            if frames is None:
+                replies[sink] = [frame]  # type: ignore[index]
+            else:
+                frames.append(frame)
+        elif how == _CALLBACK:
+            try:
+                if results is None:
+                    sink(False, False, error)  # type: ignore[operator]
+                else:
+                    sink(bool(results[i]), existed, None)  # type: ignore[operator]
+            except Exception:  # the batch's other writers must still hear their answer
+                log.exception("a replica write's callback failed")
+        elif not sink.done():  # type: ignore[attr-defined]
+            if results is None:
+                sink.set_exception(remote_error if how == _ENCODED else error)  # type: ignore[attr-defined]
+            elif how == _ENCODED:
+                sink.set_result(encode_applied(bool(results[i]), existed))  # type: ignore[attr-defined]
+            else:
+                sink.set_result((bool(results[i]), existed))  # type: ignore[attr-defined]
+    for connection, frames in replies.items():
+        connection.send_now(frames)

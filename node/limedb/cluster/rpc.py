@@ -39,6 +39,7 @@ import struct
 import time
 from collections.abc import Awaitable, Callable
 from functools import partial
+from typing import Protocol
 
 from limedb.cluster import deadline
 from limedb.tls import TlsMaterial
@@ -98,8 +99,23 @@ FAILED = 500
 TIMESTAMP_REFUSED = 422  # a timestamp beyond the maximum clock offset (cluster.clock_offset)
 
 Handler = Callable[[bytes], "bytes | Awaitable[bytes]"]
+# A handler that answers later, without a future per request: it gets the request body, the
+# connection and the request id, and sends its reply frame through `Replies.send_now`
+# (limedb.cluster.replica answers every REPLICATE of a batch once its fsync covers them).
+DeferredHandler = Callable[[bytes, "Replies", int], None]
+# How a request sent with `PeerConnection.request_then` is answered: (reply body, None) or
+# (None, the error), called from the connection's data_received (no future, no loop hop).
+Answer = Callable[["bytes | None", "BaseException | None"], None]
 # Send one request to a node by id: (node, kind, payload, timeout_s) -> the reply body.
 Call = Callable[[str, int, bytes, float], Awaitable[bytes]]
+
+
+class Replies(Protocol):
+    """A server connection, as a deferred handler answers through it."""
+
+    def send(self, frame: bytes) -> None: ...
+
+    def send_now(self, frames: list[bytes]) -> None: ...
 
 
 class RpcError(Exception):
@@ -125,6 +141,13 @@ class PeerUnavailable(Exception):
 
 def encode_frame(kind: int, request_id: int, payload: bytes) -> bytes:
     return HEADER.pack(len(payload), kind, request_id) + payload
+
+
+def error_frame(request_id: int, exc: BaseException) -> bytes:
+    """The ERROR frame a handler's failure becomes: its code for an RpcError, else 500."""
+    if isinstance(exc, RpcError):
+        return encode_frame(ERROR, request_id, error_payload(exc.code, exc.message))
+    return encode_frame(ERROR, request_id, error_payload(FAILED, f"{type(exc).__name__}: {exc}"))
 
 
 def error_payload(code: int, message: str) -> bytes:
@@ -183,6 +206,13 @@ class _FramedProtocol(asyncio.Protocol):
         if not self._flush_scheduled:
             self._flush_scheduled = True
             self.loop.call_soon(self._flush)
+
+    def send_now(self, frames: list[bytes]) -> None:
+        """Send `frames` (and whatever waits for this turn's flush) with one write now; from a
+        callback that answers many requests at once."""
+        self._out.extend(frames)
+        if not self._flush_scheduled and self._out:
+            self._flush()
 
     def _flush(self) -> None:
         self._flush_scheduled = False
@@ -276,6 +306,7 @@ class RpcServer:
         self.hello_timeouts = 0  # strangers closed for not presenting the secret in time
         self._tls = tls if tls is not None and tls.serves("internal") else None
         self._handlers: dict[int, Handler] = {HELLO: lambda _: b"", PING: lambda _: b""}
+        self._deferred: dict[int, DeferredHandler] = {}
         self._server: asyncio.base_events.Server | SniffingListener | None = None
         self._connections: set[_ServerProtocol] = set()
         self.stalls = deadline.LoopStalls()
@@ -286,6 +317,12 @@ class RpcServer:
 
     def register(self, kind: int, handler: Handler) -> None:
         self._handlers[kind] = handler
+        self._deferred.pop(kind, None)
+
+    def register_deferred(self, kind: int, handler: DeferredHandler) -> None:
+        """`handler(body, connection, request_id)` answers through `connection.send_now`."""
+        self._deferred[kind] = handler
+        self._handlers.pop(kind, None)
 
     async def start(self, host: str, port: int) -> None:
         self._server = await listen(
@@ -388,7 +425,8 @@ class _ServerProtocol(_FramedProtocol):
             self.send(encode_frame(REPLY, request_id, b""))
             return
         handler = server._handlers.get(kind)
-        if handler is None:
+        deferred = server._deferred.get(kind) if handler is None else None
+        if handler is None and deferred is None:
             self._error(request_id, NOT_FOUND, f"unknown request kind {kind}")
             return
         if len(payload) < DEADLINE.size:
@@ -401,8 +439,14 @@ class _ServerProtocol(_FramedProtocol):
             return
         server.served += 1
         _PEER.set(self._peer)
+        if deferred is not None:
+            try:
+                deferred(payload[DEADLINE.size :], self, request_id)
+            except Exception as exc:  # a bad request must not kill the connection
+                self.send(error_frame(request_id, exc))
+            return
         try:
-            result = handler(payload[DEADLINE.size :])
+            result = handler(payload[DEADLINE.size :])  # type: ignore[misc]
         except RpcError as exc:
             self._error(request_id, exc.code, exc.message)
             return
@@ -465,17 +509,24 @@ class _ClientProtocol(_FramedProtocol):
 
     def __init__(self) -> None:
         super().__init__()
-        # request id -> (future, loop time after which nobody waits for the reply, sent at)
-        self.pending: dict[int, tuple[asyncio.Future, float, float]] = {}
+        # request id -> (future, or None for a request answered through its callback; loop
+        # time after which nobody waits for the reply; sent at; that callback, or None)
+        self.pending: dict[int, tuple[asyncio.Future | None, float, float, Answer | None]] = {}
         self.closed = False
         self.auth_error: RpcError | None = None
         self._sweeping = False
         self.last_received = self.loop.time()
         self.silent_closes = 0
 
-    def track(self, request_id: int, future: asyncio.Future, timeout_s: float) -> None:
+    def track(
+        self,
+        request_id: int,
+        future: asyncio.Future | None,
+        timeout_s: float,
+        answer: Answer | None = None,
+    ) -> None:
         now = self.loop.time()
-        self.pending[request_id] = (future, now + timeout_s, now)
+        self.pending[request_id] = (future, now + timeout_s, now, answer)
         if not self._sweeping:
             self._sweeping = True
             self.loop.call_later(self.SWEEP_S, self._sweep)
@@ -486,13 +537,12 @@ class _ClientProtocol(_FramedProtocol):
 
     def _sweep(self) -> None:
         now = self.loop.time()
-        expired = [rid for rid, (_, due, _) in self.pending.items() if due <= now]
+        expired = [rid for rid, (_, due, _, _) in self.pending.items() if due <= now]
         silent = False
         for rid in expired:
-            future, _, sent = self.pending.pop(rid)
+            future, _, sent, answer = self.pending.pop(rid)
             silent = silent or sent >= self.last_received
-            if not future.done():
-                future.set_exception(PeerUnavailable("no reply before the deadline"))
+            _fail(future, answer, PeerUnavailable("no reply before the deadline"))
         if silent and not self.closed and self.transport is not None:
             self.silent_closes += 1
             self.closed = True  # callers from now on connect afresh
@@ -504,30 +554,47 @@ class _ClientProtocol(_FramedProtocol):
 
     def frame_received(self, kind: int, request_id: int, payload: bytes) -> None:
         entry = self.pending.pop(request_id, None)
-        future = entry[0] if entry is not None else None
         if kind == ERROR:
             error = decode_error(payload)
             if error.code == UNAUTHORIZED:
                 # Every request queued behind a refused HELLO fails with the same 401.
                 self.auth_error = error
-            if future is not None and not future.done():
-                future.set_exception(error)
+            if entry is not None:
+                _fail(entry[0], entry[3], error)
             return
-        if future is None or future.done():
+        if entry is None:
             return
-        if kind == REPLY:
+        future, _, _, answer = entry
+        if kind != REPLY:
+            _fail(future, answer, RpcError(FAILED, f"unexpected frame kind {kind}"))
+        elif answer is not None:
+            _answer(answer, payload, None)
+        elif future is not None and not future.done():
             future.set_result(payload)
-        else:
-            future.set_exception(RpcError(FAILED, f"unexpected frame kind {kind}"))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         pending, self.pending = self.pending, {}
-        for future, _, _ in pending.values():
-            if not future.done():
-                future.set_exception(
-                    self.auth_error or PeerUnavailable(f"connection lost: {exc or 'closed'}")
-                )
+        for future, _, _, answer in pending.values():
+            _fail(
+                future,
+                answer,
+                self.auth_error or PeerUnavailable(f"connection lost: {exc or 'closed'}"),
+            )
+
+
+def _answer(answer: Answer, payload: bytes | None, error: BaseException | None) -> None:
+    try:
+        answer(payload, error)
+    except Exception:  # the connection's reader must outlive a failing callback
+        log.exception("an RPC reply's callback failed")
+
+
+def _fail(future: asyncio.Future | None, answer: Answer | None, error: BaseException) -> None:
+    if answer is not None:
+        _answer(answer, None, error)
+    elif future is not None and not future.done():
+        future.set_exception(error)
 
 
 UNTRUSTED_WARNING_EVERY_S = 60.0
@@ -636,6 +703,21 @@ class PeerConnection:
             return asyncio.ensure_future(self._connect_and_call(kind, payload, timeout_s))
         return self._start_call(protocol, kind, payload, timeout_s)
 
+    def request_then(self, kind: int, payload: bytes, timeout_s: float, answer: Answer) -> None:
+        """`request` answered through `answer(reply, error)` instead of a future: on the
+        connected path no future and no loop hop per request (the coordinator's replica
+        writes feed their quorum from here)."""
+        protocol = self._protocol
+        if protocol is None or protocol.closed:
+            connecting = asyncio.ensure_future(self._connect_and_call(kind, payload, timeout_s))
+            connecting.add_done_callback(partial(_forward, answer))
+            return
+        request_id = next(self._ids) & 0xFFFFFFFF
+        protocol.track(request_id, None, timeout_s, answer)
+        budget = deadline.budget_ms(timeout_s)
+        head = REQUEST_HEADER.pack(len(payload) + DEADLINE.size, kind, request_id, budget)
+        protocol.send(head + payload)
+
     async def _connect_and_call(self, kind: int, payload: bytes, timeout_s: float) -> bytes:
         await self._get_protocol()
         return await self.request(kind, payload, timeout_s)
@@ -648,6 +730,15 @@ class PeerConnection:
         if self._protocol is not None and self._protocol.transport is not None:
             self._protocol.transport.close()
         self._protocol = None
+
+
+def _forward(answer: Answer, future: asyncio.Future) -> None:
+    if future.cancelled():
+        _answer(answer, None, PeerUnavailable("cancelled"))
+    elif future.exception() is not None:
+        _answer(answer, None, future.exception())
+    else:
+        _answer(answer, future.result(), None)
 
 
 def _consume(future: asyncio.Future) -> None:

@@ -16,12 +16,12 @@ a crash can lose a write that someone read but that was never acknowledged, neve
 
 from __future__ import annotations
 
-import asyncio
 import os
 import threading
 import time
 from bisect import bisect_left
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from functools import partial
 from typing import Any
 
 from limedb.hlc import HLC
@@ -374,12 +374,18 @@ class Engine:
         await self._syncer.durable_async(seq)
         return results
 
-    def write_soon(self, batch: WriteBatch) -> tuple[list[bool], asyncio.Future | None]:
-        """`write_async` without a coroutine: the batch is applied now (per op, whether it was
-        applied); the future, None when there is nothing to wait for, resolves once the batch
-        is durable. Raises at once what `write_async` would (engine closed, disk full)."""
+    def write_then(
+        self,
+        batch: WriteBatch,
+        done: Callable[[list[bool], BaseException | None], None],
+    ) -> None:
+        """`write_async` without a coroutine: the batch is applied now, and `done(results, None)`
+        is called once it is durable (at once when there is nothing to wait for), or
+        `done(results, error)` when it could not be made durable. Raises at once what
+        `write_async` would (engine closed, disk full); `done` is not called then."""
         results, seq = self._apply_batch(batch)
-        return results, self._syncer.durable_soon(seq)
+        if not self._syncer.durable_then(seq, partial(done, results)):
+            done(results, None)
 
     async def put_async(
         self, key: bytes, value: bytes, *, ts: int | None = None, expires_at_ms: int | None = None

@@ -26,9 +26,18 @@ log = logging.getLogger("limedb.storage")
 SPACE_RETRY_S = 0.1
 
 
-def _resolve(futures: list[asyncio.Future], exc: BaseException | None) -> None:
-    for fut in futures:
-        if not fut.done():
+# What waits for a sequence to be durable: a future, or a callable told (None or the error).
+Durable = Callable[[BaseException | None], None]
+
+
+def _resolve(waiting: list, exc: BaseException | None) -> None:
+    for fut in waiting:
+        if not isinstance(fut, asyncio.Future):
+            try:
+                fut(exc)
+            except Exception:  # the others still hear theirs
+                log.exception("a durable-write callback failed")
+        elif not fut.done():
             if exc is None:
                 fut.set_result(None)
             else:
@@ -53,7 +62,7 @@ class LogSyncer:
         self._sync_mode = self._durability == "sync"
         self._buffer_bytes = ctx.opts.wal_buffer_bytes
         self.synced_seq = writer.seq
-        self._waiters: list[tuple[int, asyncio.AbstractEventLoop, asyncio.Future]] = []
+        self._waiters: list[tuple[int, asyncio.AbstractEventLoop, asyncio.Future | Durable]] = []
         self._redo: list[bytes] = []  # frames not yet durable, for the next fresh log
         self._broken: list[WalWriter] = []  # logs to cut back to their last durable frame
         self._next_space_check = 0.0
@@ -103,17 +112,35 @@ class LogSyncer:
             return None
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
+        return fut if self._park(seq, loop, fut) else None
+
+    def durable_then(self, seq: int, done: Durable) -> bool:
+        """`durable_soon` with a callable: `done(None)` (or `done(error)`) is called on the
+        event loop once `seq` is durable, straight from the syncer's wake-up, with no future
+        and no further loop hop. False when there is nothing to wait for (`done` is not
+        called then)."""
+        if self._durability != "sync":
+            if self._writer.wal.pending_bytes >= self._ctx.opts.wal_buffer_bytes:
+                self._ctx.sync_wake.set()
+            return False
+        if self.synced_seq >= seq:
+            return False
+        return self._park(seq, asyncio.get_running_loop(), done)
+
+    def _park(
+        self, seq: int, loop: asyncio.AbstractEventLoop, waiter: asyncio.Future | Durable
+    ) -> bool:
         with self._ctx.mutex:
             if self.synced_seq >= seq:
-                return None
+                return False
             self._ctx.check_open()
             waiters = self._waiters
-            waiters.append((seq, loop, fut))
+            waiters.append((seq, loop, waiter))
             # Only the first waiter since the syncer last took the list needs to wake it.
             wake = len(waiters) == 1
         if wake:
             self._ctx.sync_wake.set()
-        return fut
+        return True
 
     # ------------------------------------------------------------------ writing out
 

@@ -109,6 +109,16 @@ class _Peer:
             return pending
         return self.peers.answer(self.node, kind, payload)
 
+    def request_then(self, kind: int, payload: bytes, timeout_s: float, answer: rpc.Answer) -> None:
+        """`request`, answered through `answer(reply, error)` as rpc.PeerConnection does."""
+        self.request(kind, payload, timeout_s).add_done_callback(
+            lambda done: (
+                answer(None, done.exception())
+                if done.exception() is not None
+                else answer(done.result(), None)
+            )
+        )
+
 
 @dataclass
 class Cluster:

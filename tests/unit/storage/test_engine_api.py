@@ -232,20 +232,29 @@ def test_sync_mode_acknowledges_only_after_the_wal_is_fsynced():
         assert e2.get(b"a") == b"1"
 
 
-def test_write_soon_applies_now_and_its_future_resolves_only_once_fsynced():
-    """`write_soon` (the replica's batched write, no coroutine): the batch is visible at once,
-    and the future it returns resolves only after the fsync that makes it survive a crash."""
+def test_write_then_applies_now_and_calls_back_only_once_fsynced():
+    """`write_then` (the replica's batched write: no coroutine, no future): the batch is
+    visible at once, and its callback runs only after the fsync that makes it survive a
+    crash."""
     fs = CrashableMemFS(seed=2)
     e = Engine.open("/db", EngineOptions(durability="sync"), fs=fs)
 
     async def main():
         syncs = fs.syncs
-        results, durable = e.write_soon(WriteBatch().put(b"a", b"1", ts=pack(7_000)).delete(b"b"))
-        assert results == [True, True]
+        heard: list = []
+        called = asyncio.Event()
+
+        def durable(results, error):
+            heard.append((results, error, fs.syncs))
+            called.set()
+
+        e.write_then(WriteBatch().put(b"a", b"1", ts=pack(7_000)).delete(b"b"), durable)
         assert e.get(b"a") == b"1"
-        assert durable is not None
-        await durable
-        assert fs.syncs > syncs
+        assert heard == []  # not before the syncer's fsync
+        await asyncio.wait_for(called.wait(), 10)
+        [(results, error, synced_at)] = heard
+        assert results == [True, True] and error is None
+        assert synced_at > syncs
 
     asyncio.run(main())
     after = fs.crash(tear=True)
