@@ -149,6 +149,7 @@ class Engine:
             lambda: self._view,
             lambda items: self.write(WriteBatch(as_batch_ops(items))),
             self._compactor.lock,
+            self._workers,
         )
         with ctx.mutex:
             self._publish_locked()

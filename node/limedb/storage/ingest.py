@@ -20,10 +20,12 @@ memtables. Per key of the external table:
 - nobody holds it: the entry stays.
 The look-ups go from the engine's side when it holds few keys in the external table's key span
 (a joining node holds only the writes made during the transition): those keys are gathered
-once, with their newest version in the memtables and in the tables, and compared with the
-external table block by block (a set intersection per block), so the external table's keys
-are decoded and hashed once and never looked up one by one; where the engine holds more
-(a node taking over ranges between ranges it already holds), every external key is looked up.
+once, with their newest version in the memtables and in the tables, and the external table is
+sorted out against them (storage/ingest_plan.py: only the blocks that may hold one of them are
+decoded, every key is hashed once for the engine-wide filter) in a low-priority worker process
+when the table is big, so the serving process neither decodes nor hashes it; where the engine
+holds more (a node taking over ranges between ranges it already holds), every external key is
+looked up, in this process.
 Flushes (and range purges) are held off from the look-ups to the install, so no table gains a
 key meanwhile; writes are not: the keys they put in a memtable are compared under the mutex,
 at the instant the table becomes visible, and where the external version is newer it is
@@ -41,18 +43,21 @@ from __future__ import annotations
 
 import posixpath
 import threading
+from array import array
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .block_cache import BlockCache
-from .bloom import GlobalFilter, build_words, key_hash
+from .bloom import GlobalFilter, build_words, key_hash, probe_mask
 from .checkpoint import place_table
 from .context import EngineContext
 from .engine_filter import EngineFilter
 from .errors import StorageError
 from .flush import Flusher
+from .ingest_plan import Sorted, decide, sort_out
 from .manifest import VersionEdit
 from .memtable import FrozenMemtable, Memtable
+from .offload import OFFLOAD_MIN_BYTES, Offloader, WorkerError
 from .record import EXPIRES, TOMBSTONE, Rec, newer
 from .snapshot import View, tables_lookup
 from .sstable import TableBuilder, TableMeta, TableReader, table_name
@@ -81,12 +86,7 @@ class IngestResult:
     levels: list[int] = field(default_factory=list)  # each table's level
 
 
-def decide(ext: Rec, in_memtable: Rec | None, in_tables: Rec | None) -> tuple[bool, bool]:
-    """(keep the entry in the ingested table, write it through the write path) for an external
-    version, given the newest version a memtable holds and the newest a table holds."""
-    stored = in_memtable if in_memtable is not None else in_tables
-    write = stored is not None and newer(ext, stored)
-    return in_tables is None, write
+__all__ = ["IngestResult", "Ingester", "as_batch_ops", "decide", "fit_level"]
 
 
 def _table_lookup(view: View, key: bytes) -> Rec | None:
@@ -106,13 +106,18 @@ class _Plan:
     """One external table, sorted out against the engine."""
 
     reader: TableReader
-    kept_hashes: list[int] = field(default_factory=list)
-    kept_keys: set[bytes] = field(default_factory=set)
+    # The filter contribution: the hashes of the kept keys (or of every key: a table holds
+    # the left-out ones), as filter words.
+    words: array = field(default_factory=lambda: array("Q"))
     dropped: set[bytes] = field(default_factory=set)
     to_write: list[tuple[bytes, Rec]] = field(default_factory=list)
     superseded: int = 0  # versions that lose to (or equal) the stored one
     # Keys whose memtable version the plan compared: a later write there is newer still.
     compared: set[bytes] = field(default_factory=set)
+
+    @property
+    def kept(self) -> int:
+        return self.reader.entries - len(self.dropped)
 
 
 class Ingester:
@@ -126,8 +131,10 @@ class Ingester:
         view: Callable[[], View],
         write: Callable[[list[tuple[bytes, Rec]]], None],
         compaction_lock: threading.Lock,
+        workers: Offloader | None = None,
     ) -> None:
         self._ctx = ctx
+        self._workers = workers
         self._compaction_lock = compaction_lock
         self._versions = versions
         self._writer = writer
@@ -185,28 +192,46 @@ class Ingester:
         if stored is None:
             return self._plan_by_key(reader)
         in_mem, in_tables = stored
-        plan = _Plan(reader, compared=set(in_mem))
-        candidates = in_mem.keys() | in_tables.keys()
-        for i in range(reader.nblocks):
-            blk = reader.load_block(i)
-            plan.kept_keys.update(blk)
-            # Hashes of left-out keys too: a table holds them, so the filter has them already.
-            plan.kept_hashes.extend(map(key_hash, blk))
-            for key in candidates.intersection(blk) if candidates else ():
-                mem_rec, table_rec = in_mem.get(key), in_tables.get(key)
-                keep, write = decide(blk[key], mem_rec, table_rec)
-                if not write:
-                    plan.superseded += 1
-                if not keep:
-                    plan.kept_keys.discard(key)
-                    plan.dropped.add(key)
-                if write:
-                    plan.to_write.append((key, blk[key]))
-        return plan
+        out = self._sort_out(reader, in_mem, in_tables)
+        words = array("Q")
+        words.frombytes(out.words)
+        return _Plan(
+            reader,
+            words,
+            set(out.dropped),
+            out.to_write,
+            out.superseded,
+            compared=set(in_mem),
+        )
+
+    def _sort_out(
+        self, reader: TableReader, in_mem: dict[bytes, Rec], in_tables: dict[bytes, Rec]
+    ) -> Sorted:
+        """`ingest_plan.sort_out` of `reader`, in a low-priority worker process when the table
+        is big (a worker failing sorts it out here: a damaged table then raises here too)."""
+        ctx = self._ctx
+        nwords = self._filter.words_for_table(reader.entries)
+        pool = None
+        if self._workers is not None and reader.size >= OFFLOAD_MIN_BYTES:
+            pool = self._workers.get(background=True)
+        if pool is not None:
+            try:
+                return pool.call("ingest_plan", reader.path, nwords, in_mem, in_tables)
+            except (WorkerError, OSError) as exc:
+                if ctx.closing:
+                    raise
+                failed: BaseException | None = exc
+        else:
+            failed = None
+        out = sort_out(ctx.fs, reader.path, nwords, in_mem, in_tables)
+        if failed is not None and self._workers is not None:
+            self._workers.failed("ingest plan", failed)
+        return out
 
     def _plan_by_key(self, reader: TableReader) -> _Plan:
         """Look up every key of the external table in the engine."""
         plan = _Plan(reader)
+        kept_hashes: list[int] = []
         current = self._view
         for i in range(reader.nblocks):
             for key, rec in reader.load_block(i).items():
@@ -216,12 +241,12 @@ class Ingester:
                 if not write and (in_mem is not None or in_tables is not None):
                     plan.superseded += 1
                 if keep:
-                    plan.kept_keys.add(key)
-                    plan.kept_hashes.append(key_hash(key))
+                    kept_hashes.append(key_hash(key))
                 else:
                     plan.dropped.add(key)
                 if write:
                     plan.to_write.append((key, rec))
+        plan.words = build_words(kept_hashes, self._filter.words_for_table(len(kept_hashes)))
         return plan
 
     def _place(
@@ -235,7 +260,7 @@ class Ingester:
         placed: list[str] = []
         try:
             for plan in plans:
-                if not plan.kept_keys:
+                if not plan.kept:
                     continue
                 no = versions.new_file_no()
                 dst = ctx.path(table_name(no))
@@ -246,12 +271,12 @@ class Ingester:
                     place_table(ctx.fs, plan.reader.path, dst, True)
             if placed:
                 ctx.fs.fsync_dir(ctx.dir)
-            for plan, dst in zip([p for p in plans if p.kept_keys], placed, strict=True):
+            for plan, dst in zip([p for p in plans if p.kept], placed, strict=True):
                 no = int(posixpath.basename(dst)[:-4])
                 table = versions.open_table(no)
                 lvl = fit_level(versions.levels, table) if deep else 0
                 added.append((lvl, table))
-                if added[-1][1].entries != len(plan.kept_keys):
+                if added[-1][1].entries != plan.kept:
                     raise StorageError(f"ingested table {dst} does not hold the kept entries")
         except BaseException:
             versions.discard_unlisted(placed)
@@ -279,10 +304,7 @@ class Ingester:
         """One MANIFEST edit for every table; returns the versions that writes made during the
         ingest left older in a memtable (to be written through the write path)."""
         ctx, writer = self._ctx, self._writer
-        kept = [p for p in plans if p.kept_keys]
-        entries = sum(t.entries for _, t in added)
-        nwords = self._filter.words_for_table(entries)
-        contrib = build_words([h for p in kept for h in p.kept_hashes], nwords)
+        kept = [p for p in plans if p.kept]
         metas = [
             (lvl, TableMeta(t.file_no, t.size, t.entries, t.smallest, t.largest))
             for lvl, t in added
@@ -292,7 +314,8 @@ class Ingester:
         max_ts = max(t.max_ts for _, t in added)
 
         def add_to_filter() -> None:
-            self._filter.add_table(contrib, entries, ingested=True)
+            for plan, (_, table) in zip(kept, added, strict=True):
+                self._filter.add_table(plan.words, table.entries, ingested=True)
 
         def applied() -> None:
             # Under the mutex, as the tables become visible: from now on every write is
@@ -301,7 +324,7 @@ class Ingester:
             for plan, (_, table) in zip(kept, added, strict=True):
                 pending = {k for k, _ in plan.to_write} | plan.compared
                 for mem in (writer.mem, writer.imm):
-                    late.extend(_older_in(mem, plan.kept_keys, table, pending))
+                    late.extend(_older_in(mem, table, plan.dropped, pending))
             ctx.publish()
 
         # L0 (ordered by file number on open): no flush is under way, so every later flush
@@ -359,16 +382,22 @@ def _stored_in_span(
 
 
 def _older_in(
-    mem: Memtable | None, keys: set[bytes], table: TableReader, pending: set[bytes]
+    mem: Memtable | None, table: TableReader, dropped: set[bytes], pending: set[bytes]
 ) -> list[tuple[bytes, Rec]]:
-    """(key, the table's version) where `mem` holds an older version of a key of the table
-    (keys in `pending` are written anyway)."""
+    """(key, the table's version) where `mem` holds an older version of a key the table
+    holds (keys in `pending` are written anyway, `dropped` ones are not in it)."""
     if mem is None or not mem.data:
         return []
     out = []
-    for key in keys.intersection(mem.data) - pending:
+    lo, hi, data = table.smallest, table.largest, mem.data
+    for key in data:
+        if key < lo or key > hi or key in pending or key in dropped:
+            continue
+        h = key_hash(key)
+        if not table.may_contain(h, probe_mask(h)):
+            continue
         rec = table.get(key)
-        if rec is not None and newer(rec, mem.data[key]):
+        if rec is not None and newer(rec, data[key]):
             out.append((key, rec))
     return out
 

@@ -4,7 +4,8 @@ A flush worker gets the frozen memtable's entries, unsorted, as a stream of smal
 (one pickle of a whole 16 MiB memtable held the GIL, and so the event loop, for ~100 ms; a chunk
 takes ~1 ms, and the pipe writes between chunks release the GIL), sorts them and writes the L0
 table; a compaction worker merges input tables into output tables; a filter worker hashes every
-key of the tables for the engine-wide filter. Workers only create files with numbers the engine
+key of the tables for the engine-wide filter; an ingest's plan sorts an external table out
+(storage/ingest_plan.py). Workers only create files with numbers the engine
 reserved; the engine alone edits the MANIFEST and installs results.
 
 Workers are plain `python -c "...offload import serve; serve()"` children speaking length-prefixed pickles
@@ -31,7 +32,7 @@ from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
-from . import export
+from . import export, ingest_plan
 from .block_cache import BlockCache
 from .bloom import add_hashes, key_hash, pair_words
 from .compaction import Compaction, RateLimiter, run
@@ -181,6 +182,7 @@ _JOBS = {
     "compact": compact,
     "export_ranges": export.cut_in_worker,
     "global_filter": global_filter,
+    "ingest_plan": ingest_plan.sort_out_in_worker,
 }
 
 

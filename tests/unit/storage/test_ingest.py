@@ -223,6 +223,46 @@ def test_a_damaged_table_is_refused_and_changes_nothing(open_engine, tmp_path):
     assert sorted(n for n in os.listdir(tmp_path / "db") if n.endswith(".sst")) == []
 
 
+def _big_external(path: str, n: int) -> str:
+    """An external table of `n` keys (over OFFLOAD_MIN_BYTES for n >= 10,000)."""
+    return _external(path, {_key(i): _val(BASE + 100, b"ext%d" % i + b"." * 120) for i in range(n)})
+
+
+def test_a_big_table_is_sorted_out_in_a_low_priority_worker(open_engine, tmp_path):
+    e = open_engine(options=dict(SMALL, memtable_bytes=1 << 20))
+    for i in range(0, 12_000, 1000):
+        e.put(_key(i), b"older", ts=BASE)  # flushed: a table holds these
+    e.flush()
+    for i in range(500, 12_000, 1000):
+        e.put(_key(i), b"newer", ts=BASE + 200)  # in the memtable
+    e.put(_key(501), b"older", ts=BASE)
+    res = e.ingest([_big_external(str(tmp_path / "in.sst"), 12_000)])
+    pool = e._workers.background
+    assert pool is not None and pool.pids()  # the plan ran in the background worker
+    assert e._workers.enabled  # and did not fail
+    assert res.written == 12 + 1 and res.superseded == 12
+    assert res.entries == 12_000 - 12  # the keys a table held went through the write path
+    assert e.get(_key(1000)).startswith(b"ext1000.") and e.get(_key(1500)) == b"newer"
+    assert e.get(_key(501)).startswith(b"ext501.") and e.get(_key(7)).startswith(b"ext7.")
+    assert all(e.get(_key(i)) is not None for i in range(0, 12_000, 7))  # the filter has them
+    _survives_reopen_and_compaction(e, open_engine)
+
+
+def test_a_damaged_big_table_is_refused_though_sorted_out_in_a_worker(open_engine, tmp_path):
+    e = open_engine(options=dict(SMALL, memtable_bytes=1 << 20))
+    e.put(_key(3), b"mine")
+    path = _big_external(str(tmp_path / "in.sst"), 12_000)
+    with open(path, "r+b") as f:
+        f.seek(500_000)
+        byte = f.read(1)
+        f.seek(500_000)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    with pytest.raises(CorruptionError):
+        e.ingest([path])
+    assert e.get(_key(3)) == b"mine" and e.get(_key(4)) is None
+    assert e._workers.enabled  # a damaged table is no reason to stop offloading
+
+
 def test_overlapping_tables_are_refused(open_engine, tmp_path):
     e = open_engine(options=NO_THREADS)
     a = _external(str(tmp_path / "a.sst"), {_key(1): _val(BASE, b"a"), _key(5): _val(BASE, b"a")})
