@@ -42,6 +42,7 @@ DOC = ROOT / "docs" / "benchmarks.md"
 GOAL_S = 10.0
 GOAL_RATIO = 0.7
 WINDOW_S = 2
+AFTER_S = 4 * WINDOW_S  # load kept on after "done", its CPU split printed as "after"
 
 
 class LoadWindows:
@@ -120,6 +121,13 @@ def join_and_wait(
                     flush=True,
                 )
             time.sleep(0.2)
+
+
+def levels_of(url: str) -> str:
+    """A node's LSM levels, entries in each (what a range cut merges)."""
+    health = httpx.get(f"{url}/api/v1/health", headers=SECRET_HEADERS, timeout=10.0).json()
+    storage = health["storage"]
+    return " ".join(f"L{lv['level']} {lv['entries']:,}" for lv in storage["levels"] if lv["files"])
 
 
 def tree_cpu_seconds(pids: list[int]) -> float:
@@ -221,6 +229,7 @@ def run(args: argparse.Namespace, mode: str, base_port: int) -> dict:
             )
             wait_ready(url, timeout_s=120.0)
             pids = [p.pid for p in cluster.procs] + [joiner.pid]
+            print(f"  n0's levels (entries): {levels_of(cluster.urls[0])}", flush=True)
 
             with LoadWindows(cluster, args.connections, wrk_env) as load:
                 time.sleep(args.anchor_s)
@@ -231,7 +240,11 @@ def run(args: argparse.Namespace, mode: str, base_port: int) -> dict:
                 transition, migration_s = join_and_wait(cluster.urls[0], url, split.sample)
                 cpu_s = tree_cpu_seconds(pids) - cpu_before
                 join_ended = time.monotonic()
-                time.sleep(WINDOW_S)  # the window in flight at the end belongs to "during"
+                # The window in flight at the end belongs to "during"; the ones after show what
+                # follows "done" (the old owners' purge, the verification), CPU split as "after".
+                while time.monotonic() < join_ended + AFTER_S:
+                    time.sleep(0.2)
+                    split.sample("after")
             for start, end, result in load.windows:
                 print(
                     f"  window {start - join_started:+6.1f}s..{end - join_started:+6.1f}s  "
