@@ -160,11 +160,14 @@ class Compactor:
         c: compaction_mod.Compaction,
         rate: int,
         min_bytes: int = offload.OFFLOAD_MIN_BYTES,
+        *,
+        background: bool = False,
     ) -> list[TableMeta] | None:
-        """Run `c` in a worker process; None means: run it here."""
+        """Run `c` in a worker process (`background`: the low-priority pool's); None means:
+        run it here."""
         if c.input_bytes < min_bytes:
             return None
-        pool = self._workers.get()
+        pool = self._workers.get(background=background)
         if pool is None:
             return None
         ctx = self._ctx

@@ -6,8 +6,8 @@ engine (freezing and flushing the memtable if it holds a key of a range, so that
 written before the call is in tables and the WAL records behind it are no longer replayed),
 then rewrites, without the ranges, the tables of that cut that hold one of their keys, and
 installs every rewrite with one MANIFEST edit (a purge rewriting more than a megabyte runs in
-an offload worker process, as a compaction does). Writes made after the cut (memtable, and tables
-flushed meanwhile) are kept whatever their timestamps. A crash before the edit leaves the
+the low-priority offload worker process, as a range cut does). Writes made after the cut
+(memtable, and tables flushed meanwhile) are kept whatever their timestamps. A crash before the edit leaves the
 purge undone (its half-written outputs are garbage removed at the next open); after it, done.
 Readers switch from the old file set to the new one in a single view swap, so no read sees a
 key's newer version purged while an older one below it is still there.
@@ -150,10 +150,14 @@ class Purger:
         # A big purge rewrites in a worker process, like a compaction, so that purging a
         # handed-off range does not hold this process's GIL (and event loop) for seconds; its
         # jobs are often single tables just under the offload threshold, so the total decides.
+        # The low-priority worker's (offload.BACKGROUND_NICE): the old owners of ranges a node
+        # took over all purge them at once, right after the transition, and would otherwise
+        # take the cores from the client requests they serve meanwhile.
         big = sum(job.input_bytes for job in jobs) >= OFFLOAD_MIN_BYTES
         try:
             for job in jobs:
-                outputs = self._compactor.run_offloaded(job, rate, 0) if big else None
+                run = self._compactor.run_offloaded
+                outputs = run(job, rate, 0, background=True) if big else None
                 if outputs is None:
                     self._compactor.run_job(job, limiter)
                 else:
