@@ -215,6 +215,13 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting("repair_mb_per_s", _int(0), 8, "anti-entropy repair throttle in MB/s (0 = unlimited)"),
     Setting(
+        "verify_versions_per_s",
+        _int(0),
+        10_000,
+        "the verification after a transition: versions hashed per second and replica "
+        "(~5 µs of the replica's CPU each; 0 = unlimited)",
+    ),
+    Setting(
         "hint_window_ms",
         _int(0),
         3 * 3600 * 1000,
@@ -390,6 +397,7 @@ class Config:
     cleanup_grace_ms: int
     repair_interval_s: int
     repair_mb_per_s: int
+    verify_versions_per_s: int
     hint_window_ms: int
     transition_timeout_s: int
     durability: str

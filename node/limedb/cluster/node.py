@@ -293,6 +293,7 @@ class ClusterService:
             self.call_node,
             config.data_dir,
             members=self._record_members,
+            versions_per_s=config.verify_versions_per_s,
         )
         self.driver.on_done = self.verifier.after_transition
         self.backups = Backups(

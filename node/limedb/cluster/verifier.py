@@ -13,6 +13,12 @@ VERIFY_REPAIR) with the anti-entropy repair (limedb.cluster.repair), and compare
 (limedb.cluster.verification.Verification) is saved here and pushed to every member
 (VERIFICATION), so any node answers for the newest one, also after a restart.
 
+A run is paced to `verify_versions_per_s` per replica (roots asked ROOTS_PER_CALL ranges at a
+time, the next call after the versions counted so far took their share of time; trees piece by
+piece): hashing costs each replica ~5 µs of its serving process per version, and right after a
+transition every replica of every moved range hashes them at once, which took the cores from
+the client requests for as long as it ran (docs/benchmarks.md, Migration).
+
 VERIFY_ROOTS is `[u64 purged_before_ts][u32 n]` then n `[u64 start][u64 end]`; its reply is n
 `[16-byte root][u32 versions]`. VERIFY_REPAIR and VERIFICATION carry JSON.
 """
@@ -38,6 +44,7 @@ from limedb.cluster.repair import (
     encode_tree_request,
 )
 from limedb.cluster.ring.record import RingRecord
+from limedb.cluster.streaming import Throttle
 from limedb.cluster.transitions import Transition
 from limedb.cluster.verification import (
     FAILED,
@@ -59,7 +66,8 @@ log = logging.getLogger(__name__)
 ROOTS_HEAD = struct.Struct("!QI")
 ROOTS_RANGE = struct.Struct("!QQ")
 ROOT = struct.Struct(f"!{HASH_BYTES}sI")
-ROOTS_PER_CALL = 512
+# Ranges per VERIFY_ROOTS call: the run is paced between calls, so a call is a short burst.
+ROOTS_PER_CALL = 64
 ROOTS_TIMEOUT_S = 60.0
 REPAIR_TIMEOUT_S = 600.0
 PUSH_TIMEOUT_S = 5.0
@@ -147,6 +155,7 @@ class Verifier:
         *,
         members: Callable[[], list[str]],
         settle_s: float = SETTLE_S,
+        versions_per_s: float = 0,
     ) -> None:
         self.node_id = node_id
         self.engine = engine
@@ -155,6 +164,8 @@ class Verifier:
         self.call_node = call_node
         self.members = members
         self.settle_s = settle_s
+        # The pace of a run's scans, in versions hashed per second (0: unlimited).
+        self.versions_per_s = versions_per_s
         self.store = VerificationStore(data_dir)
         self.last = self._load()
         self.running: str | None = None
@@ -392,16 +403,22 @@ class Verifier:
     async def _roots_of(
         self, node: str, pieces: list[Piece], cutoff: int
     ) -> list[tuple[bytes, int]] | None:
+        """The roots of `pieces` at `node`, asked ROOTS_PER_CALL ranges at a time, paced to
+        `versions_per_s` by the versions each answer counted."""
         ranges = [(p.start, p.end) for p in pieces]
-        if node == self.node_id:
-            return await asyncio.to_thread(self._roots, ranges, cutoff)
         roots: list[tuple[bytes, int]] = []
+        throttle = Throttle(self.versions_per_s)
         try:
             for first in range(0, len(ranges), ROOTS_PER_CALL):
                 chunk = ranges[first : first + ROOTS_PER_CALL]
-                body = encode_roots_request(cutoff, chunk)
-                reply = await self.call_node(node, rpc.VERIFY_ROOTS, body, ROOTS_TIMEOUT_S)
-                roots.extend(decode_roots(reply, len(chunk)))
+                if node == self.node_id:
+                    got = await asyncio.to_thread(self._roots, chunk, cutoff)
+                else:
+                    body = encode_roots_request(cutoff, chunk)
+                    reply = await self.call_node(node, rpc.VERIFY_ROOTS, body, ROOTS_TIMEOUT_S)
+                    got = decode_roots(reply, len(chunk))
+                roots.extend(got)
+                await throttle.pace(sum(count for _, count in got))
         except (rpc.PeerUnavailable, rpc.RpcError, ValueError) as exc:
             log.info("verification: no roots from %s: %s", node, exc)
             return None
@@ -413,6 +430,7 @@ class Verifier:
         """Per piece every replica answered for: a tree and the leaves where any two differ."""
         cutoff = self._cutoff()
         found: dict[Piece, tuple[MerkleTree, set[int]]] = {}
+        throttle = Throttle(self.versions_per_s)
         for piece in pieces:
             depth = depth_for(tally.counts.get(piece, 0))
             trees = await asyncio.gather(
@@ -426,6 +444,7 @@ class Verifier:
             known = [tree for tree in trees if tree is not None]
             leaves = {i for other in known[1:] for i in differing_leaves(known[0], other)}
             found[piece] = (known[0], leaves)
+            await throttle.pace(sum(tree.key_count for tree in known))
         return found
 
     async def _tree_of(self, node: str, piece: Piece, depth: int, cutoff: int):  # noqa: ANN202
