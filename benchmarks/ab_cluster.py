@@ -11,7 +11,7 @@ side's median ops/s and CPU per operation and its ratio to the first side.
 Not part of `make bench` (run_all.py runs bench_*.py only).
 
     .venv/bin/python benchmarks/ab_cluster.py --side main=/work/main/node --side mine=node \
-        [--nodes 3] [--rf 3] [--rounds 6] [--duration 3] [--keys 20000] [--get]
+        [--nodes 3] [--rf 3] [--rounds 6] [--duration 3] [--keys 20000] [--get | --idle]
 """
 
 from __future__ import annotations
@@ -22,9 +22,10 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
-from _cluster import GET_LIST, MIXED, LocalCluster, run_wrk
+from _cluster import GET_LIST, MIXED, LocalCluster, cpu_seconds, run_wrk
 
 
 def _imported_from(tree: Path) -> Path:
@@ -51,6 +52,12 @@ def main() -> int:
     ap.add_argument("--durability", default="sync", choices=("sync", "periodic", "none"))
     ap.add_argument("--get", action="store_true", help="GET only (of preloaded keys)")
     ap.add_argument("--base-port", type=int, default=19400)
+    ap.add_argument(
+        "--idle",
+        action="store_true",
+        help="no load: each round measures the idle cluster's node CPU per second (gossip, "
+        "failure detection, clock probes, timers) for --duration seconds",
+    )
     args = ap.parse_args()
     sides = []
     for spec in args.side:
@@ -62,7 +69,8 @@ def main() -> int:
         sides.append((name, tree))
     print(
         f"A/B: {args.nodes} node(s), RF={args.rf}, durability {args.durability}, "
-        f"{'GET' if args.get else '50/50 read/write'} over {args.keys:,} keys, "
+        f"{'idle' if args.idle else 'GET' if args.get else '50/50 read/write'} over "
+        f"{args.keys:,} keys, "
         f"{args.connections} connections, {args.rounds} rounds of {args.duration} s per side; "
         f"load average {os.getloadavg()[0]:.1f} at the start"
     )
@@ -91,6 +99,14 @@ def main() -> int:
             for r in range(args.rounds):
                 for name, _ in sides if r % 2 == 0 else sides[::-1]:
                     c = clusters[name]
+                    if args.idle:
+                        results[name].append(_idle(c, args.duration))
+                        print(
+                            f"round {r} {name:<12} idle: {results[name][-1]['cpu_ms_s']:6.2f} "
+                            f"ms of node CPU per second  load {os.getloadavg()[0]:.1f}",
+                            flush=True,
+                        )
+                        continue
                     script = GET_LIST if args.get else MIXED
                     x = run_wrk(c.urls, script, args.connections, args.duration, wrk_env, c.procs)
                     results[name].append(x)
@@ -105,12 +121,28 @@ def main() -> int:
                 cluster.__exit__(None, None, None)
     first = None
     for name, _ in sides:
+        if args.idle:
+            cpu = statistics.median(x["cpu_ms_s"] for x in results[name])
+            first = first or cpu
+            print(
+                f"median {name:<12} idle {cpu:6.2f} ms of node CPU per second ({cpu / first:.2f}x)"
+            )
+            continue
         cpu = statistics.median(x["cpu_us_per_op"] for x in results[name])
         ops = statistics.median(x["ops_s"] for x in results[name])
         first = first or cpu
         print(f"median {name:<12} {ops:>8,.0f} ops/s  {cpu:6.1f} us/op  ({cpu / first:.2f}x)")
     print(f"load average at the end: {os.getloadavg()[0]:.1f}")
     return 0
+
+
+def _idle(cluster: LocalCluster, seconds: int) -> dict:
+    """The node CPU (all of the cluster's processes) per second of doing nothing."""
+    before = cpu_seconds(cluster.procs)
+    started = time.monotonic()
+    time.sleep(seconds)
+    used = cpu_seconds(cluster.procs) - before
+    return {"cpu_ms_s": used * 1000 / (time.monotonic() - started)}
 
 
 if __name__ == "__main__":
