@@ -360,8 +360,9 @@ def main() -> int:
             "streaming modes; `--connections 0`: no client load). Node CPU is the four node processes' and their offload workers' "
             "user + system time from the join to done. Every node, the joiner and wrk share 2 "
             "cores, so the ratio is noisy; the stream throttle trades migration time for it (a "
-            "sweep is in docs/transitions.md, Streaming). The last windows of a migration also "
-            "carry the old owners' purge of the ranges they handed off.\n\n"
+            'sweep is in docs/transitions.md, Streaming). The windows printed after "done" (8 s, '
+            'CPU split as "after") carry the old owners\' purge of the ranges they handed off '
+            "and the verification.\n\n"
         )
     return 0
 
