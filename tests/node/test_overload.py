@@ -10,6 +10,12 @@ decided before any of that work, which is what keeps throughput up.
 Latencies are measured from just before the request's send() to the kernel's receive timestamp
 of the reply's last bytes (SO_TIMESTAMPNS), so the load generator's own scheduling delays do
 not count against the node.
+
+The load generator runs in its own process (this file run as a script) at a lower CPU priority
+than the node: offering five times the load costs the client several times the CPU of the peak
+rounds, and on a machine whose other core is busy with other work, a client at the node's
+priority took that CPU from the node in the overload rounds only (a CI run measured 0.73 of the
+peak that way). Clients of a real node run on other machines.
 """
 
 from __future__ import annotations
@@ -19,24 +25,30 @@ import json
 import socket
 import statistics
 import struct
+import subprocess
+import sys
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
 import pytest
 from limedb.api.overload import Admission
-from nodeproc import NodeProcess
+
+if TYPE_CHECKING:
+    from nodeproc import NodeProcess
 
 pytestmark = pytest.mark.process
 
 SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)  # Linux; Python 3.11 lacks the name
 KEYS_PER_BATCH = 1000
-ROUNDS = 5
+ROUNDS = 7
 ROUND_S = 1.0
 PEAK_CONNECTIONS = 8
 OVERLOAD_CONNECTIONS = 256
 OVERLOAD_FACTOR = 5
+CLIENT_NICENESS = 10  # the load generator's, relative to the node's (see the docstring)
 ENV = {
     "LIMEDB_DURABILITY": "none",
     "LIMEDB_MAX_INFLIGHT": "2",
@@ -201,44 +213,59 @@ def rss_bytes(pid: int) -> int:
     raise AssertionError("no VmRSS line")
 
 
-def test_node_offered_five_times_its_capacity_keeps_its_throughput_and_refuses_the_rest_fast(
-    node_factory: Callable[..., NodeProcess],
-) -> None:
-    node = node_factory(env=ENV).start()
-    assert node.proc is not None
-    request = batch_request(node.host)
-    peaks: list[float] = []
-    overloads: list[float] = []
-    refusals: list[Reply] = []
-    admitted: list[Reply] = []
-    others: list[int] = []
-    offered: list[float] = []
-    rss: list[int] = []
+def generate_load(host: str, port: int, pid: int) -> dict:
+    """The rounds: a warm-up, then ROUNDS times the peak (closed loop) and the flood at
+    OVERLOAD_FACTOR times that peak (open loop), with the node's RSS after each flood."""
+    request = batch_request(host)
+    out: dict = {"peaks": [], "overloads": [], "offered": [], "replies": [], "rss": []}
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
-        address = (node.host, node.port)
-        few = [Connection(loop, address) for _ in range(PEAK_CONNECTIONS)]
-        many = [Connection(loop, address) for _ in range(OVERLOAD_CONNECTIONS)]
+        few = [Connection(loop, (host, port)) for _ in range(PEAK_CONNECTIONS)]
+        many = [Connection(loop, (host, port)) for _ in range(OVERLOAD_CONNECTIONS)]
         try:
             await closed_loop(few, request)  # warm-up
-            rss.append(rss_bytes(node.proc.pid))
+            out["rss"].append(rss_bytes(pid))
             for _ in range(ROUNDS):
                 peak = (await closed_loop(few, request)).ok_per_s()
-                assert peak > 0, node.log()
+                if peak == 0:
+                    return
                 flood = await open_loop(many, request, OVERLOAD_FACTOR * peak)
-                rss.append(rss_bytes(node.proc.pid))
-                peaks.append(peak)
-                overloads.append(flood.ok_per_s())
-                offered.append(flood.sent / ROUND_S / peak)
-                refusals.extend(r for r in flood.replies if r.status != 200)
-                admitted.extend(r for r in flood.replies if r.status == 200)
-                others.extend(r.status for r in flood.replies if r.status not in (200, 503))
+                out["rss"].append(rss_bytes(pid))
+                out["peaks"].append(peak)
+                out["overloads"].append(flood.ok_per_s())
+                out["offered"].append(flood.sent / ROUND_S / peak)
+                out["replies"].extend(asdict(r) for r in flood.replies)
         finally:
             for connection in few + many:
                 connection.close()
 
     asyncio.run(main())
+    return out
+
+
+def test_node_offered_five_times_its_capacity_keeps_its_throughput_and_refuses_the_rest_fast(
+    node_factory: Callable[..., NodeProcess],
+) -> None:
+    node = node_factory(env=ENV).start()
+    assert node.proc is not None
+    child = subprocess.run(
+        ["nice", "-n", str(CLIENT_NICENESS), sys.executable, __file__]
+        + [node.host, str(node.port), str(node.proc.pid)],
+        capture_output=True,
+        timeout=120,
+    )
+    assert child.returncode == 0, child.stderr.decode()[-4000:]
+    out = json.loads(child.stdout)
+    peaks: list[float] = out["peaks"]
+    assert len(peaks) == ROUNDS and all(p > 0 for p in peaks), (peaks, node.log())
+    overloads: list[float] = out["overloads"]
+    offered: list[float] = out["offered"]
+    rss: list[int] = out["rss"]
+    replies = [Reply(**r) for r in out["replies"]]
+    refusals = [r for r in replies if r.status != 200]
+    admitted = [r for r in replies if r.status == 200]
+    others = [r.status for r in replies if r.status not in (200, 503)]
     report = (
         f"peak ok/s per round {[round(p) for p in peaks]}, under overload "
         f"{[round(o) for o in overloads]}, offered x{[round(o, 1) for o in offered]}"
@@ -358,3 +385,8 @@ def test_admission_a_cancelled_waiter_gives_back_its_place_and_never_leaks_a_slo
         assert admission.running == 0 and admission.try_enter()
 
     asyncio.run(main())
+
+
+if __name__ == "__main__":  # the load generator's process (see the docstring)
+    host, port, pid = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    print(json.dumps(generate_load(host, port, pid)))
