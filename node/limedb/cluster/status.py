@@ -60,7 +60,7 @@ def transition_status(
     summary = t.summary(now_ms)
     bytes_per_s = streaming_bytes_per_s if t.phase is Phase.STREAMING else summary.bytes_per_s
     return {
-        **t.status(now_ms),
+        **t.status(now_ms, summary),
         # The node the change is about (the new one of a replace), for the operator.
         "node": t.change.new_node_id or t.change.node_id or None,
         "driver": driver,
@@ -93,12 +93,13 @@ def ring_status(
             "last_transition": None,
         }
     t = record.transition
+    shaped = shape_transition(t) if t is not None else None  # once: it sums every range
     return {
         "epoch": record.ring.epoch,
         "node_id": node_id,
         "members": member_states(record, liveness),
         "replication_factor": record.rf,
         "vnodes": record.ring.vnodes,
-        "transition": shape_transition(t) if t is not None and t.active else None,
-        "last_transition": shape_transition(t) if t is not None else None,
+        "transition": dict(shaped) if shaped is not None and t.active else None,
+        "last_transition": shaped,
     }

@@ -242,6 +242,13 @@ def _plan_for(old_ring: Ring, old_rf: int, new_ring: Ring, new_rf: int, change: 
     )
 
 
+@functools.lru_cache(maxsize=16)
+def _plan_digest_for(old_ring: Ring, old_rf: int, new_ring: Ring, new_rf: int, change: Change):
+    # Every record of a transition is encoded and decoded with its plan's digest (gossip,
+    # persistence): computed once per plan.
+    return _moves_digest(_plan_for(old_ring, old_rf, new_ring, new_rf, change))
+
+
 def _moves_digest(moves: Sequence[RangeMove]) -> str:
     h = xxhash.xxh64()
     for m in moves:
@@ -379,6 +386,9 @@ class Transition:
     @property
     def moves(self) -> tuple[RangeMove, ...]:
         return _plan_for(self.old_ring, self.old_rf, self.new_ring, self.new_rf, self.change)
+
+    def _plan_digest(self) -> str:
+        return _plan_digest_for(self.old_ring, self.old_rf, self.new_ring, self.new_rf, self.change)
 
     def streams(self) -> Mapping[str, tuple[int, ...]]:
         """target node -> indexes into `moves` it must receive, in token order."""
@@ -561,7 +571,7 @@ class Transition:
     # ------------------------------------------------------------------ status
 
     def summary(self, now_ms: int) -> ProgressSummary:
-        streams = self.streams()
+        streams, moves = self.streams(), self.moves
         total_tokens = done_tokens = ranges_total = ranges_done = keys = nbytes = 0
         for target, indexes in streams.items():
             p = self.progress_of(target)
@@ -570,7 +580,7 @@ class Transition:
             ranges_total += len(indexes)
             ranges_done += min(p.index, len(indexes))
             for position, i in enumerate(indexes):
-                move = self.moves[i]
+                move = moves[i]
                 total_tokens += move.size
                 if position < p.index:
                     done_tokens += move.size
@@ -591,8 +601,11 @@ class Transition:
             ranges_total, ranges_done, keys, nbytes, fraction, elapsed, rate_k, rate_b, eta
         )
 
-    def status(self, now_ms: int) -> dict:
-        """The `transition` object of `limedb admin status --json`."""
+    def status(self, now_ms: int, summary: ProgressSummary | None = None) -> dict:
+        """The `transition` object of `limedb admin status --json` (`summary`: this
+        transition's `summary(now_ms)`, if the caller has it already)."""
+        if summary is None:
+            summary = self.summary(now_ms)
         return {
             "id": self.id,
             "kind": self.kind.value,
@@ -600,7 +613,7 @@ class Transition:
             "phase": self.phase.value,
             "from_epoch": self.old_ring.epoch,
             "to_epoch": self.new_ring.epoch,
-            "progress": self.summary(now_ms).to_record(),
+            "progress": summary.to_record(),
             "reason": self.reason or None,
         }
 
@@ -622,7 +635,7 @@ class Transition:
             "version": self.version,
             "progress": {t: p.to_record() for t, p in sorted(self.progress.items())},
             "reason": self.reason,
-            "plan": {"ranges": len(moves), "digest": _moves_digest(moves)},
+            "plan": {"ranges": len(moves), "digest": self._plan_digest()},
         }
 
     def to_json(self) -> bytes:
@@ -652,7 +665,7 @@ class Transition:
         except (KeyError, TypeError, ValueError) as exc:
             raise TransitionError(f"bad transition record: {exc!r}") from exc
         moves = transition.moves
-        if plan.get("ranges") != len(moves) or plan.get("digest") != _moves_digest(moves):
+        if plan.get("ranges") != len(moves) or plan.get("digest") != transition._plan_digest():
             # Another version of this code planned different ranges: acting on ours would
             # stream or delete the wrong ones.
             raise TransitionError(

@@ -12,6 +12,7 @@ that holds a ring holds a consistent answer for every key.
 from __future__ import annotations
 
 import bisect
+import functools
 import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -77,6 +78,7 @@ class Ring:
     __slots__ = (
         "_cache_lock",
         "_digest",
+        "_hash",
         "_members",
         "_owner_at",
         "_replicas_by_rf",
@@ -116,6 +118,7 @@ class Ring:
         self._replicas_by_rf: dict[int, tuple[tuple[str, ...], ...]] = {}
         self._cache_lock = threading.Lock()
         self._digest: int | None = None
+        self._hash: int | None = None
 
     # ----------------------------------------------------------------- identity
 
@@ -148,7 +151,11 @@ class Ring:
         )
 
     def __hash__(self) -> int:
-        return hash((self.epoch, self.vnodes, tuple(self._members.items())))
+        # Cached: the transition plan's cache (limedb.cluster.transitions) hashes the rings on
+        # every look at a transition's ranges.
+        if self._hash is None:
+            self._hash = hash((self.epoch, self.vnodes, tuple(self._members.items())))
+        return self._hash
 
     def __repr__(self) -> str:
         return f"Ring(epoch={self.epoch}, vnodes={self.vnodes}, members={dict(self._members)})"
@@ -258,7 +265,9 @@ class Ring:
             members = record["members"]
             if not isinstance(members, Mapping):
                 raise TypeError("members must be an object")
-            return cls(dict(members), int(record["vnodes"]), int(record["epoch"]))
+            return _decoded(
+                tuple(sorted(members.items())), int(record["vnodes"]), int(record["epoch"])
+            )
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"bad ring record: {exc}") from exc
 
@@ -282,3 +291,11 @@ class Ring:
         if self.epoch != other.epoch:
             return self.epoch > other.epoch
         return self != other and self.rank() > other.rank()
+
+
+@functools.lru_cache(maxsize=8)
+def _decoded(members: tuple[tuple[str, str], ...], vnodes: int, epoch: int) -> Ring:
+    # Every ring record a node adopts or compares (gossip brings one per progress checkpoint of
+    # a transition, each naming the same two rings) decodes to the Ring it already holds,
+    # with its tokens placed and its replica tables built, instead of a new one to fill again.
+    return Ring(dict(members), vnodes, epoch)
