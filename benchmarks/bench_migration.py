@@ -123,6 +123,35 @@ def join_and_wait(
             time.sleep(0.2)
 
 
+KV_REQUESTS = re.compile(
+    r'^limedb_http_requests_total\{method="(?:GET|PUT)",route="([^"]*)",status="(\d+)"\} (\S+)$',
+    re.M,
+)
+
+
+def served(urls: list[str]) -> dict[str, float]:
+    """Key-value requests the nodes answered so far (their /metrics), by status: the client
+    load as the servers count it, a check on the wrk windows' average (which weighs every
+    window alike and leaves out the gaps between windows)."""
+    out: dict[str, float] = {}
+    for url in urls:
+        text = httpx.get(f"{url}/metrics", headers=SECRET_HEADERS, timeout=10.0).text
+        for route, status, count in KV_REQUESTS.findall(text):
+            if "kv" in route:
+                out[status] = out.get(status, 0.0) + float(count)
+    return out
+
+
+def served_rate(before: dict[str, float], after: dict[str, float], seconds: float) -> str:
+    total = sum(after.values()) - sum(before.values())
+    by_status = ", ".join(
+        f"{status}: {after[status] - before.get(status, 0.0):,.0f}"
+        for status in sorted(after)
+        if after[status] != before.get(status, 0.0)
+    )
+    return f"{total / max(seconds, 1e-9):,.0f} ops/s ({by_status})"
+
+
 def levels_of(url: str) -> str:
     """A node's LSM levels, entries in each (what a range cut merges)."""
     health = httpx.get(f"{url}/api/v1/health", headers=SECRET_HEADERS, timeout=10.0).json()
@@ -236,7 +265,9 @@ def run(args: argparse.Namespace, mode: str, base_port: int) -> dict:
                 # reads): their windows climb, so the anchor counts only those after a warm-up.
                 time.sleep(args.warmup_s)
                 anchor_from = time.monotonic()
+                served_anchor = served(cluster.urls)
                 time.sleep(args.anchor_s)
+                served_join = served(cluster.urls)
                 join_started = time.monotonic()
                 cpu_before = tree_cpu_seconds(pids)
                 split = PhaseCpu(pids)
@@ -244,6 +275,7 @@ def run(args: argparse.Namespace, mode: str, base_port: int) -> dict:
                 transition, migration_s = join_and_wait(cluster.urls[0], url, split.sample)
                 cpu_s = tree_cpu_seconds(pids) - cpu_before
                 join_ended = time.monotonic()
+                served_done = served(cluster.urls)
                 # The window in flight at the end belongs to "during"; the ones after show what
                 # follows "done" (the old owners' purge, the verification), CPU split as "after".
                 while time.monotonic() < join_ended + AFTER_S:
@@ -256,6 +288,13 @@ def run(args: argparse.Namespace, mode: str, base_port: int) -> dict:
                     flush=True,
                 )
             print("\n".join(split.lines()) + "  (n0 drives the join, n3 joins)", flush=True)
+            print(
+                "  served by n0-n2 (/metrics): before "
+                + served_rate(served_anchor, served_join, join_started - anchor_from)
+                + "; during "
+                + served_rate(served_join, served_done, join_ended - join_started),
+                flush=True,
+            )
             before = load.ops_s(anchor_from, join_started)
             during = load.ops_s(join_started, join_ended)
     finally:
