@@ -79,7 +79,7 @@ class HLC:
         self.not_adopted = 0
 
     def now(self) -> int:
-        physical = pack(self._wall())
+        physical = self._wall() << LOGICAL_BITS  # pack(wall), inline: a call per write less
         with self._lock:
             ts = physical if physical > self._last else self._last + 1
             self._last = ts
@@ -89,10 +89,13 @@ class HLC:
         """Merge a remote timestamp if it is within the bound; returns a fresh local
         timestamp (after `remote` when it was adopted)."""
         wall = self._wall()
-        if not within_bound(remote, wall, self.max_offset_ms):
+        # within_bound and pack, inline: every replica's every write observes its stamp.
+        if not (
+            0 <= remote <= MAX_TIMESTAMP and remote >> LOGICAL_BITS <= wall + self.max_offset_ms
+        ):
             self.not_adopted += 1
             remote = 0
-        physical = pack(wall)
+        physical = wall << LOGICAL_BITS
         with self._lock:
             ts = max(physical, self._last + 1, remote + 1)
             self._last = ts

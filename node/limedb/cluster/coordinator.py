@@ -38,6 +38,10 @@ class Membership(Protocol):
 
     def liveness(self, node_id: str) -> Liveness: ...
 
+    def peer_liveness(self, node_id: str) -> Liveness:
+        """`liveness` of a node other than this one."""
+        ...
+
     def url_of(self, node_id: str) -> str | None: ...
 
 
@@ -148,6 +152,10 @@ class _SingleQuorum:
 class Routing(Protocol):
     """Where a key's writes and reads go right now (limedb.cluster.ring.keeper.RingKeeper)."""
 
+    def settled_replicas(self, key: bytes) -> tuple[str, ...] | None:
+        """The key's replicas when no transition runs, else None."""
+        ...
+
     def write_set(self, key: bytes) -> WriteSet: ...
 
     def read_replicas(self, key: bytes) -> tuple[str, ...]: ...
@@ -256,7 +264,10 @@ class Coordinator:
         ttl_ms: int | None = None,
         consistency: Consistency | None = None,
     ) -> int:
-        ts = self.stamp()
+        # self.stamp(), inline: every write comes here.
+        if self.clock is not None:
+            self.clock.check_can_stamp()
+        ts = self.hlc.now()
         # An absolute expiry, so that every replica agrees on it, in the majority's physical
         # time: a TTL lasts as long whichever node coordinated it.
         expires = self.physical_ms() + ttl_ms if ttl_ms else None
@@ -275,22 +286,38 @@ class Coordinator:
         acknowledged in time (the write may still have reached some replicas), and
         InsufficientStorage when full disks cost the write its quorum.
         """
-        plan = self._write_set(mutation.key)
+        key = mutation.key
+        routing = self.routing
+        # Outside a transition (the usual case) one lookup gives the replicas; during one the
+        # write set names old and new owners.
+        targets = (
+            self.membership.ring.replicas(key, self.rf)
+            if routing is None
+            else routing.settled_replicas(key)
+        )
+        plan: WriteSet | None = None
+        if targets is None:
+            plan = routing.write_set(key)  # type: ignore[union-attr]
+            if plan.old is plan.new or plan.old == plan.new:
+                targets, plan = plan.old, None
         level = consistency or self.write_consistency
+        me = self.node_id
+        peer_liveness = self.membership.peer_liveness
         quorum: _Quorum | _SingleQuorum
-        if plan.old is plan.new or plan.old == plan.new:
-            # The usual case, outside a transition: one group, counted without loops.
-            targets = plan.old
-            reachable = [self.reachable(node) for node in targets]
-            need = required_acks(level, len(targets))
+        if plan is None:
+            # One group, counted without loops. Suspect peers still get writes (a slow peer
+            # is not a dead one); dead ones get hints (`reachable`, inline).
+            reachable = [node == me or peer_liveness(node) is not Liveness.DEAD for node in targets]
+            size = len(targets)
+            need = size // 2 + 1 if level is Consistency.QUORUM else required_acks(level, size)
             alive = sum(reachable)
             if alive < need:
                 self.counters["writes_unavailable"] += 1
                 raise Unavailable(
-                    f"{alive} of {len(targets)} replicas reachable, {need} needed",
+                    f"{alive} of {size} replicas reachable, {need} needed",
                     retry_after=1.0,
                 )
-            quorum = _SingleQuorum(asyncio.get_running_loop(), len(targets), need)
+            quorum = _SingleQuorum(asyncio.get_running_loop(), size, need)
         else:
             groups = (plan.old, plan.new)
             needs = tuple(required_acks(level, len(group)) for group in groups)
@@ -311,14 +338,13 @@ class Coordinator:
         # Each replica's answer feeds the quorum through a plain callback: the local one from
         # the batch's fsync, a peer's from the connection's reader (no future per replica).
         for node, ok in zip(targets, reachable, strict=True):
-            if node == self.node_id:
+            if node == me:
                 self.replica.apply_then(
                     mutation, partial(self._local_answered, node, mutation, quorum)
                 )
             elif ok:
                 payload = payload or mutation.encode()
-                host, port = self.address_of(node)
-                self.client.peer(host, port).request_then(
+                self.client.peer(*self.address_of(node)).request_then(
                     rpc.REPLICATE,
                     payload,
                     self.timeout_s,
@@ -334,12 +360,6 @@ class Coordinator:
                 raise InsufficientStorage(f"{message}: {quorum.disk_full}")
             raise Unavailable(message, retry_after=1.0)
         return quorum.existed
-
-    def _write_set(self, key: bytes) -> WriteSet:
-        if self.routing is not None:
-            return self.routing.write_set(key)
-        replicas = self.membership.ring.replicas(key, self.rf)
-        return WriteSet(replicas, replicas)
 
     def _local_answered(
         self,
@@ -420,8 +440,15 @@ class Coordinator:
     # ------------------------------------------------------------------ reads
 
     async def get(self, key: bytes, consistency: Consistency | None = None) -> ReadResult:
-        replicas = self.replicas(key)
-        need = required_acks(consistency or self.read_consistency, len(replicas))
+        routing = self.routing
+        replicas = (
+            self.membership.ring.replicas(key, self.rf)
+            if routing is None
+            else routing.settled_replicas(key) or routing.read_replicas(key)
+        )
+        level = consistency or self.read_consistency
+        size = len(replicas)
+        need = size // 2 + 1 if level is Consistency.QUORUM else required_acks(level, size)
         answers: dict[str, Stored | None] = {}
         me = self.node_id
         if me in replicas and self.replica.serves_reads:
@@ -434,7 +461,7 @@ class Coordinator:
             and need - len(answers) > 0
             and (
                 # Two peers, the first of them alive: the sort would leave them as they are.
-                len(untried) > 2 or self.membership.liveness(untried[0]) is not Liveness.ALIVE
+                len(untried) > 2 or self.membership.peer_liveness(untried[0]) is not Liveness.ALIVE
             )
         ):
             untried.sort(key=self._read_rank)
@@ -455,8 +482,9 @@ class Coordinator:
             attempt_s = min(remaining, 1.0)
             if len(wave) == 1:
                 node = wave[0]
+                peer = self.client.peer(*self.address_of(node))
                 try:
-                    answers[node] = decode_stored(await self.call(node, rpc.READ, key, attempt_s))
+                    answers[node] = decode_stored(await peer.request(rpc.READ, key, attempt_s))
                 except (rpc.PeerUnavailable, rpc.RpcError):
                     self.counters["replica_read_failures"] += 1
                 continue
@@ -470,10 +498,26 @@ class Coordinator:
                 else:
                     self.counters["replica_read_failures"] += 1
         newest: Stored | None = None
-        for stored in answers.values():
-            if stored is not None and stored.newer_than(newest):
-                newest = stored
-        if newest is not None and len(answers) > 1:
+        if len(answers) == 2:
+            # The usual answer, two replicas that agree: nothing to compare or repair.
+            a, b = answers.values()
+            if a is None or b is None:
+                newest = a or b
+                agreed = a is b
+            else:
+                agreed = (
+                    a.ts == b.ts
+                    and a.value == b.value
+                    and a.tombstone == b.tombstone
+                    and a.expires_at_ms == b.expires_at_ms
+                )
+                newest = a if agreed or a.newer_than(b) else b
+        else:
+            for stored in answers.values():
+                if stored is not None and stored.newer_than(newest):
+                    newest = stored
+            agreed = len(answers) < 2
+        if newest is not None and not agreed:
             stale = [
                 n
                 for n, s in answers.items()

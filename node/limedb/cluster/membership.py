@@ -101,6 +101,9 @@ class Membership:
             # Nobody to learn a ring from: this node is a cluster of one.
             ring = Ring({node_id: advertise_url})
         self.detector = FailureDetector(detector_config, clock)
+        # The liveness of another node, straight from the detector (the coordinator asks it
+        # for a peer replica of nearly every operation).
+        self.peer_liveness = self.detector.liveness
         self.gossip = GossipState(
             node_id,
             advertise_url,

@@ -348,7 +348,9 @@ class ClusterService:
     # ------------------------------------------------------------------ addressing
 
     def address_of(self, node_id: str) -> tuple[str, int]:
-        addr = self.membership.internal_addr_of(node_id)
+        # Membership.internal_addr_of, inline: asked for every peer replica of an operation.
+        state = self.membership.gossip.states.get(node_id)
+        addr = state.internal_addr if state is not None else ""
         if addr:
             # Asked for every replica of every operation: each address is parsed once.
             split = self._split_addrs.get(addr)
@@ -632,7 +634,8 @@ class ClusterService:
         return ring.owner_url(key) if ring is not None else self.node_url
 
     async def get(self, key: bytes, consistency: Consistency | None = None) -> ReadResult:
-        self._check_open()
+        if self._stopping:  # _check_open, inline on the two hot paths
+            self._check_open()
         return await self.coordinator.get(key, consistency)
 
     async def put(
@@ -643,7 +646,8 @@ class ClusterService:
         ttl_ms: int | None = None,
         consistency: Consistency | None = None,
     ) -> int:
-        self._check_open()
+        if self._stopping:
+            self._check_open()
         return await self.coordinator.put(key, value, ttl_ms=ttl_ms, consistency=consistency)
 
     async def delete(self, key: bytes, consistency: Consistency | None = None) -> bool:

@@ -139,17 +139,17 @@ class WritePath:
             mem = self.mem
             for tomb, key, value, ts, exp in ops:
                 if ts is None:
-                    ts = self._stamp()
+                    rec = make_rec(self._stamp(), value, tomb, exp)
                 else:
                     if not 0 <= ts < 1 << 64:
                         raise ValueError("ts must be an unsigned 64-bit integer")
+                    rec = make_rec(ts, value, tomb, exp)
                     cur = self._lookup(key)
-                    if cur is not None and not newer(make_rec(ts, value, tomb, exp), cur):
+                    if cur is not None and not newer(rec, cur):
                         results.append(False)
                         continue
                     self._hlc.observe(ts)
                     self._stamp_end = 0  # later stamps must come after this one
-                rec = make_rec(ts, value, tomb, exp)
                 mem.apply(key, rec)
                 accepted.append((key, rec))
                 results.append(True)

@@ -38,6 +38,9 @@ class View:
     def liveness(self, node_id: str) -> Liveness:
         return self.liveness_of.get(node_id, Liveness.ALIVE)
 
+    def peer_liveness(self, node_id: str) -> Liveness:
+        return self.liveness(node_id)
+
     def url_of(self, node_id: str) -> str | None:
         return self.ring.members.get(node_id)
 
@@ -360,6 +363,9 @@ class Routing:
     """The coordinator's routing seam during a transition: one write set for every key."""
 
     plan: WriteSet
+
+    def settled_replicas(self, key: bytes) -> tuple[str, ...] | None:
+        return None  # a transition runs
 
     def write_set(self, key: bytes) -> WriteSet:
         return self.plan

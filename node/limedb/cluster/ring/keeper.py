@@ -76,6 +76,18 @@ class RingKeeper:
             raise Unavailable("this node has not learned the ring yet", retry_after=1.0)
         return state
 
+    def settled_replicas(self, key: bytes) -> tuple[str, ...] | None:
+        """The key's replicas when no transition runs (writes and reads then go to the same
+        nodes), else None (ask `write_set` / `read_replicas`): the coordinator's usual
+        placement in one call, asked for every operation."""
+        state = self.state
+        if state is None:
+            raise Unavailable("this node has not learned the ring yet", retry_after=1.0)
+        t = state.transition
+        if t is not None and t.active:
+            return None
+        return state.ring.replicas(key, state.rf)
+
     def write_set(self, key: bytes) -> WriteSet:
         return self._routing().write_set(key)
 
