@@ -15,6 +15,7 @@ one contiguous storage scan.
 
 from __future__ import annotations
 
+import bisect
 import functools
 import secrets
 from collections.abc import Callable, Collection, Mapping, Sequence
@@ -26,7 +27,7 @@ import orjson
 import xxhash
 
 from limedb.cluster.keys import MAX_TOKEN
-from limedb.cluster.ring.placement import Ring
+from limedb.cluster.ring.placement import Ring, key_token
 
 
 class Kind(StrEnum):
@@ -292,6 +293,57 @@ class WriteSet:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class _Segment:
+    """Where a key of one elementary segment goes in each phase (see `_Routes`)."""
+
+    both: WriteSet  # proposed, streaming, committed: old and new owners
+    new: WriteSet  # cleanup, done
+    old: WriteSet  # rolled back
+    reads_before_commit: tuple[str, ...]  # the old owners, fresh nodes left out
+    reads_after_commit: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class _Routes:
+    """A transition's routing by elementary segment of the union of both rings' tokens, so a
+    key is routed with one hash and one bisect (every request during a transition)."""
+
+    bounds: list[int]
+    segments: tuple[_Segment, ...]
+
+    def segment(self, key: bytes | str | int) -> _Segment:
+        token = xxhash.xxh64_intdigest(key) if type(key) is bytes else key_token(key)
+        i = bisect.bisect_left(self.bounds, token)
+        # Past the largest token both rings wrap to their first token: segment 0's owners.
+        return self.segments[i if i < len(self.segments) else 0]
+
+
+@functools.lru_cache(maxsize=4)
+def _routes_for(
+    old_ring: Ring, old_rf: int, new_ring: Ring, new_rf: int, fresh: frozenset[str]
+) -> _Routes:
+    # Between two consecutive tokens of the union neither ring changes owner (module doc), so
+    # the replicas of a segment's last token are those of every key in it.
+    bounds = sorted(set(old_ring.tokens) | set(new_ring.tokens))
+    segments = []
+    for token in bounds:
+        old = old_ring.replicas(token, old_rf)
+        new = new_ring.replicas(token, new_rf)
+        if new == old:
+            new = old  # one object: the coordinator's single-group test is an identity check
+        segments.append(
+            _Segment(
+                both=WriteSet(old, new),
+                new=WriteSet(new, new),
+                old=WriteSet(old, old),
+                reads_before_commit=tuple(n for n in old if n not in fresh),
+                reads_after_commit=new,
+            )
+        )
+    return _Routes(bounds, tuple(segments))
+
+
 # ----------------------------------------------------------------------------- progress
 
 
@@ -452,23 +504,29 @@ class Transition:
         Until every node has seen the commit, writes go to old AND new owners; once cleanup
         starts only the new owners; after a rollback only the old ones.
         """
-        old = self.old_ring.replicas(key, self.old_rf)
-        new = self.new_ring.replicas(key, self.new_rf)
+        segment = self._routes.segment(key)
         if self.phase in (Phase.CLEANUP, Phase.DONE):
-            return WriteSet(new, new)
+            return segment.new
         if self.phase is Phase.ROLLED_BACK:
-            return WriteSet(old, old)
-        return WriteSet(old, new)
+            return segment.old
+        return segment.both
 
     def read_replicas(self, key: bytes | str | int) -> tuple[str, ...]:
         """Replicas reads ask: the old owners until commit (never a node still being filled),
         then the new owners."""
-        old = self.old_ring.replicas(key, self.old_rf)
+        segment = self._routes.segment(key)
         if self.phase is Phase.ROLLED_BACK:
-            return old
+            return segment.old.old
         if self.phase in (Phase.PROPOSED, Phase.STREAMING):
-            return tuple(n for n in old if n not in self.change.fresh)
-        return self.new_ring.replicas(key, self.new_rf)
+            return segment.reads_before_commit
+        return segment.reads_after_commit
+
+    @functools.cached_property
+    def _routes(self) -> _Routes:
+        # Shared by every version of the record (the rings are interned, see Ring.from_record).
+        return _routes_for(
+            self.old_ring, self.old_rf, self.new_ring, self.new_rf, self.change.fresh
+        )
 
     # ------------------------------------------------------------------ steps
 

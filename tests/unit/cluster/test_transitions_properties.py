@@ -90,6 +90,40 @@ def test_streamed_ranges_cover_every_new_replica_and_nothing_else(data):
             assert set(t.old_ring.replicas(token, t.old_rf)) == new
 
 
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_routing_by_segment_sends_every_key_where_the_two_rings_do(data):
+    ring, rf = data.draw(rings())
+    t = propose(ring, rf, data.draw(changes(ring, rf)), now_ms=0, accept_loss=True)
+    rng = random.Random(data.draw(st.integers(0, 2**32)))
+    keys: list[bytes | str | int] = list(probe_tokens(t, rng))
+    keys += [f"k{i}" for i in range(50)] + [f"k{i}".encode() for i in range(50)]
+    steps = [t, t.begin_streaming(1)]
+    streamed = steps[-1]
+    for target, indexes in streamed.streams().items():
+        streamed = streamed.record_progress(
+            target, index=len(indexes), cursor=None, keys=0, nbytes=0, now_ms=1
+        )
+    steps += [streamed.roll_back("test", 2), streamed.commit(2)]
+    steps += [steps[-1].begin_cleanup(3)]
+    steps += [steps[-1].finish(4)]
+    for step in steps:
+        for key in keys:
+            old, new = t.old_ring.replicas(key, t.old_rf), t.new_ring.replicas(key, t.new_rf)
+            fresh = t.change.fresh
+            if step.phase in (Phase.CLEANUP, Phase.DONE):
+                writes, reads = (new, new), new
+            elif step.phase is Phase.ROLLED_BACK:
+                writes, reads = (old, old), old
+            elif step.phase in (Phase.PROPOSED, Phase.STREAMING):
+                writes, reads = (old, new), tuple(n for n in old if n not in fresh)
+            else:  # committed
+                writes, reads = (old, new), new
+            got = step.write_set(key)
+            assert (got.old, got.new) == writes, f"{step.phase} {key!r}"
+            assert step.read_replicas(key) == reads, f"{step.phase} {key!r}"
+
+
 class ModelCluster:
     """Each node's stored tokens; streaming copies a range from a source to a target, cleanup
     deletes it, exactly as the real streamer and cleaner will act on a transition."""
