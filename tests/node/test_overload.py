@@ -7,9 +7,9 @@ moves both sides alike. The requests are batch reads (FastAPI routes, a few mill
 work each) so that one client process can offer five times what the node serves; a refusal is
 decided before any of that work, which is what keeps throughput up.
 
-Latencies are measured from just before the request's send() to the kernel's receive timestamp
-of the reply's last bytes (SO_TIMESTAMPNS), so the load generator's own scheduling delays do
-not count against the node.
+Latencies are measured between the kernel's timestamps of the request's send (SO_TIMESTAMPING,
+read from the socket's error queue) and of the reply's last bytes (SO_TIMESTAMPNS), so the load
+generator's own scheduling delays do not count against the node.
 
 The load generator runs in its own process (this file run as a script) at a lower CPU priority
 than the node: offering five times the load costs the client several times the CPU of the peak
@@ -42,6 +42,8 @@ if TYPE_CHECKING:
 pytestmark = pytest.mark.process
 
 SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)  # Linux; Python 3.11 lacks the name
+SO_TIMESTAMPING = 37  # Linux: the kernel's send timestamps, on the socket's error queue
+TX_SOFTWARE, SOFTWARE, OPT_TSONLY = 1 << 1, 1 << 4, 1 << 11  # SOF_TIMESTAMPING_* flags
 KEYS_PER_BATCH = 1000
 ROUNDS = 7
 ROUND_S = 1.0
@@ -66,13 +68,16 @@ class Reply:
 
 class Connection:
     """One keep-alive HTTP/1.1 connection driven by hand, one request at a time, reading the
-    kernel's receive timestamp of every segment."""
+    kernel's timestamps of each request's send and of every segment received."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, address: tuple[str, int]) -> None:
         self.loop = loop
         self.sock = socket.create_connection(address)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+        self.sock.setsockopt(
+            socket.SOL_SOCKET, SO_TIMESTAMPING, TX_SOFTWARE | SOFTWARE | OPT_TSONLY
+        )
         self.sock.setblocking(False)
         self._buf = bytearray()
         self._sent_ns = 0
@@ -83,12 +88,26 @@ class Connection:
     def request(self, data: bytes) -> asyncio.Future[Reply]:
         self._future = self.loop.create_future()
         self._buf.clear()
-        self._sent_ns = time.time_ns()
+        self._sent_ns = 0  # the kernel's, from the error queue once the request is sent
         self.sock.sendall(data)  # a few KB: fits the socket buffer of an idle connection
         return self._future
 
+    def _drain_send_timestamps(self) -> None:
+        """Take the send timestamps off the error queue (a pending one also wakes the reader,
+        so it is drained on every wake-up); the last is the request's last bytes."""
+        while True:
+            try:
+                _, ancillary, _, _ = self.sock.recvmsg(1, 512, socket.MSG_ERRQUEUE)
+            except BlockingIOError:
+                return
+            for level, kind, payload in ancillary:
+                if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPING:
+                    sec, nsec = struct.unpack("qq", payload[:16])
+                    self._sent_ns = sec * 1_000_000_000 + nsec
+
     def _readable(self) -> None:
         try:
+            self._drain_send_timestamps()
             data, ancillary, _, _ = self.sock.recvmsg(1 << 16, 64)
         except BlockingIOError:
             return
@@ -112,6 +131,10 @@ class Connection:
             for name, _, value in (line.partition(":") for line in head[1:])
         }
         if len(self._buf) < end + 4 + int(headers.get("content-length", "0")):
+            return
+        self._drain_send_timestamps()  # queued by the kernel before the reply could arrive
+        if not self._sent_ns:
+            self._fail(AssertionError("the kernel gave no send timestamp"))
             return
         future, self._future = self._future, None
         if future is not None and not future.done():
