@@ -321,6 +321,8 @@ def status(url: str, user: str | None, password: str | None, token: str | None) 
     )
     if disk.get("full"):
         console.print(f"[red]disk full, writes refused (507): {disk.get('reason')}[/red]")
+    elif disk.get("outOfDescriptors"):
+        console.print(f"[red]writes refused (503): {disk.get('reason')}[/red]")
     elif disk.get("reason"):
         console.print(f"[yellow]disk: {disk['reason']}[/yellow]")
     if clock:

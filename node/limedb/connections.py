@@ -93,9 +93,10 @@ class ConnectionBudget:
     def release(self, kind: str) -> None:
         self.open[kind] -= 1
 
-    def exhausted(self, exc: OSError) -> str:
-        """Count a request refused for want of a descriptor (logged at most every 10 s);
-        the message for its client."""
+    def exhausted(self, exc: OSError | Exception) -> str:
+        """Count a request refused for want of a descriptor (logged at most every 10 s): an
+        OSError the request met, or the storage engine's refusal of its write
+        (DescriptorsExhausted); the message for its client."""
         self.descriptor_errors += 1
         now = time.monotonic()
         if now - self._logged_at >= LOG_EVERY_S:
@@ -108,7 +109,9 @@ class ConnectionBudget:
                 exc,
                 self.descriptor_errors,
             )
-        return f"node out of file descriptors ({exc.strerror}); retry later"
+        if isinstance(exc, OSError):
+            return f"node out of file descriptors ({exc.strerror}); retry later"
+        return str(exc)
 
     def collect(self) -> Iterator[Metric]:
         opened = GaugeMetricFamily(

@@ -7,9 +7,12 @@ limit is left where it was, so a lowered limit can always be raised again at run
 
 from __future__ import annotations
 
+import errno
 import os
 import resource
 from collections.abc import Callable
+
+from limedb.storage import CrashableMemFS
 
 
 def nofile_at_start(soft: int) -> Callable[[], None]:
@@ -39,3 +42,17 @@ def nofile(pid: int) -> int:
 def open_descriptors(pid: int) -> int:
     """How many descriptors a running process holds now."""
     return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+class DescriptorLimitedFS(CrashableMemFS):
+    """The engine's in-memory file system, where creating a file (whose name ends with `only`,
+    when set) fails with EMFILE while `exhausted` is set: descriptors running out under the
+    engine, in-process."""
+
+    exhausted = False
+    only = ""
+
+    def create(self, path: str):
+        if self.exhausted and path.endswith(self.only):
+            raise OSError(errno.EMFILE, "Too many open files")
+        return super().create(path)

@@ -14,7 +14,13 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
-from limedb.cluster.service import InsufficientStorage, InvalidRequest, ServiceError, Unavailable
+from limedb.cluster.service import (
+    DescriptorsExhausted,
+    InsufficientStorage,
+    InvalidRequest,
+    ServiceError,
+    Unavailable,
+)
 from limedb.connections import out_of_descriptors
 
 JSON = b"application/json"
@@ -75,6 +81,8 @@ def install_handlers(app: FastAPI) -> None:
 
     async def on_service_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, ServiceError)
+        if isinstance(exc, DescriptorsExhausted):
+            request.app.state.node.connections.exhausted(exc)
         return error_response(from_service_error(exc))
 
     async def on_validation(request: Request, exc: Exception) -> Response:

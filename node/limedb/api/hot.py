@@ -15,7 +15,7 @@ from limedb.api.errors import ApiError, error_body, from_service_error, retry_af
 from limedb.api.state import NodeState
 from limedb.api.validation import key_from_raw_path, parse_consistency, parse_ttl
 from limedb.auth import Role
-from limedb.cluster.service import ServiceError
+from limedb.cluster.service import DescriptorsExhausted, ServiceError
 from limedb.connections import out_of_descriptors
 
 log = logging.getLogger("limedb.api")
@@ -120,6 +120,9 @@ async def serve(
             ttl = parse_ttl(query) if query else None
             return await ops.kv_put(service, key, body, ttl, consistency, limits)
         return await ops.kv_delete(service, key, consistency)
+    except DescriptorsExhausted as exc:
+        state.connections.exhausted(exc)
+        return error_reply(exc)
     except (ApiError, ServiceError) as exc:
         return error_reply(exc)
     except Exception as exc:

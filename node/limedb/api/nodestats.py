@@ -87,6 +87,7 @@ def node_stats(state: NodeState) -> dict[str, Any]:
             "bytes": storage_bytes(stats),
             "keys_approx": int(stats.get("keys_approx", 0)),
             "disk_full": bool(stats.get("disk_full", False)),
+            "out_of_descriptors": bool(stats.get("out_of_descriptors", False)),
         },
         "disk": disk_usage(state.config.data_dir),
         "hints": {

@@ -49,6 +49,7 @@ def disk_health(storage: dict) -> dict:
     """The `disk` object of /api/v1/health, from the storage engine's stats."""
     return {
         "full": bool(storage.get("disk_full", False)),
+        "outOfDescriptors": bool(storage.get("out_of_descriptors", False)),
         "readOnly": bool(storage.get("read_only", False)),
         "since": storage.get("disk_full_since"),
         "reason": storage.get("disk_full_reason"),
@@ -205,7 +206,7 @@ def build_router(state: NodeState) -> APIRouter:
         storage = service.stats()
         disk = disk_health(storage)
         body = {
-            "status": "degraded" if disk["full"] else "healthy",
+            "status": "degraded" if disk["full"] or disk["outOfDescriptors"] else "healthy",
             "service": "limedb-node",
             "version": limedb.__version__,
             "nodeUrl": service.node_url,

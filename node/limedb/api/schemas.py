@@ -129,10 +129,15 @@ class GossipInfo(BaseModel):
 
 class DiskHealth(BaseModel):
     full: bool = Field(description="writes are refused (507) until space is freed")
+    outOfDescriptors: bool = Field(
+        description="writes are refused (503) or a flush is blocked: no file descriptor left"
+    )
     readOnly: bool = Field(description="the node serves reads only (full, or opened full)")
     since: float | None = Field(description="when the disk filled up (Unix seconds)")
     reason: str | None = Field(description="the failing file and error, or a blocked flush")
-    refusedWrites: int = Field(description="writes refused for a full disk since the start")
+    refusedWrites: int = Field(
+        description="writes refused for a full disk (or no descriptor left) since the start"
+    )
 
 
 class Health(BaseModel):

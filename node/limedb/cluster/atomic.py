@@ -29,6 +29,7 @@ from limedb.cluster.service import (
     InvalidRequest,
     ReadResult,
     Unavailable,
+    refused_write,
 )
 from limedb.hlc import wall_millis
 from limedb.storage.errors import DiskFullError
@@ -204,7 +205,6 @@ def decode_request(
 # ---------------------------------------------------------------------------- the cluster side
 
 _INVALID = 400
-_UNAVAILABLE = 503
 
 
 @contextlib.contextmanager
@@ -216,7 +216,7 @@ def answering_peer() -> Iterator[None]:
     except InvalidRequest as exc:
         raise rpc.RpcError(_INVALID, str(exc)) from None
     except Unavailable as exc:
-        raise rpc.RpcError(_UNAVAILABLE, str(exc)) from None
+        raise rpc.RpcError(rpc.UNAVAILABLE, str(exc)) from None
     except InsufficientStorage as exc:
         raise rpc.RpcError(rpc.INSUFFICIENT_STORAGE, str(exc)) from None
 
@@ -366,7 +366,7 @@ async def apply_locally(
             elif outcome.action is Action.DELETE:
                 await engine.delete_async(storage_key(key), ts=clock.now())
         except DiskFullError as exc:
-            raise InsufficientStorage(str(exc), exc.retry_after_s) from exc
+            raise refused_write(exc) from exc
         return outcome.reply
     finally:
         locks.release(key, not blind)

@@ -25,7 +25,7 @@ from limedb.cluster.ring.placement import Ring
 from limedb.cluster.service import Consistency, InsufficientStorage, ReadResult, Unavailable
 from limedb.cluster.transitions import WriteSet
 from limedb.hlc import HLC, ClockOffsetError, wall_millis
-from limedb.storage.errors import DiskFullError
+from limedb.storage.errors import DiskFullError, OutOfDescriptorsError
 
 log = logging.getLogger(__name__)
 
@@ -53,9 +53,9 @@ def required_acks(consistency: Consistency, replicas: int) -> int:
     return replicas // 2 + 1
 
 
-def _disk_full_reason(node: str, error: BaseException) -> str | None:
+def disk_full_reason(node: str, error: BaseException) -> str | None:
     """Why `node` refused a write for a full disk (locally or over the RPC), else None."""
-    if isinstance(error, DiskFullError):
+    if isinstance(error, DiskFullError) and not isinstance(error, OutOfDescriptorsError):
         return f"replica {node}: {error}"
     if isinstance(error, rpc.RpcError) and error.code == rpc.INSUFFICIENT_STORAGE:
         return f"replica {node}: {error.message}"
@@ -398,7 +398,7 @@ class Coordinator:
         error: BaseException,
     ) -> None:
         self.counters["replica_write_failures"] += 1
-        full = _disk_full_reason(node, error)
+        full = disk_full_reason(node, error)
         if full is not None:
             self.counters["replica_writes_disk_full"] += 1
             if quorum.disk_full is None:

@@ -17,12 +17,12 @@ from limedb.cluster.keys import storage_key, user_key
 from limedb.cluster.ring.placement import vnode_tokens
 from limedb.cluster.service import (
     Consistency,
-    InsufficientStorage,
     NotClustered,
     ReadResult,
     ReplicaHolding,
     ReplicaReport,
     Unavailable,
+    refused_write,
 )
 from limedb.cluster.status import announced
 from limedb.cluster.transaction import Step, StepResult, Watch, run_batch
@@ -166,7 +166,7 @@ class LocalService:
         try:
             await self._engine.put_async(storage_key(key), value, ts=ts, expires_at_ms=expires)
         except DiskFullError as exc:
-            raise InsufficientStorage(str(exc), exc.retry_after_s) from exc
+            raise refused_write(exc) from exc
         except StorageError as exc:
             raise Unavailable(f"storage refused the write: {exc}") from exc
         return ts
@@ -178,7 +178,7 @@ class LocalService:
         try:
             await self._engine.delete_async(skey, ts=self._clock.now())
         except DiskFullError as exc:
-            raise InsufficientStorage(str(exc), exc.retry_after_s) from exc
+            raise refused_write(exc) from exc
         except StorageError as exc:
             raise Unavailable(f"storage refused the delete: {exc}") from exc
         return existed
@@ -211,7 +211,7 @@ class LocalService:
             else:
                 await self._engine.delete_async(storage_key(key), ts=ts)
         except DiskFullError as exc:
-            raise InsufficientStorage(str(exc), exc.retry_after_s) from exc
+            raise refused_write(exc) from exc
         except StorageError as exc:
             raise Unavailable(f"storage refused the write: {exc}") from exc
         return ts

@@ -20,7 +20,7 @@ from limedb.cluster.clock_offset import ClockOffsets, TimestampRefused
 from limedb.cluster.keys import storage_key
 from limedb.hlc import HLC, wall_millis
 from limedb.storage import WriteBatch
-from limedb.storage.errors import DiskFullError
+from limedb.storage.errors import DiskFullError, OutOfDescriptorsError
 from limedb.storage.record import EXPIRES, TOMBSTONE, Rec, make_rec, newer
 
 log = logging.getLogger(__name__)
@@ -241,18 +241,23 @@ class Replica:
         server.register_deferred(rpc.REPLICATE, self.replicate_deferred)
 
 
+def _remote_error(error: BaseException | None) -> BaseException | None:
+    """A full disk travels to a remote coordinator as its own code: that coordinator answers
+    507 (not 503) when this failure costs the write its quorum, and hints this replica. Out of
+    file descriptors (the disk has room) travels as UNAVAILABLE."""
+    if isinstance(error, OutOfDescriptorsError):
+        return rpc.RpcError(rpc.UNAVAILABLE, str(error))
+    if isinstance(error, DiskFullError):
+        return rpc.RpcError(rpc.INSUFFICIENT_STORAGE, str(error))
+    return error
+
+
 def _settle(queued: list[_Queued], results: list[bool] | None, error: BaseException | None) -> None:
     """Answer every queued mutation: `results` once durable, else `error`. The replies to
     peers go out as one write per connection."""
     if error is not None:
         results = None
-    # A full disk travels to a remote coordinator as its own code: that coordinator answers
-    # 507 (not 503) when this failure costs the write its quorum, and hints this replica.
-    remote_error = (
-        rpc.RpcError(rpc.INSUFFICIENT_STORAGE, str(error))
-        if isinstance(error, DiskFullError)
-        else error
-    )
+    remote_error = _remote_error(error)
     replies: dict[rpc.Replies, list[bytes]] = {}
     for i, (_, existed, how, sink, request_id) in enumerate(queued):
         if how == _PEER:

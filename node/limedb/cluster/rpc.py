@@ -95,6 +95,7 @@ NOT_FOUND = 404
 TOO_LARGE = 413
 EXPIRED = 504
 INSUFFICIENT_STORAGE = 507  # the replica's disk is full (limedb.storage.errors.DiskFullError)
+UNAVAILABLE = 503  # the replica cannot serve it now (e.g. out of file descriptors)
 FAILED = 500
 TIMESTAMP_REFUSED = 422  # a timestamp beyond the maximum clock offset (cluster.clock_offset)
 

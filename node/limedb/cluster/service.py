@@ -14,6 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
+from limedb.storage.errors import DiskFullError, OutOfDescriptorsError
+
 if TYPE_CHECKING:
     from limedb.cluster.atomic import ReadModifyWrite
     from limedb.cluster.background import BackgroundBudget
@@ -77,6 +79,12 @@ class Unavailable(ServiceError):
         self.retry_after = retry_after
 
 
+class DescriptorsExhausted(Unavailable):
+    """This node's storage could not open a file the write needed: the process (or the system)
+    is out of file descriptors. HTTP 503 with Retry-After (RESP UNAVAILABLE), counted with the
+    other requests refused for want of a descriptor; nothing of the write was acknowledged."""
+
+
 class InsufficientStorage(ServiceError):
     """A replica's disk is full and the write could not reach its quorum without it: HTTP 507
     with Retry-After. Nothing of it was acknowledged; it succeeds again once space is freed."""
@@ -84,6 +92,14 @@ class InsufficientStorage(ServiceError):
     def __init__(self, message: str, retry_after: float = 1.0) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+def refused_write(exc: DiskFullError) -> ServiceError:
+    """The service error for a write this node's storage engine refused: 507 for a full disk,
+    503 when it is out of file descriptors (the disk has room)."""
+    if isinstance(exc, OutOfDescriptorsError):
+        return DescriptorsExhausted(str(exc), exc.retry_after_s)
+    return InsufficientStorage(str(exc), exc.retry_after_s)
 
 
 class InvalidRequest(ServiceError):

@@ -33,6 +33,7 @@ import hiredis
 from limedb.auth import Authenticator
 from limedb.cluster.atomic import OperationRefused
 from limedb.cluster.service import (
+    DescriptorsExhausted,
     InsufficientStorage,
     InvalidRequest,
     NodeService,
@@ -459,6 +460,8 @@ class RespConnection(asyncio.Protocol):
             return RespError(f"UNAVAILABLE {self.server.budget.exhausted(exc)}")
         if isinstance(exc, Unavailable):
             stats.unavailable_errors += 1
+            if isinstance(exc, DescriptorsExhausted):
+                self.server.budget.exhausted(exc)
         return error_reply(exc)
 
     def _fatal(self, request: Any) -> None:

@@ -16,7 +16,7 @@ from . import compaction as compaction_mod
 from . import offload
 from .context import EngineContext
 from .engine_filter import EngineFilter
-from .errors import DiskFullError, is_disk_full
+from .errors import is_disk_full, refusal
 from .flush import MAX_BACKOFF_S, MIN_BACKOFF_S
 from .manifest import VersionEdit
 from .sstable import TableMeta, TableReader, table_name
@@ -187,6 +187,6 @@ class Compactor:
                 names = set(ctx.fs.listdir(ctx.dir))
                 made = [table_name(no) for no in numbers if table_name(no) in names]
                 self._versions.discard_unlisted([ctx.path(n) for n in made])
-                raise DiskFullError(f"disk full: compaction worker: {exc}") from exc
+                raise refusal(f"disk full: compaction worker: {exc}", exc) from exc
             self._workers.failed("compaction", exc)
             return None

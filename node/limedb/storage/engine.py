@@ -163,7 +163,7 @@ class Engine:
             # Read-only until there is room: what is on disk is served, writes get DiskFullError.
             with ctx.mutex:
                 self._space.opened_full = True
-                self._space.enter_locked(f"opened on a full disk ({exc})")
+                self._space.enter_locked(f"opened on a full disk ({exc})", exc)
 
     def _finish_open(self) -> None:
         """Write what an open needs before it accepts writes: a fresh MANIFEST (a snapshot), a

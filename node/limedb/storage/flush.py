@@ -16,7 +16,7 @@ from itertools import islice
 from . import offload
 from .context import EngineContext
 from .engine_filter import EngineFilter
-from .errors import DiskFullError, EngineClosedError, StorageError, is_disk_full
+from .errors import EngineClosedError, StorageError, is_disk_full, refusal
 from .manifest import VersionEdit
 from .memtable import ENTRY_OVERHEAD, Memtable
 from .record import Rec
@@ -379,7 +379,7 @@ class Flusher:
                 raise EngineClosedError("flush abandoned: the engine is closing") from exc
             if is_disk_full(exc):
                 self._versions.discard_unlisted([ctx.path(table_name(no))])
-                raise DiskFullError(f"disk full: flush worker: {exc}") from exc
+                raise refusal(f"disk full: flush worker: {exc}", exc) from exc
             self._workers.failed("flush", exc)
             return None, None
         if meta is None or meta.entries != len(imm.data):

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 
 from .context import EngineContext
-from .errors import DiskFullError, StorageError, is_disk_full
+from .errors import DiskFullError, StorageError, is_disk_full, refusal
 from .wal import WalWriter, encode_items
 from .write_path import WritePath, log_name
 
@@ -159,7 +159,7 @@ class LogSyncer:
         exc: BaseException | None = None
         if full is not None:
             # Nothing is written while the disk is full; whoever waits hears why.
-            exc = DiskFullError(str(full))
+            exc = refusal(str(full), full)
         frames = [(w, encode_items(items) if items else b"") for w, items in chunks]
         try:
             self._write_frames(frames, fsync)
@@ -241,7 +241,8 @@ class LogSyncer:
             self._broken.extend(broken)
             path = frames[-1][0].file_no if frames else 0
             err = self._space.enter_locked(
-                f"WAL {log_name(path)}: {exc.strerror or exc}; writes refused until space is freed"
+                f"WAL {log_name(path)}: {exc.strerror or exc}; writes refused until space is freed",
+                exc,
             )
         try:
             self._cut_broken()

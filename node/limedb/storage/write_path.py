@@ -199,20 +199,23 @@ class WritePath:
         to wait for a flush (or, with L0 at its stop, a compaction) that found no room."""
         space = self._space
         reason = None
+        cause: BaseException | None = None
         if space.full is not None:
-            reason = str(space.full)
+            reason, cause = str(space.full), space.full
         elif (
             space.flush_blocked is not None
             and self.imm is not None
             and self.mem.size >= self._mem_limit
         ):
-            reason = f"disk full: memtable flush failed ({space.flush_blocked})"
+            cause = space.flush_blocked
+            reason = f"disk full: memtable flush failed ({cause})"
         elif (
             space.compaction_blocked is not None and len(self._versions.levels[0]) >= self._l0_stop
         ):
-            reason = f"disk full: compaction failed ({space.compaction_blocked})"
+            cause = space.compaction_blocked
+            reason = f"disk full: compaction failed ({cause})"
         if reason is not None:
-            raise space.refuse(reason)
+            raise space.refuse(reason, cause)
 
     # ------------------------------------------------------------------ memtable rotation
 
@@ -236,7 +239,7 @@ class WritePath:
             if blocked is not None:
                 # The flush or compaction it waits for found no room: this write stays
                 # unacknowledged (later ones are refused before they are applied).
-                raise self._space.refuse(f"disk full: {blocked}")
+                raise self._space.refuse(f"disk full: {blocked}", blocked)
             ctx.cv.wait(0.5)
         try:
             self.freeze_locked()
@@ -245,7 +248,7 @@ class WritePath:
                 raise
             # No room for the next log: keep filling this memtable; the WAL write that
             # follows finds the disk full too.
-            log.warning("could not start a new WAL (disk full): %s", exc)
+            log.warning("could not start a new WAL, the current one is kept on: %s", exc)
 
     def freeze_locked(self) -> None:
         """Make the memtable immutable and start a new WAL; caller holds the mutex."""

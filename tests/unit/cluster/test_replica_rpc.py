@@ -11,9 +11,11 @@ from pathlib import Path
 import pytest
 from limedb.cluster import rpc
 from limedb.cluster.clock_offset import ClockOffsets
+from limedb.cluster.coordinator import disk_full_reason
 from limedb.cluster.replica import Mutation, Replica, decode_applied
 from limedb.hlc import HLC, pack, wall_millis
 from limedb.storage import Engine, EngineOptions
+from support.descriptors import DescriptorLimitedFS
 
 SECRET = "s3cret"
 
@@ -151,3 +153,50 @@ def test_request_then_hears_a_lost_connection_and_an_unreachable_peer() -> None:
         assert isinstance(answers.heard[0][1], rpc.PeerUnavailable)
 
     asyncio.run(main())
+
+
+@pytest.mark.parametrize("lacking", ["space", "descriptors"])
+def test_a_replica_refusing_a_write_for_its_disk_says_which_resource_ran_out(lacking) -> None:
+    """A full disk travels as INSUFFICIENT_STORAGE (the coordinator answers 507 when it costs
+    the quorum); out of file descriptors (the disk has room) as UNAVAILABLE, never as a full
+    disk."""
+    fs = DescriptorLimitedFS()
+    fs.only = ".sst"
+    options = EngineOptions(
+        offload_workers=0, memtable_bytes=2048, background_threads=True, durability="sync"
+    )
+    engine = Engine.open("/replica", options, fs=fs)
+
+    async def main() -> None:
+        replica, server, peer = await _serve(engine)
+        ts = pack(wall_millis(), 0)
+        if lacking == "space":
+            fs.fill()
+        else:
+            fs.exhausted = True
+        refused: list[BaseException] = []
+        for i in range(2_000):
+            payload = Mutation(b"k%d" % i, b"v" * 100, ts + i).encode()
+            try:
+                await peer.call(rpc.REPLICATE, payload, 5)
+            except rpc.RpcError as exc:
+                refused.append(exc)
+                if len(refused) >= 3:
+                    break
+        assert refused, "no write was refused"
+        for error in refused:
+            assert isinstance(error, rpc.RpcError)
+            if lacking == "space":
+                assert error.code == rpc.INSUFFICIENT_STORAGE, error
+                assert disk_full_reason("n1", error) is not None
+            else:
+                assert error.code == rpc.UNAVAILABLE, error
+                assert error.message.startswith("out of file descriptors: "), error.message
+                assert disk_full_reason("n1", error) is None
+        peer.close()
+        await server.stop()
+
+    try:
+        asyncio.run(main())
+    finally:
+        engine.close()

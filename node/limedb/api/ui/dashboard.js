@@ -288,6 +288,9 @@ function alerts(members, byId) {
     else if (s.disk.used_fraction >= DISK_NEARLY_FULL) {
       found.push(["warning", `disk nearly full: ${name} at ${(s.disk.used_fraction * 100).toFixed(1)}%`]);
     }
+    if (s.storage.out_of_descriptors) {
+      found.push(["critical", `out of file descriptors: ${name} refuses writes`]);
+    }
     if (s.hints.pending > HINTS_PILING_UP) {
       found.push(["warning", `hints piling up: ${name} holds ${s.hints.pending}`]);
     }
