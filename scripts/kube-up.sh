@@ -453,6 +453,21 @@ save_sysctls() {
     done
 }
 
+# Each pod sandbox's network namespace is a file under /run/netns with the namespace mounted on
+# it. The first `ip netns add` on a machine (the tests' own namespaces, tests/support/netns.py)
+# turns /run/netns into a recursive bind mount of itself; done while pods run, that copies
+# their mounts, containerd's unmount later removes only the copy, the file stays a mount point
+# underneath and cannot be removed (EBUSY): the pod hangs in Terminating for good (seen on a
+# freshly booted machine: a rolling restart never finished). So /run/netns is made that
+# mount point before containerd starts, as iproute2 would.
+shared_netns_dir() {
+    mkdir -p /run/netns
+    if ! mountpoint -q /run/netns; then
+        mount --rbind /run/netns /run/netns
+    fi
+    mount --make-shared /run/netns
+}
+
 make_bridge() {
     ip link add "$BRIDGE" type bridge
     ip addr add "$NODE_IP/${POD_SUBNET#*/}" dev "$BRIDGE"
@@ -523,6 +538,7 @@ echo "$ROOT" >"$KRUN/root"
 save_sysctls
 nft list tables 2>/dev/null | LC_ALL=C sort >"$KRUN/nft-tables.before" || true
 nft_chains >"$KRUN/nft-chains.before" || true
+shared_netns_dir
 make_bridge
 kube_log "certificates ..."
 make_pki

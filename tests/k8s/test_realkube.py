@@ -11,6 +11,7 @@ these tests need nothing of `make image`.
 from __future__ import annotations
 
 import json
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -226,3 +227,37 @@ def test_a_released_volume_is_offered_again_empty(kube: RealKube, ns: str):
     kube.renew_volumes()
     wait_for(lambda: phase() == "Available", timeout=60, what=f"{volume} Available again")
     assert list(path.iterdir()) == []
+
+
+def _hidden_netns_mounts() -> list[str]:
+    """Pod network namespaces mounted under /run/netns but hidden under a later mount of
+    /run/netns itself (so containerd can never remove their files)."""
+    tops: set[str] = set()
+    nsfs: list[tuple[str, str]] = []
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        fields = line.split()
+        mount_id, parent, point = fields[0], fields[1], fields[4]
+        if point == "/run/netns":
+            tops.add(mount_id)
+        elif point.startswith("/run/netns/cni-"):
+            nsfs.append((parent, point))
+    top = max(tops, key=int) if tops else None  # the visible one is the newest
+    return [point for parent, point in nsfs if parent != top]
+
+
+def test_a_pod_is_deleted_whole_after_the_machines_first_ip_netns_add(kube: RealKube, ns: str):
+    """Pods run while the tests create network namespaces of their own (`ip netns add`, which
+    turns /run/netns into a mount of itself the first time): a deleted pod still goes away
+    and leaves no network namespace behind (kube-up makes /run/netns that mount before
+    containerd starts; without it a pod's namespace mount was copied and the copy's
+    original could not be removed: the pod stayed Terminating)."""
+    kube.apply(pod("netns-probe", "exec sleep 3600"), ns)
+    wait_ready(kube, ns, "netns-probe")
+    name = "limedb-netns-probe"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        assert not _hidden_netns_mounts()
+        kube.kubectl("-n", ns, "delete", "pod", "netns-probe", "--timeout=60s")
+    finally:
+        subprocess.run(["ip", "netns", "del", name], check=False)
+    assert not _hidden_netns_mounts()
