@@ -129,6 +129,7 @@ def test_failure_detector_marks_paused_node_and_its_return(make_cluster) -> None
                 f"{node.url} to mark the paused node suspect or dead",
                 step_s=0.2,
             )
+
         # The two others still form a quorum for every key. With a 1 s budget on a busy
         # machine one attempt may miss it; a 503 says when to retry, and the retry is answered.
         def quorum_read() -> bytes | None:
