@@ -189,21 +189,25 @@ class Kube:
                 raise
 
     def generated_secret(
-        self, kind: str, name: str, namespace: str, owner: Mapping[str, Any]
+        self, kind: str, name: str, namespace: str, owner: Mapping[str, Any], owned: bool = True
     ) -> str:
         """The value of one of manifests.GENERATED_SECRETS, created on first use; read by name
-        only (no list on secrets)."""
+        only (no list on secrets). `owned`: whether LimeCluster `owner` owns it (the garbage
+        collector deletes it with the LimeCluster); a Secret found owned otherwise is changed."""
         object_name, key = manifests.GENERATED_SECRETS[kind]
         secret_name = object_name(name)
         try:
             found = self.core.read_namespaced_secret(secret_name, namespace)
-            return base64.b64decode(found.data[key]).decode()
         except ApiException as e:
             if e.status != 404:
                 raise
+        else:
+            self._set_owned(found, owner, owned, namespace)
+            return base64.b64decode(found.data[key]).decode()
         token = secrets.token_urlsafe(32)
         body = manifests.generated_secret(kind, name, namespace, token)
-        body["metadata"]["ownerReferences"] = [manifests.owner_reference(owner)]
+        if owned:
+            body["metadata"]["ownerReferences"] = [manifests.owner_reference(owner)]
         try:
             self.core.create_namespaced_secret(namespace, body)
         except ApiException as e:
@@ -213,6 +217,24 @@ class Kube:
             found = self.core.read_namespaced_secret(secret_name, namespace)
             return base64.b64decode(found.data[key]).decode()
         return token
+
+    def _set_owned(self, found: Any, owner: Mapping[str, Any], owned: bool, namespace: str) -> None:
+        """Make LimeCluster `owner` own Secret `found`, or not (a conflict waits for the next
+        tick); owner references of anything else are kept."""
+        uid = owner["metadata"]["uid"]
+        refs = found.metadata.owner_references or []
+        if any(ref.uid == uid for ref in refs) == owned:
+            return
+        body = self.core.api_client.sanitize_for_serialization(found)
+        kept = [ref for ref in body["metadata"].get("ownerReferences", []) if ref["uid"] != uid]
+        body["metadata"]["ownerReferences"] = kept + (
+            [manifests.owner_reference(owner)] if owned else []
+        )
+        try:
+            self.core.replace_namespaced_secret(found.metadata.name, namespace, body)
+        except ApiException as e:
+            if e.status != 409:
+                raise
 
     def secret_data(self, name: str, namespace: str) -> dict[str, str] | None:
         """The decoded data of Secret `name` (read by name: no list on secrets), None if none."""

@@ -79,9 +79,8 @@ def admin_secret(name: str, spec: Mapping[str, Any]) -> tuple[str, str] | None:
     else the generated `<name>-admin` when spec.auth is enabled; None for a cluster without
     users (the operator's admin calls then use the cluster secret, which the nodes accept until
     the first user exists; users added by hand to such a cluster need an adminSecretRef, else the
-    operator reports AdminCredentialsRejected). A cluster without auth gets no admin user of the
-    operator's making: its data would outlive the generated Secret when its volumes are retained
-    and the cluster is deleted and made again (docs/security.md)."""
+    operator reports AdminCredentialsRejected). The generated Secret outlives the LimeCluster
+    while its volumes do (`owns_generated_secret`)."""
     ref = (spec.get("auth") or {}).get("adminSecretRef") or {}
     if ref.get("name"):
         return str(ref["name"]), str(ref.get("key") or ADMIN_PASSWORD_KEY)
@@ -97,6 +96,14 @@ def generates_admin_secret(spec: Mapping[str, Any]) -> bool:
     """Whether the operator makes `<name>-admin`: auth enabled and no adminSecretRef."""
     auth = spec.get("auth") or {}
     return bool(auth.get("enabled")) and not (auth.get("adminSecretRef") or {}).get("name")
+
+
+def owns_generated_secret(kind: str, spec: Mapping[str, Any]) -> bool:
+    """Whether the LimeCluster owns its generated Secret `kind` (the garbage collector deletes
+    it with the LimeCluster). Not `<name>-admin` while pvcRetention.whenDeleted is Retain: the
+    users stored on the retained volumes keep the admin's password, so a LimeCluster made again
+    on them must find the same one (the operator reads the Secret it finds)."""
+    return kind != "admin" or spec["pvcRetention"]["whenDeleted"] != "Retain"
 
 
 def pod_name(name: str, ordinal: int) -> str:

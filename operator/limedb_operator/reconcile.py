@@ -271,7 +271,9 @@ def reconcile(kube: Kube, body: Mapping[str, Any]) -> Outcome:
     secret = kube.generated_secret("cluster", name, namespace, body)
     kube.generated_secret("resp", name, namespace, body)  # the pods read it: before them
     if manifests.generates_admin_secret(spec):
-        kube.generated_secret("admin", name, namespace, body)  # before the pods read it
+        # Before the pods read it; kept with the volumes when they are retained.
+        owned = manifests.owns_generated_secret("admin", spec)
+        kube.generated_secret("admin", name, namespace, body, owned)
     sts = kube.statefulset(name, namespace)
     replicas = None if sts is None else int(sts["spec"].get("replicas") or 0)
     scheme = tls.scheme(spec)

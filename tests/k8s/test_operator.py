@@ -117,15 +117,54 @@ def test_scale_below_replication_factor_is_refused_with_condition_and_event(
     assert warnings[0][0] == "Warning"
 
 
+def _secret(core, namespace, name):
+    try:
+        return core.read_namespaced_secret(name, namespace)
+    except ApiException as e:
+        if e.status == 404:
+            return None
+        raise
+
+
 @pytest.mark.parametrize("policy", ["Delete", "Retain"])
 def test_deleting_the_cluster_applies_the_pvc_policy(api, namespace, operator, policy):
-    create(api, namespace, nodes=3, pvcRetention={"whenDeleted": policy})
+    """The volumes follow pvcRetention.whenDeleted, and so does the generated admin Secret:
+    the users on retained volumes keep its password, so it stays with them and a LimeCluster
+    made again uses it; with Delete it goes with the cluster, as the other Secrets always do."""
+    # Made with Delete: the Retain case also sees the admin Secret let go on a change.
+    spec = {"nodes": 3, "pvcRetention": {"whenDeleted": "Delete"}, "auth": {"enabled": True}}
+    create(api, namespace, **spec)
     core = kubernetes.client.CoreV1Api(api)
 
     def claims():
         return [p for p in core.list_namespaced_persistent_volume_claim(namespace).items]
 
     wait_for(lambda: len(claims()) == 3, timeout=60, what="3 PVCs")
+    admin = _secret(core, namespace, "lime-admin")
+    assert admin is not None and _secret(core, namespace, "lime-secret") is not None
+    assert [ref.kind for ref in admin.metadata.owner_references or []] == ["LimeCluster"]
+    if policy == "Retain":
+        spec["pvcRetention"] = {"whenDeleted": "Retain"}
+        kubernetes.client.CustomObjectsApi(api).patch_namespaced_custom_object(
+            G, V, namespace, P, "lime", {"spec": {"pvcRetention": spec["pvcRetention"]}}
+        )
+        wait_for(
+            lambda: not _secret(core, namespace, "lime-admin").metadata.owner_references,
+            timeout=30,
+            what=f"the admin Secret to be let go ({operator.log_tail()})",
+        )
+        # The StatefulSet's policy follows too, before the cluster is deleted.
+        apps = kubernetes.client.AppsV1Api(api)
+        wait_for(
+            lambda: (
+                apps.read_namespaced_stateful_set(
+                    "lime", namespace
+                ).spec.persistent_volume_claim_retention_policy.when_deleted
+                == "Retain"
+            ),
+            timeout=30,
+            what="the StatefulSet's claim policy to be Retain",
+        )
     assert "limedb.io/pvc-retention" in get(api, namespace)["metadata"]["finalizers"]
     kubernetes.client.CustomObjectsApi(api).delete_namespaced_custom_object(
         G, V, namespace, P, "lime"
@@ -156,6 +195,23 @@ def test_deleting_the_cluster_applies_the_pvc_policy(api, namespace, operator, p
             "data-lime-2",
         ]
         assert not any(p.metadata.deletion_timestamp for p in claims())
+    # The other generated Secrets always go with the cluster; the admin's follows the volumes.
+    wait_for(lambda: _secret(core, namespace, "lime-secret") is None, timeout=30,
+             what="the cluster secret to be garbage collected")  # fmt: skip
+    if policy == "Delete":
+        wait_for(lambda: _secret(core, namespace, "lime-admin") is None, timeout=30,
+                 what="the admin Secret to be garbage collected")  # fmt: skip
+        return
+    kept = _secret(core, namespace, "lime-admin")
+    assert kept is not None and kept.data == admin.data
+    assert not kept.metadata.owner_references
+    create(api, namespace, **spec)
+    wait_for(lambda: _secret(core, namespace, "lime-secret") is not None, timeout=60,
+             what=f"the cluster made again ({operator.log_tail()})")  # fmt: skip
+    again = _secret(core, namespace, "lime-admin")
+    assert (
+        again is not None and again.data == admin.data and again.metadata.uid == admin.metadata.uid
+    )
 
 
 def test_uninstall_hook_deletes_the_cluster_while_the_operator_runs(api, namespace, operator):

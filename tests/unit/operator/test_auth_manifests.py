@@ -101,3 +101,19 @@ def test_refused_admin_credentials_are_a_condition_and_one_event_not_a_silent_lo
 
 def _pod(ordinal: int) -> PodView:
     return PodView(f"{NAME}-{ordinal}", ordinal, f"10.0.0.{ordinal}", ready=True)
+
+
+def test_the_generated_admin_secret_stays_with_retained_volumes() -> None:
+    """The users live on the volumes: while they are retained at deletion, so is the admin's
+    password (a LimeCluster made again on them reads the same Secret); the cluster secret and
+    the RESP password always go with the LimeCluster."""
+    retain = manifests.with_defaults({"auth": {"enabled": True}})
+    assert retain["pvcRetention"]["whenDeleted"] == "Retain"  # the default
+    delete = manifests.with_defaults(
+        {"auth": {"enabled": True}, "pvcRetention": {"whenDeleted": "Delete"}}
+    )
+    assert not manifests.owns_generated_secret("admin", retain)
+    assert manifests.owns_generated_secret("admin", delete)
+    for kind in ("cluster", "resp"):
+        assert manifests.owns_generated_secret(kind, retain)
+        assert manifests.owns_generated_secret(kind, delete)
