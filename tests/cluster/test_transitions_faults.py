@@ -62,6 +62,24 @@ def wait_streaming(fleet: Fleet, via: Node, fraction: float) -> dict:
     return wait_for(far_enough, 60.0, f"the join to stream {fraction:.0%}", 0.1)
 
 
+def wait_mid_stream(fleet: Fleet, via: Node, watched: Node, side: str) -> dict:
+    """The join's transition (as `via` reports it) while it streams: past 15% of its ranges,
+    or with a table transfer `side` ("sending", "receiving") on `watched`. Table streaming
+    counts progress in whole groups of ranges, which the parallel transfers finish at about
+    the same moment, so its fraction can go from 0 to the end between two looks; a transfer
+    under way is the moment in the middle."""
+
+    def under_way() -> dict | None:
+        t = fleet.status(via)["transition"]
+        if t is None or t["phase"] != "streaming":
+            return None
+        if t["fraction"] >= 0.15 or table_transfers(watched)[f"table_transfers_{side}"] > 0:
+            return t
+        return None
+
+    return wait_for(under_way, 60.0, f"the join to be streaming (a transfer {side})", 0.05)
+
+
 def start_join(fleet: Fleet, node: Node) -> str:
     with fleet.admin() as client:
         return client.join(node.url)["transition"]["id"]
@@ -85,7 +103,8 @@ def test_join_resumes_after_kill_9_of_a_participant(fleet: Fleet, victim: str):
         assert refused.value.running_transition == tid
         with fleet.admin(c) as client:  # asking again for the same join is not an error
             assert client.join(d.url)["transition"]["id"] == tid
-        running = wait_streaming(fleet, b, 0.15)
+        watched, side = (c, "sending") if victim == "streaming source" else (d, "receiving")
+        running = wait_mid_stream(fleet, b, watched, side)
         assert running["driver"] == a.url
 
         killed.kill()
