@@ -93,7 +93,7 @@ class ConnectionBudget:
     def release(self, kind: str) -> None:
         self.open[kind] -= 1
 
-    def exhausted(self, exc: OSError | Exception) -> str:
+    def exhausted(self, exc: Exception) -> str:
         """Count a request refused for want of a descriptor (logged at most every 10 s): an
         OSError the request met, or the storage engine's refusal of its write
         (DescriptorsExhausted); the message for its client."""
