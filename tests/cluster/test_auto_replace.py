@@ -39,6 +39,13 @@ def test_a_member_back_on_an_empty_disk_is_replaced_automatically(tmp_path: Path
         workload = Workload(history, [a.url, b.url], keys=60, threads=2)
         workload.start()
         try:
+            # A member is one the others have heard: a node nobody heard yet is a late founder
+            # to them, not a member back on an empty disk (limedb.cluster.rejoin).
+            wait_for(
+                lambda: a.hears(fleet.http, c) and b.hears(fleet.http, c),
+                30.0,
+                f"{a.url} and {b.url} to hear {c.url}",
+            )
             c.kill()
             shutil.rmtree(c.data_dir / "data")
             c.start()  # same id, URL and ports: a pod back on a new, empty volume
@@ -49,7 +56,15 @@ def test_a_member_back_on_an_empty_disk_is_replaced_automatically(tmp_path: Path
                     return last
                 return None
 
-            last = wait_for(replaced, TRANSITION_TIMEOUT_S, "the automatic replace to end", 0.2)
+            def stuck() -> str:
+                status = fleet.status(a)
+                return (
+                    f"the automatic replace to end; {a.url} shows "
+                    f"{status.get('last_transition')!r}, active {status.get('transition')!r}\n"
+                    f"{c.url}'s log:\n{c.log_tail(60)}"
+                )
+
+            last = wait_for(replaced, TRANSITION_TIMEOUT_S, stuck, 0.2)
         finally:
             workload.stop()
         assert last["phase"] == "done", last
