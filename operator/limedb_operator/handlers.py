@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 import kopf
 
-from limedb_operator import backup_reconcile, backups, manifests, reconcile
+from limedb_operator import backup_reconcile, backups, manifests, monitoring, reconcile
 from limedb_operator.kube import Kube, load_config
 
 RESOURCE = (manifests.GROUP, manifests.VERSION, manifests.PLURAL)
@@ -22,7 +23,7 @@ def _client() -> Kube:
     global _kube
     if _kube is None:
         load_config()
-        _kube = Kube()
+        _kube = Kube(service_monitors=monitoring.settings_from_env(os.environ))
     return _kube
 
 

@@ -12,7 +12,7 @@ import kubernetes
 from kubernetes.client import ApiClient, AppsV1Api, CoreV1Api, CustomObjectsApi
 from kubernetes.client.rest import ApiException
 
-from limedb_operator import manifests
+from limedb_operator import manifests, monitoring
 from limedb_operator.scaling import PodView
 from limedb_operator.volumes import ClaimView
 
@@ -27,6 +27,10 @@ _PATHS = {
         "PodDisruptionBudget",
     ): "/apis/policy/v1/namespaces/{ns}/poddisruptionbudgets/{name}",
     ("apps/v1", "StatefulSet"): "/apis/apps/v1/namespaces/{ns}/statefulsets/{name}",
+    (
+        monitoring.API_VERSION,
+        monitoring.KIND,
+    ): "/apis/monitoring.coreos.com/v1/namespaces/{ns}/servicemonitors/{name}",
 }
 
 
@@ -77,8 +81,12 @@ def load_config() -> None:
 class Kube:
     """The few API calls the operator makes (see the chart's Role: nothing more is granted)."""
 
-    def __init__(self, api: ApiClient | None = None) -> None:
+    def __init__(
+        self, api: ApiClient | None = None, service_monitors: monitoring.Settings | None = None
+    ) -> None:
         self.api = api or ApiClient()
+        # The chart's monitoring settings: TLS clusters get a ServiceMonitor each (None: off).
+        self.service_monitors = service_monitors
         self.core = CoreV1Api(self.api)
         self.apps = AppsV1Api(self.api)
         self.custom = CustomObjectsApi(self.api)

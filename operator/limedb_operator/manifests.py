@@ -227,6 +227,9 @@ def _meta(name: str, namespace: str, obj_name: str) -> Obj:
 # Which of a cluster's two Services an object is; the chart's ServiceMonitor scrapes every pod
 # once, through the headless one (it lists every pod, ready or not).
 SERVICE_ROLE_LABEL = "limedb.io/service"
+# On the headless Service of a cluster whose nodes serve HTTPS: the chart's ServiceMonitor
+# (plaintext) leaves it out, the cluster's own one (limedb_operator.monitoring) scrapes it.
+TLS_LABEL = "limedb.io/tls"
 
 
 def _service_meta(name: str, namespace: str, obj_name: str, role: str) -> Obj:
@@ -235,11 +238,14 @@ def _service_meta(name: str, namespace: str, obj_name: str, role: str) -> Obj:
     return meta
 
 
-def headless_service(name: str, namespace: str) -> Obj:
+def headless_service(name: str, namespace: str, spec: Mapping[str, Any]) -> Obj:
+    meta = _service_meta(name, namespace, headless_service_name(name), "headless")
+    if tls.enabled(spec):
+        meta["labels"][TLS_LABEL] = "true"
     return {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": _service_meta(name, namespace, headless_service_name(name), "headless"),
+        "metadata": meta,
         "spec": {
             "clusterIP": "None",
             # Seeds must resolve while the cluster is still forming, before any pod is Ready.
@@ -545,7 +551,7 @@ def children(
 ) -> list[Obj]:
     """Every object the operator keeps in place, except the secret (created once)."""
     return [
-        headless_service(name, namespace),
+        headless_service(name, namespace, spec),
         client_service(name, namespace),
         pod_disruption_budget(name, namespace),
         statefulset(name, namespace, spec, replicas, founders),

@@ -17,6 +17,7 @@ from limedb_operator import (
     database,
     issuing,
     manifests,
+    monitoring,
     replacement,
     restoring,
     rolling,
@@ -162,6 +163,34 @@ def _grow_volumes(
     now = [replace(c, requested=size) if c.name in patched else c for c in claims]
     after = replace(volumes.plan(name, size, replicas, now), refused=refused)
     return volumes.condition(after), events
+
+
+# The last error applying each cluster's ServiceMonitor, so a missing CRD or permission is one
+# Warning event, not one per tick.
+_monitor_errors: dict[tuple[str, str], str] = {}
+
+
+def _service_monitor(
+    kube: Kube, name: str, namespace: str, spec: Mapping[str, Any], body: Mapping[str, Any]
+) -> list[tuple[str, str, str]]:
+    """Apply the cluster's own ServiceMonitor (TLS clusters, monitoring on); the cluster runs
+    the same whether or not Prometheus' CRDs are there."""
+    settings = kube.service_monitors
+    obj = monitoring.service_monitor(name, namespace, spec, settings) if settings else None
+    if obj is None:
+        return []
+    key = (namespace, name)
+    try:
+        kube.apply(obj, body)
+    except ApiException as e:
+        message = f"ServiceMonitor {obj['metadata']['name']} not applied: {_api_message(e)}"
+        log.warning("%s/%s: %s", namespace, name, message)
+        if _monitor_errors.get(key) == message:
+            return []
+        _monitor_errors[key] = message
+        return [("Warning", "ServiceMonitorFailed", message[:500])]
+    _monitor_errors.pop(key, None)
+    return []
 
 
 def _describe(t: Transition | None) -> str | None:
@@ -316,6 +345,7 @@ def reconcile(kube: Kube, body: Mapping[str, Any]) -> Outcome:
             applied_spec["replicationFactor"] = int(boot_rf)
         for child in manifests.children(name, namespace, applied_spec, new_replicas, founders):
             kube.apply(child, body)
+        events.extend(_service_monitor(kube, name, namespace, spec, body))
 
     if step.kind in ("create", "set-replicas"):
         events.append(("Normal", step.reason, step.message))

@@ -13,6 +13,18 @@ def lime(api, namespace, name="lime"):
     )
 
 
+def create(api, namespace, name="lime", **spec):
+    body = {
+        "apiVersion": f"{G}/{V}",
+        "kind": "LimeCluster",
+        "metadata": {"name": name},
+        "spec": spec,
+    }
+    return kubernetes.client.CustomObjectsApi(api).create_namespaced_custom_object(
+        G, V, namespace, P, body
+    )
+
+
 def patch_spec(api, namespace, spec, name="lime"):
     kubernetes.client.CustomObjectsApi(api).patch_namespaced_custom_object(
         G, V, namespace, P, name, {"spec": spec}

@@ -13,12 +13,13 @@ from controlplane import ControlPlane, write_kubeconfig
 from helm import template
 
 
-def install_rbac(api: kubernetes.client.ApiClient, namespace: str) -> str:
-    """Create the chart's ServiceAccount, Role and RoleBinding; return a token of the account."""
+def install_rbac(api: kubernetes.client.ApiClient, namespace: str, *sets: str) -> str:
+    """Create the chart's ServiceAccount, Role and RoleBinding (rendered with the `--set`s
+    `sets`); return a token of the account."""
     core = kubernetes.client.CoreV1Api(api)
     rbac = kubernetes.client.RbacAuthorizationV1Api(api)
     account = ""
-    for doc in template(namespace):
+    for doc in template(namespace, *sets):
         kind = doc["kind"]
         if kind == "ServiceAccount":
             core.create_namespaced_service_account(namespace, doc)
@@ -36,8 +37,16 @@ def install_rbac(api: kubernetes.client.ApiClient, namespace: str) -> str:
 class OperatorProcess:
     """The operator as its Deployment would run it, but as a local process (no kubelet here)."""
 
-    def __init__(self, plane: ControlPlane, namespace: str, token: str, workdir: Path) -> None:
+    def __init__(
+        self,
+        plane: ControlPlane,
+        namespace: str,
+        token: str,
+        workdir: Path,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.namespace = namespace
+        self.env = dict(env or {})
         self.log_path = workdir / f"operator-{namespace}.log"
         self.kubeconfig = write_kubeconfig(
             workdir / f"operator-{namespace}.kubeconfig",
@@ -49,7 +58,12 @@ class OperatorProcess:
 
     def start(self) -> None:
         exe = Path(sys.executable).with_name("limedb-operator")
-        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "WATCH_NAMESPACE": self.namespace}
+        env = {
+            **os.environ,
+            "KUBECONFIG": str(self.kubeconfig),
+            "WATCH_NAMESPACE": self.namespace,
+            **self.env,
+        }
         log = open(self.log_path, "ab")  # noqa: SIM115 (closed in stop)
         self.proc = subprocess.Popen(
             [str(exe), "--liveness", "", "--verbose"],

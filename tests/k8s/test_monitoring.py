@@ -18,6 +18,7 @@ from controlplane import ROOT
 from helm import CHART, KUBE_VERSION, helm, template
 from k8swait import wait_for
 from kubernetes.client.rest import ApiException
+from lime_helpers import create, lime
 from limedb_operator.kube import request
 
 pytestmark = pytest.mark.k8s
@@ -174,3 +175,76 @@ def test_the_api_server_accepts_the_monitoring_kit(api, monitoring_crds, namespa
     with pytest.raises(ApiException) as refused:
         dry_run(api, broken, namespace)
     assert refused.value.status == 422 and "for" in refused.value.body
+
+
+def _selects(api, namespace: str, selector: dict) -> set[str]:
+    """The Services of `namespace` a ServiceMonitor's selector picks, as the API server reads it."""
+    parts = [f"{k}={v}" for k, v in selector.get("matchLabels", {}).items()]
+    for expr in selector.get("matchExpressions", []):
+        assert expr["operator"] == "DoesNotExist", expr
+        parts.append(f"!{expr['key']}")
+    found = kubernetes.client.CoreV1Api(api).list_namespaced_service(
+        namespace, label_selector=",".join(parts)
+    )
+    return {s.metadata.name for s in found.items}
+
+
+def test_a_tls_cluster_gets_a_service_monitor_of_its_own_and_the_charts_leaves_it_out(
+    api, crd, monitoring_crds, control_plane, namespace
+):
+    """The chart's ServiceMonitor scrapes over http; a cluster with spec.tls serves https under its
+    own CA. The operator (with the chart's monitoring settings and permissions) gives that
+    cluster a ServiceMonitor in its namespace that checks the nodes against the CA its pods
+    mount, which the CRD accepts; the chart's selector leaves that cluster's Services out and
+    still picks the plaintext cluster's headless one."""
+    from operatorproc import OperatorProcess, install_rbac
+
+    sets = ("monitoring.enabled=true", "monitoring.serviceMonitor.interval=30s")
+    docs = template(namespace, *sets)
+    (deployment,) = [d for d in docs if d["kind"] == "Deployment"]
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+    assert "LIMEDB_SERVICE_MONITOR" in env
+    token = install_rbac(api, namespace, *sets)
+    proc = OperatorProcess(control_plane, namespace, token, control_plane.workdir, env)
+    proc.start()
+    custom = kubernetes.client.CustomObjectsApi(api)
+    try:
+        create(api, namespace, "plain", nodes=3)
+        secure = create(api, namespace, "secure", nodes=3, tls={"enabled": True})
+
+        def monitor() -> dict | None:
+            try:
+                return custom.get_namespaced_custom_object(
+                    "monitoring.coreos.com", "v1", namespace, "servicemonitors", "secure-metrics"
+                )
+            except ApiException as exc:
+                if exc.status == 404:
+                    return None
+                raise
+
+        got = wait_for(monitor, what=lambda: f"secure-metrics (operator log:\n{proc.log_tail()})")
+        assert [o["uid"] for o in got["metadata"]["ownerReferences"]] == [secure["metadata"]["uid"]]
+        (endpoint,) = got["spec"]["endpoints"]
+        assert endpoint["scheme"] == "https" and endpoint["interval"] == "30s"
+        assert endpoint["tlsConfig"]["ca"]["secret"] == {"name": "secure-tls", "key": "ca.crt"}
+        assert endpoint["tlsConfig"]["serverName"] == f"secure.{namespace}.svc"
+        # The plaintext cluster has none (the chart's scrapes it), once a whole step of it ran.
+        wait_for(lambda: lime(api, namespace, "plain").get("status"), what="plain's status")
+        names = {
+            i["metadata"]["name"]
+            for i in custom.list_namespaced_custom_object(
+                "monitoring.coreos.com", "v1", namespace, "servicemonitors"
+            )["items"]
+        }
+        assert names == {"secure-metrics"}
+
+        chart_monitor = monitoring_docs(namespace)["ServiceMonitor"]["spec"]["selector"]
+        wait_for(
+            lambda: "secure-headless" in _selects(api, namespace, got["spec"]["selector"]),
+            what="the secure cluster's headless Service",
+        )
+        assert _selects(api, namespace, got["spec"]["selector"]) == {"secure-headless"}
+        assert _selects(api, namespace, chart_monitor) == {"plain-headless"}
+    finally:
+        proc.stop()

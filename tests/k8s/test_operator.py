@@ -10,22 +10,11 @@ import kubernetes
 import pytest
 from k8swait import wait_for
 from kubernetes.client.rest import ApiException
+from lime_helpers import create
 
 pytestmark = pytest.mark.k8s
 
 G, V, P = "limedb.io", "v1alpha1", "limeclusters"
-
-
-def create(api, namespace, name="lime", **spec):
-    body = {
-        "apiVersion": f"{G}/{V}",
-        "kind": "LimeCluster",
-        "metadata": {"name": name},
-        "spec": spec,
-    }
-    return kubernetes.client.CustomObjectsApi(api).create_namespaced_custom_object(
-        G, V, namespace, P, body
-    )
 
 
 def get(api, namespace, name="lime"):

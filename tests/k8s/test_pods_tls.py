@@ -3,7 +3,9 @@ LimeCluster with `spec.tls.enabled` (the operator's self-signed CA and per-pod c
 `spec.auth.enabled` comes up; the operator scales it 3 -> 4 -> 3 over TLS, and keys written
 before are read back through every node after; `helm test` passes over TLS with the admin's
 credentials; plaintext HTTP and RESP are refused; a pod's certificate issued anew is served
-without a restart.
+without a restart. With the chart's monitoring kit on, the cluster's own ServiceMonitor scrapes
+every node's /metrics over HTTPS as written (its CA Secret and server name), and the chart's
+plaintext one leaves the cluster out.
 
 One test (one cluster): each step needs the previous one's state, and a TLS cluster costs a
 minute to bring up.
@@ -25,7 +27,7 @@ from k8swait import wait_for
 from lime_pods import CHART, CHART_IMAGE, converged, current_image, delete_clusters
 from limedb.client import Client, Unauthorized
 from limedb_operator.database import ServerNameTransport
-from realkube import RealKube
+from realkube import ROOT, RealKube
 
 pytestmark = pytest.mark.k8s
 
@@ -43,6 +45,9 @@ KEYS = 500
 @pytest.fixture(scope="module")
 def ns(kube: RealKube) -> Iterator[str]:
     current_image(kube)
+    # The prometheus-operator's CRDs, for the chart's monitoring kit (no Prometheus runs here:
+    # the test scrapes as the ServiceMonitor says).
+    kube.kubectl("apply", "--server-side", "-f", str(ROOT / "crds" / "monitoring"))
     name = kube.namespace("tls")
     yield name
     delete_clusters(kube, name)
@@ -89,6 +94,33 @@ def _restarts(kube: RealKube, ns: str, pod: str) -> int:
     return int(status["restartCount"])
 
 
+def _scrape_as_the_service_monitor_says(kube: RealKube, ns: str) -> set[str]:
+    """GET /metrics of every endpoint the cluster's ServiceMonitor selects, over its scheme,
+    trusting only the CA of the Secret it names and checking its server name, as Prometheus
+    would; the addresses scraped."""
+    sm = kube.kubectl_json("-n", ns, "get", "servicemonitor", "lime-metrics")
+    (endpoint,) = sm["spec"]["endpoints"]
+    assert endpoint["scheme"] == "https"
+    ref = endpoint["tlsConfig"]["ca"]["secret"]
+    ca = _secret(kube, ns, ref["name"], ref["key"])
+    selector = ",".join(f"{k}={v}" for k, v in sm["spec"]["selector"]["matchLabels"].items())
+    (service,) = kube.kubectl_json("-n", ns, "get", "service", "-l", selector)["items"]
+    slices = kube.kubectl_json("-n", ns, "get", "endpointslice", "-l",
+                               f"kubernetes.io/service-name={service['metadata']['name']}")  # fmt: skip
+    scraped = set()
+    for piece in slices["items"]:
+        (port,) = [p["port"] for p in piece["ports"] if p["name"] == endpoint["port"]]
+        for address in (a for e in piece["endpoints"] for a in e["addresses"]):
+            inner = httpx.HTTPTransport(verify=ssl.create_default_context(cadata=ca))
+            transport = ServerNameTransport(inner, endpoint["tlsConfig"]["serverName"])
+            with httpx.Client(transport=transport, timeout=30) as http:
+                got = http.get(f"https://{address}:{port}{endpoint['path']}")
+            assert got.status_code == 200, got.text[:300]
+            assert "limedb_ring_members" in got.text
+            scraped.add(address)
+    return scraped
+
+
 def _read_all(kube: RealKube, ns: str, pods: int, ca: str, password: str) -> None:
     names = [f"tls-key-{i}" for i in range(KEYS)]
     for o in range(pods):
@@ -101,12 +133,24 @@ def _read_all(kube: RealKube, ns: str, pods: int, ca: str, password: str) -> Non
 def test_tls_cluster_with_users_scales_3_4_3_over_tls_and_passes_helm_test(kube: RealKube, ns: str):
     out = kube.helm("install", "r", str(CHART), "-n", ns, *CHART_IMAGE,
               "--set", "limeCluster.create=true", "--set", "limeCluster.name=lime",
+              "--set", "monitoring.enabled=true",
               "--set-json", f"limeCluster.spec={json.dumps(SPEC)}",
               "--wait", "--timeout", "3m")  # fmt: skip
     assert "TLS is required on every port" in out.stdout, out.stdout
     converged(kube, ns, 3)
     ca = _secret(kube, ns, "lime-ca", "ca.crt")
     password = _secret(kube, ns, "lime-admin", "password")
+    # Monitoring: Prometheus would reach all three nodes over HTTPS with the cluster's own
+    # ServiceMonitor; the chart's (plaintext) one selects none of this cluster's Services.
+    pod_ips = {_pod_ip(kube, ns, f"lime-{o}") for o in range(3)}
+    assert _scrape_as_the_service_monitor_says(kube, ns) == pod_ips
+    chart_sm = kube.kubectl_json("-n", ns, "get", "servicemonitor", "r-limedb")["spec"]["selector"]
+    labels = [f"{k}={v}" for k, v in chart_sm["matchLabels"].items()]
+    labels += [
+        f"!{e['key']}" for e in chart_sm["matchExpressions"] if e["operator"] == "DoesNotExist"
+    ]
+    assert not kube.kubectl_json("-n", ns, "get", "service", "-l", ",".join(labels))["items"]
+    assert kube.kubectl_json("-n", ns, "get", "service", "-l", ",".join(labels[:-1]))["items"]
     # The CA's key stays in its own Secret; the pods' Secret holds their certificates.
     assert set(kube.kubectl_json("-n", ns, "get", "secret", "lime-tls")["data"]) >= {
         "ca.crt", "lime-0.crt", "lime-0.key", "lime-2.crt", "lime-2.key"}  # fmt: skip

@@ -230,13 +230,13 @@ def test_placement_is_copied_and_default_spreads_over_zones():
 
 
 def test_headless_service_publishes_not_ready_addresses():
-    svc = manifests.headless_service(NAME, NS)
+    svc = manifests.headless_service(NAME, NS, {})
     assert svc["spec"]["clusterIP"] == "None"
     assert svc["spec"]["publishNotReadyAddresses"] is True
 
 
 def test_the_two_services_say_which_is_which_for_the_service_monitor():
-    headless = manifests.headless_service(NAME, NS)["metadata"]["labels"]
+    headless = manifests.headless_service(NAME, NS, {})["metadata"]["labels"]
     client = manifests.client_service(NAME, NS)["metadata"]["labels"]
     assert headless[manifests.SERVICE_ROLE_LABEL] == "headless"
     assert client[manifests.SERVICE_ROLE_LABEL] == "client"
