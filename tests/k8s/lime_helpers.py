@@ -25,6 +25,13 @@ def create(api, namespace, name="lime", **spec):
     )
 
 
+def events_for(api, namespace, name="lime"):
+    listed = kubernetes.client.CoreV1Api(api).list_namespaced_event(
+        namespace, field_selector=f"involvedObject.name={name}"
+    )
+    return [(e.type, e.reason, e.message) for e in listed.items]
+
+
 def patch_spec(api, namespace, spec, name="lime"):
     kubernetes.client.CustomObjectsApi(api).patch_namespaced_custom_object(
         G, V, namespace, P, name, {"spec": spec}

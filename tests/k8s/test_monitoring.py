@@ -18,7 +18,7 @@ from controlplane import ROOT
 from helm import CHART, KUBE_VERSION, helm, template
 from k8swait import wait_for
 from kubernetes.client.rest import ApiException
-from lime_helpers import create, lime
+from lime_helpers import create, events_for, lime
 from limedb_operator.kube import request
 
 pytestmark = pytest.mark.k8s
@@ -246,5 +246,38 @@ def test_a_tls_cluster_gets_a_service_monitor_of_its_own_and_the_charts_leaves_i
         )
         assert _selects(api, namespace, got["spec"]["selector"]) == {"secure-headless"}
         assert _selects(api, namespace, chart_monitor) == {"plain-headless"}
+    finally:
+        proc.stop()
+
+
+def test_a_service_monitor_the_operator_may_not_apply_is_one_warning_and_the_cluster_runs_on(
+    api, crd, control_plane, namespace
+):
+    """Monitoring settings without the permission to apply ServiceMonitors (or without the
+    CRD): the TLS cluster's StatefulSet is made all the same, and one Warning event says why,
+    not one per step."""
+    from operatorproc import OperatorProcess, install_rbac
+
+    token = install_rbac(api, namespace)  # the chart's permissions without the kit
+    env = {"LIMEDB_SERVICE_MONITOR": '{"interval": "30s"}'}
+    proc = OperatorProcess(control_plane, namespace, token, control_plane.workdir, env)
+    proc.start()
+    try:
+        create(api, namespace, "secure", nodes=3, tls={"enabled": True})
+        apps = kubernetes.client.AppsV1Api(api)
+        wait_for(
+            lambda: apps.read_namespaced_stateful_set("secure", namespace),
+            what=lambda: f"the StatefulSet (operator log:\n{proc.log_tail()})",
+        )
+        wait_for(
+            lambda: proc.log_tail(400).count("ServiceMonitor secure-metrics not applied") >= 3,
+            what=lambda: f"three steps refused (operator log:\n{proc.log_tail()})",
+        )
+        warnings = [
+            e for e in events_for(api, namespace, "secure") if e[1] == "ServiceMonitorFailed"
+        ]
+        assert len(warnings) == 1, warnings
+        kind, _, message = warnings[0]
+        assert kind == "Warning" and "forbidden" in message.lower(), message
     finally:
         proc.stop()

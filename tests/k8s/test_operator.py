@@ -10,7 +10,7 @@ import kubernetes
 import pytest
 from k8swait import wait_for
 from kubernetes.client.rest import ApiException
-from lime_helpers import create
+from lime_helpers import create, events_for
 
 pytestmark = pytest.mark.k8s
 
@@ -25,13 +25,6 @@ def get(api, namespace, name="lime"):
 
 def condition(obj, kind):
     return next((c for c in obj.get("status", {}).get("conditions", []) if c["type"] == kind), None)
-
-
-def events_for(api, namespace, name="lime"):
-    listed = kubernetes.client.CoreV1Api(api).list_namespaced_event(
-        namespace, field_selector=f"involvedObject.name={name}"
-    )
-    return [(e.type, e.reason, e.message) for e in listed.items]
 
 
 def test_operator_creates_owned_children_and_reports_status(api, namespace, operator):
