@@ -7,8 +7,8 @@ ServiceMonitor may only name a CA in a Secret of its own namespace; so the opera
 such cluster a ServiceMonitor of its own, in the cluster's namespace and owned by it, that checks
 the nodes' certificates against the CA of the Secret the pods mount, under the client Service's
 name (every pod's certificate carries it). Its headless Service is labelled
-`manifests.TLS_LABEL`, which the chart's ServiceMonitor leaves out. The chart turns this on (`monitoring.enabled`) by handing the
-operator its scrape settings in SETTINGS_ENV.
+`manifests.TLS_LABEL`, which the chart's ServiceMonitor leaves out. The chart turns this on
+(`monitoring.enabled`) by handing the operator its scrape settings in SETTINGS_ENV.
 """
 
 from __future__ import annotations
@@ -41,7 +41,10 @@ def settings_from_env(environ: Mapping[str, str]) -> Settings | None:
     raw = environ.get(SETTINGS_ENV, "").strip()
     if not raw:
         return None
-    data = json.loads(raw)
+    try:
+        data = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{SETTINGS_ENV} is not JSON: {exc}") from None
     if not isinstance(data, dict):
         raise ValueError(f"{SETTINGS_ENV} must be a JSON object, got {raw[:80]!r}")
     labels = data.get("labels") or {}
