@@ -258,7 +258,7 @@ def generate_load(host: str, port: int, pid: int) -> dict:
                 out["peaks"].append(peak)
                 out["overloads"].append(flood.ok_per_s())
                 out["offered"].append(flood.sent / ROUND_S / peak)
-                out["replies"].extend(asdict(r) for r in flood.replies)
+                out["replies"].append([asdict(r) for r in flood.replies])  # one list per round
         finally:
             for connection in few + many:
                 connection.close()
@@ -285,7 +285,8 @@ def test_node_offered_five_times_its_capacity_keeps_its_throughput_and_refuses_t
     overloads: list[float] = out["overloads"]
     offered: list[float] = out["offered"]
     rss: list[int] = out["rss"]
-    replies = [Reply(**r) for r in out["replies"]]
+    rounds = [[Reply(**r) for r in flood] for flood in out["replies"]]
+    replies = [r for flood in rounds for r in flood]
     refusals = [r for r in replies if r.status != 200]
     admitted = [r for r in replies if r.status == 200]
     others = [r.status for r in replies if r.status not in (200, 503)]
@@ -298,16 +299,30 @@ def test_node_offered_five_times_its_capacity_keeps_its_throughput_and_refuses_t
     assert len(refusals) >= ROUNDS * ROUND_S * statistics.median(peaks), report
     assert all(r.retry_after for r in refusals), "a 503 without Retry-After"
     assert statistics.median(overloads) >= 0.8 * statistics.median(peaks), report
-    refused_ms = quantiles_ms(refusals)
-    admitted_ms = quantiles_ms(admitted)
     # A refusal is decided on arrival, never after waiting in the queue: the admitted requests
-    # of the same rounds, which did wait, show what queueing costs here (hundreds of
+    # of the same round, which did wait, show what queueing costs here (hundreds of
     # milliseconds; refusals take a few). The bound is relative, so a machine busy with other
-    # work, which slows both alike, does not fail it; the absolute figures (the issue's 503
-    # within 50 ms; 20 ms at the 99th percentile on an idle machine) are in the message.
-    figures = f"refusal ms {refused_ms}, admitted ms {admitted_ms}"
-    assert refused_ms[0.99] <= admitted_ms[0.5] / 4, figures
-    assert refused_ms[1.0] <= admitted_ms[0.5] / 2, figures
+    # work, which slows both alike, does not fail it, and it holds in the median round: a
+    # node not scheduled for ~200 ms (a CI run, with the other lane's pods on the other core)
+    # delays every request of that moment, refused or admitted, which in one round puts the
+    # refusals' tail at the stall's length. A refusal path that waited in the queue would be
+    # slow in every round. The absolute figures (the issue's 503 within 50 ms; 20 ms at the 99th
+    # percentile on an idle machine) are in the message.
+    assert all(
+        any(r.status == 200 for r in flood) and any(r.status != 200 for r in flood)
+        for flood in rounds
+    ), f"a round without both admitted and refused requests: {report}"
+    per_round = []
+    for flood in rounds:
+        refused_ms = quantiles_ms([r for r in flood if r.status != 200])
+        admitted_ms = quantiles_ms([r for r in flood if r.status == 200])
+        per_round.append((refused_ms, admitted_ms))
+    figures = "\n".join(f"refusal ms {r}, admitted ms {a}" for r, a in per_round)
+    figures += (
+        f"\nall rounds: refusal ms {quantiles_ms(refusals)}, admitted ms {quantiles_ms(admitted)}"
+    )
+    assert statistics.median(r[0.99] / a[0.5] for r, a in per_round) <= 1 / 4, figures
+    assert statistics.median(r[1.0] / a[0.5] for r, a in per_round) <= 1 / 2, figures
     assert max(rss) - rss[0] <= 64 << 20, f"RSS grew from {rss[0] >> 20} to {max(rss) >> 20} MiB"
 
 
