@@ -62,6 +62,27 @@ def wait_streaming(fleet: Fleet, via: Node, fraction: float) -> dict:
     return wait_for(far_enough, 60.0, f"the join to stream {fraction:.0%}", 0.1)
 
 
+def table_transfers(node: Node) -> dict:
+    """The node's table-streaming counters (limedb.cluster.table_streams)."""
+    return httpx.get(f"{node.url}/api/v1/health", timeout=5.0).json()["storage"]["table_streaming"]
+
+
+def transferring(node: Node, side: str) -> bool:
+    """Whether `node` has a table transfer `side` ("sending", "receiving") under way."""
+    return table_transfers(node)[f"table_transfers_{side}"] > 0
+
+
+def wait_transfer(node: Node, side: str) -> None:
+    """Until `node` has a table transfer `side` under way: a table cut on the source and
+    half sent, or arriving at the target."""
+    wait_for(
+        lambda: transferring(node, side) or None,
+        60.0,
+        f"a table transfer {side} on {node.url}",
+        0.05,
+    )
+
+
 def wait_mid_stream(fleet: Fleet, via: Node, watched: Node, side: str) -> dict:
     """The join's transition (as `via` reports it) while it streams: past 15% of its ranges,
     or with a table transfer `side` ("sending", "receiving") on `watched`. Table streaming
@@ -73,7 +94,7 @@ def wait_mid_stream(fleet: Fleet, via: Node, watched: Node, side: str) -> dict:
         t = fleet.status(via)["transition"]
         if t is None or t["phase"] != "streaming":
             return None
-        if t["fraction"] >= 0.15 or table_transfers(watched)[f"table_transfers_{side}"] > 0:
+        if t["fraction"] >= 0.15 or transferring(watched, side):
             return t
         return None
 
@@ -132,11 +153,6 @@ def test_join_resumes_after_kill_9_of_a_participant(fleet: Fleet, victim: str):
     assert not history.check_reads(), history.check_reads()[:5]
 
 
-def table_transfers(node: Node) -> dict:
-    """The node's table-streaming counters (limedb.cluster.table_streams)."""
-    return httpx.get(f"{node.url}/api/v1/health", timeout=5.0).json()["storage"]["table_streaming"]
-
-
 @pytest.mark.parametrize("victim", ["joining node", "streaming source", "driving node"])
 def test_join_resumes_after_kill_9_in_the_middle_of_a_table_transfer(
     table_fleet: Fleet, victim: str
@@ -154,12 +170,7 @@ def test_join_resumes_after_kill_9_in_the_middle_of_a_table_transfer(
         tid = start_join(fleet, d)
         # The moment: a table is cut (the source's side) and half sent (the target's side).
         watched, side = (c, "sending") if victim == "streaming source" else (d, "receiving")
-        wait_for(
-            lambda: table_transfers(watched)[f"table_transfers_{side}"] > 0 or None,
-            60.0,
-            f"a table transfer {side} on {watched.url}",
-            0.05,
-        )
+        wait_transfer(watched, side)
         killed.kill()
         if victim == "streaming source":
             last = fleet.wait_transition(tid, via=b)
@@ -197,12 +208,7 @@ def test_join_rolls_back_when_the_joining_node_stays_dead(tmp_path: Path, mode: 
                 # Mid-stream: a table arriving at the joiner. (The progress fraction counts
                 # whole groups of ranges, which the parallel transfers finish at about the
                 # same moment: seeing it move can be seeing the streaming end.)
-                wait_for(
-                    lambda: table_transfers(d)["table_transfers_receiving"] > 0 or None,
-                    60.0,
-                    f"a table transfer receiving on {d.url}",
-                    0.05,
-                )
+                wait_transfer(d, "receiving")
             else:
                 wait_streaming(fleet, b, 0.1)
             d.kill()
