@@ -40,3 +40,13 @@ def patch_spec(api, namespace, spec, name="lime"):
 
 def condition(obj, kind):
     return next((c for c in obj.get("status", {}).get("conditions", []) if c["type"] == kind), None)
+
+
+def label_selector(selector: dict) -> str:
+    """A LabelSelector (matchLabels, and matchExpressions of DoesNotExist, the only operator
+    LimeDB's ServiceMonitors use) as the `-l` / label_selector string the API server reads."""
+    parts = [f"{k}={v}" for k, v in selector.get("matchLabels", {}).items()]
+    for expr in selector.get("matchExpressions", []):
+        assert expr["operator"] == "DoesNotExist", expr
+        parts.append(f"!{expr['key']}")
+    return ",".join(parts)

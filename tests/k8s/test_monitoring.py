@@ -18,7 +18,7 @@ from controlplane import ROOT
 from helm import CHART, KUBE_VERSION, helm, template
 from k8swait import wait_for
 from kubernetes.client.rest import ApiException
-from lime_helpers import create, events_for, lime
+from lime_helpers import create, events_for, label_selector, lime
 from limedb_operator.kube import request
 
 pytestmark = pytest.mark.k8s
@@ -179,12 +179,8 @@ def test_the_api_server_accepts_the_monitoring_kit(api, monitoring_crds, namespa
 
 def _selects(api, namespace: str, selector: dict) -> set[str]:
     """The Services of `namespace` a ServiceMonitor's selector picks, as the API server reads it."""
-    parts = [f"{k}={v}" for k, v in selector.get("matchLabels", {}).items()]
-    for expr in selector.get("matchExpressions", []):
-        assert expr["operator"] == "DoesNotExist", expr
-        parts.append(f"!{expr['key']}")
     found = kubernetes.client.CoreV1Api(api).list_namespaced_service(
-        namespace, label_selector=",".join(parts)
+        namespace, label_selector=label_selector(selector)
     )
     return {s.metadata.name for s in found.items}
 

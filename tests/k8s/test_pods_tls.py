@@ -24,6 +24,7 @@ import pytest
 import redis
 from cryptography import x509
 from k8swait import wait_for
+from lime_helpers import label_selector
 from lime_pods import CHART, CHART_IMAGE, converged, current_image, delete_clusters
 from limedb.client import Client, Unauthorized
 from limedb_operator.database import ServerNameTransport
@@ -103,7 +104,7 @@ def _scrape_as_the_service_monitor_says(kube: RealKube, ns: str) -> set[str]:
     assert endpoint["scheme"] == "https"
     ref = endpoint["tlsConfig"]["ca"]["secret"]
     ca = _secret(kube, ns, ref["name"], ref["key"])
-    selector = ",".join(f"{k}={v}" for k, v in sm["spec"]["selector"]["matchLabels"].items())
+    selector = label_selector(sm["spec"]["selector"])
     (service,) = kube.kubectl_json("-n", ns, "get", "service", "-l", selector)["items"]
     slices = kube.kubectl_json("-n", ns, "get", "endpointslice", "-l",
                                f"kubernetes.io/service-name={service['metadata']['name']}")  # fmt: skip
@@ -145,12 +146,10 @@ def test_tls_cluster_with_users_scales_3_4_3_over_tls_and_passes_helm_test(kube:
     pod_ips = {_pod_ip(kube, ns, f"lime-{o}") for o in range(3)}
     assert _scrape_as_the_service_monitor_says(kube, ns) == pod_ips
     chart_sm = kube.kubectl_json("-n", ns, "get", "servicemonitor", "r-limedb")["spec"]["selector"]
-    labels = [f"{k}={v}" for k, v in chart_sm["matchLabels"].items()]
-    labels += [
-        f"!{e['key']}" for e in chart_sm["matchExpressions"] if e["operator"] == "DoesNotExist"
-    ]
-    assert not kube.kubectl_json("-n", ns, "get", "service", "-l", ",".join(labels))["items"]
-    assert kube.kubectl_json("-n", ns, "get", "service", "-l", ",".join(labels[:-1]))["items"]
+    without_tls = label_selector(chart_sm)
+    any_headless = label_selector({"matchLabels": chart_sm["matchLabels"]})
+    assert not kube.kubectl_json("-n", ns, "get", "service", "-l", without_tls)["items"]
+    assert kube.kubectl_json("-n", ns, "get", "service", "-l", any_headless)["items"]
     # The CA's key stays in its own Secret; the pods' Secret holds their certificates.
     assert set(kube.kubectl_json("-n", ns, "get", "secret", "lime-tls")["data"]) >= {
         "ca.crt", "lime-0.crt", "lime-0.key", "lime-2.crt", "lime-2.key"}  # fmt: skip
