@@ -195,7 +195,9 @@ class PhaseCpu:
     def __init__(self, pids: list[int]) -> None:
         self.pids = pids
         self.last = self._now()
+        self.last_at = time.monotonic()
         self.by_phase: dict[str, list[tuple[float, float]]] = {}
+        self.seconds: dict[str, float] = {}  # wall-clock time in each phase (to 0.2 s polls)
 
     def _now(self) -> dict[int, tuple[float, float]]:
         tree, own = tree_cpu_by_process(self.pids), tree_cpu_by_process(self.pids, own=True)
@@ -208,11 +210,14 @@ class PhaseCpu:
             (tree, own), (tree0, own0) = now[pid], self.last[pid]
             row[i] = (row[i][0] + tree - tree0, row[i][1] + own - own0)
         self.last = now
+        at = time.monotonic()
+        self.seconds[phase] = self.seconds.get(phase, 0.0) + at - self.last_at
+        self.last_at = at
 
     def lines(self) -> list[str]:
         names = [f"n{i}" for i in range(len(self.pids))]
         return [
-            f"  CPU in {phase:<9} "
+            f"  CPU in {phase:<9} ({self.seconds[phase]:4.1f}s)  "
             + "  ".join(
                 f"{n} {tree:4.1f}s ({tree - own:3.1f} workers)"
                 for n, (tree, own) in zip(names, row, strict=True)
