@@ -568,6 +568,7 @@ class ClusterService:
         # its ingest takes a slot here.
         tables.run_bulk = budget.run
         self.server.register(rpc.TABLE_FETCH, tables.handle_fetch)
+        self.server.register(rpc.TABLE_FETCH_SHARED, tables.handle_fetch_shared)
         self.server.register(rpc.MERKLE, budget.wrap(self.anti_entropy.handle_tree))
         self.verifier.register(self.server, budget.wrap)
         self.atomic.register(self.server)

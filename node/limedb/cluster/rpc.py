@@ -88,6 +88,7 @@ TABLE_WRITE = 42
 TABLE_INGEST = 43
 TABLE_DROP = 44
 TABLE_FETCH = 45  # the target pulls a cut table from its source, then ingests it
+TABLE_FETCH_SHARED = 46  # the same, its pace shared with the driver's other pulls to the node
 
 # Error codes, HTTP-like so that logs read naturally.
 UNAUTHORIZED = 401

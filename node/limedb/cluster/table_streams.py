@@ -23,6 +23,10 @@ Wire format (every integer big-endian):
   source with TABLE_READ in chunks (one frame each) into its staging file, paced to the
   rate (0: unlimited). TABLE_WRITE and TABLE_INGEST stay for a
   driver of the version before, which relays the chunks itself;
+- TABLE_FETCH_SHARED: TABLE_FETCH's fields, then `[u64 session]`, then the source's node id:
+  the same pull, but the rate is for all the pulls of the session under way together (one
+  driver's transfers to this node), so a pull alone runs at the whole rate. A driver sends it
+  first and falls back to TABLE_FETCH, with its share of the rate, on NOT_FOUND;
 - TABLE_DROP `[u64 id]` -> empty: the source's (and the target's) file of the transfer goes.
 A node that does not know these kinds answers NOT_FOUND; the driver then streams keys.
 """
@@ -59,7 +63,10 @@ INGEST = struct.Struct("!QQI")
 INGESTED = struct.Struct("!QQ")
 DROP = struct.Struct("!Q")
 FETCH = struct.Struct("!QQIII")
+FETCH_SHARED = struct.Struct("!QQIIIQ")  # FETCH, then the session whose pulls share the rate
 STALE_S = 600.0
+# A session's shared pace is forgotten once none of its pulls ran for this long.
+PACER_IDLE_S = 60.0
 # How long one chunk's TABLE_READ may take (a chunk is a few MB from the source's page cache).
 READ_TIMEOUT_S = 30.0
 
@@ -70,6 +77,15 @@ def encode_fetch(
     """A TABLE_FETCH: pull table `tid` (`size` bytes, `crc`) from `source` at `bytes_per_s`
     (0: unlimited), then ingest it."""
     return FETCH.pack(tid, size, crc, chunk_bytes, bytes_per_s) + source.encode()
+
+
+def encode_fetch_shared(
+    tid: int, size: int, crc: int, chunk_bytes: int, source: str, bytes_per_s: int, session: int
+) -> bytes:
+    """A TABLE_FETCH_SHARED: as TABLE_FETCH, but paced together with every other pull of
+    `session` (one driver's transfers to this node) to `bytes_per_s` in all, so one pull runs
+    at the whole rate when it is alone and the pulls under way share it otherwise."""
+    return FETCH_SHARED.pack(tid, size, crc, chunk_bytes, bytes_per_s, session) + source.encode()
 
 
 def encode_cut(tid: int, ranges: list[tuple[int, int]], floor: float) -> bytes:
@@ -102,6 +118,8 @@ class TableStreams:
             leftover.unlink(missing_ok=True)
         self._sending: set[int] = set()
         self._receiving: set[int] = set()
+        # The pace each driver's session of pulls shares, and when a pull last used it.
+        self._pacers: dict[int, tuple[Throttle, float]] = {}
         self.counters = {
             "tables_cut": 0,
             "tables_ingested": 0,
@@ -129,6 +147,17 @@ class TableStreams:
                 pass
         self._sending = {t for t in self._sending if self._out(t).exists()}
         self._receiving = {t for t in self._receiving if self._in(t).exists()}
+        idle = time.monotonic() - PACER_IDLE_S
+        self._pacers = {s: p for s, p in self._pacers.items() if p[1] >= idle}
+
+    def pacer(self, session: int, bytes_per_s: int) -> Throttle:
+        """The one pace every pull of `session` goes by (a new one if the rate changed)."""
+        held = self._pacers.get(session)
+        throttle = held[0] if held is not None and held[0].bytes_per_s == bytes_per_s else None
+        if throttle is None:
+            throttle = Throttle(bytes_per_s)
+        self._pacers[session] = (throttle, time.monotonic())
+        return throttle
 
     # ------------------------------------------------------------------ source
 
@@ -229,13 +258,21 @@ class TableStreams:
         return INGESTED.pack(*await asyncio.to_thread(self.ingest, tid, size, crc))
 
     async def fetch(
-        self, tid: int, size: int, crc: int, chunk: int, source: str, bytes_per_s: int = 0
+        self,
+        tid: int,
+        size: int,
+        crc: int,
+        chunk: int,
+        source: str,
+        bytes_per_s: int = 0,
+        session: int | None = None,
     ) -> tuple[int, int]:
         """Pull table `tid` from `source` in chunks of `chunk` bytes (each written, and added
-        to the checksum, off the event loop) at `bytes_per_s` (0: unlimited), then ingest it."""
+        to the checksum, off the event loop) at `bytes_per_s` (0: unlimited; with a `session`,
+        shared by its pulls under way), then ingest it."""
         path = self._in(tid)
-        throttle = Throttle(bytes_per_s)
         self._sweep()
+        throttle = Throttle(bytes_per_s) if session is None else self.pacer(session, bytes_per_s)
         self._receiving.add(tid)
         got = 0
         try:
@@ -249,6 +286,8 @@ class TableStreams:
                     got = await asyncio.to_thread(_append, f, data, got)
                     offset += length
                     self.counters["table_bytes_received"] += length
+                    if session is not None:
+                        self.pacer(session, bytes_per_s)  # in use: not forgotten meanwhile
                     await throttle.pace(length)
         except (rpc.PeerUnavailable, rpc.RpcError, OSError) as exc:
             self.drop(tid)
@@ -273,6 +312,13 @@ class TableStreams:
         source = body[FETCH.size :].decode()
         return INGESTED.pack(*await self.fetch(tid, size, crc, max(1, chunk), source, rate))
 
+    async def handle_fetch_shared(self, body: bytes) -> bytes:
+        tid, size, crc, chunk, rate, session = FETCH_SHARED.unpack_from(body)
+        source = body[FETCH_SHARED.size :].decode()
+        return INGESTED.pack(
+            *await self.fetch(tid, size, crc, max(1, chunk), source, rate, session)
+        )
+
     def stats(self) -> dict[str, int]:
         """Counters, with the transfers under way on either side (cut and not dropped yet,
         receiving and not ingested yet)."""
@@ -289,6 +335,7 @@ class TableStreams:
         server.register(rpc.TABLE_INGEST, self.handle_ingest)
         server.register(rpc.TABLE_DROP, self.handle_drop)
         server.register(rpc.TABLE_FETCH, self.handle_fetch)
+        server.register(rpc.TABLE_FETCH_SHARED, self.handle_fetch_shared)
 
 
 def _append(f, data: bytes, crc: int) -> int:  # noqa: ANN001 - a binary file

@@ -20,6 +20,7 @@ from limedb.cluster.table_streams import (
     TableStreams,
     encode_cut,
     encode_fetch,
+    encode_fetch_shared,
 )
 from limedb.hlc import HLC
 from limedb.storage import Engine, EngineOptions
@@ -140,3 +141,50 @@ def test_a_pulled_table_that_does_not_match_is_refused_and_nothing_is_ingested(t
     assert target.scan() == []
     assert not list((tmp_path / "dst" / "streaming").iterdir())
     assert dst.stats()["table_transfers_receiving"] == 0
+
+
+def test_the_pulls_of_one_session_are_paced_together_and_each_table_arrives_whole(
+    tmp_path, monkeypatch
+):
+    """Two tables pulled at once in one session go by one pace, which counts every chunk of
+    both (so a pull alone gets the whole rate, two share it); another session has its own."""
+    source, target, src, dst = _pulling_nodes(tmp_path)
+    paced: list[tuple[int, int]] = []
+
+    async def pace(self, nbytes: int) -> None:  # noqa: ANN001 - a Throttle
+        paced.append((id(self), nbytes))
+
+    monkeypatch.setattr("limedb.cluster.streaming.Throttle.pace", pace)
+
+    async def main() -> list[tuple[int, int, int, int]]:
+        cuts = []
+        for tid, ranges in (
+            (7, [(0, HALF // 2)]),
+            (8, [(HALF + 1, MAX_TOKEN)]),
+            (9, [(HALF // 2 + 1, HALF)]),
+        ):
+            cuts.append(
+                (tid, *CUT_REPLY.unpack(await src.handle_cut(encode_cut(tid, ranges, 0.0))))
+            )
+        pulls = [
+            dst.handle_fetch_shared(
+                encode_fetch_shared(tid, size, crc, 1000, "source", 50_000, session)
+            )
+            for (tid, _, size, crc), session in zip(cuts, (1, 1, 2), strict=True)
+        ]
+        replies = await asyncio.gather(*pulls)
+        assert [INGESTED.unpack(r)[0] for r in replies] == [c[1] for c in cuts]
+        for tid, *_ in cuts:
+            await src.handle_drop(DROP.pack(tid))
+        return cuts
+
+    cuts = asyncio.run(main())
+    sizes = {tid: size for tid, _, size, _ in cuts}
+    paces = {}
+    for pacer, nbytes in paced:
+        paces[pacer] = paces.get(pacer, 0) + nbytes
+    # Session 1's two tables through one pace, session 2's through another.
+    assert sorted(paces.values()) == sorted([sizes[7] + sizes[8], sizes[9]])
+    want = dict(source.iter_range(include_tombstones=True))
+    assert want and dict(target.iter_range(include_tombstones=True)) == want
+    assert not list((tmp_path / "dst" / "streaming").iterdir())
