@@ -247,8 +247,8 @@ class TableStreamer:
         cursors: dict[int, int | None],
         throttle: Throttle,
         floor: float,
-        precut: _Cut | None = None,
-        cut_done: Callable[[], None] = lambda: None,
+        precut: _Cut | None,
+        cut_done: Callable[[], None],
     ) -> tuple[int, int]:
         """Cut, relay and ingest one group (its first attempt may use `precut`, a cut started
         earlier); retried until it is in (or rolled back). `cut_done` is called whenever the
