@@ -470,9 +470,24 @@ class ClusterService:
         self.start_mode = rejoin.decide(
             self.node_id, has_local_record=False, has_local_data=False, answers=answers
         )
-        if self.start_mode is not rejoin.StartMode.REPLACE:
-            return
         record = rejoin.newest_record(answers)
+        if self.start_mode is not rejoin.StartMode.REPLACE:
+            if seeds and not answers:
+                log.warning(
+                    "node %s: its data dir is empty and no seed answered REJOIN (none up yet?); "
+                    "it starts as a new node, not as a member to replace",
+                    self.node_id,
+                )
+            elif record is not None and self.node_id in record.ring.members:
+                log.warning(
+                    "node %s: the ring lists this node and its data dir is empty, but %d of %d "
+                    "seeds answered and none heard it before this run; it starts as before, "
+                    "not replaced (limedb.cluster.rejoin)",
+                    self.node_id,
+                    len(answers),
+                    len(seeds),
+                )
+            return
         assert record is not None
         self.keeper.adopt(record)
         self.replica.serves_reads = False
