@@ -206,7 +206,20 @@ SETTINGS: tuple[Setting, ...] = (
         "how ranges move to a new owner: tables (cut into SSTables, pulled by the target and "
         "ingested) | keys (streamed through the write path; also the fallback for older peers)",
     ),
-    Setting("cleanup_grace_ms", _int(0), 2000, "wait before old owners hand off moved ranges"),
+    Setting(
+        "cleanup_grace_ms",
+        _int(0),
+        2000,
+        "wait before old owners hand off moved ranges, when some node did not confirm it "
+        "finished the requests it routed by the ring before",
+    ),
+    Setting(
+        "cleanup_hold_ms",
+        _int(0),
+        0,
+        "least time a transition stays in cleanup (0: only until every node has finished the "
+        "requests it routed by the ring before)",
+    ),
     Setting(
         "repair_interval_s",
         _int(0),
@@ -395,6 +408,7 @@ class Config:
     stream_mb_per_s: int
     stream_mode: str
     cleanup_grace_ms: int
+    cleanup_hold_ms: int
     repair_interval_s: int
     repair_mb_per_s: int
     verify_versions_per_s: int

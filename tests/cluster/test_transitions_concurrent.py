@@ -19,9 +19,9 @@ from support.cluster import SECRET, Node, wait_for
 from support.history import History
 from support.transitions import Fleet, preload
 
-# A cleanup grace of a second keeps each transition running well past the moment the second
-# of two simultaneous requests reaches the proposer, even on a busy machine.
-ENV = {"LIMEDB_VNODES": "16", "LIMEDB_CLEANUP_GRACE_MS": "1000"}
+# Holding each transition in cleanup for a second keeps it running well past the moment the
+# second of two simultaneous requests reaches the proposer, even on a busy machine.
+ENV = {"LIMEDB_VNODES": "16", "LIMEDB_CLEANUP_HOLD_MS": "1000"}
 
 
 async def _ask_both(first: tuple[Node, str, object], second: tuple[Node, str, object]) -> list:

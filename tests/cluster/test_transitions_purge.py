@@ -158,3 +158,31 @@ def test_after_a_join_the_old_owners_purge_what_they_handed_off_and_count_only_t
         fleet.check(history)
     finally:
         fleet.stop()
+
+
+@pytest.mark.cluster
+def test_cleanup_waits_for_every_node_to_drain_not_for_the_grace(tmp_path: Path):
+    """Every node confirms (RPC DRAIN) that it routes by the cleanup record and has finished
+    the requests it began before, so a join and a leave end without the grace, here ten
+    minutes (a node that could not confirm would be waited that long), and lose nothing."""
+    env = {"LIMEDB_VNODES": "16", "LIMEDB_CLEANUP_GRACE_MS": "600000"}
+    fleet = Fleet(tmp_path, env, 200)
+    try:
+        history = History()
+        a, b, c = fleet.bootstrap(3)
+        keys = preload(fleet, history, 2000)
+        d = fleet.start_joiner()
+        fleet.join(d)
+        fleet.leave(b)
+        fleet.wait_converged()
+        for node in (a, c, d):
+            owned = fleet.owned_by(node, keys)
+            wait_for(
+                lambda node=node, owned=owned: _stored_entries(fleet, node) == owned,
+                30.0,
+                f"{node.url} to purge the ranges it handed off",
+                0.2,
+            )
+        fleet.check(history)
+    finally:
+        fleet.stop()

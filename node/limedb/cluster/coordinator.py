@@ -20,6 +20,7 @@ from limedb.cluster import rpc
 from limedb.cluster.clock_offset import ClockOffsets, ClockOffsetUnavailable, is_refusal
 from limedb.cluster.failure import Liveness
 from limedb.cluster.hints import HintStore
+from limedb.cluster.inflight import InFlight
 from limedb.cluster.replica import Mutation, Replica, Stored, decode_applied, decode_stored
 from limedb.cluster.ring.placement import Ring
 from limedb.cluster.service import Consistency, InsufficientStorage, ReadResult, Unavailable
@@ -209,6 +210,9 @@ class Coordinator:
         self._repairs_in_flight = 0
         # Set by the node: the ring record's routing, which follows a running transition.
         self.routing: Routing | None = None
+        # Every read and write, from its routing to its answer: a transition's cleanup waits
+        # for those that began under the routing before it (limedb.cluster.inflight).
+        self.inflight = InFlight()
 
     # ------------------------------------------------------------------ placement
 
@@ -286,80 +290,86 @@ class Coordinator:
         acknowledged in time (the write may still have reached some replicas), and
         InsufficientStorage when full disks cost the write its quorum.
         """
-        key = mutation.key
-        routing = self.routing
-        # Outside a transition (the usual case) one lookup gives the replicas; during one the
-        # write set names old and new owners.
-        targets = (
-            self.membership.ring.replicas(key, self.rf)
-            if routing is None
-            else routing.settled_replicas(key)
-        )
-        plan: WriteSet | None = None
-        if targets is None:
-            plan = routing.write_set(key)  # type: ignore[union-attr]
-            if plan.old is plan.new or plan.old == plan.new:
-                targets, plan = plan.old, None
-        level = consistency or self.write_consistency
-        me = self.node_id
-        peer_liveness = self.membership.peer_liveness
-        quorum: _Quorum | _SingleQuorum
-        if plan is None:
-            # One group, counted without loops. Suspect peers still get writes (a slow peer
-            # is not a dead one); dead ones get hints (`reachable`, inline).
-            reachable = [node == me or peer_liveness(node) is not Liveness.DEAD for node in targets]
-            size = len(targets)
-            need = size // 2 + 1 if level is Consistency.QUORUM else required_acks(level, size)
-            alive = sum(reachable)
-            if alive < need:
-                self.counters["writes_unavailable"] += 1
-                raise Unavailable(
-                    f"{alive} of {size} replicas reachable, {need} needed",
-                    retry_after=1.0,
-                )
-            quorum = _SingleQuorum(asyncio.get_running_loop(), size, need)
-        else:
-            groups = (plan.old, plan.new)
-            needs = tuple(required_acks(level, len(group)) for group in groups)
-            targets = plan.all
-            reachable = [self.reachable(node) for node in targets]
-            for group, need in zip(groups, needs, strict=True):
-                alive = sum(
-                    ok for node, ok in zip(targets, reachable, strict=True) if node in group
-                )
+        generation = self.inflight.begin()
+        try:
+            key = mutation.key
+            routing = self.routing
+            # Outside a transition (the usual case) one lookup gives the replicas; during one the
+            # write set names old and new owners.
+            targets = (
+                self.membership.ring.replicas(key, self.rf)
+                if routing is None
+                else routing.settled_replicas(key)
+            )
+            plan: WriteSet | None = None
+            if targets is None:
+                plan = routing.write_set(key)  # type: ignore[union-attr]
+                if plan.old is plan.new or plan.old == plan.new:
+                    targets, plan = plan.old, None
+            level = consistency or self.write_consistency
+            me = self.node_id
+            peer_liveness = self.membership.peer_liveness
+            quorum: _Quorum | _SingleQuorum
+            if plan is None:
+                # One group, counted without loops. Suspect peers still get writes (a slow peer
+                # is not a dead one); dead ones get hints (`reachable`, inline).
+                reachable = [
+                    node == me or peer_liveness(node) is not Liveness.DEAD for node in targets
+                ]
+                size = len(targets)
+                need = size // 2 + 1 if level is Consistency.QUORUM else required_acks(level, size)
+                alive = sum(reachable)
                 if alive < need:
                     self.counters["writes_unavailable"] += 1
                     raise Unavailable(
-                        f"{alive} of {len(group)} replicas reachable, {need} needed",
+                        f"{alive} of {size} replicas reachable, {need} needed",
                         retry_after=1.0,
                     )
-            quorum = _Quorum(asyncio.get_running_loop(), groups, needs)
-        payload = None
-        # Each replica's answer feeds the quorum through a plain callback: the local one from
-        # the batch's fsync, a peer's from the connection's reader (no future per replica).
-        for node, ok in zip(targets, reachable, strict=True):
-            if node == me:
-                self.replica.apply_then(
-                    mutation, partial(self._local_answered, node, mutation, quorum)
-                )
-            elif ok:
-                payload = payload or mutation.encode()
-                self.client.peer(*self.address_of(node)).request_then(
-                    rpc.REPLICATE,
-                    payload,
-                    self.timeout_s,
-                    partial(self._peer_answered, node, mutation, quorum),
-                )
+                quorum = _SingleQuorum(asyncio.get_running_loop(), size, need)
             else:
-                quorum.refused(node)
-                self._track(self._hint(node, mutation))
-        if not await quorum.future:
-            self.counters["writes_unavailable"] += 1
-            message = quorum.shortfall()
-            if quorum.disk_full is not None:
-                raise InsufficientStorage(f"{message}: {quorum.disk_full}")
-            raise Unavailable(message, retry_after=1.0)
-        return quorum.existed
+                groups = (plan.old, plan.new)
+                needs = tuple(required_acks(level, len(group)) for group in groups)
+                targets = plan.all
+                reachable = [self.reachable(node) for node in targets]
+                for group, need in zip(groups, needs, strict=True):
+                    alive = sum(
+                        ok for node, ok in zip(targets, reachable, strict=True) if node in group
+                    )
+                    if alive < need:
+                        self.counters["writes_unavailable"] += 1
+                        raise Unavailable(
+                            f"{alive} of {len(group)} replicas reachable, {need} needed",
+                            retry_after=1.0,
+                        )
+                quorum = _Quorum(asyncio.get_running_loop(), groups, needs)
+            payload = None
+            # Each replica's answer feeds the quorum through a plain callback: the local one from
+            # the batch's fsync, a peer's from the connection's reader (no future per replica).
+            for node, ok in zip(targets, reachable, strict=True):
+                if node == me:
+                    self.replica.apply_then(
+                        mutation, partial(self._local_answered, node, mutation, quorum)
+                    )
+                elif ok:
+                    payload = payload or mutation.encode()
+                    self.client.peer(*self.address_of(node)).request_then(
+                        rpc.REPLICATE,
+                        payload,
+                        self.timeout_s,
+                        partial(self._peer_answered, node, mutation, quorum),
+                    )
+                else:
+                    quorum.refused(node)
+                    self._track(self._hint(node, mutation))
+            if not await quorum.future:
+                self.counters["writes_unavailable"] += 1
+                message = quorum.shortfall()
+                if quorum.disk_full is not None:
+                    raise InsufficientStorage(f"{message}: {quorum.disk_full}")
+                raise Unavailable(message, retry_after=1.0)
+            return quorum.existed
+        finally:
+            self.inflight.end(generation)
 
     def _local_answered(
         self,
@@ -440,108 +450,113 @@ class Coordinator:
     # ------------------------------------------------------------------ reads
 
     async def get(self, key: bytes, consistency: Consistency | None = None) -> ReadResult:
-        routing = self.routing
-        replicas = (
-            self.membership.ring.replicas(key, self.rf)
-            if routing is None
-            else routing.settled_replicas(key) or routing.read_replicas(key)
-        )
-        level = consistency or self.read_consistency
-        size = len(replicas)
-        need = size // 2 + 1 if level is Consistency.QUORUM else required_acks(level, size)
-        answers: dict[str, Stored | None] = {}
-        me = self.node_id
-        if me in replicas and self.replica.serves_reads:
-            answers[me] = self.replica.read(key)
-        # Then peers the failure detector trusts, then the rest (a stable sort keeps ring
-        # order among equals); a node that waits to be replaced has no data to read.
-        untried = [n for n in replicas if n != me]
-        if (
-            len(untried) > 1
-            and need - len(answers) > 0
-            and (
-                # Two peers, the first of them alive: the sort would leave them as they are.
-                len(untried) > 2 or self.membership.peer_liveness(untried[0]) is not Liveness.ALIVE
+        generation = self.inflight.begin()
+        try:
+            routing = self.routing
+            replicas = (
+                self.membership.ring.replicas(key, self.rf)
+                if routing is None
+                else routing.settled_replicas(key) or routing.read_replicas(key)
             )
-        ):
-            untried.sort(key=self._read_rank)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.timeout_s
-        while len(answers) < need:
-            missing = need - len(answers)
-            wave, untried = untried[:missing], untried[missing:]
-            remaining = deadline - loop.time()
-            if not wave or remaining <= 0:
-                self.counters["reads_unavailable"] += 1
-                raise Unavailable(
-                    f"{len(answers)} of {len(replicas)} replicas answered, {need} needed",
-                    retry_after=1.0,
+            level = consistency or self.read_consistency
+            size = len(replicas)
+            need = size // 2 + 1 if level is Consistency.QUORUM else required_acks(level, size)
+            answers: dict[str, Stored | None] = {}
+            me = self.node_id
+            if me in replicas and self.replica.serves_reads:
+                answers[me] = self.replica.read(key)
+            # Then peers the failure detector trusts, then the rest (a stable sort keeps ring
+            # order among equals); a node that waits to be replaced has no data to read.
+            untried = [n for n in replicas if n != me]
+            if (
+                len(untried) > 1
+                and need - len(answers) > 0
+                and (
+                    # Two peers, the first of them alive: the sort would leave them as they are.
+                    len(untried) > 2
+                    or self.membership.peer_liveness(untried[0]) is not Liveness.ALIVE
                 )
-            # Each attempt gets at most a second, so a paused replica delays a read by that
-            # much before the next replica is asked, not by the whole request budget.
-            attempt_s = min(remaining, 1.0)
-            if len(wave) == 1:
-                node = wave[0]
-                peer = self.client.peer(*self.address_of(node))
-                try:
-                    answers[node] = decode_stored(await peer.request(rpc.READ, key, attempt_s))
-                except (rpc.PeerUnavailable, rpc.RpcError):
-                    self.counters["replica_read_failures"] += 1
-                continue
-            results = await asyncio.gather(
-                *(self.call(node, rpc.READ, key, attempt_s) for node in wave),
-                return_exceptions=True,
-            )
-            for node, result in zip(wave, results, strict=True):
-                if isinstance(result, bytes):
-                    answers[node] = decode_stored(result)
+            ):
+                untried.sort(key=self._read_rank)
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + self.timeout_s
+            while len(answers) < need:
+                missing = need - len(answers)
+                wave, untried = untried[:missing], untried[missing:]
+                remaining = deadline - loop.time()
+                if not wave or remaining <= 0:
+                    self.counters["reads_unavailable"] += 1
+                    raise Unavailable(
+                        f"{len(answers)} of {len(replicas)} replicas answered, {need} needed",
+                        retry_after=1.0,
+                    )
+                # Each attempt gets at most a second, so a paused replica delays a read by that
+                # much before the next replica is asked, not by the whole request budget.
+                attempt_s = min(remaining, 1.0)
+                if len(wave) == 1:
+                    node = wave[0]
+                    peer = self.client.peer(*self.address_of(node))
+                    try:
+                        answers[node] = decode_stored(await peer.request(rpc.READ, key, attempt_s))
+                    except (rpc.PeerUnavailable, rpc.RpcError):
+                        self.counters["replica_read_failures"] += 1
+                    continue
+                results = await asyncio.gather(
+                    *(self.call(node, rpc.READ, key, attempt_s) for node in wave),
+                    return_exceptions=True,
+                )
+                for node, result in zip(wave, results, strict=True):
+                    if isinstance(result, bytes):
+                        answers[node] = decode_stored(result)
+                    else:
+                        self.counters["replica_read_failures"] += 1
+            newest: Stored | None = None
+            if len(answers) == 2:
+                # The usual answer, two replicas that agree: nothing to compare or repair.
+                a, b = answers.values()
+                if a is None or b is None:
+                    newest = a or b
+                    agreed = a is b
                 else:
-                    self.counters["replica_read_failures"] += 1
-        newest: Stored | None = None
-        if len(answers) == 2:
-            # The usual answer, two replicas that agree: nothing to compare or repair.
-            a, b = answers.values()
-            if a is None or b is None:
-                newest = a or b
-                agreed = a is b
+                    agreed = (
+                        a.ts == b.ts
+                        and a.value == b.value
+                        and a.tombstone == b.tombstone
+                        and a.expires_at_ms == b.expires_at_ms
+                    )
+                    newest = a if agreed or a.newer_than(b) else b
             else:
-                agreed = (
-                    a.ts == b.ts
-                    and a.value == b.value
-                    and a.tombstone == b.tombstone
-                    and a.expires_at_ms == b.expires_at_ms
-                )
-                newest = a if agreed or a.newer_than(b) else b
-        else:
-            for stored in answers.values():
-                if stored is not None and stored.newer_than(newest):
-                    newest = stored
-            agreed = len(answers) < 2
-        if newest is not None and not agreed:
-            stale = [
-                n
-                for n, s in answers.items()
-                if s is not newest and (s is None or newest.newer_than(s))
-            ]
-            if stale:
-                # Replicas that disagree point to a missed write, which the replicas this read
-                # did not ask most likely missed as well: they get the newest version too (a
-                # replica that has it ignores it, last-writer-wins).
-                stale += [n for n in replicas if n not in answers]
-                self._repair(key, newest, stale)
-        # LimeDB reports the key's owner, whichever node answered (during a transition, the
-        # owner of the ring reads follow, which may not be in the current ring record yet).
-        owner_url = self.membership.url_of(replicas[0]) or replicas[0]
-        if newest is None:
-            return ReadResult(None, owner_url)
-        if newest.tombstone:
-            # A deleted key reports its tombstone's stamp: a WATCH of an absent key then sees
-            # a create-and-delete meanwhile, and a read-modify-write orders after the delete.
-            return ReadResult(None, owner_url, newest.ts)
-        if newest.expires_at_ms is not None and not newest.live(self.physical_ms()):
-            # Expired: stamp 0, so a key that expires between WATCH and EXEC aborts (Redis).
-            return ReadResult(None, owner_url)
-        return ReadResult(newest.value, owner_url, newest.ts, newest.expires_at_ms)
+                for stored in answers.values():
+                    if stored is not None and stored.newer_than(newest):
+                        newest = stored
+                agreed = len(answers) < 2
+            if newest is not None and not agreed:
+                stale = [
+                    n
+                    for n, s in answers.items()
+                    if s is not newest and (s is None or newest.newer_than(s))
+                ]
+                if stale:
+                    # Replicas that disagree point to a missed write, which the replicas this read
+                    # did not ask most likely missed as well: they get the newest version too (a
+                    # replica that has it ignores it, last-writer-wins).
+                    stale += [n for n in replicas if n not in answers]
+                    self._repair(key, newest, stale)
+            # LimeDB reports the key's owner, whichever node answered (during a transition, the
+            # owner of the ring reads follow, which may not be in the current ring record yet).
+            owner_url = self.membership.url_of(replicas[0]) or replicas[0]
+            if newest is None:
+                return ReadResult(None, owner_url)
+            if newest.tombstone:
+                # A deleted key reports its tombstone's stamp: a WATCH of an absent key then sees
+                # a create-and-delete meanwhile, and a read-modify-write orders after the delete.
+                return ReadResult(None, owner_url, newest.ts)
+            if newest.expires_at_ms is not None and not newest.live(self.physical_ms()):
+                # Expired: stamp 0, so a key that expires between WATCH and EXEC aborts (Redis).
+                return ReadResult(None, owner_url)
+            return ReadResult(newest.value, owner_url, newest.ts, newest.expires_at_ms)
+        finally:
+            self.inflight.end(generation)
 
     async def replica_values(self, key: bytes) -> list[tuple[str, bool | None]]:
         """Each replica of `key` in ring order and whether it holds a live value (None: it

@@ -272,6 +272,7 @@ class ClusterService:
             self.streams,
             self.call_node,
             DriverSettings.from_config(config),
+            self.coordinator.inflight,
         )
         # Streaming, repair and hint replay yield to client requests (the API sets `pressure`).
         self.background = BackgroundBudget()

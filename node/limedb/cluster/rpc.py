@@ -82,6 +82,7 @@ VERIFY_ROOTS = 30  # a replica's Merkle roots of many token ranges (limedb.clust
 VERIFY_REPAIR = 31  # repair token ranges with the named replicas (limedb.cluster.verifier)
 VERIFICATION = 32  # a finished verification's record, kept by every node
 REJOIN = 33  # does the ring list a node that came back empty? (limedb.cluster.rejoin)
+DRAIN = 34  # adopt the ring record, then finish the requests begun before (ring.exchange)
 TABLE_CUT = 40  # range streaming as tables (limedb.cluster.table_streams)
 TABLE_READ = 41
 TABLE_WRITE = 42

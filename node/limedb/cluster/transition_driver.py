@@ -35,6 +35,7 @@ from dataclasses import dataclass
 
 from limedb.cluster import rpc
 from limedb.cluster.handed_off import difference, merged
+from limedb.cluster.inflight import InFlight
 from limedb.cluster.keys import MAX_TOKEN, split_wrapping
 from limedb.cluster.membership import Membership
 from limedb.cluster.proposals import Proposals
@@ -76,6 +77,10 @@ class DriverSettings:
     batch_bytes: int = 512 * 1024
     bytes_per_s: float = default("stream_mb_per_s") * 1e6
     cleanup_grace_s: float = default("cleanup_grace_ms") / 1000
+    cleanup_hold_s: float = default("cleanup_hold_ms") / 1000
+    # How long a node may take to finish the requests it began before the cleanup record: a
+    # request's own deadline, and a second.
+    drain_s: float = default("request_timeout_ms") / 1000 + 1.0
     timeout_s: float = float(default("transition_timeout_s"))
     checkpoint_s: float = 1.0
     parallel_ranges: int = 4
@@ -87,6 +92,8 @@ class DriverSettings:
         return cls(
             bytes_per_s=config.stream_mb_per_s * 1e6,
             cleanup_grace_s=config.cleanup_grace_ms / 1000,
+            cleanup_hold_s=config.cleanup_hold_ms / 1000,
+            drain_s=config.request_timeout_ms / 1000 + 1.0,
             timeout_s=config.transition_timeout_s,
             stream_mode=config.stream_mode,
         )
@@ -104,6 +111,7 @@ class TransitionDriver:
         streams: RangeStreams,
         call: rpc.Call,
         settings: DriverSettings | None = None,
+        inflight: InFlight | None = None,
     ) -> None:
         self.node_id = node_id
         self.keeper = keeper
@@ -128,7 +136,7 @@ class TransitionDriver:
             parallel_ranges=self.settings.parallel_ranges,
             tables=self.settings.stream_mode == "tables" and streams.tables is not None,
         )
-        self.records = RecordExchange(node_id, keeper, membership, call)
+        self.records = RecordExchange(node_id, keeper, membership, call, inflight)
         # Told of every transition this node finished (the verifier checks its ranges).
         self.on_done: Callable[[Transition], None] | None = None
         self.proposals = Proposals(self)
@@ -202,6 +210,7 @@ class TransitionDriver:
 
     def register(self, server: rpc.RpcServer) -> None:
         server.register(rpc.RING_RECORD, self.records.handle)
+        server.register(rpc.DRAIN, self.records.handle_drain)
         server.register(rpc.PROPOSE, self.proposals.handle)
 
     async def stop(self) -> None:
@@ -317,9 +326,20 @@ class TransitionDriver:
             self.step(self.current(t).begin_cleanup(now_ms()))
             await self.records.push_everywhere()
         elif t.phase is Phase.CLEANUP:
-            await self.records.push_everywhere()
             seen = self._cleanup_seen.setdefault(t.id, time.monotonic())
-            wait_s = seen + self.settings.cleanup_grace_s - time.monotonic()
+            # Every node routes by the cleanup record and has finished what it began before;
+            # a node that does not confirm it (down, or of a version without DRAIN) gets the
+            # grace instead. Both waits count from when this process first saw the step.
+            unconfirmed = await self.records.drain_everywhere(self.settings.drain_s)
+            wait_s = self.settings.cleanup_hold_s
+            if unconfirmed:
+                log.info(
+                    "transition %s: %s did not confirm draining; waiting out the grace",
+                    t.id,
+                    ", ".join(unconfirmed),
+                )
+                wait_s = max(wait_s, self.settings.cleanup_grace_s)
+            wait_s += seen - time.monotonic()
             if wait_s > 0:
                 await asyncio.sleep(wait_s)
             await self._hand_off(self.current(t), lambda m: m.removed)

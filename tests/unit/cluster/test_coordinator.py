@@ -615,3 +615,35 @@ def test_reads_during_a_transition_ask_the_replicas_its_phase_names(replica_set)
         assert result.owner_url == "http://n2:8484"
 
     run(scenario())
+
+
+# ---------------------------------------------------------------------------- in flight
+
+
+def test_a_read_or_write_is_in_flight_from_its_routing_to_its_answer(replica_set):
+    """What a transition's cleanup waits for (cluster/inflight.py): a read and a write that a
+    slow replica holds count as begun before a new generation until they are answered; one
+    begun after it does not."""
+
+    async def scenario():
+        c = replica_set()
+        inflight = c.coordinator.inflight
+        c.peers.held["n3"] = []
+        read = asyncio.ensure_future(c.coordinator.get(b"r", consistency=Consistency.ALL))
+        write = asyncio.ensure_future(c.coordinator.put(b"w", b"v", consistency=Consistency.ALL))
+        await wait_for_async(lambda: len(c.peers.held["n3"]) == 2, what="n3 holding both")
+        generation = inflight.advance()
+        assert inflight.older(generation) == 2
+        c.peers.held["n2"] = []
+        later = asyncio.ensure_future(c.coordinator.get(b"later", consistency=Consistency.ALL))
+        await wait_for_async(lambda: c.peers.held["n2"], what="n2 holding the later read")
+        c.peers.release("n3")
+        await asyncio.gather(read, write)
+        assert await inflight.drained(generation, 5.0)
+        assert not later.done()
+        c.peers.release("n2")
+        c.peers.release("n3")
+        await later
+        assert inflight.older(inflight.advance()) == 0
+
+    run(scenario())

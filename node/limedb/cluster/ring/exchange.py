@@ -4,25 +4,33 @@
 place of the bare ring: the SYN carries the record's rank, and whichever side holds the
 greater rank sends its record. `RecordExchange` copies the record to peers directly over the
 RPC (kind RING_RECORD), when a transition step cannot wait for gossip: push to every node,
-pull from them, or both. Both hand what they receive to this node's `RingKeeper`.
+pull from them, or both; and, before a cleanup, push it and wait until each node has finished
+the requests it began under the record before (kind DRAIN, limedb.cluster.inflight). Both
+hand what they receive to this node's `RingKeeper`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import struct
 from collections.abc import Awaitable, Callable, Mapping
 
 import orjson
 
 from limedb.cluster import rpc
 from limedb.cluster.gossip import GossipError, GossipState
+from limedb.cluster.inflight import InFlight
 from limedb.cluster.membership import Membership
 from limedb.cluster.ring.keeper import RingKeeper
 
 log = logging.getLogger(__name__)
 
 PUSH_ATTEMPTS = 5
+# DRAIN carries [u32 how long the node may wait, ms][the record]; the reply is one byte.
+DRAIN_HEAD = struct.Struct("!I")
+DRAINED, NOT_DRAINED = b"\x01", b"\x00"
+MAX_DRAIN_WAIT_S = 60.0
 
 
 class RecordGossip(GossipState):
@@ -84,15 +92,23 @@ class RecordGossip(GossipState):
 
 class RecordExchange:
     """Copies this node's ring record to its peers and theirs to it (RPC kind RING_RECORD:
-    a body is a record to adopt if newer; an empty body asks for the peer's record)."""
+    a body is a record to adopt if newer; an empty body asks for the peer's record; kind
+    DRAIN: adopt the body, then answer once the requests begun before it have finished).
+    `inflight` counts this node's coordinated requests (None: it coordinates none)."""
 
     def __init__(
-        self, node_id: str, keeper: RingKeeper, membership: Membership, call: rpc.Call
+        self,
+        node_id: str,
+        keeper: RingKeeper,
+        membership: Membership,
+        call: rpc.Call,
+        inflight: InFlight | None = None,
     ) -> None:
         self.node_id = node_id
         self.keeper = keeper
         self.membership = membership
         self.call = call
+        self.inflight = inflight
 
     def is_alive(self, node_id: str) -> bool:
         return node_id == self.node_id or self.membership.is_alive(node_id)
@@ -153,6 +169,33 @@ class RecordExchange:
                 "ring record not confirmed by %s; gossip will carry it", ", ".join(unconfirmed)
             )
 
+    async def drain_everywhere(self, timeout_s: float) -> list[str]:
+        """Push the record to every node (as push_everywhere), and wait until each has
+        finished the reads and writes it began before it had this record, here too. Each
+        node waits at most `timeout_s` (a request's own deadline bounds it). Returns the
+        nodes that did not confirm: unreachable, not drained in time, or of a version
+        without DRAIN."""
+        body = DRAIN_HEAD.pack(int(timeout_s * 1000)) + self._record()
+
+        async def drain(node: str) -> bool:
+            try:
+                reply = await self.call(node, rpc.DRAIN, body, timeout_s + 1.0)
+            except (rpc.PeerUnavailable, rpc.RpcError) as exc:
+                log.debug("drain of %s failed: %s", node, exc)
+                return False
+            return reply == DRAINED
+
+        here, unconfirmed = await asyncio.gather(
+            self.drain_here(timeout_s), self._on_every_node(drain, attempts=2)
+        )
+        return unconfirmed if here else [self.node_id, *unconfirmed]
+
+    async def drain_here(self, timeout_s: float) -> bool:
+        """Whether every request this node began before now finished within `timeout_s`."""
+        if self.inflight is None:
+            return True
+        return await self.inflight.drained(self.inflight.advance(), timeout_s)
+
     async def _on_every_node(
         self, action: Callable[[str], Awaitable[bool]], attempts: int
     ) -> list[str]:
@@ -190,3 +233,18 @@ class RecordExchange:
             return b""
         state = self.keeper.state
         return b"" if state is None else orjson.dumps(state.to_record())
+
+    async def handle_drain(self, body: bytes) -> bytes:
+        """DRAIN: adopt the record in `body`, then wait (as long as the caller said, at most
+        MAX_DRAIN_WAIT_S) for the requests begun before it; DRAINED, or NOT_DRAINED if some
+        outlived the wait."""
+        if len(body) <= DRAIN_HEAD.size:
+            raise rpc.RpcError(400, "DRAIN carries a wait and a ring record")
+        (wait_ms,) = DRAIN_HEAD.unpack_from(body)
+        try:
+            self.handle(body[DRAIN_HEAD.size :])
+        except OSError as exc:
+            # Not persisted (a full disk): the node still routes by its older record.
+            raise rpc.RpcError(rpc.UNAVAILABLE, f"ring record not adopted: {exc}") from exc
+        wait_s = min(wait_ms / 1000, MAX_DRAIN_WAIT_S)
+        return DRAINED if await self.drain_here(wait_s) else NOT_DRAINED
