@@ -186,7 +186,7 @@ class RecordExchange:
             return reply == DRAINED
 
         here, unconfirmed = await asyncio.gather(
-            self.drain_here(timeout_s), self._on_every_node(drain, attempts=2)
+            self.drain_here(timeout_s), self._on_every_node(drain, attempts=1)
         )
         return unconfirmed if here else [self.node_id, *unconfirmed]
 
