@@ -39,9 +39,14 @@ RESTRICTED_POD = {
 
 # Run by the client pod: `write` puts KEYS keys through the client Service, then every mode reads
 # all of them back through each node's own headless-service name (that node coordinates).
+# A pod's name can be missing from cluster DNS for a few seconds after the pod is Ready: the
+# other pods looked it up while it was starting, and CoreDNS caches "no such name" for its
+# negative TTL (5 s in realkube's Corefile, 30 s in a default cluster), which the resolver
+# reports as "Temporary failure in name resolution". So the client waits for each name to
+# resolve (at most a minute, saying how long it took) before it reads through it.
 CLIENT_SCRIPT = textwrap.dedent(
     """
-    import sys
+    import socket, sys, time
     from limedb.client import Client
 
     mode, ns, cluster, nodes = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
@@ -50,14 +55,32 @@ CLIENT_SCRIPT = textwrap.dedent(
     def value(i):
         return f"value-{i}"
 
+    def resolved(host):
+        started = time.monotonic()
+        while True:
+            try:
+                socket.getaddrinfo(host, 8484, proto=socket.IPPROTO_TCP)
+            except socket.gaierror:
+                if time.monotonic() - started > 60:
+                    raise
+                time.sleep(0.5)
+                continue
+            waited = time.monotonic() - started
+            if waited > 0.1:
+                print(f"{host} resolved after {waited:.1f} s", flush=True)
+            return
+
     if mode == "write":
+        resolved(f"{cluster}.{ns}.svc")
         with Client(f"http://{cluster}.{ns}.svc:8484", timeout=30) as c:
             for start in range(0, keys, batch):
                 c.batch(put={f"key-{i}": value(i) for i in range(start, start + batch)})
         print(f"wrote {keys} through http://{cluster}.{ns}.svc:8484", flush=True)
     bad = 0
     for o in range(nodes):
-        url = f"http://{cluster}-{o}.{cluster}-headless.{ns}.svc:8484"
+        host = f"{cluster}-{o}.{cluster}-headless.{ns}.svc"
+        resolved(host)
+        url = f"http://{host}:8484"
         missing = []
         with Client(url, timeout=30) as c:
             for start in range(0, keys, batch):
