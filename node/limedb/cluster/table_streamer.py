@@ -5,7 +5,9 @@ told to pull it from that source and ingest it (TABLE_FETCH: the chunks go from 
 the target directly, not through this driver; the target checks size and CRC32C before the
 ingest). Each of the `parallel` workers asks for its next group's cut as soon as the current
 one is in, so a source cuts while the target pulls and the rate is not left idle meanwhile (a
-cut left unsent when a worker stops is dropped, or swept from the source once stale). The
+cut left unsent when a worker stops is dropped, or swept from the source once stale); the
+first group of each worker is split in four (`ramp_up`), so the first pulls wait for a quarter
+of a cut only. The
 target paces the chunks of all the pulls this driver has under way to it together, to the
 throttle's rate (TABLE_FETCH_SHARED): a pull alone, at the start or the end, gets the whole
 rate, four share it. The throttle is also charged each table's size once it is in. A target
@@ -100,6 +102,23 @@ def plan_groups(
     return groups
 
 
+def ramp_up(groups: list[Group], parallel: int, parts: int = 4) -> list[Group]:
+    """`groups` with each of the first `parallel` split into `parts` consecutive groups of the
+    same source: the workers start on cuts a `parts`-th as big, so the first pulls begin that
+    much sooner (every later cut is made while the one before is pulled)."""
+    out: list[Group] = []
+    for i, group in enumerate(groups):
+        if i >= parallel or len(group.positions) < 2:
+            out.append(group)
+            continue
+        step = -(-len(group.positions) // parts)
+        out.extend(
+            Group(group.positions[j : j + step], group.source)
+            for j in range(0, len(group.positions), step)
+        )
+    return out
+
+
 @dataclass
 class _Cut:
     """A TABLE_CUT asked of `source` for table `tid`; `reply` is its (entries, size, crc)."""
@@ -154,7 +173,9 @@ class TableStreamer:
         """Send `positions` (indexes into target's streams) as tables; `done(positions, keys,
         bytes)` records each ingested group. Returns the positions left for key streaming."""
         indexes = t.streams()[target]
-        groups = deque(plan_groups(t, indexes, positions, self.driver.is_alive))
+        groups = deque(
+            ramp_up(plan_groups(t, indexes, positions, self.driver.is_alive), self.parallel)
+        )
         self.sessions[target] = random.getrandbits(64)
         self.unshared.discard(target)  # (it may have been upgraded since)
         left: list[int] = []

@@ -11,7 +11,7 @@ from itertools import pairwise
 from limedb.cluster import rpc
 from limedb.cluster.ring.placement import Ring
 from limedb.cluster.streaming import RateMeter, Throttle
-from limedb.cluster.table_streamer import TABLES_PER_TARGET, TableStreamer, plan_groups
+from limedb.cluster.table_streamer import TABLES_PER_TARGET, TableStreamer, plan_groups, ramp_up
 from limedb.cluster.table_streams import CUT_HEAD, CUT_REPLY, FETCH, FETCH_SHARED, INGESTED
 from limedb.cluster.transitions import Change, Transition, propose
 
@@ -47,6 +47,22 @@ def test_a_join_is_cut_into_about_sixteen_tables_spread_evenly_over_the_old_repl
     # source of each group's first range, one of them cut half and another a fifth).
     assert set(ranges) == {"n0", "n1", "n2"}
     assert max(ranges.values()) - min(ranges.values()) <= biggest, ranges
+
+
+def test_the_workers_first_tables_are_a_quarter_as_big_then_the_planned_ones_follow():
+    t = join_of_a_fourth()
+    indexes = t.streams()["n3"]
+    planned = plan_groups(t, indexes, list(range(len(indexes))), lambda node: True)
+    groups = ramp_up(planned, 4)
+    check_cover(t, "n3", groups)
+    # Each of the first four planned tables comes as four of a quarter of its ranges, from the
+    # same source; the rest are as planned.
+    assert groups[16:] == planned[4:]
+    for i, group in enumerate(planned[:4]):
+        parts = groups[4 * i : 4 * i + 4]
+        assert [p for part in parts for p in part.positions] == group.positions
+        assert {part.source for part in parts} == {group.source}
+        assert max(len(part.positions) for part in parts) <= -(-len(group.positions) // 4)
 
 
 def test_a_dead_replica_cuts_nothing_while_another_holds_the_range():
