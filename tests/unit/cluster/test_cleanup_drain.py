@@ -7,6 +7,7 @@ a RecordExchange, their RPCs routed to each other's handlers."""
 from __future__ import annotations
 
 import asyncio
+import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -144,14 +145,23 @@ def test_nodes_that_cannot_confirm_are_named_for_the_grace(tmp_path: Path):
     asyncio.run(scenario())
 
 
-def test_a_drain_without_a_record_is_refused(tmp_path: Path):
+def test_a_drain_without_a_record_or_with_garbage_is_refused_and_changes_nothing(
+    tmp_path: Path,
+):
     async def scenario():
         nodes, _ = build(tmp_path)
-        try:
-            await nodes["n2"].records.handle_drain(b"")
-        except rpc.RpcError as exc:
-            assert exc.code == 400
-        else:
-            raise AssertionError("an empty DRAIN was accepted")
+        before = nodes["n2"].keeper.state
+        rng = random.Random(15)
+        bodies = [b"", b"\x00\x00\x00\x05", b"\x00\x00\x00\x05[]", b"\xff\xff\xff\xff{}"]
+        bodies += [rng.randbytes(rng.randrange(5, 200)) for _ in range(200)]
+        for body in bodies:
+            try:
+                await nodes["n2"].records.handle_drain(body)
+            except rpc.RpcError as exc:
+                assert exc.code == 400, (body, exc)
+            else:
+                raise AssertionError(f"DRAIN {body!r} was accepted")
+        assert nodes["n2"].keeper.state is before
+        assert nodes["n2"].inflight.generation == 0, "a refused DRAIN started a generation"
 
     asyncio.run(scenario())
