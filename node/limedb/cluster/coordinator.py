@@ -67,56 +67,67 @@ _LIVENESS_RANK = {Liveness.ALIVE: 0, Liveness.SUSPECT: 1, Liveness.DEAD: 2}
 
 
 class _Quorum:
-    """Counts a write's replica answers; `future` resolves True once every group has its W
-    acknowledgements, False once one group cannot get them any more.
-
-    Outside a transition there is one group, the key's replicas. During one there are two, the
-    old owners and the new (the transition rule: W of each; a node in both counts for both).
+    """Counts a transition write's replica answers; `future` resolves True once the old owners
+    and the new ones each have their W acknowledgements (a node in both counts for both),
+    False once either group cannot get them any more. (Outside a transition: _SingleQuorum.)
     """
 
-    __slots__ = ("acked", "disk_full", "existed", "failed", "future", "groups", "needs")
+    __slots__ = (
+        "acked_new",
+        "acked_old",
+        "disk_full",
+        "existed",
+        "failed_new",
+        "failed_old",
+        "future",
+        "need_new",
+        "need_old",
+        "new",
+        "old",
+    )
 
     def __init__(
         self,
         loop: asyncio.AbstractEventLoop,
-        groups: tuple[tuple[str, ...], ...],
-        needs: tuple[int, ...],
+        old: tuple[str, ...],
+        new: tuple[str, ...],
+        need_old: int,
+        need_new: int,
     ) -> None:
         self.future = loop.create_future()
-        self.groups = groups
-        self.needs = needs
-        self.acked = [0] * len(groups)
-        self.failed = [0] * len(groups)
+        self.old, self.new = old, new
+        self.need_old, self.need_new = need_old, need_new
+        self.acked_old = self.acked_new = self.failed_old = self.failed_new = 0
         self.existed = False
         self.disk_full: str | None = None  # the first replica that refused for a full disk
 
     def succeeded(self, node: str, existed: bool) -> None:
-        for i, group in enumerate(self.groups):
-            if node in group:
-                self.acked[i] += 1
+        if node in self.old:
+            self.acked_old += 1
+        if node in self.new:
+            self.acked_new += 1
         if not self.future.done():
             self.existed = self.existed or existed
-            if all(a >= need for a, need in zip(self.acked, self.needs, strict=True)):
+            if self.acked_old >= self.need_old and self.acked_new >= self.need_new:
                 self.future.set_result(True)
 
     def refused(self, node: str) -> None:
-        for i, group in enumerate(self.groups):
-            if node in group:
-                self.failed[i] += 1
-                if not self.future.done() and len(group) - self.failed[i] < self.needs[i]:
-                    self.future.set_result(False)
+        if node in self.old:
+            self.failed_old += 1
+        if node in self.new:
+            self.failed_new += 1
+        if not self.future.done() and (
+            len(self.old) - self.failed_old < self.need_old
+            or len(self.new) - self.failed_new < self.need_new
+        ):
+            self.future.set_result(False)
 
     def shortfall(self) -> str:
         """What the write lacked, for the client's error."""
-        if len(self.groups) == 1:
-            return (
-                f"{self.acked[0]} of {len(self.groups[0])} replicas acknowledged, "
-                f"{self.needs[0]} needed"
-            )
-        (old, new), (need_old, need_new) = self.groups, self.needs
         return (
-            f"{self.acked[0]} of the {len(old)} old and {self.acked[1]} of the {len(new)} new "
-            f"replicas acknowledged, {need_old} of the old and {need_new} of the new needed"
+            f"{self.acked_old} of the {len(self.old)} old and {self.acked_new} of the "
+            f"{len(self.new)} new replicas acknowledged, {self.need_old} of the old and "
+            f"{self.need_new} of the new needed"
         )
 
 
@@ -327,11 +338,13 @@ class Coordinator:
                     )
                 quorum = _SingleQuorum(asyncio.get_running_loop(), size, need)
             else:
-                groups = (plan.old, plan.new)
-                needs = tuple(required_acks(level, len(group)) for group in groups)
+                old, new = plan.old, plan.new
+                need_old, need_new = required_acks(level, len(old)), required_acks(level, len(new))
                 targets = plan.all
-                reachable = [self.reachable(node) for node in targets]
-                for group, need in zip(groups, needs, strict=True):
+                reachable = [
+                    node == me or peer_liveness(node) is not Liveness.DEAD for node in targets
+                ]
+                for group, need in ((old, need_old), (new, need_new)):
                     alive = sum(
                         ok for node, ok in zip(targets, reachable, strict=True) if node in group
                     )
@@ -341,7 +354,7 @@ class Coordinator:
                             f"{alive} of {len(group)} replicas reachable, {need} needed",
                             retry_after=1.0,
                         )
-                quorum = _Quorum(asyncio.get_running_loop(), groups, needs)
+                quorum = _Quorum(asyncio.get_running_loop(), old, new, need_old, need_new)
             payload = None
             # Each replica's answer feeds the quorum through a plain callback: the local one from
             # the batch's fsync, a peer's from the connection's reader (no future per replica).

@@ -280,11 +280,12 @@ class WriteSet:
 
     old: tuple[str, ...]
     new: tuple[str, ...]
+    # Old replicas first, then the new ones they do not already include (made once: a
+    # transition's write sets are built per segment and asked for by every write).
+    all: tuple[str, ...] = field(init=False, repr=False, compare=False)
 
-    @property
-    def all(self) -> tuple[str, ...]:
-        """Old replicas first, then the new ones they do not already include."""
-        return self.old + tuple(n for n in self.new if n not in self.old)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "all", self.old + tuple(n for n in self.new if n not in self.old))
 
     def acknowledged(self, acked: Collection[str], required: Callable[[int], int]) -> bool:
         """`required(n)` is W for a replica set of n nodes (e.g. n // 2 + 1 for quorum)."""
