@@ -323,8 +323,8 @@ class TransitionDriver:
                 await self.records.push_everywhere()
         elif t.phase is Phase.COMMITTED:
             await self.records.push_everywhere()
+            # No push of the cleanup record here: the cleanup step's DRAIN carries it.
             self.step(self.current(t).begin_cleanup(now_ms()))
-            await self.records.push_everywhere()
         elif t.phase is Phase.CLEANUP:
             seen = self._cleanup_seen.setdefault(t.id, time.monotonic())
             # Every node routes by the cleanup record and has finished what it began before;

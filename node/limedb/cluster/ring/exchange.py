@@ -170,7 +170,7 @@ class RecordExchange:
             )
 
     async def drain_everywhere(self, timeout_s: float) -> list[str]:
-        """Push the record to every node (as push_everywhere), and wait until each has
+        """Push the record to every node (once each, in the DRAIN itself), and wait until each has
         finished the reads and writes it began before it had this record, here too. Each
         node waits at most `timeout_s` (a request's own deadline bounds it). Returns the
         nodes that did not confirm: unreachable, not drained in time, or of a version
