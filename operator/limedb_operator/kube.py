@@ -9,7 +9,14 @@ from collections.abc import Mapping
 from typing import Any
 
 import kubernetes
-from kubernetes.client import ApiClient, AppsV1Api, CoreV1Api, CustomObjectsApi
+from kubernetes.client import (
+    ApiClient,
+    AppsV1Api,
+    CoreV1Api,
+    CustomObjectsApi,
+    V1DeleteOptions,
+    V1Preconditions,
+)
 from kubernetes.client.rest import ApiException
 
 from limedb_operator import manifests, monitoring
@@ -283,6 +290,39 @@ class Kube:
                 return False
             raise
         return True
+
+    def delete_owned_service_monitor(self, name: str, namespace: str, owner_uid: str) -> str:
+        """Delete the ServiceMonitor `name` if the object with `owner_uid` owns it (and it is
+        still the one read: a precondition on its uid). Returns "deleted", "absent" (no such
+        object, or no such CRD) or "foreign" (another owner, or none: left alone)."""
+        group, version = monitoring.API_VERSION.split("/")
+        try:
+            found = self.custom.get_namespaced_custom_object(
+                group, version, namespace, "servicemonitors", name
+            )
+        except ApiException as e:
+            if e.status == 404:
+                return "absent"
+            raise
+        meta = found.get("metadata") or {}
+        if owner_uid not in {r.get("uid") for r in meta.get("ownerReferences") or []}:
+            return "foreign"
+        try:
+            self.custom.delete_namespaced_custom_object(
+                group,
+                version,
+                namespace,
+                "servicemonitors",
+                name,
+                body=V1DeleteOptions(preconditions=V1Preconditions(uid=meta.get("uid"))),
+            )
+        except ApiException as e:
+            if e.status == 404:
+                return "absent"
+            if e.status == 409:
+                return "foreign"  # replaced meanwhile by another object of that name
+            raise
+        return "deleted"
 
     def delete_lime_object(self, plural: str, name: str, namespace: str) -> None:
         try:

@@ -168,18 +168,23 @@ def _grow_volumes(
 # The last error applying each cluster's ServiceMonitor, so a missing CRD or permission is one
 # Warning event, not one per tick.
 _monitor_errors: dict[tuple[str, str], str] = {}
+# Clusters whose own ServiceMonitor this process has seen to be gone (or could not look for):
+# one GET per cluster and operator process where none is wanted, not one per tick.
+_monitor_gone: set[tuple[str, str]] = set()
 
 
 def _service_monitor(
     kube: Kube, name: str, namespace: str, spec: Mapping[str, Any], body: Mapping[str, Any]
 ) -> list[tuple[str, str, str]]:
-    """Apply the cluster's own ServiceMonitor (TLS clusters, monitoring on); the cluster runs
-    the same whether or not Prometheus' CRDs are there."""
+    """Apply the cluster's own ServiceMonitor (TLS clusters, monitoring on), or remove the one
+    it had once monitoring is turned off; the cluster runs the same whether or not Prometheus'
+    CRDs are there."""
     settings = kube.service_monitors
     obj = monitoring.service_monitor(name, namespace, spec, settings) if settings else None
-    if obj is None:
-        return []
     key = (namespace, name)
+    if obj is None:
+        return _drop_service_monitor(kube, name, namespace, body)
+    _monitor_gone.discard(key)
     try:
         kube.apply(obj, body)
     except ApiException as e:
@@ -191,6 +196,39 @@ def _service_monitor(
         return [("Warning", "ServiceMonitorFailed", message[:500])]
     _monitor_errors.pop(key, None)
     return []
+
+
+def _drop_service_monitor(
+    kube: Kube, name: str, namespace: str, body: Mapping[str, Any]
+) -> list[tuple[str, str, str]]:
+    """Delete the ServiceMonitor the operator made for this cluster, if there is one; one made
+    by someone else under the same name stays."""
+    key = (namespace, name)
+    if key in _monitor_gone:
+        return []
+    monitor = monitoring.service_monitor_name(name)
+    try:
+        outcome = kube.delete_owned_service_monitor(monitor, namespace, body["metadata"]["uid"])
+    except ApiException as e:
+        if e.status not in (401, 403):
+            log.warning("%s/%s: ServiceMonitor %s not removed: %s", namespace, name, monitor, e)
+            return []  # tried again next tick
+        # Not allowed to look (a chart from before the operator could): nothing to do here.
+        log.info("%s/%s: cannot look for ServiceMonitor %s: %s", namespace, name, monitor, e)
+        outcome = "unknown"
+    _monitor_gone.add(key)
+    _monitor_errors.pop(key, None)
+    if outcome == "foreign":
+        log.info(
+            "%s/%s: ServiceMonitor %s was not made by the operator for this cluster: left alone",
+            namespace,
+            name,
+            monitor,
+        )
+    if outcome != "deleted":
+        return []
+    log.info("%s/%s: removed ServiceMonitor %s", namespace, name, monitor)
+    return [("Normal", "ServiceMonitorRemoved", f"{monitor} removed: no longer wanted")]
 
 
 def _describe(t: Transition | None) -> str | None:

@@ -27,6 +27,8 @@ ALLOWED = {
     ("", "pods"): {"list", "delete"},  # delete: a rolling upgrade restarts pods
     ("", "persistentvolumeclaims"): {"list", "patch", "delete"},
     ("", "events"): {"create", "patch"},
+    # A TLS cluster's own ServiceMonitor; get and delete also with monitoring off, to remove it.
+    ("monitoring.coreos.com", "servicemonitors"): {"get", "create", "patch", "delete"},
 }
 VARIANTS = {
     "namespaced": (),

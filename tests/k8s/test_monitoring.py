@@ -246,6 +246,89 @@ def test_a_tls_cluster_gets_a_service_monitor_of_its_own_and_the_charts_leaves_i
         proc.stop()
 
 
+def test_turning_monitoring_off_removes_the_operators_service_monitors_and_no_other(
+    api, crd, monitoring_crds, control_plane, namespace
+):
+    """With monitoring on, the TLS cluster has the ServiceMonitor the operator made. After a
+    `helm upgrade` that turns monitoring off (the operator restarted with the chart's new
+    settings and Role), the operator deletes it; a ServiceMonitor someone else made under the
+    name it would use for another cluster stays."""
+    from operatorproc import OperatorProcess, install_rbac
+
+    on = ("monitoring.enabled=true",)
+    (deployment,) = [d for d in template(namespace, *on) if d["kind"] == "Deployment"]
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+    token = install_rbac(api, namespace, *on)
+    custom = kubernetes.client.CustomObjectsApi(api)
+    group = ("monitoring.coreos.com", "v1", namespace, "servicemonitors")
+
+    def monitor(name: str) -> dict | None:
+        try:
+            return custom.get_namespaced_custom_object(*group, name)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    proc = OperatorProcess(control_plane, namespace, token, control_plane.workdir, env)
+    proc.start()
+    try:
+        create(api, namespace, "secure", nodes=3, tls={"enabled": True})
+        create(api, namespace, "plain", nodes=3)
+        wait_for(
+            lambda: monitor("secure-metrics"),
+            what=lambda: f"secure-metrics (operator log:\n{proc.log_tail()})",
+        )
+    finally:
+        proc.stop()
+    # Someone's own ServiceMonitor, under the name the operator would give the plain cluster's.
+    custom.create_namespaced_custom_object(
+        *group,
+        {
+            "apiVersion": "monitoring.coreos.com/v1",
+            "kind": "ServiceMonitor",
+            "metadata": {"name": "plain-metrics"},
+            "spec": {
+                "selector": {"matchLabels": {"app": "plain"}},
+                "endpoints": [{"port": "http"}],
+            },
+        },
+    )
+
+    rbac = kubernetes.client.RbacAuthorizationV1Api(api)
+    (role,) = [
+        d
+        for d in template(namespace)
+        if d["kind"] == "Role" and "helm.sh/hook" not in (d["metadata"].get("annotations") or {})
+    ]
+    rbac.replace_namespaced_role(role["metadata"]["name"], namespace, role)
+    (deployment,) = [d for d in template(namespace) if d["kind"] == "Deployment"]
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    env_off = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+    assert "LIMEDB_SERVICE_MONITOR" not in env_off
+    proc = OperatorProcess(control_plane, namespace, token, control_plane.workdir, env_off)
+    proc.start()
+    try:
+        wait_for(
+            lambda: monitor("secure-metrics") is None,
+            what=lambda: f"secure-metrics removed (operator log:\n{proc.log_tail()})",
+        )
+        removed = [
+            e for e in events_for(api, namespace, "secure") if e[1] == "ServiceMonitorRemoved"
+        ]
+        assert removed and removed[0][0] == "Normal", removed
+        wait_for(
+            lambda: (
+                "ServiceMonitor plain-metrics was not made by the operator" in proc.log_tail(5000)
+            ),
+            what=lambda: f"the plain cluster's step (operator log:\n{proc.log_tail()})",
+        )
+        assert monitor("plain-metrics") is not None
+    finally:
+        proc.stop()
+
+
 def test_a_service_monitor_the_operator_may_not_apply_is_one_warning_and_the_cluster_runs_on(
     api, crd, control_plane, namespace
 ):

@@ -73,9 +73,13 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create", "patch"]
-{{- if .Values.monitoring.enabled }}
+{{- /* get and delete always: a ServiceMonitor the operator made for a TLS cluster is removed
+       once monitoring (or the cluster's TLS) is turned off */}}
 - apiGroups: ["monitoring.coreos.com"]
   resources: ["servicemonitors"]
-  verbs: ["get", "create", "patch"]
+{{- if .Values.monitoring.enabled }}
+  verbs: ["get", "create", "patch", "delete"]
+{{- else }}
+  verbs: ["get", "delete"]
 {{- end }}
 {{- end -}}
