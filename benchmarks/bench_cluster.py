@@ -10,9 +10,14 @@ Anchors measured in the same run, on the same machine:
 
 Every node is a real `limedb serve` process; wrk (Debian package) generates the load, one wrk
 process per node with the connections split between them, 100-byte values, keys uniform over
---keys (preloaded through /v1/batch). All processes share this machine's cores.
+--keys (preloaded through /v1/batch). Every measurement follows --warmup-s seconds of the same
+load, not counted (the nodes' block caches fill and their peer connections open: without it the
+first seconds of a fresh cluster weighed on the cluster's figure more than on one node's, e.g.
+119.7 against 110.0 us of CPU per operation for the same cluster's first and second 10 s, one
+node's 42.3 against 40.1). All processes share this machine's cores.
 
-    .venv/bin/python benchmarks/bench_cluster.py [--duration 10] [--connections 48]
+    .venv/bin/python benchmarks/bench_cluster.py [--duration 10] [--connections 48] \
+        [--warmup-s 5]
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ def _line(name: str, r: dict) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=int, default=10, help="seconds per measurement")
+    parser.add_argument("--warmup-s", type=int, default=5, help="load not counted, before each")
     parser.add_argument("--connections", type=int, default=48)
     parser.add_argument("--keys", type=int, default=100_000)
     parser.add_argument("--durability", default="sync", choices=("sync", "periodic", "none"))
@@ -52,10 +58,18 @@ def main() -> int:
         return 2
     env = {"LIMEDB_DURABILITY": args.durability, "LIMEDB_LOG_LEVEL": "warning"}
     wrk_env = {"BENCH_KEYS": str(args.keys)}
+
+    def measure(c: LocalCluster, urls: list[str], script: str, load_env: dict[str, str]) -> dict:
+        """The load on `urls` for --duration seconds, after --warmup-s seconds not counted."""
+        if args.warmup_s > 0:
+            run_wrk(urls, script, args.connections, args.warmup_s, load_env, c.procs)
+        return run_wrk(urls, script, args.connections, args.duration, load_env, c.procs)
+
     print(
         f"cluster benchmark: {args.duration}s per run, {args.connections} connections, "
         f"100-byte values, 50/50 read/write over {args.keys:,} keys, durability {args.durability}, "
-        f"{os.cpu_count()} cores shared by every process"
+        f"{os.cpu_count()} cores shared by every process; each run after {args.warmup_s}s of "
+        "the same load, not counted"
     )
     print(
         "configuration: every node a `limedb serve` process with the engine's defaults (16 MiB "
@@ -66,25 +80,19 @@ def main() -> int:
         root = Path(tmp)
         with LocalCluster(root / "single", 1, args.base_port, env) as single:
             single.preload(args.keys)
-            anchor = run_wrk(
-                single.urls, MIXED, args.connections, args.duration, wrk_env, single.procs
-            )
+            anchor = measure(single, single.urls, MIXED, wrk_env)
         print(_line(f"anchor: 1 node, no replication ({args.durability})", anchor))
 
         cluster_env = {**env, "LIMEDB_REPLICATION_FACTOR": "3"}
         with LocalCluster(root / "rf3", 3, args.base_port + 10, cluster_env) as cluster:
             cluster.preload(args.keys)
-            mixed = run_wrk(
-                cluster.urls, MIXED, args.connections, args.duration, wrk_env, cluster.procs
-            )
+            mixed = measure(cluster, cluster.urls, MIXED, wrk_env)
         print(_line(f"3 nodes, RF=3, W=R=2 ({args.durability})", mixed))
 
         tls_env = {**cluster_env, **make_tls(root / "tls")}
         with LocalCluster(root / "rf3tls", 3, args.base_port + 40, tls_env) as cluster:
             cluster.preload(args.keys)
-            with_tls = run_wrk(
-                cluster.urls, MIXED, args.connections, args.duration, wrk_env, cluster.procs
-            )
+            with_tls = measure(cluster, cluster.urls, MIXED, wrk_env)
         print(_line(f"3 nodes, RF=3, W=R=2, TLS ({args.durability})", with_tls))
 
         if args.durability != "periodic":
@@ -93,9 +101,7 @@ def main() -> int:
             periodic_env = {**cluster_env, "LIMEDB_DURABILITY": "periodic"}
             with LocalCluster(root / "rf3p", 3, args.base_port + 30, periodic_env) as cluster:
                 cluster.preload(args.keys)
-                periodic = run_wrk(
-                    cluster.urls, MIXED, args.connections, args.duration, wrk_env, cluster.procs
-                )
+                periodic = measure(cluster, cluster.urls, MIXED, wrk_env)
             print(_line("3 nodes, RF=3, W=R=2 (periodic)", periodic))
 
         rf1_env = {**env, "LIMEDB_REPLICATION_FACTOR": "1"}
@@ -108,12 +114,8 @@ def main() -> int:
             key_file = root / "owned.txt"
             key_file.write_text("\n".join(owned) + "\n")
             get_env = {"BENCH_KEY_FILE": str(key_file)}
-            local = run_wrk(
-                rf1.urls[:1], GET_LIST, args.connections, args.duration, get_env, rf1.procs
-            )
-            forwarded = run_wrk(
-                rf1.urls[1:2], GET_LIST, args.connections, args.duration, get_env, rf1.procs
-            )
+            local = measure(rf1, rf1.urls[:1], GET_LIST, get_env)
+            forwarded = measure(rf1, rf1.urls[1:2], GET_LIST, get_env)
         print(_line("GET local (RF=1, owner answers)", local))
         print(_line("GET forwarded (RF=1, via a peer)", forwarded))
 
