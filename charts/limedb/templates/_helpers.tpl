@@ -74,7 +74,7 @@ app.kubernetes.io/instance: {{ .Release.Name }}
   resources: ["events"]
   verbs: ["create", "patch"]
 {{- /* get and delete always: a ServiceMonitor the operator made for a TLS cluster is removed
-       once monitoring (or the cluster's TLS) is turned off */}}
+       once monitoring is turned off */}}
 - apiGroups: ["monitoring.coreos.com"]
   resources: ["servicemonitors"]
 {{- if .Values.monitoring.enabled }}
