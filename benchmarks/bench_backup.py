@@ -14,7 +14,6 @@ the "Backup" section of docs/benchmarks.md.
 from __future__ import annotations
 
 import argparse
-import re
 import shutil
 import sys
 import tempfile
@@ -24,13 +23,13 @@ from pathlib import Path
 
 import httpx
 from _cluster import SECRET_HEADERS, LocalCluster
+from _doc import replace_section
 from bench_migration import WINDOW_S, LoadWindows
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 from support.s3 import S3Server, start_s3_server  # noqa: E402 - tests/support, path above
 
-DOC = ROOT / "docs" / "benchmarks.md"
 GOAL_RATIO = 0.7
 
 
@@ -75,16 +74,6 @@ def change_keys(cluster: LocalCluster, keys: int, every: int) -> int:
                 f"{cluster.urls[0]}/v1/batch", json={"put": items[start : start + 1000]}
             ).raise_for_status()
     return len(items)
-
-
-def write_doc(section: str) -> None:
-    text = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
-    pattern = re.compile(r"^## Backup\n.*?(?=^## |^<!-- |\Z)", re.S | re.M)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section, text)
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    DOC.write_text(text)
 
 
 def main() -> int:
@@ -170,7 +159,7 @@ def main() -> int:
             f"connections); every process shares this machine's cores (durability "
             f"{args.durability})."
         )
-        write_doc("## Backup\n\n" + textwrap.fill(intro, 100)
+        replace_section("backup", "## Backup\n\n" + textwrap.fill(intro, 100)
                   + "\n\n| measure | value |\n|---|---|\n" + table + "\n\n")  # fmt: skip
     print("goal met" if ratio >= GOAL_RATIO else "goal NOT met")
     return 0

@@ -24,7 +24,6 @@ import gc
 import os
 import platform
 import random
-import re
 import shutil
 import sys
 import tempfile
@@ -33,6 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "node"))
 
+from _doc import replace_section  # noqa: E402
 from engine_anchors import (  # noqa: E402
     Store,
     limedb_config,
@@ -46,8 +46,6 @@ VALUE = b"v" * 100
 # LimeDB's defaults, except that the put/get rounds do not fsync; every anchor reads its budgets
 # from these options.
 ENGINE_OPTIONS = EngineOptions(durability="none")
-DOC = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
-BEGIN, END = "<!-- storage-engine:begin -->", "<!-- storage-engine:end -->"
 
 
 def rate(n: int, seconds: float) -> float:
@@ -406,23 +404,15 @@ write group would do for 64 concurrent writers."""
 def write_doc(r: Results, res: dict, n: int) -> None:
     configs = "\n".join(f"- `{name}`: {config}" for name, config in res["configs"].items())
     section = (
-        f"{BEGIN}\n## Storage engine\n\n"
+        "## Storage engine\n\n"
         f"`python benchmarks/bench_engine.py{'' if n == 1_000_000 else f' --keys {n}'}` "
         f"({n:,} keys of 16 bytes, values of 100 bytes; measured "
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on a shared, busy "
         f"{os.cpu_count()}-CPU machine (other engineers' work on the same cores), load average "
         f"{os.getloadavg()[0]:.1f} at the end).\n\nConfigurations, as the run printed them:\n\n"
-        f"{configs}\n\n{r.markdown()}\n\n{NOTES}\n{END}"
+        f"{configs}\n\n{r.markdown()}\n\n{NOTES}"
     )
-    text = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
-    if BEGIN in text and END in text:
-        text = re.sub(
-            re.escape(BEGIN) + ".*?" + re.escape(END), lambda _: section, text, flags=re.S
-        )
-    else:
-        text = text.rstrip() + "\n\n" + section + "\n"
-    DOC.write_text(text)
-    print(f"updated {DOC}")
+    replace_section("storage-engine", section)
 
 
 if __name__ == "__main__":
