@@ -200,6 +200,13 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting("stream_mb_per_s", _int(0), 4, "range streaming throttle in MB/s (0 = unlimited)"),
     Setting(
+        "purge_mb_per_s",
+        _int(0),
+        4,
+        "average pace, in MB/s of tables rewritten, of an old owner's purge of the ranges it "
+        "handed off after a transition (0 = compaction's rate)",
+    ),
+    Setting(
         "stream_mode",
         _choice(STREAM_MODES),
         "tables",
@@ -406,6 +413,7 @@ class Config:
     await_join: bool
     auto_replace: bool
     stream_mb_per_s: int
+    purge_mb_per_s: int
     stream_mode: str
     cleanup_grace_ms: int
     cleanup_hold_ms: int

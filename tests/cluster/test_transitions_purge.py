@@ -186,3 +186,47 @@ def test_cleanup_waits_for_every_node_to_drain_not_for_the_grace(tmp_path: Path)
         fleet.check(history)
     finally:
         fleet.stop()
+
+
+def test_the_purge_rests_between_slices_to_keep_its_pace_and_a_stop_ends_the_rest(
+    tmp_path: Path,
+):
+    engine = Engine.open(tmp_path / "db", OPTIONS)
+    try:
+        _fill(engine)
+        # One byte per second: after its first slice the purge owes a rest of days.
+        streams = RangeStreams(engine, HLC(), HandedOff(tmp_path), purge_bytes_per_s=1)
+
+        async def run() -> None:
+            streams.hand_off([(0, MAX_TOKEN)])
+            await _until(lambda: streams.counters["purge_rest_ms"] > 0)
+            # Resting after one slice: the other slices wait, still pending and stored.
+            assert streams.counters["purges"] == 1
+            assert streams.handed_off.pending()
+            assert engine.stats()["purged_bytes"] > 0
+            shown = streams.purge_stats()  # what /api/v1/health shows under storage.range_purge
+            assert shown["slices_purged"] == 1 and shown["rest_ms"] > 0
+            assert shown["ranges_pending"] > 0
+            await asyncio.wait_for(streams.stop_purges(), 10)  # not the days of rest
+
+        asyncio.run(run())
+        left = {k for k in _stored(engine)}
+        assert left and left != set(KEYS)  # one slice purged, the rest left for later
+    finally:
+        engine.close()
+
+    # Unpaced (0), the next start purges everything left without resting.
+    engine = Engine.open(tmp_path / "db", OPTIONS)
+    try:
+        streams = RangeStreams(engine, HLC(), HandedOff(tmp_path), purge_bytes_per_s=0)
+
+        async def finish() -> None:
+            streams.resume_purges()
+            await _until(lambda: not streams.handed_off.pending())
+            await streams.stop_purges()
+
+        asyncio.run(finish())
+        assert _stored(engine) == set()
+        assert streams.counters["purge_rest_ms"] == 0
+    finally:
+        engine.close()

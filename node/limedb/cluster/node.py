@@ -261,7 +261,9 @@ class ClusterService:
         self.transactions = ClusterTransactions(self.atomic)
         self.coordinator.routing = self.keeper
         self.handed_off = HandedOff(config.data_dir)
-        self.streams = RangeStreams(engine, self.hlc, self.handed_off, self.clock)
+        self.streams = RangeStreams(
+            engine, self.hlc, self.handed_off, self.clock, config.purge_mb_per_s * 1e6
+        )
         self.streams.tables = TableStreams(
             engine, config.data_dir, self.hlc, self.clock, self.call_node
         )
@@ -788,6 +790,7 @@ class ClusterService:
             "streamed_timestamps_refused": self.streams.counters["timestamps_refused"],
         }
         stats["table_streaming"] = self.streams.tables.stats()
+        stats["range_purge"] = self.streams.purge_stats()
         return stats
 
     def cluster_view(self) -> ClusterView:

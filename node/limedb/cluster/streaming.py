@@ -36,6 +36,7 @@ part still pending is purged first, then the record forgets it).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import struct
 import time
@@ -207,12 +208,22 @@ class RangeStreams:
     """The node side of streaming: serves STREAM_READ, STREAM_APPLY and HANDOFF."""
 
     def __init__(
-        self, engine, hlc: HLC, handed_off: HandedOff, clock: ClockOffsets | None = None
+        self,
+        engine,
+        hlc: HLC,
+        handed_off: HandedOff,
+        clock: ClockOffsets | None = None,
+        purge_bytes_per_s: float = 0.0,
     ) -> None:
         self.engine = engine
         self.hlc = hlc
         self.clock = clock  # admits every streamed timestamp (limedb.cluster.clock_offset)
         self.handed_off = handed_off
+        # The background purge of handed-off ranges rewrites tables at compaction's rate, then
+        # rests between slices so that it averages this rate (0: no rest): it runs right after
+        # a transition on every old owner at once, while they serve the clients.
+        self.purge_bytes_per_s = purge_bytes_per_s
+        self._purges_stop = asyncio.Event()
         # The table side of streaming (limedb.cluster.table_streams), when the node has one.
         self.tables = None
         self._open: dict[tuple[int, int], _OpenRange] = {}
@@ -228,6 +239,7 @@ class RangeStreams:
             "batches_applied": 0,
             "keys_applied": 0,
             "purges": 0,
+            "purge_rest_ms": 0,
             "timestamps_refused": 0,
         }
 
@@ -360,6 +372,7 @@ class RangeStreams:
                     return
                 ranges = slices[0]
                 additions = self._additions
+                rewritten, started = self.engine.purged_bytes, time.monotonic()
                 try:
                     await asyncio.to_thread(self.engine.purge_ranges, storage_ranges(ranges))
                 except Exception:
@@ -370,6 +383,29 @@ class RangeStreams:
                     # purge that nothing was added during counts as done.
                     self.handed_off.purged(ranges)
             self.counters["purges"] += 1
+            await self._rest_after_purge(
+                self.engine.purged_bytes - rewritten, time.monotonic() - started
+            )
+
+    def purge_stats(self) -> dict[str, int]:
+        """The background purge of handed-off ranges: slices purged, time rested to keep its
+        pace, ranges still to purge (for /api/v1/health)."""
+        return {
+            "slices_purged": self.counters["purges"],
+            "rest_ms": self.counters["purge_rest_ms"],
+            "ranges_pending": len(self.handed_off.pending()),
+            "mb_per_s": round(self.purge_bytes_per_s / 1e6),
+        }
+
+    async def _rest_after_purge(self, nbytes: int, took_s: float) -> None:
+        """Rest so that this slice's rewrite averages `purge_bytes_per_s`; a stop ends it."""
+        if self.purge_bytes_per_s <= 0 or self._stopped:
+            return
+        rest = nbytes / self.purge_bytes_per_s - took_s
+        if rest > 0:
+            self.counters["purge_rest_ms"] += round(rest * 1000)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._purges_stop.wait(), rest)
 
     def handed_off_keys(self) -> int:
         """Live keys stored in handed-off ranges: not purged yet, or written after the purge
@@ -385,6 +421,7 @@ class RangeStreams:
     async def stop_purges(self) -> None:
         """Let a running purge finish (it is one engine call) and start no other."""
         self._stopped = True
+        self._purges_stop.set()
         if self._purger is not None:
             await asyncio.gather(self._purger, return_exceptions=True)
 

@@ -437,6 +437,11 @@ class Engine:
         self._ctx.check_open()
         return self._purger.purge(ranges)
 
+    @property
+    def purged_bytes(self) -> int:
+        """Bytes of tables the purges rewrote since the engine opened (their pace's measure)."""
+        return self._purger.purged_bytes
+
     def checkpoint(self, dest: str | os.PathLike, *, link: bool = True) -> Checkpoint:
         """A consistent point-in-time copy of the database in `dest` (new or empty), taken
         without stopping writes: every write acknowledged before the call is in it. Tables are
@@ -575,6 +580,7 @@ class Engine:
             "compaction_backlog_bytes": compaction_mod.backlog_bytes(v.all_levels, self._opts),
             "compactions": self._compactor.compactions,
             "compacted_bytes": self._compactor.compacted_bytes,
+            "purged_bytes": self._purger.purged_bytes,
             "flushes": self._flusher.flushes,
             "staged_flushes": self._flusher.staged_flushes,
             "keys_approx": self.approx_key_count(),

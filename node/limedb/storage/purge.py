@@ -122,6 +122,7 @@ class Purger:
         self._syncer = syncer
         self._flusher = flusher
         self._compactor = compactor
+        self.purged_bytes = 0  # bytes of tables rewritten by purges since the engine opened
 
     def purge(self, ranges: Iterable[Range]) -> int:
         """Remove the ranges' versions written before this call; returns the tables rewritten
@@ -141,6 +142,7 @@ class Purger:
                 return 0
             self._rewrite(jobs)
             self._install(jobs)
+            self.purged_bytes += sum(job.input_bytes for job in jobs)
         return sum(len(job.inputs) for job in jobs)
 
     def _rewrite(self, jobs: list[compaction_mod.Compaction]) -> None:
