@@ -52,7 +52,6 @@ GOAL_RATIO = 0.7
 # ~25 s here; `--stream-mb-per-s node` measures it.
 BENCH_MB_PER_S = 13
 WINDOW_S = 2
-AFTER_S = 4 * WINDOW_S  # load kept on after "done", its CPU split printed as "after"
 
 
 class LoadWindows:
@@ -289,7 +288,7 @@ def run(args: argparse.Namespace, mode: str, base_port: int) -> dict:
                 served_done = served(cluster.urls)
                 # The window in flight at the end belongs to "during"; the ones after show what
                 # follows "done" (the old owners' purge, the verification), CPU split as "after".
-                while time.monotonic() < join_ended + AFTER_S:
+                while time.monotonic() < join_ended + args.after_s:
                     time.sleep(0.2)
                     split.sample("after")
             for start, end, result in load.windows:
@@ -308,6 +307,7 @@ def run(args: argparse.Namespace, mode: str, base_port: int) -> dict:
             )
             before = load.ops_s(anchor_from, join_started)
             during = load.ops_s(join_started, join_ended)
+            after = load.ops_s(join_ended, join_ended + args.after_s)
             # The nodes' CPU per request they served in the anchor, charged for every request
             # they served during the migration: what is left is the migration's own CPU (the
             # streaming, the ingest, the double writes' extra), which the client load, itself
@@ -327,6 +327,8 @@ def run(args: argparse.Namespace, mode: str, base_port: int) -> dict:
         "ranges": transition["ranges_moved"],
         "before": before,
         "during": during,
+        "after": after,
+        "after_s": args.after_s,
         "ratio": during / before if before else 0.0,
         "cpu_s": cpu_s,
         "cpu_s_per_mb": cpu_s / max(nbytes / 1e6, 1e-9),
@@ -370,6 +372,12 @@ def main() -> int:
     parser.add_argument(
         "--anchor-s", type=int, default=10, help="load counted as the anchor, before the join"
     )
+    parser.add_argument(
+        "--after-s",
+        type=int,
+        default=30,
+        help='load kept on after "done": its windows, CPU and mean rate printed, not a goal',
+    )
     parser.add_argument("--durability", default="periodic")
     parser.add_argument("--base-port", type=int, default=18600)
     parser.add_argument("--no-doc", action="store_true", help="do not update docs/benchmarks.md")
@@ -405,6 +413,13 @@ def main() -> int:
         row("client ops/s before (anchor)", lambda r: f"{r['before']:,.0f}"),
         row("client ops/s during", lambda r: f"{r['during']:,.0f}"),
         row("during / before", lambda r: f"{r['ratio']:.2f}"),
+        row(
+            "client ops/s after done (purge, verification)",
+            lambda r: (
+                f"{r['after']:,.0f} over {r['after_s']} s, "
+                f"{r['after'] / r['before'] if r['before'] else 0:.2f} of before"
+            ),
+        ),
         row("node CPU during the migration", lambda r: f"{r['cpu_s']:.1f} s"),
         row("node CPU per MB streamed", lambda r: f"{r['cpu_s_per_mb'] * 1000:.0f} ms"),
         row("node CPU per request, anchor", lambda r: f"{r['cpu_per_request_us']:.0f} us"),
@@ -465,8 +480,8 @@ def main() -> int:
             "the anchor's CPU per request times the requests served during the migration, so "
             "the client load (smaller when the migration takes more of it) is not counted in it. Every node, the joiner and wrk share 2 "
             "cores, so the ratio is noisy; the stream throttle trades migration time for it (a "
-            'sweep is in docs/transitions.md, Streaming). The windows printed after "done" (8 s, '
-            'CPU split as "after") carry the old owners\' purge of the ranges they handed off '
+            'sweep is in docs/transitions.md, Streaming). The windows printed after "done" (`--after-s`, 30 s, '
+            'CPU split as "after"; their mean rate is the "after done" row) carry the old owners\' purge of the ranges they handed off '
             "and the verification.\n\n",
         )
     return 0
