@@ -10,6 +10,7 @@ from pathlib import Path
 
 import orjson
 import pytest
+from limedb.cluster import streaming
 from limedb.cluster.handed_off import HandedOff
 from limedb.cluster.keys import MAX_TOKEN, storage_key, token_of
 from limedb.cluster.streaming import RangeStreams
@@ -228,5 +229,29 @@ def test_the_purge_rests_between_slices_to_keep_its_pace_and_a_stop_ends_the_res
         asyncio.run(finish())
         assert _stored(engine) == set()
         assert streams.counters["purge_rest_ms"] == 0
+    finally:
+        engine.close()
+
+
+def test_a_store_bigger_than_sixteen_slices_allow_is_purged_in_more_of_them(
+    tmp_path: Path, monkeypatch
+):
+    # Each slice's rewrite holds off compactions: a big store gets slices of a bounded size.
+    monkeypatch.setattr(streaming, "PURGE_SLICE_BYTES", 256)
+    engine = Engine.open(tmp_path / "db", OPTIONS)
+    try:
+        _fill(engine)
+        stored = sum(level["bytes"] for level in engine.stats()["levels"])
+        assert streaming.purge_slice_count(stored) > streaming.PURGE_SLICES
+        streams = RangeStreams(engine, HLC(), HandedOff(tmp_path))
+
+        async def run() -> None:
+            streams.hand_off([(0, MAX_TOKEN)])
+            await _until(lambda: not streams.handed_off.pending())
+            await streams.stop_purges()
+
+        asyncio.run(run())
+        assert streams.counters["purges"] > streaming.PURGE_SLICES
+        assert _stored(engine) == set()
     finally:
         engine.close()

@@ -133,6 +133,15 @@ def _range_end_key(end: int) -> bytes | None:
 
 
 PURGE_SLICES = 16
+# A slice's rewrite holds the engine's compaction lock (storage/purge.py): on a big store a
+# sixteenth of the data would hold off compactions for minutes while L0 fills up to the write
+# stop, so a store over 16 of these is cut into more slices, each about this much of its tables.
+PURGE_SLICE_BYTES = 256 << 20
+
+
+def purge_slice_count(stored_bytes: int) -> int:
+    """How many equal slices of the token space a store of `stored_bytes` is purged in."""
+    return max(PURGE_SLICES, -(-stored_bytes // PURGE_SLICE_BYTES))
 
 
 def purge_slices(
@@ -367,7 +376,8 @@ class RangeStreams:
         # under writes, pile up L0 up to the write stop) for its whole duration.
         while self.handed_off.pending() and not self._stopped:
             async with self._purge_lock:
-                slices = purge_slices(self.handed_off.pending())
+                stored = sum(level["bytes"] for level in self.engine.stats()["levels"])
+                slices = purge_slices(self.handed_off.pending(), purge_slice_count(stored))
                 if not slices:
                     return
                 ranges = slices[0]

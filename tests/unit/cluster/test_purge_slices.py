@@ -6,7 +6,12 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 from limedb.cluster.keys import MAX_TOKEN
-from limedb.cluster.streaming import purge_slices
+from limedb.cluster.streaming import (
+    PURGE_SLICE_BYTES,
+    PURGE_SLICES,
+    purge_slice_count,
+    purge_slices,
+)
 
 WIDTH = (MAX_TOKEN + 1) // 16
 
@@ -49,3 +54,17 @@ def test_slices_cover_exactly_the_ranges_each_inside_one_slice(rs):
         assert len({s // WIDTH for s, _ in part} | {e // WIDTH for _, e in part}) == 1
     for s, e in pieces:
         assert any(rs_ <= s and e <= re_ for rs_, re_ in rs)
+
+
+def test_a_big_store_is_purged_in_more_slices_each_about_a_bounded_share_of_its_tables():
+    # Up to 16 x PURGE_SLICE_BYTES: sixteen slices; beyond, one more per PURGE_SLICE_BYTES, so
+    # no slice's rewrite (which holds off compactions) grows with the store.
+    assert purge_slice_count(0) == PURGE_SLICES == 16
+    assert purge_slice_count(16 * PURGE_SLICE_BYTES) == 16
+    assert purge_slice_count(16 * PURGE_SLICE_BYTES + 1) == 17
+    hundred_gb = 100 * 10**9
+    count = purge_slice_count(hundred_gb)
+    assert hundred_gb / count <= PURGE_SLICE_BYTES
+    slices = purge_slices([(0, MAX_TOKEN)], count)
+    assert len(slices) == count
+    assert slices[0][0][0] == 0 and slices[-1][-1][1] == MAX_TOKEN
