@@ -45,17 +45,23 @@ def _missing(exc: Exception) -> bool:
 
 
 class PacedReader:
-    """A file read in chunks by boto3's worker thread, `pace(nbytes)` called after each (it
-    sleeps to hold a byte rate); seekable, since a retried request rewinds its body."""
+    """A file read in chunks by boto3's worker thread, `pace(nbytes)` called for each byte
+    the first time it is read (it sleeps to hold a byte rate); seekable, since a retried
+    request rewinds its body. Over plain http botocore reads every body twice (SigV4 hashes
+    the payload, then sends it): charging both passes held uploads to half their pace."""
 
     def __init__(self, file: BinaryIO, pace: Callable[[int], None]) -> None:
         self._file = file
         self._pace = pace
+        self._charged_to = 0  # every byte before this offset was charged once
 
     def read(self, size: int = -1) -> bytes:
+        start = self._file.tell()
         data = self._file.read(CHUNK if size is None or size < 0 or size > CHUNK else size)
-        if data:
-            self._pace(len(data))
+        new = start + len(data) - max(start, self._charged_to)
+        if new > 0:
+            self._charged_to = start + len(data)
+            self._pace(new)
         return data
 
     def seek(self, offset: int, whence: int = 0) -> int:
