@@ -8,13 +8,15 @@ wants; the initiator applies the ACK and answers with an ACK2 holding what was a
 Three messages, and both sides end up with the newer of every state and of the ring.
 
 Newer means a higher (generation, version): the generation changes only when a process
-restarts, the version counts rounds within one run. No I/O here: `limedb.cluster.membership`
+restarts (its start time in milliseconds, `start_generation`), the version counts rounds
+within one run. No I/O here: `limedb.cluster.membership`
 moves the messages and feeds heartbeat arrivals to the failure detector through the
 `on_update` hook.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 
@@ -24,6 +26,16 @@ SYN, ACK, ACK2 = "syn", "ack", "ack2"
 # The cluster-level state of a node as the node itself announces it (liveness is not here:
 # every node judges that for itself with its failure detector).
 STATUSES = frozenset({"normal", "joining", "leaving", "left"})
+
+
+def start_generation(now_ns: int | None = None) -> int:
+    """A new process's generation: the Unix time in milliseconds.
+
+    Seconds were too coarse: a node killed and back within the second it first started in got
+    the generation of its former self, and its seeds then answered "not heard before" to a
+    member back on an empty disk (limedb.cluster.rejoin), which was not replaced. A process
+    takes far longer than a millisecond to start, so every run of a node gets a newer one."""
+    return (time.time_ns() if now_ns is None else now_ns) // 1_000_000
 
 
 class GossipError(ValueError):

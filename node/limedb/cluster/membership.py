@@ -23,7 +23,14 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
 from limedb.cluster.failure import DetectorConfig, FailureDetector, Liveness
-from limedb.cluster.gossip import ACK2, SYN, GossipError, GossipState, HeartbeatState
+from limedb.cluster.gossip import (
+    ACK2,
+    SYN,
+    GossipError,
+    GossipState,
+    HeartbeatState,
+    start_generation,
+)
 from limedb.cluster.ring.placement import Ring
 from limedb.tasks import cancel_and_wait
 
@@ -107,7 +114,7 @@ class Membership:
         self.gossip = GossipState(
             node_id,
             advertise_url,
-            int(time.time()) if generation is None else generation,
+            start_generation() if generation is None else generation,
             ring,
             internal_addr=internal_addr,
             on_update=self._on_heartbeat,

@@ -1,6 +1,9 @@
 """A node on an empty data dir under an identity the ring lists, and heard before, is replaced;
 a late founder of a new cluster, a node with data, or an opted-out one starts as before."""
 
+import time
+
+from limedb.cluster.gossip import start_generation
 from limedb.cluster.membership import Membership
 from limedb.cluster.rejoin import (
     SeedAnswer,
@@ -111,3 +114,16 @@ def test_a_seed_remembers_the_generation_it_first_heard_a_node_at():
     heartbeat(200, 1)  # C restarted: its new run does not hide the earlier one
     assert seed.first_generation(C) == 100
     assert heard_before(seed.first_generation(C), 200)
+
+
+def test_a_node_back_within_the_second_it_first_started_in_was_heard_before():
+    # CI, stop 26: c started, was heard, was killed and back on an empty disk within one
+    # second; with generations in seconds both runs had the same one and the seeds answered
+    # "not heard before", so the member was never replaced.
+    first_run = start_generation(now_ns=1_700_000_000_100_000_000)
+    second_run = start_generation(now_ns=1_700_000_000_900_000_000)  # 0.8 s later
+    seed = Membership(A, A, RING, generation=50)
+    seed.gossip.apply({C: {"generation": first_run, "version": 3, "advertise_url": C}})
+    assert heard_before(seed.first_generation(C), second_run)
+    # And a process started now outranks one started a second ago.
+    assert start_generation() > start_generation(now_ns=time.time_ns() - 1_000_000_000)
