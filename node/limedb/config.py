@@ -198,6 +198,13 @@ SETTINGS: tuple[Setting, ...] = (
         "a member that starts on an empty data dir under an identity the ring still lists "
         "asks the survivors to replace it (stream its ranges) instead of serving empty reads",
     ),
+    Setting(
+        "rejoin_wait_ms",
+        _int(0),
+        30_000,
+        "how long a node on an empty data dir waits for a first seed to answer whether it is a "
+        "member back on a lost disk (seeds restarting with it); then it starts as a new node",
+    ),
     Setting("stream_mb_per_s", _int(0), 4, "range streaming throttle in MB/s (0 = unlimited)"),
     Setting(
         "purge_mb_per_s",
@@ -412,6 +419,7 @@ class Config:
     internal_port: int
     await_join: bool
     auto_replace: bool
+    rejoin_wait_ms: int
     stream_mb_per_s: int
     purge_mb_per_s: int
     stream_mode: str

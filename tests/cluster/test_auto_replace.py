@@ -9,8 +9,9 @@ import shutil
 from pathlib import Path
 
 import httpx
+import orjson
 import pytest
-from support.cluster import Workload, wait_for
+from support.cluster import Node, Workload, wait_for
 from support.history import OK, History
 from support.transitions import TRANSITION_TIMEOUT_S, Fleet, preload
 
@@ -28,6 +29,26 @@ def read_alone(url: str, keys: list[str]) -> dict[str, bytes | None]:
             assert response.status_code in (200, 404), response.text
             values[key] = response.content if response.status_code == 200 else None
     return values
+
+
+def wait_replaced(fleet: Fleet, via: Node, node: Node) -> dict:
+    """The last transition `via` reports once the automatic replace of `node` has ended."""
+
+    def replaced() -> dict | None:
+        last = fleet.status(via).get("last_transition") or {}
+        if last.get("kind") == "replace" and last.get("phase") in ("done", "rolled_back"):
+            return last
+        return None
+
+    def stuck() -> str:
+        status = fleet.status(via)
+        return (
+            f"the automatic replace to end; {via.url} shows "
+            f"{status.get('last_transition')!r}, active {status.get('transition')!r}\n"
+            f"{node.url}'s log:\n{node.log_tail(60)}"
+        )
+
+    return wait_for(replaced, TRANSITION_TIMEOUT_S, stuck, 0.2)
 
 
 def test_a_member_back_on_an_empty_disk_is_replaced_automatically(tmp_path: Path):
@@ -50,21 +71,7 @@ def test_a_member_back_on_an_empty_disk_is_replaced_automatically(tmp_path: Path
             shutil.rmtree(c.data_dir / "data")
             c.start()  # same id, URL and ports: a pod back on a new, empty volume
 
-            def replaced() -> dict | None:
-                last = fleet.status(a).get("last_transition") or {}
-                if last.get("kind") == "replace" and last.get("phase") in ("done", "rolled_back"):
-                    return last
-                return None
-
-            def stuck() -> str:
-                status = fleet.status(a)
-                return (
-                    f"the automatic replace to end; {a.url} shows "
-                    f"{status.get('last_transition')!r}, active {status.get('transition')!r}\n"
-                    f"{c.url}'s log:\n{c.log_tail(60)}"
-                )
-
-            last = wait_for(replaced, TRANSITION_TIMEOUT_S, stuck, 0.2)
+            last = wait_replaced(fleet, a, c)
         finally:
             workload.stop()
         assert last["phase"] == "done", last
@@ -80,6 +87,56 @@ def test_a_member_back_on_an_empty_disk_is_replaced_automatically(tmp_path: Path
             return not history.check_final(read_alone(c.url, keys).__getitem__)
 
         wait_for(complete, 30.0, lambda: str(history.check_final(read_alone(c.url, keys).get)))
+        fleet.check(history)
+    finally:
+        fleet.stop()
+
+
+def test_a_member_back_on_an_empty_disk_with_its_whole_cluster_is_replaced(tmp_path: Path):
+    """A power loss: every node killed at once, one volume lost. The member starts first, on
+    its empty disk, while no seed is up (it waits for one, `rejoin_wait_ms`); its seeds come
+    back from their disks, a new run that never heard it in memory, and still know they heard
+    it before (limedb.cluster.heard), so it is replaced, not taken back empty."""
+    fleet = Fleet(tmp_path, ENV, first_host=230)
+    try:
+        history = History()
+        a, b, c = fleet.bootstrap(3)
+        preload(fleet, history, 300)
+        seeds = (a, b)
+
+        def remembered() -> bool:
+            # What a seed heard is written off the event loop, soon after it hears it.
+            for seed in seeds:
+                path = seed.data_dir / "data" / "heard.json"
+                if not path.exists() or c.url not in orjson.loads(path.read_bytes()).get(
+                    "first_generation", {}
+                ):
+                    return False
+            return True
+
+        wait_for(remembered, 30.0, f"{a.url} and {b.url} to record that they heard {c.url}")
+        for node in (a, b, c):
+            node.kill()
+        shutil.rmtree(c.data_dir / "data")
+        c.start()
+        wait_for(
+            lambda: "no seed answered REJOIN yet" in c.log_tail(20),
+            30.0,
+            lambda: f"{c.url} to wait for its seeds\n{c.log_tail(20)}",
+        )
+        for seed in seeds:
+            seed.start()
+        for seed in seeds:
+            fleet.wait_ready(seed)
+        last = wait_replaced(fleet, a, c)
+        assert last["phase"] == "done", last
+        assert last["keys_streamed"] > 0
+        keys = sorted(history.keys())
+        wait_for(
+            lambda: not history.check_final(read_alone(c.url, keys).__getitem__),
+            30.0,
+            lambda: str(history.check_final(read_alone(c.url, keys).get)),
+        )
         fleet.check(history)
     finally:
         fleet.stop()

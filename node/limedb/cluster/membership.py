@@ -19,7 +19,7 @@ import inspect
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from limedb.cluster.failure import DetectorConfig, FailureDetector, Liveness
@@ -100,6 +100,8 @@ class Membership:
         gossip_interval_s: float = 1.0,
         detector_config: DetectorConfig | None = None,
         clock: Callable[[], float] = time.monotonic,
+        first_generations: Mapping[str, int] | None = None,
+        on_first_heard: Callable[[str, int], object] | None = None,
     ) -> None:
         self.node_id = node_id
         self.gossip_interval_s = gossip_interval_s
@@ -124,9 +126,11 @@ class Membership:
         self._ring_listeners: list[Callable[[Ring], object]] = []
         self._reported: dict[str, Liveness] = {}
         self._heard: set[str] = set()
-        # The generation each node was first heard at, in this process's life
-        # (limedb.cluster.rejoin: a node back on an empty disk asks whether it was heard before).
-        self._first_generation: dict[str, int] = {}
+        # The generation each node was first heard at, in this process's life or an earlier
+        # one (`first_generations`, limedb.cluster.heard; `on_first_heard` records a new one):
+        # a node back on an empty disk asks whether it was heard before (limedb.cluster.rejoin).
+        self._first_generation: dict[str, int] = dict(first_generations or {})
+        self._on_first_heard = on_first_heard
         self._tasks: set[asyncio.Task] = set()
         if ring is not None:
             self._watch_members(ring)
@@ -249,9 +253,11 @@ class Membership:
         return self._first_generation.get(node_id)
 
     def _on_heartbeat(self, node_id: str, old: HeartbeatState | None, new: HeartbeatState) -> None:
-        self._first_generation.setdefault(
-            node_id, new.generation if old is None else old.generation
-        )
+        if node_id not in self._first_generation:
+            first = new.generation if old is None else old.generation
+            self._first_generation[node_id] = first
+            if self._on_first_heard is not None:
+                self._on_first_heard(node_id, first)
         if old is None:
             # First sight of a node, perhaps through a third node's stale copy: no proof that
             # it lives. Watch it; its next newer heartbeat is the proof.

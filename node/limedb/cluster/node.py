@@ -28,6 +28,7 @@ from limedb.cluster.coordinator import Coordinator, required_acks
 from limedb.cluster.failure import Liveness
 from limedb.cluster.gossip import GossipError
 from limedb.cluster.handed_off import HandedOff
+from limedb.cluster.heard import HeardStore
 from limedb.cluster.hints import HintStore
 from limedb.cluster.keys import token_of
 from limedb.cluster.local import LocalService
@@ -211,12 +212,15 @@ class ClusterService:
         # transition): only one without both may be a member whose data is gone.
         self._used_before = not fresh_data_dir or self.ring_store.path.exists()
         state = initial_ring_record(config, self.ring_store)
+        # Who this node heard, kept across its restarts (REJOIN's answer, limedb.cluster.heard).
+        self.heard = HeardStore(config.data_dir)
         self.membership = Membership(
             self.node_id,
             self.node_url,
             state.ring if state is not None else None,
             seeds=config.seeds,
             internal_addr=f"{host}:{internal_port}",
+            **self.heard.membership_hooks(),
         )
         self.keeper = RingKeeper(self.membership, self.ring_store, state)
         self.membership.gossip = RecordGossip.replacing(self.membership.gossip, self.keeper)
@@ -455,6 +459,28 @@ class ClusterService:
             log.info("seed %s did not answer REJOIN: %s", url, exc)
             return None
 
+    async def _ask_seeds(self, seeds: list[str], question: bytes) -> list[rejoin.SeedAnswer]:
+        """Every seed's REJOIN answer, asked again each second while none has answered, for up
+        to `rejoin_wait_ms`: seeds restarting with this node (a whole cluster back at once)
+        listen only once their own storage has opened."""
+        clock = asyncio.get_running_loop().time
+        deadline = clock() + self.config.rejoin_wait_ms / 1000
+        waited = False
+        while True:
+            replies = await asyncio.gather(*(self._ask_seed(u, question) for u in seeds))
+            answers = [a for a in replies if a is not None]
+            if answers or not seeds or clock() >= deadline:
+                return answers
+            if not waited:
+                waited = True
+                log.warning(
+                    "node %s: its data dir is empty and no seed answered REJOIN yet; asking "
+                    "again each second for up to %.0f s",
+                    self.node_id,
+                    self.config.rejoin_wait_ms / 1000,
+                )
+            await asyncio.sleep(min(1.0, max(0.0, deadline - clock())))
+
     async def _decide_start(self) -> None:
         has_data = bool(self.local.local_items(None, 1))
         if self._used_before or has_data or not self.config.auto_replace:
@@ -468,8 +494,7 @@ class ClusterService:
             return
         question = rejoin.encode_question(self.node_id, self.membership.gossip.own.generation)
         seeds = [u for u in self.config.seeds if u.rstrip("/") != self.node_url.rstrip("/")]
-        replies = await asyncio.gather(*(self._ask_seed(u, question) for u in seeds))
-        answers = [a for a in replies if a is not None]
+        answers = await self._ask_seeds(seeds, question)
         self.start_mode = rejoin.decide(
             self.node_id, has_local_record=False, has_local_data=False, answers=answers
         )
@@ -633,6 +658,7 @@ class ClusterService:
         if self._sweeper is not None:
             self._sweeper.cancel()
         await self.gossip_loop.stop()
+        await self.heard.flush()
         await self.clock.stop()
         await self.hints.stop()
         await self.server.stop()

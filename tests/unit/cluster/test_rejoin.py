@@ -1,9 +1,11 @@
 """A node on an empty data dir under an identity the ring lists, and heard before, is replaced;
 a late founder of a new cluster, a node with data, or an opted-out one starts as before."""
 
+import asyncio
 import time
 
 from limedb.cluster.gossip import start_generation
+from limedb.cluster.heard import HeardStore
 from limedb.cluster.membership import Membership
 from limedb.cluster.rejoin import (
     SeedAnswer,
@@ -127,3 +129,64 @@ def test_a_node_back_within_the_second_it_first_started_in_was_heard_before():
     assert heard_before(seed.first_generation(C), second_run)
     # And a process started now outranks one started a second ago.
     assert start_generation() > start_generation(now_ns=time.time_ns() - 1_000_000_000)
+
+
+def heard_by(store: HeardStore, *states: tuple[int, int]) -> Membership:
+    """A seed whose earlier runs' hearing comes from `store`, hearing C's `states` now."""
+    seed = Membership(A, A, RING, generation=50, **store.membership_hooks())
+    for generation, version in states:
+        seed.gossip.apply({C: {"generation": generation, "version": version, "advertise_url": C}})
+    return seed
+
+
+def test_a_seed_that_restarted_still_knows_it_heard_a_member_before(tmp_path):
+    store = HeardStore(tmp_path)
+    # Only once written does a restart keep it (the write is off the event loop).
+    asyncio.run(_heard_and_saved(store, (100, 1), (100, 2)))
+    again = HeardStore(tmp_path)
+    seed = heard_by(again)  # a new run of the seed that has not heard C
+    assert seed.first_generation(C) == 100
+    assert heard_before(seed.first_generation(C), 200)
+    # Hearing C's new run keeps the older generation, and rewrites nothing.
+    seed.gossip.apply({C: {"generation": 200, "version": 1, "advertise_url": C}})
+    assert seed.first_generation(C) == 100
+
+
+async def _heard_and_saved(store: HeardStore, *states: tuple[int, int]) -> Membership:
+    seed = heard_by(store, *states)
+    await store.flush()
+    return seed
+
+
+def test_a_seed_that_heard_only_the_asking_run_has_not_heard_it_before(tmp_path):
+    # A late founder: the seed's gossip reached it (its RPC port is up) before it asked.
+    store = HeardStore(tmp_path)
+    asyncio.run(_heard_and_saved(store, (200, 0)))
+    seed = heard_by(HeardStore(tmp_path))
+    assert seed.first_generation(C) == 200
+    assert not heard_before(seed.first_generation(C), 200)
+
+
+def test_an_unreadable_heard_file_is_forgotten_and_replaced(tmp_path):
+    (tmp_path / "heard.json").write_bytes(b'{"first_generation": {"x": "soon"}}')
+    store = HeardStore(tmp_path)
+    assert store.load() == {}
+    asyncio.run(_heard_and_saved(store, (100, 1)))
+    assert HeardStore(tmp_path).load() == {C: 100}
+
+
+def test_a_failed_write_never_reaches_gossip_and_is_retried_with_the_next_node(tmp_path):
+    blocked = tmp_path / "not-a-dir"
+    blocked.write_bytes(b"")  # the data dir is a file: every save fails
+    store = HeardStore(blocked)
+    seed = asyncio.run(_heard_and_saved(store, (100, 1)))
+    assert seed.first_generation(C) == 100  # gossip went on
+    blocked.unlink()
+    blocked.mkdir()
+
+    async def hear_b() -> None:
+        seed.gossip.apply({B: {"generation": 7, "version": 1, "advertise_url": B}})
+        await store.flush()
+
+    asyncio.run(hear_b())
+    assert HeardStore(blocked).load() == {B: 7, C: 100}
