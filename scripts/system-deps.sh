@@ -6,7 +6,8 @@
 # playwright's own browsers are not used); the node of the one-node Kubernetes
 # (scripts/kube-up.sh): containerd, runc, the CNI plugins, conntrack, iptables (kube-proxy
 # probes it), openssl (its certificates; also the TLS tests' and benchmarks' CAs and node
-# certificates, tests/support/certs.py), busybox-static (the image of its own tests).
+# certificates, tests/support/certs.py), busybox-static (the image of its own tests),
+# prometheus (the monitoring kit's alerts evaluated by a real Prometheus, tests/support/prometheus.py).
 set -euo pipefail
 need=()
 command -v redis-server >/dev/null || need+=(redis-server)
@@ -28,6 +29,7 @@ command -v conntrack >/dev/null || need+=(conntrack)
 command -v iptables >/dev/null || need+=(iptables)
 command -v openssl >/dev/null || need+=(openssl)
 [ -x /bin/busybox ] && ! ldd /bin/busybox >/dev/null 2>&1 || need+=(busybox-static)
+command -v prometheus >/dev/null || need+=(prometheus)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then
     echo "system-deps: need root to apt-get install ${need[*]}" >&2
@@ -40,3 +42,4 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 # The distribution's redis-server starts a service on install; tests start their own.
 systemctl stop redis-server >/dev/null 2>&1 || true
+systemctl stop prometheus >/dev/null 2>&1 || true
