@@ -140,3 +140,70 @@ def test_a_member_back_on_an_empty_disk_with_its_whole_cluster_is_replaced(tmp_p
         fleet.check(history)
     finally:
         fleet.stop()
+
+
+def test_a_member_killed_before_its_replace_committed_comes_back_still_waiting_for_it(
+    tmp_path: Path,
+):
+    """The member back on an empty disk adopts the ring record and takes writes while it waits
+    to be replaced, so its data dir no longer looks new. Killed before the replace commits, it
+    comes back still refusing replica reads (limedb.cluster.replace_pending), not as a member
+    answering from a store that never received its ranges; then it is replaced."""
+    fleet = Fleet(tmp_path, {**ENV, "LIMEDB_CLEANUP_HOLD_MS": "15000"}, first_host=233)
+    try:
+        history = History()
+        a, b, c = fleet.bootstrap(3)
+        keys = preload(fleet, history, 300)
+        wait_for(
+            lambda: a.hears(fleet.http, c) and b.hears(fleet.http, c),
+            30.0,
+            f"{a.url} and {b.url} to hear {c.url}",
+        )
+        # A join held in its cleanup (cleanup_hold_ms): no replace can start meanwhile.
+        d = fleet.start_joiner()
+        with fleet.admin(a) as client:
+            join = client.join(d.url)["transition"]["id"]
+        wait_for(
+            lambda: (fleet.status(a).get("transition") or {}).get("phase") == "cleanup",
+            TRANSITION_TIMEOUT_S,
+            f"join {join} to reach its cleanup",
+            0.2,
+        )
+        fleet.members.append(d)
+        log = c.data_dir / "node.log"
+
+        def logged_since(offset: int, text: str) -> bool:
+            return text in log.read_text(errors="replace")[offset:]
+
+        c.kill()
+        shutil.rmtree(c.data_dir / "data")
+        offset = len(log.read_text(errors="replace"))
+        c.start()
+        wait_for(
+            lambda: logged_since(offset, "asks the survivors to replace it"),
+            30.0,
+            lambda: f"{c.url} to ask to be replaced\n{c.log_tail(30)}",
+        )
+        c.kill()  # before its replace could even start
+        offset = len(log.read_text(errors="replace"))
+        c.start()
+        wait_for(
+            lambda: logged_since(offset, "that replace has not committed yet"),
+            30.0,
+            lambda: f"{c.url} to go on waiting for its replace\n{c.log_tail(30)}",
+        )
+        fleet.wait_ready(c)
+        # Its own replica is skipped: consistency=one reads what the others hold.
+        served = read_alone(c.url, keys)
+        assert [k for k in keys if served[k] is None] == []
+        assert (fleet.status(a).get("transition") or {}).get("id") == join  # still held
+        last = wait_replaced(fleet, a, c)
+        assert last["phase"] == "done", last
+        wait_for(
+            lambda: not history.check_final(read_alone(c.url, keys).__getitem__),
+            30.0,
+            lambda: str(history.check_final(read_alone(c.url, keys).get)),
+        )
+        fleet.check(history)
+    finally:
+        fleet.stop()

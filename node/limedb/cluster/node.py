@@ -40,6 +40,7 @@ from limedb.cluster.membership import (
 )
 from limedb.cluster.proposals import Proposal
 from limedb.cluster.repair import AntiEntropy
+from limedb.cluster.replace_pending import PendingReplace
 from limedb.cluster.replica import Mutation, Replica
 from limedb.cluster.ring.exchange import RecordGossip
 from limedb.cluster.ring.keeper import RingKeeper
@@ -214,6 +215,9 @@ class ClusterService:
         state = initial_ring_record(config, self.ring_store)
         # Who this node heard, kept across its restarts (REJOIN's answer, limedb.cluster.heard).
         self.heard = HeardStore(config.data_dir)
+        # A self-replace decided and not yet committed (limedb.cluster.replace_pending).
+        self.pending_replace = PendingReplace(config.data_dir)
+        self._replace_earlier: frozenset[str] = frozenset()
         self.membership = Membership(
             self.node_id,
             self.node_url,
@@ -482,6 +486,24 @@ class ClusterService:
             await asyncio.sleep(min(1.0, max(0.0, deadline - clock())))
 
     async def _decide_start(self) -> None:
+        earlier = self.pending_replace.load()
+        if earlier is not None:
+            self.start_mode = rejoin.decide(
+                self.node_id,
+                has_local_record=self._used_before,
+                has_local_data=True,
+                answers=(),
+                replace_pending=True,
+            )
+            self._replace_earlier = earlier
+            self.replica.serves_reads = False
+            log.warning(
+                "node %s: an earlier run found its data dir empty and asked to be replaced; "
+                "that replace has not committed yet: it still refuses replica reads and waits "
+                "for it (limedb.cluster.replace_pending)",
+                self.node_id,
+            )
+            return
         has_data = bool(self.local.local_items(None, 1))
         if self._used_before or has_data or not self.config.auto_replace:
             self.start_mode = rejoin.decide(
@@ -517,6 +539,13 @@ class ClusterService:
                 )
             return
         assert record is not None
+        # Written before the record is adopted (ring.json): from then on a restart would look
+        # like a node that used its data dir before.
+        state = self.keeper.state
+        self._replace_earlier = frozenset(
+            t.id for t in (state.transition if state else None, record.transition) if t
+        )
+        self.pending_replace.save(self._replace_earlier)
         self.keeper.adopt(record)
         self.replica.serves_reads = False
         log.warning(
@@ -527,10 +556,12 @@ class ClusterService:
 
     async def _replace_self(self) -> None:
         """Propose `replace <me> by <me>` until such a replace has committed; then serve reads."""
-        state = self.keeper.state
-        earlier = {state.transition.id} if state is not None and state.transition else set()
+        earlier = self._replace_earlier
         change = Change.replace(self.node_id, self.node_id, self.node_url)
         while not rejoin.replaced(self.keeper.state, self.node_id, earlier):
+            if rejoin.no_longer_a_member(self.keeper.state, self.node_id):
+                log.warning("node %s: removed from the ring; no replace to wait for", self.node_id)
+                break
             if rejoin.needs_proposal(self.keeper.state):
                 try:
                     outcome = await self.propose(change)
@@ -539,6 +570,10 @@ class ClusterService:
                 except Exception as exc:  # retried: the proposer may be unreachable a while
                     log.info("auto-replace proposal failed: %s", exc)
             await asyncio.sleep(1.0)
+        try:
+            await asyncio.to_thread(self.pending_replace.clear)
+        except OSError as exc:  # the next start replaces it again: more work, nothing lost
+            log.warning("could not remove %s: %s", self.pending_replace.path, exc)
         self.replica.serves_reads = True
         log.info("node %s: replaced; it serves reads again", self.node_id)
 

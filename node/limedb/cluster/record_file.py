@@ -34,7 +34,20 @@ def write_atomic(path: Path, data: bytes) -> None:
     else:
         os.close(fd)
     os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
+    _sync_dir(path.parent)
+
+
+def remove_durably(path: Path) -> None:
+    """Remove `path` (if there) so that a crash afterwards does not bring it back."""
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        return
+    _sync_dir(path.parent)
+
+
+def _sync_dir(directory: Path) -> None:
+    dir_fd = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
     finally:

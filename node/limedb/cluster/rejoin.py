@@ -29,7 +29,8 @@ class StartMode(enum.StrEnum):
     RESUME = "resume"  # a clustered node used the data dir before (hints/, ring.json) or it
     # holds data: carry on from it
     FRESH = "fresh"  # a new node: the static ring, or wait to be joined
-    REPLACE = "replace"  # a listed member that lost its data: be replaced
+    REPLACE = "replace"  # a listed member that lost its data: be replaced (also again after a
+    # restart before that replace committed: limedb.cluster.replace_pending)
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,8 +88,13 @@ def decide(
     has_local_data: bool,
     answers: Collection[SeedAnswer],
     auto_replace: bool = True,
+    replace_pending: bool = False,
 ) -> StartMode:
-    """How a node starts, from its own data dir and its seeds' answers."""
+    """How a node starts, from its own data dir and its seeds' answers. A self-replace decided
+    by an earlier run and not yet committed goes on, whatever the data dir holds by now (the
+    ring record it adopted, the writes it took while waiting)."""
+    if replace_pending:
+        return StartMode.REPLACE
     if has_local_record or has_local_data:
         return StartMode.RESUME
     if not auto_replace:
@@ -114,6 +120,12 @@ def replaced(record: RingRecord | None, node_id: str, earlier: Collection[str]) 
         and t.change.new_node_id == node_id
         and t.phase in (Phase.COMMITTED, Phase.CLEANUP, Phase.DONE)
     )
+
+
+def no_longer_a_member(record: RingRecord | None, node_id: str) -> bool:
+    """Whether a self-replace still waited for has nothing left to replace: no transition runs
+    and the ring no longer lists this node (it was removed meanwhile, e.g. a scale-down)."""
+    return record is not None and record.active is None and node_id not in record.ring.members
 
 
 def needs_proposal(record: RingRecord | None) -> bool:

@@ -15,8 +15,10 @@ from limedb.cluster.rejoin import (
     encode_question,
     heard_before,
     needs_proposal,
+    no_longer_a_member,
     replaced,
 )
+from limedb.cluster.replace_pending import PendingReplace
 from limedb.cluster.ring.placement import Ring
 from limedb.cluster.ring.record import RingRecord
 from limedb.cluster.transitions import Change, propose
@@ -190,3 +192,37 @@ def test_a_failed_write_never_reaches_gossip_and_is_retried_with_the_next_node(t
 
     asyncio.run(hear_b())
     assert HeardStore(blocked).load() == {B: 7, C: 100}
+
+
+def test_a_pending_self_replace_goes_on_whatever_the_data_dir_holds_by_now():
+    # The record it adopted and the writes it took while waiting look like a used data dir.
+    for local_record, data in ((True, True), (True, False), (False, False)):
+        mode = decide(
+            C,
+            has_local_record=local_record,
+            has_local_data=data,
+            answers=(),
+            replace_pending=True,
+        )
+        assert mode is StartMode.REPLACE
+    assert start(local_record=True, data=True) is StartMode.RESUME  # nothing pending
+
+
+def test_the_pending_self_replace_is_kept_until_cleared(tmp_path):
+    pending = PendingReplace(tmp_path)
+    assert pending.load() is None
+    pending.save(frozenset({"t-1", "t-0"}))
+    assert PendingReplace(tmp_path).load() == {"t-0", "t-1"}
+    pending.clear()
+    pending.clear()  # twice is fine
+    assert PendingReplace(tmp_path).load() is None
+
+
+def test_a_self_replace_of_a_node_removed_meanwhile_is_not_waited_for():
+    assert not no_longer_a_member(RECORD, C)
+    assert not no_longer_a_member(None, C)
+    removed = RingRecord(RING.without_member(C), 2)
+    assert no_longer_a_member(removed, C)
+    # While a transition runs the removal may still roll back: wait.
+    t = propose(removed.ring, 3, Change.join(C, C), now_ms=1)
+    assert not no_longer_a_member(removed.with_transition(t), C)
