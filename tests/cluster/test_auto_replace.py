@@ -31,6 +31,18 @@ def read_alone(url: str, keys: list[str]) -> dict[str, bytes | None]:
     return values
 
 
+def holds_everything_alone(fleet: Fleet, history: History, node: Node) -> None:
+    """Every key of the history reads back from `node`'s own replica (consistency=one), and
+    the whole cluster passes the history check."""
+    keys = sorted(history.keys())
+    wait_for(
+        lambda: not history.check_final(read_alone(node.url, keys).__getitem__),
+        30.0,
+        lambda: str(history.check_final(read_alone(node.url, keys).get)),
+    )
+    fleet.check(history)
+
+
 def wait_replaced(fleet: Fleet, via: Node, node: Node) -> dict:
     """The last transition `via` reports once the automatic replace of `node` has ended."""
 
@@ -81,13 +93,7 @@ def test_a_member_back_on_an_empty_disk_is_replaced_automatically(tmp_path: Path
         assert members == {a.url: "Normal", b.url: "Normal", c.url: "Normal"}
         failed = [op for op in history.ops if op.outcome != OK]
         assert not failed, f"{len(failed)} client requests failed, first: {failed[:3]}"
-        keys = sorted(history.keys())
-
-        def complete() -> bool:
-            return not history.check_final(read_alone(c.url, keys).__getitem__)
-
-        wait_for(complete, 30.0, lambda: str(history.check_final(read_alone(c.url, keys).get)))
-        fleet.check(history)
+        holds_everything_alone(fleet, history, c)
     finally:
         fleet.stop()
 
@@ -131,13 +137,7 @@ def test_a_member_back_on_an_empty_disk_with_its_whole_cluster_is_replaced(tmp_p
         last = wait_replaced(fleet, a, c)
         assert last["phase"] == "done", last
         assert last["keys_streamed"] > 0
-        keys = sorted(history.keys())
-        wait_for(
-            lambda: not history.check_final(read_alone(c.url, keys).__getitem__),
-            30.0,
-            lambda: str(history.check_final(read_alone(c.url, keys).get)),
-        )
-        fleet.check(history)
+        holds_everything_alone(fleet, history, c)
     finally:
         fleet.stop()
 
@@ -199,11 +199,6 @@ def test_a_member_killed_before_its_replace_committed_comes_back_still_waiting_f
         assert (fleet.status(a).get("transition") or {}).get("id") == join  # still held
         last = wait_replaced(fleet, a, c)
         assert last["phase"] == "done", last
-        wait_for(
-            lambda: not history.check_final(read_alone(c.url, keys).__getitem__),
-            30.0,
-            lambda: str(history.check_final(read_alone(c.url, keys).get)),
-        )
-        fleet.check(history)
+        holds_everything_alone(fleet, history, c)
     finally:
         fleet.stop()
