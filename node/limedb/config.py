@@ -202,8 +202,9 @@ SETTINGS: tuple[Setting, ...] = (
         "rejoin_wait_ms",
         _int(0),
         30_000,
-        "how long a node on an empty data dir waits for a first seed to answer whether it is a "
-        "member back on a lost disk (seeds restarting with it); then it starts as a new node",
+        "how long a node on an empty data dir waits for a first seed to be reachable and say "
+        "whether it is a member back on a lost disk (seeds restarting with it); then it starts "
+        "as a new node",
     ),
     Setting("stream_mb_per_s", _int(0), 4, "range streaming throttle in MB/s (0 = unlimited)"),
     Setting(

@@ -126,7 +126,7 @@ def test_a_member_back_on_an_empty_disk_with_its_whole_cluster_is_replaced(tmp_p
         shutil.rmtree(c.data_dir / "data")
         c.start()
         wait_for(
-            lambda: "no seed answered REJOIN yet" in c.log_tail(20),
+            lambda: "no seed could be reached for REJOIN" in c.log_tail(20),
             30.0,
             lambda: f"{c.url} to wait for its seeds\n{c.log_tail(20)}",
         )

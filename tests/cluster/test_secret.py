@@ -145,10 +145,11 @@ def test_serve_with_seeds_and_no_secret_refuses_to_start_and_names_insecure(
         assert refused.returncode == 2, refused.stdout + refused.stderr
         assert "--insecure" in refused.stderr and "LIMEDB_CLUSTER_SECRET" in refused.stderr
 
-    # The explicit opt-out starts, says so loudly, and leaves the admin routes open.
+    # The explicit opt-out starts, says so loudly, and leaves the admin routes open. (Its
+    # other seed never starts: it does not wait for it before starting on its empty disk.)
     node = subprocess.Popen(
         [*base, "--seeds", f"http://{host}:{port},http://127.0.0.72:8484"],
-        env={**env, "LIMEDB_INSECURE": "true"},
+        env={**env, "LIMEDB_INSECURE": "true", "LIMEDB_REJOIN_WAIT_MS": "0"},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

@@ -12,6 +12,7 @@ import asyncio
 import functools
 import logging
 import os
+import ssl
 import struct
 from collections.abc import Callable
 from pathlib import Path
@@ -453,33 +454,40 @@ class ClusterService:
             self.keeper.state, rejoin.heard_before(first, generation)
         ).to_wire()
 
-    async def _ask_seed(self, url: str, question: bytes) -> rejoin.SeedAnswer | None:
+    async def _ask_seed(self, url: str, question: bytes) -> rejoin.SeedAnswer | bool:
+        """The seed's answer; else True if it was reached but gave none (it refused: another
+        cluster's secret, a version without REJOIN; a certificate this node does not trust; a
+        malformed answer), False if it could not be reached (not up yet)."""
         host, port = self._address_of_url(url)
         try:
             return rejoin.SeedAnswer.from_wire(
                 await self.client.call(host, port, rpc.REJOIN, question, 2.0)
             )
-        except (rpc.PeerUnavailable, rpc.RpcError, ValueError, KeyError, TypeError) as exc:
+        except rpc.PeerUnavailable as exc:
             log.info("seed %s did not answer REJOIN: %s", url, exc)
-            return None
+            return isinstance(exc.__cause__, ssl.SSLCertVerificationError)
+        except (rpc.RpcError, ValueError, KeyError, TypeError) as exc:
+            log.info("seed %s refused REJOIN: %s", url, exc)
+            return True
 
     async def _ask_seeds(self, seeds: list[str], question: bytes) -> list[rejoin.SeedAnswer]:
-        """Every seed's REJOIN answer, asked again each second while none has answered, for up
-        to `rejoin_wait_ms`: seeds restarting with this node (a whole cluster back at once)
-        listen only once their own storage has opened."""
+        """Every seed's REJOIN answer, asked again each second while no seed could be reached,
+        for up to `rejoin_wait_ms`: seeds restarting with this node (a whole cluster back at
+        once) listen only once their own storage has opened. A seed that was reached and
+        refused ends the wait: asking again would not change its answer."""
         clock = asyncio.get_running_loop().time
         deadline = clock() + self.config.rejoin_wait_ms / 1000
         waited = False
         while True:
             replies = await asyncio.gather(*(self._ask_seed(u, question) for u in seeds))
-            answers = [a for a in replies if a is not None]
-            if answers or not seeds or clock() >= deadline:
+            answers = [a for a in replies if isinstance(a, rejoin.SeedAnswer)]
+            if answers or any(a is True for a in replies) or not seeds or clock() >= deadline:
                 return answers
             if not waited:
                 waited = True
                 log.warning(
-                    "node %s: its data dir is empty and no seed answered REJOIN yet; asking "
-                    "again each second for up to %.0f s",
+                    "node %s: its data dir is empty and no seed could be reached for REJOIN "
+                    "yet; asking again each second for up to %.0f s",
                     self.node_id,
                     self.config.rejoin_wait_ms / 1000,
                 )
