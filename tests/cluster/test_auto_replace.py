@@ -34,6 +34,13 @@ def read_alone(url: str, keys: list[str]) -> dict[str, bytes | None]:
 def holds_everything_alone(fleet: Fleet, history: History, node: Node) -> None:
     """Every key of the history reads back from `node`'s own replica (consistency=one), and
     the whole cluster passes the history check."""
+
+    def serves_reads() -> bool:
+        health = fleet.http.get(f"{node.url}/api/v1/health").json()
+        return health["storage"]["auto_replace"]["serves_replica_reads"]
+
+    # Until then its coordinator skips its own replica and reads the others'.
+    wait_for(serves_reads, 30.0, f"{node.url} to serve replica reads again")
     keys = sorted(history.keys())
     wait_for(
         lambda: not history.check_final(read_alone(node.url, keys).__getitem__),
@@ -193,6 +200,11 @@ def test_a_member_killed_before_its_replace_committed_comes_back_still_waiting_f
             lambda: f"{c.url} to go on waiting for its replace\n{c.log_tail(30)}",
         )
         fleet.wait_ready(c)
+        health = fleet.http.get(f"{c.url}/api/v1/health").json()
+        assert health["storage"]["auto_replace"] == {
+            "start_mode": "replace",
+            "serves_replica_reads": False,
+        }
         # Its own replica is skipped: consistency=one reads what the others hold.
         served = read_alone(c.url, keys)
         assert [k for k in keys if served[k] is None] == []

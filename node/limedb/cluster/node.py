@@ -860,6 +860,12 @@ class ClusterService:
         }
         stats["table_streaming"] = self.streams.tables.stats()
         stats["range_purge"] = self.streams.purge_stats()
+        # How this node started (limedb.cluster.rejoin) and whether it answers replica reads
+        # (not while a member back on an empty disk waits to be replaced).
+        stats["auto_replace"] = {
+            "start_mode": self.start_mode.value,
+            "serves_replica_reads": self.replica.serves_reads,
+        }
         return stats
 
     def cluster_view(self) -> ClusterView:
