@@ -78,16 +78,14 @@ class HeardStore:
         return {"first_generations": self.load(), "on_first_heard": self.first_heard}
 
     def first_heard(self, node_id: str, generation: int) -> None:
-        """Record a node heard for the first time in this run (Membership's hook); saved in
-        the background. A node an earlier run heard keeps its older generation."""
+        """Record a node heard for the first time in this run (Membership's hook, called in
+        the event loop, where gossip is applied); saved in the background. A node an earlier
+        run heard keeps its older generation."""
         if node_id in self._saved or node_id in self._pending:
             return
         self._pending[node_id] = generation
         if self._task is None or self._task.done():
-            try:
-                self._task = asyncio.get_running_loop().create_task(self._save(), name="heard-save")
-            except RuntimeError:  # no loop (a tool or a unit test): write now
-                self._save_now()
+            self._task = asyncio.get_running_loop().create_task(self._save(), name="heard-save")
 
     async def flush(self) -> None:
         """Wait for the save in flight, if any (at shutdown)."""
@@ -100,13 +98,9 @@ class HeardStore:
             merged = {**batch, **self._saved}
             if not await asyncio.to_thread(self._write, merged):
                 return  # retried with the next node heard, or at the next start
-            self._done(batch, merged)
-
-    def _save_now(self) -> None:
-        batch = dict(self._pending)
-        merged = {**batch, **self._saved}
-        if self._write(merged):
-            self._done(batch, merged)
+            self._saved = merged
+            for node_id in batch:
+                self._pending.pop(node_id, None)
 
     def _write(self, merged: dict[str, int]) -> bool:
         try:
@@ -115,8 +109,3 @@ class HeardStore:
             log.warning("could not record the nodes heard in %s: %s", self.path, exc)
             return False
         return True
-
-    def _done(self, batch: dict[str, int], merged: dict[str, int]) -> None:
-        self._saved = merged
-        for node_id in batch:
-            self._pending.pop(node_id, None)

@@ -495,32 +495,25 @@ class ClusterService:
 
     async def _decide_start(self) -> None:
         earlier = self.pending_replace.load()
-        if earlier is not None:
-            self.start_mode = rejoin.decide(
-                self.node_id,
-                has_local_record=self._used_before,
-                has_local_data=True,
-                answers=(),
-                replace_pending=True,
-            )
-            self._replace_earlier = earlier
-            self.replica.serves_reads = False
-            log.warning(
-                "node %s: an earlier run found its data dir empty and asked to be replaced; "
-                "that replace has not committed yet: it still refuses replica reads and waits "
-                "for it (limedb.cluster.replace_pending)",
-                self.node_id,
-            )
-            return
         has_data = bool(self.local.local_items(None, 1))
-        if self._used_before or has_data or not self.config.auto_replace:
+        if earlier is not None or self._used_before or has_data or not self.config.auto_replace:
             self.start_mode = rejoin.decide(
                 self.node_id,
                 has_local_record=self._used_before,
                 has_local_data=has_data,
                 answers=(),
                 auto_replace=self.config.auto_replace,
+                replace_pending=earlier is not None,
             )
+            if earlier is not None:
+                self._replace_earlier = earlier
+                self.replica.serves_reads = False
+                log.warning(
+                    "node %s: an earlier run found its data dir empty and asked to be "
+                    "replaced; that replace has not committed yet: it still refuses replica "
+                    "reads and waits for it (limedb.cluster.replace_pending)",
+                    self.node_id,
+                )
             return
         question = rejoin.encode_question(self.node_id, self.membership.gossip.own.generation)
         seeds = [u for u in self.config.seeds if u.rstrip("/") != self.node_url.rstrip("/")]
