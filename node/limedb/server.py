@@ -14,13 +14,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import gc
 import logging
+import resource
 import signal
 import ssl
 import sys
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Callable
+from typing import Any, TypeVar
 
 import uvicorn
 from uvicorn.config import STARTUP_FAILURE
@@ -38,6 +40,13 @@ from limedb.tls_listener import SniffingListener
 from limedb.tls_metrics import TlsMetrics
 
 log = logging.getLogger("limedb.server")
+# How long a node whose storage cannot be opened for want of file descriptors (EMFILE, ENFILE:
+# every table is mapped, and each mapping holds one) keeps trying, once a second, before it
+# gives up and exits: the limit may be raised meanwhile (`prlimit`), or other processes of the
+# host may let go of theirs. A limit that stays too low still ends in a clear error.
+STORAGE_DESCRIPTOR_RETRY_S = 60.0
+_OUT_OF_DESCRIPTORS = (errno.EMFILE, errno.ENFILE)
+T = TypeVar("T")
 
 
 def open_engine(config: Config) -> Any:
@@ -162,8 +171,10 @@ class NodeRuntime:
 
             log.warning(INSECURE_WARNING)
         try:
-            self.engine = await asyncio.to_thread(open_engine, self.config)
-            service = build_service(self.config, self.engine, self.tls)
+            self.engine = await self._until_descriptors(lambda: open_engine(self.config))
+            service = await self._until_descriptors(
+                lambda: build_service(self.config, self.engine, self.tls)
+            )
             await service.start()
             tune_gc()
             self.service = service
@@ -181,6 +192,32 @@ class NodeRuntime:
             self.failed = exc
             if self.server is not None:
                 self.server.should_exit = True
+
+    async def _until_descriptors(self, open_: Callable[[], T]) -> T:
+        """`open_()` in a thread, tried again each second while it fails for want of file
+        descriptors, for up to STORAGE_DESCRIPTOR_RETRY_S (a failed open releases what it took:
+        the engine's lock, its mapped tables)."""
+        deadline = asyncio.get_running_loop().time() + STORAGE_DESCRIPTOR_RETRY_S
+        warned = False
+        while True:
+            try:
+                return await asyncio.to_thread(open_)
+            except OSError as exc:
+                if exc.errno not in _OUT_OF_DESCRIPTORS:
+                    raise
+                if asyncio.get_running_loop().time() >= deadline:
+                    raise
+                if not warned:
+                    warned = True
+                    log.warning(
+                        "cannot open storage in %s: %s (open-file limit %d); trying again each "
+                        "second for up to %.0f s",
+                        self.config.data_dir,
+                        exc,
+                        resource.getrlimit(resource.RLIMIT_NOFILE)[0],
+                        STORAGE_DESCRIPTOR_RETRY_S,
+                    )
+            await asyncio.sleep(1.0)
 
     def _start_bootstrap(self) -> None:
         """Create user `admin` in the background if users were never set up (it waits for a

@@ -24,6 +24,10 @@ from support.history import OK, READ, UNKNOWN, WRITE, History
 # Longer seeds that found bugs, kept by a focused test (too long for CI):
 # 7 (MINUTES=4): a node restarted after kill -9 onto a full disk died in its start-up pull of
 #    the ring record (tests/unit/cluster/test_ring_record_disk_full.py).
+# 1720 (MINUTES=10): a node restarted after kill -9 and then given a low open-file limit while
+#    it recovered failed to map its tables (EMFILE) and exited for good; every later ring
+#    change rolled back for the dead member (limedb/server.py now tries again each second;
+#    tests/node/test_limits.py::test_storage_that_needs_more_descriptors_than_the_limit_...).
 # CI runs the two seeds that found bugs (each plan holds every fault kind and ring change);
 # other seeds run with `make nemesis SEED=N MINUTES=M`, as seed 2 did in CI until the suite
 # outgrew its 25-minute budget.

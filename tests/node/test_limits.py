@@ -18,6 +18,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+from limedb.cluster.keys import storage_key
+from limedb.storage import Engine, EngineOptions
 from nodeproc import NodeProcess
 from support.descriptors import nofile, open_descriptors, set_nofile
 from support.procfs import growth_kib, snapshot
@@ -488,3 +490,41 @@ def test_keys_page_past_the_end_reports_the_true_total(make_node) -> None:
     assert [len(p["keys"]) for p in pages] == [10, 10, 4, 0]
     assert {(p["total"], p["totalPages"]) for p in pages} == {(24, 3)}
     assert sorted(k["key"] for p in pages for k in p["keys"]) == [f"k{i:02}" for i in range(24)]
+
+
+def test_storage_that_needs_more_descriptors_than_the_limit_is_opened_once_they_are_there(
+    tmp_path: Path,
+) -> None:
+    """Every table of the engine is mapped and each mapping holds a descriptor, so a node whose
+    open-file limit is below its table count cannot open its storage. It keeps trying (found by
+    nemesis seed 1720: a node restarted and then given a low limit exited and never came back)
+    and serves once the limit is raised."""
+    data = tmp_path / "node" / "data"
+    engine = Engine.open(data, EngineOptions(memtable_bytes=64 * 1024, background_threads=False))
+    keys = [f"k{i:05d}" for i in range(1200)]
+    for first in range(0, len(keys), 3):  # a table per three keys
+        for key in keys[first : first + 3]:
+            engine.put(storage_key(key.encode()), f"value of {key}".encode())
+        engine.flush()
+    engine.close()
+    tables = len(list(data.glob("*.sst")))
+    assert tables >= 300, tables
+
+    node = NodeProcess(data_dir=data, log_path=tmp_path / "node.log", nofile=tables // 2)
+    node.start(wait_ready=False)
+    try:
+        assert node.proc is not None
+        wait_for(
+            lambda: "Too many open files" in node.log(),
+            30.0,
+            lambda: f"the node to run out of descriptors opening its storage:\n{node.log()}",
+        )
+        assert node.proc.poll() is None, node.log()
+        assert httpx.get(node.url + "/readyz", timeout=2.0).status_code == 503
+        set_nofile(node.proc.pid, tables * 2)
+        node.wait_ready()
+        for key in (keys[0], keys[len(keys) // 2], keys[-1]):
+            got = httpx.get(f"{node.url}/v1/kv/{key}", timeout=5.0)
+            assert got.status_code == 200 and got.content == f"value of {key}".encode()
+    finally:
+        node.stop()

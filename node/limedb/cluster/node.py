@@ -347,15 +347,19 @@ class ClusterService:
         os.makedirs(hints_dir, exist_ok=True)
         hints_engine = Engine.open(hints_dir, EngineOptions(durability=config.durability))
         internal_port = config.internal_port or default_internal_port(config.advertise_url)
-        return cls(
-            config,
-            engine,
-            hints_engine,
-            internal_port=internal_port,
-            operations=operations,
-            tls=tls,
-            fresh_data_dir=fresh_data_dir,
-        )
+        try:
+            return cls(
+                config,
+                engine,
+                hints_engine,
+                internal_port=internal_port,
+                operations=operations,
+                tls=tls,
+                fresh_data_dir=fresh_data_dir,
+            )
+        except BaseException:
+            hints_engine.close()  # its lock too: the node may try again (limedb.server)
+            raise
 
     # ------------------------------------------------------------------ addressing
 
