@@ -529,8 +529,9 @@ class ClusterService:
         if self.start_mode is not rejoin.StartMode.REPLACE:
             if seeds and not answers:
                 log.warning(
-                    "node %s: its data dir is empty and no seed answered REJOIN (none up yet?); "
-                    "it starts as a new node, not as a member to replace",
+                    "node %s: its data dir is empty and no seed answered REJOIN (none could "
+                    "be reached in time, or each refused); it starts as a new node, not as a "
+                    "member to replace",
                     self.node_id,
                 )
             elif record is not None and self.node_id in record.ring.members:
